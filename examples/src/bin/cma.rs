@@ -1,0 +1,2 @@
+//! `cma`: the operator command line.
+fn main() {}
