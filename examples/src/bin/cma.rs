@@ -1,2 +1,0 @@
-//! `cma`: the operator command line.
-fn main() {}

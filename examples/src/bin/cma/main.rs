@@ -1,0 +1,43 @@
+//! `cma`: the operator command line for self-hosted Claude Managed Agents environments.
+//!
+//! Each subcommand lives in its own module: `emulator` serves the local CMA emulator, `webhook`
+//! signs and verifies Standard Webhooks deliveries.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod emulator;
+mod webhook;
+
+/// Operator tools for cma.
+#[derive(Debug, Parser)]
+#[command(name = "cma", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve the local CMA emulator (PROTOCOL.md §9) on 127.0.0.1.
+    Emulator(emulator::Args),
+    /// Sign or verify a webhook delivery (Standard Webhooks).
+    #[command(subcommand)]
+    Webhook(webhook::Command),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Emulator(args) => emulator::run(args),
+        Command::Webhook(cmd) => webhook::run(cmd),
+    }
+}
