@@ -1,0 +1,6 @@
+//! The session runner: keeps a work item's lease alive while it executes the session's tool calls
+//! (PROTOCOL.md §3, §5).
+//!
+//! [`state`] holds the pure bookkeeping (which calls to run, hold, drop; the idle rule).
+
+pub mod state;
