@@ -204,11 +204,9 @@ impl RunnerState {
                 SessionEvent::ToolResult(r) | SessionEvent::CustomToolResult(r) => {
                     self.answered.insert(r.tool_use_id.clone());
                 }
-                SessionEvent::ToolConfirmation(c) => {
-                    if !self.answered.contains(&c.tool_use_id) {
-                        self.confirmations
-                            .insert(c.tool_use_id.clone(), c.result.clone());
-                    }
+                SessionEvent::ToolConfirmation(c) if !self.answered.contains(&c.tool_use_id) => {
+                    self.confirmations
+                        .insert(c.tool_use_id.clone(), c.result.clone());
                 }
                 SessionEvent::ThreadTerminated(t) => {
                     self.terminated_threads.insert(t.session_thread_id.clone());
@@ -241,10 +239,11 @@ impl RunnerState {
             actions.extend(self.apply_verdict(held, &verdict, now));
         }
         let outstanding = unanswered.iter().any(|c| {
-            !self.answered.contains(c.id())
-                && !self.in_terminated_thread(c)
-                && !self.awaiting.contains_key(c.id())
-                && !(self.confirmations.contains_key(c.id()) && self.owns(&c.event.name))
+            let released = self.confirmations.contains_key(c.id()) && self.owns(&c.event.name);
+            !(self.answered.contains(c.id())
+                || self.in_terminated_thread(c)
+                || self.awaiting.contains_key(c.id())
+                || released)
         });
         if last_ended_turn && !outstanding {
             self.idle.arm(now);
