@@ -1,0 +1,7 @@
+//! The control plane: claims work, places each session in a sandbox, runs it, and keeps sandboxes
+//! warm between a session's work items.
+//!
+//! [`select`] chooses a backend per session; [`warm`] keeps a session's sandbox for reuse.
+
+pub mod select;
+pub mod warm;
