@@ -4,9 +4,15 @@
 //!
 //! * [`protocol`]: typed objects (work items, heartbeats, sessions, session events, environments);
 //!   unknown fields and unknown event types are preserved, never rejected.
+//! * [`client`]: the HTTP clients (work queue, environments, sessions, event stream).
+//! * [`retry`]: the SDK's retry and backoff arithmetic, as pure functions.
+//! * [`sse`]: the incremental Server-Sent Events parser.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod control;
 pub mod protocol;
+pub mod retry;
 pub mod runner;
+pub mod sse;
