@@ -537,10 +537,8 @@ async fn workspace_user_agent_and_helper_headers() {
 }
 
 #[test]
-fn base_url_comes_from_the_environment_and_is_validated() {
-    // Only this test touches the variable in this binary.
-    // SAFETY-free: std::env::set_var is safe to call in edition 2024 only inside `unsafe`; avoid
-    // it and check the builder paths instead.
+fn base_url_is_validated_and_defaults_match_the_sdk() {
+    // `ANTHROPIC_BASE_URL` is covered by `client_env.rs` (its own process).
     let cfg = cma_core::client::ClientConfig::builder()
         .base_url("http://127.0.0.1:9/prefix/")
         .build()

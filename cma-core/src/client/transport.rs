@@ -173,6 +173,8 @@ impl ClientConfig {
     }
 
     /// The defaults, with the base URL taken from `ANTHROPIC_BASE_URL` when set and non-empty.
+    ///
+    /// The URL is validated by [`ClientConfigBuilder::build`] or [`Client::new`].
     pub fn from_env() -> Self {
         Self::builder_from_env().config
     }
@@ -183,7 +185,7 @@ impl ClientConfig {
         if let Ok(url) = std::env::var(BASE_URL_ENV)
             && !url.trim().is_empty()
         {
-            b.config.base_url = url.trim().to_owned();
+            b.config.base_url = url.trim().trim_end_matches('/').to_owned();
         }
         b
     }
@@ -491,8 +493,10 @@ impl fmt::Debug for Client {
 }
 
 impl Client {
-    /// Build the shared client.
+    /// Build the shared client (the configuration is validated again, so a config from
+    /// [`ClientConfig::from_env`] with a bad URL fails here with a typed error).
     pub fn new(config: ClientConfig) -> Result<Self, ApiError> {
+        let config = ClientConfigBuilder { config }.build()?;
         let http = reqwest::Client::builder()
             .use_rustls_tls()
             .connect_timeout(config.connect_timeout)
