@@ -4,4 +4,5 @@
 //! [`state`] holds the pure bookkeeping (which calls to run, hold, drop; the idle rule).
 
 pub mod lease;
+pub mod session;
 pub mod state;

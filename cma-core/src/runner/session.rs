@@ -1,0 +1,587 @@
+//! Running one claimed work item: the lease, the session's event stream, tool dispatch and the
+//! final force-stop (PROTOCOL.md §5.3, §5.4).
+//!
+//! The runner does not know how tools run: it hands each call it owns to a [`ToolExecutor`]
+//! (the control plane plugs in `cma-tools` over a sandbox). Every request goes through the typed
+//! clients of [`crate::client`].
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::lease::{LeaseEnd, LeaseHandle, heartbeat_loop};
+use super::state::{Action, CallKind, RunnerState, ToolCall};
+use crate::client::{
+    ApiError, Client, Credential, EnvironmentClient, HeartbeatParams, Helper, ListEventsParams,
+    ReconnectPolicy, SessionClient, StreamItem, StreamParams,
+};
+use crate::protocol::{ContentBlock, EnvironmentId, SendEvent, Session, SessionStatus, Work};
+use crate::retry;
+
+/// Outer bound on one tool call (§5.1 `TOOL_TIMEOUT`); strictly above bash's own 120 s default.
+pub const TOOL_TIMEOUT: Duration = Duration::from_secs(150);
+/// Idle grace after a turn ends (§5.1 `DEFAULT_MAX_IDLE`).
+pub const DEFAULT_MAX_IDLE: Duration = Duration::from_secs(60);
+/// Capacity of the dispatch queue (§5.3: FIFO, buffer 100).
+pub const DISPATCH_QUEUE: usize = 100;
+
+/// The result of one tool call, ready to post.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolOutcome {
+    /// Whether the call failed.
+    pub is_error: bool,
+    /// Non-empty content (§5.5: `(no output)` when the tool returned nothing).
+    pub content: Vec<ContentBlock>,
+}
+
+impl ToolOutcome {
+    /// A successful text result (`(no output)` when empty).
+    pub fn text(text: impl Into<String>) -> Self {
+        Self { is_error: false, content: vec![ContentBlock::text(non_empty(text.into()))] }
+    }
+
+    /// A failed call with `text` as its message.
+    pub fn error(text: impl Into<String>) -> Self {
+        Self { is_error: true, content: vec![ContentBlock::text(non_empty(text.into()))] }
+    }
+}
+
+fn non_empty(s: String) -> String {
+    if s.is_empty() { "(no output)".to_owned() } else { s }
+}
+
+/// Executes the tool calls a runner owns.
+#[async_trait]
+pub trait ToolExecutor: Send + Sync {
+    /// The tool names that run here. Calls of other names are left pending for another client
+    /// (the split-client contract, §5.4): nothing is posted for them.
+    fn tool_names(&self) -> Vec<String>;
+
+    /// Run one call. The runner bounds it with its tool timeout.
+    async fn execute(&self, call: &ToolCall) -> ToolOutcome;
+}
+
+/// What happened to one tool call, reported to a [`RunnerObserver`].
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum CallReport {
+    /// The call is about to run.
+    Started(ToolCall),
+    /// The call ran; `posted` says whether the result reached the session.
+    Finished {
+        /// The call.
+        call: ToolCall,
+        /// Its result.
+        outcome: ToolOutcome,
+        /// Whether the result was posted.
+        posted: bool,
+    },
+    /// Denied (by evaluation or the user): never run, nothing posted.
+    Denied(ToolCall),
+    /// Not owned here: left pending for another client.
+    NotOwned(ToolCall),
+}
+
+/// Receives reports as calls progress (for logs, dashboards, the quickstart's console).
+pub trait RunnerObserver: Send + Sync {
+    /// One report.
+    fn on_call(&self, report: &CallReport);
+}
+
+impl<F: Fn(&CallReport) + Send + Sync> RunnerObserver for F {
+    fn on_call(&self, report: &CallReport) {
+        self(report)
+    }
+}
+
+/// Runner settings.
+#[derive(Debug, Clone)]
+pub struct RunnerConfig {
+    /// Stop this long after an idle that ends the turn; `None` runs until the session ends.
+    pub max_idle: Option<Duration>,
+    /// Bound on one tool call.
+    pub tool_timeout: Duration,
+    /// Event-stream reconnect policy.
+    pub reconnect: ReconnectPolicy,
+}
+
+impl Default for RunnerConfig {
+    fn default() -> Self {
+        Self { max_idle: Some(DEFAULT_MAX_IDLE), tool_timeout: TOOL_TIMEOUT, reconnect: ReconnectPolicy::default() }
+    }
+}
+
+/// Errors that end an item before its session runs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunnerError {
+    /// The item is not session work.
+    #[error("work item {work_id} is not session work (data.type = {kind})")]
+    NotSessionWork {
+        /// The item.
+        work_id: String,
+        /// Its `data.type`.
+        kind: String,
+    },
+    /// Fetching the session failed.
+    #[error("fetching session {session_id} failed: {source}")]
+    Session {
+        /// The session.
+        session_id: String,
+        /// The API error.
+        #[source]
+        source: ApiError,
+    },
+    /// The session has memory stores but the item carried no sessions token (the memory endpoints
+    /// reject the environment key), so it is failed rather than run without its memory (§5.3).
+    #[error("session {session_id} has memory stores attached, but work item {work_id} carried no sessions token; the memory endpoints reject the environment key, so the item was failed rather than run without its memory")]
+    MemoryWithoutSessionsToken {
+        /// The session.
+        session_id: String,
+        /// The item.
+        work_id: String,
+    },
+}
+
+/// How an item ended.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemOutcome {
+    /// Why the lease ended.
+    pub lease_end: LeaseEnd,
+    /// Whether the final `stop {"force":true}` was sent and accepted (409 counts as accepted).
+    pub stopped: bool,
+    /// Tool calls whose results were posted.
+    pub results_posted: u64,
+    /// The session as fetched at the start, when it was.
+    pub session: Option<Session>,
+}
+
+/// Runs claimed work items for one environment.
+#[derive(Clone)]
+pub struct SessionRunner {
+    client: Client,
+    environment_id: EnvironmentId,
+    environment_key: Credential,
+    config: RunnerConfig,
+    observer: Option<Arc<dyn RunnerObserver>>,
+}
+
+impl std::fmt::Debug for SessionRunner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRunner")
+            .field("environment_id", &self.environment_id)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SessionRunner {
+    /// A runner for `environment_id` using `environment_key` where an item carries no sessions token.
+    pub fn new(client: Client, environment_id: impl Into<EnvironmentId>, environment_key: Credential) -> Self {
+        Self {
+            client,
+            environment_id: environment_id.into(),
+            environment_key,
+            config: RunnerConfig::default(),
+            observer: None,
+        }
+    }
+
+    /// Replace the settings.
+    pub fn with_config(mut self, config: RunnerConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Report every call to `observer`.
+    pub fn with_observer(mut self, observer: Arc<dyn RunnerObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &RunnerConfig {
+        &self.config
+    }
+
+    fn item_client(&self, work: &Work) -> EnvironmentClient {
+        self.client
+            .environment(self.environment_id.clone(), Credential::for_work(work, &self.environment_key))
+            .with_helper(Some(Helper::EnvironmentsWorker))
+    }
+
+    /// Force-stop an item (409 "already stopped" counts as success).
+    pub async fn force_stop(&self, work: &Work) -> bool {
+        match self.item_client(work).stop(&work.id, Some(true)).await {
+            Ok(_) => true,
+            Err(e) if e.status() == Some(409) => true,
+            Err(e) => {
+                tracing::error!(work_id = %work.id, error = %e, "force-stop on exit failed");
+                false
+            }
+        }
+    }
+
+    /// Handle one acknowledged item: heartbeat its lease, run its session's tool calls through
+    /// `executor`, and force-stop it at the end unless the lease was lost. `cancel` ends the run
+    /// early (host shutdown); the item is then still force-stopped.
+    pub async fn handle_item(
+        &self,
+        work: &Work,
+        executor: Arc<dyn ToolExecutor>,
+        cancel: CancellationToken,
+    ) -> Result<ItemOutcome, RunnerError> {
+        let Some(session_id) = work.data.session_id() else {
+            let stopped = self.force_stop(work).await;
+            tracing::debug!(work_id = %work.id, kind = %work.data.kind, stopped, "non-session work item stopped");
+            return Err(RunnerError::NotSessionWork { work_id: work.id.to_string(), kind: work.data.kind.clone() });
+        };
+        let sessions_token = work.sessions_token();
+        if work.secret.as_deref().is_some_and(|s| !s.is_empty()) && sessions_token.is_none() {
+            tracing::warn!(work_id = %work.id, "work item carried a secret but no sessions token; falling back to the environment key");
+        }
+        let credential = Credential::for_work(work, &self.environment_key);
+        let env = self.item_client(work);
+        let session_client = self
+            .client
+            .session(session_id.clone(), credential)
+            .with_helper(Some(Helper::EnvironmentsWorker));
+
+        let lease = LeaseHandle::new();
+        let hb_cancel = cancel.child_token();
+        let heartbeat = {
+            let lease = lease.clone();
+            let env = env.clone();
+            let work_id = work.id.clone();
+            let hb_cancel = hb_cancel.clone();
+            tokio::spawn(async move {
+                heartbeat_loop(&lease, &hb_cancel, |expected| {
+                    let env = env.clone();
+                    let work_id = work_id.clone();
+                    async move {
+                        env.heartbeat(&work_id, &HeartbeatParams::expecting(expected))
+                            .await
+                            .map_err(|e| e.to_heartbeat_failure())
+                    }
+                })
+                .await
+            })
+        };
+
+        let result = self.run_session(work, &session_id, &session_client, sessions_token.is_some(), executor, &lease, &cancel).await;
+        let (session, results_posted) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                lease.end(LeaseEnd::RunnerDone);
+                hb_cancel.cancel();
+                let end = heartbeat.await.unwrap_or(LeaseEnd::RunnerDone);
+                if end.should_force_stop() {
+                    self.force_stop(work).await;
+                }
+                return Err(e);
+            }
+        };
+        let end = lease.end(if cancel.is_cancelled() { LeaseEnd::Cancelled } else { LeaseEnd::RunnerDone });
+        hb_cancel.cancel();
+        let _ = heartbeat.await;
+        let stopped = if end.should_force_stop() {
+            self.force_stop(work).await
+        } else {
+            tracing::info!(work_id = %work.id, session_id = %session_id, reason = ?end, "lease lost; released the item without stopping it");
+            false
+        };
+        Ok(ItemOutcome { lease_end: end, stopped, results_posted, session })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn run_session(
+        &self,
+        work: &Work,
+        session_id: &crate::protocol::SessionId,
+        session_client: &SessionClient,
+        has_sessions_token: bool,
+        executor: Arc<dyn ToolExecutor>,
+        lease: &LeaseHandle,
+        cancel: &CancellationToken,
+    ) -> Result<(Option<Session>, u64), RunnerError> {
+        let session = tokio::select! {
+            r = session_client.get() => r.map_err(|source| RunnerError::Session { session_id: session_id.to_string(), source })?,
+            _ = lease.ended() => return Ok((None, 0)),
+            _ = cancel.cancelled() => return Ok((None, 0)),
+        };
+        if session.status == SessionStatus::Terminated {
+            tracing::info!(work_id = %work.id, session_id = %session_id, "skipping the work item of a terminated session");
+            return Ok((Some(session), 0));
+        }
+        if !has_sessions_token && session.resources.iter().any(|r| r.kind == "memory_store") {
+            return Err(RunnerError::MemoryWithoutSessionsToken { session_id: session_id.to_string(), work_id: work.id.to_string() });
+        }
+        let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
+        let stop = CancellationToken::new();
+        let posted = tokio::select! {
+            n = self.run_tools(tools_client, executor, lease.clone(), stop.clone()) => n,
+            _ = lease.ended() => { stop.cancel(); 0 }
+            _ = cancel.cancelled() => { stop.cancel(); 0 }
+        };
+        Ok((Some(session), posted))
+    }
+
+    /// The session tool runner (§5.4): stream + reconcile, dispatch one call at a time, idle rule.
+    async fn run_tools(
+        &self,
+        session: SessionClient,
+        executor: Arc<dyn ToolExecutor>,
+        lease: LeaseHandle,
+        stop: CancellationToken,
+    ) -> u64 {
+        let owned = executor.tool_names();
+        let state = Arc::new(Mutex::new(RunnerState::new(owned)));
+        let changed = Arc::new(Notify::new());
+        let (tx, rx) = mpsc::channel::<(ToolCall, bool)>(DISPATCH_QUEUE);
+
+        let stream_task = stream_loop(session.clone(), self.config.reconnect, state.clone(), changed.clone(), tx, stop.clone(), self.observer.clone());
+        let dispatch_task = dispatch_loop(
+            session,
+            executor,
+            self.config.tool_timeout,
+            lease,
+            state.clone(),
+            changed.clone(),
+            rx,
+            stop.clone(),
+            self.observer.clone(),
+        );
+        let idle_task = idle_watchdog(self.config.max_idle, state, changed, stop.clone());
+        let (_, posted, _) = tokio::join!(stream_task, dispatch_task, idle_task);
+        posted
+    }
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+fn lock(state: &Mutex<RunnerState>) -> std::sync::MutexGuard<'_, RunnerState> {
+    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+async fn apply(
+    actions: Vec<Action>,
+    tx: &mpsc::Sender<(ToolCall, bool)>,
+    stop: &CancellationToken,
+    observer: &Option<Arc<dyn RunnerObserver>>,
+) {
+    for action in actions {
+        match action {
+            Action::Enqueue { call, confirmed } => {
+                tokio::select! {
+                    _ = tx.send((call, confirmed)) => {}
+                    _ = stop.cancelled() => return,
+                }
+            }
+            Action::Denied(call) => {
+                tracing::info!(tool = %call.event.name, tool_use_id = %call.id(), "tool call denied; not executing");
+                if let Some(o) = observer {
+                    o.on_call(&CallReport::Denied(call));
+                }
+            }
+            Action::Stop => {
+                tracing::info!("session terminated");
+                stop.cancel();
+            }
+        }
+    }
+}
+
+async fn reconcile_history(session: &SessionClient) -> Option<Vec<crate::protocol::SessionEvent>> {
+    let mut all = Vec::new();
+    let mut pages = session.list_all_events(ListEventsParams::history());
+    while let Some(item) = pages.next().await {
+        match item {
+            Ok(ev) => all.push(ev),
+            Err(e) => {
+                tracing::warn!(error = %e, "reconcile list failed; skipping pending enqueue");
+                return None;
+            }
+        }
+    }
+    Some(all)
+}
+
+async fn stream_loop(
+    session: SessionClient,
+    policy: ReconnectPolicy,
+    state: Arc<Mutex<RunnerState>>,
+    changed: Arc<Notify>,
+    tx: mpsc::Sender<(ToolCall, bool)>,
+    stop: CancellationToken,
+    observer: Option<Arc<dyn RunnerObserver>>,
+) {
+    let mut stream = session.reconnecting_stream(StreamParams::default(), policy);
+    loop {
+        let item = tokio::select! {
+            _ = stop.cancelled() => return,
+            item = stream.next() => item,
+        };
+        let actions = match item {
+            Some(Ok(StreamItem::Connected { .. })) => {
+                let history = reconcile_history(&session).await;
+                lock(&state).reconcile(history.as_deref(), now())
+            }
+            Some(Ok(StreamItem::Event(ev))) => lock(&state).on_stream_event(&ev, now()),
+            Some(Ok(_)) => continue,
+            Some(Err(e)) => {
+                tracing::error!(error = %e, "event stream failed permanently");
+                stop.cancel();
+                return;
+            }
+            None => {
+                stop.cancel();
+                return;
+            }
+        };
+        changed.notify_one();
+        apply(actions, &tx, &stop, &observer).await;
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn dispatch_loop(
+    session: SessionClient,
+    executor: Arc<dyn ToolExecutor>,
+    tool_timeout: Duration,
+    lease: LeaseHandle,
+    state: Arc<Mutex<RunnerState>>,
+    changed: Arc<Notify>,
+    mut rx: mpsc::Receiver<(ToolCall, bool)>,
+    stop: CancellationToken,
+    observer: Option<Arc<dyn RunnerObserver>>,
+) -> u64 {
+    let mut posted = 0;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return posted,
+            next = rx.recv() => next,
+        };
+        let Some((call, confirmed)) = next else { return posted };
+        let (run, owned) = {
+            let st = lock(&state);
+            (st.should_execute(&call), st.owns(&call.event.name))
+        };
+        if run {
+            if owned {
+                if let Some(o) = &observer {
+                    o.on_call(&CallReport::Started(call.clone()));
+                }
+                let outcome = match tokio::time::timeout(tool_timeout, executor.execute(&call)).await {
+                    Ok(outcome) => outcome,
+                    Err(_) => ToolOutcome::error(format!("tool '{}' timed out", call.event.name)),
+                };
+                let terminated = lock(&state).in_terminated_thread(&call);
+                let sent = if terminated {
+                    tracing::info!(tool = %call.event.name, "thread terminated; not posting the result");
+                    false
+                } else {
+                    send_result(&session, &call, &outcome, &lease).await
+                };
+                if sent {
+                    lock(&state).mark_answered(call.id());
+                    posted += 1;
+                }
+                if let Some(o) = &observer {
+                    o.on_call(&CallReport::Finished { call: call.clone(), outcome, posted: sent });
+                }
+            } else {
+                tracing::info!(tool = %call.event.name, tool_use_id = %call.id(), "tool not owned by this runner; leaving it pending for its owner");
+                if let Some(o) = &observer {
+                    o.on_call(&CallReport::NotOwned(call.clone()));
+                }
+            }
+        }
+        lock(&state).finished(&call, confirmed, now());
+        changed.notify_one();
+    }
+}
+
+/// Post one result, retrying transient failures within the lease's retry window (§1.6).
+async fn send_result(session: &SessionClient, call: &ToolCall, outcome: &ToolOutcome, lease: &LeaseHandle) -> bool {
+    let event = match call.kind {
+        CallKind::Builtin => SendEvent::ToolResult {
+            tool_use_id: call.id().clone(),
+            is_error: outcome.is_error,
+            content: outcome.content.clone(),
+        },
+        CallKind::Custom => SendEvent::CustomToolResult {
+            custom_tool_use_id: call.id().clone(),
+            is_error: Some(outcome.is_error),
+            content: outcome.content.clone(),
+        },
+    };
+    let events = [event];
+    let start = Instant::now();
+    let mut attempt: u32 = 0;
+    loop {
+        attempt += 1;
+        match session.send_events(&events).await {
+            Ok(_) => return true,
+            Err(e) if e.is_fatal() => {
+                tracing::error!(tool_use_id = %call.id(), error = %e, "tool result rejected");
+                return false;
+            }
+            Err(e) => {
+                let window = lease.ttl();
+                let remaining = window.saturating_sub(start.elapsed());
+                if remaining.is_zero() {
+                    tracing::error!(tool_use_id = %call.id(), attempts = attempt, error = %e, "failed to send tool result");
+                    return false;
+                }
+                let wait = retry::send_retry_delay(attempt, retry::random_unit(), remaining);
+                tracing::warn!(tool_use_id = %call.id(), attempt, wait_ms = wait.as_millis() as u64, error = %e, "tool result send failed; retrying");
+                tokio::time::sleep(wait).await;
+            }
+        }
+    }
+}
+
+async fn idle_watchdog(
+    max_idle: Option<Duration>,
+    state: Arc<Mutex<RunnerState>>,
+    changed: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    let Some(max_idle) = max_idle else {
+        stop.cancelled().await;
+        return;
+    };
+    loop {
+        let notified = changed.notified();
+        let since = lock(&state).idle_since();
+        match since {
+            None => {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = notified => {}
+                }
+            }
+            Some(at) => {
+                if lock(&state).idle_expired(now(), max_idle) {
+                    tracing::info!(max_idle_s = max_idle.as_secs_f64(), "session idle after its turn ended; stopping");
+                    stop.cancel();
+                    return;
+                }
+                let deadline = Instant::from_std(at + max_idle);
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+        }
+    }
+}
