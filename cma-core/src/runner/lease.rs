@@ -13,13 +13,12 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::protocol::{NO_HEARTBEAT, WorkHeartbeat, WorkLeaseState};
+use crate::retry;
 
 /// Interval before the first response tells the TTL (§3.3).
 pub const DEFAULT_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 /// TTL assumed until the first response (§3.2).
 pub const ASSUMED_TTL: Duration = Duration::from_secs(90);
-/// Upper bound of the heartbeat interval (§3.3).
-pub const MAX_HEARTBEAT_INTERVAL: Duration = Duration::from_secs(30);
 
 /// Why a lease ended (§3.4).
 #[derive(Debug, Clone, PartialEq)]
@@ -61,15 +60,6 @@ pub enum HeartbeatFailure {
     Fatal(u16),
     /// 5xx, 408/409/429, network error or timeout: try again at the next interval.
     Transient(String),
-}
-
-/// The interval that follows from a TTL: `max(1, min(ttl/2, 30))` seconds; `0` keeps `previous`.
-pub fn interval_for_ttl(ttl_seconds: i64, previous: Duration) -> Duration {
-    if ttl_seconds <= 0 {
-        return previous;
-    }
-    let half = Duration::from_secs_f64(ttl_seconds as f64 / 2.0);
-    half.clamp(Duration::from_secs(1), MAX_HEARTBEAT_INTERVAL)
 }
 
 /// The lease as the runner sees it while the heartbeat loop runs.
@@ -188,7 +178,7 @@ where
                     (hb.ttl_seconds > 0).then(|| Duration::from_secs(hb.ttl_seconds as u64));
                 if let Some(t) = new_ttl {
                     ttl = t;
-                    interval = interval_for_ttl(hb.ttl_seconds, interval);
+                    interval = retry::heartbeat_interval(hb.ttl_seconds, interval);
                 }
                 lease.record_success(new_ttl);
                 if hb.state.is_stopping_or_stopped() || !hb.lease_extended {
@@ -212,7 +202,7 @@ where
                 return lease.end(LeaseEnd::HeartbeatRejected { status });
             }
             Err(HeartbeatFailure::Transient(why)) => {
-                if last_success.elapsed() > ttl {
+                if retry::heartbeat_assumed_lost(last_success.elapsed(), ttl) {
                     tracing::warn!(error = %why, "no successful heartbeat within the lease TTL: lease assumed lost");
                     return lease.end(LeaseEnd::AssumedLost);
                 }
@@ -243,17 +233,6 @@ mod tests {
             ttl_seconds: ttl,
             extra: Default::default(),
         }
-    }
-
-    #[test]
-    fn interval_follows_ttl_table() {
-        // Vector B11: ttl 60 → 30; 4 → 2; 1 → 1; 100 → 30; 0 → unchanged.
-        let prev = Duration::from_secs(7);
-        assert_eq!(interval_for_ttl(60, prev), Duration::from_secs(30));
-        assert_eq!(interval_for_ttl(4, prev), Duration::from_secs(2));
-        assert_eq!(interval_for_ttl(1, prev), Duration::from_secs(1));
-        assert_eq!(interval_for_ttl(100, prev), Duration::from_secs(30));
-        assert_eq!(interval_for_ttl(0, prev), prev);
     }
 
     #[test]

@@ -42,17 +42,27 @@ pub struct ToolOutcome {
 impl ToolOutcome {
     /// A successful text result (`(no output)` when empty).
     pub fn text(text: impl Into<String>) -> Self {
-        Self { is_error: false, content: vec![ContentBlock::text(non_empty(text.into()))] }
+        Self {
+            is_error: false,
+            content: vec![ContentBlock::text(non_empty(text.into()))],
+        }
     }
 
     /// A failed call with `text` as its message.
     pub fn error(text: impl Into<String>) -> Self {
-        Self { is_error: true, content: vec![ContentBlock::text(non_empty(text.into()))] }
+        Self {
+            is_error: true,
+            content: vec![ContentBlock::text(non_empty(text.into()))],
+        }
     }
 }
 
 fn non_empty(s: String) -> String {
-    if s.is_empty() { "(no output)".to_owned() } else { s }
+    if s.is_empty() {
+        "(no output)".to_owned()
+    } else {
+        s
+    }
 }
 
 /// Executes the tool calls a runner owns.
@@ -112,7 +122,11 @@ pub struct RunnerConfig {
 
 impl Default for RunnerConfig {
     fn default() -> Self {
-        Self { max_idle: Some(DEFAULT_MAX_IDLE), tool_timeout: TOOL_TIMEOUT, reconnect: ReconnectPolicy::default() }
+        Self {
+            max_idle: Some(DEFAULT_MAX_IDLE),
+            tool_timeout: TOOL_TIMEOUT,
+            reconnect: ReconnectPolicy::default(),
+        }
     }
 }
 
@@ -139,7 +153,9 @@ pub enum RunnerError {
     },
     /// The session has memory stores but the item carried no sessions token (the memory endpoints
     /// reject the environment key), so it is failed rather than run without its memory (§5.3).
-    #[error("session {session_id} has memory stores attached, but work item {work_id} carried no sessions token; the memory endpoints reject the environment key, so the item was failed rather than run without its memory")]
+    #[error(
+        "session {session_id} has memory stores attached, but work item {work_id} carried no sessions token; the memory endpoints reject the environment key, so the item was failed rather than run without its memory"
+    )]
     MemoryWithoutSessionsToken {
         /// The session.
         session_id: String,
@@ -182,7 +198,11 @@ impl std::fmt::Debug for SessionRunner {
 
 impl SessionRunner {
     /// A runner for `environment_id` using `environment_key` where an item carries no sessions token.
-    pub fn new(client: Client, environment_id: impl Into<EnvironmentId>, environment_key: Credential) -> Self {
+    pub fn new(
+        client: Client,
+        environment_id: impl Into<EnvironmentId>,
+        environment_key: Credential,
+    ) -> Self {
         Self {
             client,
             environment_id: environment_id.into(),
@@ -211,8 +231,11 @@ impl SessionRunner {
 
     fn item_client(&self, work: &Work) -> EnvironmentClient {
         self.client
-            .environment(self.environment_id.clone(), Credential::for_work(work, &self.environment_key))
-            .with_helper(Some(Helper::EnvironmentsWorker))
+            .environment(
+                self.environment_id.clone(),
+                Credential::for_work(work, &self.environment_key),
+            )
+            .with_helper(Some(Helper::Worker))
     }
 
     /// Force-stop an item (409 "already stopped" counts as success).
@@ -239,7 +262,10 @@ impl SessionRunner {
         let Some(session_id) = work.data.session_id() else {
             let stopped = self.force_stop(work).await;
             tracing::debug!(work_id = %work.id, kind = %work.data.kind, stopped, "non-session work item stopped");
-            return Err(RunnerError::NotSessionWork { work_id: work.id.to_string(), kind: work.data.kind.clone() });
+            return Err(RunnerError::NotSessionWork {
+                work_id: work.id.to_string(),
+                kind: work.data.kind.clone(),
+            });
         };
         let sessions_token = work.sessions_token();
         if work.secret.as_deref().is_some_and(|s| !s.is_empty()) && sessions_token.is_none() {
@@ -250,7 +276,7 @@ impl SessionRunner {
         let session_client = self
             .client
             .session(session_id.clone(), credential)
-            .with_helper(Some(Helper::EnvironmentsWorker));
+            .with_helper(Some(Helper::Worker));
 
         let lease = LeaseHandle::new();
         let hb_cancel = cancel.child_token();
@@ -273,7 +299,17 @@ impl SessionRunner {
             })
         };
 
-        let result = self.run_session(work, &session_id, &session_client, sessions_token.is_some(), executor, &lease, &cancel).await;
+        let result = self
+            .run_session(
+                work,
+                &session_id,
+                &session_client,
+                sessions_token.is_some(),
+                executor,
+                &lease,
+                &cancel,
+            )
+            .await;
         let (session, results_posted) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -286,7 +322,11 @@ impl SessionRunner {
                 return Err(e);
             }
         };
-        let end = lease.end(if cancel.is_cancelled() { LeaseEnd::Cancelled } else { LeaseEnd::RunnerDone });
+        let end = lease.end(if cancel.is_cancelled() {
+            LeaseEnd::Cancelled
+        } else {
+            LeaseEnd::RunnerDone
+        });
         hb_cancel.cancel();
         let _ = heartbeat.await;
         let stopped = if end.should_force_stop() {
@@ -295,7 +335,12 @@ impl SessionRunner {
             tracing::info!(work_id = %work.id, session_id = %session_id, reason = ?end, "lease lost; released the item without stopping it");
             false
         };
-        Ok(ItemOutcome { lease_end: end, stopped, results_posted, session })
+        Ok(ItemOutcome {
+            lease_end: end,
+            stopped,
+            results_posted,
+            session,
+        })
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -319,7 +364,10 @@ impl SessionRunner {
             return Ok((Some(session), 0));
         }
         if !has_sessions_token && session.resources.iter().any(|r| r.kind == "memory_store") {
-            return Err(RunnerError::MemoryWithoutSessionsToken { session_id: session_id.to_string(), work_id: work.id.to_string() });
+            return Err(RunnerError::MemoryWithoutSessionsToken {
+                session_id: session_id.to_string(),
+                work_id: work.id.to_string(),
+            });
         }
         let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
         let stop = CancellationToken::new();
@@ -344,7 +392,15 @@ impl SessionRunner {
         let changed = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<(ToolCall, bool)>(DISPATCH_QUEUE);
 
-        let stream_task = stream_loop(session.clone(), self.config.reconnect, state.clone(), changed.clone(), tx, stop.clone(), self.observer.clone());
+        let stream_task = stream_loop(
+            session.clone(),
+            self.config.reconnect,
+            state.clone(),
+            changed.clone(),
+            tx,
+            stop.clone(),
+            self.observer.clone(),
+        );
         let dispatch_task = dispatch_loop(
             session,
             executor,
@@ -367,7 +423,9 @@ fn now() -> std::time::Instant {
 }
 
 fn lock(state: &Mutex<RunnerState>) -> std::sync::MutexGuard<'_, RunnerState> {
-    state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    state
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 async fn apply(
@@ -469,7 +527,9 @@ async fn dispatch_loop(
             _ = stop.cancelled() => return posted,
             next = rx.recv() => next,
         };
-        let Some((call, confirmed)) = next else { return posted };
+        let Some((call, confirmed)) = next else {
+            return posted;
+        };
         let (run, owned) = {
             let st = lock(&state);
             (st.should_execute(&call), st.owns(&call.event.name))
@@ -479,7 +539,9 @@ async fn dispatch_loop(
                 if let Some(o) = &observer {
                     o.on_call(&CallReport::Started(call.clone()));
                 }
-                let outcome = match tokio::time::timeout(tool_timeout, executor.execute(&call)).await {
+                let outcome = match tokio::time::timeout(tool_timeout, executor.execute(&call))
+                    .await
+                {
                     Ok(outcome) => outcome,
                     Err(_) => ToolOutcome::error(format!("tool '{}' timed out", call.event.name)),
                 };
@@ -495,7 +557,11 @@ async fn dispatch_loop(
                     posted += 1;
                 }
                 if let Some(o) = &observer {
-                    o.on_call(&CallReport::Finished { call: call.clone(), outcome, posted: sent });
+                    o.on_call(&CallReport::Finished {
+                        call: call.clone(),
+                        outcome,
+                        posted: sent,
+                    });
                 }
             } else {
                 tracing::info!(tool = %call.event.name, tool_use_id = %call.id(), "tool not owned by this runner; leaving it pending for its owner");
@@ -510,7 +576,12 @@ async fn dispatch_loop(
 }
 
 /// Post one result, retrying transient failures within the lease's retry window (§1.6).
-async fn send_result(session: &SessionClient, call: &ToolCall, outcome: &ToolOutcome, lease: &LeaseHandle) -> bool {
+async fn send_result(
+    session: &SessionClient,
+    call: &ToolCall,
+    outcome: &ToolOutcome,
+    lease: &LeaseHandle,
+) -> bool {
     let event = match call.kind {
         CallKind::Builtin => SendEvent::ToolResult {
             tool_use_id: call.id().clone(),
@@ -571,7 +642,10 @@ async fn idle_watchdog(
             }
             Some(at) => {
                 if lock(&state).idle_expired(now(), max_idle) {
-                    tracing::info!(max_idle_s = max_idle.as_secs_f64(), "session idle after its turn ended; stopping");
+                    tracing::info!(
+                        max_idle_s = max_idle.as_secs_f64(),
+                        "session idle after its turn ended; stopping"
+                    );
                     stop.cancel();
                     return;
                 }
