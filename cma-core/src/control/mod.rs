@@ -3,5 +3,6 @@
 //!
 //! [`select`] chooses a backend per session; [`warm`] keeps a session's sandbox for reuse.
 
+pub mod plane;
 pub mod select;
 pub mod warm;

@@ -76,6 +76,71 @@ pub trait ToolExecutor: Send + Sync {
     async fn execute(&self, call: &ToolCall) -> ToolOutcome;
 }
 
+/// Where a session's tools run for one work item: the control plane places the session (chooses a
+/// backend, creates or resumes a sandbox, restores its workspace) in [`SessionHost::open`] and
+/// tidies up (snapshot, keep warm, destroy) in [`SessionHost::close`].
+#[async_trait]
+pub trait SessionHost: Send + Sync {
+    /// Prepare the session for this item and return the executor of its tool calls.
+    async fn open(
+        &self,
+        work: &Work,
+        session: &Session,
+    ) -> Result<Arc<dyn ToolExecutor>, HostError>;
+
+    /// The item's run ended (its tool calls are finished); `end` says why.
+    async fn close(&self, work: &Work, session: &Session, end: &LeaseEnd);
+}
+
+/// A host could not place a session.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct HostError {
+    /// What failed, with context.
+    pub message: String,
+    /// The underlying error.
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl HostError {
+    /// An error with a message only.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// An error with a message and a cause.
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        Self {
+            message: message.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+}
+
+/// A host that runs every session's tools on one executor (tests, single-sandbox setups).
+#[derive(Clone)]
+pub struct FixedHost(pub Arc<dyn ToolExecutor>);
+
+#[async_trait]
+impl SessionHost for FixedHost {
+    async fn open(
+        &self,
+        _work: &Work,
+        _session: &Session,
+    ) -> Result<Arc<dyn ToolExecutor>, HostError> {
+        Ok(self.0.clone())
+    }
+
+    async fn close(&self, _work: &Work, _session: &Session, _end: &LeaseEnd) {}
+}
+
 /// What happened to one tool call, reported to a [`RunnerObserver`].
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -150,6 +215,15 @@ pub enum RunnerError {
         /// The API error.
         #[source]
         source: ApiError,
+    },
+    /// The host could not place the session.
+    #[error("placing session {session_id}: {source}")]
+    Host {
+        /// The session.
+        session_id: String,
+        /// The host's error.
+        #[source]
+        source: HostError,
     },
     /// The session has memory stores but the item carried no sessions token (the memory endpoints
     /// reject the environment key), so it is failed rather than run without its memory (§5.3).
@@ -250,13 +324,13 @@ impl SessionRunner {
         }
     }
 
-    /// Handle one acknowledged item: heartbeat its lease, run its session's tool calls through
-    /// `executor`, and force-stop it at the end unless the lease was lost. `cancel` ends the run
-    /// early (host shutdown); the item is then still force-stopped.
+    /// Handle one acknowledged item: heartbeat its lease, place the session with `host`, run its
+    /// tool calls, and force-stop the item at the end unless the lease was lost. `cancel` ends the
+    /// run early (host shutdown); the item is then still force-stopped.
     pub async fn handle_item(
         &self,
         work: &Work,
-        executor: Arc<dyn ToolExecutor>,
+        host: Arc<dyn SessionHost>,
         cancel: CancellationToken,
     ) -> Result<ItemOutcome, RunnerError> {
         let Some(session_id) = work.data.session_id() else {
@@ -305,7 +379,7 @@ impl SessionRunner {
                 &session_id,
                 &session_client,
                 sessions_token.is_some(),
-                executor,
+                host,
                 &lease,
                 &cancel,
             )
@@ -350,7 +424,7 @@ impl SessionRunner {
         session_id: &crate::protocol::SessionId,
         session_client: &SessionClient,
         has_sessions_token: bool,
-        executor: Arc<dyn ToolExecutor>,
+        host: Arc<dyn SessionHost>,
         lease: &LeaseHandle,
         cancel: &CancellationToken,
     ) -> Result<(Option<Session>, u64), RunnerError> {
@@ -369,13 +443,26 @@ impl SessionRunner {
                 work_id: work.id.to_string(),
             });
         }
+        let executor = tokio::select! {
+            r = host.open(work, &session) => r.map_err(|source| RunnerError::Host { session_id: session_id.to_string(), source })?,
+            _ = lease.ended() => return Ok((Some(session), 0)),
+            _ = cancel.cancelled() => return Ok((Some(session), 0)),
+        };
         let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
         let stop = CancellationToken::new();
+        let run = self.run_tools(tools_client, executor, lease.clone(), stop.clone());
+        tokio::pin!(run);
         let posted = tokio::select! {
-            n = self.run_tools(tools_client, executor, lease.clone(), stop.clone()) => n,
-            _ = lease.ended() => { stop.cancel(); 0 }
-            _ = cancel.cancelled() => { stop.cancel(); 0 }
+            n = &mut run => n,
+            _ = lease.ended() => { stop.cancel(); run.await }
+            _ = cancel.cancelled() => { stop.cancel(); run.await }
         };
+        let end = lease.status().ended.unwrap_or(if cancel.is_cancelled() {
+            LeaseEnd::Cancelled
+        } else {
+            LeaseEnd::RunnerDone
+        });
+        host.close(work, &session, &end).await;
         Ok((Some(session), posted))
     }
 

@@ -1,0 +1,369 @@
+//! The control plane's claim loop: take a concurrency permit, poll, ack, and hand each item to a
+//! [`SessionRunner`] on its own task (PROTOCOL.md §5.2).
+//!
+//! Two ways to claim work: [`ControlPlane::run`] long-polls forever (the SDK worker's shape), and
+//! [`ControlPlane::drain`] claims until the queue is empty (the webhook shape: a verified webhook
+//! says "work may be waiting", the host calls `drain`). Both take a permit *before* polling, so the
+//! plane never claims work it cannot start now.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::client::{ApiError, Client, Credential, EnvironmentClient, Helper, PollParams};
+use crate::protocol::{EnvironmentId, Work};
+use crate::retry;
+use crate::runner::session::{
+    ItemOutcome, RunnerConfig, RunnerError, RunnerObserver, SessionHost, SessionRunner,
+};
+
+/// Control plane settings.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneConfig {
+    /// Work items handled at once (permits are taken before polling).
+    pub concurrency: usize,
+    /// `block_ms` of the long poll (1–999).
+    pub poll_block_ms: u32,
+    /// `reclaim_older_than_ms` sent with each poll, if set.
+    pub reclaim_older_than_ms: Option<u64>,
+    /// Runner settings for every item.
+    pub runner: RunnerConfig,
+}
+
+impl Default for ControlPlaneConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 4,
+            poll_block_ms: 999,
+            reclaim_older_than_ms: None,
+            runner: RunnerConfig::default(),
+        }
+    }
+}
+
+/// Errors that stop the claim loop.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ControlPlaneError {
+    /// Polling failed with a fatal 4xx (e.g. a wrong environment key): retrying cannot help.
+    #[error("polling the work queue failed permanently: {0}")]
+    Poll(#[source] ApiError),
+    /// The configuration is unusable.
+    #[error("invalid control plane configuration: {0}")]
+    Config(String),
+}
+
+/// What one finished item reports to the plane's observers.
+#[derive(Debug)]
+pub struct ItemReport {
+    /// The item.
+    pub work: Work,
+    /// How it ended.
+    pub result: Result<ItemOutcome, RunnerError>,
+}
+
+/// Counters the plane keeps.
+#[derive(Debug, Default)]
+struct Counters {
+    claimed: AtomicU64,
+    finished: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// A snapshot of the plane's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ControlPlaneStats {
+    /// Items acknowledged.
+    pub claimed: u64,
+    /// Items whose handling finished (any outcome).
+    pub finished: u64,
+    /// Items whose handling returned an error.
+    pub failed: u64,
+    /// Items running now.
+    pub in_flight: u64,
+}
+
+type ReportHook = Arc<dyn Fn(&ItemReport) + Send + Sync>;
+
+struct Inner {
+    queue: EnvironmentClient,
+    runner: SessionRunner,
+    host: Arc<dyn SessionHost>,
+    config: ControlPlaneConfig,
+    permits: Arc<Semaphore>,
+    wake: Notify,
+    stop_claiming: CancellationToken,
+    cancel_items: CancellationToken,
+    tasks: TaskTracker,
+    counters: Counters,
+    on_item: Option<ReportHook>,
+}
+
+/// Claims work for one environment and runs each item's session.
+#[derive(Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for ControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ControlPlane")
+            .field("environment_id", self.inner.queue.id())
+            .field("config", &self.inner.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`ControlPlane`].
+pub struct ControlPlaneBuilder {
+    client: Client,
+    environment_id: EnvironmentId,
+    environment_key: Credential,
+    host: Arc<dyn SessionHost>,
+    config: ControlPlaneConfig,
+    observer: Option<Arc<dyn RunnerObserver>>,
+    on_item: Option<ReportHook>,
+}
+
+impl ControlPlaneBuilder {
+    /// Replace the settings.
+    pub fn config(mut self, config: ControlPlaneConfig) -> Self {
+        self.config = config;
+        self
+    }
+
+    /// Report every tool call to `observer`.
+    pub fn observer(mut self, observer: Arc<dyn RunnerObserver>) -> Self {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// Call `hook` when an item finishes.
+    pub fn on_item(mut self, hook: impl Fn(&ItemReport) + Send + Sync + 'static) -> Self {
+        self.on_item = Some(Arc::new(hook));
+        self
+    }
+
+    /// Build the plane.
+    pub fn build(self) -> Result<ControlPlane, ControlPlaneError> {
+        if self.config.concurrency == 0 {
+            return Err(ControlPlaneError::Config(
+                "concurrency must be at least 1".into(),
+            ));
+        }
+        if !(1..=999).contains(&self.config.poll_block_ms) {
+            return Err(ControlPlaneError::Config(
+                "poll_block_ms must be within 1..=999".into(),
+            ));
+        }
+        let queue = self
+            .client
+            .environment(self.environment_id.clone(), self.environment_key.clone())
+            .with_helper(Some(Helper::WorkPoller));
+        let mut runner = SessionRunner::new(self.client, self.environment_id, self.environment_key)
+            .with_config(self.config.runner.clone());
+        if let Some(o) = self.observer {
+            runner = runner.with_observer(o);
+        }
+        Ok(ControlPlane {
+            inner: Arc::new(Inner {
+                queue,
+                runner,
+                host: self.host,
+                permits: Arc::new(Semaphore::new(self.config.concurrency)),
+                config: self.config,
+                wake: Notify::new(),
+                stop_claiming: CancellationToken::new(),
+                cancel_items: CancellationToken::new(),
+                tasks: TaskTracker::new(),
+                counters: Counters::default(),
+                on_item: self.on_item,
+            }),
+        })
+    }
+}
+
+enum Claim {
+    Claimed,
+    Empty,
+    Stopped,
+}
+
+impl ControlPlane {
+    /// Start building a plane for `environment_id`, polling with `environment_key` and placing
+    /// sessions with `host`.
+    pub fn builder(
+        client: Client,
+        environment_id: impl Into<EnvironmentId>,
+        environment_key: Credential,
+        host: Arc<dyn SessionHost>,
+    ) -> ControlPlaneBuilder {
+        ControlPlaneBuilder {
+            client,
+            environment_id: environment_id.into(),
+            environment_key,
+            host,
+            config: ControlPlaneConfig::default(),
+            observer: None,
+            on_item: None,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> ControlPlaneStats {
+        let c = &self.inner.counters;
+        let finished = c.finished.load(Ordering::Relaxed);
+        let claimed = c.claimed.load(Ordering::Relaxed);
+        ControlPlaneStats {
+            claimed,
+            finished,
+            failed: c.failed.load(Ordering::Relaxed),
+            in_flight: claimed.saturating_sub(finished),
+        }
+    }
+
+    /// Nudge the long-poll loop to poll now (e.g. on a `session.*` webhook).
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Long-poll and run items until [`ControlPlane::shutdown`]. Returns an error only when polling
+    /// fails permanently (a fatal 4xx, e.g. a wrong environment key).
+    pub async fn run(&self) -> Result<(), ControlPlaneError> {
+        let mut failures = 0u32;
+        loop {
+            match self.claim_one(Some(self.inner.config.poll_block_ms)).await {
+                Ok(Claim::Stopped) => return Ok(()),
+                Ok(Claim::Claimed) => failures = 0,
+                Ok(Claim::Empty) => {
+                    failures = 0;
+                    let pause = retry::empty_poll_delay(retry::random_unit());
+                    tokio::select! {
+                        _ = self.inner.stop_claiming.cancelled() => return Ok(()),
+                        _ = self.inner.wake.notified() => {}
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+                Err(e) if e.is_fatal() => return Err(ControlPlaneError::Poll(e)),
+                Err(e) => {
+                    failures += 1;
+                    let pause = retry::poll_failure_delay(failures, retry::random_unit());
+                    tracing::warn!(error = %e, failures, pause_ms = pause.as_millis() as u64, "poll failed; backing off");
+                    tokio::select! {
+                        _ = self.inner.stop_claiming.cancelled() => return Ok(()),
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claim items until a poll finds the queue empty (non-blocking polls); returns how many were
+    /// claimed. Each item runs on its own task; this returns once claiming stops, not when the
+    /// items finish (see [`ControlPlane::wait_idle`]).
+    pub async fn drain(&self) -> Result<usize, ControlPlaneError> {
+        let mut claimed = 0;
+        loop {
+            match self.claim_one(None).await {
+                Ok(Claim::Claimed) => claimed += 1,
+                Ok(Claim::Empty | Claim::Stopped) => return Ok(claimed),
+                Err(e) => return Err(ControlPlaneError::Poll(e)),
+            }
+        }
+    }
+
+    /// Wait until no item is running.
+    pub async fn wait_idle(&self) {
+        // Taking every permit means every item task has released its own.
+        let all = self.inner.config.concurrency as u32;
+        if let Ok(p) = self.inner.permits.acquire_many(all).await {
+            drop(p);
+        }
+    }
+
+    /// Stop claiming, give running items `grace` to finish, then cancel them (each is still
+    /// force-stopped, which releases its work item) and wait for their tasks.
+    pub async fn shutdown(&self, grace: Duration) {
+        self.inner.stop_claiming.cancel();
+        self.inner.tasks.close();
+        if tokio::time::timeout(grace, self.inner.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::info!("grace period over; cancelling in-flight items");
+            self.inner.cancel_items.cancel();
+            self.inner.tasks.wait().await;
+        }
+    }
+
+    /// One permit → poll → ack → spawn cycle.
+    async fn claim_one(&self, block_ms: Option<u32>) -> Result<Claim, ApiError> {
+        let inner = &self.inner;
+        let permit: OwnedSemaphorePermit = tokio::select! {
+            _ = inner.stop_claiming.cancelled() => return Ok(Claim::Stopped),
+            p = inner.permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return Ok(Claim::Stopped),
+            },
+        };
+        let params = PollParams {
+            block_ms,
+            reclaim_older_than_ms: inner.config.reclaim_older_than_ms,
+        };
+        let polled = tokio::select! {
+            _ = inner.stop_claiming.cancelled() => return Ok(Claim::Stopped),
+            r = inner.queue.poll(&params) => r?,
+        };
+        let Some(work) = polled else {
+            return Ok(Claim::Empty);
+        };
+        match inner.queue.ack(&work.id).await {
+            Ok(_) => {}
+            Err(e) if e.is_fatal() => {
+                tracing::error!(work_id = %work.id, error = %e, "ack rejected; force-stopping the item");
+                match inner.queue.stop(&work.id, Some(true)).await {
+                    Ok(_) => {}
+                    Err(e) if e.status() == Some(409) => {}
+                    Err(e) => {
+                        tracing::error!(work_id = %work.id, error = %e, "force-stop after a rejected ack failed")
+                    }
+                }
+                return Ok(Claim::Claimed);
+            }
+            Err(e) => {
+                // The item stays pending and is reclaimed by the server; poll again after a pause.
+                tracing::warn!(work_id = %work.id, error = %e, "ack failed; the item will be reclaimed");
+                return Err(e);
+            }
+        }
+        inner.counters.claimed.fetch_add(1, Ordering::Relaxed);
+        let this = self.clone();
+        inner.tasks.spawn(async move {
+            let _permit = permit;
+            let inner = &this.inner;
+            let span = tracing::info_span!("work_item", work_id = %work.id, session_id = %work.data.id);
+            let result = tracing::Instrument::instrument(
+                inner.runner.handle_item(&work, inner.host.clone(), inner.cancel_items.child_token()),
+                span,
+            )
+            .await;
+            match &result {
+                Ok(o) => tracing::info!(work_id = %work.id, lease_end = ?o.lease_end, stopped = o.stopped, results = o.results_posted, "work item finished"),
+                Err(RunnerError::NotSessionWork { kind, .. }) => tracing::debug!(work_id = %work.id, kind, "non-session item stopped"),
+                Err(e) => {
+                    inner.counters.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::error!(work_id = %work.id, error = %e, "work item failed");
+                }
+            }
+            inner.counters.finished.fetch_add(1, Ordering::Relaxed);
+            if let Some(hook) = &inner.on_item {
+                hook(&ItemReport { work, result });
+            }
+        });
+        Ok(Claim::Claimed)
+    }
+}
