@@ -16,3 +16,4 @@ pub mod protocol;
 pub mod retry;
 pub mod runner;
 pub mod sse;
+pub mod webhook;
