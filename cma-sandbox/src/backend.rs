@@ -1,0 +1,145 @@
+//! The two traits every backend implements: [`SandboxBackend`] (create, resume, list, destroy)
+//! and [`Sandbox`] (one live sandbox: files, commands, archives, life cycle).
+//!
+//! Both are dyn-safe and held as `Arc<dyn …>`. Paths are *sandbox paths*: absolute,
+//! `/`-separated, in the sandbox's own namespace (the isolate backend shows its workspace as
+//! `/workspace` and each [`Mount`](crate::Mount) at its `sandbox_path`); relative paths are
+//! resolved against [`Sandbox::workdir`]. The sandbox enforces confinement: no path or symlink
+//! reaches outside its mounts, and errors name sandbox paths, never host paths. The *policy*
+//! of the official file tools (allowed roots, exact error texts, following symlinks to check them;
+//! PROTOCOL.md §6.1) belongs to the tools layer on top.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::error::Result;
+use crate::exec::{ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
+use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
+
+/// A kind of sandbox (isolate, Docker, Cloudflare): creates and finds sandboxes.
+#[async_trait]
+pub trait SandboxBackend: Send + Sync {
+    /// Short backend name (`isolate`, `docker`, ...), for logs and selection rules.
+    fn name(&self) -> &str;
+
+    /// What this backend's sandboxes can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Create and start a new sandbox.
+    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>>;
+
+    /// Reattach to an existing sandbox (running or stopped) by id, starting it again if needed.
+    /// Fails with [`NotFound`](crate::SandboxErrorKind::NotFound) when it does not exist.
+    async fn resume(&self, id: &SandboxId) -> Result<Arc<dyn Sandbox>>;
+
+    /// Every sandbox this backend knows about.
+    async fn list(&self) -> Result<Vec<SandboxInfo>>;
+
+    /// Stop a sandbox and delete it with its files. Fails with
+    /// [`NotFound`](crate::SandboxErrorKind::NotFound) when it does not exist.
+    async fn destroy(&self, id: &SandboxId) -> Result<()>;
+}
+
+/// One sandbox. Operations on a stopped sandbox fail with
+/// [`Stopped`](crate::SandboxErrorKind::Stopped).
+#[async_trait]
+pub trait Sandbox: Send + Sync {
+    /// Its id.
+    fn id(&self) -> &SandboxId;
+
+    /// What it can do.
+    fn capabilities(&self) -> Capabilities;
+
+    /// The working directory, an absolute sandbox path (e.g. `/workspace`). Relative paths are
+    /// resolved against it.
+    fn workdir(&self) -> &str;
+
+    /// Metadata of `path`, following symlinks (within the sandbox).
+    async fn stat(&self, path: &str) -> Result<FileStat>;
+
+    /// Metadata of `path` itself, not following a final symlink.
+    async fn lstat(&self, path: &str) -> Result<FileStat>;
+
+    /// The target of the symlink at `path`, exactly as stored (may be relative).
+    async fn read_link(&self, path: &str) -> Result<String>;
+
+    /// The whole content of a regular file. With `max_bytes`, a larger file fails with
+    /// [`TooLarge`](crate::SandboxErrorKind::TooLarge) carrying its size, before anything is read.
+    async fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes>;
+
+    /// A streaming reader over a regular file (for ranged reads of big files).
+    async fn open_read(&self, path: &str) -> Result<FileReader>;
+
+    /// Create or overwrite a regular file with `data`, creating missing parent directories.
+    async fn write_file(&self, path: &str, data: Bytes) -> Result<()>;
+
+    /// Create a directory and its missing parents; succeeds when it already exists.
+    async fn create_dir_all(&self, path: &str) -> Result<()>;
+
+    /// The entries of a directory (without `.` and `..`), sorted by name.
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>>;
+
+    /// Remove a file, symlink (not its target) or directory. A non-empty directory needs
+    /// `recursive`, else [`DirectoryNotEmpty`](crate::SandboxErrorKind::DirectoryNotEmpty).
+    async fn remove(&self, path: &str, recursive: bool) -> Result<()>;
+
+    /// Run a command to completion and return its bounded output. A non-zero exit is an
+    /// `Ok` with that exit code; a timeout is an `Err` of kind
+    /// [`Timeout`](crate::SandboxErrorKind::Timeout). Backends without a shell fail with
+    /// [`Unsupported`](crate::SandboxErrorKind::Unsupported).
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutput>;
+
+    /// Run a command and stream its output. The default runs [`exec`](Sandbox::exec) and replays
+    /// its output as one stdout chunk, one stderr chunk and the exit; backends with real
+    /// streaming override it.
+    async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream> {
+        let out = self.exec(req).await?;
+        let mut events = Vec::with_capacity(3);
+        if !out.stdout.is_empty() {
+            events.push(Ok(ExecEvent::Stdout(out.stdout)));
+        }
+        if !out.stderr.is_empty() {
+            events.push(Ok(ExecEvent::Stderr(out.stderr)));
+        }
+        events.push(Ok(ExecEvent::Exit(ExecExit {
+            exit_code: out.exit_code,
+            truncated: out.truncated,
+        })));
+        Ok(Box::pin(futures::stream::iter(events)))
+    }
+
+    /// Run a JavaScript program (the `execute` tool). An uncaught exception is an `Ok` with exit
+    /// code 1 and the message on stderr; running out of time or memory is an `Err`
+    /// ([`Timeout`](crate::SandboxErrorKind::Timeout),
+    /// [`ResourceLimit`](crate::SandboxErrorKind::ResourceLimit)). Backends without a JS engine
+    /// fail with [`Unsupported`](crate::SandboxErrorKind::Unsupported).
+    async fn execute(&self, req: ExecuteRequest) -> Result<ExecOutput>;
+
+    /// The workspace (the [`workdir`](Sandbox::workdir) tree, not extra mounts) as a tar stream.
+    /// Entry names are relative to the workspace.
+    async fn export_workspace(&self) -> Result<ByteStream>;
+
+    /// Unpack a tar stream (as made by [`export_workspace`](Sandbox::export_workspace)) into the
+    /// workspace. Entries that would escape the workspace (absolute names, `..`, symlinks whose
+    /// targets leave it, hard links, device nodes) fail the import with
+    /// [`InvalidArchive`](crate::SandboxErrorKind::InvalidArchive) or
+    /// [`OutsideSandbox`](crate::SandboxErrorKind::OutsideSandbox); nothing is ever written
+    /// outside the workspace.
+    async fn import_workspace(&self, tar: ByteStream) -> Result<()>;
+
+    /// Its current state.
+    async fn status(&self) -> Result<SandboxStatus>;
+
+    /// Stop it, keeping its files; [`SandboxBackend::resume`] brings it back. Idempotent.
+    async fn stop(&self) -> Result<()>;
+}
+
+// Both traits must stay dyn-safe and shareable across tasks: this fails to compile otherwise.
+const _: fn(Arc<dyn Sandbox>, Arc<dyn SandboxBackend>) = |s, b| {
+    fn assert_send_sync<T: Send + Sync + ?Sized>(_: &T) {}
+    assert_send_sync(&*s);
+    assert_send_sync(&*b);
+};
