@@ -131,6 +131,8 @@ macro_rules! open_enum {
     };
 }
 
+pub(crate) use open_enum;
+
 open_enum!(
     /// Work item state (PROTOCOL.md §2.3, §3.5).
     WorkState {

@@ -51,7 +51,7 @@ impl WebhookSecret {
             return Err(SecretError::Empty);
         }
         let b64 = secret.strip_prefix(SECRET_PREFIX).unwrap_or(secret);
-        Self::from_bytes(lenient_base64_decode(b64)?)
+        Self::from_bytes(lenient_base64_decode(b64.as_bytes(), true)?)
     }
 
     /// Use raw key bytes as they are (the SDK's `bytes` key form). Fails when `key` is empty.
@@ -93,10 +93,14 @@ impl FromStr for WebhookSecret {
     }
 }
 
-/// Decode standard base64 the way Python's `base64.b64decode(s + "==")` does (non-strict
-/// `binascii.a2b_base64`): skip bytes outside the alphabet, stop once a quantum is completed by
-/// padding, ignore stray padding and trailing bits.
-fn lenient_base64_decode(input: &str) -> Result<Vec<u8>, SecretError> {
+/// Decode standard base64 the way Python's non-strict `base64.b64decode` does: skip bytes outside
+/// the alphabet, stop once a quantum is completed by padding, ignore stray padding and trailing
+/// bits. With `add_padding`, `"=="` is appended first, as the SDK does for secrets; without it
+/// (signatures), an unpadded final quantum is an error.
+pub(super) fn lenient_base64_decode(
+    input: &[u8],
+    add_padding: bool,
+) -> Result<Vec<u8>, SecretError> {
     fn sextet(c: u8) -> Option<u8> {
         match c {
             b'A'..=b'Z' => Some(c - b'A'),
@@ -111,9 +115,8 @@ fn lenient_base64_decode(input: &str) -> Result<Vec<u8>, SecretError> {
     let mut quad_pos = 0u8;
     let mut left = 0u8;
     let mut pads = 0u8;
-    // The SDK appends "==" before decoding, so a 2- or 3-character final quantum is always
-    // completed by padding; only a lone character in the last quantum is an error.
-    for c in input.bytes().chain(*b"==") {
+    let padding: &[u8] = if add_padding { b"==" } else { b"" };
+    for &c in input.iter().chain(padding) {
         if c == b'=' {
             if quad_pos >= 2 {
                 pads += 1;
@@ -146,12 +149,14 @@ fn lenient_base64_decode(input: &str) -> Result<Vec<u8>, SecretError> {
             }
         }
     }
-    if quad_pos == 1 {
-        Err(SecretError::InvalidBase64 {
+    match quad_pos {
+        0 => Ok(out),
+        1 => Err(SecretError::InvalidBase64 {
             reason: "the number of data characters is one more than a multiple of 4",
-        })
-    } else {
-        Ok(out)
+        }),
+        _ => Err(SecretError::InvalidBase64 {
+            reason: "incorrect padding",
+        }),
     }
 }
 
@@ -177,6 +182,17 @@ mod tests {
         assert_eq!(hex("AAA=AAAA"), "0000");
         assert!(hex("A").starts_with("ERR"));
         assert!(hex("whsec_A").starts_with("ERR"));
+    }
+
+    #[test]
+    fn signatures_are_decoded_without_added_padding() {
+        // Python's `b64decode` on a signature gets no extra `=`: an unpadded quantum fails.
+        assert_eq!(
+            lenient_base64_decode(b"AAEC!Aw==", false),
+            Ok(vec![0, 1, 2, 3])
+        );
+        assert!(lenient_base64_decode(b"AAECAw", false).is_err());
+        assert!(lenient_base64_decode(b"AAECA", false).is_err());
     }
 
     #[test]

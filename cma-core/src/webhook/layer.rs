@@ -1,0 +1,224 @@
+//! [`VerifyLayer`]: tower middleware that authenticates webhook deliveries before the handler
+//! sees them (PROTOCOL.md §7.1, ECOSYSTEM.md §5).
+//!
+//! It buffers the body under a cap, verifies it with a [`Verifier`], parses the envelope and
+//! hands the inner service the same request with the buffered body. It does not deduplicate by
+//! `webhook-id` and does not time out slow clients (put a server or tower timeout in front).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode, header};
+use http_body::Body;
+use http_body_util::{BodyExt as _, Either, Full, LengthLimitError, Limited};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::{HEADER_ID, Verifier, WebhookError};
+
+/// The default cap on a delivery's body (1 MiB). CMA payloads are thin (ids only, §7.2); the
+/// figure follows the peers' receivers (ECOSYSTEM.md §5).
+pub const DEFAULT_BODY_LIMIT: usize = 1024 * 1024;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The boxed future of [`VerifyService`].
+pub type VerifyFuture<R, E> = Pin<Box<dyn Future<Output = Result<R, E>> + Send>>;
+
+/// The verified `webhook-id` of a delivery, put in the request extensions by [`VerifyService`].
+/// Use it as the idempotency key. Bytes that are not UTF-8 are replaced (U+FFFD).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WebhookId(pub String);
+
+/// Tower layer that wraps a service in [`VerifyService`].
+///
+/// Responses:
+/// * `413 Payload Too Large` when the body exceeds the cap (by `Content-Length` or while reading);
+/// * `401 Unauthorized` for missing or invalid headers, a timestamp outside the tolerance, or no
+///   matching signature;
+/// * `400 Bad Request` when the body cannot be read, or is authentic but not a webhook event.
+///
+/// Each has a small JSON body: `{"error":{"type":"…","message":"…"}}`; for 401 the message is
+/// the SDK's verification message (e.g. `No matching signature found`).
+///
+/// On success the inner service receives an `http::Request<`[`Full<Bytes>`]`>` with the original
+/// parts and the exact body bytes, and with the parsed [`WebhookEvent`](super::WebhookEvent) and
+/// the [`WebhookId`] in its extensions.
+///
+/// With axum (handlers read the event through `Extension`):
+///
+/// ```
+/// use axum::{Extension, Router, routing::post};
+/// use cma_core::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookId, WebhookSecret};
+///
+/// async fn on_event(Extension(id): Extension<WebhookId>, Extension(ev): Extension<WebhookEvent>) -> &'static str {
+///     tracing::info!(webhook_id = %id.0, kind = %ev.data.kind, "event");
+///     "ok"
+/// }
+///
+/// let secret = WebhookSecret::parse("whsec_AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=").unwrap();
+/// let app: Router = Router::new()
+///     .route("/webhooks/cma", post(on_event))
+///     .layer(VerifyLayer::new(Verifier::new(secret)).body_limit(64 * 1024));
+/// ```
+#[derive(Debug, Clone)]
+pub struct VerifyLayer {
+    verifier: Arc<Verifier>,
+    limit: usize,
+}
+
+impl VerifyLayer {
+    /// Verify with `verifier`, capping bodies at [`DEFAULT_BODY_LIMIT`].
+    pub fn new(verifier: Verifier) -> Self {
+        Self {
+            verifier: Arc::new(verifier),
+            limit: DEFAULT_BODY_LIMIT,
+        }
+    }
+
+    /// Cap bodies at `limit` bytes; larger deliveries are answered with 413 unread.
+    pub fn body_limit(mut self, limit: usize) -> Self {
+        self.limit = limit;
+        self
+    }
+}
+
+impl<S> Layer<S> for VerifyLayer {
+    type Service = VerifyService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        VerifyService {
+            inner,
+            verifier: self.verifier.clone(),
+            limit: self.limit,
+        }
+    }
+}
+
+/// The service built by [`VerifyLayer`]; see there for the behaviour.
+#[derive(Debug, Clone)]
+pub struct VerifyService<S> {
+    inner: S,
+    verifier: Arc<Verifier>,
+    limit: usize,
+}
+
+impl<S> VerifyService<S> {
+    /// Wrap `inner` directly (same as `VerifyLayer::new(verifier).layer(inner)`).
+    pub fn new(inner: S, verifier: Verifier) -> Self {
+        VerifyLayer::new(verifier).layer(inner)
+    }
+}
+
+impl<S, B, ResBody> Service<Request<B>> for VerifyService<S>
+where
+    S: Service<Request<Full<Bytes>>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    B: Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response<Either<ResBody, Full<Bytes>>>;
+    type Error = S::Error;
+    type Future = VerifyFuture<Self::Response, S::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        // Hand the future the instance that was polled ready; keep a fresh clone for later calls.
+        let fresh = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, fresh);
+        let verifier = self.verifier.clone();
+        let limit = self.limit;
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let bytes = match read_body(&parts.headers, body, limit).await {
+                Ok(bytes) => bytes,
+                Err(rejection) => return Ok(rejection.into_response()),
+            };
+            let event = match verifier.verify_event(&parts.headers, &bytes) {
+                Ok(event) => event,
+                Err(err) => {
+                    tracing::debug!(error = %err, "webhook delivery rejected");
+                    return Ok(Rejection::from(err).into_response());
+                }
+            };
+            let id = parts
+                .headers
+                .get(HEADER_ID)
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .unwrap_or_default();
+            let mut req = Request::from_parts(parts, Full::new(bytes));
+            req.extensions_mut().insert(WebhookId(id));
+            req.extensions_mut().insert(event);
+            inner.call(req).await.map(|resp| resp.map(Either::Left))
+        })
+    }
+}
+
+async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Rejection>
+where
+    B: Body,
+    B::Error: Into<BoxError>,
+{
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(Rejection::TooLarge { limit });
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(err) if err.is::<LengthLimitError>() => Err(Rejection::TooLarge { limit }),
+        Err(err) => Err(Rejection::Unreadable(err.to_string())),
+    }
+}
+
+enum Rejection {
+    TooLarge { limit: usize },
+    Unreadable(String),
+    Webhook(WebhookError),
+}
+
+impl From<WebhookError> for Rejection {
+    fn from(err: WebhookError) -> Self {
+        Self::Webhook(err)
+    }
+}
+
+impl Rejection {
+    fn into_response<T>(self) -> Response<Either<T, Full<Bytes>>> {
+        let (status, kind, message) = match self {
+            Self::TooLarge { limit } => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("webhook body exceeds {limit} bytes"),
+            ),
+            Self::Unreadable(why) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                format!("could not read webhook body: {why}"),
+            ),
+            Self::Webhook(err) if err.is_authentication_failure() => (
+                StatusCode::UNAUTHORIZED,
+                "webhook_verification_error",
+                err.to_string(),
+            ),
+            Self::Webhook(err) => (StatusCode::BAD_REQUEST, "invalid_payload", err.to_string()),
+        };
+        let body = serde_json::json!({ "error": { "type": kind, "message": message } }).to_string();
+        let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+        *resp.status_mut() = status;
+        resp.headers_mut().insert(
+            header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        resp
+    }
+}
