@@ -7,10 +7,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use hmac::Mac as _;
+use hmac::{Hmac, Mac as _};
 use http::HeaderMap;
+use sha2::Sha256;
 
-use super::sign::signed_content_mac;
+use super::sign::{keyed_mac, signed_content_mac};
 use super::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookEvent, WebhookSecret};
 
 /// How far a delivery's `webhook-timestamp` may be from the clock, either way (PROTOCOL.md §7.1:
@@ -99,6 +100,8 @@ type Clock = Arc<dyn Fn() -> SystemTime + Send + Sync>;
 #[derive(Clone)]
 pub struct Verifier {
     secret: WebhookSecret,
+    /// The HMAC with the key schedule done once; cloned per delivery.
+    keyed: Hmac<Sha256>,
     tolerance: Duration,
     clock: Clock,
 }
@@ -116,6 +119,7 @@ impl Verifier {
     /// A verifier with the default tolerance and the system clock.
     pub fn new(secret: WebhookSecret) -> Self {
         Self {
+            keyed: keyed_mac(&secret),
             secret,
             tolerance: DEFAULT_TOLERANCE,
             clock: Arc::new(SystemTime::now),
@@ -185,7 +189,7 @@ impl Verifier {
         })?;
         self.check_tolerance(ts)?;
 
-        let mac = signed_content_mac(&self.secret, id, ts.secs, body);
+        let mac = signed_content_mac(&self.keyed, id, ts.secs, body);
         let matched = signature
             .split(|b| *b == b' ')
             .filter_map(|entry| {

@@ -1,0 +1,121 @@
+//! Webhook verification throughput, and the cost of `VerifyLayer` in front of an axum handler.
+//!
+//! `cargo bench -p cma-core --bench webhook -- --warm-up-time 1 --measurement-time 3`
+//!
+//! * `verify/bytes/*`, `verify/requests/*`: `Verifier::verify_event` (HMAC-SHA256 over the
+//!   whole body, then the JSON envelope parse) for 1 KiB and 64 KiB bodies, reported as bytes/s
+//!   and as requests/s; `verify/signature_only/*`: `Verifier::verify` (no parse).
+//! * `layer/{plain,verified}/*`: the same trivial handler (it takes the body as `Bytes` and
+//!   returns its length) called through `Router::oneshot`, without and with the layer. The ratio
+//!   verified ÷ plain requests/s is the layer's overhead.
+
+use std::hint::black_box;
+use std::time::{Duration, UNIX_EPOCH};
+
+use axum::{Router, body::Body, routing::post};
+use bytes::Bytes;
+use cma_core::webhook::{Verifier, VerifyLayer, WebhookSecret, sign_headers};
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use http::{HeaderMap, Request};
+use tower::ServiceExt as _;
+
+const NOW: i64 = 1_777_636_800;
+const SIZES: [(usize, &str); 2] = [(1024, "1KiB"), (64 * 1024, "64KiB")];
+
+/// A valid event envelope padded with an unknown field to exactly `size` bytes.
+fn body(size: usize) -> Bytes {
+    let head = r#"{"type":"event","id":"wevt_bench","created_at":"2026-05-01T12:00:00Z","data":{"type":"session.status_idled","id":"sesn_bench","organization_id":"org_bench","workspace_id":"wrkspc_bench"},"pad":""#;
+    let tail = "\"}";
+    let pad = size - head.len() - tail.len();
+    let s = format!("{head}{}{tail}", "x".repeat(pad));
+    assert_eq!(s.len(), size);
+    Bytes::from(s)
+}
+
+fn secret() -> WebhookSecret {
+    WebhookSecret::from_bytes((0u8..32).collect()).expect("key")
+}
+
+fn verifier() -> Verifier {
+    Verifier::new(secret()).with_clock(|| UNIX_EPOCH + Duration::from_secs(NOW as u64))
+}
+
+fn signed(body: &[u8]) -> HeaderMap {
+    sign_headers(&secret(), "msg_bench", NOW, body).expect("headers")
+}
+
+fn bench_verify(c: &mut Criterion) {
+    let v = verifier();
+    for (unit, per_byte) in [("bytes", true), ("requests", false)] {
+        let mut g = c.benchmark_group(format!("verify/{unit}"));
+        for (size, label) in SIZES {
+            let body = body(size);
+            let headers = signed(&body);
+            assert!(v.verify_event(&headers, &body).is_ok());
+            g.throughput(if per_byte {
+                Throughput::Bytes(size as u64)
+            } else {
+                Throughput::Elements(1)
+            });
+            g.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
+                b.iter(|| v.verify_event(black_box(&headers), black_box(body)).is_ok())
+            });
+        }
+        g.finish();
+    }
+    // The signature check alone (no envelope parse), per request.
+    let mut g = c.benchmark_group("verify/signature_only");
+    g.throughput(Throughput::Elements(1));
+    for (size, label) in SIZES {
+        let body = body(size);
+        let headers = signed(&body);
+        g.bench_with_input(BenchmarkId::from_parameter(label), &body, |b, body| {
+            b.iter(|| v.verify(black_box(&headers), black_box(body)).is_ok())
+        });
+    }
+    g.finish();
+}
+
+async fn handler(body: Bytes) -> String {
+    body.len().to_string()
+}
+
+fn bench_layer(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let plain: Router = Router::new().route("/hook", post(handler));
+    let verified: Router = Router::new()
+        .route("/hook", post(handler))
+        .layer(VerifyLayer::new(verifier()));
+    let mut g = c.benchmark_group("layer");
+    g.throughput(Throughput::Elements(1));
+    for (size, label) in SIZES {
+        let body = body(size);
+        let headers = signed(&body);
+        let request = || {
+            let mut req = Request::post("/hook")
+                .body(Body::from(body.clone()))
+                .expect("request");
+            *req.headers_mut() = headers.clone();
+            req
+        };
+        for (name, app) in [("plain", &plain), ("verified", &verified)] {
+            let status = rt
+                .block_on(app.clone().oneshot(request()))
+                .expect("infallible")
+                .status();
+            assert_eq!(status, 200, "{name} {label}");
+            g.bench_function(BenchmarkId::new(name, label), |b| {
+                b.to_async(&rt).iter(|| async {
+                    let resp = app.clone().oneshot(request()).await.expect("infallible");
+                    black_box(resp.status())
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_verify, bench_layer);
+criterion_main!(benches);
