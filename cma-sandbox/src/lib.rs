@@ -10,9 +10,13 @@
 #![warn(missing_docs)]
 
 mod backend;
+#[cfg(feature = "conformance")]
+pub mod conformance;
 mod error;
 mod exec;
 mod file;
+#[cfg(feature = "isolate")]
+pub mod isolate;
 mod spec;
 
 pub use backend::{Sandbox, SandboxBackend};

@@ -1,0 +1,390 @@
+//! Workspace archives: export the workspace directory as a tar stream and import one back,
+//! refusing every entry that could reach outside the workspace or smuggle in special files.
+//!
+//! Both directions run on a blocking thread. Export never follows symlinks (they are archived as
+//! links). Import writes only through the workspace's `cap_std::fs::Dir`, so even an entry that
+//! slipped past the checks (a chain of symlinks) cannot land outside it.
+
+use std::borrow::Cow;
+use std::io::{self, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::{Bytes, BytesMut};
+use cap_std::fs::{Dir, OpenOptions, Permissions, PermissionsExt};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+
+use super::workspace::map_io;
+use crate::error::{Result, SandboxError, SandboxErrorKind};
+use crate::file::ByteStream;
+
+/// Size of the chunks an export stream yields.
+pub(crate) const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
+/// Deepest directory nesting exported; deeper trees fail with `TooLarge` instead of exhausting
+/// the stack.
+pub(crate) const MAX_EXPORT_DEPTH: usize = 1024;
+
+/// The workspace root as shown in errors.
+const ROOT: &str = "/workspace";
+
+fn shown(rel: &Path) -> String {
+    format!("{ROOT}/{}", rel.display())
+}
+
+/// An `io::Write` that cuts the tar into chunks and sends them down a bounded channel; the
+/// consumer's pace throttles the export, so memory stays bounded.
+struct ChunkSender {
+    tx: mpsc::Sender<Result<Bytes>>,
+    buf: BytesMut,
+}
+
+impl ChunkSender {
+    fn send_buf(&mut self) -> io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        let chunk = self.buf.split().freeze();
+        self.tx
+            .blocking_send(Ok(chunk))
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "export stream dropped"))
+    }
+}
+
+impl Write for ChunkSender {
+    fn write(&mut self, data: &[u8]) -> io::Result<usize> {
+        self.buf.extend_from_slice(data);
+        if self.buf.len() >= EXPORT_CHUNK_BYTES {
+            self.send_buf()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.send_buf()
+    }
+}
+
+/// Write the whole workspace as a tar into `tx`. Errors are sent down the channel too.
+pub(crate) fn export(dir: &Dir, tx: mpsc::Sender<Result<Bytes>>) {
+    let err_tx = tx.clone();
+    let mut builder = tar::Builder::new(ChunkSender {
+        tx,
+        buf: BytesMut::with_capacity(EXPORT_CHUNK_BYTES),
+    });
+    builder.follow_symlinks(false);
+    let result = export_dir(dir, &mut builder, Path::new(""), 0).and_then(|()| {
+        builder
+            .into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| map_io(e, ROOT))
+    });
+    if let Err(e) = result {
+        // The receiver may be gone; then nobody is waiting for the error either.
+        let _ = err_tx.blocking_send(Err(e));
+    }
+}
+
+fn export_dir(
+    root: &Dir,
+    builder: &mut tar::Builder<ChunkSender>,
+    rel: &Path,
+    depth: usize,
+) -> Result<()> {
+    if depth > MAX_EXPORT_DEPTH {
+        return Err(SandboxError::new(
+            SandboxErrorKind::TooLarge,
+            format!("directory nesting deeper than {MAX_EXPORT_DEPTH} levels"),
+        )
+        .with_path(shown(rel)));
+    }
+    let listing = if rel.as_os_str().is_empty() {
+        root.entries()
+    } else {
+        root.read_dir(rel)
+    };
+    let mut names = Vec::new();
+    for entry in listing.map_err(|e| map_io(e, &shown(rel)))? {
+        names.push(entry.map_err(|e| map_io(e, &shown(rel)))?.file_name());
+    }
+    names.sort();
+    for name in names {
+        let path = rel.join(&name);
+        let meta = match root.symlink_metadata(&path) {
+            Ok(m) => m,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(map_io(e, &shown(&path))),
+        };
+        let io_err = |e: io::Error| map_io(e, &shown(&path));
+        let mut header = tar::Header::new_gnu();
+        header.set_mtime(
+            meta.modified()
+                .ok()
+                .and_then(|t| t.into_std().duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_secs()),
+        );
+        let ft = meta.file_type();
+        if ft.is_symlink() {
+            let target = root.read_link_contents(&path).map_err(io_err)?;
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_mode(0o777);
+            header.set_size(0);
+            builder
+                .append_link(&mut header, &path, &target)
+                .map_err(io_err)?;
+        } else if ft.is_dir() {
+            header.set_entry_type(tar::EntryType::Directory);
+            header.set_mode(0o755);
+            header.set_size(0);
+            builder
+                .append_data(&mut header, &path, io::empty())
+                .map_err(io_err)?;
+            export_dir(root, builder, &path, depth + 1)?;
+        } else if ft.is_file() {
+            let size = meta.len();
+            let exec = meta.permissions().mode() & 0o111 != 0;
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(if exec { 0o755 } else { 0o644 });
+            header.set_size(size);
+            let file = root.open(&path).map_err(io_err)?;
+            // Exactly `size` bytes even if the file changes while we read it: a short file is
+            // padded with zeros, a grown one cut, so the archive stays well-formed.
+            let data = file.take(size).chain(io::repeat(0)).take(size);
+            builder
+                .append_data(&mut header, &path, data)
+                .map_err(io_err)?;
+        }
+        // Sockets, FIFOs and devices are not part of a workspace snapshot.
+    }
+    Ok(())
+}
+
+/// Turns a [`ByteStream`] into a blocking `Read` (used on a blocking thread only), keeping the
+/// stream's own error so it is reported with its kind.
+pub(crate) struct StreamReader {
+    stream: ByteStream,
+    handle: tokio::runtime::Handle,
+    current: Bytes,
+    pub failure: Option<SandboxError>,
+}
+
+impl StreamReader {
+    pub fn new(stream: ByteStream, handle: tokio::runtime::Handle) -> Self {
+        Self {
+            stream,
+            handle,
+            current: Bytes::new(),
+            failure: None,
+        }
+    }
+}
+
+impl Read for StreamReader {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        while self.current.is_empty() {
+            match self.handle.block_on(self.stream.next()) {
+                Some(Ok(chunk)) => self.current = chunk,
+                Some(Err(e)) => {
+                    self.failure = Some(e);
+                    return Err(io::Error::other("archive stream failed"));
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = out.len().min(self.current.len());
+        out[..n].copy_from_slice(&self.current.split_to(n));
+        Ok(n)
+    }
+}
+
+fn invalid(entry: &str, why: &str) -> SandboxError {
+    SandboxError::new(
+        SandboxErrorKind::InvalidArchive,
+        format!("archive entry '{entry}': {why}"),
+    )
+}
+
+fn escapes(entry: &str, why: &str) -> SandboxError {
+    SandboxError::new(
+        SandboxErrorKind::OutsideSandbox,
+        format!("archive entry '{entry}': {why}"),
+    )
+}
+
+/// An entry name for messages: archive contents, cut to a readable length.
+fn label(path: &Path) -> String {
+    let s = path.to_string_lossy();
+    let mut out: String = s.chars().take(200).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
+}
+
+/// The entry's path as a clean relative path, or why it is refused.
+fn entry_rel(path: &Path) -> Result<PathBuf> {
+    let mut rel = PathBuf::new();
+    for comp in path.components() {
+        match comp {
+            Component::Normal(c) => rel.push(c),
+            Component::CurDir => {}
+            Component::ParentDir => return Err(escapes(&label(path), "'..' is not allowed")),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(escapes(&label(path), "absolute paths are not allowed"));
+            }
+        }
+    }
+    Ok(rel)
+}
+
+/// A symlink target must stay inside the workspace when resolved lexically from the link's
+/// directory (the cap-std layer stops any escape through chains at use time as well).
+fn check_link_target(entry: &str, rel: &Path, target: &Path) -> Result<()> {
+    if target.has_root() {
+        return Err(escapes(entry, "symlink to an absolute path"));
+    }
+    let mut depth = rel.parent().map_or(0, |p| p.components().count());
+    for comp in target.components() {
+        match comp {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if depth == 0 {
+                    return Err(escapes(entry, "symlink pointing outside the workspace"));
+                }
+                depth -= 1;
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(escapes(entry, "symlink to an absolute path"));
+            }
+        }
+    }
+    if target.as_os_str().is_empty() {
+        return Err(invalid(entry, "empty symlink target"));
+    }
+    Ok(())
+}
+
+/// Remove whatever non-directory sits at `rel`, so a new entry replaces it instead of being
+/// written through it (a symlink).
+fn clear_non_dir(dir: &Dir, rel: &Path, entry: &str) -> Result<()> {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if m.is_dir() => Err(invalid(entry, "a directory already exists at this path")),
+        Ok(_) => dir.remove_file(rel).map_err(|e| map_io(e, &shown(rel))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(map_io(e, &shown(rel))),
+    }
+}
+
+fn make_parents(dir: &Dir, rel: &Path) -> Result<()> {
+    match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(parent) => dir
+            .create_dir_all(parent)
+            .map_err(|e| map_io(e, &shown(parent))),
+        None => Ok(()),
+    }
+}
+
+/// Unpack a tar from `reader` into `dir` (the workspace).
+pub(crate) fn import(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
+    let result = import_inner(dir, reader);
+    match (result, reader.failure.take()) {
+        (Err(_), Some(stream_err)) => Err(stream_err),
+        (r, _) => r,
+    }
+}
+
+fn tar_err(e: io::Error) -> SandboxError {
+    SandboxError::new(SandboxErrorKind::InvalidArchive, "malformed tar archive").with_source(e)
+}
+
+fn import_inner(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
+    let mut archive = tar::Archive::new(reader);
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let raw: Cow<'_, Path> = entry.path().map_err(tar_err)?;
+        let name = label(&raw);
+        let rel = entry_rel(&raw)?;
+        let kind = entry.header().entry_type();
+        if matches!(
+            kind,
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader
+        ) {
+            continue;
+        }
+        let mode = entry.header().mode().map_err(tar_err)?;
+        if mode & 0o7000 != 0 {
+            return Err(invalid(
+                &name,
+                "setuid, setgid and sticky bits are not allowed",
+            ));
+        }
+        if rel.as_os_str().is_empty() {
+            if kind.is_dir() {
+                continue;
+            }
+            return Err(invalid(&name, "entry has no name"));
+        }
+        match kind {
+            tar::EntryType::Directory => {
+                dir.create_dir_all(&rel)
+                    .map_err(|e| map_io(e, &shown(&rel)))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                make_parents(dir, &rel)?;
+                clear_non_dir(dir, &rel, &name)?;
+                let mut opts = OpenOptions::new();
+                opts.write(true).create_new(true);
+                let mut file = dir
+                    .open_with(&rel, &opts)
+                    .map_err(|e| map_io(e, &shown(&rel)))?;
+                io::copy(&mut entry, &mut file).map_err(tar_err)?;
+                let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+                file.set_permissions(Permissions::from_mode(perm))
+                    .map_err(|e| map_io(e, &shown(&rel)))?;
+            }
+            tar::EntryType::Symlink => {
+                let target = entry
+                    .link_name()
+                    .map_err(tar_err)?
+                    .ok_or_else(|| invalid(&name, "symlink without a target"))?
+                    .into_owned();
+                check_link_target(&name, &rel, &target)?;
+                make_parents(dir, &rel)?;
+                clear_non_dir(dir, &rel, &name)?;
+                dir.symlink(&target, &rel)
+                    .map_err(|e| map_io(e, &shown(&rel)))?;
+            }
+            tar::EntryType::Link => return Err(invalid(&name, "hard links are not allowed")),
+            tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {
+                return Err(invalid(&name, "device nodes and FIFOs are not allowed"));
+            }
+            _ => return Err(invalid(&name, "unsupported entry type")),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_paths_with_parent_or_root_components_are_refused() {
+        assert_eq!(entry_rel(Path::new("./a/b")).unwrap(), PathBuf::from("a/b"));
+        for bad in ["../x", "a/../../x", "/etc/passwd", "a/.."] {
+            let e = entry_rel(Path::new(bad)).unwrap_err();
+            assert_eq!(e.kind(), SandboxErrorKind::OutsideSandbox, "{bad}");
+        }
+    }
+
+    #[test]
+    fn link_targets_are_checked_from_the_links_directory() {
+        let ok = |rel: &str, t: &str| check_link_target("e", Path::new(rel), Path::new(t));
+        assert!(ok("a/b/link", "../c").is_ok());
+        assert!(ok("a/link", "../c").is_ok());
+        assert!(ok("link", "../c").is_err());
+        assert!(ok("a/link", "../../c").is_err());
+        assert!(ok("a/link", "x/../../../c").is_err());
+        assert!(ok("a/link", "/etc/passwd").is_err());
+    }
+}

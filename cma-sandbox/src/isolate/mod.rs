@@ -1,0 +1,621 @@
+//! The isolate backend: one confined directory per sandbox, native file operations, and
+//! JavaScript `execute` in a fresh QuickJS runtime per call. No shell, no processes, no VM:
+//! a sandbox costs a directory and a file descriptor, and starts in microseconds.
+//!
+//! # Layout and confinement
+//! [`IsolateBackend::new`] opens `root_dir` (the only use of ambient authority besides the host
+//! directories of [`Mount`]s). Each sandbox is `<root>/<id>/` holding `workspace/` (shown inside
+//! the sandbox as `/workspace`, its [`workdir`](crate::Sandbox::workdir)), `sandbox.meta`
+//! (labels, mounts, for [`list`](crate::SandboxBackend::list) and
+//! [`resume`](crate::SandboxBackend::resume)) and, while stopped, a `stopped` marker.
+//! Every file operation goes through a `cap_std::fs::Dir` of the workspace or a mount, so no
+//! path, `..` or symlink (absolute, relative or chained) can leave them. Symlinks must be
+//! relative to be followable; absolute targets are refused at creation and fail at use with
+//! [`OutsideSandbox`](crate::SandboxErrorKind::OutsideSandbox).
+//!
+//! # What runs where
+//! Bounded operations (metadata, single-entry changes, reads and writes up to
+//! [`INLINE_IO_BYTES`]) run inline on the calling task: they are a few system calls on a local
+//! directory, cheaper than a hand-off to a thread. Larger reads and writes, listings, recursive
+//! removal, archives and `execute` run on tokio's blocking pool.
+//!
+//! # Not supported
+//! [`exec`](crate::Sandbox::exec) (no shell: use `execute`), and the spec's `image`, `cpus`,
+//! `pids`, `disk_bytes` and `env` (ignored). `memory_bytes` caps the heap of `execute` scripts.
+
+mod archive;
+mod egress;
+mod js;
+mod meta;
+mod workspace;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hasher};
+use std::io::Read;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cap_std::ambient_authority;
+use cap_std::fs::Dir;
+use tokio::sync::mpsc;
+
+pub use egress::{DenyAllEgress, EgressHook, FetchError, FetchRequest, FetchResponse};
+pub use js::{MAX_SCRIPT_READ_BYTES, SCRIPT_STACK_BYTES};
+pub use workspace::{MAX_DIR_ENTRIES, MAX_NAME_BYTES, MAX_PATH_BYTES};
+
+use self::meta::{MAX_META_BYTES, Meta};
+use self::workspace::{MountPoint, Workspace, map_io, normalize, read_bounded};
+use crate::backend::{Sandbox, SandboxBackend};
+use crate::error::{Result, SandboxError, SandboxErrorKind};
+use crate::exec::{ExecOutput, ExecRequest, ExecuteRequest};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
+use crate::spec::{Capabilities, Mount, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
+
+/// The sandbox path of the workspace, and every isolate sandbox's working directory.
+pub const WORKDIR: &str = "/workspace";
+/// Reads and writes up to this many bytes run inline on the calling task; larger ones on the
+/// blocking pool.
+pub const INLINE_IO_BYTES: u64 = 64 * 1024;
+/// Backend name reported by [`SandboxBackend::name`].
+pub const BACKEND_NAME: &str = "isolate";
+
+const WORKSPACE_DIR: &str = "workspace";
+const META_FILE: &str = "sandbox.meta";
+const STOPPED_FILE: &str = "stopped";
+/// Chunks buffered between an export's blocking writer and its consumer.
+const EXPORT_CHANNEL_CHUNKS: usize = 4;
+
+/// The isolate [`SandboxBackend`]. Cheap to clone; clones share the root and the egress hook.
+#[derive(Clone)]
+pub struct IsolateBackend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: Dir,
+    egress: Arc<dyn EgressHook>,
+    /// Stop flags of sandboxes handed out by this backend, so `destroy` stops live handles.
+    live: Mutex<HashMap<SandboxId, Weak<AtomicBool>>>,
+    seed: u64,
+    counter: AtomicU64,
+}
+
+impl fmt::Debug for IsolateBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IsolateBackend").finish_non_exhaustive()
+    }
+}
+
+fn splitmix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    x ^ (x >> 31)
+}
+
+async fn blocking<T, F>(f: F) -> Result<T>
+where
+    F: FnOnce() -> Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    tokio::task::spawn_blocking(f).await.map_err(|e| {
+        SandboxError::new(SandboxErrorKind::Backend, "blocking task failed").with_source(e)
+    })?
+}
+
+impl IsolateBackend {
+    /// A backend keeping its sandboxes under `root_dir` (created if missing). Outbound `fetch`
+    /// from scripts is denied ([`DenyAllEgress`]) until [`with_egress`](Self::with_egress).
+    pub fn new(root_dir: impl AsRef<Path>) -> Result<Self> {
+        let root_err = |e| {
+            SandboxError::new(
+                SandboxErrorKind::Io,
+                "isolate backend: cannot open its root directory",
+            )
+            .with_source(e)
+        };
+        let root_dir = root_dir.as_ref();
+        Dir::create_ambient_dir_all(root_dir, ambient_authority()).map_err(root_err)?;
+        let root = Dir::open_ambient_dir(root_dir, ambient_authority()).map_err(root_err)?;
+        let seed = std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                root,
+                egress: Arc::new(DenyAllEgress),
+                live: Mutex::new(HashMap::new()),
+                seed,
+                counter: AtomicU64::new(0),
+            }),
+        })
+    }
+
+    /// Route every script `fetch` through `hook` (for example one applying the session's
+    /// egress policy). Applies to sandboxes created or resumed afterwards.
+    #[must_use]
+    pub fn with_egress(self, hook: Arc<dyn EgressHook>) -> Self {
+        let inner = match Arc::try_unwrap(self.inner) {
+            Ok(mut inner) => {
+                inner.egress = hook;
+                inner
+            }
+            Err(shared) => Inner {
+                root: match shared.root.try_clone() {
+                    Ok(d) => d,
+                    // Keep the old hook rather than fail: cloning a descriptor only fails when
+                    // the process is out of descriptors.
+                    Err(_) => return Self { inner: shared },
+                },
+                egress: hook,
+                live: Mutex::new(HashMap::new()),
+                seed: shared.seed ^ 1,
+                counter: AtomicU64::new(0),
+            },
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
+    }
+
+    fn new_id(&self) -> SandboxId {
+        let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
+        let a = splitmix(self.inner.seed ^ n);
+        let b = splitmix(a ^ n.rotate_left(17));
+        // Always valid: `sbx_` and 32 hex digits.
+        SandboxId::parse(format!("sbx_{a:016x}{b:016x}"))
+            .unwrap_or_else(|_| unreachable!("generated ids are valid"))
+    }
+
+    fn register(&self, id: &SandboxId) -> Arc<AtomicBool> {
+        let flag = Arc::new(AtomicBool::new(false));
+        if let Ok(mut live) = self.inner.live.lock() {
+            if live.len() >= 64 && live.len().is_power_of_two() {
+                live.retain(|_, w| w.strong_count() > 0);
+            }
+            live.insert(id.clone(), Arc::downgrade(&flag));
+        }
+        flag
+    }
+
+    fn open_mounts(mounts: &[Mount]) -> Result<Vec<MountPoint>> {
+        let mut out: Vec<MountPoint> = Vec::with_capacity(mounts.len());
+        for m in mounts {
+            let bad = |why: &str| {
+                SandboxError::new(
+                    SandboxErrorKind::InvalidInput,
+                    format!("mount {}: {why}", m.sandbox_path),
+                )
+            };
+            if !m.sandbox_path.starts_with('/') {
+                return Err(bad("sandbox path must be absolute"));
+            }
+            let path = normalize(WORKDIR, &m.sandbox_path)?;
+            let overlaps = |a: &str, b: &str| {
+                a == b || a.starts_with(&format!("{b}/")) || b.starts_with(&format!("{a}/"))
+            };
+            if path == "/" || overlaps(&path, WORKDIR) {
+                return Err(bad("must not be / or overlap /workspace"));
+            }
+            if out.iter().any(|o| overlaps(&o.path, &path)) {
+                return Err(bad("overlaps another mount"));
+            }
+            let dir = Dir::open_ambient_dir(&m.host_path, ambient_authority()).map_err(|e| {
+                let kind = map_io(e, &path).kind();
+                SandboxError::new(
+                    kind,
+                    format!("mount {path}: host directory cannot be opened"),
+                )
+            })?;
+            out.push(MountPoint {
+                path,
+                dir,
+                read_only: m.read_only,
+            });
+        }
+        Ok(out)
+    }
+
+    fn open_sandbox(&self, id: SandboxId, meta: &Meta) -> Result<Arc<dyn Sandbox>> {
+        let mut mounts = Self::open_mounts(&meta.mounts)?;
+        let ws_rel = format!("{id}/{WORKSPACE_DIR}");
+        let dir = self
+            .inner
+            .root
+            .open_dir(&ws_rel)
+            .map_err(|e| map_io(e, WORKDIR))?;
+        mounts.push(MountPoint {
+            path: WORKDIR.to_string(),
+            dir,
+            read_only: false,
+        });
+        let stopped = self.register(&id);
+        Ok(Arc::new(IsolateSandbox {
+            id,
+            ws: Arc::new(Workspace::new(WORKDIR.to_string(), mounts)),
+            stopped,
+            backend: self.inner.clone(),
+            egress: self.inner.egress.clone(),
+            memory_cap: meta.memory_bytes,
+        }))
+    }
+
+    fn read_meta(&self, id: &SandboxId) -> Result<Meta> {
+        let not_found = || {
+            SandboxError::new(
+                SandboxErrorKind::NotFound,
+                format!("sandbox {id} not found"),
+            )
+        };
+        let file = self
+            .inner
+            .root
+            .open(format!("{id}/{META_FILE}"))
+            .map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => not_found(),
+                _ => map_io(e, WORKDIR),
+            })?;
+        let mut text = String::new();
+        file.take(MAX_META_BYTES)
+            .read_to_string(&mut text)
+            .map_err(|e| {
+                SandboxError::new(SandboxErrorKind::Backend, "corrupt sandbox metadata")
+                    .with_source(e)
+            })?;
+        Meta::decode(&text)
+    }
+
+    fn capabilities_of(egress: &dyn EgressHook) -> Capabilities {
+        Capabilities {
+            execute_js: true,
+            files: true,
+            symlinks: true,
+            archive: true,
+            resume: true,
+            network: egress.allows_network(),
+            ..Capabilities::default()
+        }
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for IsolateBackend {
+    fn name(&self) -> &str {
+        BACKEND_NAME
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Self::capabilities_of(&*self.inner.egress)
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
+        // Validate mounts before touching the root.
+        drop(Self::open_mounts(&spec.mounts)?);
+        let meta = Meta::from_spec(spec, spec.mounts.clone());
+        let encoded = meta.encode()?;
+        let root = &self.inner.root;
+        let mut attempt = 0;
+        let id = loop {
+            let id = self.new_id();
+            match root.create_dir(id.as_str()) {
+                Ok(()) => break id,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 8 => {
+                    attempt += 1;
+                }
+                Err(e) => {
+                    return Err(SandboxError::new(
+                        map_io(e, WORKDIR).kind(),
+                        "isolate backend: cannot create the sandbox directory",
+                    ));
+                }
+            }
+        };
+        let setup = root
+            .create_dir(format!("{id}/{WORKSPACE_DIR}"))
+            .and_then(|()| root.write(format!("{id}/{META_FILE}"), encoded.as_bytes()));
+        if let Err(e) = setup {
+            let _ = root.remove_dir_all(id.as_str());
+            return Err(SandboxError::new(
+                map_io(e, WORKDIR).kind(),
+                "isolate backend: cannot set up the sandbox directory",
+            ));
+        }
+        match self.open_sandbox(id.clone(), &meta) {
+            Ok(s) => Ok(s),
+            Err(e) => {
+                let _ = root.remove_dir_all(id.as_str());
+                Err(e)
+            }
+        }
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<Arc<dyn Sandbox>> {
+        let meta = self.read_meta(id)?;
+        match self.inner.root.remove_file(format!("{id}/{STOPPED_FILE}")) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(map_io(e, WORKDIR)),
+        }
+        self.open_sandbox(id.clone(), &meta)
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let this = self.clone();
+        blocking(move || {
+            let root = &this.inner.root;
+            let mut out = Vec::new();
+            let entries = root.entries().map_err(|e| {
+                SandboxError::new(
+                    SandboxErrorKind::Io,
+                    "isolate backend: cannot list sandboxes",
+                )
+                .with_source(e)
+            })?;
+            for entry in entries.flatten() {
+                let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| SandboxId::parse(n).ok())
+                else {
+                    continue;
+                };
+                let info = match this.read_meta(&id) {
+                    Ok(meta) => {
+                        let stopped = root.exists(format!("{id}/{STOPPED_FILE}"));
+                        SandboxInfo {
+                            id,
+                            status: if stopped {
+                                SandboxStatus::Stopped
+                            } else {
+                                SandboxStatus::Running
+                            },
+                            created_at: meta.created,
+                            session_id: meta.session_id,
+                            labels: meta.labels,
+                        }
+                    }
+                    Err(e) if e.kind() == SandboxErrorKind::NotFound => continue,
+                    Err(e) => SandboxInfo {
+                        id,
+                        status: SandboxStatus::Failed {
+                            reason: e.to_string(),
+                        },
+                        created_at: None,
+                        session_id: None,
+                        labels: Default::default(),
+                    },
+                };
+                out.push(info);
+            }
+            out.sort_by(|a, b| a.id.cmp(&b.id));
+            Ok(out)
+        })
+        .await
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<()> {
+        let meta_exists = self
+            .inner
+            .root
+            .symlink_metadata(id.as_str())
+            .is_ok_and(|m| m.is_dir());
+        if !meta_exists {
+            return Err(SandboxError::new(
+                SandboxErrorKind::NotFound,
+                format!("sandbox {id} not found"),
+            ));
+        }
+        if let Ok(mut live) = self.inner.live.lock()
+            && let Some(flag) = live.remove(id).and_then(|w| w.upgrade())
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+        let this = self.clone();
+        let id = id.clone();
+        blocking(move || {
+            this.inner
+                .root
+                .remove_dir_all(id.as_str())
+                .map_err(|e| map_io(e, WORKDIR))
+        })
+        .await
+    }
+}
+
+/// One isolate sandbox (see the [module docs](self)).
+pub struct IsolateSandbox {
+    id: SandboxId,
+    ws: Arc<Workspace>,
+    stopped: Arc<AtomicBool>,
+    backend: Arc<Inner>,
+    egress: Arc<dyn EgressHook>,
+    memory_cap: Option<u64>,
+}
+
+impl fmt::Debug for IsolateSandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IsolateSandbox")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets a flag when dropped: tells a script's interrupt handler that its caller went away.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+impl IsolateSandbox {
+    fn live(&self) -> Result<&Arc<Workspace>> {
+        if self.stopped.load(Ordering::SeqCst) {
+            Err(SandboxError::new(
+                SandboxErrorKind::Stopped,
+                format!("sandbox {} is stopped", self.id),
+            ))
+        } else {
+            Ok(&self.ws)
+        }
+    }
+}
+
+#[async_trait]
+impl Sandbox for IsolateSandbox {
+    fn id(&self) -> &SandboxId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        IsolateBackend::capabilities_of(&*self.egress)
+    }
+
+    fn workdir(&self) -> &str {
+        WORKDIR
+    }
+
+    async fn stat(&self, path: &str) -> Result<FileStat> {
+        self.live()?.stat(path)
+    }
+
+    async fn lstat(&self, path: &str) -> Result<FileStat> {
+        self.live()?.lstat(path)
+    }
+
+    async fn read_link(&self, path: &str) -> Result<String> {
+        self.live()?.read_link(path)
+    }
+
+    async fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes> {
+        let (file, size, shown) = self.live()?.open_regular(path)?;
+        if size <= INLINE_IO_BYTES {
+            read_bounded(file, size, max_bytes, &shown)
+        } else {
+            blocking(move || read_bounded(file, size, max_bytes, &shown)).await
+        }
+    }
+
+    async fn open_read(&self, path: &str) -> Result<FileReader> {
+        let (file, _, _) = self.live()?.open_regular(path)?;
+        Ok(Box::pin(tokio::fs::File::from_std(file.into_std())))
+    }
+
+    async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
+        let ws = self.live()?;
+        if data.len() as u64 <= INLINE_IO_BYTES {
+            ws.write_file(path, &data)
+        } else {
+            let ws = ws.clone();
+            let path = path.to_string();
+            blocking(move || ws.write_file(&path, &data)).await
+        }
+    }
+
+    async fn create_dir_all(&self, path: &str) -> Result<()> {
+        self.live()?.create_dir_all(path)
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let ws = self.live()?.clone();
+        let path = path.to_string();
+        blocking(move || ws.read_dir(&path)).await
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        let ws = self.live()?;
+        if recursive {
+            let ws = ws.clone();
+            let path = path.to_string();
+            blocking(move || ws.remove(&path, true)).await
+        } else {
+            ws.remove(path, false)
+        }
+    }
+
+    async fn exec(&self, _req: ExecRequest) -> Result<ExecOutput> {
+        Err(SandboxError::unsupported(
+            "exec: the isolate backend has no shell; run JavaScript with the `execute` tool instead",
+        ))
+    }
+
+    async fn execute(&self, mut req: ExecuteRequest) -> Result<ExecOutput> {
+        let ws = self.live()?.clone();
+        if let Some(cap) = self.memory_cap {
+            req.memory_limit = req
+                .memory_limit
+                .min(usize::try_from(cap).unwrap_or(usize::MAX));
+        }
+        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
+        let env = js::ScriptEnv {
+            sandbox: self.id.clone(),
+            workspace: ws,
+            egress: self.egress.clone(),
+            cancelled: cancel.0.clone(),
+        };
+        let out = blocking(move || js::run(&req, &env)).await;
+        // Completed normally: the flag no longer matters, but keep the guard alive until here so
+        // a dropped future interrupts the script.
+        drop(cancel);
+        out
+    }
+
+    async fn export_workspace(&self) -> Result<ByteStream> {
+        let ws = self.live()?.clone();
+        let (tx, rx) = mpsc::channel(EXPORT_CHANNEL_CHUNKS);
+        tokio::task::spawn_blocking(move || match ws.workspace_dir() {
+            Some(dir) => archive::export(dir, tx),
+            None => {
+                let _ = tx.blocking_send(Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    "workspace mount missing",
+                )));
+            }
+        });
+        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        })))
+    }
+
+    async fn import_workspace(&self, tar: ByteStream) -> Result<()> {
+        let ws = self.live()?.clone();
+        let handle = tokio::runtime::Handle::current();
+        blocking(move || {
+            let dir = ws.workspace_dir().ok_or_else(|| {
+                SandboxError::new(SandboxErrorKind::Backend, "workspace mount missing")
+            })?;
+            let mut reader = archive::StreamReader::new(tar, handle);
+            archive::import(dir, &mut reader)
+        })
+        .await
+    }
+
+    async fn status(&self) -> Result<SandboxStatus> {
+        Ok(if self.stopped.load(Ordering::SeqCst) {
+            SandboxStatus::Stopped
+        } else {
+            SandboxStatus::Running
+        })
+    }
+
+    async fn stop(&self) -> Result<()> {
+        if self.stopped.swap(true, Ordering::SeqCst) {
+            return Ok(());
+        }
+        match self
+            .backend
+            .root
+            .write(format!("{}/{STOPPED_FILE}", self.id), b"")
+        {
+            Ok(()) => Ok(()),
+            // Destroyed meanwhile: stopped all the same.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(map_io(e, WORKDIR)),
+        }
+    }
+}

@@ -1,0 +1,475 @@
+//! The confined file layer of the isolate backend: maps sandbox paths to (mount, relative path)
+//! and performs every file operation through a `cap_std::fs::Dir`, so no path, `..` or symlink
+//! (absolute, relative or chained) reaches outside a mount.
+//!
+//! Everything here is synchronous; the async [`Sandbox`](crate::Sandbox) methods and the JS
+//! `fs.*` functions call into it. It must never put a host path into an error message: errors
+//! carry the normalised sandbox path and the host `io::Error` only as their (undisplayed) source.
+
+use std::io::{self, Read};
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use cap_std::fs::{Dir, Metadata};
+
+use crate::error::{Result, SandboxError, SandboxErrorKind};
+use crate::file::{DirEntry, FileKind, FileStat};
+
+/// Longest accepted sandbox path, in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH_BYTES: usize = 4096;
+/// Longest accepted path component, in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME_BYTES: usize = 255;
+/// Most entries `read_dir` returns before failing with `TooLarge`, so a listing
+/// stays bounded in memory.
+pub const MAX_DIR_ENTRIES: usize = 100_000;
+/// Longest symlink target accepted when creating a symlink.
+pub const MAX_LINK_TARGET_BYTES: usize = 4096;
+
+/// The message cap-std uses for every attempt to leave its directory (`errors::escape_attempt`).
+const CAP_STD_ESCAPE: &str = "a path led outside of the filesystem";
+
+/// `ELOOP` ("too many levels of symbolic links"); `io::ErrorKind::FilesystemLoop` is unstable.
+#[cfg(any(target_os = "macos", target_os = "ios", target_os = "freebsd"))]
+const ELOOP: i32 = 62;
+#[cfg(not(any(target_os = "macos", target_os = "ios", target_os = "freebsd")))]
+const ELOOP: i32 = 40;
+
+/// One directory visible in the sandbox.
+#[derive(Debug)]
+pub(crate) struct MountPoint {
+    /// Normalised absolute sandbox path, no trailing slash (e.g. `/workspace`).
+    pub path: String,
+    pub dir: Dir,
+    pub read_only: bool,
+}
+
+/// The sandbox's view of the file system: the workspace and extra mounts.
+#[derive(Debug)]
+pub(crate) struct Workspace {
+    /// Longest path first, so the most specific mount wins.
+    mounts: Vec<MountPoint>,
+    workdir: String,
+}
+
+/// A sandbox path resolved to a mount and a relative path inside it.
+pub(crate) struct Resolved<'a> {
+    pub mount: &'a MountPoint,
+    /// Relative to the mount; `.` for the mount root. Never contains `..` or a root.
+    pub rel: PathBuf,
+    /// The normalised sandbox path, for error messages.
+    pub shown: String,
+}
+
+impl Resolved<'_> {
+    fn is_root(&self) -> bool {
+        self.rel.as_os_str() == "."
+    }
+
+    fn writable(&self) -> Result<()> {
+        if self.mount.read_only {
+            Err(SandboxError::new(
+                SandboxErrorKind::PermissionDenied,
+                format!("permission denied (read-only mount {})", self.mount.path),
+            )
+            .with_path(self.shown.clone()))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn err(&self, e: io::Error) -> SandboxError {
+        map_io(e, &self.shown)
+    }
+}
+
+/// Collapse `.`/`..` lexically and join a relative path to `workdir`. Rejects NUL, empty paths,
+/// and over-long paths or components.
+pub(crate) fn normalize(workdir: &str, path: &str) -> Result<String> {
+    let invalid = |why: &str| {
+        SandboxError::new(
+            SandboxErrorKind::InvalidInput,
+            format!("invalid path: {why}"),
+        )
+    };
+    if path.is_empty() {
+        return Err(invalid("empty"));
+    }
+    if path.contains('\0') {
+        return Err(invalid("contains a NUL byte"));
+    }
+    if path.len() > MAX_PATH_BYTES {
+        return Err(invalid("longer than 4096 bytes"));
+    }
+    let mut stack: Vec<&str> = Vec::new();
+    let prefix = if path.starts_with('/') { "" } else { workdir };
+    for comp in prefix.split('/').chain(path.split('/')) {
+        match comp {
+            "" | "." => {}
+            ".." => {
+                stack.pop();
+            }
+            name => {
+                if name.len() > MAX_NAME_BYTES {
+                    return Err(invalid("a file name is longer than 255 bytes"));
+                }
+                stack.push(name);
+            }
+        }
+    }
+    let mut out = String::with_capacity(path.len() + prefix.len() + 1);
+    for comp in &stack {
+        out.push('/');
+        out.push_str(comp);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Ok(out)
+}
+
+/// Map a host I/O error to a typed error naming the sandbox path only.
+pub(crate) fn map_io(e: io::Error, shown: &str) -> SandboxError {
+    use io::ErrorKind as K;
+    let kind = match e.kind() {
+        _ if e.raw_os_error() == Some(ELOOP) => SandboxErrorKind::SymlinkLoop,
+        K::PermissionDenied if e.to_string().contains(CAP_STD_ESCAPE) => {
+            SandboxErrorKind::OutsideSandbox
+        }
+        K::NotFound => SandboxErrorKind::NotFound,
+        K::NotADirectory => SandboxErrorKind::NotADirectory,
+        K::IsADirectory => SandboxErrorKind::IsADirectory,
+        K::DirectoryNotEmpty => SandboxErrorKind::DirectoryNotEmpty,
+        K::AlreadyExists => SandboxErrorKind::AlreadyExists,
+        K::PermissionDenied | K::ReadOnlyFilesystem => SandboxErrorKind::PermissionDenied,
+        K::InvalidFilename | K::InvalidInput => SandboxErrorKind::InvalidInput,
+        K::StorageFull | K::QuotaExceeded | K::FileTooLarge | K::OutOfMemory => {
+            SandboxErrorKind::ResourceLimit
+        }
+        _ => SandboxErrorKind::Io,
+    };
+    let context = if kind == SandboxErrorKind::OutsideSandbox {
+        "path or symlink leads outside the sandbox"
+    } else {
+        kind.phrase()
+    };
+    SandboxError::new(kind, context)
+        .with_path(shown)
+        .with_source(e)
+}
+
+pub(crate) fn stat_of(m: &Metadata) -> FileStat {
+    let ft = m.file_type();
+    let kind = if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    FileStat {
+        kind,
+        size: m.len(),
+        modified: m.modified().ok().map(|t| t.into_std()),
+    }
+}
+
+/// Read an opened regular file of (stat) `size` bytes, failing with `TooLarge` past `max_bytes`.
+pub(crate) fn read_bounded(
+    file: cap_std::fs::File,
+    size: u64,
+    max_bytes: Option<u64>,
+    shown: &str,
+) -> Result<Bytes> {
+    if let Some(max) = max_bytes
+        && size > max
+    {
+        return Err(SandboxError::too_large(shown, size, max));
+    }
+    // The file may grow between stat and read: never read past the cap (+1 to detect it).
+    let cap = max_bytes.unwrap_or(u64::MAX);
+    let mut buf = Vec::with_capacity(usize::try_from(size.min(cap)).unwrap_or(0));
+    file.take(cap.saturating_add(1))
+        .read_to_end(&mut buf)
+        .map_err(|e| map_io(e, shown))?;
+    if buf.len() as u64 > cap {
+        return Err(SandboxError::too_large(shown, buf.len() as u64, cap));
+    }
+    Ok(Bytes::from(buf))
+}
+
+impl Workspace {
+    /// A workspace at `workdir` plus extra mounts. Mount paths must already be normalised and
+    /// non-overlapping (checked by the backend).
+    pub fn new(workdir: String, mut mounts: Vec<MountPoint>) -> Self {
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.path.len()));
+        Self { mounts, workdir }
+    }
+
+    /// The mount holding the workspace.
+    pub fn workspace_dir(&self) -> Option<&Dir> {
+        self.mounts
+            .iter()
+            .find(|m| m.path == self.workdir)
+            .map(|m| &m.dir)
+    }
+
+    /// Lexical mapping of a sandbox path to its mount.
+    pub fn resolve(&self, path: &str) -> Result<Resolved<'_>> {
+        let shown = normalize(&self.workdir, path)?;
+        for m in &self.mounts {
+            let rest = if shown == m.path {
+                Some("")
+            } else {
+                shown
+                    .strip_prefix(m.path.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+            };
+            if let Some(rest) = rest {
+                let rel = if rest.is_empty() {
+                    PathBuf::from(".")
+                } else {
+                    PathBuf::from(rest)
+                };
+                return Ok(Resolved {
+                    mount: m,
+                    rel,
+                    shown,
+                });
+            }
+        }
+        Err(SandboxError::new(
+            SandboxErrorKind::OutsideSandbox,
+            "path is outside the sandbox",
+        )
+        .with_path(shown))
+    }
+
+    pub fn stat(&self, path: &str) -> Result<FileStat> {
+        let r = self.resolve(path)?;
+        r.mount
+            .dir
+            .metadata(&r.rel)
+            .map(|m| stat_of(&m))
+            .map_err(|e| r.err(e))
+    }
+
+    pub fn lstat(&self, path: &str) -> Result<FileStat> {
+        let r = self.resolve(path)?;
+        r.mount
+            .dir
+            .symlink_metadata(&r.rel)
+            .map(|m| stat_of(&m))
+            .map_err(|e| r.err(e))
+    }
+
+    pub fn read_link(&self, path: &str) -> Result<String> {
+        let r = self.resolve(path)?;
+        let target = r
+            .mount
+            .dir
+            .read_link_contents(&r.rel)
+            .map_err(|e| r.err(e))?;
+        target.into_os_string().into_string().map_err(|_| {
+            SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                "symlink target is not UTF-8",
+            )
+            .with_path(r.shown.clone())
+        })
+    }
+
+    /// Open a regular file for reading, refusing directories and special files (a FIFO would
+    /// block the reader forever). Returns the file and its size.
+    pub fn open_regular(&self, path: &str) -> Result<(cap_std::fs::File, u64, String)> {
+        let r = self.resolve(path)?;
+        let meta = r.mount.dir.metadata(&r.rel).map_err(|e| r.err(e))?;
+        let ft = meta.file_type();
+        if ft.is_dir() {
+            return Err(SandboxError::at_path(
+                SandboxErrorKind::IsADirectory,
+                r.shown,
+            ));
+        }
+        if !ft.is_file() {
+            return Err(SandboxError::new(
+                SandboxErrorKind::PermissionDenied,
+                "not a regular file",
+            )
+            .with_path(r.shown));
+        }
+        let file = r.mount.dir.open(&r.rel).map_err(|e| r.err(e))?;
+        Ok((file, meta.len(), r.shown))
+    }
+
+    pub fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes> {
+        let (file, size, shown) = self.open_regular(path)?;
+        read_bounded(file, size, max_bytes, &shown)
+    }
+
+    pub fn write_file(&self, path: &str, data: &[u8]) -> Result<()> {
+        let r = self.resolve(path)?;
+        r.writable()?;
+        if r.is_root() {
+            return Err(SandboxError::at_path(
+                SandboxErrorKind::IsADirectory,
+                r.shown,
+            ));
+        }
+        if let Some(parent) = r.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+            r.mount.dir.create_dir_all(parent).map_err(|e| {
+                // cap-std reports a file in the way as "exists"; POSIX says "not a directory".
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    SandboxError::at_path(SandboxErrorKind::NotADirectory, r.shown.clone())
+                } else {
+                    r.err(e)
+                }
+            })?;
+        }
+        r.mount.dir.write(&r.rel, data).map_err(|e| r.err(e))
+    }
+
+    pub fn create_dir_all(&self, path: &str) -> Result<()> {
+        let r = self.resolve(path)?;
+        r.writable()?;
+        if r.is_root() {
+            return Ok(());
+        }
+        r.mount.dir.create_dir_all(&r.rel).map_err(|e| {
+            let target_exists = r.mount.dir.symlink_metadata(&r.rel).is_ok();
+            if e.kind() == io::ErrorKind::AlreadyExists && !target_exists {
+                // A file is in the way higher up.
+                SandboxError::at_path(SandboxErrorKind::NotADirectory, r.shown.clone())
+            } else {
+                r.err(e)
+            }
+        })
+    }
+
+    pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let r = self.resolve(path)?;
+        let iter = r.mount.dir.read_dir(&r.rel).map_err(|e| r.err(e))?;
+        let mut out = Vec::new();
+        for entry in iter {
+            let entry = entry.map_err(|e| r.err(e))?;
+            if out.len() >= MAX_DIR_ENTRIES {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::TooLarge,
+                    format!("directory has more than {MAX_DIR_ENTRIES} entries"),
+                )
+                .with_path(r.shown));
+            }
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // An entry removed between listing and stat is simply skipped.
+            match entry.metadata() {
+                Ok(m) => out.push(DirEntry {
+                    name,
+                    stat: stat_of(&m),
+                }),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(r.err(e)),
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    pub fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        let r = self.resolve(path)?;
+        r.writable()?;
+        if r.is_root() {
+            return Err(SandboxError::new(
+                SandboxErrorKind::PermissionDenied,
+                "cannot remove the root of a mount",
+            )
+            .with_path(r.shown));
+        }
+        let meta = r.mount.dir.symlink_metadata(&r.rel).map_err(|e| r.err(e))?;
+        let dir = &r.mount.dir;
+        let res = if meta.is_dir() {
+            if recursive {
+                dir.remove_dir_all(&r.rel)
+            } else {
+                dir.remove_dir(&r.rel)
+            }
+        } else {
+            dir.remove_file(&r.rel)
+        };
+        res.map_err(|e| r.err(e))
+    }
+
+    /// Create a symlink at `path` pointing to `target` (stored as given). Absolute targets are
+    /// refused: inside the sandbox they could never be followed.
+    pub fn symlink(&self, target: &str, path: &str) -> Result<()> {
+        let r = self.resolve(path)?;
+        r.writable()?;
+        if target.is_empty() || target.contains('\0') || target.len() > MAX_LINK_TARGET_BYTES {
+            return Err(SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                "invalid symlink target",
+            )
+            .with_path(r.shown));
+        }
+        if target.starts_with('/') {
+            return Err(SandboxError::new(
+                SandboxErrorKind::OutsideSandbox,
+                "absolute symlink targets are not allowed in the sandbox",
+            )
+            .with_path(r.shown));
+        }
+        if r.is_root() {
+            return Err(SandboxError::at_path(
+                SandboxErrorKind::AlreadyExists,
+                r.shown,
+            ));
+        }
+        r.mount
+            .dir
+            .symlink(Path::new(target), &r.rel)
+            .map_err(|e| r.err(e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn normalize_collapses_dots_lexically_and_clamps_at_root() {
+        assert_eq!(
+            normalize("/workspace", "a/./b/../c").unwrap(),
+            "/workspace/a/c"
+        );
+        assert_eq!(
+            normalize("/workspace", "../../etc/passwd").unwrap(),
+            "/etc/passwd"
+        );
+        assert_eq!(normalize("/workspace", "/..//x/").unwrap(), "/x");
+        assert_eq!(normalize("/workspace", "/").unwrap(), "/");
+        assert_eq!(normalize("/workspace", ".").unwrap(), "/workspace");
+    }
+
+    #[test]
+    fn normalize_rejects_nul_empty_and_overlong_input() {
+        for bad in [
+            "",
+            "a\0b",
+            &"x".repeat(MAX_PATH_BYTES + 1),
+            &"y".repeat(MAX_NAME_BYTES + 1),
+        ] {
+            let e = normalize("/workspace", bad).unwrap_err();
+            assert_eq!(e.kind(), SandboxErrorKind::InvalidInput, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cap_std_escape_errors_map_to_outside_sandbox_without_host_paths() {
+        let e = io::Error::new(io::ErrorKind::PermissionDenied, CAP_STD_ESCAPE);
+        let mapped = map_io(e, "/workspace/l");
+        assert_eq!(mapped.kind(), SandboxErrorKind::OutsideSandbox);
+        assert!(mapped.to_string().starts_with("/workspace/l: "));
+        let plain = map_io(io::Error::from(io::ErrorKind::PermissionDenied), "/x");
+        assert_eq!(plain.kind(), SandboxErrorKind::PermissionDenied);
+    }
+}
