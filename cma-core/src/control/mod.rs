@@ -3,6 +3,7 @@
 //!
 //! [`select`] chooses a backend per session; [`warm`] keeps a session's sandbox for reuse.
 
+pub mod host;
 pub mod plane;
 pub mod select;
 pub mod warm;

@@ -1,0 +1,230 @@
+//! [`SandboxHost`]: places each session in a sandbox of the backend a [`BackendSelector`] picks,
+//! reuses a warm sandbox for the session's next item, and disposes of expired ones.
+//!
+//! What runs inside the sandbox is decided by an [`ExecutorFactory`] (the agent toolset over the
+//! sandbox, plus custom tools); the host only manages sandboxes.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cma_sandbox::{Sandbox, SandboxBackend, SandboxSpec};
+use tokio::time::Instant;
+
+use super::select::{BackendSelector, Placement};
+use super::warm::WarmPool;
+use crate::protocol::{Session, SessionId, Work, WorkId};
+use crate::runner::lease::LeaseEnd;
+use crate::runner::session::{HostError, SessionHost, ToolExecutor};
+
+/// Label keys the host puts on every sandbox it creates.
+pub const LABEL_SESSION: &str = "cma.session_id";
+/// Label with the environment id.
+pub const LABEL_ENVIRONMENT: &str = "cma.environment_id";
+/// Label marking sandboxes made by a cma control plane (for janitors).
+pub const LABEL_MANAGED: &str = "cma.managed";
+
+/// Builds the tool executor for a session placed in a sandbox.
+#[async_trait]
+pub trait ExecutorFactory: Send + Sync {
+    /// The executor of `session`'s tool calls inside `sandbox`.
+    async fn executor(
+        &self,
+        sandbox: Arc<dyn Sandbox>,
+        work: &Work,
+        session: &Session,
+    ) -> Result<Arc<dyn ToolExecutor>, HostError>;
+}
+
+/// Host settings.
+#[derive(Debug, Clone)]
+pub struct SandboxHostConfig {
+    /// How long a session's sandbox stays warm after its work item ends.
+    pub keep_warm: Duration,
+    /// At most this many warm sandboxes (the oldest is destroyed first).
+    pub max_warm: usize,
+    /// Template for new sandboxes (session/environment ids and labels are filled in).
+    pub spec: SandboxSpec,
+}
+
+impl Default for SandboxHostConfig {
+    fn default() -> Self {
+        Self {
+            keep_warm: Duration::from_secs(180),
+            max_warm: 1024,
+            spec: SandboxSpec::new(),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct Placed {
+    backend: String,
+    sandbox: Arc<dyn Sandbox>,
+}
+
+/// A [`SessionHost`] over named sandbox backends.
+pub struct SandboxHost {
+    backends: HashMap<String, Arc<dyn SandboxBackend>>,
+    selector: Arc<dyn BackendSelector>,
+    factory: Arc<dyn ExecutorFactory>,
+    config: SandboxHostConfig,
+    warm: Mutex<WarmPool<SessionId, Placed>>,
+    open: Mutex<HashMap<WorkId, Placed>>,
+}
+
+impl std::fmt::Debug for SandboxHost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxHost")
+            .field("backends", &self.backends.keys().collect::<Vec<_>>())
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl SandboxHost {
+    /// A host with the given backends (keyed by [`SandboxBackend::name`]), selector and factory.
+    pub fn new(
+        backends: impl IntoIterator<Item = Arc<dyn SandboxBackend>>,
+        selector: Arc<dyn BackendSelector>,
+        factory: Arc<dyn ExecutorFactory>,
+        config: SandboxHostConfig,
+    ) -> Self {
+        let backends = backends
+            .into_iter()
+            .map(|b| (b.name().to_owned(), b))
+            .collect();
+        let warm = Mutex::new(WarmPool::new(config.max_warm));
+        Self {
+            backends,
+            selector,
+            factory,
+            config,
+            warm,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Number of warm sandboxes.
+    pub fn warm_count(&self) -> usize {
+        lock(&self.warm).len()
+    }
+
+    /// Destroy warm sandboxes whose keep-warm time is over; returns how many were destroyed.
+    pub async fn reap_expired(&self) -> usize {
+        let expired = lock(&self.warm).take_expired(Instant::now().into_std());
+        let n = expired.len();
+        for (_, placed) in expired {
+            self.dispose(placed).await;
+        }
+        n
+    }
+
+    /// Destroy every warm sandbox (shutdown).
+    pub async fn destroy_all_warm(&self) {
+        let all = lock(&self.warm).drain();
+        for (_, placed) in all {
+            self.dispose(placed).await;
+        }
+    }
+
+    async fn dispose(&self, placed: Placed) {
+        let Some(backend) = self.backends.get(&placed.backend) else {
+            return;
+        };
+        if let Err(e) = backend.destroy(placed.sandbox.id()).await {
+            tracing::warn!(sandbox = placed.sandbox.id().as_str(), error = %e, "destroying a sandbox failed");
+        }
+    }
+
+    async fn place(&self, work: &Work, session: &Session) -> Result<Placed, HostError> {
+        let name = self.selector.select(&Placement { work, session });
+        let backend = self.backends.get(&name).ok_or_else(|| {
+            HostError::new(format!("no sandbox backend named {name:?} is registered"))
+        })?;
+        let now = Instant::now().into_std();
+        let warm = lock(&self.warm).take(&session.id, now);
+        if let Some(placed) = warm {
+            if placed.backend == name {
+                tracing::debug!(session_id = %session.id, sandbox = placed.sandbox.id().as_str(), "reusing the session's warm sandbox");
+                return Ok(placed);
+            }
+            // The rule now picks another backend: retire the old sandbox.
+            self.dispose(placed).await;
+        }
+        let mut spec = self.config.spec.clone();
+        spec.session_id = Some(session.id.to_string());
+        spec.environment_id = Some(work.environment_id.to_string());
+        spec.labels
+            .insert(LABEL_SESSION.into(), session.id.to_string());
+        spec.labels
+            .insert(LABEL_ENVIRONMENT.into(), work.environment_id.to_string());
+        spec.labels.insert(LABEL_MANAGED.into(), "true".into());
+        let sandbox = backend.create(&spec).await.map_err(|e| {
+            HostError::with_source(
+                format!("creating a {name} sandbox for session {}", session.id),
+                e,
+            )
+        })?;
+        tracing::info!(session_id = %session.id, backend = %name, sandbox = sandbox.id().as_str(), "sandbox created");
+        Ok(Placed {
+            backend: name,
+            sandbox,
+        })
+    }
+}
+
+#[async_trait]
+impl SessionHost for SandboxHost {
+    async fn open(
+        &self,
+        work: &Work,
+        session: &Session,
+    ) -> Result<Arc<dyn ToolExecutor>, HostError> {
+        self.reap_expired().await;
+        let placed = self.place(work, session).await?;
+        let executor = match self
+            .factory
+            .executor(placed.sandbox.clone(), work, session)
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                // Keep the sandbox for a retry of the session rather than losing its files.
+                let evicted = lock(&self.warm).put(
+                    session.id.clone(),
+                    placed,
+                    Instant::now().into_std(),
+                    self.config.keep_warm,
+                );
+                for p in evicted {
+                    self.dispose(p).await;
+                }
+                return Err(e);
+            }
+        };
+        lock(&self.open).insert(work.id.clone(), placed);
+        Ok(executor)
+    }
+
+    async fn close(&self, work: &Work, session: &Session, end: &LeaseEnd) {
+        let Some(placed) = lock(&self.open).remove(&work.id) else {
+            return;
+        };
+        tracing::debug!(session_id = %session.id, reason = ?end, "keeping the sandbox warm");
+        let evicted = lock(&self.warm).put(
+            session.id.clone(),
+            placed,
+            Instant::now().into_std(),
+            self.config.keep_warm,
+        );
+        for p in evicted {
+            self.dispose(p).await;
+        }
+    }
+}
