@@ -7,6 +7,8 @@
 //! * [`client`]: the HTTP clients (work queue, environments, sessions, event stream).
 //! * [`retry`]: the SDK's retry and backoff arithmetic, as pure functions.
 //! * [`sse`]: the incremental Server-Sent Events parser.
+//! * [`webhook`]: Standard Webhooks signing and verification of CMA event deliveries, the typed
+//!   event envelope, and a tower `VerifyLayer` for receivers.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

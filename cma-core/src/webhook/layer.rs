@@ -222,3 +222,122 @@ impl Rejection {
         resp
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use tower::ServiceExt as _;
+
+    use super::*;
+    use crate::webhook::{WebhookEvent, WebhookSecret, sign_headers};
+
+    const NOW: i64 = 1_700_000_000;
+    const BODY: &[u8] = br#"{"type":"event","id":"wevt_t","created_at":"2026-05-01T12:00:00Z","data":{"type":"agent.created","id":"agent_1","organization_id":"o","workspace_id":"w"}}"#;
+
+    fn secret() -> WebhookSecret {
+        WebhookSecret::from_bytes(b"layer test key".to_vec()).unwrap()
+    }
+
+    fn layer(limit: usize) -> VerifyLayer {
+        let verifier =
+            Verifier::new(secret()).with_clock(|| UNIX_EPOCH + Duration::from_secs(NOW as u64));
+        VerifyLayer::new(verifier).body_limit(limit)
+    }
+
+    /// An inner service that records what it was given and counts its calls.
+    fn recorder(
+        calls: &'static AtomicUsize,
+    ) -> impl Service<
+        Request<Full<Bytes>>,
+        Response = Response<Full<Bytes>>,
+        Error = Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static {
+        tower::service_fn(move |req: Request<Full<Bytes>>| async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let id = req.extensions().get::<WebhookId>().cloned();
+            let kind = req
+                .extensions()
+                .get::<WebhookEvent>()
+                .map(|e| e.data.kind.to_string());
+            let body = req.into_body().collect().await.unwrap().to_bytes();
+            let echo = format!("{id:?}|{kind:?}|{}", String::from_utf8_lossy(&body));
+            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(echo))))
+        })
+    }
+
+    async fn call<S>(svc: S, req: Request<Full<Bytes>>) -> (StatusCode, String)
+    where
+        S: Service<
+                Request<Full<Bytes>>,
+                Response = Response<Either<Full<Bytes>, Full<Bytes>>>,
+                Error = Infallible,
+            >,
+    {
+        let resp = svc.oneshot(req).await.unwrap();
+        let status = resp.status();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    fn request(headers: HeaderMap, body: &[u8]) -> Request<Full<Bytes>> {
+        let mut req = Request::new(Full::new(Bytes::copy_from_slice(body)));
+        *req.headers_mut() = headers;
+        req
+    }
+
+    #[tokio::test]
+    async fn inner_gets_the_exact_bytes_and_the_extensions() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let svc = layer(DEFAULT_BODY_LIMIT).layer(recorder(&CALLS));
+        let headers = sign_headers(&secret(), "msg_t", NOW, BODY).unwrap();
+        let (status, echo) = call(svc, request(headers, BODY)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            echo,
+            format!(
+                "Some(WebhookId(\"msg_t\"))|Some(\"agent.created\")|{}",
+                String::from_utf8_lossy(BODY)
+            )
+        );
+        assert_eq!(CALLS.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn rejected_deliveries_never_reach_the_inner_service() {
+        static CALLS: AtomicUsize = AtomicUsize::new(0);
+        let good = sign_headers(&secret(), "msg_t", NOW, BODY).unwrap();
+        let cases = [
+            (
+                layer(DEFAULT_BODY_LIMIT),
+                HeaderMap::new(),
+                BODY,
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                layer(DEFAULT_BODY_LIMIT),
+                good.clone(),
+                &BODY[1..],
+                StatusCode::UNAUTHORIZED,
+            ),
+            (
+                layer(BODY.len() - 1),
+                good.clone(),
+                BODY,
+                StatusCode::PAYLOAD_TOO_LARGE,
+            ),
+        ];
+        for (layer, headers, body, want) in cases {
+            let (status, resp) = call(layer.layer(recorder(&CALLS)), request(headers, body)).await;
+            assert_eq!(status, want, "{resp}");
+            let json: serde_json::Value = serde_json::from_str(&resp).unwrap();
+            assert!(json["error"]["message"].is_string(), "{resp}");
+        }
+        assert_eq!(CALLS.load(Ordering::SeqCst), 0);
+    }
+}
