@@ -20,6 +20,7 @@ use crate::retry;
 use crate::runner::session::{
     ItemOutcome, RunnerConfig, RunnerError, RunnerObserver, SessionHost, SessionRunner,
 };
+use crate::webhook::{WebhookEvent, WebhookEventType};
 
 /// Control plane settings.
 #[derive(Debug, Clone)]
@@ -101,6 +102,47 @@ struct Inner {
     tasks: TaskTracker,
     counters: Counters,
     on_item: Option<ReportHook>,
+    polling: std::sync::atomic::AtomicBool,
+    seen_webhooks: std::sync::Mutex<RecentIds>,
+}
+
+/// Bounded memory of recently seen webhook ids (duplicate deliveries are ignored).
+#[derive(Debug, Default)]
+struct RecentIds {
+    order: std::collections::VecDeque<String>,
+    set: std::collections::HashSet<String>,
+}
+
+/// How many webhook ids are remembered for de-duplication.
+pub const WEBHOOK_DEDUP_WINDOW: usize = 4096;
+
+impl RecentIds {
+    /// Remember `id`; false if it was already seen.
+    fn insert(&mut self, id: &str) -> bool {
+        if self.set.contains(id) {
+            return false;
+        }
+        if self.order.len() >= WEBHOOK_DEDUP_WINDOW
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+        self.order.push_back(id.to_owned());
+        self.set.insert(id.to_owned());
+        true
+    }
+}
+
+/// What the plane did with a webhook event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebhookAction {
+    /// Work may be waiting: the poll loop was woken, or a drain was started.
+    Drain,
+    /// The same event id was seen before.
+    Duplicate,
+    /// Nothing to do for this event type.
+    Ignored,
 }
 
 /// Claims work for one environment and runs each item's session.
@@ -182,6 +224,8 @@ impl ControlPlaneBuilder {
                 tasks: TaskTracker::new(),
                 counters: Counters::default(),
                 on_item: self.on_item,
+                polling: std::sync::atomic::AtomicBool::new(false),
+                seen_webhooks: std::sync::Mutex::new(RecentIds::default()),
             }),
         })
     }
@@ -231,9 +275,55 @@ impl ControlPlane {
         self.inner.wake.notify_one();
     }
 
+    /// React to a verified webhook (PROTOCOL.md §7.3). Webhooks carry no work id; a session event
+    /// that means work may be queued wakes the poll loop (when [`ControlPlane::run`] is running) or
+    /// starts a [`ControlPlane::drain`] on a background task. Duplicate deliveries (same event id)
+    /// are ignored.
+    pub fn on_webhook(&self, event: &WebhookEvent) -> WebhookAction {
+        let fresh = self
+            .inner
+            .seen_webhooks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(&event.id);
+        if !fresh {
+            return WebhookAction::Duplicate;
+        }
+        use WebhookEventType as T;
+        let wakes = matches!(
+            event.data.kind,
+            T::SessionCreated
+                | T::SessionPending
+                | T::SessionRunning
+                | T::SessionStatusRunStarted
+                | T::SessionStatusRescheduled
+        );
+        if !wakes {
+            return WebhookAction::Ignored;
+        }
+        if self.inner.polling.load(Ordering::Relaxed) {
+            self.wake();
+        } else if !self.inner.stop_claiming.is_cancelled() {
+            let this = self.clone();
+            self.inner.tasks.spawn(async move {
+                if let Err(e) = this.drain().await {
+                    tracing::warn!(error = %e, "webhook-triggered drain failed");
+                }
+            });
+        }
+        WebhookAction::Drain
+    }
+
     /// Long-poll and run items until [`ControlPlane::shutdown`]. Returns an error only when polling
     /// fails permanently (a fatal 4xx, e.g. a wrong environment key).
     pub async fn run(&self) -> Result<(), ControlPlaneError> {
+        self.inner.polling.store(true, Ordering::Relaxed);
+        let result = self.poll_loop().await;
+        self.inner.polling.store(false, Ordering::Relaxed);
+        result
+    }
+
+    async fn poll_loop(&self) -> Result<(), ControlPlaneError> {
         let mut failures = 0u32;
         loop {
             match self.claim_one(Some(self.inner.config.poll_block_ms)).await {
@@ -365,5 +455,22 @@ impl ControlPlane {
             }
         });
         Ok(Claim::Claimed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn recent_ids_remember_a_bounded_window() {
+        let mut r = RecentIds::default();
+        assert!(r.insert("a"));
+        assert!(!r.insert("a"));
+        for i in 0..WEBHOOK_DEDUP_WINDOW {
+            r.insert(&i.to_string());
+        }
+        assert_eq!(r.order.len(), WEBHOOK_DEDUP_WINDOW);
+        assert!(r.insert("a"), "the oldest id left the window");
     }
 }
