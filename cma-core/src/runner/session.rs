@@ -74,6 +74,10 @@ pub trait ToolExecutor: Send + Sync {
 
     /// Run one call. The runner bounds it with its tool timeout.
     async fn execute(&self, call: &ToolCall) -> ToolOutcome;
+
+    /// The session's run for this item is over: release per-session tool state (e.g. kill the
+    /// persistent shell). Called once, after the last call.
+    async fn close(&self) {}
 }
 
 /// Where a session's tools run for one work item: the control plane places the session (chooses a
@@ -488,6 +492,7 @@ impl SessionRunner {
             stop.clone(),
             self.observer.clone(),
         );
+        let closer = executor.clone();
         let dispatch_task = dispatch_loop(
             session,
             executor,
@@ -501,6 +506,7 @@ impl SessionRunner {
         );
         let idle_task = idle_watchdog(self.config.max_idle, state, changed, stop.clone());
         let (_, posted, _) = tokio::join!(stream_task, dispatch_task, idle_task);
+        closer.close().await;
         posted
     }
 }
