@@ -393,6 +393,7 @@ pub async fn symlinks(backend: &dyn SandboxBackend) {
         ("dir/file.txt", T::Regular, "target"),
         ("link", T::Symlink, "dir/file.txt"),
         ("dir/up", T::Symlink, "../dir/file.txt"),
+        ("dirlink", T::Symlink, "dir"),
     ]);
     sb.import_workspace(tar_stream(tar)).await.unwrap();
     let link = p(&sb, "link");
@@ -409,7 +410,29 @@ pub async fn symlinks(backend: &dyn SandboxBackend) {
         .iter()
         .map(|e| (e.name.as_str(), e.stat.kind))
         .collect();
-    assert_eq!(kinds, [("dir", FileKind::Dir), ("link", FileKind::Symlink)]);
+    assert_eq!(
+        kinds,
+        [
+            ("dir", FileKind::Dir),
+            ("dirlink", FileKind::Symlink),
+            ("link", FileKind::Symlink)
+        ]
+    );
+    // Writing through a symlink to a directory lands in the directory.
+    sb.write_file(
+        &p(&sb, "dirlink/sub/new.txt"),
+        Bytes::from_static(b"via link"),
+    )
+    .await
+    .unwrap();
+    sb.create_dir_all(&p(&sb, "dirlink/other")).await.unwrap();
+    assert_eq!(
+        &sb.read_file(&p(&sb, "dir/sub/new.txt"), None)
+            .await
+            .unwrap()[..],
+        b"via link"
+    );
+    assert!(sb.stat(&p(&sb, "dir/other")).await.unwrap().is_dir());
     sb.remove(&link, false).await.unwrap();
     assert!(
         sb.stat(&p(&sb, "dir/file.txt")).await.is_ok(),

@@ -14,7 +14,7 @@ use cap_std::fs::{Dir, OpenOptions, Permissions, PermissionsExt};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
-use super::workspace::map_io;
+use super::workspace::{make_dirs, map_io};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::file::ByteStream;
 
@@ -277,9 +277,7 @@ fn clear_non_dir(dir: &Dir, rel: &Path, entry: &str) -> Result<()> {
 
 fn make_parents(dir: &Dir, rel: &Path) -> Result<()> {
     match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-        Some(parent) => dir
-            .create_dir_all(parent)
-            .map_err(|e| map_io(e, &shown(parent))),
+        Some(parent) => make_dirs(dir, parent, &shown(parent)),
         None => Ok(()),
     }
 }
@@ -326,8 +324,7 @@ fn import_inner(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
         }
         match kind {
             tar::EntryType::Directory => {
-                dir.create_dir_all(&rel)
-                    .map_err(|e| map_io(e, &shown(&rel)))?;
+                make_dirs(dir, &rel, &shown(&rel))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 make_parents(dir, &rel)?;

@@ -33,7 +33,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use rquickjs::context::EvalOptions;
-use rquickjs::function::{Opt, Rest};
+use rquickjs::function::Rest;
 use rquickjs::{Context, Ctx, Exception, Function, Object, Runtime, Value};
 
 use super::egress::{EgressHook, FetchRequest};
@@ -277,7 +277,7 @@ fn host_object<'js>(
             move |ctx: Ctx<'js>,
                   url: String,
                   method: String,
-                  body: Opt<String>,
+                  body: Option<String>,
                   flat: Rest<String>| {
                 let headers = flat
                     .0
@@ -289,7 +289,7 @@ fn host_object<'js>(
                     url,
                     method,
                     headers,
-                    body: body.0.map(Bytes::from),
+                    body: body.map(Bytes::from),
                     timeout: deadline.saturating_duration_since(Instant::now()),
                 };
                 let resp = egress

@@ -199,6 +199,36 @@ pub(crate) fn read_bounded(
     Ok(Bytes::from(buf))
 }
 
+/// `mkdir -p` that, unlike `cap_std::fs::Dir::create_dir_all`, accepts symlinks to directories
+/// on the way (following them, confined) and reports a file in the way as "not a directory".
+pub(crate) fn make_dirs(dir: &Dir, rel: &Path, shown: &str) -> Result<()> {
+    // Common case: it already exists.
+    if let Ok(m) = dir.metadata(rel)
+        && m.is_dir()
+    {
+        return Ok(());
+    }
+    let mut prefix = PathBuf::new();
+    for comp in rel.components() {
+        prefix.push(comp);
+        match dir.create_dir(&prefix) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                // Exists: fine if it is (or leads, within the sandbox, to) a directory.
+                let m = dir.metadata(&prefix).map_err(|e| map_io(e, shown))?;
+                if !m.is_dir() {
+                    return Err(SandboxError::at_path(
+                        SandboxErrorKind::NotADirectory,
+                        shown,
+                    ));
+                }
+            }
+            Err(e) => return Err(map_io(e, shown)),
+        }
+    }
+    Ok(())
+}
+
 impl Workspace {
     /// A workspace at `workdir` plus extra mounts. Mount paths must already be normalised and
     /// non-overlapping (checked by the backend).
@@ -318,14 +348,7 @@ impl Workspace {
             ));
         }
         if let Some(parent) = r.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            r.mount.dir.create_dir_all(parent).map_err(|e| {
-                // cap-std reports a file in the way as "exists"; POSIX says "not a directory".
-                if e.kind() == io::ErrorKind::AlreadyExists {
-                    SandboxError::at_path(SandboxErrorKind::NotADirectory, r.shown.clone())
-                } else {
-                    r.err(e)
-                }
-            })?;
+            make_dirs(&r.mount.dir, parent, &r.shown)?;
         }
         r.mount.dir.write(&r.rel, data).map_err(|e| r.err(e))
     }
@@ -336,15 +359,7 @@ impl Workspace {
         if r.is_root() {
             return Ok(());
         }
-        r.mount.dir.create_dir_all(&r.rel).map_err(|e| {
-            let target_exists = r.mount.dir.symlink_metadata(&r.rel).is_ok();
-            if e.kind() == io::ErrorKind::AlreadyExists && !target_exists {
-                // A file is in the way higher up.
-                SandboxError::at_path(SandboxErrorKind::NotADirectory, r.shown.clone())
-            } else {
-                r.err(e)
-            }
-        })
+        make_dirs(&r.mount.dir, &r.rel, &r.shown)
     }
 
     pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
