@@ -8,6 +8,8 @@
 //! * `layer/{plain,verified}/*`: the same trivial handler (it takes the body as `Bytes` and
 //!   returns its length) called through `Router::oneshot`, without and with the layer. The ratio
 //!   verified ÷ plain requests/s is the layer's overhead.
+//! * `layer_http/{plain,verified}/*`: the same two routers served on 127.0.0.1 and called with
+//!   reqwest over keep-alive HTTP/1.1, so the transport every receiver pays is in both figures.
 
 use std::hint::black_box;
 use std::time::{Duration, UNIX_EPOCH};
@@ -117,5 +119,51 @@ fn bench_layer(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench_verify, bench_layer);
+/// The same comparison over real HTTP/1.1 (keep-alive) on 127.0.0.1, where the transport cost
+/// that any receiver pays is part of both sides.
+fn bench_layer_http(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let serve = |app: Router| {
+        rt.block_on(async {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = listener.local_addr().expect("addr");
+            tokio::spawn(axum::serve(listener, app).into_future());
+            format!("http://{addr}/hook")
+        })
+    };
+    let plain = serve(Router::new().route("/hook", post(handler)));
+    let verified = serve(
+        Router::new()
+            .route("/hook", post(handler))
+            .layer(VerifyLayer::new(verifier())),
+    );
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    let mut g = c.benchmark_group("layer_http");
+    g.throughput(Throughput::Elements(1));
+    for (size, label) in SIZES {
+        let body = body(size);
+        let headers = signed(&body);
+        let send = |url: &str| {
+            let req = client.post(url).headers(headers.clone()).body(body.clone());
+            async move { req.send().await.expect("response").status() }
+        };
+        for (name, url) in [("plain", &plain), ("verified", &verified)] {
+            assert_eq!(rt.block_on(send(url)), 200, "{name} {label}");
+            g.bench_function(BenchmarkId::new(name, label), |b| {
+                b.to_async(&rt).iter(|| send(url))
+            });
+        }
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench_verify, bench_layer, bench_layer_http);
 criterion_main!(benches);
