@@ -1,6 +1,58 @@
-//! The agent toolset for `cma`: the built-in tools (`bash`, `read`, `write`, `edit`, `glob`, `grep`)
-//! and typed custom tools, implemented once against the sandbox API.
+//! The agent toolset for `cma`: the built-in tools (`bash`, `read`, `write`, `edit`, `glob`,
+//! `grep`) with the official semantics (PROTOCOL.md §6), an `execute` tool for sandboxes that
+//! run JavaScript, and typed custom tools — all written once against `&dyn Sandbox`, so they
+//! work on every backend.
 //!
-//! The registry and the toolset land with the runner issue.
+//! ```
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! use std::sync::Arc;
+//! use cma_tools::{ToolContext, custom_tool, toolset, ToolError};
+//! use cma_tools::testing::MemorySandbox;
+//! use serde_json::json;
+//!
+//! // A session's context: its sandbox plus the path policy (memory stores as extra roots).
+//! let sandbox = Arc::new(MemorySandbox::new("/workspace"));
+//! let ctx = ToolContext::new(sandbox.clone()).with_ids("sesn_1", "work_1");
+//!
+//! // The official tools, then a custom one (a later registration shadows an earlier name).
+//! let mut registry = toolset::registry_for(&sandbox_caps(&ctx));
+//! registry.register(Arc::new(custom_tool(
+//!     "greet", "Say hello.",
+//!     json!({"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}),
+//!     |_ctx, input: serde_json::Map<String, serde_json::Value>| async move {
+//!         Ok::<_, ToolError>(format!("hello {}", input["name"].as_str().unwrap_or("?")))
+//!     },
+//! ).unwrap()));
+//!
+//! let r = registry.dispatch(&ctx, "write", json!({"file_path": "a.txt", "content": "hi"})).await.unwrap();
+//! assert_eq!(r.text(), Some("wrote 2 bytes to a.txt"));
+//! let r = registry.dispatch(&ctx, "greet", json!({"name": "cma"})).await.unwrap();
+//! assert_eq!(r.text(), Some("hello cma"));
+//! // Names not registered here are left for another client.
+//! assert!(registry.dispatch(&ctx, "web_fetch", json!({})).await.is_err());
+//! ctx.close().await; // session end: kills the bash shell, if one was started
+//! # fn sandbox_caps(ctx: &ToolContext) -> cma_sandbox::Capabilities { ctx.sandbox.capabilities() }
+//! # });
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod context;
+pub mod custom;
+pub mod output;
+pub mod pyfmt;
+pub mod registry;
+pub mod shell;
+#[cfg(feature = "testing")]
+pub mod testing;
+pub mod toolset;
+
+pub use context::{ByteLimit, DEFAULT_MAX_FILE_BYTES, ShellEnv, ToolContext};
+pub use custom::{CustomTool, CustomToolError, custom_tool};
+pub use output::{NO_OUTPUT, PostedResult, ToolError, ToolOutput};
+pub use registry::{DispatchError, TOOL_TIMEOUT, Tool, ToolDefinition, ToolRegistry};
+pub use shell::{
+    LocalShellLauncher, ShellError, ShellLauncher, ShellOutput, ShellProcess, ShellSession,
+    ShellSpec,
+};
+pub use toolset::agent_toolset;

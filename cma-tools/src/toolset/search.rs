@@ -1,0 +1,566 @@
+//! `glob` and `grep` (PROTOCOL.md §6.5), walking the sandbox through its file API.
+//!
+//! `glob` reproduces Python 3.11 `Path.glob`: `*`, `?` and `[…]` match within one name (hidden
+//! names included, case-sensitive), `**` is a whole component matching the directory itself and
+//! every directory below it without entering symlinked directories, a trailing `/` keeps only
+//! directories. At most 50 000 matches are collected, those whose canonical path leaves the
+//! search root are dropped, the rest are sorted newest-mtime first and the first 200 printed as
+//! absolute sandbox paths.
+//!
+//! `grep` is the official built-in walker (this crate never runs `rg`): a Rust `regex` instead of
+//! Python `re` — the syntax is the common subset (no look-around, no backreferences) and the text
+//! after `grep: invalid regex: ` differs from Python's. Directories are walked depth-first with
+//! a directory's files before its subdirectories, entries in name order (Python's order is the
+//! file system's).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::future::BoxFuture;
+use regex::Regex;
+use serde::Deserialize;
+use serde_json::Value;
+use tokio::io::AsyncReadExt;
+use tokio::time::Instant;
+
+use super::path::{canonicalize, resolve_path, within, workdir};
+use super::validate::parse;
+use crate::context::ToolContext;
+use crate::output::{ToolError, ToolOutput};
+use crate::registry::Tool;
+
+/// Most paths `glob` prints (`GLOB_RESULT_LIMIT`).
+pub const GLOB_RESULT_LIMIT: usize = 200;
+/// Most glob matches collected, and most files `grep` reads (`WALK_MAX_ENTRIES`).
+pub const WALK_MAX_ENTRIES: usize = 50_000;
+/// Output budget of `grep`, in characters (`GREP_OUTPUT_LIMIT`).
+pub const GREP_OUTPUT_LIMIT: usize = 100 * 1024;
+/// Longest line `grep` matches, in bytes with its newline (`GREP_MAX_LINE_LENGTH`).
+pub const GREP_MAX_LINE_LENGTH: usize = 2000;
+/// Time budget of one `grep` walk (wall clock here; CPU time in the official tool).
+pub const GREP_TIMEOUT: Duration = Duration::from_secs(30);
+
+const NO_MATCHES: &str = "no matches";
+
+fn join(parent: &str, name: &str) -> String {
+    if parent.ends_with('/') {
+        format!("{parent}{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
+}
+
+/// The official `glob` tool.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GlobTool;
+
+#[derive(Deserialize)]
+struct SearchInput {
+    pattern: String,
+    path: Option<String>,
+}
+
+#[async_trait]
+impl Tool for GlobTool {
+    fn name(&self) -> &str {
+        "glob"
+    }
+    fn description(&self) -> &str {
+        "List files matching a glob pattern, newest first."
+    }
+    fn input_schema(&self) -> Value {
+        super::glob_schema()
+    }
+
+    async fn call(&self, ctx: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
+        let SearchInput { pattern, path } = parse("glob", &super::glob_schema(), input)?;
+        if pattern.starts_with('/') {
+            return Err(ToolError::msg(
+                "glob: absolute pattern not permitted; pass a relative pattern (and optionally path)",
+            ));
+        }
+        let mut parts: Vec<String> = pattern
+            .split('/')
+            .filter(|p| !p.is_empty() && *p != ".")
+            .map(str::to_owned)
+            .collect();
+        if parts.iter().any(|p| p == "..") {
+            return Err(ToolError::msg("glob: '..' is not permitted in the pattern"));
+        }
+        let root = match path.as_deref() {
+            Some(p) if !p.is_empty() => resolve_path(ctx, p)
+                .await
+                .map_err(|e| ToolError::msg(format!("glob: {e}")))?,
+            _ => workdir(ctx).await,
+        };
+        if pattern.is_empty() {
+            return Err(ToolError::msg(format!(
+                "glob: Unacceptable pattern: {}",
+                crate::pyfmt::repr_str(&pattern)
+            )));
+        }
+        if pattern.ends_with('/') {
+            parts.push(String::new());
+        }
+        if parts.is_empty() {
+            // What Python's selector factory raises for a pattern of only `.` components.
+            return Err(ToolError::Exception {
+                type_name: "IndexError".into(),
+                message: "tuple index out of range".into(),
+            });
+        }
+        let mut segments = Vec::with_capacity(parts.len());
+        for p in &parts {
+            segments.push(Segment::parse(p)?);
+        }
+        let mut matches = Vec::new();
+        if ctx.sandbox.stat(&root).await.is_ok_and(|s| s.is_dir()) {
+            select(ctx, &segments, 0, root.clone(), &mut matches).await;
+        }
+        let mut kept: Vec<(String, f64)> = Vec::new();
+        for m in matches {
+            let Ok(canonical) = canonicalize(ctx, &m).await else {
+                continue;
+            };
+            if !within(&canonical, &root) {
+                continue;
+            }
+            let mtime = match ctx.sandbox.stat(&m).await {
+                Ok(st) => st
+                    .modified
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0.0, |d| d.as_secs_f64()),
+                Err(_) => 0.0,
+            };
+            kept.push((m, mtime));
+        }
+        if kept.is_empty() {
+            return Ok(ToolOutput::text(NO_MATCHES));
+        }
+        // Stable: equal mtimes keep walk order, as Python's `sort(reverse=True)`.
+        kept.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
+        let lines: Vec<&str> = kept
+            .iter()
+            .take(GLOB_RESULT_LIMIT)
+            .map(|(p, _)| p.as_str())
+            .collect();
+        Ok(ToolOutput::Text(lines.join("\n")))
+    }
+}
+
+/// One component of a glob pattern.
+enum Segment {
+    /// `**`.
+    Recursive,
+    /// A name with wildcards.
+    Wildcard(Regex),
+    /// A literal name (`""` for a trailing `/`).
+    Precise(String),
+}
+
+impl Segment {
+    fn parse(part: &str) -> Result<Self, ToolError> {
+        if part == "**" {
+            return Ok(Self::Recursive);
+        }
+        if part.contains("**") {
+            return Err(ToolError::msg(
+                "glob: Invalid pattern: '**' can only be an entire path component",
+            ));
+        }
+        if part.contains(['*', '?', '[']) {
+            let rx = Regex::new(&fnmatch_to_regex(part))
+                .map_err(|e| ToolError::msg(format!("glob: {e}")))?;
+            return Ok(Self::Wildcard(rx));
+        }
+        Ok(Self::Precise(part.to_owned()))
+    }
+}
+
+/// Translate one `fnmatch` pattern into an anchored regex (`*`, `?`, `[seq]`, `[!seq]`; a `[`
+/// without its `]` is literal; reversed ranges are dropped; an empty set never matches).
+fn fnmatch_to_regex(pat: &str) -> String {
+    let chars: Vec<char> = pat.chars().collect();
+    let mut out = String::from("(?s)^");
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        i += 1;
+        match c {
+            '*' => {
+                if !out.ends_with(".*") {
+                    out.push_str(".*");
+                }
+            }
+            '?' => out.push('.'),
+            '[' => {
+                let mut j = i;
+                if j < chars.len() && chars[j] == '!' {
+                    j += 1;
+                }
+                if j < chars.len() && chars[j] == ']' {
+                    j += 1;
+                }
+                while j < chars.len() && chars[j] != ']' {
+                    j += 1;
+                }
+                if j >= chars.len() {
+                    out.push_str(r"\[");
+                    continue;
+                }
+                let body = &chars[i..j];
+                i = j + 1;
+                let (negate, body) = match body.first() {
+                    Some('!') => (true, &body[1..]),
+                    _ => (false, body),
+                };
+                let mut items = Vec::new();
+                let mut k = 0;
+                while k < body.len() {
+                    if k + 2 < body.len() && body[k + 1] == '-' {
+                        if body[k] <= body[k + 2] {
+                            items.push(format!("\\x{{{:x}}}-\\x{{{:x}}}", body[k] as u32, body[k + 2] as u32));
+                        }
+                        k += 3;
+                    } else {
+                        items.push(format!("\\x{{{:x}}}", body[k] as u32));
+                        k += 1;
+                    }
+                }
+                match (items.is_empty(), negate) {
+                    (true, false) => out.push_str("[^\\x{0}-\\x{10ffff}]"),
+                    (true, true) => out.push('.'),
+                    (false, neg) => {
+                        out.push('[');
+                        if neg {
+                            out.push('^');
+                        }
+                        out.push_str(&items.concat());
+                        out.push(']');
+                    }
+                }
+            }
+            c => out.push_str(&regex::escape(&c.to_string())),
+        }
+    }
+    out.push('$');
+    out
+}
+
+async fn is_dir(ctx: &ToolContext, path: &str) -> bool {
+    ctx.sandbox.stat(path).await.is_ok_and(|s| s.is_dir())
+}
+
+/// Python's selector chain: append matches of `segs[idx..]` under `parent` to `out`.
+fn select<'a>(
+    ctx: &'a ToolContext,
+    segs: &'a [Segment],
+    idx: usize,
+    parent: String,
+    out: &'a mut Vec<String>,
+) -> BoxFuture<'a, ()> {
+    Box::pin(async move {
+        if out.len() >= WALK_MAX_ENTRIES {
+            return;
+        }
+        let Some(seg) = segs.get(idx) else {
+            out.push(parent);
+            return;
+        };
+        let dironly = idx + 1 < segs.len();
+        match seg {
+            Segment::Precise(name) => {
+                let path = if name.is_empty() {
+                    format!("{parent}/")
+                } else {
+                    join(&parent, name)
+                };
+                let ok = match ctx.sandbox.stat(&path).await {
+                    Ok(st) => !dironly || st.is_dir(),
+                    Err(_) => false,
+                };
+                if ok {
+                    select(ctx, segs, idx + 1, path, out).await;
+                }
+            }
+            Segment::Wildcard(rx) => {
+                let Ok(entries) = ctx.sandbox.read_dir(&parent).await else {
+                    return;
+                };
+                for e in entries {
+                    if out.len() >= WALK_MAX_ENTRIES {
+                        return;
+                    }
+                    let path = join(&parent, &e.name);
+                    if dironly {
+                        let dir = e.stat.is_dir() || (e.stat.is_symlink() && is_dir(ctx, &path).await);
+                        if !dir {
+                            continue;
+                        }
+                    }
+                    if rx.is_match(&e.name) {
+                        select(ctx, segs, idx + 1, path, out).await;
+                    }
+                }
+            }
+            Segment::Recursive => {
+                let mut yielded: HashSet<String> = HashSet::new();
+                // Pre-order walk of directories, not entering symlinked ones.
+                let mut stack = vec![parent];
+                while let Some(dir) = stack.pop() {
+                    if out.len() >= WALK_MAX_ENTRIES {
+                        return;
+                    }
+                    let mut found = Vec::new();
+                    select(ctx, segs, idx + 1, dir.clone(), &mut found).await;
+                    for p in found {
+                        if out.len() >= WALK_MAX_ENTRIES {
+                            return;
+                        }
+                        if yielded.insert(p.clone()) {
+                            out.push(p);
+                        }
+                    }
+                    if let Ok(entries) = ctx.sandbox.read_dir(&dir).await {
+                        for e in entries.iter().rev() {
+                            if e.stat.is_dir() {
+                                stack.push(join(&dir, &e.name));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+/// The official `grep` tool (built-in walker).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GrepTool;
+
+#[async_trait]
+impl Tool for GrepTool {
+    fn name(&self) -> &str {
+        "grep"
+    }
+    fn description(&self) -> &str {
+        "Search file contents for a regular expression."
+    }
+    fn input_schema(&self) -> Value {
+        super::grep_schema()
+    }
+
+    async fn call(&self, ctx: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
+        let SearchInput { pattern, path } = parse("grep", &super::grep_schema(), input)?;
+        let search = match path.as_deref() {
+            Some(p) if !p.is_empty() => resolve_path(ctx, p)
+                .await
+                .map_err(|e| ToolError::msg(format!("grep: {e}")))?,
+            _ => workdir(ctx).await,
+        };
+        let rx = Regex::new(&pattern)
+            .map_err(|e| ToolError::msg(format!("grep: invalid regex: {}", regex_error_text(&e))))?;
+        let mut walk = Walk {
+            rx,
+            hits: Vec::new(),
+            budget: GREP_OUTPUT_LIMIT as i64,
+            deadline: Instant::now() + GREP_TIMEOUT,
+        };
+        walk.run(ctx, &search).await?;
+        if walk.hits.is_empty() {
+            return Ok(ToolOutput::text(NO_MATCHES));
+        }
+        Ok(ToolOutput::Text(walk.hits.join("\n")))
+    }
+}
+
+/// The last line of a `regex` error ("error: unclosed group" → "unclosed group").
+fn regex_error_text(e: &regex::Error) -> String {
+    let s = e.to_string();
+    let last = s.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or(&s);
+    last.trim().trim_start_matches("error: ").to_owned()
+}
+
+struct Walk {
+    rx: Regex,
+    hits: Vec<String>,
+    budget: i64,
+    deadline: Instant,
+}
+
+/// Whether the walk goes on.
+enum Flow {
+    Continue,
+    Stop,
+}
+
+impl Walk {
+    fn timed_out(&self) -> Result<(), ToolError> {
+        if Instant::now() >= self.deadline {
+            Err(ToolError::msg(format!(
+                "grep: timed out after {}s",
+                GREP_TIMEOUT.as_secs()
+            )))
+        } else {
+            Ok(())
+        }
+    }
+
+    fn push(&mut self, line: String) -> Flow {
+        self.budget -= line.chars().count() as i64 + 1;
+        if self.budget < 0 {
+            self.hits
+                .push(format!("[output truncated at {GREP_OUTPUT_LIMIT} bytes]"));
+            return Flow::Stop;
+        }
+        self.hits.push(line);
+        Flow::Continue
+    }
+
+    async fn run(&mut self, ctx: &ToolContext, search: &str) -> Result<(), ToolError> {
+        let Ok(st) = ctx.sandbox.stat(search).await else {
+            return Ok(());
+        };
+        if st.is_file() {
+            self.scan(ctx, search).await?;
+            return Ok(());
+        }
+        if !st.is_dir() {
+            return Ok(());
+        }
+        let mut seen = 0usize;
+        let mut stack = vec![search.to_owned()];
+        while let Some(dir) = stack.pop() {
+            self.timed_out()?;
+            let Ok(entries) = ctx.sandbox.read_dir(&dir).await else {
+                continue;
+            };
+            let mut subdirs = Vec::new();
+            for e in &entries {
+                let full = join(&dir, &e.name);
+                if e.stat.is_dir() {
+                    if e.name != ".git" && e.name != "node_modules" {
+                        subdirs.push(full);
+                    }
+                    continue;
+                }
+                // Symlinks (to files or directories), FIFOs, devices: never read.
+                if !e.stat.is_file() {
+                    continue;
+                }
+                seen += 1;
+                if seen > WALK_MAX_ENTRIES {
+                    return Ok(());
+                }
+                if let Flow::Stop = self.scan(ctx, &full).await? {
+                    return Ok(());
+                }
+            }
+            stack.extend(subdirs.into_iter().rev());
+        }
+        Ok(())
+    }
+
+    /// Search one file: skipped when its first 512 bytes hold a NUL; lines over 2000 bytes
+    /// (newline included) are not matched but still counted.
+    async fn scan(&mut self, ctx: &ToolContext, full: &str) -> Result<Flow, ToolError> {
+        let Ok(mut reader) = ctx.sandbox.open_read(full).await else {
+            return Ok(Flow::Continue);
+        };
+        let mut chunk = vec![0u8; 64 * 1024];
+        let mut head = Vec::new();
+        let mut eof = false;
+        while head.len() < 512 {
+            match reader.read(&mut chunk).await {
+                Ok(0) => {
+                    eof = true;
+                    break;
+                }
+                Ok(n) => head.extend_from_slice(&chunk[..n]),
+                Err(_) => return Ok(Flow::Continue),
+            }
+        }
+        if head[..head.len().min(512)].contains(&0) {
+            return Ok(Flow::Continue);
+        }
+        let mut line = Vec::new();
+        let mut line_len = 0usize;
+        let mut lineno = 0u64;
+        let mut pending = head;
+        loop {
+            for &b in &pending {
+                if b == b'\n' {
+                    lineno += 1;
+                    if line_len < GREP_MAX_LINE_LENGTH
+                        && let Flow::Stop = self.check(full, lineno, &line)
+                    {
+                        return Ok(Flow::Stop);
+                    }
+                    line.clear();
+                    line_len = 0;
+                } else {
+                    line_len += 1;
+                    if line_len <= GREP_MAX_LINE_LENGTH {
+                        line.push(b);
+                    }
+                }
+            }
+            if eof {
+                break;
+            }
+            self.timed_out()?;
+            match reader.read(&mut chunk).await {
+                Ok(0) => eof = true,
+                Ok(n) => pending = chunk[..n].to_vec(),
+                Err(_) => return Ok(Flow::Continue),
+            }
+            if eof {
+                pending = Vec::new();
+            }
+        }
+        if line_len > 0 {
+            lineno += 1;
+            if line_len <= GREP_MAX_LINE_LENGTH
+                && let Flow::Stop = self.check(full, lineno, &line)
+            {
+                return Ok(Flow::Stop);
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn check(&mut self, full: &str, lineno: u64, raw: &[u8]) -> Flow {
+        let text = String::from_utf8_lossy(raw);
+        let text = text.trim_end_matches(['\r', '\n']);
+        if self.rx.is_match(text) {
+            return self.push(format!("{full}:{lineno}:{text}"));
+        }
+        Flow::Continue
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn m(pat: &str, name: &str) -> bool {
+        Regex::new(&fnmatch_to_regex(pat)).unwrap().is_match(name)
+    }
+
+    #[test]
+    fn fnmatch_translation_matches_python_semantics() {
+        assert!(m("*.txt", "a.txt"));
+        assert!(m("*.txt", ".hidden.txt"));
+        assert!(!m("*.txt", "a.txt.bak"));
+        assert!(m("?.py", "x.py"));
+        assert!(m("[a-c]x", "bx"));
+        assert!(!m("[!a-c]x", "bx"));
+        assert!(m("[!a-c]x", "dx"));
+        assert!(m("[x", "[x"));
+        assert!(m("a[-z]", "a-"));
+        assert!(!m("[z-a]", "m"));
+        assert!(m("a+b.(c)", "a+b.(c)"));
+        assert!(!m("*.TXT", "a.txt"));
+    }
+}
