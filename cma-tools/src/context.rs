@@ -146,7 +146,10 @@ impl ToolContext {
 
     /// Add directories the file tools may reach besides the workdir.
     #[must_use]
-    pub fn with_allowed_roots<I: IntoIterator<Item = S>, S: Into<String>>(mut self, roots: I) -> Self {
+    pub fn with_allowed_roots<I: IntoIterator<Item = S>, S: Into<String>>(
+        mut self,
+        roots: I,
+    ) -> Self {
         self.allowed_roots.extend(roots.into_iter().map(Into::into));
         self
     }
@@ -157,7 +160,8 @@ impl ToolContext {
         mut self,
         roots: I,
     ) -> Self {
-        self.read_only_roots.extend(roots.into_iter().map(Into::into));
+        self.read_only_roots
+            .extend(roots.into_iter().map(Into::into));
         self
     }
 

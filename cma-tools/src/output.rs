@@ -115,7 +115,10 @@ fn message_text(content: &ToolOutput) -> String {
             .map(|b| match b.get("text") {
                 Some(Value::String(t)) => t.clone(),
                 Some(other) => other.to_string(),
-                None => format!("[{}]", b.get("type").and_then(Value::as_str).unwrap_or("unknown")),
+                None => format!(
+                    "[{}]",
+                    b.get("type").and_then(Value::as_str).unwrap_or("unknown")
+                ),
             })
             .collect::<Vec<_>>()
             .join(" "),
@@ -175,7 +178,11 @@ impl PostedResult {
         let content = match e {
             ToolError::Message(out) => session_content(out.clone()),
             other => {
-                let text: String = other.to_string().chars().take(ERROR_TEXT_MAX_CHARS).collect();
+                let text: String = other
+                    .to_string()
+                    .chars()
+                    .take(ERROR_TEXT_MAX_CHARS)
+                    .collect();
                 session_content(ToolOutput::Text(text))
             }
         };
@@ -189,7 +196,10 @@ impl PostedResult {
     pub fn timed_out(tool: &str) -> Self {
         Self {
             is_error: true,
-            content: vec![text_block(format!("tool {} timed out", pyfmt::repr_str(tool)))],
+            content: vec![text_block(format!(
+                "tool {} timed out",
+                pyfmt::repr_str(tool)
+            ))],
         }
     }
 

@@ -179,7 +179,9 @@ pub async fn run_bounded(
     ctx: &ToolContext,
     input: Value,
 ) -> Result<PostedResult, DispatchError> {
-    let deadline = ctx.deadline.unwrap_or_else(|| Instant::now() + TOOL_TIMEOUT);
+    let deadline = ctx
+        .deadline
+        .unwrap_or_else(|| Instant::now() + TOOL_TIMEOUT);
     let call_ctx = ctx.for_call(Some(deadline));
     let cancel = call_ctx.cancel.clone();
     tokio::select! {

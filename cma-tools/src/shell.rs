@@ -305,7 +305,12 @@ impl ShellSession {
         };
         let mut buf = Vec::new();
         let mut truncated = false;
-        let read = read_until_sentinel(&mut *self.proc, sentinel.as_bytes(), &mut buf, &mut truncated);
+        let read = read_until_sentinel(
+            &mut *self.proc,
+            sentinel.as_bytes(),
+            &mut buf,
+            &mut truncated,
+        );
         let outcome = tokio::select! {
             r = tokio::time::timeout(timeout, read) => r,
             () = cancel.cancelled() => {

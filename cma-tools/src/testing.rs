@@ -168,9 +168,9 @@ impl MemorySandbox {
         let path = self.abs(path);
         if let Some(n) = self.lock().get_mut(&path) {
             match n {
-                Node::File { mtime: m, .. } | Node::Dir { mtime: m } | Node::Symlink { mtime: m, .. } => {
-                    *m = mtime
-                }
+                Node::File { mtime: m, .. }
+                | Node::Dir { mtime: m }
+                | Node::Symlink { mtime: m, .. } => *m = mtime,
             }
         }
     }
@@ -245,7 +245,11 @@ impl MemorySandbox {
                     if target.starts_with('/') {
                         cur.clear();
                     }
-                    for t in target.split('/').rev().filter(|s| !s.is_empty() && *s != ".") {
+                    for t in target
+                        .split('/')
+                        .rev()
+                        .filter(|s| !s.is_empty() && *s != ".")
+                    {
                         todo.push_front(t.to_owned());
                     }
                 }
@@ -273,11 +277,10 @@ impl MemorySandbox {
     }
 
     fn mkdirs(&self, nodes: &mut BTreeMap<String, Node>, path: &str) -> Result<()> {
-        let comps: Vec<&str> = self
-            .abs_raw(path)
+        let abs = self.abs_raw(path);
+        let comps: Vec<&str> = abs
             .split('/')
             .filter(|c| !c.is_empty() && *c != ".")
-            .map(|c| if c == ".." { ".." } else { c })
             .collect();
         let mut cur = String::from("/");
         for c in comps {
@@ -289,10 +292,15 @@ impl MemorySandbox {
             let key = self.resolve(nodes, &next, true, true)?;
             match nodes.get(&key) {
                 Some(Node::Dir { .. }) => {}
-                Some(_) => return Err(SandboxError::at_path(SandboxErrorKind::NotADirectory, path)),
+                Some(_) => {
+                    return Err(SandboxError::at_path(SandboxErrorKind::NotADirectory, path));
+                }
                 None => {
                     if self.is_read_only(&key) {
-                        return Err(SandboxError::at_path(SandboxErrorKind::PermissionDenied, path));
+                        return Err(SandboxError::at_path(
+                            SandboxErrorKind::PermissionDenied,
+                            path,
+                        ));
                     }
                     nodes.insert(
                         key.clone(),
@@ -370,7 +378,10 @@ impl Sandbox for MemorySandbox {
             return Err(SandboxError::at_path(SandboxErrorKind::IsADirectory, path));
         }
         if self.is_read_only(&key) {
-            return Err(SandboxError::at_path(SandboxErrorKind::PermissionDenied, path));
+            return Err(SandboxError::at_path(
+                SandboxErrorKind::PermissionDenied,
+                path,
+            ));
         }
         nodes.insert(
             key,
@@ -395,7 +406,11 @@ impl Sandbox for MemorySandbox {
             Some(_) => return Err(SandboxError::at_path(SandboxErrorKind::NotADirectory, path)),
             None => return Err(SandboxError::at_path(SandboxErrorKind::NotFound, path)),
         }
-        let prefix = if key == "/" { "/".to_owned() } else { format!("{key}/") };
+        let prefix = if key == "/" {
+            "/".to_owned()
+        } else {
+            format!("{key}/")
+        };
         Ok(nodes
             .range(prefix.clone()..)
             .take_while(|(k, _)| k.starts_with(&prefix))
@@ -411,7 +426,10 @@ impl Sandbox for MemorySandbox {
         let mut nodes = self.lock();
         let key = self.resolve(&nodes, path, false, false)?;
         if self.is_read_only(&key) {
-            return Err(SandboxError::at_path(SandboxErrorKind::PermissionDenied, path));
+            return Err(SandboxError::at_path(
+                SandboxErrorKind::PermissionDenied,
+                path,
+            ));
         }
         let prefix = format!("{key}/");
         let children: Vec<String> = nodes
@@ -420,7 +438,10 @@ impl Sandbox for MemorySandbox {
             .map(|(k, _)| k.clone())
             .collect();
         if !children.is_empty() && !recursive {
-            return Err(SandboxError::at_path(SandboxErrorKind::DirectoryNotEmpty, path));
+            return Err(SandboxError::at_path(
+                SandboxErrorKind::DirectoryNotEmpty,
+                path,
+            ));
         }
         for c in children {
             nodes.remove(&c);
@@ -434,15 +455,21 @@ impl Sandbox for MemorySandbox {
     }
 
     async fn execute(&self, _req: ExecuteRequest) -> Result<ExecOutput> {
-        Err(SandboxError::unsupported("the memory sandbox has no JavaScript engine"))
+        Err(SandboxError::unsupported(
+            "the memory sandbox has no JavaScript engine",
+        ))
     }
 
     async fn export_workspace(&self) -> Result<ByteStream> {
-        Err(SandboxError::unsupported("the memory sandbox has no archive support"))
+        Err(SandboxError::unsupported(
+            "the memory sandbox has no archive support",
+        ))
     }
 
     async fn import_workspace(&self, _tar: ByteStream) -> Result<()> {
-        Err(SandboxError::unsupported("the memory sandbox has no archive support"))
+        Err(SandboxError::unsupported(
+            "the memory sandbox has no archive support",
+        ))
     }
 
     async fn status(&self) -> Result<SandboxStatus> {

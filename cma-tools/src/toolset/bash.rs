@@ -138,8 +138,8 @@ async fn one_shot(
         return Err(timed_out());
     }
     let mut req = ExecRequest::shell(command);
-    req.timeout = std::time::Duration::try_from_secs_f64(timeout_secs)
-        .unwrap_or(std::time::Duration::MAX);
+    req.timeout =
+        std::time::Duration::try_from_secs_f64(timeout_secs).unwrap_or(std::time::Duration::MAX);
     req.max_output_bytes = BASH_OUTPUT_LIMIT;
     for (k, v) in [("PS1", ""), ("PS2", ""), ("TERM", "dumb")] {
         req.env.insert(k.into(), v.into());

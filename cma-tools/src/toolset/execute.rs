@@ -70,7 +70,9 @@ impl Tool for ExecuteTool {
     async fn call(&self, ctx: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
         let ExecuteInput { code, timeout_ms } = parse("execute", &schema(), input)?;
         if !ctx.sandbox.capabilities().execute_js {
-            return Err(ToolError::msg("execute: this sandbox cannot run JavaScript"));
+            return Err(ToolError::msg(
+                "execute: this sandbox cannot run JavaScript",
+            ));
         }
         let mut req = ExecuteRequest::new(code);
         if let Some(ms) = timeout_ms.filter(|ms| *ms > 0) {
@@ -90,7 +92,9 @@ impl Tool for ExecuteTool {
                 )));
             }
             Err(e) if e.kind() == SandboxErrorKind::Unsupported => {
-                return Err(ToolError::msg("execute: this sandbox cannot run JavaScript"));
+                return Err(ToolError::msg(
+                    "execute: this sandbox cannot run JavaScript",
+                ));
             }
             Err(e) => return Err(ToolError::msg(format!("execute: {e}"))),
         };

@@ -78,7 +78,9 @@ impl Tool for ReadTool {
         if let Some(v) = &view_range
             && v.len() != 2
         {
-            return Err(ToolError::msg("read: view_range must be [start_line, end_line]"));
+            return Err(ToolError::msg(
+                "read: view_range must be [start_line, end_line]",
+            ));
         }
         let st = ctx
             .sandbox
@@ -86,7 +88,9 @@ impl Tool for ReadTool {
             .await
             .map_err(|e| fs_error("read", &file_path, &e))?;
         if !st.is_file() {
-            return Err(ToolError::msg(format!("read: {file_path}: not a regular file")));
+            return Err(ToolError::msg(format!(
+                "read: {file_path}: not a regular file"
+            )));
         }
         if let Some(media_type) = binary_media_type(&target) {
             if view_range.is_some() {
@@ -108,20 +112,19 @@ impl Tool for ReadTool {
             let Some(range) = view_range else {
                 return Err(too_big_for_read(&file_path, st.size, limit));
             };
-            let bytes = read_line_range(ctx, &target, &file_path, range[0], range[1], limit).await?;
+            let bytes =
+                read_line_range(ctx, &target, &file_path, range[0], range[1], limit).await?;
             let text = String::from_utf8(bytes).map_err(|_| not_utf8())?;
             return Ok(ToolOutput::Text(text));
         }
-        let data = ctx
-            .sandbox
-            .read_file(&target, limit)
-            .await
-            .map_err(|e| match (e.kind(), e.size(), limit) {
+        let data = ctx.sandbox.read_file(&target, limit).await.map_err(|e| {
+            match (e.kind(), e.size(), limit) {
                 (SandboxErrorKind::TooLarge, Some(size), Some(limit)) => {
                     too_big_for_read(&file_path, size, limit)
                 }
                 _ => fs_error("read", &file_path, &e),
-            })?;
+            }
+        })?;
         let text = String::from_utf8(data.to_vec()).map_err(|_| not_utf8())?;
         let Some(range) = view_range else {
             return Ok(ToolOutput::Text(text));
@@ -158,7 +161,11 @@ async fn read_line_range(
     limit: u64,
 ) -> Result<Vec<u8>, ToolError> {
     let start = (start_line - 1).max(0) as u64;
-    let end = if end_line > 0 { end_line as u64 } else { u64::MAX };
+    let end = if end_line > 0 {
+        end_line as u64
+    } else {
+        u64::MAX
+    };
     if end <= start {
         return Ok(Vec::new());
     }
@@ -244,14 +251,12 @@ async fn read_binary(
     {
         return Err(too_big(size, limit));
     }
-    let data = ctx
-        .sandbox
-        .read_file(target, limit)
-        .await
-        .map_err(|e| match (e.kind(), e.size(), limit) {
+    let data = ctx.sandbox.read_file(target, limit).await.map_err(|e| {
+        match (e.kind(), e.size(), limit) {
             (SandboxErrorKind::TooLarge, Some(size), Some(limit)) => too_big(size, limit),
             _ => fs_error("read", file_path, &e),
-        })?;
+        }
+    })?;
     let b64 = base64::engine::general_purpose::STANDARD.encode(&data);
     Ok(if is_pdf {
         ToolOutput::document_base64(media_type, b64)
@@ -302,7 +307,9 @@ impl Tool for WriteTool {
             .await
             .map_err(|e| fs_error("write", &file_path, &e))?;
         // The official text counts characters, not bytes.
-        Ok(ToolOutput::Text(format!("wrote {chars} bytes to {file_path}")))
+        Ok(ToolOutput::Text(format!(
+            "wrote {chars} bytes to {file_path}"
+        )))
     }
 }
 
@@ -348,7 +355,9 @@ impl Tool for EditTool {
             .await
             .map_err(|e| fs_error("edit", &file_path, &e))?;
         if !st.is_file() {
-            return Err(ToolError::msg(format!("edit: {file_path}: not a regular file")));
+            return Err(ToolError::msg(format!(
+                "edit: {file_path}: not a regular file"
+            )));
         }
         let limit = ctx.max_file_bytes.resolve(DEFAULT_MAX_FILE_BYTES);
         let too_big = |size: u64, limit: u64| {
@@ -361,14 +370,12 @@ impl Tool for EditTool {
         {
             return Err(too_big(st.size, limit));
         }
-        let data = ctx
-            .sandbox
-            .read_file(&target, limit)
-            .await
-            .map_err(|e| match (e.kind(), e.size(), limit) {
+        let data = ctx.sandbox.read_file(&target, limit).await.map_err(|e| {
+            match (e.kind(), e.size(), limit) {
                 (SandboxErrorKind::TooLarge, Some(size), Some(limit)) => too_big(size, limit),
                 _ => fs_error("edit", &file_path, &e),
-            })?;
+            }
+        })?;
         let text = String::from_utf8(data.to_vec()).map_err(|_| {
             ToolError::msg(format!(
                 "edit: {file_path}: not valid UTF-8 text (cannot edit binary files)"
@@ -377,7 +384,9 @@ impl Tool for EditTool {
         // Non-overlapping occurrences; an empty needle matches len+1 times, as str.count("").
         let count = text.matches(old_string.as_str()).count();
         if count == 0 {
-            return Err(ToolError::msg(format!("edit: old_string not found in {file_path}")));
+            return Err(ToolError::msg(format!(
+                "edit: old_string not found in {file_path}"
+            )));
         }
         if !replace_all && count > 1 {
             return Err(ToolError::msg(format!(
@@ -394,7 +403,9 @@ impl Tool for EditTool {
             .await
             .map_err(|e| fs_error("edit", &file_path, &e))?;
         let k = if replace_all { count } else { 1 };
-        Ok(ToolOutput::Text(format!("edited {file_path} ({k} replacement(s))")))
+        Ok(ToolOutput::Text(format!(
+            "edited {file_path} ({k} replacement(s))"
+        )))
     }
 }
 

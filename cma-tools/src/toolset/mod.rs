@@ -99,7 +99,10 @@ pub(crate) fn bash_schema() -> Value {
         vec![
             ("command", optional(json!({"type": "string"}), "Command")),
             ("restart", optional(json!({"type": "boolean"}), "Restart")),
-            ("timeout_ms", optional(json!({"type": "integer"}), "Timeout Ms")),
+            (
+                "timeout_ms",
+                optional(json!({"type": "integer"}), "Timeout Ms"),
+            ),
         ],
         &[],
         "BetaManagedAgentsAgentToolset20260401BashInput",
@@ -146,7 +149,10 @@ pub(crate) fn edit_schema() -> Value {
             ("file_path", plain("string", "File Path")),
             ("new_string", plain("string", "New String")),
             ("old_string", plain("string", "Old String")),
-            ("replace_all", optional(json!({"type": "boolean"}), "Replace All")),
+            (
+                "replace_all",
+                optional(json!({"type": "boolean"}), "Replace All"),
+            ),
         ],
         &["file_path", "new_string", "old_string"],
         "BetaManagedAgentsAgentToolset20260401EditInput",

@@ -100,7 +100,9 @@ pub(crate) fn within(child: &str, root: &str) -> bool {
 fn is_missing(kind: SandboxErrorKind) -> bool {
     matches!(
         kind,
-        SandboxErrorKind::NotFound | SandboxErrorKind::NotADirectory | SandboxErrorKind::OutsideSandbox
+        SandboxErrorKind::NotFound
+            | SandboxErrorKind::NotADirectory
+            | SandboxErrorKind::OutsideSandbox
     )
 }
 
@@ -137,7 +139,11 @@ async fn realpath_strict(ctx: &ToolContext, path: &str) -> Result<String, Sandbo
             if target.starts_with('/') {
                 cur.clear();
             }
-            for t in target.split('/').rev().filter(|s| !s.is_empty() && *s != ".") {
+            for t in target
+                .split('/')
+                .rev()
+                .filter(|s| !s.is_empty() && *s != ".")
+            {
                 todo.push_front(t.to_owned());
             }
             cur_is_dir = true;
@@ -149,7 +155,10 @@ async fn realpath_strict(ctx: &ToolContext, path: &str) -> Result<String, Sandbo
 }
 
 /// `path` collapsed and with every symlink followed; missing trailing components kept.
-pub(crate) async fn canonicalize(ctx: &ToolContext, path: &str) -> Result<String, SandboxErrorKind> {
+pub(crate) async fn canonicalize(
+    ctx: &ToolContext,
+    path: &str,
+) -> Result<String, SandboxErrorKind> {
     let mut prefix = normalize(path);
     let mut missing_tail: Vec<String> = Vec::new();
     let mut hops = 0;
@@ -210,12 +219,13 @@ pub(crate) async fn workdir(ctx: &ToolContext) -> String {
 /// canonical sandbox path the operation must use.
 pub async fn resolve_path(ctx: &ToolContext, p: &str) -> Result<String, PathError> {
     let root = workdir(ctx).await;
-    let full = canonicalize(ctx, &join(&root, p))
-        .await
-        .map_err(|kind| PathError::Unresolvable {
-            path: p.to_owned(),
-            kind,
-        })?;
+    let full =
+        canonicalize(ctx, &join(&root, p))
+            .await
+            .map_err(|kind| PathError::Unresolvable {
+                path: p.to_owned(),
+                kind,
+            })?;
     if within(&full, &root) {
         return Ok(full);
     }
@@ -250,11 +260,18 @@ pub(crate) async fn reject_read_only(
 
 /// A configured root as Python's `str(Path(root))` shows it.
 fn display_root(root: &str) -> String {
-    let mut parts: Vec<&str> = root.split('/').filter(|s| !s.is_empty() && *s != ".").collect();
+    let parts: Vec<&str> = root
+        .split('/')
+        .filter(|s| !s.is_empty() && *s != ".")
+        .collect();
     if parts.is_empty() {
-        return if root.starts_with('/') { "/".into() } else { ".".into() };
+        return if root.starts_with('/') {
+            "/".into()
+        } else {
+            ".".into()
+        };
     }
-    let joined = parts.drain(..).collect::<Vec<_>>().join("/");
+    let joined = parts.join("/");
     if root.starts_with('/') {
         format!("/{joined}")
     } else {

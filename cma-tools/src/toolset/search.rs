@@ -220,7 +220,11 @@ fn fnmatch_to_regex(pat: &str) -> String {
                 while k < body.len() {
                     if k + 2 < body.len() && body[k + 1] == '-' {
                         if body[k] <= body[k + 2] {
-                            items.push(format!("\\x{{{:x}}}-\\x{{{:x}}}", body[k] as u32, body[k + 2] as u32));
+                            items.push(format!(
+                                "\\x{{{:x}}}-\\x{{{:x}}}",
+                                body[k] as u32,
+                                body[k + 2] as u32
+                            ));
                         }
                         k += 3;
                     } else {
@@ -294,7 +298,8 @@ fn select<'a>(
                     }
                     let path = join(&parent, &e.name);
                     if dironly {
-                        let dir = e.stat.is_dir() || (e.stat.is_symlink() && is_dir(ctx, &path).await);
+                        let dir =
+                            e.stat.is_dir() || (e.stat.is_symlink() && is_dir(ctx, &path).await);
                         if !dir {
                             continue;
                         }
@@ -359,8 +364,9 @@ impl Tool for GrepTool {
                 .map_err(|e| ToolError::msg(format!("grep: {e}")))?,
             _ => workdir(ctx).await,
         };
-        let rx = Regex::new(&pattern)
-            .map_err(|e| ToolError::msg(format!("grep: invalid regex: {}", regex_error_text(&e))))?;
+        let rx = Regex::new(&pattern).map_err(|e| {
+            ToolError::msg(format!("grep: invalid regex: {}", regex_error_text(&e)))
+        })?;
         let mut walk = Walk {
             rx,
             hits: Vec::new(),

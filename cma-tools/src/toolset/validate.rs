@@ -182,11 +182,16 @@ fn parse_int_str(s: &str) -> Option<i64> {
 fn lax_bool(v: &Value) -> Option<bool> {
     match v {
         Value::Bool(b) => Some(*b),
-        Value::Number(n) => match n.as_f64() {
-            Some(f) if f == 0.0 => Some(false),
-            Some(f) if f == 1.0 => Some(true),
-            _ => None,
-        },
+        Value::Number(n) => {
+            let f = n.as_f64()?;
+            if f == 0.0 {
+                Some(false)
+            } else if f == 1.0 {
+                Some(true)
+            } else {
+                None
+            }
+        }
         Value::String(s) => match s.to_ascii_lowercase().as_str() {
             "0" | "off" | "f" | "false" | "n" | "no" => Some(false),
             "1" | "on" | "t" | "true" | "y" | "yes" => Some(true),
@@ -258,8 +263,13 @@ mod tests {
     #[test]
     fn objects_reject_unknown_missing_and_mistyped_keys() {
         let schema = crate::toolset::read_schema();
-        let ok = validate_object("read", &schema, json!({"file_path": "a", "view_range": ["1", "2"]}), false)
-            .unwrap();
+        let ok = validate_object(
+            "read",
+            &schema,
+            json!({"file_path": "a", "view_range": ["1", "2"]}),
+            false,
+        )
+        .unwrap();
         assert_eq!(ok["view_range"], json!([1, 2]));
         for bad in [
             json!({"file_path": 5}),
@@ -269,9 +279,15 @@ mod tests {
             json!({"file_path": null}),
         ] {
             let e = validate_object("read", &schema, bad, false).unwrap_err();
-            assert_eq!(e.to_string(), "ValueError('Invalid arguments for function read')");
+            assert_eq!(
+                e.to_string(),
+                "ValueError('Invalid arguments for function read')"
+            );
         }
         let e = validate_object("read", &schema, json!([1]), false).unwrap_err();
-        assert_eq!(e.to_string(), "TypeError('Input must be a dictionary, got list')");
+        assert_eq!(
+            e.to_string(),
+            "TypeError('Input must be a dictionary, got list')"
+        );
     }
 }

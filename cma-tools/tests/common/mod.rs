@@ -1,0 +1,171 @@
+//! Shared fixtures of the cma-tools integration tests: a host-directory sandbox (sandbox paths
+//! are host paths, so a real local bash and the file tools see the same files) and vector
+//! helpers.
+#![allow(dead_code)]
+
+use std::io;
+use std::path::Path;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use cma_sandbox::{
+    ByteStream, Capabilities, DirEntry, ExecOutput, ExecRequest, ExecuteRequest, FileKind,
+    FileReader, FileStat, Result, Sandbox, SandboxError, SandboxErrorKind, SandboxId,
+    SandboxStatus,
+};
+
+/// A sandbox over a host directory without confinement (tests only): sandbox path = host path.
+pub struct HostSandbox {
+    id: SandboxId,
+    workdir: String,
+}
+
+impl HostSandbox {
+    pub fn new(workdir: &Path) -> Self {
+        Self {
+            id: SandboxId::parse("host").unwrap(),
+            workdir: workdir.to_str().unwrap().to_owned(),
+        }
+    }
+}
+
+fn kind_of(e: &io::Error) -> SandboxErrorKind {
+    match e.kind() {
+        io::ErrorKind::NotFound => SandboxErrorKind::NotFound,
+        io::ErrorKind::NotADirectory => SandboxErrorKind::NotADirectory,
+        io::ErrorKind::IsADirectory => SandboxErrorKind::IsADirectory,
+        io::ErrorKind::PermissionDenied => SandboxErrorKind::PermissionDenied,
+        io::ErrorKind::AlreadyExists => SandboxErrorKind::AlreadyExists,
+        _ if e.raw_os_error() == Some(40) => SandboxErrorKind::SymlinkLoop,
+        _ => SandboxErrorKind::Io,
+    }
+}
+
+fn err(path: &str) -> impl Fn(io::Error) -> SandboxError + '_ {
+    move |e| SandboxError::at_path(kind_of(&e), path)
+}
+
+fn stat_of(m: &std::fs::Metadata) -> FileStat {
+    let ft = m.file_type();
+    let kind = if ft.is_symlink() {
+        FileKind::Symlink
+    } else if ft.is_dir() {
+        FileKind::Dir
+    } else if ft.is_file() {
+        FileKind::File
+    } else {
+        FileKind::Other
+    };
+    FileStat {
+        kind,
+        size: m.len(),
+        modified: m.modified().ok(),
+    }
+}
+
+#[async_trait]
+impl Sandbox for HostSandbox {
+    fn id(&self) -> &SandboxId {
+        &self.id
+    }
+    fn capabilities(&self) -> Capabilities {
+        let mut c = Capabilities::default();
+        c.files = true;
+        c.symlinks = true;
+        c
+    }
+    fn workdir(&self) -> &str {
+        &self.workdir
+    }
+    async fn stat(&self, path: &str) -> Result<FileStat> {
+        std::fs::metadata(path)
+            .map(|m| stat_of(&m))
+            .map_err(err(path))
+    }
+    async fn lstat(&self, path: &str) -> Result<FileStat> {
+        std::fs::symlink_metadata(path)
+            .map(|m| stat_of(&m))
+            .map_err(err(path))
+    }
+    async fn read_link(&self, path: &str) -> Result<String> {
+        std::fs::read_link(path)
+            .map(|p| p.to_string_lossy().into_owned())
+            .map_err(err(path))
+    }
+    async fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes> {
+        let data = std::fs::read(path).map_err(err(path))?;
+        match max_bytes {
+            Some(m) if data.len() as u64 > m => {
+                Err(SandboxError::too_large(path, data.len() as u64, m))
+            }
+            _ => Ok(Bytes::from(data)),
+        }
+    }
+    async fn open_read(&self, path: &str) -> Result<FileReader> {
+        let f = tokio::fs::File::open(path).await.map_err(err(path))?;
+        Ok(Box::pin(f))
+    }
+    async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
+        std::fs::write(path, &data).map_err(err(path))
+    }
+    async fn create_dir_all(&self, path: &str) -> Result<()> {
+        std::fs::create_dir_all(path).map_err(err(path))
+    }
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(path).map_err(err(path))? {
+            let e = e.map_err(err(path))?;
+            let m = std::fs::symlink_metadata(e.path()).map_err(err(path))?;
+            out.push(DirEntry {
+                name: e.file_name().to_string_lossy().into_owned(),
+                stat: stat_of(&m),
+            });
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+    async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        if recursive {
+            std::fs::remove_dir_all(path).map_err(err(path))
+        } else {
+            std::fs::remove_file(path).map_err(err(path))
+        }
+    }
+    async fn exec(&self, _req: ExecRequest) -> Result<ExecOutput> {
+        Err(SandboxError::unsupported("no exec"))
+    }
+    async fn execute(&self, _req: ExecuteRequest) -> Result<ExecOutput> {
+        Err(SandboxError::unsupported("no js"))
+    }
+    async fn export_workspace(&self) -> Result<ByteStream> {
+        Err(SandboxError::unsupported("no archive"))
+    }
+    async fn import_workspace(&self, _tar: ByteStream) -> Result<()> {
+        Err(SandboxError::unsupported("no archive"))
+    }
+    async fn status(&self) -> Result<SandboxStatus> {
+        Ok(SandboxStatus::Running)
+    }
+    async fn stop(&self) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Expand the vectors' `x…x` / `xxxx…x` shorthand for "50 x" (rows C3/C4 say so).
+pub fn expand_ellipsis(s: &str) -> String {
+    let mut out = String::new();
+    let mut rest = s;
+    while let Some(i) = rest.find('…') {
+        let before = rest[..i].trim_end_matches('x');
+        out.push_str(before);
+        out.push_str(&"x".repeat(50));
+        rest = rest[i + '…'.len_utf8()..].trim_start_matches('x');
+    }
+    out.push_str(rest);
+    out
+}
+
+/// The expected text of a row: first code span, escapes interpreted, `/W` replaced.
+pub fn expected_text(code: &str, workdir: &str) -> String {
+    expand_ellipsis(&cma_vectors::unescape(code)).replace("/W", workdir)
+}
