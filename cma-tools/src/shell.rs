@@ -361,7 +361,6 @@ async fn read_until_sentinel(
         if n == 0 {
             return Ok(true);
         }
-        let before = buf.len();
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > BASH_OUTPUT_LIMIT {
             let cut = buf.len() - BASH_OUTPUT_LIMIT;
@@ -370,7 +369,8 @@ async fn read_until_sentinel(
             found = found.and_then(|f| f.checked_sub(cut));
         }
         if found.is_none() {
-            let from = before.saturating_sub(marker.len()).min(buf.len());
+            // Only the new bytes (and a marker's length before them) can hold a new match.
+            let from = (buf.len() - n).saturating_sub(marker.len());
             found = find(&buf[from..], marker).map(|i| from + i);
         }
         if let Some(at) = found {

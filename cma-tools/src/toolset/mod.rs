@@ -21,7 +21,7 @@ use std::sync::Arc;
 use cma_sandbox::Capabilities;
 use serde_json::{Map, Value, json};
 
-pub use bash::BashTool;
+pub use bash::{BashTool, NO_SHELL, NO_SHELL_USE_EXECUTE};
 pub use execute::ExecuteTool;
 pub use files::{EditTool, ReadTool, WriteTool};
 pub use path::{PathError, resolve_path};
