@@ -9,11 +9,14 @@
 //! * [`sse`]: the incremental Server-Sent Events parser.
 //! * [`webhook`]: Standard Webhooks signing and verification of CMA event deliveries, the typed
 //!   event envelope, and a tower `VerifyLayer` for receivers.
+//! * `emulator` (feature `emulator`): a local CMA server with scripted agents, for tests and demos.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod control;
+#[cfg(feature = "emulator")]
+pub mod emulator;
 pub mod protocol;
 pub mod retry;
 pub mod runner;

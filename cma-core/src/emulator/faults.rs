@@ -1,0 +1,356 @@
+//! Fault injection: make the next N calls of an endpoint fail, stall, drop their stream or lose
+//! their lease.
+//!
+//! Faults are matched by [`Endpoint`] in the order they were armed and consumed one call at a time.
+//! They apply after routing and before authentication, so a request that would have failed
+//! authentication still consumes a fault.
+
+use std::collections::VecDeque;
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// The endpoints faults can target (their names in scenario files).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum Endpoint {
+    /// `GET …/work/poll`.
+    Poll,
+    /// `POST …/work/{id}/ack`.
+    Ack,
+    /// `POST …/work/{id}/heartbeat`.
+    Heartbeat,
+    /// `POST …/work/{id}/stop`.
+    Stop,
+    /// `GET …/work`.
+    WorkList,
+    /// `GET …/work/{id}`.
+    WorkGet,
+    /// `POST …/work/{id}`.
+    WorkUpdate,
+    /// `GET …/work/stats`.
+    WorkStats,
+    /// `POST /v1/environments`.
+    EnvironmentCreate,
+    /// `GET /v1/environments/{id}`.
+    EnvironmentGet,
+    /// `POST /v1/environments/{id}`.
+    EnvironmentUpdate,
+    /// `GET /v1/environments`.
+    EnvironmentList,
+    /// `DELETE /v1/environments/{id}`.
+    EnvironmentDelete,
+    /// `POST /v1/environments/{id}/archive`.
+    EnvironmentArchive,
+    /// `POST /v1/sessions`.
+    SessionCreate,
+    /// `GET /v1/sessions/{id}`.
+    SessionGet,
+    /// `DELETE /v1/sessions/{id}`.
+    SessionDelete,
+    /// `GET /v1/sessions/{id}/events`.
+    EventsList,
+    /// `POST /v1/sessions/{id}/events`.
+    EventsSend,
+    /// `GET /v1/sessions/{id}/events/stream`.
+    Stream,
+}
+
+impl Endpoint {
+    /// Every endpoint, in documentation order.
+    pub const ALL: [Endpoint; 20] = [
+        Self::Poll,
+        Self::Ack,
+        Self::Heartbeat,
+        Self::Stop,
+        Self::WorkList,
+        Self::WorkGet,
+        Self::WorkUpdate,
+        Self::WorkStats,
+        Self::EnvironmentCreate,
+        Self::EnvironmentGet,
+        Self::EnvironmentUpdate,
+        Self::EnvironmentList,
+        Self::EnvironmentDelete,
+        Self::EnvironmentArchive,
+        Self::SessionCreate,
+        Self::SessionGet,
+        Self::SessionDelete,
+        Self::EventsList,
+        Self::EventsSend,
+        Self::Stream,
+    ];
+
+    /// The name used in scenario files.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Poll => "poll",
+            Self::Ack => "ack",
+            Self::Heartbeat => "heartbeat",
+            Self::Stop => "stop",
+            Self::WorkList => "work_list",
+            Self::WorkGet => "work_get",
+            Self::WorkUpdate => "work_update",
+            Self::WorkStats => "work_stats",
+            Self::EnvironmentCreate => "environment_create",
+            Self::EnvironmentGet => "environment_get",
+            Self::EnvironmentUpdate => "environment_update",
+            Self::EnvironmentList => "environment_list",
+            Self::EnvironmentDelete => "environment_delete",
+            Self::EnvironmentArchive => "environment_archive",
+            Self::SessionCreate => "session_create",
+            Self::SessionGet => "session_get",
+            Self::SessionDelete => "session_delete",
+            Self::EventsList => "events_list",
+            Self::EventsSend => "events_send",
+            Self::Stream => "stream",
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// One armed fault. All effects are optional and combine: first `delay_ms`, then `lease_lost`,
+/// then either the error `status` or (for `stream`) the `drop_after_frames` cut.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Fault {
+    /// Which endpoint.
+    pub endpoint: Endpoint,
+    /// How many calls it affects (default 1).
+    #[serde(default = "one")]
+    pub times: u32,
+    /// Answer with this status (400–599) instead of serving the call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// `error.type` of the error body (default derived from the status).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_type: Option<String>,
+    /// `error.message` of the error body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A complete response body to send instead of the generated error body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<Value>,
+    /// `retry-after` header value (seconds or an HTTP date).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after: Option<String>,
+    /// `retry-after-ms` header value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry_after_ms: Option<String>,
+    /// `x-should-retry` header (`true`/`false`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub should_retry: Option<bool>,
+    /// Wait this long before answering.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// `stream` only: close the stream after this many event frames (0 = right after the headers).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_after_frames: Option<u32>,
+    /// `heartbeat` only: before serving, hand the lease to a phantom worker, so the call gets 412.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub lease_lost: bool,
+}
+
+impl Fault {
+    /// A fault with no effect yet on the next call of `endpoint`.
+    pub fn on(endpoint: Endpoint) -> Self {
+        Self {
+            endpoint,
+            times: 1,
+            status: None,
+            error_type: None,
+            message: None,
+            body: None,
+            retry_after: None,
+            retry_after_ms: None,
+            should_retry: None,
+            delay_ms: None,
+            drop_after_frames: None,
+            lease_lost: false,
+        }
+    }
+
+    /// Affect the next `n` calls.
+    pub fn times(mut self, n: u32) -> Self {
+        self.times = n;
+        self
+    }
+
+    /// Answer with `status`.
+    pub fn status(mut self, status: u16) -> Self {
+        self.status = Some(status);
+        self
+    }
+
+    /// Add `retry-after-ms`.
+    pub fn retry_after_ms(mut self, ms: u64) -> Self {
+        self.retry_after_ms = Some(ms.to_string());
+        self
+    }
+
+    /// Add `retry-after` (seconds).
+    pub fn retry_after(mut self, value: impl Into<String>) -> Self {
+        self.retry_after = Some(value.into());
+        self
+    }
+
+    /// Add `x-should-retry`.
+    pub fn should_retry(mut self, yes: bool) -> Self {
+        self.should_retry = Some(yes);
+        self
+    }
+
+    /// Delay the answer.
+    pub fn delay_ms(mut self, ms: u64) -> Self {
+        self.delay_ms = Some(ms);
+        self
+    }
+
+    /// Close the stream after `frames` event frames.
+    pub fn drop_after_frames(mut self, frames: u32) -> Self {
+        self.drop_after_frames = Some(frames);
+        self
+    }
+
+    /// Steal the lease before serving the heartbeat.
+    pub fn lease_lost(mut self) -> Self {
+        self.lease_lost = true;
+        self
+    }
+
+    /// Check the combination of fields.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.times == 0 {
+            return Err("times must be at least 1".into());
+        }
+        if let Some(s) = self.status
+            && !(400..=599).contains(&s)
+        {
+            return Err(format!("status {s} is not an error status (400-599)"));
+        }
+        if self.drop_after_frames.is_some() && self.endpoint != Endpoint::Stream {
+            return Err("drop_after_frames only applies to the stream endpoint".into());
+        }
+        if self.lease_lost && self.endpoint != Endpoint::Heartbeat {
+            return Err("lease_lost only applies to the heartbeat endpoint".into());
+        }
+        let has_effect = self.status.is_some()
+            || self.delay_ms.is_some()
+            || self.drop_after_frames.is_some()
+            || self.lease_lost;
+        if !has_effect {
+            return Err(
+                "a fault needs status, delay_ms, drop_after_frames or lease_lost".to_owned(),
+            );
+        }
+        if self.status.is_none()
+            && (self.body.is_some()
+                || self.retry_after.is_some()
+                || self.retry_after_ms.is_some()
+                || self.should_retry.is_some()
+                || self.error_type.is_some()
+                || self.message.is_some())
+        {
+            return Err("body, message, error_type and retry headers need a status".into());
+        }
+        Ok(())
+    }
+}
+
+/// The armed faults, consumed call by call.
+#[derive(Debug, Default)]
+pub(crate) struct FaultBook {
+    armed: VecDeque<(Fault, u32)>,
+}
+
+impl FaultBook {
+    pub(crate) fn arm(&mut self, fault: Fault) {
+        let n = fault.times;
+        self.armed.push_back((fault, n));
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.armed.clear();
+    }
+
+    /// Consume one use of the first fault armed for `endpoint`.
+    pub(crate) fn take(&mut self, endpoint: Endpoint) -> Option<Fault> {
+        let idx = self
+            .armed
+            .iter()
+            .position(|(f, _)| f.endpoint == endpoint)?;
+        let (fault, left) = self.armed.get_mut(idx)?;
+        let out = fault.clone();
+        *left -= 1;
+        if *left == 0 {
+            self.armed.remove(idx);
+        }
+        Some(out)
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.armed.iter().map(|(_, n)| *n as usize).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn faults_are_consumed_in_order_per_endpoint() {
+        let mut book = FaultBook::default();
+        book.arm(Fault::on(Endpoint::Poll).status(503).times(2));
+        book.arm(Fault::on(Endpoint::Ack).status(500));
+        book.arm(Fault::on(Endpoint::Poll).status(429));
+        assert_eq!(book.remaining(), 4);
+        assert_eq!(book.take(Endpoint::Poll).unwrap().status, Some(503));
+        assert_eq!(book.take(Endpoint::Poll).unwrap().status, Some(503));
+        assert_eq!(book.take(Endpoint::Poll).unwrap().status, Some(429));
+        assert!(book.take(Endpoint::Poll).is_none());
+        assert_eq!(book.take(Endpoint::Ack).unwrap().status, Some(500));
+        assert_eq!(book.remaining(), 0);
+    }
+
+    #[test]
+    fn names_round_trip_through_serde() {
+        for e in Endpoint::ALL {
+            let v = serde_json::to_value(e).unwrap();
+            assert_eq!(v, serde_json::json!(e.name()));
+            assert_eq!(serde_json::from_value::<Endpoint>(v).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn inconsistent_faults_are_rejected() {
+        assert!(Fault::on(Endpoint::Poll).validate().is_err());
+        assert!(Fault::on(Endpoint::Poll).status(200).validate().is_err());
+        assert!(
+            Fault::on(Endpoint::Poll)
+                .drop_after_frames(1)
+                .validate()
+                .is_err()
+        );
+        assert!(Fault::on(Endpoint::Stop).lease_lost().validate().is_err());
+        assert!(
+            Fault::on(Endpoint::Stream)
+                .drop_after_frames(0)
+                .validate()
+                .is_ok()
+        );
+        let mut f = Fault::on(Endpoint::Poll).delay_ms(5);
+        f.retry_after = Some("1".into());
+        assert!(f.validate().is_err());
+    }
+}
