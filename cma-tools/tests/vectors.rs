@@ -197,3 +197,96 @@ async fn section_9_3_group_c_prepared_workdir() {
     ctx.close().await;
     assert!(failures.is_empty(), "{failures:#?}");
 }
+
+/// Group C's file rows on the real isolate backend (`/W` = `/workspace`, `/RO` a read-only
+/// mount). Its bash rows need a shell, which the isolate backend does not have; they run above.
+#[tokio::test]
+async fn section_9_3_group_c_file_rows_on_the_isolate_backend() {
+    use base64::Engine as _;
+    use cma_sandbox::isolate::IsolateBackend;
+    use cma_sandbox::{Mount, SandboxBackend, SandboxSpec};
+
+    let v = Vectors::load();
+    let tmp = tempfile::tempdir().unwrap();
+    let ro = tmp.path().join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("mem.md"), "memo\n").unwrap();
+    let backend = IsolateBackend::new(tmp.path().join("root")).unwrap();
+    let mut spec = SandboxSpec::new();
+    spec.mounts.push(Mount::read_only("/RO", &ro));
+    let sb = backend.create(&spec).await.unwrap();
+    let host_ws = tmp
+        .path()
+        .join("root")
+        .join(sb.id().as_str())
+        .join("workspace");
+    assert!(
+        host_ws.is_dir(),
+        "isolate layout changed: {}",
+        host_ws.display()
+    );
+    let put = |name: &str, data: &[u8]| std::fs::write(host_ws.join(name), data).unwrap();
+    put("crlf.txt", b"a\r\nb\r\nc");
+    let big: String = (0..6000)
+        .map(|i| format!("{i:06} {}\n", "x".repeat(50)))
+        .collect();
+    put("big.txt", big.as_bytes());
+    put("bin.dat", &[0xFF, 0xFE, 0x00, 0x01]);
+    let png = base64::engine::general_purpose::STANDARD
+        .decode("iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8DwHwAFBQIAX8jx0gAAAABJRU5ErkJggg==")
+        .unwrap();
+    put("dot.png", &png);
+    std::os::unix::fs::symlink("/OUT/secret.txt", host_ws.join("link_out")).unwrap();
+    std::fs::create_dir_all(host_ws.join("sub")).unwrap();
+    put("sub/x.py", b"def f():\n    return 1\n");
+    let set_mtime = |name: &str, secs: u64| {
+        std::fs::File::options()
+            .write(true)
+            .open(host_ws.join(name))
+            .unwrap()
+            .set_modified(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .unwrap()
+    };
+    set_mtime("sub/x.py", 1_700_000_000);
+    set_mtime("crlf.txt", 1_700_000_100);
+
+    let wd = sb.workdir().to_owned();
+    let ctx = ToolContext::new(sb)
+        .with_allowed_roots(["/RO"])
+        .with_read_only_roots(["/RO"]);
+    let mut failures = Vec::new();
+    let mut ran = 0;
+    for row in &group_c_rows(&v) {
+        let (id, tool) = (row.id(), row.get("tool"));
+        if tool == "bash" {
+            continue;
+        }
+        ran += 1;
+        let codes = row.codes("content");
+        let got = run(&ctx, tool, &row.code("input").unwrap()).await;
+        if id == "C39" {
+            let errs: Vec<&str> = row.get("is_error").split('/').collect();
+            failures.extend(check(id, &got, errs[0], &expected_text(&codes[0], &wd)));
+            let got = run(&ctx, "read", r#"{"file_path":"b/c.txt"}"#).await;
+            failures.extend(check(
+                "C39/read",
+                &got,
+                errs[1],
+                &expected_text(&codes[1], &wd),
+            ));
+            continue;
+        }
+        failures.extend(check(
+            id,
+            &got,
+            row.get("is_error"),
+            &expected_text(&codes[0], &wd),
+        ));
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+    assert_eq!(ran, 31);
+    assert_eq!(
+        std::fs::read(host_ws.join("deep/er/f.txt")).unwrap(),
+        "héllo".as_bytes()
+    );
+}
