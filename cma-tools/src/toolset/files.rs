@@ -297,6 +297,14 @@ impl Tool for WriteTool {
             Some(0) | None => "/".to_owned(),
             Some(i) => target[..i].to_owned(),
         };
+        // `mkdir(parents=True, exist_ok=True)` on an existing non-directory: "file already exists".
+        if let Ok(st) = ctx.sandbox.stat(&parent).await
+            && !st.is_dir()
+        {
+            return Err(ToolError::msg(format!(
+                "write: {file_path}: file already exists"
+            )));
+        }
         ctx.sandbox
             .create_dir_all(&parent)
             .await

@@ -275,11 +275,14 @@ fn select<'a>(
         let dironly = idx + 1 < segs.len();
         match seg {
             Segment::Precise(name) => {
+                // A trailing `/` (empty name) selects `parent` itself when it is a directory;
+                // pathlib prints it without the slash.
                 let path = if name.is_empty() {
-                    format!("{parent}/")
+                    parent.clone()
                 } else {
                     join(&parent, name)
                 };
+                let dironly = dironly || name.is_empty();
                 let ok = match ctx.sandbox.stat(&path).await {
                     Ok(st) => !dironly || st.is_dir(),
                     Err(_) => false,

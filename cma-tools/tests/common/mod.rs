@@ -169,3 +169,28 @@ pub fn expand_ellipsis(s: &str) -> String {
 pub fn expected_text(code: &str, workdir: &str) -> String {
     expand_ellipsis(&cma_vectors::unescape(code)).replace("/W", workdir)
 }
+
+/// Copy a host directory tree (files, directories, symlinks as stored, mtimes) into a memory
+/// sandbox at the same absolute paths.
+pub fn copy_into_memory(host: &Path, sb: &cma_tools::testing::MemorySandbox) {
+    let mut stack = vec![host.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        sb.add_dir(dir.to_str().unwrap());
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let p = e.unwrap().path();
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            let name = p.to_str().unwrap();
+            if m.file_type().is_symlink() {
+                let t = std::fs::read_link(&p).unwrap();
+                sb.add_symlink(name, t.to_str().unwrap());
+            } else if m.is_dir() {
+                stack.push(p.clone());
+            } else {
+                sb.add_file(name, std::fs::read(&p).unwrap());
+            }
+            if !m.file_type().is_symlink() {
+                sb.set_mtime(name, m.modified().unwrap());
+            }
+        }
+    }
+}
