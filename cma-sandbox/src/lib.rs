@@ -6,6 +6,37 @@
 //! that nothing reaches outside its workspace and mounts, and its errors never show host paths.
 //!
 //! Errors are one [`SandboxError`] with a [`SandboxErrorKind`], `kind()` and `is_retryable()`.
+//!
+//! Backends: `isolate` (feature `isolate`, default): a confined directory per sandbox, native
+//! file operations and JavaScript `execute`; no shell. `conformance` (feature `conformance`) is
+//! the suite every backend passes.
+//!
+//! ```
+//! # #[cfg(feature = "isolate")]
+//! # tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap().block_on(async {
+//! use bytes::Bytes;
+//! use cma_sandbox::isolate::IsolateBackend;
+//! use cma_sandbox::{ExecuteRequest, SandboxBackend, SandboxErrorKind, SandboxSpec};
+//!
+//! let root = tempfile::tempdir().unwrap();
+//! let backend = IsolateBackend::new(root.path()).unwrap();
+//! let sandbox = backend.create(&SandboxSpec::new()).await.unwrap();
+//!
+//! sandbox.write_file("notes/todo.txt", Bytes::from("ship it")).await.unwrap();
+//! let text = sandbox.read_file("/workspace/notes/todo.txt", None).await.unwrap();
+//! assert_eq!(&text[..], b"ship it");
+//!
+//! let out = sandbox
+//!     .execute(ExecuteRequest::new("fs.readFile('notes/todo.txt').toUpperCase()"))
+//!     .await
+//!     .unwrap();
+//! assert_eq!(&out.stdout[..], b"SHIP IT\n");
+//!
+//! let err = sandbox.read_file("/etc/passwd", None).await.unwrap_err();
+//! assert_eq!(err.kind(), SandboxErrorKind::OutsideSandbox);
+//! backend.destroy(sandbox.id()).await.unwrap();
+//! # });
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 

@@ -90,8 +90,9 @@ async fn dot_dot_paths_never_leave_the_workspace() {
         "..",
         "/",
     ] {
+        // `/` is the sandbox's virtual root directory: readable as a directory, nothing more.
         let err = sb.read_file(path, None).await.unwrap_err();
-        fx.assert_err(&err, &[K::OutsideSandbox]);
+        fx.assert_err(&err, &[K::OutsideSandbox, K::IsADirectory]);
         let err = sb
             .write_file(path, Bytes::from_static(b"pwned"))
             .await
@@ -442,6 +443,40 @@ async fn mounts_are_confined_and_read_only_mounts_refuse_writes() {
         &sb.remove("/memory/notes/note.md", false).await.unwrap_err(),
         &[K::PermissionDenied],
     );
+    // The mount's ancestors are virtual directories: stat and list work, writes do not.
+    assert!(sb.lstat("/memory").await.unwrap().is_dir());
+    assert!(sb.stat("/").await.unwrap().is_dir());
+    let root: Vec<_> = sb
+        .read_dir("/")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(root, ["memory", "workspace"]);
+    let mem: Vec<_> = sb
+        .read_dir("/memory")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(mem, ["notes"]);
+    fx.assert_err(
+        &sb.write_file("/memory/x", Bytes::from_static(b"x"))
+            .await
+            .unwrap_err(),
+        &[K::OutsideSandbox],
+    );
+    fx.assert_err(
+        &sb.create_dir_all("/memory/other").await.unwrap_err(),
+        &[K::OutsideSandbox],
+    );
+    fx.assert_err(
+        &sb.stat("/memoryx").await.unwrap_err(),
+        &[K::OutsideSandbox],
+    );
+    fx.assert_err(&sb.stat("/etc").await.unwrap_err(), &[K::OutsideSandbox]);
     let err = sb
         .read_file("/memory/notes/../../canary.txt", None)
         .await

@@ -13,6 +13,12 @@
 //! relative to be followable; absolute targets are refused at creation and fail at use with
 //! [`OutsideSandbox`](crate::SandboxErrorKind::OutsideSandbox).
 //!
+//! The sandbox namespace also has *virtual* directories: `/` and every ancestor of a mount
+//! (`/memory` for a mount at `/memory/notes`). They can be `stat`ed and listed (their entries are
+//! the next components of the mounts), so a caller that walks a path component by component
+//! (as the file tools' symlink policy does) finds them; they cannot be written. Any other path
+//! outside the mounts fails with `OutsideSandbox`.
+//!
 //! # What runs where
 //! Bounded operations (metadata, single-entry changes, reads and writes up to
 //! [`INLINE_IO_BYTES`]) run inline on the calling task: they are a few system calls on a local
@@ -73,11 +79,11 @@ const EXPORT_CHANNEL_CHUNKS: usize = 4;
 #[derive(Clone)]
 pub struct IsolateBackend {
     inner: Arc<Inner>,
+    egress: Arc<dyn EgressHook>,
 }
 
 struct Inner {
     root: Dir,
-    egress: Arc<dyn EgressHook>,
     /// Stop flags of sandboxes handed out by this backend, so `destroy` stops live handles.
     live: Mutex<HashMap<SandboxId, Weak<AtomicBool>>>,
     seed: u64,
@@ -127,39 +133,21 @@ impl IsolateBackend {
         Ok(Self {
             inner: Arc::new(Inner {
                 root,
-                egress: Arc::new(DenyAllEgress),
                 live: Mutex::new(HashMap::new()),
                 seed,
                 counter: AtomicU64::new(0),
             }),
+            egress: Arc::new(DenyAllEgress),
         })
     }
 
     /// Route every script `fetch` through `hook` (for example one applying the session's
-    /// egress policy). Applies to sandboxes created or resumed afterwards.
+    /// egress policy). Applies to sandboxes created or resumed through the returned backend;
+    /// clones made before keep their hook.
     #[must_use]
-    pub fn with_egress(self, hook: Arc<dyn EgressHook>) -> Self {
-        let inner = match Arc::try_unwrap(self.inner) {
-            Ok(mut inner) => {
-                inner.egress = hook;
-                inner
-            }
-            Err(shared) => Inner {
-                root: match shared.root.try_clone() {
-                    Ok(d) => d,
-                    // Keep the old hook rather than fail: cloning a descriptor only fails when
-                    // the process is out of descriptors.
-                    Err(_) => return Self { inner: shared },
-                },
-                egress: hook,
-                live: Mutex::new(HashMap::new()),
-                seed: shared.seed ^ 1,
-                counter: AtomicU64::new(0),
-            },
-        };
-        Self {
-            inner: Arc::new(inner),
-        }
+    pub fn with_egress(mut self, hook: Arc<dyn EgressHook>) -> Self {
+        self.egress = hook;
+        self
     }
 
     fn new_id(&self) -> SandboxId {
@@ -239,7 +227,7 @@ impl IsolateBackend {
             ws: Arc::new(Workspace::new(WORKDIR.to_string(), mounts)),
             stopped,
             backend: self.inner.clone(),
-            egress: self.inner.egress.clone(),
+            egress: self.egress.clone(),
             memory_cap: meta.memory_bytes,
         }))
     }
@@ -289,7 +277,7 @@ impl SandboxBackend for IsolateBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Self::capabilities_of(&*self.inner.egress)
+        Self::capabilities_of(&*self.egress)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {

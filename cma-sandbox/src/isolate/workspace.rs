@@ -276,8 +276,60 @@ impl Workspace {
         .with_path(shown))
     }
 
+    /// The names directly under `shown` when it is a *virtual* directory: `/` or a strict
+    /// ancestor of a mount (`/memory` for `/memory/notes`). Such directories exist only in the
+    /// sandbox's namespace; they can be stat'ed and listed, never written.
+    fn virtual_children(&self, shown: &str) -> Option<Vec<String>> {
+        let prefix = if shown == "/" {
+            "/".to_string()
+        } else {
+            format!("{shown}/")
+        };
+        let mut names: Vec<String> = self
+            .mounts
+            .iter()
+            .filter_map(|m| m.path.strip_prefix(prefix.as_str()))
+            .filter_map(|rest| rest.split('/').next())
+            .map(str::to_string)
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
+    /// `resolve`, or, for a virtual directory, its children.
+    fn resolve_or_virtual(
+        &self,
+        path: &str,
+    ) -> Result<std::result::Result<Resolved<'_>, Vec<String>>> {
+        match self.resolve(path) {
+            Ok(r) => Ok(Ok(r)),
+            Err(e) if e.kind() == SandboxErrorKind::OutsideSandbox => {
+                let shown = e.path().unwrap_or_default();
+                match self.virtual_children(shown) {
+                    Some(children) => Ok(Err(children)),
+                    None => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn virtual_dir_stat() -> FileStat {
+        FileStat {
+            kind: FileKind::Dir,
+            size: 0,
+            modified: None,
+        }
+    }
+
     pub fn stat(&self, path: &str) -> Result<FileStat> {
-        let r = self.resolve(path)?;
+        let Ok(r) = self.resolve_or_virtual(path)? else {
+            return Ok(Self::virtual_dir_stat());
+        };
         r.mount
             .dir
             .metadata(&r.rel)
@@ -286,7 +338,9 @@ impl Workspace {
     }
 
     pub fn lstat(&self, path: &str) -> Result<FileStat> {
-        let r = self.resolve(path)?;
+        let Ok(r) = self.resolve_or_virtual(path)? else {
+            return Ok(Self::virtual_dir_stat());
+        };
         r.mount
             .dir
             .symlink_metadata(&r.rel)
@@ -313,7 +367,13 @@ impl Workspace {
     /// Open a regular file for reading, refusing directories and special files (a FIFO would
     /// block the reader forever). Returns the file and its size.
     pub fn open_regular(&self, path: &str) -> Result<(cap_std::fs::File, u64, String)> {
-        let r = self.resolve(path)?;
+        let r = match self.resolve_or_virtual(path)? {
+            Ok(r) => r,
+            Err(_) => {
+                let shown = normalize(&self.workdir, path)?;
+                return Err(SandboxError::at_path(SandboxErrorKind::IsADirectory, shown));
+            }
+        };
         let meta = r.mount.dir.metadata(&r.rel).map_err(|e| r.err(e))?;
         let ft = meta.file_type();
         if ft.is_dir() {
@@ -363,7 +423,18 @@ impl Workspace {
     }
 
     pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let r = self.resolve(path)?;
+        let r = match self.resolve_or_virtual(path)? {
+            Ok(r) => r,
+            Err(children) => {
+                return Ok(children
+                    .into_iter()
+                    .map(|name| DirEntry {
+                        name,
+                        stat: Self::virtual_dir_stat(),
+                    })
+                    .collect());
+            }
+        };
         let iter = r.mount.dir.read_dir(&r.rel).map_err(|e| r.err(e))?;
         let mut out = Vec::new();
         for entry in iter {
