@@ -165,6 +165,20 @@ impl ToolContext {
         self
     }
 
+    /// Make every mount of the sandbox reachable by the file tools (an allowed root), and the
+    /// read-only ones refused by `write`/`edit` (what the official worker does for memory
+    /// stores).
+    #[must_use]
+    pub fn with_mounts(mut self, mounts: &[cma_sandbox::Mount]) -> Self {
+        for m in mounts {
+            self.allowed_roots.push(m.sandbox_path.clone());
+            if m.read_only {
+                self.read_only_roots.push(m.sandbox_path.clone());
+            }
+        }
+        self
+    }
+
     /// Set the whole-file cap of `read`/`edit`.
     #[must_use]
     pub fn with_max_file_bytes(mut self, limit: ByteLimit) -> Self {

@@ -50,7 +50,9 @@ pub mod toolset;
 pub use context::{ByteLimit, DEFAULT_MAX_FILE_BYTES, ShellEnv, ToolContext};
 pub use custom::{CustomTool, CustomToolError, custom_tool};
 pub use output::{NO_OUTPUT, PostedResult, ToolError, ToolOutput};
-pub use registry::{DispatchError, TOOL_TIMEOUT, Tool, ToolDefinition, ToolRegistry};
+pub use registry::{
+    DispatchError, SessionTools, TOOL_TIMEOUT, Tool, ToolDefinition, ToolRegistry, run_bounded,
+};
 pub use shell::{
     LocalShellLauncher, ShellError, ShellLauncher, ShellOutput, ShellProcess, ShellSession,
     ShellSpec,

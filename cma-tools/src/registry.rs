@@ -196,3 +196,40 @@ pub async fn run_bounded(
         () = cancel.cancelled() => Err(DispatchError::Cancelled(tool.name().to_owned())),
     }
 }
+
+/// One session's tools: a registry plus the session's context. This is what a runner's tool
+/// executor wraps: [`SessionTools::names`] are the calls it owns, [`SessionTools::call`] answers
+/// one, [`SessionTools::close`] ends the session (kills the shell).
+#[derive(Debug, Clone)]
+pub struct SessionTools {
+    /// The tools.
+    pub registry: Arc<ToolRegistry>,
+    /// The session's context (shared state lives in it).
+    pub context: ToolContext,
+}
+
+impl SessionTools {
+    /// Bundle a registry and a session context.
+    pub fn new(registry: Arc<ToolRegistry>, context: ToolContext) -> Self {
+        Self { registry, context }
+    }
+
+    /// Names of the tools that run here.
+    pub fn names(&self) -> Vec<String> {
+        self.registry.names()
+    }
+
+    /// Run one call (bounded by [`TOOL_TIMEOUT`] unless the context sets a deadline). `None`
+    /// when the tool is not registered here or the call was cancelled: post nothing.
+    pub async fn call(&self, name: &str, input: Value) -> Option<PostedResult> {
+        self.registry
+            .dispatch(&self.context, name, input)
+            .await
+            .ok()
+    }
+
+    /// End the session: kill the persistent shell, if any.
+    pub async fn close(&self) {
+        self.context.close().await;
+    }
+}

@@ -88,3 +88,68 @@ async fn execute_runs_javascript_and_bash_points_to_it() {
         (true, Some(toolset::NO_SHELL_USE_EXECUTE))
     );
 }
+
+#[tokio::test]
+async fn mounts_become_allowed_and_read_only_roots() {
+    use cma_sandbox::Mount;
+    use cma_tools::SessionTools;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let (mem, ro) = (tmp.path().join("mem"), tmp.path().join("ro"));
+    std::fs::create_dir_all(&mem).unwrap();
+    std::fs::create_dir_all(&ro).unwrap();
+    std::fs::write(ro.join("facts.md"), "fact\n").unwrap();
+    let backend = IsolateBackend::new(tmp.path().join("root")).unwrap();
+    let mut spec = SandboxSpec::new();
+    spec.mounts = vec![
+        Mount::new("/memory/notes", &mem),
+        Mount::read_only("/memory/facts", &ro),
+    ];
+    let sb = backend.create(&spec).await.unwrap();
+    let ctx = ToolContext::new(sb.clone()).with_mounts(&spec.mounts);
+    let tools = SessionTools::new(Arc::new(toolset::registry_for(&sb.capabilities())), ctx);
+
+    let r = tools
+        .call(
+            "write",
+            json!({"file_path": "/memory/notes/a.md", "content": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.is_error, r.text()),
+        (false, Some("wrote 1 bytes to /memory/notes/a.md"))
+    );
+    assert_eq!(std::fs::read_to_string(mem.join("a.md")).unwrap(), "x");
+    let r = tools
+        .call("grep", json!({"pattern": "fact", "path": "/memory/facts"}))
+        .await
+        .unwrap();
+    assert_eq!(r.text(), Some("/memory/facts/facts.md:1:fact"));
+    let r = tools
+        .call(
+            "edit",
+            json!({"file_path": "/memory/facts/facts.md", "old_string": "fact", "new_string": "x"}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.is_error, r.text()),
+        (
+            true,
+            Some("edit: /memory/facts/facts.md is inside read-only directory /memory/facts")
+        )
+    );
+    let r = tools
+        .call("read", json!({"file_path": "/etc/passwd"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text(),
+        Some(
+            "read: path '/etc/passwd' is outside the session's working directory and its other permitted directories"
+        )
+    );
+    assert!(tools.call("web_fetch", json!({})).await.is_none());
+    tools.close().await;
+}

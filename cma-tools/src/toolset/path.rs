@@ -128,7 +128,16 @@ async fn realpath_strict(ctx: &ToolContext, path: &str) -> Result<String, Sandbo
         }
         cur.push(c);
         let p = format!("/{}", cur.join("/"));
-        let st = sb.lstat(&p).await.map_err(|e| e.kind())?;
+        let st = match sb.lstat(&p).await {
+            Ok(st) => st,
+            // A directory above a mount (`/memory` for a mount at `/memory/notes`) is not part
+            // of the sandbox's namespace but leads to it: walk through it as a plain directory.
+            Err(e) if e.kind() == SandboxErrorKind::OutsideSandbox && !todo.is_empty() => {
+                cur_is_dir = true;
+                continue;
+            }
+            Err(e) => return Err(e.kind()),
+        };
         if st.is_symlink() {
             hops += 1;
             if hops > MAX_SYMLINK_HOPS {
