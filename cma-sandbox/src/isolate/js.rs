@@ -3,27 +3,7 @@
 //! `fetch` routed through the sandbox's [`EgressHook`]. There is no shell, no process spawning,
 //! no module loader and no other host access.
 //!
-//! # The script's world
-//! The code runs as a classic (non-module, sloppy-mode) script. Its completion value is the
-//! result; if that is a function (`async () => { … }`), it is called with no arguments; if the
-//! result is a promise, it is awaited. A result other than `undefined` is printed to stdout
-//! (strings as is, other values as JSON). An uncaught exception gives exit code 1 with
-//! `Uncaught <Name>: <message>` (and the stack) on stderr.
-//!
-//! Globals provided (all synchronous except `fetch`; paths are sandbox paths, relative ones are
-//! resolved against `/workspace`; every failure throws an `Error` whose message is
-//! `<sandbox path>: <reason>`):
-//! - `console.log/info/debug(...args)` → stdout, `console.warn/error(...args)` → stderr; one line
-//!   per call, arguments joined by spaces.
-//! - `fs.readFile(path) → string` (UTF-8; invalid UTF-8 throws),
-//!   `fs.writeFile(path, text)` (creates parent directories, overwrites),
-//!   `fs.readdir(path = ".") → string[]` (sorted names), `fs.exists(path) → boolean`,
-//!   `fs.stat(path)` / `fs.lstat(path) → {type: "file"|"dir"|"symlink"|"other", size, mtimeMs}`,
-//!   `fs.mkdir(path)` (with parents), `fs.remove(path, {recursive})`,
-//!   `fs.symlink(target, path)` (relative targets only), `fs.readlink(path) → string`.
-//! - `fetch(url, {method, headers, body}) → Promise<{status, ok, headers, text(), json()}>`
-//!   (`headers` is a plain object with lower-case names); refused requests reject with a
-//!   `TypeError` such as `egress denied: GET https://…: …`.
+//! The script-facing API is documented on the [module](super) (`# execute`).
 
 use std::cell::RefCell;
 use std::rc::Rc;

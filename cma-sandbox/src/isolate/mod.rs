@@ -25,6 +25,37 @@
 //! directory, cheaper than a hand-off to a thread. Larger reads and writes, listings, recursive
 //! removal, archives and `execute` run on tokio's blocking pool.
 //!
+//! # `execute`: the script's world
+//! The code runs as a classic (non-module, sloppy-mode) script. Its completion value is the
+//! result; if that is a function (`async () => { … }`), it is called with no arguments; if the
+//! result is a promise, it is awaited. A result other than `undefined` is printed to stdout
+//! (strings as is, other values as JSON). An uncaught exception gives exit code 1 with
+//! `Uncaught <Name>: <message>` (and the stack) on stderr.
+//!
+//! Globals provided (all synchronous except `fetch`; paths are sandbox paths, relative ones are
+//! resolved against `/workspace`; every failure throws an `Error` whose message is
+//! `<sandbox path>: <reason>`):
+//! - `console.log/info/debug(...args)` → stdout, `console.warn/error(...args)` → stderr; one line
+//!   per call, arguments joined by spaces.
+//! - `fs.readFile(path) → string` (UTF-8; invalid UTF-8 throws),
+//!   `fs.writeFile(path, text)` (creates parent directories, overwrites),
+//!   `fs.readdir(path = ".") → string[]` (sorted names), `fs.exists(path) → boolean`,
+//!   `fs.stat(path)` / `fs.lstat(path) → {type: "file"|"dir"|"symlink"|"other", size, mtimeMs}`,
+//!   `fs.mkdir(path)` (with parents), `fs.remove(path, {recursive})`,
+//!   `fs.symlink(target, path)` (relative targets only), `fs.readlink(path) → string`.
+//! - `fetch(url, {method, headers, body}) → Promise<{status, ok, headers, text(), json()}>`
+//!   (`headers` is a plain object with lower-case names); refused requests reject with a
+//!   `TypeError` such as `egress denied: GET https://…: …`.
+//!
+//! Limits: [`ExecuteRequest::timeout`](crate::ExecuteRequest::timeout) (wall clock, enforced by
+//! QuickJS's interrupt handler, also when the caller drops the future),
+//! [`ExecuteRequest::memory_limit`](crate::ExecuteRequest::memory_limit) (heap; capped further by
+//! the spec's `memory_bytes`), [`SCRIPT_STACK_BYTES`] (recursion), and
+//! [`ExecuteRequest::max_output_bytes`](crate::ExecuteRequest::max_output_bytes) per stream.
+//!
+//! # Runtime
+//! The backend must be used from within a tokio runtime (it uses the blocking pool).
+//!
 //! # Not supported
 //! [`exec`](crate::Sandbox::exec) (no shell: use `execute`), and the spec's `image`, `cpus`,
 //! `pids`, `disk_bytes` and `env` (ignored). `memory_bytes` caps the heap of `execute` scripts.
@@ -572,7 +603,13 @@ impl Sandbox for IsolateSandbox {
 
     async fn import_workspace(&self, tar: ByteStream) -> Result<()> {
         let ws = self.live()?.clone();
-        let handle = tokio::runtime::Handle::current();
+        let handle = tokio::runtime::Handle::try_current().map_err(|e| {
+            SandboxError::new(
+                SandboxErrorKind::Backend,
+                "import_workspace: the isolate backend needs a tokio runtime",
+            )
+            .with_source(e)
+        })?;
         blocking(move || {
             let dir = ws.workspace_dir().ok_or_else(|| {
                 SandboxError::new(SandboxErrorKind::Backend, "workspace mount missing")
