@@ -116,6 +116,18 @@ impl fmt::Display for Endpoint {
     }
 }
 
+/// A header value given as a JSON string or number.
+fn header_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<Value>::deserialize(d)? {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(Value::Number(n)) => Ok(Some(n.to_string())),
+        Some(other) => Err(serde::de::Error::custom(format!(
+            "expected a string or a number, got {other}"
+        ))),
+    }
+}
+
 fn one() -> u32 {
     1
 }
@@ -142,11 +154,19 @@ pub struct Fault {
     /// A complete response body to send instead of the generated error body.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub body: Option<Value>,
-    /// `retry-after` header value (seconds or an HTTP date).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `retry-after` header value (seconds or an HTTP date; a JSON number is accepted).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "header_text"
+    )]
     pub retry_after: Option<String>,
-    /// `retry-after-ms` header value.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// `retry-after-ms` header value (a JSON number is accepted).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "header_text"
+    )]
     pub retry_after_ms: Option<String>,
     /// `x-should-retry` header (`true`/`false`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -330,6 +350,22 @@ mod tests {
             assert_eq!(v, serde_json::json!(e.name()));
             assert_eq!(serde_json::from_value::<Endpoint>(v).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn retry_headers_accept_numbers_and_strings() {
+        let f: Fault = serde_json::from_value(serde_json::json!(
+            {"endpoint": "poll", "status": 429, "retry_after_ms": 1500, "retry_after": "2"}
+        ))
+        .unwrap();
+        assert_eq!(f.retry_after_ms.as_deref(), Some("1500"));
+        assert_eq!(f.retry_after.as_deref(), Some("2"));
+        assert!(
+            serde_json::from_value::<Fault>(serde_json::json!(
+                {"endpoint": "poll", "status": 429, "retry_after": [1]}
+            ))
+            .is_err()
+        );
     }
 
     #[test]

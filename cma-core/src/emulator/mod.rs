@@ -72,31 +72,7 @@
 //! environment_archive, session_create, session_get, session_delete, events_list, events_send,
 //! stream`.
 //!
-//! ```json
-//! {
-//!   "lease_ttl_seconds": 60,
-//!   "reclaim_older_than_ms": 5000,
-//!   "api_key": "sk-ant-emulator",
-//!   "environments": [
-//!     {"id": "env_local", "name": "local", "environment_key": "envkey_local"}
-//!   ],
-//!   "sessions": [
-//!     {"id": "sesn_basic", "environment": "env_local", "end": "terminate",
-//!      "calls": [
-//!        {"name": "write", "input": {"file_path": "notes.txt", "content": "hello\n"}},
-//!        {"name": "bash", "input": {"command": "rm -rf /"}, "evaluated_permission": "ask",
-//!         "confirmation": {"result": "deny", "deny_message": "no"}},
-//!        {"type": "custom_tool_use", "name": "lookup_customer", "input": {"id": 7}}
-//!      ]}
-//!   ],
-//!   "faults": [
-//!     {"endpoint": "poll", "status": 503, "times": 1, "retry_after_ms": "10"},
-//!     {"endpoint": "stream", "drop_after_frames": 0},
-//!     {"endpoint": "heartbeat", "delay_ms": 100}
-//!   ],
-//!   "webhook": {"url": "http://127.0.0.1:8080/webhooks", "secret": "whsec_c2VjcmV0"}
-//! }
-//! ```
+#![doc = concat!("```json\n", include_str!("scenario_example.json"), "```")]
 //!
 //! A call's `type` is `tool_use` (default; `agent.tool_use`, answered by `user.tool_result`) or
 //! `custom_tool_use` (`agent.custom_tool_use`, then `session.status_idle` with `requires_action`

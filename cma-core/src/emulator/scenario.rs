@@ -346,6 +346,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let s = Scenario::from_json(include_str!("scenario_example.json")).unwrap();
+        assert_eq!(s.sessions[0].calls.len(), 3);
+        assert_eq!(s.faults.len(), 3);
+    }
+
+    #[test]
     fn unknown_fields_are_rejected_with_a_position() {
         let err = Scenario::from_json(r#"{"environments":[{"id":"env_a","nmae":"x"}]}"#)
             .unwrap_err()
