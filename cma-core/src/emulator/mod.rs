@@ -62,7 +62,8 @@
 //!   replays its terminal event and closes.
 //! * **Limits**: request bodies up to [`EmulatorConfig::max_body_bytes`] (413 beyond), at most
 //!   [`EmulatorConfig::max_events_per_session`] events per session (oldest dropped), 100 000
-//!   recorded results in memory.
+//!   recorded results in memory, [`MAX_WORK_ITEMS`] work items (oldest stopped ones forgotten) and
+//!   [`MAX_SESSIONS`] sessions (oldest ended ones forgotten; 429 when all are live).
 //!
 //! # Scenario file
 //!
@@ -114,7 +115,7 @@ pub use scenario::{
     CallKind, Scenario, ScenarioEnvironment, ScenarioError, ScenarioSession, ScenarioWebhook,
     Script, ScriptEnd, ScriptedCall, ScriptedConfirmation,
 };
-pub use state::ToolResultRecord;
+pub use state::{MAX_SESSIONS, MAX_WORK_ITEMS, ToolResultRecord};
 pub use webhooks::{WebhookConfig, WebhookDelivery};
 
 use http::Shared;
@@ -283,6 +284,8 @@ impl Emulator {
                 .reclaim_older_than_ms
                 .unwrap_or(config.reclaim_older_than_ms),
             max_events_per_session: config.max_events_per_session.max(1),
+            max_work_items: MAX_WORK_ITEMS,
+            max_sessions: MAX_SESSIONS,
             organization_id: config.organization_id.clone(),
             workspace_id: config.workspace_id.clone(),
         };

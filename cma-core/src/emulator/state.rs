@@ -29,6 +29,11 @@ const TOKENS_PER_ITEM: usize = 8;
 const MAX_RECORDS: usize = 100_000;
 /// Buffer of each session's live broadcast; a slower stream is closed and must reconcile.
 const STREAM_BUFFER: usize = 1024;
+/// Work items kept; beyond it the oldest stopped ones are forgotten.
+pub const MAX_WORK_ITEMS: usize = 100_000;
+/// Sessions kept; beyond it the oldest deleted or terminated ones are forgotten, and creation
+/// fails with 429 when none can be.
+pub const MAX_SESSIONS: usize = 10_000;
 /// Workers count as polling for this long after their last poll (PROTOCOL.md §2.1).
 const WORKERS_POLLING_WINDOW: Duration = Duration::from_secs(30);
 
@@ -47,6 +52,8 @@ pub(crate) struct Limits {
     pub(crate) lease_ttl_seconds: u64,
     pub(crate) reclaim_default_ms: u64,
     pub(crate) max_events_per_session: usize,
+    pub(crate) max_work_items: usize,
+    pub(crate) max_sessions: usize,
     pub(crate) organization_id: String,
     pub(crate) workspace_id: String,
 }
@@ -485,7 +492,65 @@ impl State {
             },
         );
         self.work_order.push(id.clone());
+        if self.work_order.len() > self.limits.max_work_items {
+            self.forget_stopped_work();
+        }
         id
+    }
+
+    /// Drop the oldest stopped items until the queue is back under its cap.
+    fn forget_stopped_work(&mut self) {
+        let mut excess = self
+            .work_order
+            .len()
+            .saturating_sub(self.limits.max_work_items);
+        let work = &mut self.work;
+        let tokens = &mut self.tokens;
+        self.work_order.retain(|id| {
+            if excess == 0 {
+                return true;
+            }
+            let stopped = work
+                .get(id)
+                .is_some_and(|w| w.work.state == WorkState::Stopped);
+            if !stopped {
+                return true;
+            }
+            if let Some(w) = work.remove(id) {
+                for t in w.tokens {
+                    tokens.remove(&t);
+                }
+            }
+            excess -= 1;
+            false
+        });
+    }
+
+    /// Make room for one more session, or fail with 429.
+    fn make_room_for_session(&mut self) -> Result<(), ApiError> {
+        if self.session_order.len() < self.limits.max_sessions {
+            return Ok(());
+        }
+        let victim = self.session_order.iter().position(|id| {
+            self.sessions
+                .get(id)
+                .is_none_or(|s| s.deleted || s.status == SessionStatus::Terminated)
+        });
+        match victim {
+            Some(i) => {
+                let id = self.session_order.remove(i);
+                self.sessions.remove(&id);
+                Ok(())
+            }
+            None => Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                format!(
+                    "the emulator keeps at most {} live sessions",
+                    self.limits.max_sessions
+                ),
+            )),
+        }
     }
 
     /// Re-queue items whose lease expired. Returns whether anything changed.
@@ -846,6 +911,7 @@ impl State {
             );
         }
         let id = id.unwrap_or_else(|| format!("sesn_{}", short_id()));
+        self.make_room_for_session()?;
         if self.sessions.contains_key(&id) {
             return Err(ApiError::conflict(format!("session {id} already exists")));
         }
@@ -1290,6 +1356,8 @@ mod tests {
                 lease_ttl_seconds: 60,
                 reclaim_default_ms: 5000,
                 max_events_per_session: 100,
+                max_work_items: 3,
+                max_sessions: 2,
                 organization_id: "org".into(),
                 workspace_id: "ws".into(),
             },
@@ -1350,6 +1418,35 @@ mod tests {
             err.details.clone().unwrap()["current_state"]["state"],
             "queued"
         );
+    }
+
+    #[test]
+    fn stopped_work_and_ended_sessions_are_forgotten_beyond_the_caps() {
+        let (mut s, env) = state();
+        let hc = || WorkData {
+            kind: "healthcheck".into(),
+            id: "hc".into(),
+            extra: Extra::new(),
+        };
+        let first = s.enqueue(&env, hc());
+        let second = s.enqueue(&env, hc());
+        s.stop(&env, &first, true).unwrap();
+        s.enqueue(&env, hc());
+        s.enqueue(&env, hc());
+        let ids: Vec<String> = s.all_work().into_iter().map(|w| w.id.0).collect();
+        assert_eq!(ids.len(), 3);
+        assert!(!ids.contains(&first) && ids.contains(&second));
+
+        let live = |s: &mut State| {
+            s.create_session(&env, None, Script::default(), true, json!({}), Value::Null)
+        };
+        let a = live(&mut s).unwrap();
+        live(&mut s).unwrap();
+        let err = live(&mut s).unwrap_err();
+        assert_eq!(err.status.as_u16(), 429);
+        s.delete_session(&a).unwrap();
+        live(&mut s).unwrap();
+        assert!(!s.session_ids().contains(&a));
     }
 
     #[test]
