@@ -8,8 +8,9 @@
 //! absolute sandbox paths.
 //!
 //! `grep` is the official built-in walker (this crate never runs `rg`): a Rust `regex` instead of
-//! Python `re` — the syntax is the common subset (no look-around, no backreferences) and the text
-//! after `grep: invalid regex: ` differs from Python's. Directories are walked depth-first with
+//! Python `re`. Python spellings the `regex` crate reads differently are rewritten first (a
+//! literal `{`, `{,n}`, `\Z`, `[` and `&&` inside a class); look-around and backreferences are
+//! not supported, and the text after `grep: invalid regex: ` differs from Python's. Directories are walked depth-first with
 //! a directory's files before its subdirectories, entries in name order (Python's order is the
 //! file system's).
 
@@ -367,7 +368,7 @@ impl Tool for GrepTool {
                 .map_err(|e| ToolError::msg(format!("grep: {e}")))?,
             _ => workdir(ctx).await,
         };
-        let rx = Regex::new(&pattern).map_err(|e| {
+        let rx = Regex::new(&python_regex_to_rust(&pattern)).map_err(|e| {
             ToolError::msg(format!("grep: invalid regex: {}", regex_error_text(&e)))
         })?;
         let mut walk = Walk {
@@ -382,6 +383,99 @@ impl Tool for GrepTool {
         }
         Ok(ToolOutput::Text(walk.hits.join("\n")))
     }
+}
+
+/// Rewrite the parts of Python `re` syntax that the `regex` crate reads differently: a `{` that
+/// does not start a valid repetition is a literal (`fn main() {`), `{,n}` means `{0,n}`, `\Z` is
+/// `\z`, and inside a class `[` and the set operators `&&`/`~~` are literal characters.
+fn python_regex_to_rust(p: &str) -> String {
+    let chars: Vec<char> = p.chars().collect();
+    let mut out = String::with_capacity(p.len() + 8);
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\\' => {
+                match chars.get(i + 1) {
+                    Some('Z') => out.push_str("\\z"),
+                    Some(n) => {
+                        out.push('\\');
+                        out.push(*n);
+                    }
+                    None => out.push('\\'),
+                }
+                i += 2;
+            }
+            '[' => {
+                out.push('[');
+                i += 1;
+                if chars.get(i) == Some(&'^') {
+                    out.push('^');
+                    i += 1;
+                }
+                if chars.get(i) == Some(&']') {
+                    out.push_str("\\]");
+                    i += 1;
+                }
+                while i < chars.len() && chars[i] != ']' {
+                    match chars[i] {
+                        '\\' if i + 1 < chars.len() => {
+                            out.push('\\');
+                            out.push(chars[i + 1]);
+                            i += 2;
+                            continue;
+                        }
+                        '[' => out.push_str("\\["),
+                        '&' | '~' if chars.get(i + 1) == Some(&chars[i]) => {
+                            out.push('\\');
+                            out.push(chars[i]);
+                        }
+                        ch => out.push(ch),
+                    }
+                    i += 1;
+                }
+                if i < chars.len() {
+                    out.push(']');
+                    i += 1;
+                }
+            }
+            '{' => {
+                let mut j = i + 1;
+                let lo_start = j;
+                while j < chars.len() && chars[j].is_ascii_digit() {
+                    j += 1;
+                }
+                let lo: String = chars[lo_start..j].iter().collect();
+                let mut hi: Option<String> = None;
+                if chars.get(j) == Some(&',') {
+                    j += 1;
+                    let hi_start = j;
+                    while j < chars.len() && chars[j].is_ascii_digit() {
+                        j += 1;
+                    }
+                    hi = Some(chars[hi_start..j].iter().collect());
+                }
+                let closed = chars.get(j) == Some(&'}');
+                let empty = lo.is_empty() && hi.is_none();
+                if closed && !empty {
+                    let lo = if lo.is_empty() { "0".to_owned() } else { lo };
+                    match hi {
+                        None => out.push_str(&format!("{{{lo}}}")),
+                        Some(h) => out.push_str(&format!("{{{lo},{h}}}")),
+                    }
+                    i = j + 1;
+                } else {
+                    out.push_str("\\{");
+                    i += 1;
+                }
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 /// The last line of a `regex` error ("error: unclosed group" → "unclosed group").
@@ -555,6 +649,25 @@ mod tests {
 
     fn m(pat: &str, name: &str) -> bool {
         Regex::new(&fnmatch_to_regex(pat)).unwrap().is_match(name)
+    }
+
+    #[test]
+    fn python_regex_syntax_is_translated() {
+        let t = |p: &str, hay: &str| Regex::new(&python_regex_to_rust(p)).unwrap().is_match(hay);
+        assert!(t("fn main() {", "fn main {"));
+        assert!(t("a{", "a{"));
+        assert!(t("{}", "{}"));
+        assert!(t("^x{1,2}$", "xx"));
+        assert!(t("^a{,3}$", "aaa"));
+        assert!(!t("^a{,3}$", "aaaa"));
+        assert!(t("^a{2}$", "aa"));
+        assert!(t(r"foo\Z", "a foo"));
+        assert!(!t(r"foo\Z", "foo bar"));
+        assert!(t("[a&&b]", "&"));
+        assert!(t("[]x]", "]"));
+        assert!(t(r"[\]]", "]"));
+        assert!(t(r"\d+\.\d", "v1.2"));
+        assert!(Regex::new(&python_regex_to_rust("(")).is_err());
     }
 
     #[test]
