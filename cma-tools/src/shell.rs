@@ -33,7 +33,7 @@ pub const TRUNCATED_PREFIX: &str = "[output truncated]\n";
 /// How long a killed shell is waited for.
 const KILL_WAIT: Duration = Duration::from_secs(2);
 /// Longest timeout honoured (a larger `timeout_ms` is clamped; Python has no upper bound).
-const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
+pub(crate) const MAX_TIMEOUT: Duration = Duration::from_secs(365 * 24 * 3600);
 
 static ANSI: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r"\x1b\[[0-9;?]*[ -/]*[@-~]").unwrap_or_else(|_| unreachable!("constant regex"))
@@ -144,7 +144,11 @@ impl ShellLauncher for LocalShellLauncher {
     async fn launch(&self, spec: &ShellSpec) -> io::Result<Box<dyn ShellProcess>> {
         let env = match &self.base_env {
             Some(base) => spec.environment(base.clone()),
-            None => spec.environment(std::env::vars()),
+            // Variables that are not UTF-8 cannot be represented in the spec; they are dropped.
+            None => spec.environment(
+                std::env::vars_os()
+                    .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))),
+            ),
         };
         let (reader, writer) = io::pipe()?;
         let mut cmd = tokio::process::Command::new(&self.program);

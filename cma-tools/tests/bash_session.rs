@@ -1,6 +1,8 @@
 //! The persistent shell against a real local `/bin/bash`: vectors §9.4 (X1–X6) and the
 //! session life cycle (restart, cancellation, scrubbing).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -181,4 +183,52 @@ async fn timeout_text_uses_python_float_formatting() {
     let r = call_tool_in(&BashTool, &ctx, json!({"command": "echo ok"})).await;
     assert_eq!((r.is_error, r.text()), (false, Some("ok")));
     ctx.close().await;
+}
+
+/// Without a launcher, a sandbox with `shell_exec` runs each command in a fresh shell.
+#[tokio::test]
+async fn one_shot_exec_fallback_keeps_texts_but_not_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sb = common::HostSandbox::new(dir.path());
+    sb.shell_exec = true;
+    let ctx = ToolContext::new(Arc::new(sb));
+    let call = |input: serde_json::Value| {
+        let ctx = ctx.clone();
+        async move {
+            let r = call_tool_in(&BashTool, &ctx, input).await;
+            (r.is_error, r.text().unwrap().to_owned())
+        }
+    };
+    assert_eq!(
+        call(json!({"command": "echo out; echo err >&2"})).await,
+        (false, "out\nerr".into())
+    );
+    assert_eq!(
+        call(json!({"command": "printf 'a\\033[31mRED\\033[0mb\\n\\n'"})).await,
+        (false, "aREDb".into())
+    );
+    assert_eq!(
+        call(json!({"command": "false"})).await,
+        (true, "(no output)".into())
+    );
+    assert_eq!(
+        call(json!({"command": "export X=1"})).await,
+        (false, "(no output)".into())
+    );
+    assert_eq!(
+        call(json!({"command": "echo ${X:-unset}; echo $TERM"})).await,
+        (false, "unset\ndumb".into())
+    );
+    assert_eq!(
+        call(json!({"command": "sleep 5", "timeout_ms": 100})).await,
+        (true, "bash: bash command timed out after 0.1s".into())
+    );
+    assert_eq!(
+        call(json!({"restart": true})).await,
+        (false, "bash session restarted".into())
+    );
+    assert_eq!(
+        call(json!({})).await,
+        (true, "bash: command is required".into())
+    );
 }

@@ -20,7 +20,7 @@ use crate::context::ToolContext;
 use crate::output::{ToolError, ToolOutput};
 use crate::registry::Tool;
 use crate::shell::{
-    BASH_DEFAULT_TIMEOUT_SECS, BASH_OUTPUT_LIMIT, ShellError, ShellSession, ShellSpec,
+    BASH_DEFAULT_TIMEOUT_SECS, BASH_OUTPUT_LIMIT, MAX_TIMEOUT, ShellError, ShellSession, ShellSpec,
     TRUNCATED_PREFIX, strip_ansi,
 };
 
@@ -138,8 +138,9 @@ async fn one_shot(
         return Err(timed_out());
     }
     let mut req = ExecRequest::shell(command);
-    req.timeout =
-        std::time::Duration::try_from_secs_f64(timeout_secs).unwrap_or(std::time::Duration::MAX);
+    req.timeout = std::time::Duration::try_from_secs_f64(timeout_secs)
+        .unwrap_or(MAX_TIMEOUT)
+        .min(MAX_TIMEOUT);
     req.max_output_bytes = BASH_OUTPUT_LIMIT;
     for (k, v) in [("PS1", ""), ("PS2", ""), ("TERM", "dumb")] {
         req.env.insert(k.into(), v.into());

@@ -18,6 +18,8 @@ use cma_sandbox::{
 pub struct HostSandbox {
     id: SandboxId,
     workdir: String,
+    /// Report `shell_exec` and run `exec` with `/bin/bash -c` on the host.
+    pub shell_exec: bool,
 }
 
 impl HostSandbox {
@@ -25,6 +27,7 @@ impl HostSandbox {
         Self {
             id: SandboxId::parse("host").unwrap(),
             workdir: workdir.to_str().unwrap().to_owned(),
+            shell_exec: false,
         }
     }
 }
@@ -72,6 +75,7 @@ impl Sandbox for HostSandbox {
         let mut c = Capabilities::default();
         c.files = true;
         c.symlinks = true;
+        c.shell_exec = self.shell_exec;
         c
     }
     fn workdir(&self) -> &str {
@@ -131,8 +135,41 @@ impl Sandbox for HostSandbox {
             std::fs::remove_file(path).map_err(err(path))
         }
     }
-    async fn exec(&self, _req: ExecRequest) -> Result<ExecOutput> {
-        Err(SandboxError::unsupported("no exec"))
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
+        let cma_sandbox::ExecCommand::Shell(cmd) = req.command.clone() else {
+            return Err(SandboxError::unsupported("argv"));
+        };
+        if !self.shell_exec {
+            return Err(SandboxError::unsupported("no exec"));
+        }
+        let child = tokio::process::Command::new("/bin/bash")
+            .args(["-c", &cmd])
+            .current_dir(&self.workdir)
+            .envs(&req.env)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| SandboxError::new(SandboxErrorKind::Io, e.to_string()))?;
+        match tokio::time::timeout(req.timeout, child.wait_with_output()).await {
+            Err(_) => Err(SandboxError::new(SandboxErrorKind::Timeout, "timed out")),
+            Ok(Err(e)) => Err(SandboxError::new(SandboxErrorKind::Io, e.to_string())),
+            Ok(Ok(o)) => {
+                let cap = |v: Vec<u8>| {
+                    let cut = v.len().saturating_sub(req.max_output_bytes);
+                    (cut > 0, Bytes::from(v[cut..].to_vec()))
+                };
+                let (t1, stdout) = cap(o.stdout);
+                let (t2, stderr) = cap(o.stderr);
+                let mut out = ExecOutput::default();
+                out.exit_code = o.status.code();
+                out.stdout = stdout;
+                out.stderr = stderr;
+                out.truncated = t1 || t2;
+                Ok(out)
+            }
+        }
     }
     async fn execute(&self, _req: ExecuteRequest) -> Result<ExecOutput> {
         Err(SandboxError::unsupported("no js"))
