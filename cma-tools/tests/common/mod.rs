@@ -162,12 +162,12 @@ impl Sandbox for HostSandbox {
                 };
                 let (t1, stdout) = cap(o.stdout);
                 let (t2, stderr) = cap(o.stderr);
-                let mut out = ExecOutput::default();
-                out.exit_code = o.status.code();
-                out.stdout = stdout;
-                out.stderr = stderr;
-                out.truncated = t1 || t2;
-                Ok(out)
+                Ok(ExecOutput {
+                    exit_code: o.status.code(),
+                    stdout,
+                    stderr,
+                    truncated: t1 || t2,
+                })
             }
         }
     }
