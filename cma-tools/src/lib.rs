@@ -34,6 +34,24 @@
 //! # fn sandbox_caps(ctx: &ToolContext) -> cma_sandbox::Capabilities { ctx.sandbox.capabilities() }
 //! # });
 //! ```
+//!
+//! # Fidelity
+//! Every tool row of the SDK test vectors (§8 definitions, §9.1–§9.5) is reproduced exactly, on
+//! a real directory, in [`testing::MemorySandbox`] and (file rows) on the isolate backend. Known
+//! differences from the Python reference (`agent_toolset.py`):
+//! - `grep` always uses the built-in walker with the Rust `regex` crate (never `rg`): Python
+//!   spellings it reads differently are rewritten, look-around/backreferences are refused, and
+//!   the message after `grep: invalid regex: ` is the crate's. Its 30 s budget is wall-clock
+//!   (CPU time in Python). Directory entries are visited in name order (file-system order there),
+//!   which only shows when two `glob` matches have the same mtime or in `grep` output order.
+//! - `bash` without a [`ShellLauncher`] on a sandbox with `shell_exec` runs each command in a
+//!   fresh shell (no persistent cwd/env; stdout then stderr instead of interleaved). Without any
+//!   shell it answers an error naming `execute`. When the shell died, a call always reads
+//!   `bash: bash session terminated; restart required` (never Python's timing-dependent
+//!   `BrokenResourceError()`).
+//! - Integers beyond `i64` in inputs are refused (Python accepts any size); text is Rust `String`,
+//!   so lone surrogates cannot occur ([`output::well_formed_utf16`] repairs UTF-16 input).
+//! - `repr()` of unusual Unicode (unassigned code points) is not escaped as Python would.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
