@@ -153,3 +153,48 @@ async fn mounts_become_allowed_and_read_only_roots() {
     assert!(tools.call("web_fetch", json!({})).await.is_none());
     tools.close().await;
 }
+
+#[tokio::test]
+async fn symlinks_leaving_the_workspace_are_refused_by_policy() {
+    let tmp = tempfile::tempdir().unwrap();
+    let backend = IsolateBackend::new(tmp.path().join("root")).unwrap();
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    let ws = tmp
+        .path()
+        .join("root")
+        .join(sb.id().as_str())
+        .join("workspace");
+    std::os::unix::fs::symlink("../../etc", ws.join("esc")).unwrap();
+    std::os::unix::fs::symlink("esc/passwd", ws.join("pw.txt")).unwrap();
+    std::fs::write(ws.join("ok.txt"), "fine\n").unwrap();
+    let reg = toolset::registry_for(&sb.capabilities());
+    let ctx = ToolContext::new(sb);
+    for p in ["esc", "pw.txt", "esc/passwd"] {
+        let r = reg
+            .dispatch(&ctx, "read", json!({"file_path": p}))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.text().unwrap(),
+            format!("read: path '{p}' is outside the session's working directory")
+        );
+    }
+    let r = reg
+        .dispatch(&ctx, "write", json!({"file_path": "esc/x", "content": "x"}))
+        .await
+        .unwrap();
+    assert_eq!(
+        r.text(),
+        Some("write: path 'esc/x' is outside the session's working directory")
+    );
+    let r = reg
+        .dispatch(&ctx, "glob", json!({"pattern": "*.txt"}))
+        .await
+        .unwrap();
+    assert_eq!(r.text(), Some("/workspace/ok.txt"));
+    let r = reg
+        .dispatch(&ctx, "grep", json!({"pattern": "root"}))
+        .await
+        .unwrap();
+    assert_eq!(r.text(), Some("no matches"));
+}
