@@ -226,8 +226,8 @@ def main(argv: list[str]) -> int:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    # httpx logs every request at INFO; keep them for the failure transcript only at DEBUG.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # The HTTP client logs one INFO line per request: kept, they are the transcript a failing
+    # conformance test prints.
     failures = ItemFailures()
     logging.getLogger("anthropic").addHandler(failures)
     try:
