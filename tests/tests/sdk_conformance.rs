@@ -107,24 +107,47 @@ fn scenario_path(name: &str) -> PathBuf {
     workspace_root().join("tests/sdk").join(name)
 }
 
-/// The results the SDK's tools (PROTOCOL.md §6) give for the calls of `tests/sdk/scenario*.json`,
-/// in call order, for a worker whose working directory is `workdir` (canonical).
-fn expected_results(workdir: &Path) -> Vec<(&'static str, String)> {
-    let wd = workdir.display();
-    vec![
-        ("write", "wrote 18 bytes to notes/a.txt".to_owned()),
-        ("read", "hello conformance\n".to_owned()),
-        ("edit", "edited notes/a.txt (1 replacement(s))".to_owned()),
-        ("glob", format!("{wd}/notes/a.txt")),
-        ("grep", format!("{wd}/notes/a.txt:1:hello emulator")),
-        ("bash", "hello emulator\nsum=42".to_owned()),
-    ]
+/// What one scripted call must get back from the SDK worker.
+#[derive(Debug)]
+enum Expect {
+    /// One text block with this text and this `is_error`.
+    Text(String, bool),
+    /// Nothing: the call was denied (by policy or by the user) and must not run.
+    Nothing,
 }
 
-/// Each of the scenario's scripted calls has a recorded result with exactly the expected text.
-/// With `allow_repeats`, a call may be answered more than once (a worker that lost its lease
-/// may run a call again), but every answer must be the expected one.
+/// The results the SDK's tools give (PROTOCOL.md §5.4, §5.5, §6) for the calls of a scenario of
+/// `tests/sdk/`, in call order, for a worker whose working directory is `workdir` (canonical).
+fn expected_results(file: &str, workdir: &Path) -> Vec<(&'static str, Expect)> {
+    let ok = |text: &str| Expect::Text(text.to_owned(), false);
+    let err = |text: &str| Expect::Text(text.to_owned(), true);
+    let wd = workdir.display();
+    match file {
+        "scenario.json" | "scenario-faults.json" => vec![
+            ("write", ok("wrote 18 bytes to notes/a.txt")),
+            ("read", ok("hello conformance\n")),
+            ("edit", ok("edited notes/a.txt (1 replacement(s))")),
+            ("glob", ok(&format!("{wd}/notes/a.txt"))),
+            ("grep", ok(&format!("{wd}/notes/a.txt:1:hello emulator"))),
+            ("bash", ok("hello emulator\nsum=42")),
+        ],
+        "scenario-idle.json" => vec![
+            ("write", ok("wrote 8 bytes to gated.txt")),
+            ("bash", Expect::Nothing),
+            ("bash", Expect::Nothing),
+            ("read", ok("allowed\n")),
+            ("bash", err("failing")),
+            ("read", err("read: missing.txt: no such file or directory")),
+        ],
+        other => panic!("no expectations for {other}"),
+    }
+}
+
+/// Each of the scenario's scripted calls got exactly the expected answer (or none, if it must
+/// not run). With `allow_repeats`, a call may be answered more than once (a worker that lost
+/// its lease may run a call again), but every answer must be the expected one.
 fn assert_results(
+    file: &str,
     scenario: &Scenario,
     records: &[ToolResultRecord],
     workdir: &Path,
@@ -135,51 +158,63 @@ fn assert_results(
         .id
         .as_deref()
         .expect("the scenario names its session");
-    let expected = expected_results(workdir);
+    let expected = expected_results(file, workdir);
     let names: Vec<&str> = session.calls.iter().map(|c| c.name.as_str()).collect();
     let expected_names: Vec<&str> = expected.iter().map(|(n, _)| *n).collect();
     assert_eq!(
         names, expected_names,
-        "scenario calls and expectations drifted apart"
+        "{file}: scenario calls and expectations drifted apart"
     );
-    let mine: Vec<&ToolResultRecord> = records.iter().filter(|r| r.session_id == sid).collect();
-    assert_eq!(
-        mine.len(),
-        records.len(),
+    assert!(
+        records.iter().all(|r| r.session_id == sid),
         "results for another session: {records:#?}"
     );
-    for (call, (name, text)) in session.calls.iter().zip(&expected) {
-        let answers: Vec<&&ToolResultRecord> = mine
+    let mut answered = 0;
+    for (call, (name, expect)) in session.calls.iter().zip(&expected) {
+        let answers: Vec<&ToolResultRecord> = records
             .iter()
             .filter(|r| r.name.as_deref() == Some(*name) && r.input == call.input)
             .collect();
+        let (text, is_error) = match expect {
+            Expect::Nothing => {
+                assert!(
+                    answers.is_empty(),
+                    "{name} {} must not run: {answers:#?}",
+                    call.input
+                );
+                continue;
+            }
+            Expect::Text(text, is_error) => (text, *is_error),
+        };
         assert!(
             !answers.is_empty(),
-            "no result for the {name} call; recorded: {records:#?}"
+            "no result for {name} {}; recorded: {records:#?}",
+            call.input
         );
         if !allow_repeats {
             assert_eq!(
                 answers.len(),
                 1,
-                "the {name} call was answered more than once"
+                "{name} {} was answered more than once",
+                call.input
             );
         }
+        answered += answers.len();
         for answer in answers {
-            assert_eq!(answer.is_error, Some(false), "{name}: {answer:#?}");
+            assert_eq!(answer.is_error, Some(is_error), "{name}: {answer:#?}");
             assert_eq!(
                 answer.content,
                 json!([{"type": "text", "text": text}]),
-                "{name} result"
+                "{name} {} result",
+                call.input
             );
         }
     }
-    if !allow_repeats {
-        assert_eq!(
-            mine.len(),
-            session.calls.len(),
-            "unexpected extra results: {records:#?}"
-        );
-    }
+    assert_eq!(
+        answered,
+        records.len(),
+        "results for calls the scenario does not make: {records:#?}"
+    );
 }
 
 /// A canonical temporary working directory for the worker's tools.
@@ -282,7 +317,7 @@ async fn sdk_worker_runs_every_builtin_tool_and_force_stops() {
     )
     .await;
 
-    assert_results(&scenario, &emu.tool_results(), &wd, false);
+    assert_results("scenario.json", &scenario, &emu.tool_results(), &wd, false);
     assert_force_stopped(&emu, &sid);
     assert_eq!(emu.session_status(&sid), Some(SessionStatus::Terminated));
     // The files the tools wrote are really there, as the last results say.
@@ -290,6 +325,48 @@ async fn sdk_worker_runs_every_builtin_tool_and_force_stops() {
         std::fs::read_to_string(wd.join("notes/a.txt")).expect("notes/a.txt"),
         "hello emulator\n"
     );
+    emu.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sdk_worker_follows_permissions_and_ends_an_idle_session_after_max_idle() {
+    let (emu, scenario) = start_in_process("scenario-idle.json").await;
+    let (_dir, wd) = workdir();
+    let sid = scenario.sessions[0].id.clone().expect("session id");
+
+    let log = run_sdk_worker(
+        &emu.base_url(),
+        &scenario.environments[0],
+        &wd,
+        &["--until-stopped", "1"],
+    )
+    .await;
+
+    // `ask` + allow runs, `ask` + deny and `deny` never run (PROTOCOL.md §5.4), a failing
+    // command and a missing file are error results (§6.2, §6.1).
+    assert_results(
+        "scenario-idle.json",
+        &scenario,
+        &emu.tool_results(),
+        &wd,
+        false,
+    );
+    assert!(wd.join("gated.txt").exists());
+    assert!(
+        !wd.join("denied-by-user.txt").exists(),
+        "a user-denied call ran"
+    );
+    assert!(
+        !wd.join("denied-by-policy.txt").exists(),
+        "a policy-denied call ran"
+    );
+    // The session stays idle; the worker's idle rule (max_idle, 1 s here) ended its run.
+    assert!(
+        log.contains("session idle for"),
+        "the run did not end on the idle rule:\n{log}"
+    );
+    assert_eq!(emu.session_status(&sid), Some(SessionStatus::Idle));
+    assert_force_stopped(&emu, &sid);
     emu.shutdown().await;
 }
 
@@ -324,7 +401,13 @@ async fn sdk_worker_completes_despite_412_heartbeat_dropped_stream_and_429() {
         log.contains("lease lost"),
         "the SDK did not report the lost lease:\n{log}"
     );
-    assert_results(&scenario, &emu.tool_results(), &wd, true);
+    assert_results(
+        "scenario-faults.json",
+        &scenario,
+        &emu.tool_results(),
+        &wd,
+        true,
+    );
     assert_force_stopped(&emu, &sid);
     assert_eq!(emu.session_status(&sid), Some(SessionStatus::Terminated));
     emu.shutdown().await;
@@ -400,5 +483,5 @@ async fn sdk_worker_against_the_cma_emulator_binary_fills_the_record_file() {
             serde_json::from_str(line).unwrap_or_else(|e| panic!("record line {line:?}: {e}"))
         })
         .collect();
-    assert_results(&scenario, &records, &tools_dir, false);
+    assert_results("scenario.json", &scenario, &records, &tools_dir, false);
 }
