@@ -4,6 +4,7 @@
 //!
 //! * `emulator/work_cycle`: one work item's whole lease life as a worker sees it: poll, ack,
 //!   first heartbeat, force stop (4 requests; the item is queued through the programmatic API).
+//! * `emulator/poll_empty`: one non-blocking poll of an empty queue (`null`).
 //! * `emulator/events_send`: one `POST /events` (`user.message`; the scripted agent answers with
 //!   two events, so three are stored and broadcast).
 //! * `emulator/stream_delivery`: `POST /events` and reading that event's frame back from an open
@@ -107,6 +108,20 @@ fn benches(c: &mut Criterion) {
 
     g.bench_function("work_cycle", |bench| {
         bench.to_async(&rt).iter(|| b.work_cycle())
+    });
+
+    let poll = format!("{}/v1/environments/{}/work/poll", b.emu.base_url(), b.env);
+    g.bench_function("poll_empty", |bench| {
+        bench.to_async(&rt).iter(|| async {
+            let r = b
+                .http
+                .get(&poll)
+                .bearer_auth(&b.key)
+                .header("anthropic-beta", BETA)
+                .send()
+                .await;
+            assert_eq!(r.expect("poll").text().await.expect("body"), "null");
+        })
     });
 
     let sid = b

@@ -178,6 +178,10 @@ pub(crate) struct State {
     envs: Vec<EnvEntry>,
     work: HashMap<String, WorkEntry>,
     work_order: Vec<String>,
+    /// Ids of `queued` items, in queue order (index kept by [`State::reindex`]).
+    queued: Vec<String>,
+    /// Ids of items with a running lease (index kept by [`State::reindex`]).
+    leased: std::collections::HashSet<String>,
     sessions: HashMap<String, SessionEntry>,
     session_order: Vec<String>,
     tokens: HashMap<String, String>,
@@ -206,6 +210,8 @@ impl State {
             envs: Vec::new(),
             work: HashMap::new(),
             work_order: Vec::new(),
+            queued: Vec::new(),
+            leased: Default::default(),
             sessions: HashMap::new(),
             session_order: Vec::new(),
             tokens: HashMap::new(),
@@ -492,6 +498,7 @@ impl State {
             },
         );
         self.work_order.push(id.clone());
+        self.reindex(&id);
         if self.work_order.len() > self.limits.max_work_items {
             self.forget_stopped_work();
         }
@@ -553,34 +560,63 @@ impl State {
         }
     }
 
+    /// Keep the `queued` and `leased` indexes in line with one item's state.
+    fn reindex(&mut self, id: &str) {
+        let (queued, leased) = match self.work.get(id) {
+            Some(w) => (
+                w.work.state == WorkState::Queued,
+                w.lease_deadline.is_some(),
+            ),
+            None => (false, false),
+        };
+        let in_queue = self.queued.iter().any(|q| q == id);
+        if queued && !in_queue {
+            self.queued.push(id.to_owned());
+        } else if !queued && in_queue {
+            self.queued.retain(|q| q != id);
+        }
+        if leased {
+            self.leased.insert(id.to_owned());
+        } else {
+            self.leased.remove(id);
+        }
+    }
+
     /// Re-queue items whose lease expired. Returns whether anything changed.
     pub(crate) fn sweep(&mut self, now: Instant) -> bool {
+        let expired: Vec<String> = self
+            .leased
+            .iter()
+            .filter(|id| {
+                self.work
+                    .get(*id)
+                    .is_none_or(|w| w.lease_deadline.is_none_or(|d| d <= now))
+            })
+            .cloned()
+            .collect();
         let mut changed = false;
-        for w in self.work.values_mut() {
-            let expired = w.lease_deadline.is_some_and(|d| d <= now);
-            if !expired {
-                continue;
-            }
-            match w.work.state {
-                WorkState::Starting | WorkState::Active => {
-                    w.work.state = WorkState::Queued;
-                    w.work.acknowledged_at = None;
-                    w.work.started_at = None;
-                    w.last_heartbeat = None;
-                    w.lease_deadline = None;
-                    w.pending_since = None;
-                    changed = true;
+        for id in expired {
+            if let Some(w) = self.work.get_mut(&id) {
+                match w.work.state {
+                    WorkState::Starting | WorkState::Active => {
+                        w.work.state = WorkState::Queued;
+                        w.work.acknowledged_at = None;
+                        w.work.started_at = None;
+                        w.last_heartbeat = None;
+                        w.pending_since = None;
+                        changed = true;
+                    }
+                    WorkState::Stopping => {
+                        // The holder left without its final stop: the item is over.
+                        w.work.state = WorkState::Stopped;
+                        w.work.stopped_at = Some(now_str());
+                        changed = true;
+                    }
+                    _ => {}
                 }
-                WorkState::Stopping => {
-                    // The holder left without its final stop: the item is over.
-                    let now_s = now_str();
-                    w.work.state = WorkState::Stopped;
-                    w.work.stopped_at = Some(now_s);
-                    w.lease_deadline = None;
-                    changed = true;
-                }
-                _ => w.lease_deadline = None,
+                w.lease_deadline = None;
             }
+            self.reindex(&id);
         }
         changed
     }
@@ -599,7 +635,7 @@ impl State {
             seen.retain(|_, t| now.saturating_duration_since(*t) < WORKERS_POLLING_WINDOW);
         }
         let reclaim = Duration::from_millis(reclaim_ms);
-        let id = self.work_order.iter().find(|id| {
+        let id = self.queued.iter().find(|id| {
             self.work.get(*id).is_some_and(|w| {
                 w.work.environment_id.as_str() == env
                     && w.work.state == WorkState::Queued
@@ -647,7 +683,9 @@ impl State {
         w.work.acknowledged_at = Some(now_str());
         w.pending_since = None;
         w.lease_deadline = Some(now + Duration::from_secs(w.ttl));
-        Ok(w.work.clone())
+        let out = w.work.clone();
+        self.reindex(id);
+        Ok(out)
     }
 
     fn lease_state(w: &WorkEntry) -> WorkLeaseState {
@@ -716,7 +754,9 @@ impl State {
             w.work.started_at = Some(stamp);
         }
         w.lease_deadline = Some(now + Duration::from_secs(w.ttl));
-        Ok(hb(w, true))
+        let out = hb(w, true);
+        self.reindex(id);
+        Ok(out)
     }
 
     /// Hand the lease of a live item to a phantom worker (fault injection).
@@ -735,6 +775,7 @@ impl State {
         }
         w.work.state = WorkState::Active;
         w.lease_deadline = Some(now + Duration::from_secs(w.ttl));
+        self.reindex(id);
         true
     }
 
@@ -776,7 +817,9 @@ impl State {
                 w.work.stop_requested_at.get_or_insert(now);
             }
         }
-        Ok(w.work.clone())
+        let out = w.work.clone();
+        self.reindex(id);
+        Ok(out)
     }
 
     pub(crate) fn list_work(
@@ -857,9 +900,9 @@ impl State {
         let mut depth = 0;
         let mut pending = 0;
         let mut oldest: Option<&str> = None;
-        for id in &self.work_order {
+        for id in &self.queued {
             let Some(w) = self.work.get(id) else { continue };
-            if w.work.environment_id.as_str() != env || w.work.state != WorkState::Queued {
+            if w.work.environment_id.as_str() != env {
                 continue;
             }
             // An item whose poll is older than the default reclaim delay is pollable again.
@@ -868,7 +911,7 @@ impl State {
                 Some(p) if now.saturating_duration_since(p) < reclaim => pending += 1,
                 _ => depth += 1,
             }
-            if oldest.is_none() {
+            if oldest.is_none_or(|o| w.work.created_at.as_str() < o) {
                 oldest = Some(&w.work.created_at);
             }
         }
