@@ -1396,3 +1396,111 @@ async fn shutdown_ends_open_streams_and_blocked_polls() {
     assert_eq!(r.text().await.unwrap(), "null");
     assert!(s.event().await.is_none());
 }
+
+#[tokio::test]
+async fn garbage_requests_get_json_errors_and_never_break_the_server() {
+    let c = ctx().await;
+    let sid = c.session(vec![ScriptedCall::tool("bash", json!({}))], ScriptEnd::Idle);
+    let wid = c.emu.session_work(&sid)[0].id.0.clone();
+    let env = c.env.id.clone();
+    let paths = [
+        (
+            Method::GET,
+            format!("/v1/environments/{env}/work/poll?block_ms=99999999999999999999999"),
+        ),
+        (
+            Method::GET,
+            format!("/v1/environments/{env}/work/poll?block_ms=-1"),
+        ),
+        (
+            Method::GET,
+            format!("/v1/environments/{env}/work/poll?reclaim_older_than_ms=%FF%FE"),
+        ),
+        (
+            Method::POST,
+            format!("/v1/environments/{env}/work/{wid}/heartbeat?desired_ttl_seconds=0"),
+        ),
+        (
+            Method::POST,
+            format!("/v1/environments/{env}/work/{wid}/heartbeat?desired_ttl_seconds=x"),
+        ),
+        (
+            Method::POST,
+            format!("/v1/environments/{env}/work/nope/ack"),
+        ),
+        (
+            Method::POST,
+            format!("/v1/environments/{env}/work/{wid}/stop"),
+        ),
+        (Method::POST, format!("/v1/environments/{env}/work/{wid}")),
+        (Method::GET, format!("/v1/environments/{env}/work?limit=0")),
+        (
+            Method::GET,
+            format!("/v1/environments/{env}/work?page=garbage"),
+        ),
+        (
+            Method::GET,
+            "/v1/environments/env_nope/work/poll".to_owned(),
+        ),
+        (Method::POST, "/v1/environments".to_owned()),
+        (
+            Method::GET,
+            "/v1/environments?include_archived=maybe".to_owned(),
+        ),
+        (Method::POST, format!("/v1/environments/{env}")),
+        (Method::POST, "/v1/sessions".to_owned()),
+        (
+            Method::GET,
+            format!("/v1/sessions/{sid}/events?page=evp_x&limit=abc"),
+        ),
+        (
+            Method::GET,
+            format!("/v1/sessions/{sid}/events?created_at%5Bgt%5D=yesterday"),
+        ),
+        (Method::POST, format!("/v1/sessions/{sid}/events")),
+        (
+            Method::GET,
+            "/v1/sessions/sesn_nope/events/stream".to_owned(),
+        ),
+        (Method::PUT, format!("/v1/sessions/{sid}")),
+    ];
+    let bodies = [
+        "",
+        "{",
+        "null",
+        "[1,2]",
+        "\"x\"",
+        "{\"force\":\"yes\",\"metadata\":[1],\"name\":5,\"events\":{},\"environment_id\":7}",
+        "\u{0}\u{1}\u{2}",
+    ];
+    for (method, path) in &paths {
+        for body in bodies {
+            // The environment key, the API key and a sessions-less guess: whichever the endpoint
+            // takes, the answer is a JSON error (or a success) and never a crash.
+            for token in [c.env.key.clone(), c.api()] {
+                let r = c
+                    .req(method.clone(), path, &token)
+                    .header("content-type", "application/json")
+                    .body(body.to_owned())
+                    .send()
+                    .await
+                    .unwrap_or_else(|e| panic!("{method} {path} {body:?}: {e}"));
+                let status = r.status();
+                let text = r.text().await.unwrap();
+                if !status.is_success() {
+                    assert!(
+                        status.is_client_error(),
+                        "{method} {path} {body:?}: {status} {text}"
+                    );
+                    let v: Value = serde_json::from_str(&text)
+                        .unwrap_or_else(|_| panic!("{method} {path}: non-JSON error {text:?}"));
+                    assert_eq!(v["type"], "error", "{text}");
+                    assert!(v["error"]["message"].is_string(), "{text}");
+                }
+            }
+        }
+    }
+    // Still serving.
+    let r = c.poll("").await;
+    assert_eq!(r.status(), StatusCode::OK);
+}

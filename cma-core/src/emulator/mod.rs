@@ -112,8 +112,8 @@ pub use error::EmulatorError;
 pub use faults::{Endpoint, Fault};
 pub use http::{MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT};
 pub use scenario::{
-    CallKind, Scenario, ScenarioEnvironment, ScenarioError, ScenarioSession, ScenarioWebhook,
-    Script, ScriptEnd, ScriptedCall, ScriptedConfirmation,
+    CallKind, MAX_LEASE_TTL_SECONDS, Scenario, ScenarioEnvironment, ScenarioError, ScenarioSession,
+    ScenarioWebhook, Script, ScriptEnd, ScriptedCall, ScriptedConfirmation,
 };
 pub use state::{MAX_SESSIONS, MAX_WORK_ITEMS, ToolResultRecord};
 pub use webhooks::{WebhookConfig, WebhookDelivery};
@@ -138,7 +138,7 @@ pub struct EmulatorConfig {
     pub reclaim_older_than_ms: u64,
     /// API key (default: a random `sk-ant-emu-…`).
     pub api_key: Option<String>,
-    /// Interval of `event: ping` keep-alives on streams (default 15 s).
+    /// Interval of `event: ping` keep-alives on streams (default 15 s; clamped to 10 ms..=1 h).
     pub keepalive: Duration,
     /// Largest accepted request body.
     pub max_body_bytes: usize,
@@ -188,9 +188,9 @@ impl EmulatorConfig {
         self
     }
 
-    /// Lease TTL in seconds (at least 1).
+    /// Lease TTL in seconds (clamped to 1..=[`MAX_LEASE_TTL_SECONDS`]).
     pub fn lease_ttl_seconds(mut self, secs: u64) -> Self {
-        self.lease_ttl_seconds = secs.max(1);
+        self.lease_ttl_seconds = secs.clamp(1, MAX_LEASE_TTL_SECONDS);
         self
     }
 
@@ -279,7 +279,7 @@ impl Emulator {
             lease_ttl_seconds: sc
                 .lease_ttl_seconds
                 .unwrap_or(config.lease_ttl_seconds)
-                .max(1),
+                .clamp(1, MAX_LEASE_TTL_SECONDS),
             reclaim_default_ms: sc
                 .reclaim_older_than_ms
                 .unwrap_or(config.reclaim_older_than_ms),
@@ -359,7 +359,9 @@ impl Emulator {
             work_notify: Default::default(),
             change_notify: Default::default(),
             cancel: cancel.clone(),
-            keepalive: config.keepalive,
+            keepalive: config
+                .keepalive
+                .clamp(Duration::from_millis(10), Duration::from_secs(3600)),
             webhook_log,
         });
         {

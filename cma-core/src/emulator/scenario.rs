@@ -12,6 +12,9 @@ use serde_json::Value;
 
 use super::faults::Fault;
 
+/// Largest lease TTL the emulator accepts (one day).
+pub const MAX_LEASE_TTL_SECONDS: u64 = 86_400;
+
 /// A whole scenario (see the [module documentation](super) for an example).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,8 +251,12 @@ impl Scenario {
     /// Check cross references and values that serde cannot check.
     pub fn validate(&self) -> Result<(), ScenarioError> {
         let bad = |m: String| Err(ScenarioError::Invalid(m));
-        if self.lease_ttl_seconds == Some(0) {
-            return bad("lease_ttl_seconds must be at least 1".into());
+        if let Some(t) = self.lease_ttl_seconds
+            && !(1..=MAX_LEASE_TTL_SECONDS).contains(&t)
+        {
+            return bad(format!(
+                "lease_ttl_seconds must be between 1 and {MAX_LEASE_TTL_SECONDS}"
+            ));
         }
         if let Some(k) = &self.api_key
             && k.trim().is_empty()
