@@ -1504,3 +1504,49 @@ async fn garbage_requests_get_json_errors_and_never_break_the_server() {
     let r = c.poll("").await;
     assert_eq!(r.status(), StatusCode::OK);
 }
+
+#[tokio::test]
+async fn the_programmatic_api_sends_terminates_deletes_and_stops() {
+    let c = ctx().await;
+    let sid = c.session(
+        vec![ScriptedCall::tool("bash", json!({})).with_permission("ask")],
+        ScriptEnd::Idle,
+    );
+    let call = c
+        .emu
+        .session_events(&sid)
+        .into_iter()
+        .find(|e| e["type"] == "agent.tool_use")
+        .unwrap();
+    // The gated call waits (requires_action) until a confirmation is sent.
+    assert_eq!(c.emu.session_status(&sid), Some(SessionStatus::Idle));
+    let stored = c
+        .emu
+        .send_events(
+            &sid,
+            vec![json!({"type": "user.tool_confirmation", "tool_use_id": call["id"], "result": "allow"})],
+        )
+        .unwrap();
+    assert!(stored[0]["id"].as_str().unwrap().starts_with("sevt_"));
+    assert_eq!(c.emu.session_status(&sid), Some(SessionStatus::Running));
+    assert!(
+        c.emu
+            .send_events(&sid, vec![json!({"type": "agent.message"})])
+            .is_err()
+    );
+
+    let w = c.emu.session_work(&sid)[0].id.0.clone();
+    assert_eq!(
+        c.emu.stop_work(&w, false).unwrap().state,
+        WorkState::Stopped
+    );
+    assert!(c.emu.stop_work(&w, true).is_err(), "already stopped");
+
+    let mut s = c.stream(&sid, &c.api()).await;
+    c.emu.terminate_session(&sid).unwrap();
+    assert_eq!(s.event().await.unwrap().0, "session.status_terminated");
+    assert!(s.event().await.is_none());
+    assert_eq!(c.emu.scripted_progress(), (1, 1, true));
+    c.emu.delete_session(&sid).unwrap();
+    assert!(c.emu.delete_session(&sid).is_err());
+}

@@ -508,7 +508,7 @@ impl Emulator {
 
     /// One work item.
     pub fn work(&self, id: &str) -> Option<Work> {
-        self.work_items().into_iter().find(|w| w.id.as_str() == id)
+        self.shared.lock().work_item(id)
     }
 
     /// The work items of a session.
@@ -542,6 +542,66 @@ impl Emulator {
     /// Whether a session's scripted agent has run to its end.
     pub fn script_finished(&self, sid: &str) -> bool {
         self.shared.lock().script_finished(sid)
+    }
+
+    /// Send user events as a client would (`POST /events` rules apply); returns them as stored.
+    pub fn send_events(&self, sid: &str, events: Vec<Value>) -> Result<Vec<Value>, EmulatorError> {
+        if events.is_empty() || events.len() > MAX_EVENTS_PER_SEND {
+            return Err(EmulatorError::Invalid(format!(
+                "send 1 to {MAX_EVENTS_PER_SEND} events"
+            )));
+        }
+        if !events
+            .iter()
+            .all(|e| e.get("type").is_some_and(Value::is_string))
+        {
+            return Err(EmulatorError::Invalid(
+                "every event must be an object with a string type".into(),
+            ));
+        }
+        let stored = {
+            let mut st = self.shared.lock();
+            st.check_send(sid, &events)
+                .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+            st.send_events(sid, events)
+        };
+        self.shared.changed();
+        Ok(stored)
+    }
+
+    /// Terminate a session from the server side (`session.status_terminated` on its streams).
+    pub fn terminate_session(&self, sid: &str) -> Result<(), EmulatorError> {
+        self.shared
+            .lock()
+            .terminate_session(sid)
+            .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+        self.shared.changed();
+        Ok(())
+    }
+
+    /// Delete a session (`session.deleted` on its streams, then 404 everywhere).
+    pub fn delete_session(&self, sid: &str) -> Result<(), EmulatorError> {
+        self.shared
+            .lock()
+            .delete_session(sid)
+            .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+        self.shared.changed();
+        Ok(())
+    }
+
+    /// Stop a work item as `POST …/stop` would (`force` or graceful).
+    pub fn stop_work(&self, work_id: &str, force: bool) -> Result<Work, EmulatorError> {
+        let w = {
+            let mut st = self.shared.lock();
+            let env = st
+                .work_item(work_id)
+                .map(|w| w.environment_id.0)
+                .ok_or_else(|| EmulatorError::Invalid(format!("no work item {work_id}")))?;
+            st.stop(&env, work_id, force)
+                .map_err(|e| EmulatorError::Invalid(e.message.clone()))?
+        };
+        self.shared.changed();
+        Ok(w)
     }
 
     /// Every tool result received so far.

@@ -860,6 +860,11 @@ impl State {
     }
 
     /// Every work item, in creation order.
+    /// One work item by id.
+    pub(crate) fn work_item(&self, id: &str) -> Option<Work> {
+        self.work.get(id).map(|w| w.work.clone())
+    }
+
     pub(crate) fn all_work(&self) -> Vec<Work> {
         self.work_order
             .iter()
@@ -1344,6 +1349,15 @@ impl State {
             s.events.clear();
         }
         self.webhook("session.deleted", sid);
+        Ok(())
+    }
+
+    /// End a session from the server side: `session.status_terminated` (no-op if it already ended).
+    pub(crate) fn terminate_session(&mut self, sid: &str) -> Result<(), ApiError> {
+        let s = self.live_session(sid)?;
+        if s.status != SessionStatus::Terminated {
+            self.append(sid, json!({"type": "session.status_terminated"}));
+        }
         Ok(())
     }
 
