@@ -1,17 +1,21 @@
 //! Conformance with the real SDK: the official Python `anthropic` 2.10.0 `EnvironmentWorker`,
-//! unmodified, runs against `cma emulator` and must complete scripted sessions.
+//! unmodified, runs against the emulator and must complete scripted sessions.
 //!
 //! How it runs, and why:
-//! * The emulator is the real `cma` binary (`cma emulator --record OUT.jsonl`), built once per
-//!   test process with `cargo build -p cma-examples --bin cma` (or taken from `CMA_BIN`). A
-//!   test in this package cannot use `CARGO_BIN_EXE_cma` (the binary belongs to another
-//!   package); building it here keeps the binary fresh however the tests are started.
+//! * Three tests start the emulator in this process (`cma_core::emulator`) so they can inspect
+//!   its state afterwards (work items, session status, consumed faults); one runs the real `cma`
+//!   binary (`cma emulator --record OUT.jsonl --exit-when-done`) and reads the record file. The
+//!   binary is built once per test process with `cargo build -p cma-examples --bin cma` (or taken
+//!   from `CMA_BIN`): a test in this package cannot use `CARGO_BIN_EXE_cma`, which only exists
+//!   for the binary's own package, and building it here keeps it fresh however the tests start.
 //! * The worker is `tests/sdk/worker.py` run by the Python in `CMA_SDK_PYTHON` (default
 //!   `/root/.cache/cma-venv/bin/python`, which `.ci/run` prepares). A missing interpreter or SDK
 //!   fails the test: this check must never pass silently.
-//! * Assertions read the emulator's record file: every scripted call has a result with the text
-//!   the SDK's tools produce (PROTOCOL.md §6), and the work item ended `stopped` through the
-//!   worker's force-stop (§3.4, §5.3).
+//! * The scenarios are `tests/sdk/*.json`; [`expected_results`] holds what the SDK's tools answer
+//!   to each scripted call (PROTOCOL.md §5.5, §6), and every test checks each call got that
+//!   answer (or none, for denied calls). They also check how the work item ended: `stopped` by
+//!   the worker's final `stop {"force": true}` (§3.4, §5.3), in the fault test only after a 412
+//!   made the worker drop it, the lease ran out and the worker claimed it again.
 //!
 //! Everything listens on and talks to 127.0.0.1 only.
 
@@ -23,7 +27,7 @@ use std::time::Duration;
 use cma_core::emulator::{
     Emulator, EmulatorConfig, Scenario, ScenarioEnvironment, ToolResultRecord,
 };
-use cma_core::protocol::{SessionStatus, WorkState};
+use cma_core::protocol::{SessionStatus, WorkData, WorkState};
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt as _;
 use tokio::process::Command;
@@ -308,14 +312,32 @@ async fn sdk_worker_runs_every_builtin_tool_and_force_stops() {
     let (emu, scenario) = start_in_process("scenario.json").await;
     let (_dir, wd) = workdir();
     let sid = scenario.sessions[0].id.clone().expect("session id");
+    // The queue also carries non-session items, which the worker stops without serving (§5.3).
+    let healthcheck: WorkData =
+        serde_json::from_value(json!({"type": "healthcheck", "id": "hc_sdkconf"}))
+            .expect("work data");
+    let healthcheck = emu
+        .enqueue_work(&scenario.environments[0].id, healthcheck)
+        .expect("queue a healthcheck item");
 
     run_sdk_worker(
         &emu.base_url(),
         &scenario.environments[0],
         &wd,
-        &["--until-stopped", "1"],
+        &["--until-stopped", "2"],
     )
     .await;
+
+    let hc = emu.work(&healthcheck).expect("the healthcheck item");
+    assert_eq!(hc.state, WorkState::Stopped, "{hc:#?}");
+    assert!(
+        hc.acknowledged_at.is_some(),
+        "the healthcheck item was not claimed: {hc:#?}"
+    );
+    assert!(
+        hc.started_at.is_none(),
+        "the healthcheck item was heartbeaten: {hc:#?}"
+    );
 
     assert_results("scenario.json", &scenario, &emu.tool_results(), &wd, false);
     assert_force_stopped(&emu, &sid);
