@@ -1550,3 +1550,46 @@ async fn the_programmatic_api_sends_terminates_deletes_and_stops() {
     c.emu.delete_session(&sid).unwrap();
     assert!(c.emu.delete_session(&sid).is_err());
 }
+
+#[tokio::test]
+async fn session_history_is_bounded_by_count_and_bytes() {
+    let c = ctx_with(
+        EmulatorConfig::default()
+            .max_events_per_session(50)
+            .max_event_bytes_per_session(8 * 1024),
+    )
+    .await;
+    let sid = c.session(vec![], ScriptEnd::Idle);
+    let text = "x".repeat(1024);
+    for _ in 0..20 {
+        let r = c
+            .send(
+                &sid,
+                &c.api(),
+                json!({"type": "user.message", "content": [{"type": "text", "text": text}]}),
+            )
+            .await;
+        assert_eq!(r.status(), StatusCode::OK);
+    }
+    let kept = c.emu.session_events(&sid);
+    let bytes: usize = kept.iter().map(|e| e.to_string().len()).sum();
+    assert!(bytes <= 8 * 1024, "{bytes} bytes kept");
+    assert_eq!(
+        kept.last().unwrap()["type"],
+        "session.status_idle",
+        "newest kept"
+    );
+    let messages = kept.iter().filter(|e| e["type"] == "user.message").count();
+    assert!((1..20).contains(&messages), "{messages} messages kept");
+    for _ in 0..40 {
+        c.send(
+            &sid,
+            &c.api(),
+            json!({"type": "user.message", "content": []}),
+        )
+        .await;
+    }
+    // Small events: the count cap (50) binds before the byte cap, or both nearly together.
+    let n = c.emu.session_events(&sid).len();
+    assert!((40..=50).contains(&n), "{n} events kept");
+}

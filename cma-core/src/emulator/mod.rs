@@ -61,8 +61,9 @@
 //!   ends after `session.status_terminated`/`session.deleted`. Connecting to a terminated session
 //!   replays its terminal event and closes.
 //! * **Limits**: request bodies up to [`EmulatorConfig::max_body_bytes`] (413 beyond), at most
-//!   [`EmulatorConfig::max_events_per_session`] events per session (oldest dropped), 100 000
-//!   recorded results in memory, [`MAX_WORK_ITEMS`] work items (oldest stopped ones forgotten) and
+//!   [`EmulatorConfig::max_events_per_session`] events and
+//!   [`EmulatorConfig::max_event_bytes_per_session`] bytes of events per session (oldest dropped), [`MAX_RECORDS`] recorded results and
+//!   [`MAX_RECORD_BYTES`] of them in memory (the record file keeps everything), [`MAX_WORK_ITEMS`] work items (oldest stopped ones forgotten) and
 //!   [`MAX_SESSIONS`] sessions (oldest ended ones forgotten; 429 when all are live).
 //!
 //! # Scenario file
@@ -115,7 +116,10 @@ pub use scenario::{
     CallKind, MAX_LEASE_TTL_SECONDS, Scenario, ScenarioEnvironment, ScenarioError, ScenarioSession,
     ScenarioWebhook, Script, ScriptEnd, ScriptedCall, ScriptedConfirmation,
 };
-pub use state::{MAX_SESSIONS, MAX_WORK_ITEMS, ToolResultRecord};
+pub use state::{
+    MAX_EVENT_BYTES_PER_SESSION, MAX_RECORD_BYTES, MAX_RECORDS, MAX_SESSIONS, MAX_WORK_ITEMS,
+    ToolResultRecord,
+};
 pub use webhooks::{WebhookConfig, WebhookDelivery};
 
 use http::Shared;
@@ -144,6 +148,8 @@ pub struct EmulatorConfig {
     pub max_body_bytes: usize,
     /// Events kept per session (oldest dropped beyond).
     pub max_events_per_session: usize,
+    /// Bytes of events kept per session (oldest dropped beyond; the newest is always kept).
+    pub max_event_bytes_per_session: usize,
     /// Append every received tool result to this JSON-lines file.
     pub record: Option<PathBuf>,
     /// Deliver signed webhooks.
@@ -166,6 +172,7 @@ impl Default for EmulatorConfig {
             keepalive: Duration::from_secs(15),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_events_per_session: DEFAULT_MAX_EVENTS_PER_SESSION,
+            max_event_bytes_per_session: MAX_EVENT_BYTES_PER_SESSION,
             record: None,
             webhook: None,
             organization_id: "org_emulator".into(),
@@ -230,6 +237,12 @@ impl EmulatorConfig {
         self
     }
 
+    /// Cap on stored event bytes per session.
+    pub fn max_event_bytes_per_session(mut self, n: usize) -> Self {
+        self.max_event_bytes_per_session = n;
+        self
+    }
+
     /// Largest request body.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
@@ -284,6 +297,7 @@ impl Emulator {
                 .reclaim_older_than_ms
                 .unwrap_or(config.reclaim_older_than_ms),
             max_events_per_session: config.max_events_per_session.max(1),
+            max_event_bytes_per_session: config.max_event_bytes_per_session,
             max_work_items: MAX_WORK_ITEMS,
             max_sessions: MAX_SESSIONS,
             organization_id: config.organization_id.clone(),

@@ -25,8 +25,12 @@ use super::webhooks::Outbox;
 
 /// Sessions tokens remembered per work item (older ones are forgotten).
 const TOKENS_PER_ITEM: usize = 8;
-/// Tool results kept in memory.
-const MAX_RECORDS: usize = 100_000;
+/// Tool results kept in memory (the record file keeps them all).
+pub const MAX_RECORDS: usize = 100_000;
+/// Bytes of tool results kept in memory; the oldest go first beyond it.
+pub const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// Default bytes of events kept per session (besides the count cap); the oldest go first beyond.
+pub const MAX_EVENT_BYTES_PER_SESSION: usize = 64 * 1024 * 1024;
 /// Buffer of each session's live broadcast; a slower stream is closed and must reconcile.
 const STREAM_BUFFER: usize = 1024;
 /// Work items kept; beyond it the oldest stopped ones are forgotten.
@@ -52,6 +56,7 @@ pub(crate) struct Limits {
     pub(crate) lease_ttl_seconds: u64,
     pub(crate) reclaim_default_ms: u64,
     pub(crate) max_events_per_session: usize,
+    pub(crate) max_event_bytes_per_session: usize,
     pub(crate) max_work_items: usize,
     pub(crate) max_sessions: usize,
     pub(crate) organization_id: String,
@@ -138,6 +143,8 @@ struct WorkEntry {
 }
 
 struct StoredEvent {
+    /// Serialized size, counted against the session's byte budget.
+    size: usize,
     seq: u64,
     at: DateTime<Utc>,
     kind: String,
@@ -154,6 +161,7 @@ pub(crate) struct SessionEntry {
     created_at: String,
     updated_at: String,
     events: VecDeque<StoredEvent>,
+    event_bytes: usize,
     next_seq: u64,
     tx: broadcast::Sender<Arc<Frame>>,
     run: AgentRun,
@@ -186,7 +194,8 @@ pub(crate) struct State {
     session_order: Vec<String>,
     tokens: HashMap<String, String>,
     workers: HashMap<String, HashMap<String, Instant>>,
-    records: VecDeque<ToolResultRecord>,
+    records: VecDeque<(usize, ToolResultRecord)>,
+    record_bytes: usize,
     record_file: Option<std::io::BufWriter<std::fs::File>>,
     pub(crate) outbox: Option<Outbox>,
 }
@@ -217,6 +226,7 @@ impl State {
             tokens: HashMap::new(),
             workers: HashMap::new(),
             records: VecDeque::new(),
+            record_bytes: 0,
             record_file: None,
             outbox: None,
         }
@@ -985,6 +995,7 @@ impl State {
             created_at: now.clone(),
             updated_at: now,
             events: VecDeque::new(),
+            event_bytes: 0,
             next_seq: 1,
             tx,
             run: AgentRun::new(script),
@@ -1073,6 +1084,7 @@ impl State {
     /// Store one event: id (if absent), `processed_at`, status bookkeeping, broadcast.
     fn append(&mut self, sid: &str, mut ev: Value) -> Value {
         let cap = self.limits.max_events_per_session.max(1);
+        let byte_cap = self.limits.max_event_bytes_per_session;
         let Some(s) = self.sessions.get_mut(sid) else {
             return ev;
         };
@@ -1106,16 +1118,22 @@ impl State {
         }
         let seq = s.next_seq;
         s.next_seq += 1;
+        let frame = Arc::new(Frame::of(&kind, &ev));
+        let size = frame.bytes.len();
+        s.event_bytes += size;
         s.events.push_back(StoredEvent {
+            size,
             seq,
             at,
             kind: kind.clone(),
             value: ev.clone(),
         });
-        while s.events.len() > cap {
-            s.events.pop_front();
+        // Oldest first; the newest event is always kept.
+        while s.events.len() > cap || (s.event_bytes > byte_cap && s.events.len() > 1) {
+            if let Some(old) = s.events.pop_front() {
+                s.event_bytes -= old.size;
+            }
         }
-        let frame = Arc::new(Frame::of(&kind, &ev));
         if frame.terminal {
             s.terminal = Some(frame.clone());
         }
@@ -1324,20 +1342,25 @@ impl State {
             content: ev.get("content").cloned().unwrap_or(Value::Null),
             is_error: ev.get("is_error").and_then(Value::as_bool),
         };
-        if let Some(f) = self.record_file.as_mut() {
-            let line = serde_json::to_string(&rec).unwrap_or_default();
-            if let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush()) {
-                tracing::warn!(error = %e, "emulator: cannot append to the record file");
-            }
+        let line = serde_json::to_string(&rec).unwrap_or_default();
+        if let Some(f) = self.record_file.as_mut()
+            && let Err(e) = writeln!(f, "{line}").and_then(|()| f.flush())
+        {
+            tracing::warn!(error = %e, "emulator: cannot append to the record file");
         }
-        self.records.push_back(rec);
-        while self.records.len() > MAX_RECORDS {
-            self.records.pop_front();
+        self.record_bytes += line.len();
+        self.records.push_back((line.len(), rec));
+        while self.records.len() > MAX_RECORDS
+            || (self.record_bytes > MAX_RECORD_BYTES && self.records.len() > 1)
+        {
+            if let Some((n, _)) = self.records.pop_front() {
+                self.record_bytes -= n;
+            }
         }
     }
 
     pub(crate) fn records(&self) -> Vec<ToolResultRecord> {
-        self.records.iter().cloned().collect()
+        self.records.iter().map(|(_, r)| r.clone()).collect()
     }
 
     /// `DELETE /v1/sessions/{id}`: broadcast `session.deleted`, forget the session.
@@ -1347,6 +1370,7 @@ impl State {
         if let Some(s) = self.sessions.get_mut(sid) {
             s.deleted = true;
             s.events.clear();
+            s.event_bytes = 0;
         }
         self.webhook("session.deleted", sid);
         Ok(())
@@ -1413,6 +1437,7 @@ mod tests {
                 lease_ttl_seconds: 60,
                 reclaim_default_ms: 5000,
                 max_events_per_session: 100,
+                max_event_bytes_per_session: MAX_EVENT_BYTES_PER_SESSION,
                 max_work_items: 3,
                 max_sessions: 2,
                 organization_id: "org".into(),
