@@ -37,6 +37,9 @@
 //!   Without `block_ms` the poll does not block. An empty queue answers `200` JSON `null`. A
 //!   polled item is *pending*: it is handed out again only after `reclaim_older_than_ms` (default
 //!   5000, configurable) without an ack. Each poll mints a fresh sessions token in `secret`.
+//!   `work/stats` counts a polled item as `pending` until the default reclaim delay has passed,
+//!   then as `depth` again; `workers_polling` counts distinct `Anthropic-Worker-ID`s of the last
+//!   30 s. A re-queued item (lease expiry) goes to the back of the queue.
 //! * **Ack** moves `queued → starting`; acking an item that is not queued is a 409.
 //! * **Heartbeat** (§3.2): `NO_HEARTBEAT` claims an item that has no heartbeat yet (`starting →
 //!   active`); otherwise the value must equal the stored `last_heartbeat` exactly (microsecond
