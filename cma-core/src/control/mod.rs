@@ -6,4 +6,5 @@
 pub mod host;
 pub mod plane;
 pub mod select;
+pub mod tools;
 pub mod warm;
