@@ -38,7 +38,13 @@ const DRIVER_TIMEOUT: Duration = Duration::from_secs(120);
 const DEFAULT_SDK_PYTHON: &str = "/root/.cache/cma-venv/bin/python";
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    // Cargo runs tests in their package's directory; prefer it to the compile-time path (a
+    // shared target dir may hold this test built from another checkout).
+    let here = std::env::current_dir()
+        .ok()
+        .filter(|d| d.join("sdk").join("worker.py").is_file());
+    here.as_deref()
+        .unwrap_or(Path::new(env!("CARGO_MANIFEST_DIR")))
         .parent()
         .expect("tests/ has a parent")
         .to_path_buf()

@@ -38,9 +38,15 @@ pub fn locate() -> Option<PathBuf> {
             return Some(p);
         }
     }
-    let start = Path::new(env!("CARGO_MANIFEST_DIR"));
-    start
-        .ancestors()
+    // The running test's directory first (cargo runs tests in their package's directory): a
+    // shared target dir may hold this crate compiled from another checkout, so the compile-time
+    // manifest dir alone could point at the wrong place.
+    let here = std::env::current_dir().ok();
+    let compiled = Path::new(env!("CARGO_MANIFEST_DIR"));
+    here.iter()
+        .map(PathBuf::as_path)
+        .chain(std::iter::once(compiled))
+        .flat_map(Path::ancestors)
         .map(|dir| dir.join("shared").join("vectors").join(FILE_NAME))
         .find(|p| p.is_file())
 }

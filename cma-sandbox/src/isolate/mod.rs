@@ -181,6 +181,32 @@ impl IsolateBackend {
         self
     }
 
+    /// A sandbox whose `/workspace` is the existing host directory `dir`, used in place: the
+    /// backend neither creates, lists nor destroys it, and nothing is written outside it. Meant
+    /// for one-off tool runs over a directory (the `cma tool` command, debugging, comparing with
+    /// other workers); the same confinement applies as for managed sandboxes.
+    pub fn open_directory(&self, dir: impl AsRef<Path>) -> Result<Arc<dyn Sandbox>> {
+        let dir = Dir::open_ambient_dir(dir.as_ref(), ambient_authority()).map_err(|e| {
+            let kind = map_io(std::io::Error::new(e.kind(), ""), WORKDIR).kind();
+            SandboxError::new(kind, format!("cannot open the directory: {e}"))
+        })?;
+        let id = self.new_id();
+        let stopped = self.register(&id);
+        let mounts = vec![MountPoint {
+            path: WORKDIR.to_string(),
+            dir,
+            read_only: false,
+        }];
+        Ok(Arc::new(IsolateSandbox {
+            id,
+            ws: Arc::new(Workspace::new(WORKDIR.to_string(), mounts)),
+            stopped,
+            backend: self.inner.clone(),
+            egress: self.egress.clone(),
+            memory_cap: None,
+        }))
+    }
+
     fn new_id(&self) -> SandboxId {
         let n = self.inner.counter.fetch_add(1, Ordering::Relaxed);
         let a = splitmix(self.inner.seed ^ n);

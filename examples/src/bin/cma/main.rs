@@ -1,13 +1,16 @@
 //! `cma`: the operator command line for self-hosted Claude Managed Agents environments.
 //!
-//! Each subcommand lives in its own module: `emulator` serves the local CMA emulator, `webhook`
-//! signs and verifies Standard Webhooks deliveries.
+//! Each subcommand lives in its own module: `emulator` serves the local CMA emulator, `run` runs a
+//! control plane, `tool` runs one built-in tool call over a directory, `webhook` signs and verifies
+//! Standard Webhooks deliveries.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
 mod emulator;
+mod run;
+mod tool;
 mod webhook;
 
 /// Operator tools for cma.
@@ -22,6 +25,11 @@ struct Cli {
 enum Command {
     /// Serve the local CMA emulator (PROTOCOL.md §9) on 127.0.0.1.
     Emulator(emulator::Args),
+    /// Run a control plane for one environment (configuration file; keys from the environment).
+    Run(run::Args),
+    /// Run one built-in tool call on the isolate backend over a directory; print the result as
+    /// it would be posted (exit 1 when it would be posted as an error).
+    Tool(tool::Args),
     /// Sign or verify a webhook delivery (Standard Webhooks).
     #[command(subcommand)]
     Webhook(webhook::Command),
@@ -38,6 +46,8 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Emulator(args) => emulator::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Tool(args) => tool::run(args),
         Command::Webhook(cmd) => webhook::run(cmd),
     }
 }

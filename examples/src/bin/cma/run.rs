@@ -1,0 +1,324 @@
+//! `cma run`: run a control plane for one environment against the real API or an emulator.
+//!
+//! ```text
+//! ANTHROPIC_ENVIRONMENT_KEY=envkey_… cma run --config cma.json
+//! ```
+//!
+//! The configuration file is JSON (unknown fields are rejected):
+//!
+//! ```json
+//! {
+//!   "environment_id": "env_…",
+//!   "environment_key_env": "ANTHROPIC_ENVIRONMENT_KEY",
+//!   "base_url": "http://127.0.0.1:8787",
+//!   "backend": "isolate",
+//!   "data_dir": "/var/lib/cma",
+//!   "concurrency": 4,
+//!   "keep_warm_seconds": 180,
+//!   "max_idle_seconds": 60,
+//!   "webhook": { "listen": "127.0.0.1:8080", "secret_env": "CMA_WEBHOOK_SECRET" }
+//! }
+//! ```
+//!
+//! Only `environment_id` is required. Secrets never live in the file: the environment key is read
+//! from the variable `environment_key_env` names (default `ANTHROPIC_ENVIRONMENT_KEY`), the webhook
+//! secret from `webhook.secret_env`. `base_url` defaults to `ANTHROPIC_BASE_URL` or the public
+//! API. With `webhook`, verified deliveries (Standard Webhooks, `POST /webhooks`) wake the poll
+//! loop. Ctrl-C or SIGTERM stops claiming, gives running items 30 s, then releases them.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use cma_core::client::{Client, ClientConfig, Credential};
+use cma_core::control::host::{SandboxHost, SandboxHostConfig};
+use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
+use cma_core::control::select::RuleSelector;
+use cma_core::control::tools::ToolsetFactory;
+use cma_core::runner::session::RunnerConfig;
+use cma_core::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookSecret};
+use cma_sandbox::SandboxBackend;
+use cma_sandbox::isolate::IsolateBackend;
+use serde::Deserialize;
+
+/// How long running items get to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
+/// Largest configuration file read.
+const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Arguments of `cma run`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The configuration file (JSON; see `cma run --help` and the module docs).
+    #[arg(long)]
+    config: PathBuf,
+}
+
+/// The configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The environment whose work queue is polled.
+    pub environment_id: String,
+    /// The variable holding the environment key.
+    #[serde(default = "default_key_env")]
+    pub environment_key_env: String,
+    /// API base URL (default: `ANTHROPIC_BASE_URL`, else the public API).
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Sandbox backend: `isolate`.
+    #[serde(default = "default_backend")]
+    pub backend: String,
+    /// Where sandboxes and state live (default: `$XDG_DATA_HOME/cma` or `~/.local/share/cma`).
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
+    /// Work items handled at once.
+    #[serde(default = "default_concurrency")]
+    pub concurrency: usize,
+    /// How long a session's sandbox stays warm after its work item ends.
+    #[serde(default = "default_keep_warm")]
+    pub keep_warm_seconds: u64,
+    /// Idle time (after an end-of-turn idle) after which a work item is released; 0 = never.
+    #[serde(default = "default_max_idle")]
+    pub max_idle_seconds: u64,
+    /// Listen for webhooks.
+    #[serde(default)]
+    pub webhook: Option<WebhookListen>,
+}
+
+/// The webhook listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookListen {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// The variable holding the signing secret (`whsec_…`).
+    #[serde(default = "default_secret_env")]
+    pub secret_env: String,
+}
+
+fn default_key_env() -> String {
+    "ANTHROPIC_ENVIRONMENT_KEY".into()
+}
+fn default_backend() -> String {
+    "isolate".into()
+}
+fn default_concurrency() -> usize {
+    4
+}
+fn default_keep_warm() -> u64 {
+    180
+}
+fn default_max_idle() -> u64 {
+    60
+}
+fn default_secret_env() -> String {
+    "CMA_WEBHOOK_SECRET".into()
+}
+
+impl RunConfig {
+    /// Read and check a configuration file.
+    pub fn load(path: &Path) -> Result<Self, String> {
+        use std::io::Read as _;
+        let file = std::fs::File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let mut text = String::new();
+        file.take(MAX_CONFIG_BYTES + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        if text.len() as u64 > MAX_CONFIG_BYTES {
+            return Err(format!("{}: larger than 1 MiB", path.display()));
+        }
+        let config: Self =
+            serde_json::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+        if config.concurrency == 0 {
+            return Err(format!(
+                "{}: concurrency must be at least 1",
+                path.display()
+            ));
+        }
+        Ok(config)
+    }
+}
+
+fn data_dir(config: &RunConfig) -> PathBuf {
+    if let Some(d) = &config.data_dir {
+        return d.clone();
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(x).join("cma");
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => PathBuf::from(h).join(".local/share/cma"),
+        None => PathBuf::from("cma-data"),
+    }
+}
+
+fn env_var(name: &str, what: &str) -> Result<String, String> {
+    match std::env::var(name) {
+        Ok(v) if !v.is_empty() => Ok(v),
+        _ => Err(format!("{what}: set the environment variable {name}")),
+    }
+}
+
+/// Run `cma run`.
+pub fn run(args: Args) -> ExitCode {
+    let config = match RunConfig::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("cma run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cma run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(serve(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cma run: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: RunConfig) -> Result<(), String> {
+    let key = env_var(&config.environment_key_env, "the environment key")?;
+    let mut client_config = ClientConfig::builder_from_env();
+    if let Some(url) = &config.base_url {
+        client_config = client_config.base_url(url.clone());
+    }
+    let client_config = client_config.build().map_err(|e| e.to_string())?;
+    let base_url = client_config.base_url().to_owned();
+    let client = Client::new(client_config).map_err(|e| e.to_string())?;
+
+    let dir = data_dir(&config);
+    let backend: Arc<dyn SandboxBackend> = match config.backend.as_str() {
+        "isolate" => Arc::new(
+            IsolateBackend::new(dir.join("isolate"))
+                .map_err(|e| format!("isolate backend under {}: {e}", dir.display()))?,
+        ),
+        other => return Err(format!("unknown backend {other:?} (available: isolate)")),
+    };
+    let host = SandboxHost::new(
+        [backend],
+        Arc::new(RuleSelector::new(config.backend.clone())),
+        Arc::new(ToolsetFactory::new()),
+        SandboxHostConfig {
+            keep_warm: Duration::from_secs(config.keep_warm_seconds),
+            ..SandboxHostConfig::default()
+        },
+    );
+    let plane_config = ControlPlaneConfig {
+        concurrency: config.concurrency,
+        runner: RunnerConfig {
+            max_idle: (config.max_idle_seconds > 0)
+                .then(|| Duration::from_secs(config.max_idle_seconds)),
+            ..RunnerConfig::default()
+        },
+        ..ControlPlaneConfig::default()
+    };
+    let plane = ControlPlane::builder(
+        client,
+        config.environment_id.clone(),
+        Credential::environment_key(key),
+        Arc::new(host),
+    )
+    .config(plane_config)
+    .on_item(|report| match &report.result {
+        Ok(o) => tracing::info!(work_id = %report.work.id, results = o.results_posted, lease_end = ?o.lease_end, "item done"),
+        Err(e) => tracing::warn!(work_id = %report.work.id, error = %e, "item failed"),
+    })
+    .build()
+    .map_err(|e| e.to_string())?;
+    eprintln!(
+        "cma run: environment {} at {base_url}, backend {} under {}, concurrency {}",
+        config.environment_id,
+        config.backend,
+        dir.display(),
+        config.concurrency
+    );
+
+    let listener = match &config.webhook {
+        Some(w) => Some(webhook_server(w, plane.clone()).await?),
+        None => None,
+    };
+
+    let result = tokio::select! {
+        r = plane.run() => r.map_err(|e| e.to_string()),
+        () = shutdown_signal() => {
+            eprintln!("cma run: shutting down (running items get {}s)", SHUTDOWN_GRACE.as_secs());
+            Ok(())
+        }
+    };
+    plane.shutdown(SHUTDOWN_GRACE).await;
+    if let Some(task) = listener {
+        task.abort();
+    }
+    let stats = plane.stats();
+    eprintln!(
+        "cma run: {} item(s) claimed, {} finished, {} failed",
+        stats.claimed, stats.finished, stats.failed
+    );
+    result
+}
+
+async fn webhook_server(
+    w: &WebhookListen,
+    plane: ControlPlane,
+) -> Result<tokio::task::JoinHandle<()>, String> {
+    use axum::routing::post;
+    use axum::{Extension, Router};
+
+    let secret = env_var(&w.secret_env, "the webhook secret")?;
+    let secret = WebhookSecret::parse(&secret).map_err(|e| format!("{}: {e}", w.secret_env))?;
+    let app = Router::new()
+        .route(
+            "/webhooks",
+            post(move |Extension(event): Extension<WebhookEvent>| {
+                let action = plane.on_webhook(&event);
+                tracing::debug!(webhook_id = %event.id, ?action, "webhook");
+                async { "ok" }
+            }),
+        )
+        .layer(VerifyLayer::new(Verifier::new(secret)));
+    let socket = tokio::net::TcpListener::bind(w.listen)
+        .await
+        .map_err(|e| format!("webhook listener {}: {e}", w.listen))?;
+    eprintln!("cma run: webhooks on http://{}/webhooks", w.listen);
+    Ok(tokio::spawn(async move {
+        if let Err(e) = axum::serve(socket, app).await {
+            tracing::error!(error = %e, "webhook listener stopped");
+        }
+    }))
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = tokio::signal::ctrl_c().await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
