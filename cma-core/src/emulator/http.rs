@@ -24,6 +24,7 @@ use crate::protocol::{EnvironmentConfig, WorkData};
 
 use super::error::{ApiError, new_request_id};
 use super::faults::{Endpoint, Fault, FaultBook};
+use super::requests::{RequestLog, log_requests};
 use super::scenario::{Script, validate_call};
 use super::state::{Cred, EnvOptions, EventQuery, State, Subscription};
 use super::webhooks::DeliveryLog;
@@ -48,6 +49,8 @@ pub(crate) struct Shared {
     pub(crate) cancel: CancellationToken,
     pub(crate) keepalive: Duration,
     pub(crate) webhook_log: Option<DeliveryLog>,
+    /// Every request received (bounded).
+    pub(crate) requests: Mutex<RequestLog>,
 }
 
 impl Shared {
@@ -57,6 +60,10 @@ impl Shared {
 
     pub(crate) fn fault_book(&self) -> MutexGuard<'_, FaultBook> {
         self.faults.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(crate) fn request_log(&self) -> MutexGuard<'_, RequestLog> {
+        self.requests.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     pub(crate) fn changed(&self) {
@@ -105,6 +112,10 @@ pub(crate) fn router(app: App, max_body: usize) -> Router {
         })
         .layer(DefaultBodyLimit::max(max_body))
         .layer(axum::middleware::map_response(add_request_id))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            log_requests,
+        ))
         .with_state(app)
 }
 
@@ -151,7 +162,7 @@ fn fault_error(f: &Fault, status: u16) -> ApiError {
     e
 }
 
-fn credential(headers: &HeaderMap) -> Option<String> {
+pub(crate) fn credential(headers: &HeaderMap) -> Option<String> {
     if let Some(v) = headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
         if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {

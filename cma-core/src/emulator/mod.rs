@@ -63,6 +63,9 @@
 //!   `event: ping` keep-alives, an opening `: stream opened` comment so headers go out at once; it
 //!   ends after `session.status_terminated`/`session.deleted`. Connecting to a terminated session
 //!   replays its terminal event and closes.
+//! * **Request log**: every request is logged on arrival ([`Emulator::requests`]: method, path,
+//!   query, credential kind, `x-stainless-helper`, `Anthropic-Worker-ID`, the body of `stop`
+//!   calls, and the status once answered), the newest [`MAX_LOGGED_REQUESTS`] kept.
 //! * **Limits**: request bodies up to [`EmulatorConfig::max_body_bytes`] (413 beyond), at most
 //!   [`EmulatorConfig::max_events_per_session`] events and
 //!   [`EmulatorConfig::max_event_bytes_per_session`] bytes of events per session (oldest dropped), [`MAX_RECORDS`] recorded results and
@@ -97,6 +100,7 @@ mod agent;
 mod error;
 mod faults;
 mod http;
+mod requests;
 mod scenario;
 mod state;
 mod webhooks;
@@ -115,6 +119,7 @@ use crate::protocol::{SessionStatus, Work, WorkData};
 pub use error::EmulatorError;
 pub use faults::{Endpoint, Fault};
 pub use http::{MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT};
+pub use requests::{AuthKind, MAX_LOGGED_BODY_BYTES, MAX_LOGGED_REQUESTS, RequestRecord};
 pub use scenario::{
     CallKind, MAX_LEASE_TTL_SECONDS, Scenario, ScenarioEnvironment, ScenarioError, ScenarioSession,
     ScenarioWebhook, Script, ScriptEnd, ScriptedCall, ScriptedConfirmation,
@@ -380,6 +385,7 @@ impl Emulator {
                 .keepalive
                 .clamp(Duration::from_millis(10), Duration::from_secs(3600)),
             webhook_log,
+            requests: Mutex::default(),
         });
         {
             let mut book = shared.fault_book();
@@ -624,6 +630,18 @@ impl Emulator {
     /// Every tool result received so far.
     pub fn tool_results(&self) -> Vec<ToolResultRecord> {
         self.shared.lock().records()
+    }
+
+    /// The requests received so far, in arrival order (at most [`MAX_LOGGED_REQUESTS`], the
+    /// newest kept): method, path, query, credential kind, `x-stainless-helper`, worker id, the
+    /// body of `stop` calls, and the answer's status.
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.shared.request_log().snapshot()
+    }
+
+    /// Forget the logged requests.
+    pub fn clear_requests(&self) {
+        self.shared.request_log().clear();
     }
 
     /// Arm a fault.
