@@ -15,7 +15,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::error::Result;
-use crate::exec::{ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest};
+use crate::error::SandboxError;
+use crate::exec::{
+    ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess,
+};
 use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
@@ -109,6 +112,18 @@ pub trait Sandbox: Send + Sync {
             truncated: out.truncated,
         })));
         Ok(Box::pin(futures::stream::iter(events)))
+    }
+
+    /// Start a long-lived process with an open stdin and merged stdout+stderr (the persistent
+    /// shell of the `bash` tool). `req.timeout`, `req.stdin` and `req.max_output_bytes` do not
+    /// apply: the caller bounds reads and kills the process. Backends that cannot keep a process
+    /// alive between calls fail with [`Unsupported`](crate::SandboxErrorKind::Unsupported) (the
+    /// default); those that can report [`Capabilities::persistent_shell`].
+    async fn open_interactive(&self, req: ExecRequest) -> Result<InteractiveProcess> {
+        let _ = req;
+        Err(SandboxError::unsupported(
+            "open_interactive: this sandbox cannot keep a process running between calls",
+        ))
     }
 
     /// Run a JavaScript program (the `execute` tool). An uncaught exception is an `Ok` with exit

@@ -154,3 +154,38 @@ pub enum ExecEvent {
 /// exactly one [`ExecEvent::Exit`]. An `Err` item ends the stream (timeout, backend failure).
 /// Dropping the stream abandons the command; backends kill it.
 pub type ExecStream = Pin<Box<dyn Stream<Item = Result<ExecEvent, SandboxError>> + Send>>;
+
+/// Controls a process started by [`Sandbox::open_interactive`](crate::Sandbox::open_interactive).
+#[async_trait::async_trait]
+pub trait ProcessControl: Send + Sync {
+    /// Whether the process is known to have exited (its output ended or it was killed). Does
+    /// not block.
+    fn has_exited(&self) -> bool;
+
+    /// Kill the process (and its process group where the backend can), bounded in time.
+    /// Idempotent.
+    async fn kill(&self);
+}
+
+/// A long-lived process with a writable stdin and its stdout and stderr merged into one
+/// readable stream (the persistent `bash` of the tools), from
+/// [`Sandbox::open_interactive`](crate::Sandbox::open_interactive).
+///
+/// Dropping it closes stdin; the backend then lets the process end on its own (call
+/// [`ProcessControl::kill`] first to stop it at once).
+pub struct InteractiveProcess {
+    /// The process's standard input.
+    pub stdin: Pin<Box<dyn tokio::io::AsyncWrite + Send>>,
+    /// Its standard output and standard error, merged in arrival order. EOF when it exits.
+    pub output: Pin<Box<dyn tokio::io::AsyncRead + Send>>,
+    /// Liveness and kill.
+    pub control: Box<dyn ProcessControl>,
+}
+
+impl std::fmt::Debug for InteractiveProcess {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InteractiveProcess")
+            .field("exited", &self.control.has_exited())
+            .finish_non_exhaustive()
+    }
+}

@@ -9,7 +9,8 @@
 //!
 //! Backends: `isolate` (feature `isolate`, default): a confined directory per sandbox, native
 //! file operations and JavaScript `execute`; no shell. `conformance` (feature `conformance`) is
-//! the suite every backend passes.
+//! the suite every backend passes. `docker` (feature `docker`): one container per sandbox on a
+//! Docker Engine, with real processes, a persistent shell and network isolation.
 //!
 //! ```
 //! # #[cfg(feature = "isolate")]
@@ -43,6 +44,8 @@
 mod backend;
 #[cfg(feature = "conformance")]
 pub mod conformance;
+#[cfg(feature = "docker")]
+pub mod docker;
 mod error;
 mod exec;
 mod file;
@@ -55,7 +58,7 @@ pub use error::{Result, SandboxError, SandboxErrorKind};
 pub use exec::{
     DEFAULT_EXEC_TIMEOUT, DEFAULT_EXECUTE_MEMORY_LIMIT, DEFAULT_EXECUTE_TIMEOUT,
     DEFAULT_MAX_OUTPUT_BYTES, ExecCommand, ExecEvent, ExecExit, ExecOutput, ExecRequest,
-    ExecStream, ExecuteRequest,
+    ExecStream, ExecuteRequest, InteractiveProcess, ProcessControl,
 };
 pub use file::{ByteStream, DirEntry, FileKind, FileReader, FileStat};
 pub use spec::{

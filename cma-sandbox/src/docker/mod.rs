@@ -1,0 +1,1093 @@
+//! The Docker backend: one container per sandbox on a local Docker Engine (feature `docker`).
+//!
+//! * **Life cycle.** [`DockerBackend::create`](crate::SandboxBackend::create) creates and starts a
+//!   container from [`SandboxSpec::image`] (or [`DockerConfig::image`]; the image must already be
+//!   present: nothing is ever pulled), named by its [`SandboxId`]. `stop` stops it and keeps its
+//!   files; `resume` starts it again; `destroy` removes it with its anonymous volumes. `status`
+//!   comes from inspect.
+//! * **Processes.** `exec`/`exec_stream` use the exec endpoints (stdout and stderr demultiplexed,
+//!   exit codes from inspect, output capped, a timeout kills the process group).
+//!   [`open_interactive`](crate::Sandbox::open_interactive) keeps an attached exec open: the
+//!   persistent shell of the `bash` tool ([`Capabilities::persistent_shell`]).
+//! * **Files.** One helper process per sandbox (`python3` from the image, started lazily through
+//!   an attached exec) serves `stat`, `read`, `write`, `read_dir`, ... as sub-millisecond round
+//!   trips with the container user's permissions. Images without `python3` have no file
+//!   operations (`Unsupported`); everything else still works. Workspace export/import use the
+//!   Engine's archive endpoints; imports are checked entry by entry before anything is unpacked.
+//! * **Isolation by default.** The container joins only an `internal` bridge network the backend
+//!   creates (inter-container traffic off, no IPv6), gets a `resolv.conf` with no reachable
+//!   nameserver and an unroutable upstream for the engine's embedded DNS (engines before 26.0
+//!   forward DNS from internal networks: CVE-2024-29018), drops every capability, sets
+//!   `no-new-privileges`, runs as the image's user (non-root when the image declares one), under
+//!   an init process, with memory, pids and CPU limits. On engines older than 26 the internal
+//!   network still routes to the host's bridge address, so the backend also installs host
+//!   `iptables` rules (when [`DockerConfig::host_firewall`] is on, the default): from the
+//!   sandbox bridge only the egress endpoint's port on the gateway is accepted.
+//!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY` and installs its CA certificate in a bundle the
+//!   usual variables point at.
+//! * **Recovery.** Every container carries labels (managed-by, control-plane instance, session,
+//!   environment, the spec's labels); [`DockerBackend::reconcile`] finds them after a restart,
+//!   removes orphans and re-adopts the rest.
+//!
+//! ```no_run
+//! # async fn demo() -> cma_sandbox::Result<()> {
+//! use cma_sandbox::docker::{DockerBackend, DockerConfig};
+//! use cma_sandbox::{ExecRequest, SandboxBackend, SandboxSpec};
+//!
+//! let backend = DockerBackend::connect(DockerConfig::new("cma-sandbox-test:1")).await?;
+//! let sandbox = backend.create(&SandboxSpec::new()).await?;
+//! let out = sandbox.exec(ExecRequest::shell("echo hi")).await?;
+//! assert_eq!(&out.stdout[..], b"hi\n");
+//! backend.destroy(sandbox.id()).await?;
+//! # Ok(()) }
+//! ```
+
+mod archive;
+mod files;
+mod net;
+mod process;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::models::{ContainerCreateBody, ContainerStateStatusEnum, HostConfig};
+use bollard::query_parameters::{
+    CreateContainerOptions, DownloadFromContainerOptions, ListContainersOptions,
+    RemoveContainerOptions, StopContainerOptions, UploadToContainerOptions,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+use tokio::sync::Mutex;
+
+use crate::backend::{Sandbox, SandboxBackend};
+use crate::error::{Result, SandboxError, SandboxErrorKind};
+use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
+use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
+
+/// Label on every container and network this backend makes (value `1`).
+pub const LABEL_MANAGED: &str = "cma.sandbox";
+/// Label naming the control-plane instance that made the container ([`DockerConfig::instance`]).
+pub const LABEL_INSTANCE: &str = "cma.control-plane";
+/// Label holding [`SandboxSpec::session_id`].
+pub const LABEL_SESSION: &str = "cma.session-id";
+/// Label holding [`SandboxSpec::environment_id`].
+pub const LABEL_ENVIRONMENT: &str = "cma.environment-id";
+/// Prefix of the container labels that carry [`SandboxSpec::labels`].
+pub const LABEL_PREFIX: &str = "cma.label.";
+/// Where the egress CA bundle is written inside the container.
+pub const CA_BUNDLE_PATH: &str = "/etc/cma/ca-bundle.pem";
+
+/// Settings of a [`DockerBackend`]. Build with [`DockerConfig::new`] and set fields.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DockerConfig {
+    /// The Engine's unix socket; `None` = `$DOCKER_HOST` (a `unix://` URL) or
+    /// `/var/run/docker.sock`.
+    pub socket: Option<PathBuf>,
+    /// Image used when the spec names none. It must exist locally (never pulled).
+    pub image: String,
+    /// This control plane's name, stored in [`LABEL_INSTANCE`]; `list` and `reconcile` only see
+    /// its own containers.
+    pub instance: String,
+    /// Name of the internal network sandboxes join (created when missing).
+    pub network: String,
+    /// Name of the host bridge interface of that network (at most 15 bytes).
+    pub bridge: String,
+    /// Sandbox working directory.
+    pub workdir: String,
+    /// Host directory for small files the backend bind-mounts (the empty `resolv.conf`).
+    pub state_dir: PathBuf,
+    /// Default memory limit in bytes (the spec's wins).
+    pub memory_bytes: u64,
+    /// Default CPU limit in cores.
+    pub cpus: f64,
+    /// Default process limit.
+    pub pids: u32,
+    /// User to run as; `None` = the image's configured user (root when it declares none).
+    pub user: Option<String>,
+    /// Install host `iptables` rules so the sandbox bridge reaches only the egress endpoint on
+    /// the host (needs root and a local engine). Connecting fails if they cannot be installed.
+    pub host_firewall: bool,
+    /// Largest workspace archive [`Sandbox::import_workspace`] accepts, in bytes.
+    pub max_import_bytes: u64,
+    /// Timeout of each Engine API request.
+    pub request_timeout: Duration,
+}
+
+impl DockerConfig {
+    /// Defaults around `image`: network `cma-sandbox`, workdir `/workspace`, 1 GiB, 1 CPU,
+    /// 512 processes, host firewall on.
+    pub fn new(image: impl Into<String>) -> Self {
+        Self {
+            socket: None,
+            image: image.into(),
+            instance: "default".into(),
+            network: "cma-sandbox".into(),
+            bridge: "cma-sbx0".into(),
+            workdir: "/workspace".into(),
+            state_dir: std::env::temp_dir().join("cma-docker"),
+            memory_bytes: 1 << 30,
+            cpus: 1.0,
+            pids: 512,
+            user: None,
+            host_firewall: true,
+            max_import_bytes: 1 << 30,
+            request_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// What [`DockerBackend::reconcile`] did.
+#[non_exhaustive]
+pub struct Reconciled {
+    /// Kept sandboxes, running again, with fresh handles.
+    pub adopted: Vec<Arc<dyn Sandbox>>,
+    /// Sandboxes removed because they were not in the keep-set.
+    pub removed: Vec<SandboxId>,
+}
+
+impl std::fmt::Debug for Reconciled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reconciled")
+            .field(
+                "adopted",
+                &self
+                    .adopted
+                    .iter()
+                    .map(|s| s.id().clone())
+                    .collect::<Vec<_>>(),
+            )
+            .field("removed", &self.removed)
+            .finish()
+    }
+}
+
+#[derive(Clone, Default)]
+struct ImageFacts {
+    user: String,
+    workdir: String,
+}
+
+struct Shared {
+    docker: Docker,
+    cfg: DockerConfig,
+    gateway: Option<IpAddr>,
+    resolv_conf: PathBuf,
+    engine_version: String,
+    images: Mutex<HashMap<String, ImageFacts>>,
+}
+
+/// Sandboxes as Docker containers. Cheap to clone (shared state).
+#[derive(Clone)]
+pub struct DockerBackend {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for DockerBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DockerBackend")
+            .field("engine", &self.shared.engine_version)
+            .field("network", &self.shared.cfg.network)
+            .field("instance", &self.shared.cfg.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Map a bollard error to a sandbox error.
+pub(crate) fn map_docker_err(e: bollard::errors::Error, what: &str) -> SandboxError {
+    use bollard::errors::Error as E;
+    let kind = match &e {
+        E::DockerResponseServerError {
+            status_code,
+            message,
+        } => match status_code {
+            404 => SandboxErrorKind::NotFound,
+            409 if message.contains("not running") || message.contains("is paused") => {
+                SandboxErrorKind::Stopped
+            }
+            409 => SandboxErrorKind::AlreadyExists,
+            400 => SandboxErrorKind::InvalidInput,
+            503 => SandboxErrorKind::Unavailable,
+            _ => SandboxErrorKind::Backend,
+        },
+        E::HyperResponseError { .. } | E::IOError { .. } | E::RequestTimeoutError => {
+            SandboxErrorKind::Unavailable
+        }
+        _ => SandboxErrorKind::Backend,
+    };
+    let detail = match &e {
+        E::DockerResponseServerError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    SandboxError::new(kind, format!("docker: {what}: {detail}")).with_source(e)
+}
+
+fn caps() -> Capabilities {
+    Capabilities {
+        shell_exec: true,
+        persistent_shell: true,
+        files: true,
+        symlinks: true,
+        archive: true,
+        resume: true,
+        network: true,
+        ..Default::default()
+    }
+}
+
+/// The socket path from `$DOCKER_HOST` or the default.
+fn default_socket() -> PathBuf {
+    match std::env::var("DOCKER_HOST") {
+        Ok(h) if h.starts_with("unix://") => PathBuf::from(&h["unix://".len()..]),
+        _ => PathBuf::from("/var/run/docker.sock"),
+    }
+}
+
+/// Credentials must never enter a sandbox (only ids may).
+fn is_credential(key: &str) -> bool {
+    key.starts_with("ANTHROPIC_")
+        && ["KEY", "TOKEN", "SECRET", "PASSWORD"]
+            .iter()
+            .any(|w| key.contains(w))
+}
+
+impl DockerBackend {
+    /// Connect to the Engine, check it answers, and prepare the internal network, the
+    /// `resolv.conf` and (optionally) the host firewall. Fails with
+    /// [`Unavailable`](SandboxErrorKind::Unavailable) when the Engine cannot be reached.
+    pub async fn connect(cfg: DockerConfig) -> Result<Self> {
+        let socket = cfg.socket.clone().unwrap_or_else(default_socket);
+        let unreachable = |detail: String| {
+            SandboxError::new(
+                SandboxErrorKind::Unavailable,
+                format!(
+                    "docker: engine unreachable at {}: {detail}",
+                    socket.display()
+                ),
+            )
+        };
+        let secs = cfg.request_timeout.as_secs().max(1);
+        let docker = Docker::connect_with_socket(
+            &socket.to_string_lossy(),
+            secs,
+            bollard::API_DEFAULT_VERSION,
+        )
+        .map_err(|e| unreachable(e.to_string()))?;
+        let docker = tokio::time::timeout(Duration::from_secs(10), docker.negotiate_version())
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let version = tokio::time::timeout(Duration::from_secs(10), docker.version())
+            .await
+            .map_err(|_| unreachable("no answer within 10 s".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let engine_version = version.version.unwrap_or_default();
+        let gateway = net::ensure_network(&docker, &cfg).await?;
+        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+            SandboxError::new(
+                SandboxErrorKind::Io,
+                "docker: cannot create the state directory",
+            )
+            .with_source(e)
+        })?;
+        let resolv_conf = cfg.state_dir.join("resolv.conf");
+        std::fs::write(
+            &resolv_conf,
+            "# cma sandbox: no resolver (all traffic goes through the egress proxy)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .map_err(|e| {
+            SandboxError::new(SandboxErrorKind::Io, "docker: cannot write resolv.conf").with_source(e)
+        })?;
+        if cfg.host_firewall {
+            net::install_firewall(&cfg.bridge, gateway, &[]).await?;
+        }
+        Ok(Self {
+            shared: Arc::new(Shared {
+                docker,
+                cfg,
+                gateway,
+                resolv_conf,
+                engine_version,
+                images: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The Engine's version string (e.g. `20.10.24+dfsg1`).
+    pub fn engine_version(&self) -> &str {
+        &self.shared.engine_version
+    }
+
+    /// The host's address on the sandbox network: where an egress proxy on the host listens
+    /// for sandboxes (use it in [`EgressEndpoint::proxy_url`](crate::EgressEndpoint)).
+    pub fn gateway(&self) -> Option<IpAddr> {
+        self.shared.gateway
+    }
+
+    /// The underlying bollard client (benchmarks and tests that compare with raw API calls).
+    pub fn client(&self) -> &Docker {
+        &self.shared.docker
+    }
+
+    /// The container id behind a sandbox id (for `docker` CLI comparisons and diagnostics).
+    pub async fn container_id(&self, id: &SandboxId) -> Result<String> {
+        let info = self
+            .shared
+            .docker
+            .inspect_container(id.as_str(), None)
+            .await
+            .map_err(|e| map_docker_err(e, "inspect"))?;
+        Ok(info.id.unwrap_or_default())
+    }
+
+    async fn image_facts(&self, image: &str) -> Result<ImageFacts> {
+        if let Some(f) = self.shared.images.lock().await.get(image) {
+            return Ok(f.clone());
+        }
+        let info = self.shared.docker.inspect_image(image).await.map_err(|e| {
+            let mut err = map_docker_err(e, "image");
+            if err.kind() == SandboxErrorKind::NotFound {
+                err = SandboxError::new(
+                    SandboxErrorKind::NotFound,
+                    format!(
+                        "docker: image {image:?} is not present locally (images are never pulled)"
+                    ),
+                );
+            }
+            err
+        })?;
+        let cfg = info.config.unwrap_or_default();
+        let facts = ImageFacts {
+            user: cfg.user.unwrap_or_default(),
+            workdir: cfg.working_dir.unwrap_or_default(),
+        };
+        self.shared
+            .images
+            .lock()
+            .await
+            .insert(image.to_owned(), facts.clone());
+        Ok(facts)
+    }
+
+    fn handle(&self, id: SandboxId) -> Arc<dyn Sandbox> {
+        Arc::new(DockerSandbox {
+            id,
+            shared: self.shared.clone(),
+            stopped: AtomicBool::new(false),
+            helper: Arc::new(files::Helper::new()),
+        })
+    }
+
+    fn own_filters(&self) -> HashMap<String, Vec<String>> {
+        HashMap::from([(
+            "label".to_owned(),
+            vec![
+                format!("{LABEL_MANAGED}=1"),
+                format!("{LABEL_INSTANCE}={}", self.shared.cfg.instance),
+            ],
+        )])
+    }
+
+    /// After a restart: remove every sandbox of this instance whose id is not in `keep`, and
+    /// re-adopt (start if stopped) those that are. Returns the adopted handles and removed ids.
+    pub async fn reconcile(&self, keep: &HashSet<SandboxId>) -> Result<Reconciled> {
+        let mut out = Reconciled {
+            adopted: Vec::new(),
+            removed: Vec::new(),
+        };
+        for info in self.list().await? {
+            if keep.contains(&info.id) {
+                out.adopted.push(self.resume(&info.id).await?);
+            } else {
+                match self.destroy(&info.id).await {
+                    Ok(()) => out.removed.push(info.id),
+                    Err(e) if e.kind() == SandboxErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn put_archive(&self, container: &str, dir: &str, tar: Vec<u8>) -> Result<()> {
+        self.shared
+            .docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: dir.to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| map_docker_err(e, "upload"))
+    }
+
+    /// Install the egress CA in the created (not yet started) container: the image's bundle
+    /// (if any) plus the CA, at [`CA_BUNDLE_PATH`].
+    async fn install_ca(&self, container: &str, ca_pem: &str) -> Result<()> {
+        let mut bundle = Vec::new();
+        let mut s = self.shared.docker.download_from_container(
+            container,
+            Some(DownloadFromContainerOptions {
+                path: "/etc/ssl/certs/ca-certificates.crt".into(),
+            }),
+        );
+        let mut tar_bytes = Vec::new();
+        let mut ok = true;
+        while let Some(chunk) = s.next().await {
+            match chunk {
+                Ok(c) => tar_bytes.extend_from_slice(&c),
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok && let Some(data) = archive::first_file(&tar_bytes) {
+            bundle = data;
+            if !bundle.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+        }
+        bundle.extend_from_slice(ca_pem.as_bytes());
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        let tar = archive::single_file_tar("etc/cma/ca-bundle.pem", &bundle, 0o644)?;
+        // Owned by root: the sandbox user must not be able to swap the trust anchors.
+        self.shared
+            .docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| map_docker_err(e, "upload"))
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for DockerBackend {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        caps()
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
+        let cfg = &self.shared.cfg;
+        if let Some(k) = spec.env.keys().find(|k| is_credential(k)) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                format!("docker: refusing to put the credential {k} into a sandbox"),
+            ));
+        }
+        let image = spec.image.clone().unwrap_or_else(|| cfg.image.clone());
+        let facts = self.image_facts(&image).await?;
+        let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
+
+        let mut labels = HashMap::from([
+            (LABEL_MANAGED.to_owned(), "1".to_owned()),
+            (LABEL_INSTANCE.to_owned(), cfg.instance.clone()),
+        ]);
+        if let Some(s) = &spec.session_id {
+            labels.insert(LABEL_SESSION.into(), s.clone());
+        }
+        if let Some(e) = &spec.environment_id {
+            labels.insert(LABEL_ENVIRONMENT.into(), e.clone());
+        }
+        for (k, v) in &spec.labels {
+            labels.insert(format!("{LABEL_PREFIX}{k}"), v.clone());
+        }
+
+        let mut env: BTreeMap<String, String> = spec.env.clone();
+        if let Some(egress) = &spec.egress {
+            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
+                env.insert(k.into(), egress.proxy_url.clone());
+            }
+            for k in ["NO_PROXY", "no_proxy"] {
+                env.insert(k.into(), "localhost,127.0.0.1,::1".into());
+            }
+            if egress.ca_cert_pem.is_some() {
+                for k in [
+                    "SSL_CERT_FILE",
+                    "REQUESTS_CA_BUNDLE",
+                    "CURL_CA_BUNDLE",
+                    "NODE_EXTRA_CA_CERTS",
+                    "GIT_SSL_CAINFO",
+                    "PIP_CERT",
+                ] {
+                    env.insert(k.into(), CA_BUNDLE_PATH.into());
+                }
+            }
+        }
+
+        let mut binds = vec![format!(
+            "{}:/etc/resolv.conf:ro",
+            self.shared.resolv_conf.display()
+        )];
+        for m in &spec.mounts {
+            if !m.sandbox_path.starts_with('/') || m.sandbox_path.contains(':') {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::InvalidInput,
+                    format!("docker: bad mount path {:?}", m.sandbox_path),
+                ));
+            }
+            let host = m.host_path.canonicalize().map_err(|e| {
+                SandboxError::new(
+                    SandboxErrorKind::NotFound,
+                    format!("docker: mount source for {} is missing", m.sandbox_path),
+                )
+                .with_source(e)
+            })?;
+            binds.push(format!(
+                "{}:{}:{}",
+                host.display(),
+                m.sandbox_path,
+                if m.read_only { "ro" } else { "rw" }
+            ));
+        }
+
+        let memory = spec.memory_bytes.unwrap_or(cfg.memory_bytes);
+        let memory = i64::try_from(memory).unwrap_or(i64::MAX);
+        let cpus = spec.cpus.unwrap_or(cfg.cpus);
+        let pids = i64::from(spec.pids.unwrap_or(cfg.pids));
+        let user = cfg.user.clone().unwrap_or(facts.user.clone());
+        let host_config = HostConfig {
+            binds: Some(binds),
+            network_mode: Some(cfg.network.clone()),
+            // The embedded DNS forwards to this unroutable TEST-NET address from inside the
+            // sandbox's network namespace (never from the host's).
+            dns: Some(vec!["192.0.2.1".into()]),
+            cap_drop: Some(vec!["ALL".into()]),
+            security_opt: Some(vec!["no-new-privileges:true".into()]),
+            init: Some(true),
+            memory: Some(memory),
+            memory_swap: Some(memory),
+            nano_cpus: Some((cpus * 1e9) as i64),
+            pids_limit: Some(pids),
+            ..Default::default()
+        };
+        let body = ContainerCreateBody {
+            image: Some(image.clone()),
+            hostname: Some("sandbox".into()),
+            user: (!user.is_empty()).then(|| user.clone()),
+            env: Some(env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
+            cmd: Some(vec!["sleep".into(), "infinity".into()]),
+            entrypoint: Some(vec![]),
+            working_dir: Some(cfg.workdir.clone()),
+            labels: Some(labels),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        self.shared
+            .docker
+            .create_container(
+                Some(CreateContainerOptions {
+                    name: Some(id.as_str().to_owned()),
+                    ..Default::default()
+                }),
+                body,
+            )
+            .await
+            .map_err(|e| map_docker_err(e, "create"))?;
+        let setup = async {
+            if facts.workdir != cfg.workdir {
+                // The image may lack the workdir: make it writable by any user (the engine
+                // cannot chown to a user name it would have to look up in the image).
+                let rel = cfg.workdir.trim_start_matches('/');
+                let tar = archive::single_dir_tar(rel, 0o1777)?;
+                self.put_archive(id.as_str(), "/", tar).await?;
+            }
+            if let Some(ca) = spec.egress.as_ref().and_then(|e| e.ca_cert_pem.as_deref()) {
+                self.install_ca(id.as_str(), ca).await?;
+            }
+            if cfg.host_firewall
+                && let Some(egress) = &spec.egress
+                && let Some(port) = net::endpoint_port(&egress.proxy_url, self.shared.gateway)
+            {
+                net::install_firewall(&cfg.bridge, self.shared.gateway, &[port]).await?;
+            }
+            self.shared
+                .docker
+                .start_container(id.as_str(), None)
+                .await
+                .map_err(|e| map_docker_err(e, "start"))
+        };
+        if let Err(e) = setup.await {
+            let _ = self.destroy(&id).await;
+            return Err(e);
+        }
+        Ok(self.handle(id))
+    }
+
+    async fn resume(&self, id: &SandboxId) -> Result<Arc<dyn Sandbox>> {
+        let info = self
+            .shared
+            .docker
+            .inspect_container(id.as_str(), None)
+            .await
+            .map_err(|e| map_docker_err(e, "inspect"))?;
+        let labels = info
+            .config
+            .as_ref()
+            .and_then(|c| c.labels.clone())
+            .unwrap_or_default();
+        if labels.get(LABEL_MANAGED).map(String::as_str) != Some("1")
+            || labels.get(LABEL_INSTANCE) != Some(&self.shared.cfg.instance)
+        {
+            return Err(SandboxError::new(
+                SandboxErrorKind::NotFound,
+                format!("docker: {id} is not a sandbox of this control plane"),
+            ));
+        }
+        let running = info.state.as_ref().and_then(|s| s.running).unwrap_or(false);
+        if !running {
+            self.shared
+                .docker
+                .start_container(id.as_str(), None)
+                .await
+                .map_err(|e| map_docker_err(e, "start"))?;
+        }
+        Ok(self.handle(id.clone()))
+    }
+
+    async fn list(&self) -> Result<Vec<SandboxInfo>> {
+        let found = self
+            .shared
+            .docker
+            .list_containers(Some(ListContainersOptions {
+                all: true,
+                filters: Some(self.own_filters()),
+                ..Default::default()
+            }))
+            .await
+            .map_err(|e| map_docker_err(e, "list"))?;
+        let mut out = Vec::with_capacity(found.len());
+        for c in found {
+            let Some(name) = c
+                .names
+                .as_ref()
+                .and_then(|n| n.first())
+                .map(|n| n.trim_start_matches('/').to_owned())
+            else {
+                continue;
+            };
+            let Ok(id) = SandboxId::parse(name) else {
+                continue;
+            };
+            let labels = c.labels.unwrap_or_default();
+            let status = match c.state.map(|s| s.to_string()).as_deref() {
+                Some("running") => SandboxStatus::Running,
+                Some("created") | Some("restarting") => SandboxStatus::Starting,
+                Some("dead") => SandboxStatus::Failed {
+                    reason: "container is dead".into(),
+                },
+                _ => SandboxStatus::Stopped,
+            };
+            out.push(SandboxInfo {
+                id,
+                status,
+                created_at: c
+                    .created
+                    .and_then(|t| u64::try_from(t).ok())
+                    .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
+                session_id: labels.get(LABEL_SESSION).cloned(),
+                labels: labels
+                    .iter()
+                    .filter_map(|(k, v)| {
+                        Some((k.strip_prefix(LABEL_PREFIX)?.to_owned(), v.clone()))
+                    })
+                    .collect(),
+            });
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
+    async fn destroy(&self, id: &SandboxId) -> Result<()> {
+        self.shared
+            .docker
+            .remove_container(
+                id.as_str(),
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| map_docker_err(e, "remove"))
+    }
+}
+
+/// One container.
+struct DockerSandbox {
+    id: SandboxId,
+    shared: Arc<Shared>,
+    stopped: AtomicBool,
+    helper: Arc<files::Helper>,
+}
+
+impl DockerSandbox {
+    fn check_running(&self) -> Result<()> {
+        if self.stopped.load(Ordering::Acquire) {
+            Err(SandboxError::new(
+                SandboxErrorKind::Stopped,
+                format!("sandbox {} is stopped", self.id),
+            ))
+        } else {
+            Ok(())
+        }
+    }
+
+    /// The absolute sandbox path for `path` (relative ones join the workdir), lexically
+    /// normalised. NUL bytes are refused.
+    fn abs(&self, path: &str) -> Result<String> {
+        if path.contains('\0') {
+            return Err(SandboxError::at_path(SandboxErrorKind::InvalidInput, path));
+        }
+        if path.is_empty() {
+            return Err(SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                "empty path",
+            ));
+        }
+        let joined = if path.starts_with('/') {
+            path.to_owned()
+        } else {
+            format!("{}/{path}", self.shared.cfg.workdir.trim_end_matches('/'))
+        };
+        let mut parts: Vec<&str> = Vec::new();
+        for c in joined.split('/') {
+            match c {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                c => parts.push(c),
+            }
+        }
+        Ok(format!("/{}", parts.join("/")))
+    }
+
+    async fn call(
+        &self,
+        path: &str,
+        req: serde_json::Value,
+        payload: Bytes,
+    ) -> Result<files::Reply> {
+        self.check_running()?;
+        let r = self
+            .helper
+            .call(&self.shared.docker, self.id.as_str(), path, req, payload)
+            .await;
+        if let Err(e) = &r
+            && e.kind() == SandboxErrorKind::Stopped
+        {
+            self.helper.reset().await;
+        }
+        r
+    }
+}
+
+#[async_trait]
+impl Sandbox for DockerSandbox {
+    fn id(&self) -> &SandboxId {
+        &self.id
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        caps()
+    }
+
+    fn workdir(&self) -> &str {
+        &self.shared.cfg.workdir
+    }
+
+    async fn stat(&self, path: &str) -> Result<FileStat> {
+        let p = self.abs(path)?;
+        let r = self
+            .call(path, json!({"op": "stat", "p": p, "f": true}), Bytes::new())
+            .await?;
+        Ok(files::parse_stat(&r.head))
+    }
+
+    async fn lstat(&self, path: &str) -> Result<FileStat> {
+        let p = self.abs(path)?;
+        let r = self
+            .call(path, json!({"op": "stat", "p": p}), Bytes::new())
+            .await?;
+        Ok(files::parse_stat(&r.head))
+    }
+
+    async fn read_link(&self, path: &str) -> Result<String> {
+        let p = self.abs(path)?;
+        let r = self
+            .call(path, json!({"op": "readlink", "p": p}), Bytes::new())
+            .await?;
+        Ok(r.head
+            .get("t")
+            .and_then(|t| t.as_str())
+            .unwrap_or_default()
+            .to_owned())
+    }
+
+    async fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes> {
+        let p = self.abs(path)?;
+        let r = self
+            .call(
+                path,
+                json!({"op": "read", "p": p, "max": max_bytes}),
+                Bytes::new(),
+            )
+            .await?;
+        Ok(r.data)
+    }
+
+    async fn open_read(&self, path: &str) -> Result<FileReader> {
+        const CHUNK: u64 = 256 * 1024;
+        let p = self.abs(path)?;
+        // The first chunk also checks the file exists and is regular.
+        let first = self
+            .call(
+                path,
+                json!({"op": "read", "p": p, "off": 0, "len": CHUNK}),
+                Bytes::new(),
+            )
+            .await?;
+        let size = first.head.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
+        let me = DockerSandboxRef {
+            docker: self.shared.docker.clone(),
+            container: self.id.as_str().to_owned(),
+        };
+        let helper = self.helper.clone();
+        let user_path = path.to_owned();
+        let first_len = first.data.len() as u64;
+        let rest = futures::stream::unfold(
+            (first_len, first_len < CHUNK || first_len >= size),
+            move |(off, done)| {
+                let (me, helper, p, user_path) =
+                    (me.clone(), helper.clone(), p.clone(), user_path.clone());
+                async move {
+                    if done {
+                        return None;
+                    }
+                    let r = helper
+                        .call(
+                            &me.docker,
+                            &me.container,
+                            &user_path,
+                            json!({"op": "read", "p": p, "off": off, "len": CHUNK}),
+                            Bytes::new(),
+                        )
+                        .await;
+                    match r {
+                        Ok(r) => {
+                            let n = r.data.len() as u64;
+                            Some((Ok(r.data), (off + n, n < CHUNK)))
+                        }
+                        Err(e) => Some((Err(std::io::Error::from(e)), (off, true))),
+                    }
+                }
+            },
+        );
+        let all = futures::stream::iter([Ok::<_, std::io::Error>(first.data)]).chain(rest);
+        Ok(Box::pin(tokio_util::io::StreamReader::new(all)))
+    }
+
+    async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
+        let p = self.abs(path)?;
+        self.call(path, json!({"op": "write", "p": p}), data)
+            .await?;
+        Ok(())
+    }
+
+    async fn create_dir_all(&self, path: &str) -> Result<()> {
+        let p = self.abs(path)?;
+        self.call(path, json!({"op": "mkdirs", "p": p}), Bytes::new())
+            .await?;
+        Ok(())
+    }
+
+    async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let p = self.abs(path)?;
+        let r = self
+            .call(path, json!({"op": "list", "p": p}), Bytes::new())
+            .await?;
+        Ok(files::parse_entries(&r.head))
+    }
+
+    async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
+        let p = self.abs(path)?;
+        self.call(
+            path,
+            json!({"op": "remove", "p": p, "r": recursive}),
+            Bytes::new(),
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
+        self.check_running()?;
+        process::run(
+            &self.shared.docker,
+            self.id.as_str(),
+            req,
+            &self.shared.cfg.workdir,
+        )
+        .await
+    }
+
+    async fn exec_stream(&self, req: ExecRequest) -> Result<ExecStream> {
+        self.check_running()?;
+        process::stream(
+            &self.shared.docker,
+            self.id.as_str(),
+            req,
+            &self.shared.cfg.workdir,
+        )
+        .await
+    }
+
+    async fn open_interactive(&self, req: ExecRequest) -> Result<InteractiveProcess> {
+        self.check_running()?;
+        process::interactive(
+            &self.shared.docker,
+            self.id.as_str(),
+            req,
+            &self.shared.cfg.workdir,
+        )
+        .await
+    }
+
+    async fn execute(&self, _req: ExecuteRequest) -> Result<ExecOutput> {
+        Err(SandboxError::unsupported(
+            "execute: the docker backend runs no in-process JavaScript engine; use bash (e.g. `node`) instead",
+        ))
+    }
+
+    async fn export_workspace(&self) -> Result<ByteStream> {
+        self.check_running()?;
+        let dir = format!("{}/.", self.shared.cfg.workdir.trim_end_matches('/'));
+        let s = self.shared.docker.download_from_container(
+            self.id.as_str(),
+            Some(DownloadFromContainerOptions { path: dir }),
+        );
+        Ok(Box::pin(
+            s.map(|r| r.map_err(|e| map_docker_err(e, "export"))),
+        ))
+    }
+
+    async fn import_workspace(&self, mut tar: ByteStream) -> Result<()> {
+        self.check_running()?;
+        let max = self.shared.cfg.max_import_bytes;
+        let mut buf = Vec::new();
+        while let Some(chunk) = tar.next().await {
+            let chunk = chunk?;
+            if (buf.len() + chunk.len()) as u64 > max {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::TooLarge,
+                    format!("workspace archive exceeds {max} bytes"),
+                ));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        let id = self
+            .call(self.workdir(), json!({"op": "id"}), Bytes::new())
+            .await?;
+        let num = |k: &str| id.head.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
+        let buf = archive::check_import(&buf, &self.shared.cfg.workdir, (num("uid"), num("gid")))?;
+        let backend = DockerBackend {
+            shared: self.shared.clone(),
+        };
+        backend
+            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, buf)
+            .await
+    }
+
+    async fn status(&self) -> Result<SandboxStatus> {
+        let info = self
+            .shared
+            .docker
+            .inspect_container(self.id.as_str(), None)
+            .await
+            .map_err(|e| map_docker_err(e, "inspect"))?;
+        let state = info.state.unwrap_or_default();
+        Ok(match state.status {
+            Some(ContainerStateStatusEnum::RUNNING) => SandboxStatus::Running,
+            Some(ContainerStateStatusEnum::CREATED)
+            | Some(ContainerStateStatusEnum::RESTARTING) => SandboxStatus::Starting,
+            Some(ContainerStateStatusEnum::DEAD) => SandboxStatus::Failed {
+                reason: state.error.unwrap_or_else(|| "container is dead".into()),
+            },
+            Some(ContainerStateStatusEnum::EXITED) if state.oom_killed == Some(true) => {
+                SandboxStatus::Failed {
+                    reason: "out of memory".into(),
+                }
+            }
+            _ => SandboxStatus::Stopped,
+        })
+    }
+
+    async fn stop(&self) -> Result<()> {
+        self.stopped.store(true, Ordering::Release);
+        self.helper.reset().await;
+        match self
+            .shared
+            .docker
+            .stop_container(
+                self.id.as_str(),
+                Some(StopContainerOptions {
+                    t: Some(2),
+                    ..Default::default()
+                }),
+            )
+            .await
+        {
+            Ok(()) => Ok(()),
+            // 304: already stopped.
+            Err(bollard::errors::Error::DockerResponseServerError {
+                status_code: 304, ..
+            }) => Ok(()),
+            Err(e) => Err(map_docker_err(e, "stop")),
+        }
+    }
+}
+
+#[derive(Clone)]
+struct DockerSandboxRef {
+    docker: Docker,
+    container: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_are_recognised_but_ids_are_not() {
+        assert!(is_credential("ANTHROPIC_API_KEY"));
+        assert!(is_credential("ANTHROPIC_ENVIRONMENT_KEY"));
+        assert!(is_credential("ANTHROPIC_AUTH_TOKEN"));
+        assert!(!is_credential("ANTHROPIC_SESSION_ID"));
+        assert!(!is_credential("API_KEY"));
+    }
+}

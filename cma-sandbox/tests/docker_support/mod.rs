@@ -1,0 +1,97 @@
+//! Shared fixtures of the Docker backend tests: connect (failing loudly when the engine or the
+//! test image is missing), a unique control-plane instance per test so runs never touch each
+//! other's containers, and a guard that removes that instance's containers even on panic.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+
+use cma_sandbox::docker::{DockerBackend, DockerConfig, LABEL_INSTANCE, LABEL_MANAGED};
+
+/// The test image (built by `scripts/docker-image.sh`).
+pub fn image() -> String {
+    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:1".into())
+}
+
+/// A config for one test: unique instance label.
+pub fn config() -> DockerConfig {
+    let mut cfg = DockerConfig::new(image());
+    cfg.instance = format!("test-{}", uuid::Uuid::new_v4().simple());
+    cfg
+}
+
+/// Connect or fail with instructions.
+pub async fn connect(cfg: DockerConfig) -> (DockerBackend, Cleanup) {
+    let instance = cfg.instance.clone();
+    let backend = match DockerBackend::connect(cfg).await {
+        Ok(b) => b,
+        Err(e) => panic!(
+            "the Docker backend tests need a running dockerd and the test image: {e}\n\
+             start it with `source .ci/setup.d/20-docker.sh` (installs docker.io, starts dockerd, \
+             builds the image with scripts/docker-image.sh)"
+        ),
+    };
+    if backend.client().inspect_image(&image()).await.is_err() {
+        panic!(
+            "test image {} is missing: run scripts/docker-image.sh (or source .ci/setup.d/20-docker.sh)",
+            image()
+        );
+    }
+    (backend, Cleanup { instance })
+}
+
+/// Removes every container of the instance when dropped.
+pub struct Cleanup {
+    pub instance: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        let instance = self.instance.clone();
+        let t = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let Ok(docker) = bollard::Docker::connect_with_socket_defaults() else {
+                    return;
+                };
+                let Ok(docker) = docker.negotiate_version().await else {
+                    return;
+                };
+                let filters = HashMap::from([(
+                    "label".to_owned(),
+                    vec![
+                        format!("{LABEL_MANAGED}=1"),
+                        format!("{LABEL_INSTANCE}={instance}"),
+                    ],
+                )]);
+                let Ok(list) = docker
+                    .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+                        all: true,
+                        filters: Some(filters),
+                        ..Default::default()
+                    }))
+                    .await
+                else {
+                    return;
+                };
+                for c in list {
+                    if let Some(id) = c.id {
+                        let _ = docker
+                            .remove_container(
+                                &id,
+                                Some(bollard::query_parameters::RemoveContainerOptions {
+                                    force: true,
+                                    v: true,
+                                    ..Default::default()
+                                }),
+                            )
+                            .await;
+                    }
+                }
+            });
+        });
+        let _ = t.join();
+    }
+}
