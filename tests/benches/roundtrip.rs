@@ -24,9 +24,7 @@ use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
 use cma_core::control::select::RuleSelector;
 use cma_core::control::tools::ToolsetFactory;
 use cma_core::emulator::{Emulator, EmulatorConfig, Script, ScriptEnd, ScriptedCall};
-use cma_core::runner::session::{
-    FixedHost, RunnerConfig, SessionHost, ToolExecutor, ToolOutcome,
-};
+use cma_core::runner::session::{FixedHost, RunnerConfig, SessionHost, ToolExecutor, ToolOutcome};
 use cma_core::runner::state::ToolCall;
 use cma_sandbox::isolate::IsolateBackend;
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
@@ -37,8 +35,7 @@ const CALLS: usize = 3;
 
 fn script(i: usize) -> Script {
     let call = |name: &str, input: serde_json::Value| {
-        serde_json::from_value::<ScriptedCall>(json!({"name": name, "input": input}))
-            .expect("call")
+        serde_json::from_value::<ScriptedCall>(json!({"name": name, "input": input})).expect("call")
     };
     Script::new(
         vec![
@@ -128,7 +125,11 @@ async fn round(n: usize, kind: Kind) -> Duration {
         })
         .await;
     let elapsed = start.elapsed();
-    assert!(done, "{n} sessions did not finish: {:?}", emu.scripted_progress());
+    assert!(
+        done,
+        "{n} sessions did not finish: {:?}",
+        emu.scripted_progress()
+    );
     assert_eq!(emu.tool_results().len(), n * CALLS, "one result per call");
 
     plane.shutdown(Duration::from_secs(5)).await;
