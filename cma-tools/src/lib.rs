@@ -72,7 +72,7 @@ pub use registry::{
     DispatchError, SessionTools, TOOL_TIMEOUT, Tool, ToolDefinition, ToolRegistry, run_bounded,
 };
 pub use shell::{
-    LocalShellLauncher, ShellError, ShellLauncher, ShellOutput, ShellProcess, ShellSession,
-    ShellSpec,
+    LocalShellLauncher, SandboxShellLauncher, ShellError, ShellLauncher, ShellOutput, ShellProcess,
+    ShellSession, ShellSpec,
 };
 pub use toolset::agent_toolset;

@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use std::io;
 use std::path::PathBuf;
 use std::process::Stdio;
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -201,6 +201,107 @@ impl ShellProcess for LocalShell {
     async fn kill(&mut self) {
         let _ = self.child.start_kill();
         let _ = tokio::time::timeout(KILL_WAIT, self.child.wait()).await;
+    }
+}
+
+/// Launches the shell *inside* the sandbox through
+/// [`Sandbox::open_interactive`](cma_sandbox::Sandbox::open_interactive) (backends with
+/// [`persistent_shell`](cma_sandbox::Capabilities::persistent_shell), e.g. Docker). The `bash`
+/// tool uses it automatically when the context has no explicit launcher.
+///
+/// The "natural" environment is the sandbox's own; the exec cannot unset variables, so the
+/// scrubbing of `ANTHROPIC_*` (or the full replacement of [`ShellEnv::Replace`]) is done by a
+/// silent first line written to the new shell.
+#[derive(Clone)]
+pub struct SandboxShellLauncher {
+    sandbox: Arc<dyn cma_sandbox::Sandbox>,
+}
+
+impl std::fmt::Debug for SandboxShellLauncher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SandboxShellLauncher")
+            .field("sandbox", self.sandbox.id())
+            .finish()
+    }
+}
+
+impl SandboxShellLauncher {
+    /// A launcher starting shells in `sandbox`.
+    pub fn new(sandbox: Arc<dyn cma_sandbox::Sandbox>) -> Self {
+        Self { sandbox }
+    }
+}
+
+/// Whether `k` can be named in a shell `case` pattern and `unset` as is.
+fn is_shell_name(k: &str) -> bool {
+    let mut chars = k.chars();
+    chars
+        .next()
+        .is_some_and(|c| c == '_' || c.is_ascii_alphabetic())
+        && chars.all(|c| c == '_' || c.is_ascii_alphanumeric())
+}
+
+#[async_trait]
+impl ShellLauncher for SandboxShellLauncher {
+    async fn launch(&self, spec: &ShellSpec) -> io::Result<Box<dyn ShellProcess>> {
+        let mut req = cma_sandbox::ExecRequest::argv(["/bin/bash", "--noprofile", "--norc"]);
+        req.cwd = Some(spec.cwd.clone());
+        let (env, prelude) = match &spec.env {
+            ShellEnv::Inherit => (
+                spec.overrides.clone(),
+                "unset ${!ANTHROPIC_@} 2>/dev/null\n".to_owned(),
+            ),
+            ShellEnv::Replace(_) => {
+                let env = spec.environment(std::iter::empty::<(String, String)>());
+                let keep: Vec<&str> = env
+                    .keys()
+                    .map(String::as_str)
+                    .filter(|k| is_shell_name(k))
+                    .collect();
+                let pattern = if keep.is_empty() {
+                    "__cma_none__".to_owned()
+                } else {
+                    keep.join("|")
+                };
+                let prelude = format!(
+                    "for __cma_v in $(compgen -e); do case \"$__cma_v\" in {pattern}) ;; *) unset \"$__cma_v\";; esac; done 2>/dev/null; unset __cma_v\n"
+                );
+                (env, prelude)
+            }
+        };
+        req.env = env;
+        let proc = self
+            .sandbox
+            .open_interactive(req)
+            .await
+            .map_err(io::Error::from)?;
+        let mut shell = SandboxShell { proc };
+        shell.write_all(prelude.as_bytes()).await?;
+        Ok(Box::new(shell))
+    }
+}
+
+struct SandboxShell {
+    proc: cma_sandbox::InteractiveProcess,
+}
+
+#[async_trait]
+impl ShellProcess for SandboxShell {
+    async fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.proc.stdin.write_all(data).await?;
+        self.proc.stdin.flush().await
+    }
+
+    async fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.proc.output.read(buf).await
+    }
+
+    fn has_exited(&mut self) -> bool {
+        self.proc.control.has_exited()
+    }
+
+    async fn kill(&mut self) {
+        let _ = tokio::time::timeout(KILL_WAIT * 5, self.proc.control.kill()).await;
     }
 }
 

@@ -251,12 +251,14 @@ fn default_socket() -> PathBuf {
     }
 }
 
-/// Credentials must never enter a sandbox (only ids may).
+/// Anthropic credentials must never enter a sandbox (ids such as `ANTHROPIC_SESSION_ID` may).
 fn is_credential(key: &str) -> bool {
     key.starts_with("ANTHROPIC_")
-        && ["KEY", "TOKEN", "SECRET", "PASSWORD"]
-            .iter()
-            .any(|w| key.contains(w))
+        && (key.ends_with("_KEY")
+            || key.ends_with("_TOKEN")
+            || ["API_KEY", "AUTH", "PASSWORD"]
+                .iter()
+                .any(|w| key.contains(w)))
 }
 
 impl DockerBackend {

@@ -1,7 +1,9 @@
 //! The `bash` tool (PROTOCOL.md §6.2).
 //!
 //! Three ways to run, chosen per call from the context and the sandbox:
-//! 1. a [`ShellLauncher`](crate::ShellLauncher) is set on the context → one persistent
+//! 1. a [`ShellLauncher`](crate::ShellLauncher) is set on the context, or the sandbox reports
+//!    [`persistent_shell`](cma_sandbox::Capabilities::persistent_shell) (then a
+//!    [`SandboxShellLauncher`] starts the shell inside it) → one persistent
 //!    [`ShellSession`] per session with the official semantics (cwd, exported variables and
 //!    background jobs persist; `exit` or a timeout kills it until `{"restart": true}`);
 //! 2. no launcher but the sandbox has `shell_exec` → each command runs through
@@ -9,6 +11,8 @@
 //!    timeouts, but state does not persist between calls and stdout is followed by stderr instead
 //!    of being interleaved);
 //! 3. no shell at all (the isolate backend) → an error naming the `execute` tool.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use cma_sandbox::{ExecRequest, SandboxErrorKind};
@@ -20,8 +24,8 @@ use crate::context::ToolContext;
 use crate::output::{ToolError, ToolOutput};
 use crate::registry::Tool;
 use crate::shell::{
-    BASH_DEFAULT_TIMEOUT_SECS, BASH_OUTPUT_LIMIT, MAX_TIMEOUT, ShellError, ShellSession, ShellSpec,
-    TRUNCATED_PREFIX, strip_ansi,
+    BASH_DEFAULT_TIMEOUT_SECS, BASH_OUTPUT_LIMIT, MAX_TIMEOUT, SandboxShellLauncher, ShellError,
+    ShellLauncher, ShellSession, ShellSpec, TRUNCATED_PREFIX, strip_ansi,
 };
 
 /// Answer of `bash` on a sandbox without a shell that runs JavaScript.
@@ -60,7 +64,11 @@ impl Tool for BashTool {
             timeout_ms,
         } = parse("bash", &super::bash_schema(), input)?;
         let caps = ctx.sandbox.capabilities();
-        if ctx.shell_launcher.is_none() && !caps.shell_exec {
+        let launcher: Option<Arc<dyn ShellLauncher>> = ctx.shell_launcher.clone().or_else(|| {
+            caps.persistent_shell
+                .then(|| Arc::new(SandboxShellLauncher::new(ctx.sandbox.clone())) as _)
+        });
+        if launcher.is_none() && !caps.shell_exec {
             return Err(ToolError::msg(if caps.execute_js {
                 NO_SHELL_USE_EXECUTE
             } else {
@@ -76,21 +84,17 @@ impl Tool for BashTool {
             Some(ms) if ms != 0 => ms as f64 / 1000.0,
             _ => BASH_DEFAULT_TIMEOUT_SECS,
         };
-        match &ctx.shell_launcher {
-            Some(_) => persistent(ctx, command, restart, timeout_secs).await,
+        match &launcher {
+            Some(l) => persistent(ctx, l.as_ref(), command, restart, timeout_secs).await,
             None if restart => Ok(ToolOutput::text("bash session restarted")),
             None => one_shot(ctx, command.unwrap_or_default(), timeout_secs).await,
         }
     }
 }
 
-async fn start(ctx: &ToolContext) -> Result<ShellSession, ToolError> {
-    let launcher = ctx
-        .shell_launcher
-        .as_ref()
-        .ok_or_else(|| ToolError::msg(NO_SHELL))?;
+async fn start(ctx: &ToolContext, launcher: &dyn ShellLauncher) -> Result<ShellSession, ToolError> {
     let spec = ShellSpec::new(ctx.workdir(), ctx.shell_env.clone());
-    ShellSession::start(launcher.as_ref(), &spec)
+    ShellSession::start(launcher, &spec)
         .await
         .map_err(|e| ToolError::Exception {
             type_name: "OSError".into(),
@@ -100,6 +104,7 @@ async fn start(ctx: &ToolContext) -> Result<ShellSession, ToolError> {
 
 async fn persistent(
     ctx: &ToolContext,
+    launcher: &dyn ShellLauncher,
     command: Option<String>,
     restart: bool,
     timeout_secs: f64,
@@ -109,13 +114,13 @@ async fn persistent(
         if let Some(mut old) = slot.take() {
             old.close().await;
         }
-        *slot = Some(start(ctx).await?);
+        *slot = Some(start(ctx, launcher).await?);
         return Ok(ToolOutput::text("bash session restarted"));
     }
     let command = command.unwrap_or_default();
     let shell = match &mut *slot {
         Some(s) => s,
-        empty => empty.insert(start(ctx).await?),
+        empty => empty.insert(start(ctx, launcher).await?),
     };
     match shell.exec(&command, timeout_secs, &ctx.cancel).await {
         Ok(out) if out.exit_code == 0 => Ok(ToolOutput::Text(out.output)),
