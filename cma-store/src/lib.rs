@@ -1,10 +1,13 @@
 //! Durable state for `cma`: workspace snapshots (`SnapshotStore`) and the control plane's record of
 //! sessions (`StateStore`).
 //!
-//! The snapshot and state stores land with the cma-store issue; this crate currently holds the
-//! identifiers they share.
+//! [`state`] holds the [`state::StateStore`] trait and its backends: in memory, SQLite (feature
+//! `sqlite`, default) and Postgres (feature `postgres`), with the conformance suite they all pass
+//! (feature `conformance`).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
+
+pub mod state;
 
 /// Identifies one stored workspace snapshot (the SHA-256 of its manifest, hex encoded).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
