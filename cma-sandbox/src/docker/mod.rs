@@ -334,6 +334,16 @@ impl DockerBackend {
         self.shared.gateway
     }
 
+    /// Stop accepting traffic from sandboxes to `port` on the gateway (when the egress proxy
+    /// that listened there is gone). The rule is added by `create` for a spec whose egress
+    /// endpoint is on the gateway; it is shared by every sandbox using that port.
+    pub async fn close_egress_port(&self, port: u16) -> Result<()> {
+        if !self.shared.cfg.host_firewall {
+            return Ok(());
+        }
+        net::remove_port(self.shared.gateway, port).await
+    }
+
     /// The underlying bollard client (benchmarks and tests that compare with raw API calls).
     pub fn client(&self) -> &Docker {
         &self.shared.docker

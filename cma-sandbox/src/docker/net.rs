@@ -183,6 +183,37 @@ pub(crate) async fn install_firewall(
     Ok(())
 }
 
+/// Remove the accept rule of an egress port (idempotent).
+pub(crate) async fn remove_port(gateway: Option<IpAddr>, port: u16) -> Result<()> {
+    let Some(gw) = gateway else { return Ok(()) };
+    let (gw, port) = (gw.to_string(), port.to_string());
+    let rule = [
+        "-p",
+        "tcp",
+        "-d",
+        gw.as_str(),
+        "--dport",
+        port.as_str(),
+        "-j",
+        "ACCEPT",
+    ];
+    loop {
+        let mut del = vec!["-D", CHAIN];
+        del.extend(rule);
+        match iptables(&del).await {
+            Ok(true) => continue,
+            Ok(false) => return Ok(()),
+            Err(e) => {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    "docker: iptables not runnable",
+                )
+                .with_source(e));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
