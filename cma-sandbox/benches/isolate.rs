@@ -2,7 +2,9 @@
 //! memory per idle session.
 //!
 //! `cargo bench -p cma-sandbox --bench isolate` prints criterion's estimates (the median is the
-//! p50) and, first, the idle-memory figure measured from `/proc/self/statm`.
+//! p50) and, first, the idle-memory figure measured from `/proc/self/statm`. Baselines in the
+//! same run: `baseline/mkdir+write+read (tokio::fs)` (the same file steps, unconfined) and
+//! `baseline/spawn /bin/true` (the floor of any process-based tool call).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +51,46 @@ fn bench_create_to_first_result(c: &mut Criterion) {
                 }
                 total
             }
+        });
+    });
+}
+
+/// Baselines measured in the same run, for ratios: the same steps with plain `tokio::fs` (no
+/// confinement, no sandbox bookkeeping), and the cheapest process start (`/bin/true`), which is
+/// what any shell- or container-based tool call pays at the least.
+fn bench_baselines(c: &mut Criterion) {
+    let rt = runtime();
+    let root = tempfile::tempdir().unwrap();
+    let counter = std::sync::atomic::AtomicU64::new(0);
+    c.bench_function("baseline/mkdir+write+read (tokio::fs)", |b| {
+        b.to_async(&rt).iter_custom(|iters| {
+            let base = root.path().to_path_buf();
+            let first = counter.fetch_add(iters, std::sync::atomic::Ordering::Relaxed);
+            async move {
+                let mut total = Duration::ZERO;
+                for i in 0..iters {
+                    let dir = base.join(format!("d{}", first + i));
+                    let start = Instant::now();
+                    tokio::fs::create_dir_all(dir.join("workspace"))
+                        .await
+                        .unwrap();
+                    let f = dir.join("workspace/hello.txt");
+                    tokio::fs::write(&f, b"hello").await.unwrap();
+                    let data = tokio::fs::read(&f).await.unwrap();
+                    total += start.elapsed();
+                    assert_eq!(&data[..], b"hello");
+                    tokio::fs::remove_dir_all(&dir).await.unwrap();
+                }
+                total
+            }
+        });
+    });
+    c.bench_function("baseline/spawn /bin/true", |b| {
+        b.to_async(&rt).iter(|| async {
+            tokio::process::Command::new("/bin/true")
+                .status()
+                .await
+                .unwrap()
         });
     });
 }
@@ -145,7 +187,7 @@ criterion_group! {
         .sample_size(50)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(4));
-    targets = bench_create_to_first_result, bench_file_round_trip, bench_execute
+    targets = bench_create_to_first_result, bench_baselines, bench_file_round_trip, bench_execute
 }
 
 fn main() {
