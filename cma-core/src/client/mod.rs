@@ -8,7 +8,10 @@
 //! * [`Client::environments`] → [`EnvironmentsClient`]: environment CRUD with an API key;
 //! * [`Client::session`] → [`SessionClient`]: session get, event history (with automatic
 //!   pagination), event sends, and the SSE event stream ([`EventStream`],
-//!   [`ReconnectingEventStream`]).
+//!   [`ReconnectingEventStream`]);
+//! * [`Client::skills`] → [`SkillsClient`]: skill version lookup and archive download;
+//! * [`Client::memory_store`] → [`MemoryStoreClient`]: list, retrieve, create, update (with a
+//!   `content_sha256` precondition) and delete the memories of one store.
 //!
 //! Every request carries the headers of PROTOCOL.md §1.2 and goes through the core retry policy
 //! of §1.6 (see [`crate::retry`]). Errors are typed ([`ApiError`], [`ApiErrorKind`]).
@@ -26,7 +29,9 @@
 
 mod environment;
 mod error;
+mod memory;
 mod session;
+mod skills;
 mod stream;
 mod transport;
 
@@ -36,17 +41,22 @@ pub use environment::{
     OrderedMap, PollParams, UpdateEnvironment,
 };
 pub use error::{ApiError, ApiErrorKind, StatusError};
+pub use memory::{
+    DeletedMemory, ListMemoriesParams, MAX_MEMORY_CONTENT_BYTES, MEMORY_PATH_CONFLICT,
+    MEMORY_PRECONDITION_FAILED, Memory, MemoryListItem, MemoryStoreClient, MemoryView,
+};
 pub use session::{
     EventOrder, HISTORY_PAGE_LIMIT, ListEventsParams, SendEventsResponse, SessionClient,
     StreamParams, decode_event_lenient,
 };
+pub use skills::{DEFAULT_MAX_SKILL_ARCHIVE_BYTES, SkillVersion, SkillsClient};
 pub use stream::{
     ConnectHook, DEFAULT_STREAM_CONNECT_TIMEOUT, EventStream, ReconnectPolicy,
     ReconnectingEventStream, StreamItem,
 };
 pub use transport::{
-    ANTHROPIC_VERSION, BASE_URL_ENV, Client, ClientConfig, ClientConfigBuilder, Credential,
-    DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_REQUEST_TIMEOUT,
-    DEFAULT_USER_AGENT, Helper, MANAGED_AGENTS_BETA, MAX_ERROR_BODY_BYTES, Secret,
-    encode_path_segment, encode_query, encode_query_component,
+    AGENT_MEMORY_BETA, ANTHROPIC_VERSION, BASE_URL_ENV, Client, ClientConfig, ClientConfigBuilder,
+    Credential, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_USER_AGENT, Helper, MANAGED_AGENTS_BETA, MAX_ERROR_BODY_BYTES,
+    Secret, encode_path_segment, encode_query, encode_query_component,
 };

@@ -23,6 +23,8 @@ pub const BASE_URL_ENV: &str = "ANTHROPIC_BASE_URL";
 pub const ANTHROPIC_VERSION: &str = "2026-10-21";
 /// The beta every environments / work / sessions call carries.
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
+/// The beta the memory-store endpoints carry instead (PROTOCOL.md §1.2).
+pub const AGENT_MEMORY_BETA: &str = "agent-memory-2026-07-22";
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default request timeout (per attempt; for streams, until headers and between reads).
@@ -44,6 +46,18 @@ pub enum Helper {
     Worker,
     /// `session-tool-runner`: event stream / list / send.
     SessionToolRunner,
+}
+
+/// Which resource beta a request appends to the configured extra betas (PROTOCOL.md §1.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub(crate) enum Beta {
+    /// `managed-agents-2026-04-01` (environments, work, sessions, events).
+    #[default]
+    ManagedAgents,
+    /// `agent-memory-2026-07-22` (memory stores).
+    Memory,
+    /// No resource beta (skills): only the configured extra betas, and no header when none.
+    None,
 }
 
 impl Helper {
@@ -233,8 +247,17 @@ impl ClientConfig {
 
     /// The `anthropic-beta` header value: extra betas then the managed-agents beta, comma-joined.
     pub fn beta_header(&self) -> String {
+        self.beta_header_for(Beta::ManagedAgents)
+    }
+
+    /// The header value for a resource beta (empty when there is nothing to send).
+    pub(crate) fn beta_header_for(&self, beta: Beta) -> String {
         let mut parts: Vec<&str> = self.betas.iter().map(String::as_str).collect();
-        parts.push(MANAGED_AGENTS_BETA);
+        match beta {
+            Beta::ManagedAgents => parts.push(MANAGED_AGENTS_BETA),
+            Beta::Memory => parts.push(AGENT_MEMORY_BETA),
+            Beta::None => {}
+        }
         parts.join(",")
     }
 }
@@ -425,6 +448,10 @@ pub(crate) struct Request {
     pub body: Body,
     pub helper: Option<Helper>,
     pub send_worker_id: bool,
+    /// The resource beta appended to the configured ones.
+    pub beta: Beta,
+    /// `accept` value (default `application/json`).
+    pub accept: &'static str,
 }
 
 impl Request {
@@ -436,6 +463,8 @@ impl Request {
             body: Body::None,
             helper: None,
             send_worker_id: false,
+            beta: Beta::ManagedAgents,
+            accept: "application/json",
         }
     }
 
@@ -555,6 +584,14 @@ impl Client {
         }
     }
 
+    /// Run `req` and return the raw body of a 2xx (bounded by the configured response cap).
+    pub(crate) async fn bytes(&self, req: &Request, cred: &Credential) -> Result<Bytes, ApiError> {
+        match self.execute(req, cred).await? {
+            Ready::Body { bytes, .. } => Ok(bytes),
+            Ready::Stream(_) => unreachable_stream(req),
+        }
+    }
+
     async fn execute_inner(
         &self,
         req: &Request,
@@ -618,11 +655,11 @@ impl Client {
             "anthropic-version",
             HeaderValue::from_static(ANTHROPIC_VERSION),
         );
-        h.insert("anthropic-beta", static_value(&cfg.beta_header())?);
-        h.insert(
-            http::header::ACCEPT,
-            HeaderValue::from_static("application/json"),
-        );
+        let beta = cfg.beta_header_for(req.beta);
+        if !beta.is_empty() {
+            h.insert("anthropic-beta", static_value(&beta)?);
+        }
+        h.insert(http::header::ACCEPT, HeaderValue::from_static(req.accept));
         if req.method == Method::POST {
             h.insert(
                 http::header::CONTENT_TYPE,

@@ -5,17 +5,19 @@
 //! sandbox, plus custom tools); the host only manages sandboxes.
 
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cma_sandbox::{Sandbox, SandboxBackend, SandboxSpec};
+use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
 use super::select::{BackendSelector, Placement};
 use super::warm::WarmPool;
 use crate::protocol::{Session, SessionId, Work, WorkId};
 use crate::runner::lease::LeaseEnd;
+use crate::runner::memory::memory_mounts;
 use crate::runner::session::{HostError, SessionHost, ToolExecutor};
 
 /// Label keys the host puts on every sandbox it creates.
@@ -46,6 +48,16 @@ pub struct SandboxHostConfig {
     pub max_warm: usize,
     /// Template for new sandboxes (session/environment ids and labels are filled in).
     pub spec: SandboxSpec,
+    /// Host directory under which each new sandbox gets an empty directory per memory store of
+    /// its session whose folder lies outside the sandbox workdir (a `mount_path` such as
+    /// `/mnt/memory/notes`), mounted there read-write ([`cma_sandbox::Mount`]) so the runner can
+    /// download the store into it. For backends that mount host directories (isolate, Docker);
+    /// `None` (default) adds no mounts: the backend must then make those paths writable itself.
+    /// The directories are removed with the sandbox.
+    pub memory_dir: Option<PathBuf>,
+    /// The sandbox workdir assumed when deciding which memory folders need a mount (default
+    /// `/workspace`, the isolate backend's).
+    pub sandbox_workdir: String,
 }
 
 impl Default for SandboxHostConfig {
@@ -54,6 +66,8 @@ impl Default for SandboxHostConfig {
             keep_warm: Duration::from_secs(180),
             max_warm: 1024,
             spec: SandboxSpec::new(),
+            memory_dir: None,
+            sandbox_workdir: "/workspace".to_owned(),
         }
     }
 }
@@ -62,6 +76,8 @@ impl Default for SandboxHostConfig {
 struct Placed {
     backend: String,
     sandbox: Arc<dyn Sandbox>,
+    /// Host directories made for memory mounts, removed with the sandbox.
+    host_dirs: Vec<PathBuf>,
 }
 
 /// A [`SessionHost`] over named sandbox backends.
@@ -140,6 +156,45 @@ impl SandboxHost {
         if let Err(e) = backend.destroy(placed.sandbox.id()).await {
             tracing::warn!(sandbox = placed.sandbox.id().as_str(), error = %e, "destroying a sandbox failed");
         }
+        for dir in &placed.host_dirs {
+            if let Err(e) = tokio::fs::remove_dir_all(dir).await
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a memory mount directory failed");
+            }
+        }
+    }
+
+    /// Host directories and mounts for the session's memory folders outside the workdir.
+    async fn memory_mounts(
+        &self,
+        session: &Session,
+    ) -> Result<(Vec<Mount>, Vec<PathBuf>), HostError> {
+        let Some(base) = &self.config.memory_dir else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let workdir = self.config.sandbox_workdir.trim_end_matches('/');
+        let mounts = memory_mounts(session, workdir).unwrap_or_default();
+        let mut out = Vec::new();
+        let mut dirs = Vec::new();
+        for m in mounts {
+            if m.root == workdir || m.root.starts_with(&format!("{workdir}/")) {
+                continue;
+            }
+            let dir = base.join(format!("mem-{}", uuid::Uuid::new_v4().simple()));
+            if let Err(e) = tokio::fs::create_dir_all(&dir).await {
+                for d in &dirs {
+                    let _ = tokio::fs::remove_dir_all(d).await;
+                }
+                return Err(HostError::with_source(
+                    format!("creating the host directory of memory store {}", m.store_id),
+                    e,
+                ));
+            }
+            out.push(Mount::new(m.root.clone(), dir.clone()));
+            dirs.push(dir);
+        }
+        Ok((out, dirs))
     }
 
     async fn place(&self, work: &Work, session: &Session) -> Result<Placed, HostError> {
@@ -165,16 +220,25 @@ impl SandboxHost {
         spec.labels
             .insert(LABEL_ENVIRONMENT.into(), work.environment_id.to_string());
         spec.labels.insert(LABEL_MANAGED.into(), "true".into());
-        let sandbox = backend.create(&spec).await.map_err(|e| {
-            HostError::with_source(
-                format!("creating a {name} sandbox for session {}", session.id),
-                e,
-            )
-        })?;
+        let (mounts, host_dirs) = self.memory_mounts(session).await?;
+        spec.mounts.extend(mounts);
+        let sandbox = match backend.create(&spec).await {
+            Ok(s) => s,
+            Err(e) => {
+                for d in &host_dirs {
+                    let _ = tokio::fs::remove_dir_all(d).await;
+                }
+                return Err(HostError::with_source(
+                    format!("creating a {name} sandbox for session {}", session.id),
+                    e,
+                ));
+            }
+        };
         tracing::info!(session_id = %session.id, backend = %name, sandbox = sandbox.id().as_str(), "sandbox created");
         Ok(Placed {
             backend: name,
             sandbox,
+            host_dirs,
         })
     }
 }

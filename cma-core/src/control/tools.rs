@@ -19,6 +19,7 @@ use cma_tools::{PostedResult, SessionTools, Tool, ToolContext, ToolRegistry};
 
 use crate::control::host::ExecutorFactory;
 use crate::protocol::{ContentBlock, Session, Work};
+use crate::runner::memory::memory_mounts;
 use crate::runner::session::{HostError, ToolExecutor, ToolOutcome};
 use crate::runner::state::ToolCall;
 
@@ -80,13 +81,19 @@ impl ToolExecutor for ToolsExecutor {
     async fn close(&self) {
         self.tools.close().await;
     }
+
+    fn sandbox(&self) -> Option<Arc<dyn Sandbox>> {
+        Some(self.tools.context.sandbox.clone())
+    }
 }
 
 type Configure = dyn Fn(ToolContext, &Work, &Session) -> ToolContext + Send + Sync;
 
 /// Builds each placed session's executor: the official toolset for the sandbox's capabilities
 /// (`cma_tools::registry_for`), the host's custom tools, and a [`ToolContext`] carrying the
-/// session and work ids and the extra roots of [`ToolsetFactory::with_mounts`].
+/// session and work ids, the extra roots of [`ToolsetFactory::with_mounts`], and the folders of
+/// the session's memory stores (allowed roots; read-only stores also read-only roots, as the
+/// official worker does, PROTOCOL.md §6.1).
 #[derive(Clone, Default)]
 pub struct ToolsetFactory {
     custom: Vec<Arc<dyn Tool>>,
@@ -154,9 +161,17 @@ impl ToolsetFactory {
         session: &Session,
     ) -> SessionTools {
         let registry = Arc::new(self.registry(sandbox.as_ref()));
+        let memory = memory_mounts(session, sandbox.workdir()).unwrap_or_default();
         let mut context = ToolContext::new(sandbox)
             .with_ids(session.id.as_str(), work.id.as_str())
-            .with_mounts(&self.mounts);
+            .with_mounts(&self.mounts)
+            .with_allowed_roots(memory.iter().map(|m| m.root.clone()))
+            .with_read_only_roots(
+                memory
+                    .iter()
+                    .filter(|m| m.read_only)
+                    .map(|m| m.root.clone()),
+            );
         if let Some(configure) = &self.configure {
             context = configure(context, work, session);
         }

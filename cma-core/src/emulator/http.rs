@@ -72,7 +72,7 @@ impl Shared {
     }
 }
 
-type App = Arc<Shared>;
+pub(crate) type App = Arc<Shared>;
 type Res = Result<Response, ApiError>;
 
 /// Build the router.
@@ -102,6 +102,7 @@ pub(crate) fn router(app: App, max_body: usize) -> Router {
             get(events_list).post(events_send),
         )
         .route("/v1/sessions/{sid}/events/stream", get(stream))
+        .merge(super::resources::routes())
         .fallback(|| async { ApiError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(

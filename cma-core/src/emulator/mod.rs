@@ -101,6 +101,7 @@ mod error;
 mod faults;
 mod http;
 mod requests;
+mod resources;
 mod scenario;
 mod state;
 mod webhooks;
@@ -120,6 +121,7 @@ pub use error::EmulatorError;
 pub use faults::{Endpoint, Fault};
 pub use http::{MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT};
 pub use requests::{AuthKind, MAX_LOGGED_BODY_BYTES, MAX_LOGGED_REQUESTS, RequestRecord};
+pub use resources::{MemoryAttachment, SessionAttachments, SkillAttachment};
 pub use scenario::{
     CallKind, MAX_LEASE_TTL_SECONDS, Scenario, ScenarioEnvironment, ScenarioError, ScenarioSession,
     ScenarioWebhook, Script, ScriptEnd, ScriptedCall, ScriptedConfirmation,
@@ -351,8 +353,27 @@ impl Emulator {
                 )
                 .map_err(EmulatorError::Invalid)?;
         }
-        for s in &sc.sessions {
+        for k in &sc.skills {
+            let tar = resources::skill_tar(&k.name, &k.files).map_err(EmulatorError::Invalid)?;
             state
+                .resources
+                .add_skill(&k.id, &k.name, tar)
+                .map_err(EmulatorError::Invalid)?;
+        }
+        for m in &sc.memory_stores {
+            state
+                .resources
+                .ensure_store(&m.id)
+                .map_err(EmulatorError::Invalid)?;
+            for (path, content) in &m.memories {
+                state
+                    .resources
+                    .put(&m.id, path, content)
+                    .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+            }
+        }
+        for s in &sc.sessions {
+            let sid = state
                 .create_session(
                     &s.environment,
                     s.id.clone(),
@@ -362,6 +383,11 @@ impl Emulator {
                     Value::Null,
                 )
                 .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+            let att = SessionAttachments {
+                skills: s.skills.clone(),
+                memory_stores: s.memory_stores.clone(),
+            };
+            state.attach(&sid, &att).map_err(EmulatorError::Invalid)?;
         }
         let listener = tokio::net::TcpListener::bind(config.bind)
             .await
@@ -516,6 +542,121 @@ impl Emulator {
             .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
         self.shared.changed();
         Ok(sid)
+    }
+
+    /// Create a scripted session with skills and memory stores attached (in one step, so no
+    /// worker sees the session without them). Unknown memory stores are created empty.
+    pub fn create_session_with(
+        &self,
+        env: &str,
+        id: Option<&str>,
+        script: Script,
+        attachments: &SessionAttachments,
+    ) -> Result<String, EmulatorError> {
+        for (i, c) in script.calls.iter().enumerate() {
+            scenario::validate_call(c)
+                .map_err(|m| EmulatorError::Invalid(format!("call #{i}: {m}")))?;
+        }
+        let sid = {
+            let mut st = self.shared.lock();
+            for m in &attachments.memory_stores {
+                st.resources
+                    .ensure_store(&m.memory_store_id)
+                    .map_err(EmulatorError::Invalid)?;
+            }
+            let sid = st
+                .create_session(
+                    env,
+                    id.map(str::to_owned),
+                    script,
+                    true,
+                    serde_json::json!({}),
+                    Value::Null,
+                )
+                .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+            st.attach(&sid, attachments)
+                .map_err(EmulatorError::Invalid)?;
+            sid
+        };
+        self.shared.changed();
+        Ok(sid)
+    }
+
+    /// Serve a new version of skill `skill_id` named `name` whose archive is `archive` (tar or
+    /// zip bytes, served verbatim); returns the version id. `latest` resolves to it.
+    pub fn add_skill(
+        &self,
+        skill_id: &str,
+        name: &str,
+        archive: Vec<u8>,
+    ) -> Result<String, EmulatorError> {
+        self.shared
+            .lock()
+            .resources
+            .add_skill(skill_id, name, archive)
+            .map_err(EmulatorError::Invalid)
+    }
+
+    /// Serve a new version of skill `skill_id` whose archive is a tar of `files` (relative path
+    /// → text) wrapped in a `<name>/` directory; returns the version id.
+    pub fn add_skill_files(
+        &self,
+        skill_id: &str,
+        name: &str,
+        files: &std::collections::BTreeMap<String, String>,
+    ) -> Result<String, EmulatorError> {
+        let tar = resources::skill_tar(name, files).map_err(EmulatorError::Invalid)?;
+        self.add_skill(skill_id, name, tar)
+    }
+
+    /// Create an empty memory store (nothing happens when it exists).
+    pub fn add_memory_store(&self, store_id: &str) -> Result<(), EmulatorError> {
+        self.shared
+            .lock()
+            .resources
+            .ensure_store(store_id)
+            .map_err(EmulatorError::Invalid)
+    }
+
+    /// Create or overwrite the memory at `path` of a store (as another writer would), returning
+    /// the memory JSON (full view).
+    pub fn put_memory(
+        &self,
+        store_id: &str,
+        path: &str,
+        content: &str,
+    ) -> Result<Value, EmulatorError> {
+        self.shared
+            .lock()
+            .resources
+            .put(store_id, path, content)
+            .map_err(|e| EmulatorError::Invalid(e.message.clone()))
+    }
+
+    /// Delete the memory at `path` of a store; whether it existed.
+    pub fn delete_memory(&self, store_id: &str, path: &str) -> bool {
+        self.shared.lock().resources.remove_path(store_id, path)
+    }
+
+    /// A store's memories, `path → content`; `None` for an unknown store.
+    pub fn memories(&self, store_id: &str) -> Option<std::collections::BTreeMap<String, String>> {
+        self.shared.lock().resources.contents(store_id)
+    }
+
+    /// Stage a race: right after the next listing of `store_id` is composed, the memory at
+    /// `path` is set to `content` (or deleted when `None`), so the worker acts on a stale
+    /// listing and its precondition fails.
+    pub fn race_memory_after_list(
+        &self,
+        store_id: &str,
+        path: &str,
+        content: Option<&str>,
+    ) -> Result<(), EmulatorError> {
+        self.shared
+            .lock()
+            .resources
+            .stage_race(store_id, path, content)
+            .map_err(|e| EmulatorError::Invalid(e.message.clone()))
     }
 
     /// Queue a work item with arbitrary data (e.g. `{"type":"healthcheck","id":"…"}`).

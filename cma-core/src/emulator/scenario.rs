@@ -40,6 +40,36 @@ pub struct Scenario {
     /// Where to deliver signed webhooks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook: Option<ScenarioWebhook>,
+    /// Skills the emulator serves (each as one version whose archive is a tar of `files`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skills: Vec<ScenarioSkill>,
+    /// Memory stores the emulator serves, with their initial memories.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_stores: Vec<ScenarioMemoryStore>,
+}
+
+/// A skill of a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSkill {
+    /// The skill id.
+    pub id: String,
+    /// The skill's name (the directory it lands in under `skills/`).
+    pub name: String,
+    /// Relative path → text content; packaged as a tar wrapped in `<name>/`.
+    #[serde(default)]
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+/// A memory store of a scenario.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioMemoryStore {
+    /// `memstore_…`.
+    pub id: String,
+    /// Memory path (`/a/b.md`) → content.
+    #[serde(default)]
+    pub memories: std::collections::BTreeMap<String, String>,
 }
 
 /// One environment of a scenario.
@@ -71,6 +101,12 @@ pub struct ScenarioSession {
     /// What the agent does after the last call.
     #[serde(default)]
     pub end: ScriptEnd,
+    /// Skills of the session's agent (`agent.skills[]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skills: Vec<super::resources::SkillAttachment>,
+    /// Memory stores attached to the session (`resources[]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub memory_stores: Vec<super::resources::MemoryAttachment>,
 }
 
 /// Where and how webhooks are delivered.
@@ -304,6 +340,33 @@ impl Scenario {
                 validate_call(c).map_err(|m| {
                     ScenarioError::Invalid(format!("session #{i}, call #{j} ({}): {m}", c.name))
                 })?;
+            }
+        }
+        for (i, k) in self.skills.iter().enumerate() {
+            if k.id.trim().is_empty() || k.name.trim().is_empty() {
+                return bad(format!("skill #{i} has an empty id or name"));
+            }
+        }
+        for st in &self.memory_stores {
+            if st.id.trim().is_empty() {
+                return bad("a memory store has an empty id".into());
+            }
+            for p in st.memories.keys() {
+                super::resources::validate_memory_path(p).map_err(|m| {
+                    ScenarioError::Invalid(format!("memory store {:?}, path {p:?}: {m}", st.id))
+                })?;
+            }
+        }
+        for (i, s) in self.sessions.iter().enumerate() {
+            for m in &s.memory_stores {
+                if let Some(a) = &m.access
+                    && a != "read_write"
+                    && a != "read_only"
+                {
+                    return bad(format!(
+                        "session #{i}: access must be read_write or read_only"
+                    ));
+                }
             }
         }
         for (i, f) in self.faults.iter().enumerate() {

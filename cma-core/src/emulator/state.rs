@@ -169,6 +169,8 @@ pub(crate) struct SessionEntry {
     deleted: bool,
     work_id: Option<String>,
     terminal: Option<Arc<Frame>>,
+    /// `resources[]` (memory stores).
+    resources: Vec<Value>,
 }
 
 /// What a new stream subscriber gets.
@@ -198,6 +200,8 @@ pub(crate) struct State {
     record_bytes: usize,
     record_file: Option<std::io::BufWriter<std::fs::File>>,
     pub(crate) outbox: Option<Outbox>,
+    /// Skills and memory stores.
+    pub(crate) resources: super::resources::Resources,
 }
 
 fn page_cursor(prefix: &str, n: u64) -> String {
@@ -229,6 +233,7 @@ impl State {
             record_bytes: 0,
             record_file: None,
             outbox: None,
+            resources: Default::default(),
         }
     }
 
@@ -1003,6 +1008,7 @@ impl State {
             deleted: false,
             work_id: None,
             terminal: None,
+            resources: Vec::new(),
         };
         self.sessions.insert(id.clone(), entry);
         self.session_order.push(id.clone());
@@ -1044,7 +1050,7 @@ impl State {
             "status": s.status,
             "environment_id": s.env_id,
             "agent": s.agent,
-            "resources": [],
+            "resources": s.resources,
             "metadata": s.metadata,
             "vault_ids": [],
             "title": s.title,
@@ -1052,6 +1058,43 @@ impl State {
             "updated_at": s.updated_at,
             "archived_at": null,
         }))
+    }
+
+    /// A session's `resources[]`.
+    pub(crate) fn session_resources(&self, sid: &str) -> Vec<Value> {
+        self.sessions
+            .get(sid)
+            .map(|s| s.resources.clone())
+            .unwrap_or_default()
+    }
+
+    /// Attach skills and memory stores to a session (unknown stores are created empty).
+    pub(crate) fn attach(
+        &mut self,
+        sid: &str,
+        att: &super::resources::SessionAttachments,
+    ) -> Result<(), String> {
+        for m in &att.memory_stores {
+            self.resources.ensure_store(&m.memory_store_id)?;
+        }
+        let s = self
+            .sessions
+            .get_mut(sid)
+            .ok_or_else(|| format!("session {sid} not found"))?;
+        let skills: Vec<Value> = att
+            .skills
+            .iter()
+            .map(|k| {
+                json!({"type": "custom", "skill_id": k.skill_id,
+                       "version": k.version.clone().unwrap_or_else(|| "latest".into())})
+            })
+            .collect();
+        if let Some(list) = s.agent.get_mut("skills").and_then(Value::as_array_mut) {
+            list.extend(skills);
+        }
+        s.resources
+            .extend(att.memory_stores.iter().map(|m| m.to_resource()));
+        Ok(())
     }
 
     pub(crate) fn session_status(&self, sid: &str) -> Option<SessionStatus> {

@@ -4,5 +4,7 @@
 //! [`state`] holds the pure bookkeeping (which calls to run, hold, drop; the idle rule).
 
 pub mod lease;
+pub mod memory;
 pub mod session;
+pub mod skills;
 pub mod state;

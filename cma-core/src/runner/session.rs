@@ -15,6 +15,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::lease::{LeaseEnd, LeaseHandle, heartbeat_loop};
+use super::memory::{MemoryConfig, MemoryError, SessionMemory, has_memory_stores, memory_mounts};
+use super::skills::{SkillLimits, install_skills, remove_skills};
 use super::state::{Action, CallKind, RunnerState, ToolCall};
 use crate::client::{
     ApiError, Client, Credential, EnvironmentClient, HeartbeatParams, Helper, ListEventsParams,
@@ -78,6 +80,13 @@ pub trait ToolExecutor: Send + Sync {
     /// The session's run for this item is over: release per-session tool state (e.g. kill the
     /// persistent shell). Called once, after the last call.
     async fn close(&self) {}
+
+    /// The sandbox the tools run in, when there is one: the runner writes the session's skills
+    /// and memory stores into it (PROTOCOL.md §5.3). Executors without one get no skills, and
+    /// a session with memory stores fails on them.
+    fn sandbox(&self) -> Option<Arc<dyn cma_sandbox::Sandbox>> {
+        None
+    }
 }
 
 /// Where a session's tools run for one work item: the control plane places the session (chooses a
@@ -187,6 +196,10 @@ pub struct RunnerConfig {
     pub tool_timeout: Duration,
     /// Event-stream reconnect policy.
     pub reconnect: ReconnectPolicy,
+    /// Memory-store download and sync (`memory_sync_interval`, `memory_sync_deletions`).
+    pub memory: MemoryConfig,
+    /// Bounds on each downloaded skill archive.
+    pub skill_limits: SkillLimits,
 }
 
 impl Default for RunnerConfig {
@@ -195,6 +208,8 @@ impl Default for RunnerConfig {
             max_idle: Some(DEFAULT_MAX_IDLE),
             tool_timeout: TOOL_TIMEOUT,
             reconnect: ReconnectPolicy::default(),
+            memory: MemoryConfig::default(),
+            skill_limits: SkillLimits::default(),
         }
     }
 }
@@ -240,6 +255,23 @@ pub enum RunnerError {
         /// The item.
         work_id: String,
     },
+    /// A memory store could not be mounted (bad `mount_path`, something already at the path,
+    /// download failure), so the item is failed rather than run without its memory.
+    #[error("session {session_id}: {source}")]
+    Memory {
+        /// The session.
+        session_id: String,
+        /// The memory error.
+        #[source]
+        source: MemoryError,
+    },
+}
+
+/// What the runner put into a session's sandbox for one item, undone at teardown.
+#[derive(Debug, Default)]
+struct SessionWorkspace {
+    skill_dirs: Vec<String>,
+    memory: Option<SessionMemory>,
 }
 
 /// How an item ended.
@@ -441,7 +473,8 @@ impl SessionRunner {
             tracing::info!(work_id = %work.id, session_id = %session_id, "skipping the work item of a terminated session");
             return Ok((Some(session), 0));
         }
-        if !has_sessions_token && session.resources.iter().any(|r| r.kind == "memory_store") {
+        let memory_enabled = self.config.memory.enabled();
+        if memory_enabled && !has_sessions_token && has_memory_stores(&session) {
             return Err(RunnerError::MemoryWithoutSessionsToken {
                 session_id: session_id.to_string(),
                 work_id: work.id.to_string(),
@@ -452,22 +485,162 @@ impl SessionRunner {
             _ = lease.ended() => return Ok((Some(session), 0)),
             _ = cancel.cancelled() => return Ok((Some(session), 0)),
         };
-        let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
-        let stop = CancellationToken::new();
-        let run = self.run_tools(tools_client, executor, lease.clone(), stop.clone());
-        tokio::pin!(run);
-        let posted = tokio::select! {
-            n = &mut run => n,
-            _ = lease.ended() => { stop.cancel(); run.await }
-            _ = cancel.cancelled() => { stop.cancel(); run.await }
+        // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat keeps
+        // the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
+        let credential = session_client.credential().clone();
+        let sandbox = executor.sandbox();
+        let mut workspace = SessionWorkspace::default();
+        let prepared = tokio::select! {
+            r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
+            _ = lease.ended() => None,
+            _ = cancel.cancelled() => None,
         };
-        let end = lease.status().ended.unwrap_or(if cancel.is_cancelled() {
+        let interrupted = prepared.is_none();
+        if let Some(Err(source)) = prepared {
+            let end = lease.status().ended.unwrap_or(LeaseEnd::RunnerDone);
+            executor.close().await;
+            self.teardown(work, &session, sandbox, workspace, false, host, end)
+                .await;
+            return Err(RunnerError::Memory {
+                session_id: session_id.to_string(),
+                source,
+            });
+        }
+        let memory = workspace
+            .memory
+            .take()
+            .map(|m| Arc::new(tokio::sync::Mutex::new(m)));
+        let posted = if interrupted {
+            executor.close().await;
+            0
+        } else {
+            let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
+            let stop = CancellationToken::new();
+            let run = self.run_tools(
+                tools_client,
+                executor,
+                lease.clone(),
+                stop.clone(),
+                memory.clone(),
+            );
+            tokio::pin!(run);
+            tokio::select! {
+                n = &mut run => n,
+                _ = lease.ended() => { stop.cancel(); run.await }
+                _ = cancel.cancelled() => { stop.cancel(); run.await }
+            }
+        };
+        let ended = lease.status().ended;
+        let clean_end = !interrupted && ended.is_none() && !cancel.is_cancelled();
+        let end = ended.unwrap_or(if cancel.is_cancelled() {
             LeaseEnd::Cancelled
         } else {
             LeaseEnd::RunnerDone
         });
-        host.close(work, &session, &end).await;
+        if let Some(m) = memory {
+            match Arc::try_unwrap(m) {
+                Ok(m) => workspace.memory = Some(m.into_inner()),
+                Err(_) => tracing::error!(
+                    "memory handle still shared at teardown; skipping the final sync"
+                ),
+            }
+        }
+        self.teardown(work, &session, sandbox, workspace, clean_end, host, end)
+            .await;
         Ok((Some(session), posted))
+    }
+
+    /// Download the session's skills and memory stores into its sandbox.
+    async fn prepare_workspace(
+        &self,
+        session: &Session,
+        sandbox: Option<Arc<dyn cma_sandbox::Sandbox>>,
+        credential: &Credential,
+        mount_memory: bool,
+        out: &mut SessionWorkspace,
+    ) -> Result<(), MemoryError> {
+        let Some(sandbox) = sandbox else {
+            if !session.agent.skills.is_empty() {
+                tracing::warn!(session_id = %session.id, "the executor exposes no sandbox; the session's skills are not downloaded");
+            }
+            if mount_memory && has_memory_stores(session) {
+                return Err(MemoryError::NoSandbox);
+            }
+            return Ok(());
+        };
+        if !session.agent.skills.is_empty() {
+            let skills = self
+                .client
+                .skills(credential.clone())
+                .with_helper(Some(Helper::Worker));
+            out.skill_dirs = install_skills(
+                &skills,
+                sandbox.as_ref(),
+                &session.agent.skills,
+                &self.config.skill_limits,
+            )
+            .await;
+        }
+        if mount_memory && has_memory_stores(session) {
+            let mounts = memory_mounts(session, sandbox.workdir())?;
+            out.memory = Some(
+                SessionMemory::download(
+                    sandbox,
+                    &self.client,
+                    credential,
+                    mounts,
+                    self.config.memory,
+                )
+                .await?,
+            );
+        }
+        Ok(())
+    }
+
+    /// The shielded teardown (§5.3): skill directories removed, the final memory sync (clean ends
+    /// only) and the push-only flush, each bounded by the flush timeout, the memory folders
+    /// removed, then the host's close. It runs in its own task so that dropping the caller
+    /// cannot cut it short.
+    #[allow(clippy::too_many_arguments)]
+    async fn teardown(
+        &self,
+        work: &Work,
+        session: &Session,
+        sandbox: Option<Arc<dyn cma_sandbox::Sandbox>>,
+        workspace: SessionWorkspace,
+        clean_end: bool,
+        host: Arc<dyn SessionHost>,
+        end: LeaseEnd,
+    ) {
+        let flush_timeout = self.config.memory.flush_timeout();
+        let work = work.clone();
+        let session = session.clone();
+        let task = tokio::spawn(async move {
+            let SessionWorkspace { skill_dirs, memory } = workspace;
+            if let Some(sandbox) = &sandbox {
+                remove_skills(sandbox.as_ref(), &skill_dirs).await;
+            }
+            if let Some(mut memory) = memory {
+                if clean_end
+                    && tokio::time::timeout(flush_timeout, memory.finish())
+                        .await
+                        .is_err()
+                {
+                    tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "final memory sync cut off; the flush that follows still uploads changed files");
+                }
+                if tokio::time::timeout(flush_timeout, memory.flush_writes())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "memory flush cut off; changed files it had not uploaded yet are not saved");
+                }
+                memory.dispose().await;
+            }
+            host.close(&work, &session, &end).await;
+        });
+        if let Err(e) = task.await {
+            tracing::error!(error = %e, "session teardown task failed");
+        }
     }
 
     /// The session tool runner (§5.4): stream + reconcile, dispatch one call at a time, idle rule.
@@ -477,6 +650,7 @@ impl SessionRunner {
         executor: Arc<dyn ToolExecutor>,
         lease: LeaseHandle,
         stop: CancellationToken,
+        memory: Option<Arc<tokio::sync::Mutex<SessionMemory>>>,
     ) -> u64 {
         let owned = executor.tool_names();
         let state = Arc::new(Mutex::new(RunnerState::new(owned)));
@@ -503,6 +677,7 @@ impl SessionRunner {
             rx,
             stop.clone(),
             self.observer.clone(),
+            memory,
         );
         let idle_task = idle_watchdog(self.config.max_idle, state, changed, stop.clone());
         let (_, posted, _) = tokio::join!(stream_task, dispatch_task, idle_task);
@@ -612,6 +787,7 @@ async fn dispatch_loop(
     mut rx: mpsc::Receiver<(ToolCall, bool)>,
     stop: CancellationToken,
     observer: Option<Arc<dyn RunnerObserver>>,
+    memory: Option<Arc<tokio::sync::Mutex<SessionMemory>>>,
 ) -> u64 {
     let mut posted = 0;
     loop {
@@ -665,6 +841,10 @@ async fn dispatch_loop(
         }
         lock(&state).finished(&call, confirmed, now());
         changed.notify_one();
+        // Memory syncs ride the call cadence (§5.3): checked after each dispatched call.
+        if let Some(m) = &memory {
+            m.lock().await.sync_if_due().await;
+        }
     }
 }
 
