@@ -233,8 +233,15 @@ impl ControlPlaneBuilder {
 
 enum Claim {
     Claimed,
+    /// The ack was rejected (fatal 4xx) and the item force-stopped.
+    Rejected,
     Empty,
     Stopped,
+}
+
+enum ClaimError {
+    Poll(ApiError),
+    Ack(ApiError),
 }
 
 impl ControlPlane {
@@ -318,52 +325,85 @@ impl ControlPlane {
     /// fails permanently (a fatal 4xx, e.g. a wrong environment key).
     pub async fn run(&self) -> Result<(), ControlPlaneError> {
         self.inner.polling.store(true, Ordering::Relaxed);
-        let result = self.poll_loop().await;
+        let result = self
+            .claim_loop(Some(self.inner.config.poll_block_ms), false)
+            .await;
         self.inner.polling.store(false, Ordering::Relaxed);
-        result
+        result.map(|_| ())
     }
 
-    async fn poll_loop(&self) -> Result<(), ControlPlaneError> {
-        let mut failures = 0u32;
+    /// The claim loop of both shapes (PROTOCOL.md §5.2): transient poll failures and transient
+    /// ack failures back off on their own counters (`min(60, 2^k) + U(0,1)`) and claiming goes
+    /// on — in drain mode too, as the SDK's `aiter_work(drain=True)` does, so a brief outage does
+    /// not end a webhook-triggered drain; only a fatal 4xx on poll stops it. An empty poll ends
+    /// a drain, and pauses the long-poll loop for `U(1,3)` s (or until [`ControlPlane::wake`]).
+    async fn claim_loop(
+        &self,
+        block_ms: Option<u32>,
+        drain: bool,
+    ) -> Result<usize, ControlPlaneError> {
+        let mut claimed = 0;
+        let mut poll_failures = 0u32;
+        let mut ack_failures = 0u32;
         loop {
-            match self.claim_one(Some(self.inner.config.poll_block_ms)).await {
-                Ok(Claim::Stopped) => return Ok(()),
-                Ok(Claim::Claimed) => failures = 0,
+            let (pause, wakeable) = match self.claim_one(block_ms).await {
+                Ok(Claim::Stopped) => return Ok(claimed),
+                Ok(Claim::Claimed) => {
+                    poll_failures = 0;
+                    ack_failures = 0;
+                    claimed += 1;
+                    continue;
+                }
+                Ok(Claim::Rejected) => {
+                    poll_failures = 0;
+                    continue;
+                }
                 Ok(Claim::Empty) => {
-                    failures = 0;
-                    let pause = retry::empty_poll_delay(retry::random_unit());
-                    tokio::select! {
-                        _ = self.inner.stop_claiming.cancelled() => return Ok(()),
-                        _ = self.inner.wake.notified() => {}
-                        _ = tokio::time::sleep(pause) => {}
+                    poll_failures = 0;
+                    if drain {
+                        return Ok(claimed);
                     }
+                    (retry::empty_poll_delay(retry::random_unit()), true)
                 }
-                Err(e) if e.is_fatal() => return Err(ControlPlaneError::Poll(e)),
-                Err(e) => {
-                    failures += 1;
-                    let pause = retry::poll_failure_delay(failures, retry::random_unit());
-                    tracing::warn!(error = %e, failures, pause_ms = pause.as_millis() as u64, "poll failed; backing off");
-                    tokio::select! {
-                        _ = self.inner.stop_claiming.cancelled() => return Ok(()),
-                        _ = tokio::time::sleep(pause) => {}
-                    }
+                Err(ClaimError::Poll(e)) if e.is_fatal() => {
+                    return Err(ControlPlaneError::Poll(e));
                 }
+                Err(ClaimError::Poll(e)) => {
+                    poll_failures += 1;
+                    let pause = retry::poll_failure_delay(poll_failures, retry::random_unit());
+                    tracing::warn!(error = %e, failures = poll_failures, pause_ms = pause.as_millis() as u64, "poll failed; backing off");
+                    (pause, false)
+                }
+                Err(ClaimError::Ack(e)) => {
+                    // The item stays pending and is reclaimed by the server.
+                    poll_failures = 0;
+                    ack_failures += 1;
+                    let pause = retry::poll_failure_delay(ack_failures, retry::random_unit());
+                    tracing::warn!(error = %e, failures = ack_failures, pause_ms = pause.as_millis() as u64, "ack failed; the item will be reclaimed; backing off");
+                    (pause, false)
+                }
+            };
+            let woken = async {
+                if wakeable {
+                    self.inner.wake.notified().await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                _ = self.inner.stop_claiming.cancelled() => return Ok(claimed),
+                _ = woken => {}
+                _ = tokio::time::sleep(pause) => {}
             }
         }
     }
 
     /// Claim items until a poll finds the queue empty (non-blocking polls); returns how many were
-    /// claimed. Each item runs on its own task; this returns once claiming stops, not when the
-    /// items finish (see [`ControlPlane::wait_idle`]).
+    /// claimed. Transient poll and ack failures are retried with backoff; only a fatal 4xx on
+    /// poll ends it with an error. Each item runs on its own task; this returns once claiming
+    /// stops, not when the items finish (see [`ControlPlane::wait_idle`]).
     pub async fn drain(&self) -> Result<usize, ControlPlaneError> {
-        let mut claimed = 0;
-        loop {
-            match self.claim_one(None).await {
-                Ok(Claim::Claimed) => claimed += 1,
-                Ok(Claim::Empty | Claim::Stopped) => return Ok(claimed),
-                Err(e) => return Err(ControlPlaneError::Poll(e)),
-            }
-        }
+        self.claim_loop(None, true).await
     }
 
     /// Wait until no item is running.
@@ -391,7 +431,7 @@ impl ControlPlane {
     }
 
     /// One permit → poll → ack → spawn cycle.
-    async fn claim_one(&self, block_ms: Option<u32>) -> Result<Claim, ApiError> {
+    async fn claim_one(&self, block_ms: Option<u32>) -> Result<Claim, ClaimError> {
         let inner = &self.inner;
         let permit: OwnedSemaphorePermit = tokio::select! {
             _ = inner.stop_claiming.cancelled() => return Ok(Claim::Stopped),
@@ -406,7 +446,7 @@ impl ControlPlane {
         };
         let polled = tokio::select! {
             _ = inner.stop_claiming.cancelled() => return Ok(Claim::Stopped),
-            r = inner.queue.poll(&params) => r?,
+            r = inner.queue.poll(&params) => r.map_err(ClaimError::Poll)?,
         };
         let Some(work) = polled else {
             return Ok(Claim::Empty);
@@ -422,12 +462,11 @@ impl ControlPlane {
                         tracing::error!(work_id = %work.id, error = %e, "force-stop after a rejected ack failed")
                     }
                 }
-                return Ok(Claim::Claimed);
+                return Ok(Claim::Rejected);
             }
             Err(e) => {
-                // The item stays pending and is reclaimed by the server; poll again after a pause.
-                tracing::warn!(work_id = %work.id, error = %e, "ack failed; the item will be reclaimed");
-                return Err(e);
+                tracing::warn!(work_id = %work.id, error = %e, "ack failed");
+                return Err(ClaimError::Ack(e));
             }
         }
         inner.counters.claimed.fetch_add(1, Ordering::Relaxed);

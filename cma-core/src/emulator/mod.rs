@@ -733,6 +733,28 @@ impl Emulator {
         Ok(stored)
     }
 
+    /// Append events to a session as the server side would emit them (e.g. an `agent.tool_use`
+    /// with a `session_thread_id`, or `session.thread_status_terminated`): each gets an `id` (kept
+    /// when given as a string) and `processed_at`, is stored, broadcast on open streams and listed
+    /// in the history. The scripted agent does not react to them. Returns them as stored.
+    pub fn emit_events(&self, sid: &str, events: Vec<Value>) -> Result<Vec<Value>, EmulatorError> {
+        if !events
+            .iter()
+            .all(|e| e.get("type").is_some_and(Value::is_string))
+        {
+            return Err(EmulatorError::Invalid(
+                "every event must be an object with a string type".into(),
+            ));
+        }
+        let stored = self
+            .shared
+            .lock()
+            .emit_events(sid, events)
+            .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+        self.shared.changed();
+        Ok(stored)
+    }
+
     /// Terminate a session from the server side (`session.status_terminated` on its streams).
     pub fn terminate_session(&self, sid: &str) -> Result<(), EmulatorError> {
         self.shared

@@ -1337,6 +1337,18 @@ impl State {
         stored
     }
 
+    /// Append server-side events (as the agent or the service would emit them) to a live
+    /// session: stored, broadcast and listed like the scripted agent's own; the script does not
+    /// react to them.
+    pub(crate) fn emit_events(
+        &mut self,
+        sid: &str,
+        events: Vec<Value>,
+    ) -> Result<Vec<Value>, ApiError> {
+        self.live_session(sid)?;
+        Ok(events.into_iter().map(|ev| self.append(sid, ev)).collect())
+    }
+
     /// A message to a session whose work item is over queues a new one.
     fn requeue_if_dormant(&mut self, sid: &str) {
         let Some(s) = self.sessions.get(sid) else {

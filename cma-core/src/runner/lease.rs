@@ -71,6 +71,8 @@ pub struct LeaseStatus {
     pub ended: Option<LeaseEnd>,
     /// Heartbeats that succeeded so far.
     pub beats: u64,
+    /// The TTL the server last reported (`None` until a heartbeat reports one).
+    pub reported_ttl: Option<Duration>,
 }
 
 /// Handle to a running lease: watch it, or end it.
@@ -87,6 +89,7 @@ impl LeaseHandle {
             ttl: ASSUMED_TTL,
             ended: None,
             beats: 0,
+            reported_ttl: None,
         });
         Self { rx, tx }
     }
@@ -96,9 +99,18 @@ impl LeaseHandle {
         self.rx.borrow().clone()
     }
 
-    /// The current TTL (the retry window for result sends).
+    /// The current TTL (the assumed one until a heartbeat reports one).
     pub fn ttl(&self) -> Duration {
         self.rx.borrow().ttl
+    }
+
+    /// The retry window for result sends (§1.6): the TTL the server last reported, else
+    /// [`retry::SEND_RETRY_WINDOW`] (300 s) — not the 90 s the heartbeat loop assumes.
+    pub fn send_retry_window(&self) -> Duration {
+        self.rx
+            .borrow()
+            .reported_ttl
+            .unwrap_or(retry::SEND_RETRY_WINDOW)
     }
 
     /// End the lease with `reason` unless it already ended; returns the reason that stands.
@@ -129,6 +141,7 @@ impl LeaseHandle {
             s.beats += 1;
             if let Some(ttl) = ttl {
                 s.ttl = ttl;
+                s.reported_ttl = Some(ttl);
             }
         });
     }
@@ -279,6 +292,18 @@ mod tests {
         // TTL 4 s ⇒ a beat every 2 s.
         assert_eq!(seen[2].1 - seen[1].1, Duration::from_secs(2));
         assert_eq!(lease.ttl(), Duration::from_secs(4));
+        assert_eq!(lease.send_retry_window(), Duration::from_secs(4));
+    }
+
+    #[test]
+    fn the_send_window_is_300_s_until_a_ttl_is_reported() {
+        let lease = LeaseHandle::new();
+        assert_eq!(lease.ttl(), ASSUMED_TTL);
+        assert_eq!(lease.send_retry_window(), retry::SEND_RETRY_WINDOW);
+        lease.record_success(None);
+        assert_eq!(lease.send_retry_window(), retry::SEND_RETRY_WINDOW);
+        lease.record_success(Some(Duration::from_secs(60)));
+        assert_eq!(lease.send_retry_window(), Duration::from_secs(60));
     }
 
     #[tokio::test(start_paused = true)]

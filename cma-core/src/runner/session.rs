@@ -879,7 +879,7 @@ async fn send_result(
                 return false;
             }
             Err(e) => {
-                let window = lease.ttl();
+                let window = lease.send_retry_window();
                 let remaining = window.saturating_sub(start.elapsed());
                 if remaining.is_zero() {
                     tracing::error!(tool_use_id = %call.id(), attempts = attempt, error = %e, "failed to send tool result");
