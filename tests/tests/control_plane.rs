@@ -177,13 +177,13 @@ async fn a_signed_webhook_triggers_a_drain_and_duplicates_are_ignored() {
     let secret = WebhookSecret::from_bytes(vec![7; 32]).unwrap();
     let (p, mut done) = plane(&h, h.host(), 2, runner_config());
     let idle = signed_event(&secret, "wevt_0", "session.status_idled", "sesn_x");
-    assert_eq!(p.on_webhook(&idle), WebhookAction::Ignored);
+    assert_eq!(p.on_webhook(&idle).await, WebhookAction::Ignored);
     assert_eq!(polls(&h.emu), 0);
 
     let sid = h.session(vec![write("w.txt", "w")], ScriptEnd::Terminate);
     let ev = signed_event(&secret, "wevt_1", "session.status_run_started", &sid);
-    assert_eq!(p.on_webhook(&ev), WebhookAction::Drain);
-    assert_eq!(p.on_webhook(&ev), WebhookAction::Duplicate);
+    assert_eq!(p.on_webhook(&ev).await, WebhookAction::Drain);
+    assert_eq!(p.on_webhook(&ev).await, WebhookAction::Duplicate);
     let d = next(&mut done).await;
     let outcome = d.result.unwrap();
     assert_eq!(outcome.results_posted, 1);

@@ -3,6 +3,11 @@
 //!
 //! What runs inside the sandbox is decided by an [`ExecutorFactory`] (the agent toolset over the
 //! sandbox, plus custom tools); the host only manages sandboxes.
+//!
+//! With a state store (feature `store`, `SandboxHost::state_store`) the host records every
+//! sandbox it creates or destroys and every session transition (placed, running, idle with the
+//! sandbox kept warm, sleeping once the sandbox is destroyed), and `SandboxHost::recover` picks
+//! up after a restart.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -13,6 +18,7 @@ use async_trait::async_trait;
 use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
+use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement};
 use super::warm::WarmPool;
 use crate::protocol::{Session, SessionId, Work, WorkId};
@@ -78,6 +84,24 @@ struct Placed {
     sandbox: Arc<dyn Sandbox>,
     /// Host directories made for memory mounts, removed with the sandbox.
     host_dirs: Vec<PathBuf>,
+    session_id: SessionId,
+}
+
+/// What [`SandboxHost::recover`] did.
+#[cfg(feature = "store")]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RecoveryReport {
+    /// Sandboxes found alive and kept warm for their session's next work item.
+    pub readopted: usize,
+    /// Sandboxes destroyed because no live session points at them any more.
+    pub destroyed: usize,
+    /// Recorded sandboxes that no longer existed in their backend (now forgotten).
+    pub missing: usize,
+    /// Sessions recorded as placed or running whose work item ended with the previous process.
+    pub interrupted: usize,
+    /// Sandboxes whose backend failed to resume or destroy them (kept, tried again next time).
+    pub failed: usize,
 }
 
 /// A [`SessionHost`] over named sandbox backends.
@@ -88,6 +112,7 @@ pub struct SandboxHost {
     config: SandboxHostConfig,
     warm: Mutex<WarmPool<SessionId, Placed>>,
     open: Mutex<HashMap<WorkId, Placed>>,
+    state: StateRecorder,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -123,7 +148,15 @@ impl SandboxHost {
             config,
             warm,
             open: Mutex::new(HashMap::new()),
+            state: StateRecorder::default(),
         }
+    }
+
+    /// Record sandboxes and session transitions in `store` (see [`SandboxHost::recover`]).
+    #[cfg(feature = "store")]
+    pub fn state_store(mut self, store: Arc<dyn cma_store::state::StateStore>) -> Self {
+        self.state.store = Some(store);
+        self
     }
 
     /// Number of warm sandboxes.
@@ -153,9 +186,14 @@ impl SandboxHost {
         let Some(backend) = self.backends.get(&placed.backend) else {
             return;
         };
-        if let Err(e) = backend.destroy(placed.sandbox.id()).await {
-            tracing::warn!(sandbox = placed.sandbox.id().as_str(), error = %e, "destroying a sandbox failed");
-        }
+        let id = placed.sandbox.id().as_str();
+        let destroyed = match backend.destroy(placed.sandbox.id()).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(sandbox = id, error = %e, "destroying a sandbox failed");
+                e.kind() == cma_sandbox::SandboxErrorKind::NotFound
+            }
+        };
         for dir in &placed.host_dirs {
             if let Err(e) = tokio::fs::remove_dir_all(dir).await
                 && e.kind() != std::io::ErrorKind::NotFound
@@ -163,6 +201,191 @@ impl SandboxHost {
                 tracing::warn!(dir = %dir.display(), error = %e, "removing a memory mount directory failed");
             }
         }
+        if !destroyed {
+            // Still recorded: `recover` tries again on the next start.
+            return;
+        }
+        self.state.sandbox_gone(&placed.backend, id).await;
+        self.state
+            .session(SessionChange {
+                session_id: placed.session_id.as_str(),
+                backend: &placed.backend,
+                sandbox_id: None,
+                work_id: None,
+                status: Status::Sleeping,
+                event: events::SANDBOX_DESTROYED,
+                detail: id,
+            })
+            .await;
+    }
+
+    async fn record_kept_warm(&self, placed: &Placed, detail: &str) {
+        self.state
+            .session(SessionChange {
+                session_id: placed.session_id.as_str(),
+                backend: &placed.backend,
+                sandbox_id: Some(placed.sandbox.id().as_str()),
+                work_id: None,
+                status: Status::Idle,
+                event: events::SANDBOX_KEPT_WARM,
+                detail,
+            })
+            .await;
+    }
+
+    /// Pick up after a restart from the state store (a no-op without one). Call it once, before the
+    /// control plane starts claiming work.
+    ///
+    /// Sessions recorded as placed or running lost their work item with the previous process and
+    /// are marked sleeping. Each recorded sandbox whose session still points at it (and is not
+    /// terminated) is resumed and kept warm for the session's next item, as if its item had just
+    /// ended; every other recorded sandbox is destroyed. Sandboxes that no longer exist are
+    /// forgotten. Sandboxes the store does not know are left alone (another plane may own them).
+    /// At most [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandboxes per backend are handled
+    /// per call.
+    #[cfg(feature = "store")]
+    pub async fn recover(&self) -> Result<RecoveryReport, HostError> {
+        use cma_sandbox::{SandboxErrorKind, SandboxId};
+        use cma_store::state::{MAX_PAGE_LEN, SessionQuery, SessionStatus};
+
+        let mut report = RecoveryReport::default();
+        let Some(store) = self.state.store.clone() else {
+            return Ok(report);
+        };
+        let failed = |what: &'static str| {
+            move |e: cma_store::state::StateError| {
+                HostError::with_source(format!("recovering from the state store: {what}"), e)
+            }
+        };
+
+        for status in [SessionStatus::Placed, SessionStatus::Running] {
+            let mut after = None;
+            loop {
+                let page = store
+                    .list_sessions(&SessionQuery {
+                        status: Some(status),
+                        after: after.take(),
+                        limit: MAX_PAGE_LEN,
+                    })
+                    .await
+                    .map_err(failed("listing sessions"))?;
+                let Some(last) = page.last() else { break };
+                after = Some(last.session_id.clone());
+                for session in &page {
+                    self.state
+                        .session(SessionChange {
+                            session_id: &session.session_id,
+                            backend: &session.backend,
+                            sandbox_id: None,
+                            work_id: None,
+                            status: Status::Sleeping,
+                            event: events::INTERRUPTED,
+                            detail: status.as_str(),
+                        })
+                        .await;
+                    report.interrupted += 1;
+                }
+            }
+        }
+
+        let mut names: Vec<&String> = self.backends.keys().collect();
+        names.sort();
+        for name in names {
+            let backend = &self.backends[name];
+            let records = store
+                .list_sandboxes(Some(name))
+                .await
+                .map_err(failed("listing sandboxes"))?;
+            for record in records {
+                let session = match &record.session_id {
+                    Some(id) => store
+                        .get_session(id)
+                        .await
+                        .map_err(failed("reading a session"))?,
+                    None => None,
+                };
+                let wanted = session.as_ref().filter(|s| {
+                    s.status != SessionStatus::Terminated
+                        && s.backend == record.backend
+                        && s.sandbox_id.as_deref() == Some(record.sandbox_id.as_str())
+                });
+                let Ok(id) = SandboxId::parse(record.sandbox_id.as_str()) else {
+                    self.state.sandbox_gone(name, &record.sandbox_id).await;
+                    report.missing += 1;
+                    continue;
+                };
+                match wanted {
+                    Some(session) => match backend.resume(&id).await {
+                        Ok(sandbox) => {
+                            let placed = Placed {
+                                backend: name.clone(),
+                                sandbox,
+                                // Memory mount directories of the previous process are not
+                                // recorded; the restored session gets fresh ones on its next item.
+                                host_dirs: Vec::new(),
+                                session_id: SessionId::from(session.session_id.clone()),
+                            };
+                            self.state
+                                .session(SessionChange {
+                                    session_id: &session.session_id,
+                                    backend: name,
+                                    sandbox_id: Some(id.as_str()),
+                                    work_id: None,
+                                    status: Status::Idle,
+                                    event: events::SANDBOX_READOPTED,
+                                    detail: id.as_str(),
+                                })
+                                .await;
+                            let evicted = lock(&self.warm).put(
+                                placed.session_id.clone(),
+                                placed,
+                                Instant::now().into_std(),
+                                self.config.keep_warm,
+                            );
+                            for p in evicted {
+                                self.dispose(p).await;
+                            }
+                            report.readopted += 1;
+                        }
+                        Err(e) if e.kind() == SandboxErrorKind::NotFound => {
+                            self.state.sandbox_gone(name, id.as_str()).await;
+                            self.state
+                                .session(SessionChange {
+                                    session_id: &session.session_id,
+                                    backend: name,
+                                    sandbox_id: None,
+                                    work_id: None,
+                                    status: Status::Sleeping,
+                                    event: events::SANDBOX_MISSING,
+                                    detail: id.as_str(),
+                                })
+                                .await;
+                            report.missing += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(backend = %name, sandbox = id.as_str(), error = %e, "resuming a recorded sandbox failed; trying again on the next start");
+                            report.failed += 1;
+                        }
+                    },
+                    None => match backend.destroy(&id).await {
+                        Ok(()) => {
+                            self.state.sandbox_gone(name, id.as_str()).await;
+                            report.destroyed += 1;
+                        }
+                        Err(e) if e.kind() == SandboxErrorKind::NotFound => {
+                            self.state.sandbox_gone(name, id.as_str()).await;
+                            report.missing += 1;
+                        }
+                        Err(e) => {
+                            tracing::warn!(backend = %name, sandbox = id.as_str(), error = %e, "destroying a recorded sandbox failed; trying again on the next start");
+                            report.failed += 1;
+                        }
+                    },
+                }
+            }
+        }
+        tracing::info!(?report, "recovered from the state store");
+        Ok(report)
     }
 
     /// Host directories and mounts for the session's memory folders outside the workdir.
@@ -207,6 +430,17 @@ impl SandboxHost {
         if let Some(placed) = warm {
             if placed.backend == name {
                 tracing::debug!(session_id = %session.id, sandbox = placed.sandbox.id().as_str(), "reusing the session's warm sandbox");
+                self.state
+                    .session(SessionChange {
+                        session_id: session.id.as_str(),
+                        backend: &name,
+                        sandbox_id: Some(placed.sandbox.id().as_str()),
+                        work_id: Some(work.id.as_str()),
+                        status: Status::Placed,
+                        event: events::SANDBOX_REUSED,
+                        detail: placed.sandbox.id().as_str(),
+                    })
+                    .await;
                 return Ok(placed);
             }
             // The rule now picks another backend: retire the old sandbox.
@@ -235,10 +469,25 @@ impl SandboxHost {
             }
         };
         tracing::info!(session_id = %session.id, backend = %name, sandbox = sandbox.id().as_str(), "sandbox created");
+        self.state
+            .sandbox_exists(&name, sandbox.id().as_str(), Some(session.id.as_str()))
+            .await;
+        self.state
+            .session(SessionChange {
+                session_id: session.id.as_str(),
+                backend: &name,
+                sandbox_id: Some(sandbox.id().as_str()),
+                work_id: Some(work.id.as_str()),
+                status: Status::Placed,
+                event: events::SANDBOX_CREATED,
+                detail: sandbox.id().as_str(),
+            })
+            .await;
         Ok(Placed {
             backend: name,
             sandbox,
             host_dirs,
+            session_id: session.id.clone(),
         })
     }
 }
@@ -260,6 +509,8 @@ impl SessionHost for SandboxHost {
             Ok(e) => e,
             Err(e) => {
                 // Keep the sandbox for a retry of the session rather than losing its files.
+                self.record_kept_warm(&placed, "the tool executor could not be built")
+                    .await;
                 let evicted = lock(&self.warm).put(
                     session.id.clone(),
                     placed,
@@ -272,6 +523,17 @@ impl SessionHost for SandboxHost {
                 return Err(e);
             }
         };
+        self.state
+            .session(SessionChange {
+                session_id: session.id.as_str(),
+                backend: &placed.backend,
+                sandbox_id: Some(placed.sandbox.id().as_str()),
+                work_id: Some(work.id.as_str()),
+                status: Status::Running,
+                event: "running",
+                detail: work.id.as_str(),
+            })
+            .await;
         lock(&self.open).insert(work.id.clone(), placed);
         Ok(executor)
     }
@@ -281,6 +543,7 @@ impl SessionHost for SandboxHost {
             return;
         };
         tracing::debug!(session_id = %session.id, reason = ?end, "keeping the sandbox warm");
+        self.record_kept_warm(&placed, &format!("{end:?}")).await;
         let evicted = lock(&self.warm).put(
             session.id.clone(),
             placed,

@@ -104,6 +104,10 @@ struct Inner {
     on_item: Option<ReportHook>,
     polling: std::sync::atomic::AtomicBool,
     seen_webhooks: std::sync::Mutex<RecentIds>,
+    #[cfg(feature = "store")]
+    state: Option<Arc<dyn cma_store::state::StateStore>>,
+    #[cfg(feature = "store")]
+    webhooks_recorded: AtomicU64,
 }
 
 /// Bounded memory of recently seen webhook ids (duplicate deliveries are ignored).
@@ -113,8 +117,15 @@ struct RecentIds {
     set: std::collections::HashSet<String>,
 }
 
-/// How many webhook ids are remembered for de-duplication.
+/// How many webhook ids are remembered in memory for de-duplication.
 pub const WEBHOOK_DEDUP_WINDOW: usize = 4096;
+
+/// How long a state store (feature `store`) remembers a webhook id; older ids are pruned.
+pub const WEBHOOK_DEDUP_TTL: Duration = Duration::from_secs(72 * 60 * 60);
+
+/// Prune the state store's webhook ids once per this many recorded ids.
+#[cfg(feature = "store")]
+const WEBHOOK_PRUNE_EVERY: u64 = 256;
 
 impl RecentIds {
     /// Remember `id`; false if it was already seen.
@@ -169,9 +180,19 @@ pub struct ControlPlaneBuilder {
     config: ControlPlaneConfig,
     observer: Option<Arc<dyn RunnerObserver>>,
     on_item: Option<ReportHook>,
+    #[cfg(feature = "store")]
+    state: Option<Arc<dyn cma_store::state::StateStore>>,
 }
 
 impl ControlPlaneBuilder {
+    /// Remember handled webhook ids in `store`, so duplicate deliveries are ignored across
+    /// restarts and replicas (ids older than [`WEBHOOK_DEDUP_TTL`] are pruned).
+    #[cfg(feature = "store")]
+    pub fn state_store(mut self, store: Arc<dyn cma_store::state::StateStore>) -> Self {
+        self.state = Some(store);
+        self
+    }
+
     /// Replace the settings.
     pub fn config(mut self, config: ControlPlaneConfig) -> Self {
         self.config = config;
@@ -226,6 +247,10 @@ impl ControlPlaneBuilder {
                 on_item: self.on_item,
                 polling: std::sync::atomic::AtomicBool::new(false),
                 seen_webhooks: std::sync::Mutex::new(RecentIds::default()),
+                #[cfg(feature = "store")]
+                state: self.state,
+                #[cfg(feature = "store")]
+                webhooks_recorded: AtomicU64::new(0),
             }),
         })
     }
@@ -261,6 +286,8 @@ impl ControlPlane {
             config: ControlPlaneConfig::default(),
             observer: None,
             on_item: None,
+            #[cfg(feature = "store")]
+            state: None,
         }
     }
 
@@ -285,8 +312,9 @@ impl ControlPlane {
     /// React to a verified webhook (PROTOCOL.md §7.3). Webhooks carry no work id; a session event
     /// that means work may be queued wakes the poll loop (when [`ControlPlane::run`] is running) or
     /// starts a [`ControlPlane::drain`] on a background task. Duplicate deliveries (same event id)
-    /// are ignored.
-    pub fn on_webhook(&self, event: &WebhookEvent) -> WebhookAction {
+    /// are ignored: the recent ids are kept in memory and, with a state store
+    /// (`ControlPlaneBuilder::state_store`, feature `store`), across restarts too.
+    pub async fn on_webhook(&self, event: &WebhookEvent) -> WebhookAction {
         let fresh = self
             .inner
             .seen_webhooks
@@ -294,6 +322,10 @@ impl ControlPlane {
             .unwrap_or_else(|p| p.into_inner())
             .insert(&event.id);
         if !fresh {
+            return WebhookAction::Duplicate;
+        }
+        #[cfg(feature = "store")]
+        if !self.record_webhook(&event.id).await {
             return WebhookAction::Duplicate;
         }
         use WebhookEventType as T;
@@ -319,6 +351,31 @@ impl ControlPlane {
             });
         }
         WebhookAction::Drain
+    }
+
+    /// Record a webhook id in the state store; `false` if it was recorded before. A store failure
+    /// counts as new: an extra drain is harmless, a missed one is not.
+    #[cfg(feature = "store")]
+    async fn record_webhook(&self, id: &str) -> bool {
+        let Some(store) = &self.inner.state else {
+            return true;
+        };
+        let now = chrono::Utc::now();
+        let fresh = match store.record_webhook(id, now).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                tracing::warn!(webhook_id = id, error = %e, "recording a webhook id failed");
+                return true;
+            }
+        };
+        let n = self.inner.webhooks_recorded.fetch_add(1, Ordering::Relaxed);
+        if n.is_multiple_of(WEBHOOK_PRUNE_EVERY)
+            && let Ok(ttl) = chrono::Duration::from_std(WEBHOOK_DEDUP_TTL)
+            && let Err(e) = store.prune_webhooks(now - ttl).await
+        {
+            tracing::warn!(error = %e, "pruning old webhook ids failed");
+        }
+        fresh
     }
 
     /// Long-poll and run items until [`ControlPlane::shutdown`]. Returns an error only when polling

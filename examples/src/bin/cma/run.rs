@@ -284,9 +284,12 @@ async fn webhook_server(
         .route(
             "/webhooks",
             post(move |Extension(event): Extension<WebhookEvent>| {
-                let action = plane.on_webhook(&event);
-                tracing::debug!(webhook_id = %event.id, ?action, "webhook");
-                async { "ok" }
+                let plane = plane.clone();
+                async move {
+                    let action = plane.on_webhook(&event).await;
+                    tracing::debug!(webhook_id = %event.id, ?action, "webhook");
+                    "ok"
+                }
             }),
         )
         .layer(VerifyLayer::new(Verifier::new(secret)));
