@@ -63,6 +63,24 @@
 //!   `event: ping` keep-alives, an opening `: stream opened` comment so headers go out at once; it
 //!   ends after `session.status_terminated`/`session.deleted`. Connecting to a terminated session
 //!   replays its terminal event and closes.
+//! * **Skills** (PROTOCOL.md §4): `GET /v1/skills/{id}/versions/{version}` (`latest` resolves to
+//!   the newest version) and `…/versions/{version_id}/content` (the archive bytes as added: zip,
+//!   tar or tar.gz); any valid credential, no beta required. Add them with
+//!   [`Emulator::add_skill`] / [`Emulator::add_skill_files`] or the scenario's `skills`.
+//! * **Memory stores** (beta `agent-memory-2026-07-22` or `managed-agents-2026-04-01`):
+//!   `…/memory_stores/{id}/memories` list (`view=basic|full`, `limit` 1–100 and at most 20 with
+//!   `full`, `page`, `path_prefix`, `depth` rollups into `memory_prefix` items; ordered by path),
+//!   retrieve (`view`, default `full`), create `{path, content}`, update `{content?, path?,
+//!   precondition?}`, delete `?expected_content_sha256=`. A failed `content_sha256` precondition
+//!   is a 409 `memory_precondition_failed_error`, a create or rename onto a taken path a 409
+//!   `memory_path_conflict_error`, both with `x-should-retry: false`. Paths follow the SDK's rules
+//!   (leading `/`, 1–20 non-empty segments, no `.`/`..`, ≤ 1024 bytes); content ≤ 100 kB (413).
+//!   The API key reaches every store; a sessions token only its session's stores (403 otherwise),
+//!   read-only attachments refuse writes (403); the environment key is refused (401). Inspect and
+//!   change stores with [`Emulator::memories`], [`Emulator::put_memory`],
+//!   [`Emulator::delete_memory`]; [`Emulator::race_memory_after_list`] stages a concurrent write
+//!   that lands right after the next listing. Sessions get skills and stores with
+//!   [`Emulator::create_session_with`] or the scenario session's `skills` / `memory_stores`.
 //! * **Request log**: every request is logged on arrival ([`Emulator::requests`]: method, path,
 //!   query, credential kind, `x-stainless-helper`, `Anthropic-Worker-ID`, the body of `stop`
 //!   calls, and the status once answered), the newest [`MAX_LOGGED_REQUESTS`] kept.

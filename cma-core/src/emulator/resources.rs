@@ -2,8 +2,7 @@
 //! the HTTP handlers of `/v1/skills/…` and `/v1/memory_stores/…/memories`.
 //!
 //! * Skills: `GET /v1/skills/{skill_id}/versions/{version}` (`latest` resolves to the newest
-//!   version) and `…/{version_id}/content` (the archive bytes, served as
-//!   `application/x-tar`). Any valid credential is accepted; no beta is required.
+//!   version) and `…/{version_id}/content` (the archive bytes as added: zip, tar or tar.gz). Any valid credential is accepted; no beta is required.
 //! * Memory stores (beta `agent-memory-2026-07-22` or `managed-agents-2026-04-01`): list
 //!   (`view=basic|full`, `limit` 1–100, at most 20 with `full`, `page`, `path_prefix`, `depth`
 //!   rollups into `memory_prefix` items; ordered by path), retrieve (`view`, default `full`),
@@ -575,8 +574,13 @@ async fn skill_content(
             .archive
             .clone()
     };
+    let kind = if archive.starts_with(b"PK") {
+        "application/zip"
+    } else {
+        "application/x-tar"
+    };
     Ok((
-        [(axum::http::header::CONTENT_TYPE, "application/x-tar")],
+        [(axum::http::header::CONTENT_TYPE, kind)],
         Body::from(archive),
     )
         .into_response())

@@ -5,8 +5,8 @@
 //! untrusted: an entry with an absolute path or a `..` component fails the skill; symlinks, hard
 //! links, devices and FIFOs are skipped; the number of entries and the bytes per file and per
 //! skill are bounded. A single top-level directory shared by every entry (the usual `<skill>/…`
-//! wrapper) is stripped. Archives are tar (optionally not compressed); zip archives are refused
-//! with a typed error (no zip reader is linked yet).
+//! wrapper) is stripped. Archives are zip (stored or deflated, CRC-checked), tar, or
+//! gzip-compressed tar.
 
 use std::io::Read;
 
@@ -144,75 +144,259 @@ fn strip_top(path: &str, top: Option<&str>) -> String {
     }
 }
 
-/// Extract a skill archive in memory, applying the path rules and `limits`.
-pub fn extract_archive(bytes: &[u8], limits: &SkillLimits) -> Result<ExtractedSkill, SkillError> {
-    if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
-        return Err(SkillError::Archive(
-            "zip archives are not supported yet (tar only)".into(),
-        ));
+/// One member of an archive before the path rules are applied.
+enum Member {
+    Dir(String),
+    File(String, Bytes),
+    /// Symlink, hard link, device, FIFO, socket: only its name is screened.
+    Special(String),
+}
+
+fn too_many(limits: &SkillLimits) -> SkillError {
+    SkillError::Archive(format!("more than {} entries", limits.max_entries))
+}
+
+fn check_file_size(
+    name: &str,
+    size: u64,
+    total: &mut u64,
+    limits: &SkillLimits,
+) -> Result<(), SkillError> {
+    if size > limits.max_file_bytes {
+        return Err(SkillError::Archive(format!(
+            "member {name:?} is {size} bytes, above the {} byte limit",
+            limits.max_file_bytes
+        )));
     }
-    if bytes.starts_with(&[0x1f, 0x8b]) {
-        return Err(SkillError::Archive(
-            "compressed (gzip) tar archives are not supported yet".into(),
-        ));
+    *total += size;
+    if *total > limits.max_total_bytes {
+        return Err(SkillError::Archive(format!(
+            "archive holds more than {} bytes",
+            limits.max_total_bytes
+        )));
     }
+    Ok(())
+}
+
+fn tar_members(bytes: &[u8], limits: &SkillLimits) -> Result<Vec<Member>, SkillError> {
     let bad = |e: std::io::Error| SkillError::Archive(format!("malformed tar archive: {e}"));
     let mut archive = tar::Archive::new(bytes);
-    // (name, is_dir, data) of the plain members; every name is screened first.
-    let mut plain: Vec<(String, bool, Bytes)> = Vec::new();
+    let mut out = Vec::new();
     let mut total: u64 = 0;
-    let mut entries = 0usize;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
-        entries += 1;
-        if entries > limits.max_entries {
-            return Err(SkillError::Archive(format!(
-                "more than {} entries",
-                limits.max_entries
-            )));
+        if out.len() >= limits.max_entries {
+            return Err(too_many(limits));
         }
-        let raw = entry.path_bytes();
-        let name = String::from_utf8_lossy(&raw).into_owned();
-        let safe = safe_member_name(&name)?;
+        let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let kind = entry.header().entry_type();
         if kind.is_dir() {
-            plain.push((safe, true, Bytes::new()));
+            out.push(Member::Dir(name));
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
             let size = entry.header().size().map_err(bad)?;
-            if size > limits.max_file_bytes {
-                return Err(SkillError::Archive(format!(
-                    "member {name:?} is {size} bytes, above the {} byte limit",
-                    limits.max_file_bytes
-                )));
-            }
-            total += size;
-            if total > limits.max_total_bytes {
-                return Err(SkillError::Archive(format!(
-                    "archive holds more than {} bytes",
-                    limits.max_total_bytes
-                )));
-            }
+            check_file_size(&name, size, &mut total, limits)?;
             let mut data = Vec::with_capacity(size as usize);
             (&mut entry)
                 .take(limits.max_file_bytes + 1)
                 .read_to_end(&mut data)
                 .map_err(bad)?;
-            plain.push((safe, false, Bytes::from(data)));
+            out.push(Member::File(name, Bytes::from(data)));
+        } else {
+            out.push(Member::Special(name));
         }
-        // Symlinks, hard links, devices, FIFOs: skipped (their names were screened above).
     }
-    let names: Vec<String> = plain.iter().map(|(n, _, _)| n.clone()).collect();
+    Ok(out)
+}
+
+/// The raw deflate stream of a gzip member (RFC 1952 header skipped).
+fn gzip_body(bytes: &[u8]) -> Result<&[u8], SkillError> {
+    let bad = || SkillError::Archive("malformed gzip header".into());
+    if bytes.len() < 18 || bytes[2] != 8 {
+        return Err(bad());
+    }
+    let flags = bytes[3];
+    let mut pos = 10usize;
+    if flags & 4 != 0 {
+        let n = u16::from_le_bytes([
+            *bytes.get(pos).ok_or_else(bad)?,
+            *bytes.get(pos + 1).ok_or_else(bad)?,
+        ]) as usize;
+        pos += 2 + n;
+    }
+    for bit in [8u8, 16] {
+        if flags & bit != 0 {
+            let rest = bytes.get(pos..).ok_or_else(bad)?;
+            pos += rest.iter().position(|b| *b == 0).ok_or_else(bad)? + 1;
+        }
+    }
+    if flags & 2 != 0 {
+        pos += 2;
+    }
+    bytes.get(pos..).ok_or_else(bad)
+}
+
+fn inflate(data: &[u8], limit: usize, what: &str) -> Result<Vec<u8>, SkillError> {
+    miniz_oxide::inflate::decompress_to_vec_with_limit(data, limit).map_err(|e| {
+        SkillError::Archive(format!(
+            "{what}: cannot inflate ({:?}) or larger than {limit} bytes",
+            e.status
+        ))
+    })
+}
+
+fn crc32(data: &[u8]) -> u32 {
+    static TABLE: std::sync::OnceLock<[u32; 256]> = std::sync::OnceLock::new();
+    let table = TABLE.get_or_init(|| {
+        let mut t = [0u32; 256];
+        for (i, slot) in t.iter_mut().enumerate() {
+            let mut c = i as u32;
+            for _ in 0..8 {
+                c = if c & 1 != 0 {
+                    0xEDB8_8320 ^ (c >> 1)
+                } else {
+                    c >> 1
+                };
+            }
+            *slot = c;
+        }
+        t
+    });
+    let mut c = !0u32;
+    for b in data {
+        c = table[((c ^ u32::from(*b)) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+fn le16(b: &[u8], at: usize) -> Option<usize> {
+    b.get(at..at + 2)
+        .map(|s| u16::from_le_bytes([s[0], s[1]]) as usize)
+}
+
+fn le32(b: &[u8], at: usize) -> Option<u32> {
+    b.get(at..at + 4)
+        .map(|s| u32::from_le_bytes([s[0], s[1], s[2], s[3]]))
+}
+
+/// The members of a zip archive (stored or deflated; no encryption, no ZIP64), read from its
+/// central directory. Entries a Unix host recorded as symlinks or special files are `Special`.
+fn zip_members(bytes: &[u8], limits: &SkillLimits) -> Result<Vec<Member>, SkillError> {
+    let bad = |m: &str| SkillError::Archive(format!("malformed zip archive: {m}"));
+    let min = bytes.len().saturating_sub(22 + 65_535);
+    let eocd = (min..=bytes.len().saturating_sub(22))
+        .rev()
+        .find(|&i| le32(bytes, i) == Some(0x0605_4b50))
+        .ok_or_else(|| bad("no end of central directory"))?;
+    let count = le16(bytes, eocd + 10).ok_or_else(|| bad("truncated"))?;
+    let cd_offset = le32(bytes, eocd + 16).ok_or_else(|| bad("truncated"))?;
+    if count == 0xFFFF || cd_offset == u32::MAX {
+        return Err(bad("ZIP64 archives are not supported"));
+    }
+    if count > limits.max_entries {
+        return Err(too_many(limits));
+    }
+    let mut pos = cd_offset as usize;
+    let mut out = Vec::with_capacity(count);
+    let mut total: u64 = 0;
+    for _ in 0..count {
+        let h = |o: usize| le16(bytes, pos + o).ok_or_else(|| bad("truncated central directory"));
+        let w = |o: usize| le32(bytes, pos + o).ok_or_else(|| bad("truncated central directory"));
+        if w(0)? != 0x0201_4b50 {
+            return Err(bad("bad central directory entry"));
+        }
+        let made_by = h(4)?;
+        let flags = h(8)?;
+        let method = h(10)?;
+        let crc = w(16)?;
+        let csize = w(20)? as usize;
+        let usize_ = w(24)? as u64;
+        let (nlen, elen, clen) = (h(28)?, h(30)?, h(32)?);
+        let eattr = w(38)?;
+        let lho = w(42)? as usize;
+        let name_bytes = bytes
+            .get(pos + 46..pos + 46 + nlen)
+            .ok_or_else(|| bad("truncated name"))?;
+        let name = String::from_utf8_lossy(name_bytes).into_owned();
+        pos += 46 + nlen + elen + clen;
+        let unix_mode = matches!(made_by >> 8, 3 | 19).then_some(eattr >> 16);
+        let file_type = unix_mode.map(|m| m & 0o170_000);
+        if matches!(
+            file_type,
+            Some(0o120_000 | 0o020_000 | 0o060_000 | 0o010_000 | 0o140_000)
+        ) {
+            out.push(Member::Special(name));
+            continue;
+        }
+        if name.ends_with('/') || file_type == Some(0o040_000) {
+            out.push(Member::Dir(name));
+            continue;
+        }
+        if flags & 1 != 0 {
+            return Err(bad("encrypted entries are not supported"));
+        }
+        check_file_size(&name, usize_, &mut total, limits)?;
+        if le32(bytes, lho) != Some(0x0403_4b50) {
+            return Err(bad("bad local header"));
+        }
+        let lnlen = le16(bytes, lho + 26).ok_or_else(|| bad("truncated local header"))?;
+        let lelen = le16(bytes, lho + 28).ok_or_else(|| bad("truncated local header"))?;
+        let start = lho + 30 + lnlen + lelen;
+        let raw = bytes
+            .get(start..start.saturating_add(csize))
+            .ok_or_else(|| bad("truncated member data"))?;
+        let data = match method {
+            0 => raw.to_vec(),
+            8 => inflate(raw, usize_ as usize, &name)?,
+            m => {
+                return Err(bad(&format!(
+                    "compression method {m} of {name:?} is not supported"
+                )));
+            }
+        };
+        if data.len() as u64 != usize_ || crc32(&data) != crc {
+            return Err(bad(&format!("member {name:?} fails its size or CRC check")));
+        }
+        out.push(Member::File(name, Bytes::from(data)));
+    }
+    Ok(out)
+}
+
+/// Extract a skill archive in memory (zip, tar or gzip-compressed tar), applying the path rules
+/// and `limits`.
+pub fn extract_archive(bytes: &[u8], limits: &SkillLimits) -> Result<ExtractedSkill, SkillError> {
+    let members = if bytes.starts_with(b"PK\x03\x04") || bytes.starts_with(b"PK\x05\x06") {
+        zip_members(bytes, limits)?
+    } else if bytes.starts_with(&[0x1f, 0x8b]) {
+        let slack = (limits.max_entries as u64 + 2) * 1024;
+        let limit =
+            usize::try_from(limits.max_total_bytes.saturating_add(slack)).unwrap_or(usize::MAX);
+        let tar = inflate(gzip_body(bytes)?, limit, "gzip stream")?;
+        tar_members(&tar, limits)?
+    } else {
+        tar_members(bytes, limits)?
+    };
+    // Every name is screened, extracted or not.
+    let mut plain: Vec<(String, Option<Bytes>)> = Vec::new();
+    for m in members {
+        match m {
+            Member::Dir(n) => plain.push((safe_member_name(&n)?, None)),
+            Member::File(n, d) => plain.push((safe_member_name(&n)?, Some(d))),
+            Member::Special(n) => {
+                safe_member_name(&n)?;
+            }
+        }
+    }
+    let names: Vec<String> = plain.iter().map(|(n, _)| n.clone()).collect();
     let top = wrapper_dir(&names);
     let mut out = ExtractedSkill::default();
-    for (name, is_dir, data) in plain {
+    for (name, data) in plain {
         let rel = strip_top(&name, top.as_deref());
         if rel.is_empty() {
             continue;
         }
-        if is_dir {
-            out.dirs.push(rel);
-        } else {
-            out.files.push(SkillFile { path: rel, data });
+        match data {
+            None => out.dirs.push(rel),
+            Some(data) => out.files.push(SkillFile { path: rel, data }),
         }
     }
     Ok(out)
@@ -413,6 +597,96 @@ mod tests {
         ]);
         assert!(extract_archive(&t, &limits).is_err());
         assert!(extract_archive(b"PK\x03\x04rest", &SkillLimits::default()).is_err());
+    }
+
+    /// A zip with stored and deflated members; `(name, data, unix mode, deflate)`.
+    fn zip_of(entries: &[(&str, &[u8], u32, bool)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut cd = Vec::new();
+        for (name, data, mode, deflate) in entries {
+            let body = if *deflate {
+                miniz_oxide::deflate::compress_to_vec(data, 6)
+            } else {
+                data.to_vec()
+            };
+            let method: u16 = if *deflate { 8 } else { 0 };
+            let off = out.len() as u32;
+            let crc = crc32(data);
+            out.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
+            out.extend_from_slice(&[20, 0, 0, 0]);
+            out.extend_from_slice(&method.to_le_bytes());
+            out.extend_from_slice(&[0; 4]);
+            out.extend_from_slice(&crc.to_le_bytes());
+            out.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            out.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            out.extend_from_slice(&[0, 0]);
+            out.extend_from_slice(name.as_bytes());
+            out.extend_from_slice(&body);
+            cd.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
+            cd.extend_from_slice(&[20, 3, 20, 0, 0, 0]);
+            cd.extend_from_slice(&method.to_le_bytes());
+            cd.extend_from_slice(&[0; 4]);
+            cd.extend_from_slice(&crc.to_le_bytes());
+            cd.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            cd.extend_from_slice(&(data.len() as u32).to_le_bytes());
+            cd.extend_from_slice(&(name.len() as u16).to_le_bytes());
+            cd.extend_from_slice(&[0; 8]);
+            cd.extend_from_slice(&(mode << 16).to_le_bytes());
+            cd.extend_from_slice(&off.to_le_bytes());
+            cd.extend_from_slice(name.as_bytes());
+        }
+        let cd_off = out.len() as u32;
+        out.extend_from_slice(&cd);
+        out.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
+        out.extend_from_slice(&[0; 4]);
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(entries.len() as u16).to_le_bytes());
+        out.extend_from_slice(&(cd.len() as u32).to_le_bytes());
+        out.extend_from_slice(&cd_off.to_le_bytes());
+        out.extend_from_slice(&[0, 0]);
+        out
+    }
+
+    #[test]
+    fn zip_archives_extract_with_the_same_rules() {
+        let text = b"# pdf skill\n".repeat(50);
+        let z = zip_of(&[
+            ("pdf/", b"", 0o040_755, false),
+            ("pdf/SKILL.md", &text, 0o100_644, true),
+            ("pdf/run.sh", b"echo", 0o100_755, false),
+            ("pdf/link", b"/etc/passwd", 0o120_777, false),
+        ]);
+        let x = extract_archive(&z, &SkillLimits::default()).unwrap();
+        let paths: Vec<_> = x.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["SKILL.md", "run.sh"]);
+        assert_eq!(&x.files[0].data[..], &text[..]);
+        // Traversal in a zip fails, as does a corrupted member.
+        let z = zip_of(&[("../evil", b"x", 0o100_644, false)]);
+        assert!(extract_archive(&z, &SkillLimits::default()).is_err());
+        let mut z = zip_of(&[("a", b"hello", 0o100_644, false)]);
+        let at = z.windows(5).position(|w| w == b"hello").unwrap();
+        z[at] = b'j';
+        assert!(extract_archive(&z, &SkillLimits::default()).is_err());
+        let limits = SkillLimits {
+            max_file_bytes: 10,
+            ..SkillLimits::default()
+        };
+        let z = zip_of(&[("big", &[0u8; 64], 0o100_644, true)]);
+        assert!(extract_archive(&z, &limits).is_err());
+    }
+
+    #[test]
+    fn gzipped_tars_extract() {
+        let t = tar_of(&[("s/SKILL.md", tar::EntryType::Regular, b"gz")]);
+        let mut gz = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 3];
+        gz.extend(miniz_oxide::deflate::compress_to_vec(&t, 6));
+        gz.extend_from_slice(&crc32(&t).to_le_bytes());
+        gz.extend_from_slice(&(t.len() as u32).to_le_bytes());
+        let x = extract_archive(&gz, &SkillLimits::default()).unwrap();
+        assert_eq!(x.files[0].path, "SKILL.md");
+        assert_eq!(&x.files[0].data[..], b"gz");
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
     }
 
     #[test]
