@@ -41,13 +41,17 @@ fn host(backend: Arc<dyn SandboxBackend>, store: Arc<dyn StateStore>) -> Arc<San
 }
 
 fn webhook(id: &str) -> WebhookEvent {
+    webhook_about(id, "session.status_idled", "sesn_x")
+}
+
+fn webhook_about(id: &str, kind: &str, session_id: &str) -> WebhookEvent {
     serde_json::from_value(serde_json::json!({
         "type": "event",
         "id": id,
         "created_at": "2026-11-27T00:00:00Z",
         "data": {
-            "type": "session.status_idled",
-            "id": "sesn_x",
+            "type": kind,
+            "id": session_id,
             "organization_id": "org_x",
             "workspace_id": "wrkspc_x"
         }
@@ -240,5 +244,60 @@ async fn sessions_interrupted_mid_item_are_marked_sleeping_on_recovery() {
     assert_eq!(
         (log[0].event.as_str(), log[0].detail.as_str()),
         (events::INTERRUPTED, "running")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted() {
+    let h = Harness::new().await;
+    let backend = h.isolate();
+    let store = open_store(&h).await;
+    let first = host(backend.clone(), store.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), first.clone())
+        .config(ControlPlaneConfig {
+            concurrency: 1,
+            runner: runner_config(),
+            ..ControlPlaneConfig::default()
+        })
+        .state_store(store.clone())
+        .on_item(move |_: &ItemReport| {
+            let _ = tx.send(());
+        })
+        .build()
+        .expect("plane");
+    let sid = h.session(vec![write("a.txt", "a")], ScriptEnd::Idle);
+    assert_eq!(plane.drain().await.expect("drain"), 1);
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the item finished in time")
+        .expect("report");
+    assert_eq!(first.warm_count(), 1);
+
+    let ended = webhook_about("wevt_end", "session.status_terminated", &sid);
+    assert_eq!(plane.on_webhook(&ended).await, WebhookAction::Ignored);
+    let record = store.get_session(&sid).await.unwrap().unwrap();
+    assert_eq!(record.status, SessionStatus::Terminated);
+    let log = store.list_transitions(&sid, 0, 100).await.unwrap();
+    assert_eq!(
+        (
+            log.last().unwrap().event.as_str(),
+            log.last().unwrap().detail.as_str()
+        ),
+        (events::TERMINATED, "session.status_terminated")
+    );
+
+    // After a restart its sandbox is destroyed, not adopted, and the session stays terminated.
+    drop(plane);
+    drop(first);
+    let second = host(h.isolate(), store.clone());
+    let report = second.recover().await.expect("recovery");
+    assert_eq!((report.readopted, report.destroyed), (0, 1), "{report:?}");
+    assert_eq!(second.warm_count(), 0);
+    assert!(backend.list().await.unwrap().is_empty());
+    assert!(store.list_sandboxes(None).await.unwrap().is_empty());
+    assert_eq!(
+        store.get_session(&sid).await.unwrap().unwrap().status,
+        SessionStatus::Terminated
     );
 }

@@ -104,8 +104,7 @@ struct Inner {
     on_item: Option<ReportHook>,
     polling: std::sync::atomic::AtomicBool,
     seen_webhooks: std::sync::Mutex<RecentIds>,
-    #[cfg(feature = "store")]
-    state: Option<Arc<dyn cma_store::state::StateStore>>,
+    recorder: super::record::StateRecorder,
     #[cfg(feature = "store")]
     webhooks_recorded: AtomicU64,
 }
@@ -247,8 +246,10 @@ impl ControlPlaneBuilder {
                 on_item: self.on_item,
                 polling: std::sync::atomic::AtomicBool::new(false),
                 seen_webhooks: std::sync::Mutex::new(RecentIds::default()),
-                #[cfg(feature = "store")]
-                state: self.state,
+                recorder: super::record::StateRecorder {
+                    #[cfg(feature = "store")]
+                    store: self.state,
+                },
                 #[cfg(feature = "store")]
                 webhooks_recorded: AtomicU64::new(0),
             }),
@@ -329,6 +330,15 @@ impl ControlPlane {
             return WebhookAction::Duplicate;
         }
         use WebhookEventType as T;
+        if matches!(
+            event.data.kind,
+            T::SessionStatusTerminated | T::SessionDeleted
+        ) {
+            self.inner
+                .recorder
+                .terminated(&event.data.id, event.data.kind.as_str())
+                .await;
+        }
         let wakes = matches!(
             event.data.kind,
             T::SessionCreated
@@ -357,7 +367,7 @@ impl ControlPlane {
     /// counts as new: an extra drain is harmless, a missed one is not.
     #[cfg(feature = "store")]
     async fn record_webhook(&self, id: &str) -> bool {
-        let Some(store) = &self.inner.state else {
+        let Some(store) = &self.inner.recorder.store else {
             return true;
         };
         let now = chrono::Utc::now();
@@ -537,6 +547,14 @@ impl ControlPlane {
                 span,
             )
             .await;
+            if let Ok(ItemOutcome { session: Some(session), .. }) = &result
+                && session.status == crate::protocol::SessionStatus::Terminated
+            {
+                inner
+                    .recorder
+                    .terminated(session.id.as_str(), "work item found the session terminated")
+                    .await;
+            }
             match &result {
                 Ok(o) => tracing::info!(work_id = %work.id, lease_end = ?o.lease_end, stopped = o.stopped, results = o.results_posted, "work item finished"),
                 Err(RunnerError::NotSessionWork { kind, .. }) => tracing::debug!(work_id = %work.id, kind, "non-session item stopped"),

@@ -28,6 +28,9 @@ pub mod events {
     pub const SANDBOX_MISSING: &str = "sandbox_missing";
     /// After a restart, a session that was placed or running was found without a live work item.
     pub const INTERRUPTED: &str = "interrupted_by_restart";
+    /// The session was terminated or deleted (a webhook said so, or its work item found it so).
+    /// A terminated session stays terminated whatever is recorded for it afterwards.
+    pub const TERMINATED: &str = "terminated";
 }
 
 /// Writes sandbox and session transitions to a state store, if one is configured.
@@ -58,6 +61,7 @@ pub(crate) enum Status {
     Running,
     Idle,
     Sleeping,
+    Terminated,
 }
 
 #[cfg(feature = "store")]
@@ -68,6 +72,7 @@ impl From<Status> for SessionStatus {
             Status::Running => SessionStatus::Running,
             Status::Idle => SessionStatus::Idle,
             Status::Sleeping => SessionStatus::Sleeping,
+            Status::Terminated => SessionStatus::Terminated,
         }
     }
 }
@@ -120,6 +125,33 @@ impl StateRecorder {
         }
     }
 
+    /// Mark a session the store knows as terminated (sessions it never placed are not recorded).
+    #[cfg_attr(not(feature = "store"), allow(unused_variables))]
+    pub(crate) async fn terminated(&self, session_id: &str, detail: &str) {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            let backend = match store.get_session(session_id).await {
+                Ok(Some(record)) if record.status == SessionStatus::Terminated => return,
+                Ok(Some(record)) => record.backend,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(session_id, error = %e, "reading a session record failed");
+                    return;
+                }
+            };
+            self.session(SessionChange {
+                session_id,
+                backend: &backend,
+                sandbox_id: None,
+                work_id: None,
+                status: Status::Terminated,
+                event: events::TERMINATED,
+                detail,
+            })
+            .await;
+        }
+    }
+
     /// Update the session's record and append the transition to its log.
     #[cfg_attr(not(feature = "store"), allow(unused_variables))]
     pub(crate) async fn session(&self, change: SessionChange<'_>) {
@@ -162,7 +194,10 @@ async fn record_session(
         if let Some(work) = change.work_id {
             record.last_work_id = Some(work.to_owned());
         }
-        record.status = change.status.into();
+        // Terminated is final: later sandbox housekeeping must not make the session look alive.
+        if record.status != SessionStatus::Terminated {
+            record.status = change.status.into();
+        }
         record.updated_at = now;
         match store.put_session(&record, precondition).await {
             Ok(_) => break,
