@@ -707,3 +707,138 @@ async fn w5_terminated_session_is_stopped_without_a_stream() {
     assert_eq!(host.warm_count(), 0, "no sandbox was created");
     let _ = Arc::clone(&host);
 }
+
+/// A session GET that keeps failing (503 beyond the client's retries) fails the item, which is
+/// still force-stopped; a stream refused with a fatal 4xx ends the run, also with a force-stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_before_or_of_the_stream_still_force_stop() {
+    let h = Harness::new().await;
+    let sid = h.session(vec![write("x", "y")], ScriptEnd::Idle);
+    h.emu
+        .inject_fault(Fault::on(Endpoint::SessionGet).status(503).times(3))
+        .unwrap();
+    let work = h.claim().await;
+    let err = h
+        .runner()
+        .handle_item(&work, h.host(), CancellationToken::new())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RunnerError::Session { .. }), "{err}");
+    let reqs = h.requests();
+    let stop = stops(&reqs, work.id.as_str());
+    assert_eq!(stop.len(), 1);
+    assert_eq!(stop[0].body.as_deref(), Some(r#"{"force":true}"#));
+    assert!(h.results(&sid).is_empty());
+
+    let h = Harness::new().await;
+    let sid = h.session(vec![write("x", "y")], ScriptEnd::Idle);
+    h.emu
+        .inject_fault(Fault::on(Endpoint::Stream).status(403))
+        .unwrap();
+    let work = h.claim().await;
+    let outcome = h
+        .runner()
+        .handle_item(&work, h.host(), CancellationToken::new())
+        .await
+        .unwrap();
+    assert_eq!(outcome.lease_end, LeaseEnd::RunnerDone);
+    assert!(outcome.stopped);
+    assert!(h.results(&sid).is_empty());
+    assert_eq!(
+        h.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/events/stream"))
+            .count(),
+        1,
+        "a fatal 4xx is not retried"
+    );
+}
+
+/// Builds executors only once the test lets it (to hold a session's placement open).
+struct GatedFactory {
+    inner: cma_core::control::tools::ToolsetFactory,
+    entered: Arc<tokio::sync::Notify>,
+    release: Arc<tokio::sync::Semaphore>,
+}
+
+#[async_trait::async_trait]
+impl cma_core::control::host::ExecutorFactory for GatedFactory {
+    async fn executor(
+        &self,
+        sandbox: Arc<dyn cma_sandbox::Sandbox>,
+        work: &cma_core::protocol::Work,
+        session: &cma_core::protocol::Session,
+    ) -> Result<
+        Arc<dyn cma_core::runner::session::ToolExecutor>,
+        cma_core::runner::session::HostError,
+    > {
+        self.entered.notify_one();
+        let _permit = self.release.acquire().await;
+        cma_core::control::host::ExecutorFactory::executor(&self.inner, sandbox, work, session)
+            .await
+    }
+}
+
+/// The lease is lost while the session is being placed: the placement is not abandoned half-way
+/// (which would leak the new sandbox, neither open nor warm), the host gets its `close`, no stop
+/// call is made, and after the warm pool is emptied no sandbox is left in the backend.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_lost_during_placement_leaks_no_sandbox() {
+    let h = Harness::with_config(EmulatorConfig::default().lease_ttl_seconds(2)).await;
+    h.session(vec![write("x", "y")], ScriptEnd::Idle);
+    let backend = h.isolate();
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let host = Arc::new(cma_core::control::host::SandboxHost::new(
+        [backend.clone()],
+        Arc::new(|_: &cma_core::control::select::Placement<'_>| "isolate".to_owned()),
+        Arc::new(GatedFactory {
+            inner: cma_core::control::tools::ToolsetFactory::new(),
+            entered: entered.clone(),
+            release: release.clone(),
+        }),
+        cma_core::control::host::SandboxHostConfig::default(),
+    ));
+    let work = h.claim().await;
+    let task = tokio::spawn({
+        let (runner, host, work) = (h.runner(), host.clone(), work.clone());
+        async move {
+            runner
+                .handle_item(&work, host, CancellationToken::new())
+                .await
+        }
+    });
+    tokio::time::timeout(WAIT, entered.notified())
+        .await
+        .expect("placement started");
+    assert!(h.emu.lose_lease(work.id.as_str()));
+    let lost = h
+        .emu
+        .wait_for(WAIT, |e| {
+            e.requests()
+                .iter()
+                .any(|r| r.path.ends_with("/heartbeat") && r.status == Some(412))
+        })
+        .await;
+    assert!(lost);
+    release.add_permits(1);
+    let outcome = tokio::time::timeout(WAIT, task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(matches!(outcome.lease_end, LeaseEnd::LeaseLost { .. }));
+    assert!(!outcome.stopped);
+    assert!(stops(&h.requests(), work.id.as_str()).is_empty());
+    assert_eq!(
+        outcome.results_posted, 0,
+        "no tool ran after the lease was lost"
+    );
+    assert_eq!(
+        host.warm_count(),
+        1,
+        "the placed sandbox was handed back to the host"
+    );
+    host.destroy_all_warm().await;
+    assert!(backend.list().await.unwrap().is_empty(), "a sandbox leaked");
+}

@@ -604,3 +604,180 @@ async fn a_rejected_result_is_not_retried() {
     assert_eq!(posts(&h.requests(), &sid).len(), 1);
     assert!(h.results(&sid).is_empty());
 }
+
+/// A call still running when the stream drops is listed as unanswered by the reconcile after the
+/// reconnect; it is queued again but not run again: the tool runs once and one result is posted.
+/// (A custom tool that waits for the test makes "still running" deterministic.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_in_flight_across_a_reconnect_runs_once() {
+    let h = Harness::new().await;
+    let sid = h.session(
+        vec![
+            ScriptedCall::custom("gate", json!({})),
+            write("after.txt", "x"),
+        ],
+        ScriptEnd::Terminate,
+    );
+    let started_tx = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let runs = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tool = {
+        let (started_tx, release, runs) = (started_tx.clone(), release.clone(), runs.clone());
+        custom_tool(
+            "gate",
+            "Waits for the test.",
+            json!({"type": "object", "properties": {}}),
+            move |_ctx, _input: Value| {
+                let (started_tx, release, runs) =
+                    (started_tx.clone(), release.clone(), runs.clone());
+                async move {
+                    runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    started_tx.notify_one();
+                    let _permit = release
+                        .acquire()
+                        .await
+                        .map_err(|_| ToolError::msg("closed"))?;
+                    Ok::<_, ToolError>("opened")
+                }
+            },
+        )
+        .unwrap()
+    };
+    // The first connection is cut after one frame.
+    h.emu
+        .inject_fault(Fault::on(Endpoint::Stream).drop_after_frames(1))
+        .unwrap();
+    let reports = Reports::new();
+    let (_, task) = claim_and_spawn(
+        &h,
+        runner_config(),
+        &reports,
+        ToolsetFactory::new().with_tool(Arc::new(tool)),
+    )
+    .await;
+    tokio::time::timeout(WAIT, started_tx.notified())
+        .await
+        .expect("the gated tool started");
+    // One frame (any event) ends the first connection while the tool runs.
+    h.emu
+        .emit_events(&sid, vec![json!({"type": "span.model_request_start"})])
+        .unwrap();
+    let list = format!("/v1/sessions/{sid}/events");
+    let relisted = h
+        .emu
+        .wait_for(WAIT, |e| {
+            e.requests()
+                .iter()
+                .filter(|r| r.method == "GET" && r.path == list && r.status == Some(200))
+                .count()
+                >= 2
+        })
+        .await;
+    assert!(
+        relisted,
+        "the runner reconnected and listed the history again"
+    );
+    release.add_permits(10);
+    let outcome = finish(task).await;
+    assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(outcome.results_posted, 2);
+    let custom_id = h.event_ids(&sid, "agent.custom_tool_use").remove(0);
+    let answers = result_ids(&h, &sid);
+    assert_eq!(answers.iter().filter(|id| **id == custom_id).count(), 1);
+    assert_eq!(answers.len(), 2);
+}
+
+/// A failed history read after connecting dispatches nothing (the calls stay for the next
+/// reconcile, as the SDK does); after the next reconnect the history is read and every call is
+/// answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_history_read_is_made_up_on_the_next_reconnect() {
+    let h = Harness::new().await;
+    let sid = h.session(
+        vec![write("a.txt", "a"), read("a.txt")],
+        ScriptEnd::Terminate,
+    );
+    // Three 500s exhaust the client's own retries of the first listing.
+    h.emu
+        .inject_fault(Fault::on(Endpoint::EventsList).status(500).times(3))
+        .unwrap();
+    h.emu
+        .inject_fault(Fault::on(Endpoint::Stream).drop_after_frames(1))
+        .unwrap();
+    let reports = Reports::new();
+    let (_, task) = claim_and_spawn(&h, runner_config(), &reports, ToolsetFactory::new()).await;
+    let failed = h.emu.wait_for(WAIT, |e| e.faults_remaining() == 0).await;
+    assert!(failed, "the first listing failed");
+    assert!(
+        started(&reports).is_empty(),
+        "nothing dispatched without history"
+    );
+    // A frame ends the first connection; the reconnect lists the history.
+    h.emu
+        .emit_events(&sid, vec![json!({"type": "span.model_request_start"})])
+        .unwrap();
+    let outcome = finish(task).await;
+    let calls = h.event_ids(&sid, "agent.tool_use");
+    assert_eq!(outcome.results_posted, 2);
+    assert_eq!(result_ids(&h, &sid), calls);
+    assert_eq!(text(&h.results(&sid)[1]), "a");
+}
+
+/// W9: the idle countdown that an `end_turn` idle started is cancelled by a later non-neutral
+/// event (here `session.status_running`), but not by a neutral one (`user.tool_confirmation`):
+/// after the neutral event the run still ends by the idle rule.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn w9_activity_cancels_the_idle_countdown_and_neutral_events_do_not() {
+    let h = Harness::with_config(EmulatorConfig::default().lease_ttl_seconds(2)).await;
+    let sid = h.session(vec![], ScriptEnd::Idle);
+    let reports = Reports::new();
+    let config = RunnerConfig {
+        max_idle: Some(std::time::Duration::from_millis(1500)),
+        ..runner_config()
+    };
+    // Activity comes before the runner connects: the history ends with `running`, so no
+    // countdown is armed at all.
+    h.emu
+        .emit_events(&sid, vec![json!({"type": "session.status_running"})])
+        .unwrap();
+    let (work, task) = claim_and_spawn(&h, config, &reports, ToolsetFactory::new()).await;
+    connected(&h, &sid).await;
+    // A turn ends (countdown armed) and activity follows at once (countdown cancelled).
+    h.emu
+        .emit_events(
+            &sid,
+            vec![
+                json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+                json!({"type": "session.status_running"}),
+            ],
+        )
+        .unwrap();
+    let beats = |e: &Emulator| {
+        e.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/heartbeat") && r.status == Some(200))
+            .count()
+    };
+    // Beats come every second: four more span more than the 1.5 s grace.
+    let before = beats(&h.emu);
+    assert!(h.emu.wait_for(WAIT, |e| beats(e) >= before + 4).await);
+    assert!(!task.is_finished(), "activity cancelled the idle countdown");
+    // The turn ends; a neutral event follows; the run then ends by the idle rule.
+    h.emu
+        .emit_events(
+            &sid,
+            vec![
+                json!({"type": "session.status_idle", "stop_reason": {"type": "end_turn"}}),
+                json!({"type": "user.tool_confirmation", "tool_use_id": "sevt_none",
+                       "result": "allow"}),
+            ],
+        )
+        .unwrap();
+    let outcome = finish(task).await;
+    assert_eq!(outcome.lease_end, LeaseEnd::RunnerDone);
+    assert!(outcome.stopped);
+    assert_eq!(
+        h.emu.work(work.id.as_str()).unwrap().state,
+        WorkState::Stopped
+    );
+}

@@ -480,20 +480,30 @@ impl SessionRunner {
                 work_id: work.id.to_string(),
             });
         }
-        let executor = tokio::select! {
-            r = host.open(work, &session) => r.map_err(|source| RunnerError::Host { session_id: session_id.to_string(), source })?,
-            _ = lease.ended() => return Ok((Some(session), 0)),
-            _ = cancel.cancelled() => return Ok((Some(session), 0)),
-        };
+        // Placement runs to completion: dropping `open` half-way (on a lost lease or a cancel)
+        // would lose the sandbox it just created or took from the warm pool — neither open nor
+        // warm, so never destroyed. A lease that ended meanwhile is handled just below: no tool
+        // runs and the host gets its `close`.
+        let executor = host
+            .open(work, &session)
+            .await
+            .map_err(|source| RunnerError::Host {
+                session_id: session_id.to_string(),
+                source,
+            })?;
         // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat keeps
         // the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
         let credential = session_client.credential().clone();
         let sandbox = executor.sandbox();
         let mut workspace = SessionWorkspace::default();
-        let prepared = tokio::select! {
-            r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
-            _ = lease.ended() => None,
-            _ = cancel.cancelled() => None,
+        let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {
+            None
+        } else {
+            tokio::select! {
+                r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
+                _ = lease.ended() => None,
+                _ = cancel.cancelled() => None,
+            }
         };
         let interrupted = prepared.is_none();
         if let Some(Err(source)) = prepared {
