@@ -16,10 +16,11 @@ use cma_sandbox::docker::{DockerBackend, DockerConfig};
 use cma_sandbox::{ExecRequest, Sandbox, SandboxBackend, SandboxSpec};
 use futures::StreamExt;
 
-/// RSS in bytes of the shim process serving container `cid` (0 if not found).
-fn shim_rss(cid: &str) -> u64 {
+/// (RSS, PSS) in bytes of the shim process serving container `cid` (0 if not found). PSS
+/// splits the pages shims share (the binary) among them.
+fn shim_rss(cid: &str) -> (u64, u64) {
     let Ok(dir) = std::fs::read_dir("/proc") else {
-        return 0;
+        return (0, 0);
     };
     for e in dir.flatten() {
         let Ok(cmd) = std::fs::read(e.path().join("cmdline")) else {
@@ -27,15 +28,18 @@ fn shim_rss(cid: &str) -> u64 {
         };
         let cmd = String::from_utf8_lossy(&cmd);
         if cmd.contains("containerd-shim") && cmd.contains(cid) {
-            let status = std::fs::read_to_string(e.path().join("status")).unwrap_or_default();
-            return status
-                .lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                .map_or(0, |kb| kb * 1024);
+            let field = |file: &str, key: &str| {
+                std::fs::read_to_string(e.path().join(file))
+                    .unwrap_or_default()
+                    .lines()
+                    .find_map(|l| l.strip_prefix(key).map(str::to_owned))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .map_or(0, |kb| kb * 1024)
+            };
+            return (field("status", "VmRSS:"), field("smaps_rollup", "Pss:"));
         }
     }
-    0
+    (0, 0)
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
@@ -62,7 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         live.push((sb, shell));
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let (mut usage, mut working, mut shims) = (0u64, 0u64, 0u64);
+    let (mut usage, mut working, mut shims, mut shims_pss) = (0u64, 0u64, 0u64, 0u64);
     for (sb, _) in &live {
         let cid = backend.container_id(sb.id()).await?;
         let mut s = backend.client().stats(
@@ -84,16 +88,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             usage += u;
             working += u.saturating_sub(inactive);
         }
-        shims += shim_rss(&cid);
+        let (rss, pss) = shim_rss(&cid);
+        shims += rss;
+        shims_pss += pss;
     }
     let per = |x: u64| x as f64 / n as f64 / (1024.0 * 1024.0);
-    let per_sandbox = (working + shims) as f64 / n as f64;
+    let per_sandbox = (working + shims_pss) as f64 / n as f64;
     println!("sandboxes: {n} (each: sleep under docker-init, python3 file helper, idle bash)");
     println!("cgroup usage per sandbox:        {:.2} MiB", per(usage));
     println!("working set per sandbox:         {:.2} MiB", per(working));
     println!("containerd-shim RSS per sandbox: {:.2} MiB", per(shims));
+    println!("containerd-shim PSS per sandbox: {:.2} MiB", per(shims_pss));
     println!(
-        "sustained sandboxes per GiB (working set + shim): {:.0}",
+        "sustained sandboxes per GiB (working set + shim PSS): {:.0}",
         (1u64 << 30) as f64 / per_sandbox
     );
     for (sb, shell) in live {

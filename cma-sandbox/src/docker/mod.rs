@@ -11,8 +11,8 @@
 //!   persistent shell of the `bash` tool ([`Capabilities::persistent_shell`]).
 //! * **Files.** One helper process per sandbox (`python3` from the image, started lazily through
 //!   an attached exec) serves `stat`, `read`, `write`, `read_dir`, ... as sub-millisecond round
-//!   trips with the container user's permissions. Images without `python3` have no file
-//!   operations (`Unsupported`); everything else still works. Workspace export/import use the
+//!   trips with the container user's permissions. Images without `python3` fall back to one
+//!   exec of POSIX tools per operation (coreutils and GNU `find`; tens of milliseconds each). Workspace export/import use the
 //!   Engine's archive endpoints; imports are checked entry by entry before anything is unpacked.
 //! * **Isolation by default.** The container joins only an `internal` bridge network the backend
 //!   creates (inter-container traffic off, no IPv6), gets a `resolv.conf` with no reachable
@@ -116,6 +116,10 @@ pub struct DockerConfig {
     /// Install host `iptables` rules so the sandbox bridge reaches only the egress endpoint on
     /// the host (needs root and a local engine). Connecting fails if they cannot be installed.
     pub host_firewall: bool,
+    /// Serve file operations through a `python3` helper kept running in the sandbox (fast);
+    /// `false`, or an image without `python3`, runs one exec of POSIX tools (`stat`, `cat`,
+    /// GNU `find`, ...) per operation instead.
+    pub python_helper: bool,
     /// Largest workspace archive [`Sandbox::import_workspace`] accepts, in bytes.
     pub max_import_bytes: u64,
     /// Timeout of each Engine API request.
@@ -139,6 +143,7 @@ impl DockerConfig {
             pids: 512,
             user: None,
             host_firewall: true,
+            python_helper: true,
             max_import_bytes: 1 << 30,
             request_timeout: Duration::from_secs(60),
         }
@@ -394,7 +399,7 @@ impl DockerBackend {
             id,
             shared: self.shared.clone(),
             stopped: AtomicBool::new(false),
-            helper: Arc::new(files::Helper::new()),
+            helper: Arc::new(files::Helper::new(self.shared.cfg.python_helper)),
         })
     }
 
