@@ -21,6 +21,7 @@ use tokio::time::Instant;
 use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement};
 use super::warm::WarmPool;
+use crate::control::snapshots::WorkspaceSnapshots;
 use crate::protocol::{Session, SessionId, Work, WorkId};
 use crate::runner::lease::LeaseEnd;
 use crate::runner::memory::memory_mounts;
@@ -113,6 +114,7 @@ pub struct SandboxHost {
     warm: Mutex<WarmPool<SessionId, Placed>>,
     open: Mutex<HashMap<WorkId, Placed>>,
     state: StateRecorder,
+    snapshots: Option<Arc<dyn WorkspaceSnapshots>>,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -149,6 +151,39 @@ impl SandboxHost {
             warm,
             open: Mutex::new(HashMap::new()),
             state: StateRecorder::default(),
+            snapshots: None,
+        }
+    }
+
+    /// Keep sessions' workspaces across sandboxes: save a snapshot when a session's work item
+    /// ends, and restore the newest good one into every fresh sandbox of a session that has one
+    /// (a warm sandbox is reused as it is). A failed save is logged and the sandbox kept warm; a
+    /// session whose snapshots all fail to restore is not placed (its item fails and is
+    /// released) rather than run on an empty workspace.
+    #[must_use]
+    pub fn with_snapshots(mut self, snapshots: Arc<dyn WorkspaceSnapshots>) -> Self {
+        self.snapshots = Some(snapshots);
+        self
+    }
+
+    /// Snapshot the session's sandbox now (running or warm); `Ok(None)` when the host has no
+    /// sandbox for it or no snapshot store.
+    pub async fn snapshot_session(&self, session_id: &str) -> Result<Option<String>, HostError> {
+        let Some(store) = &self.snapshots else {
+            return Ok(None);
+        };
+        let sandbox = lock(&self.open)
+            .values()
+            .find(|p| p.session_id.as_str() == session_id)
+            .map(|p| p.sandbox.clone())
+            .or_else(|| {
+                lock(&self.warm)
+                    .peek(&SessionId::from(session_id))
+                    .map(|p| p.sandbox.clone())
+            });
+        match sandbox {
+            Some(sb) => store.save(session_id, sb.as_ref()).await.map(Some),
+            None => Ok(None),
         }
     }
 
@@ -483,12 +518,28 @@ impl SandboxHost {
                 detail: sandbox.id().as_str(),
             })
             .await;
-        Ok(Placed {
+        let placed = Placed {
             backend: name,
+            session_id: session.id.clone(),
             sandbox,
             host_dirs,
-            session_id: session.id.clone(),
-        })
+        };
+        if let Some(store) = &self.snapshots {
+            match store
+                .restore_latest(session.id.as_str(), placed.sandbox.as_ref())
+                .await
+            {
+                Ok(Some(id)) => {
+                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace restored")
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    self.dispose(placed).await;
+                    return Err(e);
+                }
+            }
+        }
+        Ok(placed)
     }
 }
 
@@ -542,6 +593,19 @@ impl SessionHost for SandboxHost {
         let Some(placed) = lock(&self.open).remove(&work.id) else {
             return;
         };
+        if let Some(store) = &self.snapshots {
+            match store
+                .save(session.id.as_str(), placed.sandbox.as_ref())
+                .await
+            {
+                Ok(id) => {
+                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace saved")
+                }
+                Err(e) => {
+                    tracing::warn!(session_id = %session.id, error = %e, "saving the workspace failed; the sandbox stays warm")
+                }
+            }
+        }
         tracing::debug!(session_id = %session.id, reason = ?end, "keeping the sandbox warm");
         self.record_kept_warm(&placed, &format!("{end:?}")).await;
         let evicted = lock(&self.warm).put(

@@ -8,5 +8,6 @@ pub mod host;
 pub mod plane;
 pub mod record;
 pub mod select;
+pub mod snapshots;
 pub mod tools;
 pub mod warm;

@@ -64,6 +64,11 @@ impl<K: Eq + Hash + Clone, V> WarmPool<K, V> {
         }
     }
 
+    /// The value kept for `key`, expired or not, without taking it.
+    pub fn peek(&self, key: &K) -> Option<&V> {
+        self.entries.get(key).map(|(v, _)| v)
+    }
+
     /// Remove and return every value whose deadline has passed at `now`.
     pub fn take_expired(&mut self, now: Instant) -> Vec<(K, V)> {
         let keys: Vec<K> = self

@@ -773,6 +773,22 @@ impl Emulator {
         Ok(stored)
     }
 
+    /// Wake a session whose script has ended with a new script (more calls, a new ending): the
+    /// calls are emitted and, when its work item is over, a new one is queued — the shape of a
+    /// session that sleeps and is woken by its user.
+    pub fn continue_session(&self, sid: &str, script: Script) -> Result<(), EmulatorError> {
+        for (i, c) in script.calls.iter().enumerate() {
+            scenario::validate_call(c)
+                .map_err(|m| EmulatorError::Invalid(format!("call #{i}: {m}")))?;
+        }
+        self.shared
+            .lock()
+            .continue_session(sid, script)
+            .map_err(|e| EmulatorError::Invalid(e.message.clone()))?;
+        self.shared.changed();
+        Ok(())
+    }
+
     /// Terminate a session from the server side (`session.status_terminated` on its streams).
     pub fn terminate_session(&self, sid: &str) -> Result<(), EmulatorError> {
         self.shared

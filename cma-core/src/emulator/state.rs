@@ -1350,6 +1350,33 @@ impl State {
     }
 
     /// A message to a session whose work item is over queues a new one.
+    /// Give a session whose script has ended a new one (the agent wakes up with more calls):
+    /// its opening events are emitted and, if the session's work item is over, a new one queued.
+    pub(crate) fn continue_session(&mut self, sid: &str, script: Script) -> Result<(), ApiError> {
+        let s = self
+            .sessions
+            .get_mut(sid)
+            .filter(|s| !s.deleted)
+            .ok_or_else(|| ApiError::not_found(format!("session {sid} not found")))?;
+        if s.terminal.is_some() || s.status == SessionStatus::Terminated {
+            return Err(ApiError::bad_request(format!(
+                "session {sid} is terminated"
+            )));
+        }
+        if !s.run.finished() {
+            return Err(ApiError::bad_request(format!(
+                "session {sid} is still running its script"
+            )));
+        }
+        s.run = AgentRun::new(script);
+        let opening = s.run.start();
+        for ev in opening {
+            self.append(sid, ev);
+        }
+        self.requeue_if_dormant(sid);
+        Ok(())
+    }
+
     fn requeue_if_dormant(&mut self, sid: &str) {
         let Some(s) = self.sessions.get(sid) else {
             return;

@@ -1,0 +1,301 @@
+//! Sessions that sleep and wake keep their files (issue 4, build item 4 and the sleep/wake
+//! acceptance line): a `SandboxHost` with snapshots saves the workspace when a session's work item
+//! ends, its sandbox is destroyed (no keep-warm), and the session's next work item — in a fresh
+//! sandbox — sees exactly the files it left. Driven by a `ControlPlane` against the emulator.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cma_core::control::host::{SandboxHost, SandboxHostConfig};
+use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
+use cma_core::control::select::Placement;
+use cma_core::control::snapshots::WorkspaceSnapshots;
+use cma_core::control::tools::ToolsetFactory;
+use cma_core::emulator::{Script, ScriptEnd, ScriptedCall};
+use cma_core::runner::session::HostError;
+use cma_sandbox::Sandbox;
+use futures::StreamExt as _;
+use serde_json::json;
+use support::*;
+
+/// Snapshots kept in memory as whole workspace archives (what the wiring needs, nothing more).
+#[derive(Default)]
+struct TarSnapshots {
+    saved: Mutex<BTreeMap<String, Vec<Vec<u8>>>>,
+}
+
+#[async_trait]
+impl WorkspaceSnapshots for TarSnapshots {
+    async fn save(&self, session_id: &str, sandbox: &dyn Sandbox) -> Result<String, HostError> {
+        let mut stream = sandbox
+            .export_workspace()
+            .await
+            .map_err(|e| HostError::with_source("export", e))?;
+        let mut tar = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            tar.extend_from_slice(&chunk.map_err(|e| HostError::with_source("export", e))?);
+        }
+        let mut saved = self.saved.lock().unwrap();
+        let list = saved.entry(session_id.to_owned()).or_default();
+        list.push(tar);
+        Ok(format!("{session_id}#{}", list.len()))
+    }
+
+    async fn restore_latest(
+        &self,
+        session_id: &str,
+        sandbox: &dyn Sandbox,
+    ) -> Result<Option<String>, HostError> {
+        let latest = {
+            let saved = self.saved.lock().unwrap();
+            saved
+                .get(session_id)
+                .and_then(|l| l.last().cloned().map(|t| (l.len(), t)))
+        };
+        let Some((n, tar)) = latest else {
+            return Ok(None);
+        };
+        let stream = futures::stream::iter([Ok(bytes::Bytes::from(tar))]).boxed();
+        sandbox
+            .import_workspace(stream)
+            .await
+            .map_err(|e| HostError::with_source("import", e))?;
+        Ok(Some(format!("{session_id}#{n}")))
+    }
+}
+
+fn call(name: &str, input: serde_json::Value) -> ScriptedCall {
+    serde_json::from_value(json!({"name": name, "input": input})).expect("call")
+}
+
+async fn sleep_and_wake(snapshots: Arc<dyn WorkspaceSnapshots>) {
+    let h = Harness::new().await;
+    let isolate_root = h.dir.path().join("isolate");
+    let host = Arc::new(
+        SandboxHost::new(
+            [h.isolate()],
+            Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
+            Arc::new(ToolsetFactory::new()),
+            SandboxHostConfig {
+                keep_warm: Duration::ZERO,
+                ..SandboxHostConfig::default()
+            },
+        )
+        .with_snapshots(snapshots.clone()),
+    );
+    let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), host.clone())
+        .config(ControlPlaneConfig {
+            concurrency: 2,
+            runner: runner_config(),
+            ..ControlPlaneConfig::default()
+        })
+        .build()
+        .expect("plane");
+    let poller = tokio::spawn({
+        let p = plane.clone();
+        async move { p.run().await }
+    });
+
+    // Turn 1: the agent leaves files behind, then the session goes idle and its item ends.
+    let sid = h.session(
+        vec![
+            write("notes/todo.md", "# todo\n- sleep\n- wake\n"),
+            write("deep/a/b/c/d.txt", "deep"),
+            call(
+                "execute",
+                json!({"code": "fs.writeFile('bin.dat', '\\u0000\\u00ff\\u0001'); fs.writeFile('empty.txt', '')"}),
+            ),
+            write("gone.txt", "temporary"),
+            call("execute", json!({"code": "fs.remove('gone.txt')"})),
+        ],
+        ScriptEnd::Idle,
+    );
+    h.wait_results(&sid, 5).await;
+    let stopped = h
+        .emu
+        .wait_for(WAIT, |e| {
+            let items = e.session_work(&sid);
+            items.len() == 1 && items.iter().all(|w| w.state.as_str() == "stopped")
+        })
+        .await;
+    assert!(stopped, "the first item ends after the idle grace");
+    // No sandbox survives the item: the workspace lives only in the snapshot now.
+    let live = h
+        .emu
+        .wait_for(WAIT, |_| {
+            host.warm_count() == 0
+                && std::fs::read_dir(&isolate_root)
+                    .map(|d| d.count() == 0)
+                    .unwrap_or(true)
+        })
+        .await;
+    assert!(live, "the sandbox was destroyed after its snapshot");
+
+    // Turn 2: the user wakes the session; the agent lists and reads what it left.
+    h.emu
+        .continue_session(
+            &sid,
+            Script::new(
+                vec![
+                    call("glob", json!({"pattern": "**/*"})),
+                    read("notes/todo.md"),
+                    read("deep/a/b/c/d.txt"),
+                    call(
+                        "execute",
+                        json!({"code": "const b = fs.readFile('bin.dat'); console.log(JSON.stringify([b.length, b.charCodeAt(0), b.charCodeAt(1), fs.readFile('empty.txt').length]))"}),
+                    ),
+                ],
+                ScriptEnd::Terminate,
+            ),
+        )
+        .expect("continue");
+    h.wait_results(&sid, 9).await;
+    let results = h.results(&sid);
+    let second: Vec<String> = results[5..].iter().map(text).collect();
+    let mut listed: Vec<&str> = second[0].lines().collect();
+    listed.sort_unstable();
+    assert_eq!(
+        listed,
+        [
+            "/workspace/bin.dat",
+            "/workspace/deep",
+            "/workspace/deep/a",
+            "/workspace/deep/a/b",
+            "/workspace/deep/a/b/c",
+            "/workspace/deep/a/b/c/d.txt",
+            "/workspace/empty.txt",
+            "/workspace/notes",
+            "/workspace/notes/todo.md",
+        ],
+        "exactly the files left behind (gone.txt was removed before the sleep)"
+    );
+    assert!(
+        second[1].contains("- sleep") && second[1].contains("- wake"),
+        "{}",
+        second[1]
+    );
+    assert!(second[2].contains("deep"), "{}", second[2]);
+    assert_eq!(
+        second[3].trim(),
+        "[3,0,255,0]",
+        "binary and empty files intact"
+    );
+    assert!(
+        results[5..].iter().all(|r| r.is_error == Some(false)),
+        "{results:?}"
+    );
+    assert_eq!(h.emu.session_work(&sid).len(), 2, "two work items");
+
+    plane.shutdown(Duration::from_secs(5)).await;
+    let _ = poller.await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_woken_session_sees_the_files_it_left_from_a_snapshot() {
+    sleep_and_wake(Arc::new(TarSnapshots::default())).await;
+}
+
+/// Without snapshots the same sleep loses the workspace: the wiring above is what keeps it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_snapshots_a_destroyed_sandbox_loses_its_files() {
+    let h = Harness::new().await;
+    let host = Arc::new(SandboxHost::new(
+        [h.isolate()],
+        Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
+        Arc::new(ToolsetFactory::new()),
+        SandboxHostConfig {
+            keep_warm: Duration::ZERO,
+            ..SandboxHostConfig::default()
+        },
+    ));
+    let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), host)
+        .config(ControlPlaneConfig {
+            runner: runner_config(),
+            ..ControlPlaneConfig::default()
+        })
+        .build()
+        .expect("plane");
+    let poller = tokio::spawn({
+        let p = plane.clone();
+        async move { p.run().await }
+    });
+    let sid = h.session(vec![write("kept.txt", "kept")], ScriptEnd::Idle);
+    h.wait_results(&sid, 1).await;
+    assert!(
+        h.emu
+            .wait_for(WAIT, |e| e
+                .session_work(&sid)
+                .iter()
+                .all(|w| w.state.as_str() == "stopped"))
+            .await
+    );
+    h.emu
+        .continue_session(
+            &sid,
+            Script::new(vec![read("kept.txt")], ScriptEnd::Terminate),
+        )
+        .expect("continue");
+    h.wait_results(&sid, 2).await;
+    let results = h.results(&sid);
+    assert_eq!(results[1].is_error, Some(true), "{results:?}");
+    plane.shutdown(Duration::from_secs(5)).await;
+    let _ = poller.await;
+}
+
+/// Snapshots that cannot be restored: the session is not run on an empty workspace; its item
+/// fails and is released, and none of its calls is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_whose_snapshot_cannot_be_restored_is_not_run_empty() {
+    struct Broken;
+    #[async_trait]
+    impl WorkspaceSnapshots for Broken {
+        async fn save(&self, _: &str, _: &dyn Sandbox) -> Result<String, HostError> {
+            Ok("snap".into())
+        }
+        async fn restore_latest(
+            &self,
+            session_id: &str,
+            _: &dyn Sandbox,
+        ) -> Result<Option<String>, HostError> {
+            Err(HostError::new(format!(
+                "no snapshot of {session_id} verifies"
+            )))
+        }
+    }
+    let h = Harness::new().await;
+    let host = Arc::new(
+        SandboxHost::new(
+            [h.isolate()],
+            Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
+            Arc::new(ToolsetFactory::new()),
+            SandboxHostConfig::default(),
+        )
+        .with_snapshots(Arc::new(Broken)),
+    );
+    let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), host.clone())
+        .config(ControlPlaneConfig {
+            runner: runner_config(),
+            ..ControlPlaneConfig::default()
+        })
+        .build()
+        .expect("plane");
+    let sid = h.session(vec![read("anything.txt")], ScriptEnd::Terminate);
+    assert_eq!(plane.drain().await.expect("drain"), 1);
+    plane.wait_idle().await;
+    assert!(h.results(&sid).is_empty(), "nothing ran");
+    assert_eq!(plane.stats().failed, 1);
+    assert_eq!(host.warm_count(), 0, "the fresh sandbox was destroyed");
+    assert!(
+        h.emu
+            .wait_for(WAIT, |e| e
+                .session_work(&sid)
+                .iter()
+                .all(|w| w.state.as_str() == "stopped"))
+            .await,
+        "the item was released"
+    );
+}
