@@ -462,3 +462,34 @@ async fn drains_survive_transient_poll_and_ack_failures() {
     assert!(err.to_string().contains("permanently"), "{err}");
     p.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A fatal 4xx on `ack` force-stops the item and the plane goes on; a fatal 4xx on `poll` (a
+/// wrong environment key) ends `run` with an error instead of retrying forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_ack_force_stops_and_a_rejected_poll_ends_the_run() {
+    let h = Harness::new().await;
+    let sid = h.session(vec![], ScriptEnd::Idle);
+    h.emu
+        .inject_fault(Fault::on(Endpoint::Ack).status(400))
+        .unwrap();
+    let (p, _done) = plane(&h, h.host(), 1, runner_config());
+    assert_eq!(bounded(p.drain(), "drain").await.unwrap(), 0);
+    assert_eq!(state(&h.emu, &sid), Some(WorkState::Stopped));
+    let reqs = h.requests();
+    let wid = h.emu.session_work(&sid)[0].id.to_string();
+    let s = stops(&reqs, &wid);
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].body.as_deref(), Some(r#"{"force":true}"#));
+    assert!(!reqs.iter().any(|r| r.path.ends_with("/heartbeat")));
+
+    let wrong = ControlPlane::builder(
+        h.client.clone(),
+        h.env.id.clone(),
+        cma_core::client::Credential::environment_key("envkey_wrong"),
+        h.host(),
+    )
+    .build()
+    .unwrap();
+    let err = bounded(wrong.run(), "run").await.unwrap_err();
+    assert!(err.to_string().contains("permanently"), "{err}");
+}

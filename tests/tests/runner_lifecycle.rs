@@ -842,3 +842,29 @@ async fn a_lease_lost_during_placement_leaks_no_sandbox() {
     host.destroy_all_warm().await;
     assert!(backend.list().await.unwrap().is_empty(), "a sandbox leaked");
 }
+
+/// A heartbeat rejected with a fatal 4xx other than 412 ends the lease as "rejected", and — unlike
+/// a lost lease — the worker still force-stops the item (§3.4).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_heartbeat_still_force_stops() {
+    let h = Harness::new().await;
+    h.session(vec![], ScriptEnd::Idle);
+    h.emu
+        .inject_fault(Fault::on(Endpoint::Heartbeat).status(403))
+        .unwrap();
+    let work = h.claim().await;
+    let outcome = tokio::time::timeout(WAIT, spawn_item(&h, &work, hanging()))
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        outcome.lease_end,
+        LeaseEnd::HeartbeatRejected { status: 403 }
+    );
+    assert!(outcome.stopped);
+    let reqs = h.requests();
+    let s = stops(&reqs, work.id.as_str());
+    assert_eq!(s.len(), 1);
+    assert_eq!(s[0].body.as_deref(), Some(r#"{"force":true}"#));
+}
