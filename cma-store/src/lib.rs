@@ -1,15 +1,33 @@
-//! Durable state for `cma`: workspace snapshots (`SnapshotStore`) and the control plane's record of
-//! sessions (`StateStore`).
+//! Durable state for `cma`: workspace snapshots ([`SnapshotStore`]) and the control plane's
+//! record of sessions (`StateStore`).
 //!
 //! [`state`] holds the [`state::StateStore`] trait and its backends: in memory, SQLite (feature
 //! `sqlite`, default) and Postgres (feature `postgres`), with the conformance suite they all pass
-//! (feature `conformance`).
+//! (feature `conformance`). [`snapshot`] holds the [`SnapshotStore`]:
+//!
+//! ```no_run
+//! # async fn demo(sandbox: &dyn cma_sandbox::Sandbox) -> cma_store::snapshot::Result<()> {
+//! use cma_store::{SnapshotConfig, SnapshotStore};
+//! let store = SnapshotStore::local_default(SnapshotConfig::default())?;
+//! // Sleep: snapshot after the previous one (unchanged chunks are not uploaded again).
+//! let parent = store.latest("sesn_1").await?.map(|m| m.id);
+//! let saved = store.save("sesn_1", sandbox, parent.as_ref()).await?;
+//! // Wake, in a fresh sandbox: restore the newest snapshot, verified.
+//! store.restore(&saved.id, sandbox).await?;
+//! # Ok(()) }
+//! ```
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod snapshot;
 pub mod state;
 
-/// Identifies one stored workspace snapshot (the SHA-256 of its manifest, hex encoded).
+pub use snapshot::{
+    GcConfig, GcReport, RetentionPolicy, RetentionReport, SnapshotConfig, SnapshotInfo,
+    SnapshotManifest, SnapshotStore,
+};
+
+/// Identifies one stored workspace snapshot (the SHA-256 of its stored manifest, hex encoded).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SnapshotId(String);
 

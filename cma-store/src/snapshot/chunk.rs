@@ -1,0 +1,239 @@
+//! Cutting the workspace archive into content-defined chunks, and a chunk's stored form.
+//!
+//! Stored form of a chunk (object `chunks/<first two hex digits>/<sha256 hex>`): a zstd frame
+//! followed by the SHA-256 of that frame. The trailer covers every stored byte (a flipped bit
+//! that zstd would decode to the same data is still caught); the key covers the content.
+
+use bytes::{Bytes, BytesMut};
+use fastcdc::v2020::{FastCDC, Normalization};
+use sha2::{Digest, Sha256};
+
+use super::error::{Error, Result};
+use super::manifest::{ChunkHash, ChunkerParams};
+
+const TRAILER: usize = 32;
+
+/// Cuts a byte stream into chunks as data arrives; holds at most `max_size` plus one input
+/// piece.
+pub(crate) struct Chunker {
+    params: ChunkerParams,
+    level: Normalization,
+    buf: BytesMut,
+}
+
+impl Chunker {
+    pub fn new(params: ChunkerParams) -> Self {
+        let level = match params.normalization {
+            0 => Normalization::Level0,
+            1 => Normalization::Level1,
+            2 => Normalization::Level2,
+            _ => Normalization::Level3,
+        };
+        Self {
+            params,
+            level,
+            buf: BytesMut::new(),
+        }
+    }
+
+    /// Add data; returns the chunks that are now complete.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) {
+        self.buf.extend_from_slice(data);
+        while self.buf.len() >= self.params.max_size as usize {
+            let n = self.cut();
+            out.push(self.buf.split_to(n).freeze());
+        }
+    }
+
+    /// End of input: the remaining chunks.
+    pub fn finish(mut self, out: &mut Vec<Bytes>) {
+        while !self.buf.is_empty() {
+            let n = self.cut();
+            out.push(self.buf.split_to(n).freeze());
+        }
+    }
+
+    fn cut(&self) -> usize {
+        let p = &self.params;
+        let cdc = FastCDC::with_level(
+            &self.buf,
+            p.min_size as usize,
+            p.avg_size as usize,
+            p.max_size as usize,
+            self.level,
+        );
+        let (_, end) = cdc.cut(0, self.buf.len());
+        end.clamp(1, self.buf.len())
+    }
+}
+
+/// Compress a chunk into its stored form.
+pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    let mut out = zstd::bulk::compress(data, level).map_err(|e| Error::io("compress chunk", e))?;
+    let trailer: [u8; TRAILER] = Sha256::digest(&out).into();
+    out.extend_from_slice(&trailer);
+    Ok(out)
+}
+
+/// Check a stored chunk against the manifest's hash and size and return its content.
+pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u8>> {
+    let what = || format!("chunk {}", hash.to_hex());
+    if stored.len() < TRAILER {
+        return Err(Error::corrupt(what(), "truncated"));
+    }
+    let (frame, trailer) = stored.split_at(stored.len() - TRAILER);
+    if Sha256::digest(frame).as_slice() != trailer {
+        return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
+    }
+    let data = zstd::bulk::decompress(frame, size as usize)
+        .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+    if data.len() != size as usize {
+        return Err(Error::corrupt(
+            what(),
+            format!("{} bytes, expected {size}", data.len()),
+        ));
+    }
+    if ChunkHash::of(&data) != *hash {
+        return Err(Error::corrupt(what(), "content does not match its hash"));
+    }
+    Ok(data)
+}
+
+/// Follows tar headers through a stream to count regular files and their bytes (for the
+/// manifest) without parsing the archive twice.
+#[derive(Default)]
+pub(crate) struct TarCounter {
+    header: Vec<u8>,
+    skip: u64,
+    /// Regular files seen.
+    pub files: u64,
+    /// Their bytes.
+    pub bytes: u64,
+}
+
+impl TarCounter {
+    pub fn feed(&mut self, mut data: &[u8]) {
+        while !data.is_empty() {
+            if self.skip > 0 {
+                let n = (self.skip.min(data.len() as u64)) as usize;
+                self.skip -= n as u64;
+                data = &data[n..];
+                continue;
+            }
+            let n = (512 - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..n]);
+            data = &data[n..];
+            if self.header.len() == 512 {
+                self.parse();
+                self.header.clear();
+            }
+        }
+    }
+
+    fn parse(&mut self) {
+        let h = &self.header;
+        if h.iter().all(|&b| b == 0) {
+            return;
+        }
+        let size = tar_size(&h[124..136]);
+        self.skip = size.div_ceil(512) * 512;
+        if matches!(h[156], b'0' | 0 | b'7') {
+            self.files += 1;
+            self.bytes += size;
+        }
+    }
+}
+
+/// A tar numeric field: octal text, or GNU base-256 when the high bit is set.
+fn tar_size(field: &[u8]) -> u64 {
+    if field[0] & 0x80 != 0 {
+        let mut v = u64::from(field[0] & 0x7f);
+        for &b in &field[1..] {
+            v = (v << 8) | u64::from(b);
+        }
+        return v;
+    }
+    let mut v = 0u64;
+    for &b in field {
+        match b {
+            b'0'..=b'7' => v = (v << 3) | u64::from(b - b'0'),
+            b' ' | 0 if v > 0 => break,
+            _ => {}
+        }
+    }
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn chunks_cover_the_input_in_order_and_respect_the_bounds() {
+        let params = ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 1,
+        };
+        let data: Vec<u8> = (0..200_000u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
+        let mut chunker = Chunker::new(params);
+        let mut out = Vec::new();
+        for piece in data.chunks(777) {
+            chunker.push(piece, &mut out);
+        }
+        chunker.finish(&mut out);
+        let joined: Vec<u8> = out.iter().flat_map(|c| c.iter().copied()).collect();
+        assert_eq!(joined, data);
+        for c in &out[..out.len() - 1] {
+            assert!(c.len() >= 1024 && c.len() <= 16384, "{}", c.len());
+        }
+        // Content-defined: the same data fed in other pieces cuts the same way.
+        let mut again = Chunker::new(params);
+        let mut out2 = Vec::new();
+        again.push(&data, &mut out2);
+        again.finish(&mut out2);
+        assert_eq!(out, out2);
+    }
+
+    #[test]
+    fn stored_chunks_verify_every_byte() {
+        let data = b"hello hello hello hello".repeat(100);
+        let hash = ChunkHash::of(&data);
+        let stored = encode(&data, 1).unwrap();
+        assert_eq!(decode(&stored, &hash, data.len() as u32).unwrap(), data);
+        for i in 0..stored.len() {
+            let mut bad = stored.clone();
+            bad[i] ^= 1;
+            assert!(decode(&bad, &hash, data.len() as u32).is_err(), "byte {i}");
+        }
+        assert!(decode(&stored[..stored.len() / 2], &hash, data.len() as u32).is_err());
+    }
+
+    #[test]
+    fn tar_counter_counts_regular_files() {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, len) in [("a", 10usize), ("d/b", 1000), ("e", 0)] {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(len as u64);
+            h.set_mode(0o644);
+            b.append_data(&mut h, name, &vec![7u8; len][..]).unwrap();
+        }
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_size(0);
+        b.append_data(&mut h, "dir", std::io::empty()).unwrap();
+        let long = "x".repeat(300);
+        let mut h = tar::Header::new_gnu();
+        h.set_size(5);
+        b.append_data(&mut h, &long, &b"12345"[..]).unwrap();
+        let bytes = b.into_inner().unwrap();
+        let mut c = TarCounter::default();
+        for piece in bytes.chunks(100) {
+            c.feed(piece);
+        }
+        assert_eq!((c.files, c.bytes), (4, 1015));
+    }
+}

@@ -1,0 +1,357 @@
+//! The snapshot manifest: what a snapshot is made of, and its stored form.
+//!
+//! Stored form (the object at `manifests/<session>/<created>-<id>`): zstd of
+//! `cma-snapshot-manifest <format> <sha256 of the JSON, hex>\n<JSON>`. The snapshot id is the
+//! SHA-256 of the stored (compressed) bytes, so every stored byte is covered; the inner digest
+//! is the manifest's own checksum. Reading one verifies both, the format version and that the
+//! chunk list adds up to the sizes it claims.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::{Error, Result};
+use crate::SnapshotId;
+
+/// The manifest format this crate writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+/// Largest stored manifest accepted (decompressed), against a hostile or corrupt store.
+pub const MAX_MANIFEST_BYTES: usize = 256 * 1024 * 1024;
+const MAGIC: &str = "cma-snapshot-manifest";
+
+/// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkHash(pub [u8; 32]);
+
+impl ChunkHash {
+    /// Hash `data`.
+    pub fn of(data: &[u8]) -> Self {
+        Self(Sha256::digest(data).into())
+    }
+
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex(&self.0)
+    }
+
+    /// Parse 64 lowercase hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        if s.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in s.as_bytes().chunks(2).enumerate() {
+            out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+        }
+        Some(Self(out))
+    }
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// The id of a stored manifest object.
+pub(crate) fn id_of(stored: &[u8]) -> SnapshotId {
+    SnapshotId::from_hex(&hex(&Sha256::digest(stored))).expect("a SHA-256 is 64 hex digits")
+}
+
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(DIGITS[usize::from(b >> 4)] as char);
+        s.push(DIGITS[usize::from(b & 15)] as char);
+    }
+    s
+}
+
+/// One chunk of the workspace archive, in archive order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkRef {
+    /// SHA-256 of the uncompressed bytes.
+    pub hash: ChunkHash,
+    /// Uncompressed size.
+    pub size: u32,
+    /// Size of the stored (compressed) object.
+    pub stored_size: u32,
+}
+
+/// How the archive was cut into chunks (FastCDC 2020); recorded so a reader knows what wrote it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkerParams {
+    /// Smallest chunk, except the last.
+    pub min_size: u32,
+    /// Target average chunk size.
+    pub avg_size: u32,
+    /// Largest chunk.
+    pub max_size: u32,
+    /// FastCDC normalization level (0 to 3).
+    pub normalization: u8,
+}
+
+impl Default for ChunkerParams {
+    fn default() -> Self {
+        Self {
+            min_size: 32 * 1024,
+            avg_size: 128 * 1024,
+            max_size: 512 * 1024,
+            normalization: 1,
+        }
+    }
+}
+
+impl ChunkerParams {
+    /// Check the sizes against FastCDC's bounds and each other.
+    pub fn validate(&self) -> Result<()> {
+        use fastcdc::v2020 as cdc;
+        let (min, avg, max) = (
+            self.min_size as usize,
+            self.avg_size as usize,
+            self.max_size as usize,
+        );
+        let ok = (cdc::MINIMUM_MIN..=cdc::MINIMUM_MAX).contains(&min)
+            && (cdc::AVERAGE_MIN..=cdc::AVERAGE_MAX).contains(&avg)
+            && (cdc::MAXIMUM_MIN..=cdc::MAXIMUM_MAX).contains(&max)
+            && min <= avg
+            && avg <= max
+            && self.normalization <= 3;
+        if ok {
+            Ok(())
+        } else {
+            Err(Error::InvalidInput {
+                message: format!("chunker parameters out of range: {self:?}"),
+            })
+        }
+    }
+}
+
+/// A stored snapshot: everything needed to rebuild the workspace archive and check it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotManifest {
+    /// Its id (the SHA-256 of the stored manifest object).
+    pub id: SnapshotId,
+    /// Manifest format version ([`FORMAT_VERSION`]).
+    pub format_version: u32,
+    /// The session the workspace belongs to.
+    pub session_id: String,
+    /// When the save started.
+    pub created_at: DateTime<Utc>,
+    /// The snapshot this one was saved after (its chunks were reused), if any.
+    pub parent: Option<SnapshotId>,
+    /// Regular files in the workspace.
+    pub file_count: u64,
+    /// Bytes in those files.
+    pub content_bytes: u64,
+    /// Size of the workspace archive (tar).
+    pub archive_bytes: u64,
+    /// Sum of the stored sizes of the chunks the archive is made of (counting repeats).
+    pub stored_bytes: u64,
+    /// Bytes this save actually uploaded (new chunks, the manifest not included).
+    pub uploaded_bytes: u64,
+    /// How the archive was cut.
+    pub chunker: ChunkerParams,
+    /// The archive's chunks, in order.
+    pub chunks: Vec<ChunkRef>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Wire {
+    format_version: u32,
+    session_id: String,
+    created_at: DateTime<Utc>,
+    parent: Option<String>,
+    file_count: u64,
+    content_bytes: u64,
+    archive_bytes: u64,
+    stored_bytes: u64,
+    uploaded_bytes: u64,
+    chunker: ChunkerParams,
+    compression: String,
+    /// `[hash hex, size, stored size]` triples.
+    chunks: Vec<(String, u32, u32)>,
+}
+
+impl SnapshotManifest {
+    /// Serialize: the stored bytes and the id they hash to. Sets `self.id`.
+    pub(crate) fn encode(&mut self) -> Result<Vec<u8>> {
+        let wire = Wire {
+            format_version: self.format_version,
+            session_id: self.session_id.clone(),
+            created_at: self.created_at,
+            parent: self.parent.as_ref().map(|p| p.as_str().to_owned()),
+            file_count: self.file_count,
+            content_bytes: self.content_bytes,
+            archive_bytes: self.archive_bytes,
+            stored_bytes: self.stored_bytes,
+            uploaded_bytes: self.uploaded_bytes,
+            chunker: self.chunker,
+            compression: "zstd".into(),
+            chunks: self
+                .chunks
+                .iter()
+                .map(|c| (c.hash.to_hex(), c.size, c.stored_size))
+                .collect(),
+        };
+        let json = serde_json::to_vec(&wire).map_err(|e| Error::InvalidInput {
+            message: format!("manifest does not serialize: {e}"),
+        })?;
+        let digest = hex(&Sha256::digest(&json));
+        let mut plain = format!("{MAGIC} {FORMAT_VERSION} {digest}\n").into_bytes();
+        plain.extend_from_slice(&json);
+        let stored =
+            zstd::bulk::compress(&plain, 3).map_err(|e| Error::io("compress manifest", e))?;
+        self.id = id_of(&stored);
+        Ok(stored)
+    }
+
+    /// Parse and verify stored bytes; `expected` is the id the caller looked up.
+    pub(crate) fn decode(stored: &[u8], expected: Option<&SnapshotId>) -> Result<Self> {
+        let what = || match expected {
+            Some(id) => format!("manifest {}", id.as_str()),
+            None => "manifest".to_owned(),
+        };
+        let id = id_of(stored);
+        if let Some(expected) = expected
+            && *expected != id
+        {
+            return Err(Error::corrupt(what(), "does not hash to its id"));
+        }
+        let plain = zstd::bulk::decompress(stored, MAX_MANIFEST_BYTES)
+            .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+        let nl = plain
+            .iter()
+            .position(|&b| b == b'\n')
+            .ok_or_else(|| Error::corrupt(what(), "no header line"))?;
+        let header = std::str::from_utf8(&plain[..nl])
+            .map_err(|_| Error::corrupt(what(), "header is not UTF-8"))?;
+        let json = &plain[nl + 1..];
+        let mut parts = header.split(' ');
+        let (Some(MAGIC), Some(version), Some(digest), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(Error::corrupt(what(), "bad header line"));
+        };
+        if version != FORMAT_VERSION.to_string() {
+            return Err(Error::corrupt(
+                what(),
+                format!("unsupported format version {version}"),
+            ));
+        }
+        let actual = hex(&Sha256::digest(json));
+        if actual != digest {
+            return Err(Error::corrupt(what(), "checksum mismatch"));
+        }
+        let wire: Wire = serde_json::from_slice(json)
+            .map_err(|e| Error::corrupt(what(), format!("bad JSON: {e}")))?;
+        if wire.format_version != FORMAT_VERSION || wire.compression != "zstd" {
+            return Err(Error::corrupt(what(), "unsupported format or compression"));
+        }
+        let mut chunks = Vec::with_capacity(wire.chunks.len());
+        let mut total = 0u64;
+        let mut stored_total = 0u64;
+        for (h, size, stored_size) in wire.chunks {
+            let hash =
+                ChunkHash::from_hex(&h).ok_or_else(|| Error::corrupt(what(), "bad chunk hash"))?;
+            total += u64::from(size);
+            stored_total += u64::from(stored_size);
+            chunks.push(ChunkRef {
+                hash,
+                size,
+                stored_size,
+            });
+        }
+        if total != wire.archive_bytes || stored_total != wire.stored_bytes {
+            return Err(Error::corrupt(what(), "chunk sizes do not add up"));
+        }
+        let parent = match wire.parent {
+            Some(p) => Some(
+                SnapshotId::from_hex(&p).ok_or_else(|| Error::corrupt(what(), "bad parent id"))?,
+            ),
+            None => None,
+        };
+        Ok(Self {
+            id,
+            format_version: wire.format_version,
+            session_id: wire.session_id,
+            created_at: wire.created_at,
+            parent,
+            file_count: wire.file_count,
+            content_bytes: wire.content_bytes,
+            archive_bytes: wire.archive_bytes,
+            stored_bytes: wire.stored_bytes,
+            uploaded_bytes: wire.uploaded_bytes,
+            chunker: wire.chunker,
+            chunks,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> SnapshotManifest {
+        SnapshotManifest {
+            id: SnapshotId::from_hex(&"0".repeat(64)).unwrap(),
+            format_version: FORMAT_VERSION,
+            session_id: "sesn_1".into(),
+            created_at: Utc::now(),
+            parent: None,
+            file_count: 1,
+            content_bytes: 3,
+            archive_bytes: 7,
+            stored_bytes: 9,
+            uploaded_bytes: 9,
+            chunker: ChunkerParams::default(),
+            chunks: vec![
+                ChunkRef {
+                    hash: ChunkHash::of(b"abc"),
+                    size: 3,
+                    stored_size: 4,
+                },
+                ChunkRef {
+                    hash: ChunkHash::of(b"defg"),
+                    size: 4,
+                    stored_size: 5,
+                },
+            ],
+        }
+    }
+
+    #[test]
+    fn round_trip_sets_and_checks_the_id() {
+        let mut m = sample();
+        let bytes = m.encode().unwrap();
+        let back = SnapshotManifest::decode(&bytes, Some(&m.id)).unwrap();
+        assert_eq!(back, m);
+        let other = SnapshotId::from_hex(&"1".repeat(64)).unwrap();
+        let e = SnapshotManifest::decode(&bytes, Some(&other)).unwrap_err();
+        assert_eq!(e.kind(), super::super::ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn any_flipped_byte_is_detected() {
+        let mut m = sample();
+        let bytes = m.encode().unwrap();
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x40;
+            assert!(
+                SnapshotManifest::decode(&bad, Some(&m.id)).is_err(),
+                "byte {i}"
+            );
+        }
+    }
+
+    #[test]
+    fn chunk_hash_hex_round_trip() {
+        let h = ChunkHash::of(b"x");
+        assert_eq!(ChunkHash::from_hex(&h.to_hex()), Some(h));
+        assert_eq!(ChunkHash::from_hex("zz"), None);
+    }
+}

@@ -1,0 +1,564 @@
+//! Workspace snapshots: [`SnapshotStore`] saves a sandbox's workspace archive as content-defined,
+//! SHA-256-addressed, zstd-compressed chunks plus a manifest, in any `object_store` backend, and
+//! restores it verified.
+//!
+//! # Layout in the store
+//! - `chunks/<2 hex>/<sha256>`: one chunk (see the `chunk` module for its stored form), written
+//!   once whatever the number of snapshots that use it.
+//! - `manifests/<session>/<created µs, 20 digits>-<snapshot id>`: a manifest (see
+//!   [`SnapshotManifest`]); listing a session's prefix lists its snapshots in time order.
+//! - `ids/<snapshot id>`: the key of the manifest, so a snapshot can be found by id alone.
+//! - `inflight/<save>/<n>`: the chunks a running save is about to use (see *Garbage collection*).
+//! - `gc/<run>`: present while a garbage collection runs.
+//!
+//! # Crash safety
+//! A save uploads its chunks first, then `ids/<id>` and then the manifest, each with
+//! `PutMode::Create`. A manifest therefore exists only once every chunk it lists is in the
+//! store; a crash at any point leaves at most unreferenced chunks, a dangling `ids/` entry or
+//! stale `inflight/` records, which garbage collection removes.
+//!
+//! # Garbage collection while saves run
+//! A save names each batch of chunks in an `inflight/` record *before* it checks whether they
+//! exist, then waits until no garbage collection that started earlier is still running, and only
+//! then checks the store (or, for chunks of the parent snapshot, that the parent manifest still
+//! exists). A collection lists chunks, then live `inflight/` records, then manifests, and deletes
+//! only chunks named by none of them. A collection that started after the save's record was
+//! written sees the record and keeps those chunks; one that started before is still running when
+//! the save looks (and the save waits for it) or has finished (and the save sees what it deleted,
+//! and uploads again what it needs). A manifest, once written, keeps its chunks alive. Both
+//! sides bound their own duration ([`GcConfig`]) so a crashed process's marker or records expire.
+//!
+//! # Restore
+//! Chunks are downloaded in parallel, each checked (stored bytes, size, SHA-256), and written in
+//! order to a spool file (zero runs become holes); the whole archive is then checked entry by
+//! entry (no `..`, absolute paths, outward symlinks, hard links, devices, FIFOs or
+//! setuid/setgid/sticky bits). Only then is it streamed into
+//! [`Sandbox::import_workspace`]: a snapshot that fails any check leaves the sandbox untouched.
+
+mod chunk;
+mod error;
+mod manifest;
+mod safety;
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::{DateTime, TimeZone, Utc};
+use cma_sandbox::{ByteStream, Sandbox, SandboxError, SandboxErrorKind};
+use futures::{StreamExt, TryStreamExt};
+use object_store::memory::InMemory;
+use object_store::path::Path;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use tokio::sync::mpsc;
+
+pub use error::{Error, ErrorKind, Result};
+pub use manifest::{ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, SnapshotManifest};
+
+use self::chunk::{Chunker, TarCounter};
+use crate::SnapshotId;
+
+/// Chunks named per `inflight/` record (and processed together).
+const BATCH_CHUNKS: usize = 32;
+/// Size of the pieces a restore streams into the sandbox.
+const IMPORT_PIECE_BYTES: usize = 256 * 1024;
+/// A block of zeros, for finding holes cheaply.
+static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
+
+/// Timing bounds of the garbage-collection protocol (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct GcConfig {
+    /// Chunks younger than this are never collected, referenced or not (a second line of
+    /// defence; the protocol does not need it).
+    pub chunk_grace: Duration,
+    /// A save must reach its manifest within half of this after it names its first chunks;
+    /// a collection treats older `inflight/` records (and dangling `ids/` entries) as left by a
+    /// crashed save.
+    pub inflight_ttl: Duration,
+    /// A collection stops deleting once it has run this long (it reports itself incomplete; the
+    /// next run continues). Saves treat a marker older than twice this as left by a crash.
+    pub gc_deadline: Duration,
+    /// How long a save waits for a running collection before failing with [`Error::Busy`].
+    pub max_wait: Duration,
+}
+
+impl Default for GcConfig {
+    fn default() -> Self {
+        Self {
+            chunk_grace: Duration::from_secs(15 * 60),
+            inflight_ttl: Duration::from_secs(6 * 3600),
+            gc_deadline: Duration::from_secs(120),
+            max_wait: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Tuning of a [`SnapshotStore`]. `SnapshotConfig::default()` then set fields.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct SnapshotConfig {
+    /// How archives are cut (only affects new saves; restores read it from the manifest).
+    pub chunker: ChunkerParams,
+    /// zstd level for chunks.
+    pub zstd_level: i32,
+    /// Chunk uploads (and existence checks) in flight at once.
+    pub upload_concurrency: usize,
+    /// Chunk downloads in flight at once.
+    pub download_concurrency: usize,
+    /// Limit on every single store call.
+    pub op_timeout: Duration,
+    /// Where restores spool the verified archive (default: the system temp dir).
+    pub spool_dir: Option<PathBuf>,
+    /// Largest archive a restore or verify accepts.
+    pub max_archive_bytes: u64,
+    /// Trust that chunks listed by the parent manifest exist while that manifest exists, instead
+    /// of checking each one (one request per batch instead of one per chunk).
+    pub trust_parent_chunks: bool,
+    /// Garbage-collection timing.
+    pub gc: GcConfig,
+}
+
+impl Default for SnapshotConfig {
+    fn default() -> Self {
+        Self {
+            chunker: ChunkerParams::default(),
+            zstd_level: 1,
+            upload_concurrency: 8,
+            download_concurrency: 8,
+            op_timeout: Duration::from_secs(60),
+            spool_dir: None,
+            max_archive_bytes: 64 * 1024 * 1024 * 1024,
+            trust_parent_chunks: true,
+            gc: GcConfig::default(),
+        }
+    }
+}
+
+/// A snapshot as listed (from its key, without reading the manifest).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotInfo {
+    /// Its id.
+    pub id: SnapshotId,
+    /// Its session.
+    pub session_id: String,
+    /// When its save started.
+    pub created_at: DateTime<Utc>,
+    /// Size of the stored manifest.
+    pub manifest_bytes: u64,
+}
+
+/// Which snapshots [`SnapshotStore::apply_retention`] keeps: per session, the newest
+/// `keep_last`, and every one younger than `keep_within`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Newest snapshots kept per session.
+    pub keep_last: usize,
+    /// Snapshots younger than this are kept.
+    pub keep_within: Duration,
+}
+
+/// What [`SnapshotStore::apply_retention`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RetentionReport {
+    /// Snapshots kept.
+    pub kept: usize,
+    /// Snapshots deleted.
+    pub deleted: Vec<SnapshotId>,
+}
+
+/// What [`SnapshotStore::gc`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct GcReport {
+    /// Chunks in the store when the run started.
+    pub chunks_scanned: usize,
+    /// Chunks referenced by a manifest or a running save.
+    pub chunks_live: usize,
+    /// Chunks deleted.
+    pub chunks_deleted: usize,
+    /// Stored bytes freed.
+    pub bytes_freed: u64,
+    /// Manifests read.
+    pub manifests: usize,
+    /// Records of crashed saves and dangling id entries removed.
+    pub stale_records_deleted: usize,
+    /// The run hit [`GcConfig::gc_deadline`] before deleting everything it could.
+    pub incomplete: bool,
+}
+
+/// Workspace snapshots in an object store. Cheap to clone; clones share the store.
+#[derive(Clone)]
+pub struct SnapshotStore {
+    store: Arc<dyn ObjectStore>,
+    config: Arc<SnapshotConfig>,
+}
+
+impl std::fmt::Debug for SnapshotStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SnapshotStore")
+            .field("store", &self.store.to_string())
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+/// The directory snapshots go to by default: `$CMA_DATA_DIR/snapshots`, else
+/// `$XDG_DATA_HOME/cma/snapshots`, else `$HOME/.local/share/cma/snapshots`.
+pub fn default_data_dir() -> Option<PathBuf> {
+    let env = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(d) = env("CMA_DATA_DIR") {
+        return Some(d.join("snapshots"));
+    }
+    if let Some(d) = env("XDG_DATA_HOME") {
+        return Some(d.join("cma").join("snapshots"));
+    }
+    env("HOME").map(|h| h.join(".local/share/cma/snapshots"))
+}
+
+/// Session ids become part of object keys: 1 to 128 of `[A-Za-z0-9_.-]`, not starting with '.'.
+fn check_session_id(session_id: &str) -> Result<()> {
+    let ok = !session_id.is_empty()
+        && session_id.len() <= 128
+        && !session_id.starts_with('.')
+        && session_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidInput {
+            message: format!(
+                "session id {session_id:?} must be 1-128 of [A-Za-z0-9_.-], not starting with '.'"
+            ),
+        })
+    }
+}
+
+fn chunk_key(hash: &ChunkHash) -> Path {
+    let hex = hash.to_hex();
+    Path::from(format!("chunks/{}/{hex}", &hex[..2]))
+}
+
+fn id_key(id: &SnapshotId) -> Path {
+    Path::from(format!("ids/{}", id.as_str()))
+}
+
+fn manifest_key(session_id: &str, created_at: DateTime<Utc>, id: &SnapshotId) -> Path {
+    let micros = created_at.timestamp_micros().max(0);
+    Path::from(format!(
+        "manifests/{session_id}/{micros:020}-{}",
+        id.as_str()
+    ))
+}
+
+/// `(session, created, id)` from a manifest key.
+fn parse_manifest_key(key: &Path) -> Option<(String, DateTime<Utc>, SnapshotId)> {
+    let mut parts = key.parts();
+    if parts.next()?.as_ref() != "manifests" {
+        return None;
+    }
+    let session = parts.next()?.as_ref().to_owned();
+    let leaf = parts.next()?;
+    if parts.next().is_some() {
+        return None;
+    }
+    let (micros, id) = leaf.as_ref().split_once('-')?;
+    let created = Utc.timestamp_micros(micros.parse().ok()?).single()?;
+    Some((session, created, SnapshotId::from_hex(id)?))
+}
+
+fn is_not_found(e: &object_store::Error) -> bool {
+    matches!(e, object_store::Error::NotFound { .. })
+}
+
+impl SnapshotStore {
+    /// A store over any `object_store` backend.
+    pub fn new(store: Arc<dyn ObjectStore>, config: SnapshotConfig) -> Result<Self> {
+        config.chunker.validate()?;
+        if config.upload_concurrency == 0 || config.download_concurrency == 0 {
+            return Err(Error::InvalidInput {
+                message: "concurrency limits must be at least 1".into(),
+            });
+        }
+        Ok(Self {
+            store,
+            config: Arc::new(config),
+        })
+    }
+
+    /// A store in a local directory (created if missing).
+    pub fn local(dir: impl AsRef<FsPath>, config: SnapshotConfig) -> Result<Self> {
+        let dir = dir.as_ref();
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+        let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
+            .map_err(|e| Error::store(format!("open {}", dir.display()), e))?
+            .with_automatic_cleanup(true);
+        Self::new(Arc::new(fs), config)
+    }
+
+    /// A store under [`default_data_dir`].
+    pub fn local_default(config: SnapshotConfig) -> Result<Self> {
+        let dir = default_data_dir().ok_or_else(|| Error::InvalidInput {
+            message: "no data directory: set CMA_DATA_DIR or HOME".into(),
+        })?;
+        Self::local(dir, config)
+    }
+
+    /// A store in memory (tests, ephemeral use).
+    pub fn in_memory(config: SnapshotConfig) -> Result<Self> {
+        Self::new(Arc::new(InMemory::new()), config)
+    }
+
+    /// A store from a URL: `file:///dir`, `memory:///`, and with the matching feature
+    /// `s3://bucket/prefix` (`s3`), `gs://bucket/prefix` (`gcs`), `az://container/prefix`
+    /// (`azure`). `options` are the backend's configuration keys (for S3, e.g.
+    /// `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
+    /// `aws_allow_http`).
+    pub fn from_url<I, K, V>(url: &str, options: I, config: SnapshotConfig) -> Result<Self>
+    where
+        I: IntoIterator<Item = (K, V)>,
+        K: AsRef<str>,
+        V: Into<String>,
+    {
+        let parsed = url::Url::parse(url).map_err(|e| Error::InvalidInput {
+            message: format!("bad store URL {url:?}: {e}"),
+        })?;
+        let (store, prefix) = object_store::parse_url_opts(&parsed, options)
+            .map_err(|e| Error::store(format!("open {url}"), e))?;
+        let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
+            Arc::from(store)
+        } else {
+            Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+        };
+        Self::new(store, config)
+    }
+
+    /// The underlying object store (for tests and tools).
+    pub fn object_store(&self) -> &Arc<dyn ObjectStore> {
+        &self.store
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SnapshotConfig {
+        &self.config
+    }
+
+    async fn timed<T>(
+        &self,
+        what: impl FnOnce() -> String,
+        fut: impl Future<Output = object_store::Result<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.config.op_timeout, fut).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(Error::store(what(), e)),
+            Err(_) => Err(Error::Timeout {
+                operation: what(),
+                after: self.config.op_timeout,
+            }),
+        }
+    }
+
+    async fn get_bytes(&self, key: &Path) -> Result<Bytes> {
+        let store = self.store.clone();
+        let k = key.clone();
+        self.timed(|| format!("get {key}"), async move {
+            store.get(&k).await?.bytes().await
+        })
+        .await
+    }
+
+    async fn put(&self, key: &Path, data: Bytes, mode: PutMode) -> Result<()> {
+        let opts = PutOptions {
+            mode,
+            ..PutOptions::default()
+        };
+        self.timed(
+            || format!("put {key}"),
+            self.store.put_opts(key, PutPayload::from(data), opts),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn head(&self, key: &Path) -> Result<Option<object_store::ObjectMeta>> {
+        match self
+            .timed(|| format!("head {key}"), self.store.head(key))
+            .await
+        {
+            Ok(m) => Ok(Some(m)),
+            Err(Error::Store { source, .. }) if is_not_found(&source) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn delete_key(&self, key: &Path) -> Result<()> {
+        match self
+            .timed(|| format!("delete {key}"), self.store.delete(key))
+            .await
+        {
+            Err(Error::Store { source, .. }) if is_not_found(&source) => Ok(()),
+            r => r,
+        }
+    }
+
+    async fn list_all(&self, prefix: &str) -> Result<Vec<object_store::ObjectMeta>> {
+        let p = Path::from(prefix);
+        let store = self.store.clone();
+        self.timed(|| format!("list {prefix}"), async move {
+            store.list(Some(&p)).try_collect::<Vec<_>>().await
+        })
+        .await
+    }
+
+    // ---- reading manifests ----
+
+    async fn manifest_key_of(&self, id: &SnapshotId) -> Result<Path> {
+        let raw = match self.get_bytes(&id_key(id)).await {
+            Ok(b) => b,
+            Err(Error::Store { source, .. }) if is_not_found(&source) => {
+                return Err(Error::NotFound {
+                    what: id.as_str().to_owned(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let key = std::str::from_utf8(&raw)
+            .ok()
+            .map(Path::from)
+            .filter(|k| parse_manifest_key(k).is_some_and(|(_, _, kid)| kid == *id))
+            .ok_or_else(|| {
+                Error::corrupt(format!("id entry {}", id.as_str()), "bad manifest key")
+            })?;
+        Ok(key)
+    }
+
+    async fn read_manifest_at(&self, key: &Path, id: &SnapshotId) -> Result<SnapshotManifest> {
+        let stored = match self.get_bytes(key).await {
+            Ok(b) => b,
+            Err(Error::Store { source, .. }) if is_not_found(&source) => {
+                return Err(Error::NotFound {
+                    what: id.as_str().to_owned(),
+                });
+            }
+            Err(e) => return Err(e),
+        };
+        let m = SnapshotManifest::decode(&stored, Some(id))?;
+        match parse_manifest_key(key) {
+            Some((session, _, _)) if session == m.session_id => Ok(m),
+            _ => Err(Error::corrupt(
+                format!("manifest {}", id.as_str()),
+                "stored under another session",
+            )),
+        }
+    }
+
+    /// Read and verify a snapshot's manifest.
+    pub async fn manifest(&self, id: &SnapshotId) -> Result<SnapshotManifest> {
+        let key = self.manifest_key_of(id).await?;
+        self.read_manifest_at(&key, id).await
+    }
+
+    /// A session's snapshots, oldest first (from the listing; manifests are not read).
+    pub async fn list(&self, session_id: &str) -> Result<Vec<SnapshotInfo>> {
+        check_session_id(session_id)?;
+        let mut out: Vec<SnapshotInfo> = self
+            .list_all(&format!("manifests/{session_id}"))
+            .await?
+            .into_iter()
+            .filter_map(|meta| {
+                let (session, created_at, id) = parse_manifest_key(&meta.location)?;
+                (session == session_id).then_some(SnapshotInfo {
+                    id,
+                    session_id: session,
+                    created_at,
+                    manifest_bytes: meta.size,
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| (a.created_at, &a.id).cmp(&(b.created_at, &b.id)));
+        Ok(out)
+    }
+
+    /// The session's newest snapshot, verified; `None` if it has none.
+    pub async fn latest(&self, session_id: &str) -> Result<Option<SnapshotManifest>> {
+        match self.list(session_id).await?.pop() {
+            None => Ok(None),
+            Some(info) => {
+                let key = manifest_key(session_id, info.created_at, &info.id);
+                self.read_manifest_at(&key, &info.id).await.map(Some)
+            }
+        }
+    }
+
+    /// Delete a snapshot (its manifest; chunks go at the next [`gc`](Self::gc)).
+    pub async fn delete(&self, id: &SnapshotId) -> Result<()> {
+        let key = self.manifest_key_of(id).await?;
+        self.delete_key(&key).await?;
+        self.delete_key(&id_key(id)).await
+    }
+
+    /// Apply a retention policy to every session.
+    pub async fn apply_retention(&self, policy: RetentionPolicy) -> Result<RetentionReport> {
+        let now = Utc::now();
+        let within =
+            chrono::Duration::from_std(policy.keep_within).unwrap_or(chrono::Duration::MAX);
+        let mut by_session: HashMap<String, Vec<(DateTime<Utc>, SnapshotId, Path)>> =
+            HashMap::new();
+        for meta in self.list_all("manifests").await? {
+            if let Some((session, created, id)) = parse_manifest_key(&meta.location) {
+                by_session
+                    .entry(session)
+                    .or_default()
+                    .push((created, id, meta.location));
+            }
+        }
+        let mut report = RetentionReport::default();
+        for (_, mut snaps) in by_session {
+            snaps.sort_by(|a, b| (b.0, &b.1).cmp(&(a.0, &a.1)));
+            for (i, (created, id, key)) in snaps.into_iter().enumerate() {
+                let young = now.signed_duration_since(created) < within;
+                if i < policy.keep_last || young {
+                    report.kept += 1;
+                } else {
+                    self.delete_key(&key).await?;
+                    self.delete_key(&id_key(&id)).await?;
+                    report.deleted.push(id);
+                }
+            }
+        }
+        Ok(report)
+    }
+}
+
+mod gc;
+mod restore;
+mod save;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_keys_round_trip() {
+        let id = SnapshotId::from_hex(&"ab".repeat(32)).unwrap();
+        let t = Utc.timestamp_micros(1_700_000_000_123_456).unwrap();
+        let key = manifest_key("sesn_1", t, &id);
+        assert_eq!(parse_manifest_key(&key), Some(("sesn_1".into(), t, id)));
+    }
+
+    #[test]
+    fn session_ids_are_checked() {
+        assert!(check_session_id("sesn_01ABC-x.y").is_ok());
+        for bad in ["", ".x", "a/b", "a b", &"x".repeat(129)] {
+            assert!(check_session_id(bad).is_err(), "{bad}");
+        }
+    }
+}
