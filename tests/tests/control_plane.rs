@@ -233,11 +233,11 @@ async fn shutdown_releases_in_flight_work_by_force_stopping_it() {
     assert_eq!(s.len(), 1);
     assert_eq!(s[0].body.as_deref(), Some(r#"{"force":true}"#));
     // Nothing is claimed after shutdown.
-    let polls_then = polls(&h.emu);
-    h.session(vec![], ScriptEnd::Idle);
+    let later = h.session(vec![], ScriptEnd::Idle);
     p.wake();
     assert_eq!(p.drain().await.unwrap(), 0);
-    assert_eq!(polls(&h.emu), polls_then);
+    assert_eq!(state(&h.emu, &later), Some(WorkState::Queued));
+    assert_eq!(p.stats().claimed, 1);
 }
 
 /// `shutdown(grace)`: an item that ends within the grace finishes normally.
