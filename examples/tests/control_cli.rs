@@ -199,6 +199,70 @@ async fn cma_run_serves_a_session_and_verifies_webhooks() {
     emulator.shutdown().await;
 }
 
+/// `cma run` downloads a session's skill into its sandbox and mounts, edits and syncs back its
+/// memory store (mounted outside the workspace, backed by `data_dir/memory`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cma_run_serves_skills_and_memory_stores() {
+    let scenario: Scenario = serde_json::from_value(serde_json::json!({
+        "environments": [{"id": "env_mem"}],
+        "skills": [{"id": "skill_notes", "name": "notes", "files": {"SKILL.md": "# Notes skill\n"}}],
+        "memory_stores": [{"id": "memstore_prefs", "memories": {"/style.md": "theme: light\n"}}],
+        "sessions": [{"environment": "env_mem", "end": "terminate",
+            "skills": [{"skill_id": "skill_notes"}],
+            "memory_stores": [{"memory_store_id": "memstore_prefs", "mount_path": "/mnt/memory/prefs"}],
+            "calls": [
+                {"name": "read", "input": {"file_path": "skills/notes/SKILL.md"}},
+                {"name": "edit", "input": {"file_path": "/mnt/memory/prefs/style.md",
+                                           "old_string": "light", "new_string": "dark"}}
+            ]}]
+    }))
+    .unwrap();
+    let emulator = Emulator::start(EmulatorConfig::default().scenario(scenario))
+        .await
+        .unwrap();
+    let env = emulator.environments().remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cma.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "environment_id": env.id,
+            "base_url": emulator.base_url(),
+            "data_dir": dir.path().join("data"),
+            "max_idle_seconds": 1,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cma"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ANTHROPIC_ENVIRONMENT_KEY", &env.key)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cma run");
+    let synced = emulator
+        .wait_for(Duration::from_secs(30), |e| {
+            e.memories("memstore_prefs")
+                .is_some_and(|m| m.get("/style.md").map(String::as_str) == Some("theme: dark\n"))
+        })
+        .await;
+    let records = emulator.tool_results();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        synced,
+        "the memory edit never reached the store: {records:?}"
+    );
+    assert!(
+        records[0].content.to_string().contains("# Notes skill"),
+        "{records:?}"
+    );
+    emulator.shutdown().await;
+}
+
 fn chrono_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -216,6 +280,14 @@ fn cma_run_rejects_bad_configs() {
             "concurrency must be at least 1",
         ),
         (r#"{}"#, "environment_id"),
+        (
+            r#"{"environment_id":"env_x","memory_sync_interval_seconds":2}"#,
+            "memory sync interval must be at least",
+        ),
+        (
+            r#"{"environment_id":"env_x","memory_sync_deletions":"sometimes"}"#,
+            "memory_sync_deletions must be",
+        ),
         ("not json", "expected"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {

@@ -16,6 +16,8 @@
 //!   "concurrency": 4,
 //!   "keep_warm_seconds": 180,
 //!   "max_idle_seconds": 60,
+//!   "memory_sync_interval_seconds": 15,
+//!   "memory_sync_deletions": "enabled",
 //!   "webhook": { "listen": "127.0.0.1:8080", "secret_env": "CMA_WEBHOOK_SECRET" }
 //! }
 //! ```
@@ -24,7 +26,10 @@
 //! from the variable `environment_key_env` names (default `ANTHROPIC_ENVIRONMENT_KEY`), the webhook
 //! secret from `webhook.secret_env`. `base_url` defaults to `ANTHROPIC_BASE_URL` or the public
 //! API. With `webhook`, verified deliveries (Standard Webhooks, `POST /webhooks`) wake the poll
-//! loop. Ctrl-C or SIGTERM stops claiming, gives running items 30 s, then releases them.
+//! loop. Sessions' skills are downloaded into their sandboxes and memory stores mounted and
+//! synced every `memory_sync_interval_seconds` (at least 5; 0 disables memory) with local deletes
+//! per `memory_sync_deletions` (`enabled`, `log_only`, `disabled`); memory folders outside the
+//! workspace are backed by directories under `data_dir/memory`. Ctrl-C or SIGTERM stops claiming, gives running items 30 s, then releases them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -37,6 +42,7 @@ use cma_core::control::host::{SandboxHost, SandboxHostConfig};
 use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
 use cma_core::control::select::RuleSelector;
 use cma_core::control::tools::ToolsetFactory;
+use cma_core::runner::memory::{MemoryConfig, MemoryDeletions};
 use cma_core::runner::session::RunnerConfig;
 use cma_core::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookSecret};
 use cma_sandbox::SandboxBackend;
@@ -86,6 +92,12 @@ pub struct RunConfig {
     /// Listen for webhooks.
     #[serde(default)]
     pub webhook: Option<WebhookListen>,
+    /// Memory-store sync cadence in seconds (at least 5); 0 disables memory stores.
+    #[serde(default = "default_memory_sync")]
+    pub memory_sync_interval_seconds: u64,
+    /// Whether a memory file deleted locally deletes its memory: `enabled`, `log_only`, `disabled`.
+    #[serde(default = "default_memory_deletions")]
+    pub memory_sync_deletions: String,
 }
 
 /// The webhook listener.
@@ -111,6 +123,31 @@ fn default_concurrency() -> usize {
 fn default_keep_warm() -> u64 {
     180
 }
+fn default_memory_sync() -> u64 {
+    15
+}
+fn default_memory_deletions() -> String {
+    "enabled".into()
+}
+
+fn memory_config(config: &RunConfig) -> Result<MemoryConfig, String> {
+    let deletions = match config.memory_sync_deletions.as_str() {
+        "enabled" => MemoryDeletions::Enabled,
+        "log_only" => MemoryDeletions::LogOnly,
+        "disabled" => MemoryDeletions::Disabled,
+        other => {
+            return Err(format!(
+                "memory_sync_deletions must be enabled, log_only or disabled, not {other:?}"
+            ));
+        }
+    };
+    let interval = (config.memory_sync_interval_seconds > 0)
+        .then(|| Duration::from_secs(config.memory_sync_interval_seconds));
+    Ok(MemoryConfig::new(interval)
+        .map_err(|e| e.to_string())?
+        .with_deletions(deletions))
+}
+
 fn default_max_idle() -> u64 {
     60
 }
@@ -138,6 +175,7 @@ impl RunConfig {
                 path.display()
             ));
         }
+        memory_config(&config).map_err(|e| format!("{}: {e}", path.display()))?;
         Ok(config)
     }
 }
@@ -214,6 +252,7 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         Arc::new(ToolsetFactory::new()),
         SandboxHostConfig {
             keep_warm: Duration::from_secs(config.keep_warm_seconds),
+            memory_dir: Some(dir.join("memory")),
             ..SandboxHostConfig::default()
         },
     );
@@ -222,6 +261,7 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         runner: RunnerConfig {
             max_idle: (config.max_idle_seconds > 0)
                 .then(|| Duration::from_secs(config.max_idle_seconds)),
+            memory: memory_config(&config)?,
             ..RunnerConfig::default()
         },
         ..ControlPlaneConfig::default()
