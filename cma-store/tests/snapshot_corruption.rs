@@ -253,3 +253,49 @@ async fn every_unsafe_entry_is_refused_before_anything_is_written() {
         .unwrap();
     assert!(f.dst.host.join("good.txt").exists());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_latest_falls_back_to_the_newest_snapshot_that_verifies() {
+    let f = fixture().await;
+    let os = f.store.object_store().clone();
+    let empty = f.iso.sandbox().await;
+    assert!(
+        f.store
+            .restore_latest("sesn_none", empty.sandbox.as_ref())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    // A second, newer snapshot whose manifest is then damaged.
+    let src = f.iso.sandbox().await;
+    fill_random(&src.host, 77, 10);
+    let newer = f
+        .store
+        .save_session("sesn_c", src.sandbox.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(newer.parent.as_ref(), Some(&f.id));
+    let mkeys = keys(&os, "manifests").await;
+    let newest = mkeys
+        .iter()
+        .find(|k| k.as_ref().ends_with(newer.id.as_str()))
+        .unwrap();
+    let mut bad = get(&os, newest).await;
+    bad[10] ^= 1;
+    put(&os, newest, bad).await;
+    let dst = f.iso.sandbox().await;
+    let m = f
+        .store
+        .restore_latest("sesn_c", dst.sandbox.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(m.id, f.id);
+    // A save after a damaged newest snapshot still works (no parent).
+    let again = f
+        .store
+        .save_session("sesn_c", src.sandbox.as_ref())
+        .await
+        .unwrap();
+    assert_eq!(again.parent, None);
+}

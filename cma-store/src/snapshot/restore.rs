@@ -132,3 +132,39 @@ impl SnapshotStore {
         .map_err(joined)?
     }
 }
+
+impl SnapshotStore {
+    /// Restore the session's newest snapshot that passes verification into `sandbox`: a
+    /// snapshot that is corrupt, unsafe or gone is skipped for the one before it (the sandbox is
+    /// untouched by a failed attempt). `Ok(None)` if the session has no snapshot; the newest
+    /// snapshot's error if none restores; store, sandbox and timeout errors are returned at once.
+    pub async fn restore_latest(
+        &self,
+        session_id: &str,
+        sandbox: &dyn Sandbox,
+    ) -> Result<Option<SnapshotManifest>> {
+        let mut first_err = None;
+        for info in self.list(session_id).await?.into_iter().rev() {
+            match self.restore(&info.id, sandbox).await {
+                Ok(m) => return Ok(Some(m)),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        ErrorKind::Corrupt
+                            | ErrorKind::UnsafeEntry
+                            | ErrorKind::NotFound
+                            | ErrorKind::TooLarge
+                    ) =>
+                {
+                    tracing::warn!(snapshot = info.id.as_str(), error = %e, "skipping a snapshot that does not restore");
+                    first_err.get_or_insert(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(None),
+        }
+    }
+}

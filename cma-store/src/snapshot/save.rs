@@ -86,6 +86,21 @@ impl SnapshotStore {
         self.save_archive(session_id, stream, parent).await
     }
 
+    /// [`save`](Self::save) with the session's newest readable snapshot as parent (none if it
+    /// has none or the newest manifest does not verify).
+    pub async fn save_session(
+        &self,
+        session_id: &str,
+        sandbox: &dyn Sandbox,
+    ) -> Result<SnapshotManifest> {
+        let parent = match self.latest(session_id).await {
+            Ok(m) => m.map(|m| m.id),
+            Err(e) if e.kind() == ErrorKind::Corrupt || e.kind() == ErrorKind::NotFound => None,
+            Err(e) => return Err(e),
+        };
+        self.save(session_id, sandbox, parent.as_ref()).await
+    }
+
     /// [`save`](Self::save) from a workspace archive (a tar stream as
     /// [`Sandbox::export_workspace`] makes) instead of a sandbox.
     pub async fn save_archive(
