@@ -58,7 +58,9 @@ fn mixed_workspace(dir: &Path, total: u64) {
     while bin_left > 0 {
         let d = dir.join(format!("assets/a{}", j % 20));
         std::fs::create_dir_all(&d).unwrap();
-        let n = rng.random_range(10_000..4_000_000usize).min(bin_left as usize);
+        let n = rng
+            .random_range(10_000..4_000_000usize)
+            .min(bin_left as usize);
         let mut data = vec![0u8; n];
         rng.fill_bytes(&mut data);
         std::fs::write(d.join(format!("b{j}.bin")), &data).unwrap();
@@ -81,7 +83,11 @@ fn dir_bytes(dir: &Path) -> u64 {
     for e in std::fs::read_dir(dir).unwrap() {
         let e = e.unwrap();
         let m = std::fs::symlink_metadata(e.path()).unwrap();
-        n += if m.is_dir() { dir_bytes(&e.path()) } else { m.len() };
+        n += if m.is_dir() {
+            dir_bytes(&e.path())
+        } else {
+            m.len()
+        };
     }
     n
 }
@@ -246,10 +252,22 @@ fn benches(c: &mut Criterion) {
     written.sort();
     let w = written.get(written.len() / 2).copied().unwrap_or(0);
     println!("\n== snapshot summary: {mb:.0} MiB mixed workspace (medians) ==");
-    println!("full save         {full:?}   tar|zstd -T0 {base:?}   speed-up x{:.2} (target >= 2)", base.as_secs_f64() / full.as_secs_f64());
-    println!("incremental save  {inc:?}   = {:.1}% of full (target <= 5%)", 100.0 * inc.as_secs_f64() / full.as_secs_f64());
-    println!("incremental bytes {w} written for {CHANGED} changed = x{:.2} (target <= 1.2)", w as f64 / CHANGED as f64);
-    println!("restore           {restore:?}   {:.0} MiB/s", mb / restore.as_secs_f64());
+    println!(
+        "full save         {full:?}   tar|zstd -T0 {base:?}   speed-up x{:.2} (target >= 2)",
+        base.as_secs_f64() / full.as_secs_f64()
+    );
+    println!(
+        "incremental save  {inc:?}   = {:.1}% of full (target <= 5%)",
+        100.0 * inc.as_secs_f64() / full.as_secs_f64()
+    );
+    println!(
+        "incremental bytes {w} written for {CHANGED} changed = x{:.2} (target <= 1.2)",
+        w as f64 / CHANGED as f64
+    );
+    println!(
+        "restore           {restore:?}   {:.0} MiB/s",
+        mb / restore.as_secs_f64()
+    );
     let _ = &f.root;
 }
 
