@@ -517,3 +517,43 @@ async fn the_sync_interval_has_a_floor() {
     let c = MemoryConfig::new(Some(Duration::from_secs(5))).unwrap();
     assert_eq!(c.sync_interval(), Some(Duration::from_secs(5)));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unmountable_store_fails_the_item_with_a_clear_error() {
+    for (mount, needle) in [
+        // No memory_dir: the isolate sandbox cannot reach /mnt.
+        ("/mnt/memory/x", "must make this path writable"),
+        ("relative/x", "not a clean absolute path"),
+    ] {
+        let h = Harness::new().await;
+        let att = SessionAttachments {
+            skills: vec![],
+            memory_stores: vec![MemoryAttachment::read_write("memstore_x", Some(mount))],
+        };
+        let sid = h
+            .emu
+            .create_session_with(
+                &h.env.id,
+                None,
+                Script::new(
+                    vec![ScriptedCall::tool("read", json!({"file_path": "a"}))],
+                    ScriptEnd::Idle,
+                ),
+                &att,
+            )
+            .unwrap();
+        let work = h.claim().await;
+        let err = h
+            .runner()
+            .handle_item(&work, h.host(), CancellationToken::new())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RunnerError::Memory { .. }), "{err}");
+        assert!(err.to_string().contains(needle), "{err}");
+        assert!(h.results(&sid).is_empty(), "no tool ran");
+        assert_eq!(
+            h.emu.work(work.id.as_str()).unwrap().state,
+            WorkState::Stopped
+        );
+    }
+}

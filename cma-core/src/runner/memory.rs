@@ -177,7 +177,7 @@ pub enum MemoryError {
     },
     /// The store's folder could not be created or written.
     #[error(
-        "cannot create the memory store's folder {path} (memory_store_id={store_id}): {source}"
+        "cannot create the memory store's folder {path} (memory_store_id={store_id}): {source}; the host must make this path writable in the sandbox (SandboxHostConfig::memory_dir mounts host directories where the backend supports it)"
     )]
     Folder {
         /// The store.
