@@ -299,3 +299,109 @@ async fn a_session_whose_snapshot_cannot_be_restored_is_not_run_empty() {
         "the item was released"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_and_wake_with_the_in_memory_snapshot_store() {
+    let store =
+        cma_store::SnapshotStore::in_memory(cma_store::SnapshotConfig::default()).expect("store");
+    sleep_and_wake(Arc::new(store)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_and_wake_with_the_local_snapshot_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = cma_store::SnapshotStore::local(dir.path(), cma_store::SnapshotConfig::default())
+        .expect("store");
+    sleep_and_wake(Arc::new(store)).await;
+}
+
+/// Waits until the session's work items are all stopped.
+async fn all_stopped(h: &Harness, sid: &str, items: usize) {
+    let ok = h
+        .emu
+        .wait_for(WAIT, |e| {
+            let w = e.session_work(sid);
+            w.len() == items && w.iter().all(|w| w.state.as_str() == "stopped")
+        })
+        .await;
+    assert!(ok, "work items of {sid} not stopped");
+}
+
+/// Three turns, two sleeps: the newest snapshot is then damaged on disk; the third wake falls
+/// back to the snapshot before it (the previous good one) and never runs on a broken workspace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_newest_snapshot_falls_back_to_the_previous_good_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        cma_store::SnapshotStore::local(dir.path(), cma_store::SnapshotConfig::default())
+            .expect("store"),
+    );
+    let h = Harness::new().await;
+    let host = Arc::new(
+        SandboxHost::new(
+            [h.isolate()],
+            Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
+            Arc::new(ToolsetFactory::new()),
+            SandboxHostConfig {
+                keep_warm: Duration::ZERO,
+                ..SandboxHostConfig::default()
+            },
+        )
+        .with_snapshots(store.clone()),
+    );
+    let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), host)
+        .config(ControlPlaneConfig {
+            runner: runner_config(),
+            ..ControlPlaneConfig::default()
+        })
+        .build()
+        .expect("plane");
+    let poller = tokio::spawn({
+        let p = plane.clone();
+        async move { p.run().await }
+    });
+
+    let sid = h.session(vec![write("version.txt", "one")], ScriptEnd::Idle);
+    h.wait_results(&sid, 1).await;
+    all_stopped(&h, &sid, 1).await;
+    h.emu
+        .continue_session(
+            &sid,
+            Script::new(vec![write("version.txt", "two")], ScriptEnd::Idle),
+        )
+        .expect("turn 2");
+    h.wait_results(&sid, 2).await;
+    all_stopped(&h, &sid, 2).await;
+    let snapshots = store.list(&sid).await.expect("list");
+    assert_eq!(snapshots.len(), 2, "one snapshot per sleep");
+
+    // Flip one byte of the newest manifest on disk.
+    let newest = snapshots.last().unwrap().id.as_str().to_owned();
+    let manifests = dir.path().join("manifests").join(&sid);
+    let file = std::fs::read_dir(&manifests)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.to_string_lossy().ends_with(&newest))
+        .expect("the newest manifest file");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+
+    h.emu
+        .continue_session(
+            &sid,
+            Script::new(vec![read("version.txt")], ScriptEnd::Terminate),
+        )
+        .expect("turn 3");
+    h.wait_results(&sid, 3).await;
+    let third = &h.results(&sid)[2];
+    assert_eq!(third.is_error, Some(false), "{third:?}");
+    assert!(
+        text(third).contains("one"),
+        "the previous good snapshot: {}",
+        text(third)
+    );
+    plane.shutdown(Duration::from_secs(5)).await;
+    let _ = poller.await;
+}

@@ -41,12 +41,15 @@ use cma_core::client::{Client, ClientConfig, Credential};
 use cma_core::control::host::{SandboxHost, SandboxHostConfig};
 use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
 use cma_core::control::select::RuleSelector;
+use cma_core::control::snapshots::WorkspaceSnapshots;
 use cma_core::control::tools::ToolsetFactory;
 use cma_core::runner::memory::{MemoryConfig, MemoryDeletions};
 use cma_core::runner::session::RunnerConfig;
 use cma_core::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookSecret};
 use cma_sandbox::SandboxBackend;
 use cma_sandbox::isolate::IsolateBackend;
+use cma_store::state::{SqliteStateStore, StateStore};
+use cma_store::{SnapshotConfig, SnapshotStore};
 use serde::Deserialize;
 
 /// How long running items get to finish on shutdown.
@@ -74,9 +77,22 @@ pub struct RunConfig {
     /// API base URL (default: `ANTHROPIC_BASE_URL`, else the public API).
     #[serde(default)]
     pub base_url: Option<String>,
-    /// Sandbox backend: `isolate`.
+    /// Sandbox backend: `isolate`, or `docker` when built with the `docker` feature.
     #[serde(default = "default_backend")]
     pub backend: String,
+    /// Image of Docker sandboxes (it must exist locally; never pulled).
+    #[serde(default)]
+    pub docker_image: Option<String>,
+    /// Where workspace snapshots go: an object-store URL (`file:///dir`, `memory:///`, or with
+    /// `cma-store`'s features `s3://bucket/prefix`, `gs://…`, `az://…`; credentials from the
+    /// usual environment variables of that store); default `<data_dir>/snapshots`; `"off"` keeps
+    /// no snapshots (a session's files then live only as long as its warm sandbox).
+    #[serde(default)]
+    pub snapshots: Option<String>,
+    /// The SQLite file recording sessions, sandboxes and webhook ids (default
+    /// `<data_dir>/state.sqlite`); on start, sandboxes it knows are re-adopted or destroyed.
+    #[serde(default)]
+    pub state_db: Option<PathBuf>,
     /// Where sandboxes and state live (default: `$XDG_DATA_HOME/cma` or `~/.local/share/cma`).
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
@@ -244,9 +260,60 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             IsolateBackend::new(dir.join("isolate"))
                 .map_err(|e| format!("isolate backend under {}: {e}", dir.display()))?,
         ),
-        other => return Err(format!("unknown backend {other:?} (available: isolate)")),
+        #[cfg(feature = "docker")]
+        "docker" => {
+            let image = config
+                .docker_image
+                .clone()
+                .ok_or("backend docker: set docker_image (a local image)")?;
+            Arc::new(
+                cma_sandbox::docker::DockerBackend::connect(
+                    cma_sandbox::docker::DockerConfig::new(image),
+                )
+                .await
+                .map_err(|e| format!("docker backend: {e}"))?,
+            )
+        }
+        other => {
+            let available = if cfg!(feature = "docker") {
+                "isolate, docker"
+            } else {
+                "isolate (docker needs the `docker` feature)"
+            };
+            return Err(format!(
+                "unknown backend {other:?} (available: {available})"
+            ));
+        }
     };
-    let host = SandboxHost::new(
+    let state_path = config
+        .state_db
+        .clone()
+        .unwrap_or_else(|| dir.join("state.sqlite"));
+    if let Some(parent) = state_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("state directory {}: {e}", parent.display()))?;
+    }
+    let state: Arc<dyn StateStore> = Arc::new(
+        SqliteStateStore::open(&state_path)
+            .await
+            .map_err(|e| format!("state store {}: {e}", state_path.display()))?,
+    );
+    let snapshots: Option<Arc<dyn WorkspaceSnapshots>> = match config.snapshots.as_deref() {
+        Some("off") => None,
+        Some(url) => Some(Arc::new(
+            SnapshotStore::from_url(
+                url,
+                std::iter::empty::<(&str, &str)>(),
+                SnapshotConfig::default(),
+            )
+            .map_err(|e| format!("snapshot store {url}: {e}"))?,
+        )),
+        None => Some(Arc::new(
+            SnapshotStore::local(dir.join("snapshots"), SnapshotConfig::default())
+                .map_err(|e| format!("snapshot store under {}: {e}", dir.display()))?,
+        )),
+    };
+    let mut host = SandboxHost::new(
         [backend],
         Arc::new(RuleSelector::new(config.backend.clone())),
         Arc::new(ToolsetFactory::new()),
@@ -255,7 +322,14 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             memory_dir: Some(dir.join("memory")),
             ..SandboxHostConfig::default()
         },
-    );
+    )
+    .state_store(state.clone());
+    if let Some(snapshots) = snapshots {
+        host = host.with_snapshots(snapshots);
+    }
+    let host = Arc::new(host);
+    let recovered = host.recover().await.map_err(|e| e.to_string())?;
+    tracing::info!(?recovered, "recovered from the state store");
     let plane_config = ControlPlaneConfig {
         concurrency: config.concurrency,
         runner: RunnerConfig {
@@ -270,9 +344,10 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         client,
         config.environment_id.clone(),
         Credential::environment_key(key),
-        Arc::new(host),
+        host,
     )
     .config(plane_config)
+    .state_store(state)
     .on_item(|report| match &report.result {
         Ok(o) => tracing::info!(work_id = %report.work.id, results = o.results_posted, lease_end = ?o.lease_end, "item done"),
         Err(e) => tracing::warn!(work_id = %report.work.id, error = %e, "item failed"),
