@@ -72,13 +72,37 @@ fn call(name: &str, input: serde_json::Value) -> ScriptedCall {
     serde_json::from_value(json!({"name": name, "input": input})).expect("call")
 }
 
+/// Which backend a sleep/wake runs on: the calls that need code (removing a file, checking bytes)
+/// use `execute` (JavaScript) on isolate and `bash` on Docker.
+#[derive(Clone, Copy, PartialEq)]
+enum Flavor {
+    Isolate,
+    Docker,
+}
+
+fn code(flavor: Flavor, js: &str, sh: &str) -> ScriptedCall {
+    match flavor {
+        Flavor::Isolate => call("execute", json!({"code": js})),
+        Flavor::Docker => call("bash", json!({"command": sh})),
+    }
+}
+
 async fn sleep_and_wake(snapshots: Arc<dyn WorkspaceSnapshots>) {
     let h = Harness::new().await;
-    let isolate_root = h.dir.path().join("isolate");
+    sleep_and_wake_on(&h, h.isolate(), Flavor::Isolate, snapshots).await;
+}
+
+async fn sleep_and_wake_on(
+    h: &Harness,
+    backend: Arc<dyn cma_sandbox::SandboxBackend>,
+    flavor: Flavor,
+    snapshots: Arc<dyn WorkspaceSnapshots>,
+) {
+    let name = backend.name().to_owned();
     let host = Arc::new(
         SandboxHost::new(
-            [h.isolate()],
-            Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
+            [backend.clone()],
+            Arc::new(move |_: &Placement<'_>| name.clone()),
             Arc::new(ToolsetFactory::new()),
             SandboxHostConfig {
                 keep_warm: Duration::ZERO,
@@ -105,16 +129,19 @@ async fn sleep_and_wake(snapshots: Arc<dyn WorkspaceSnapshots>) {
         vec![
             write("notes/todo.md", "# todo\n- sleep\n- wake\n"),
             write("deep/a/b/c/d.txt", "deep"),
-            call(
-                "execute",
-                json!({"code": "fs.writeFile('bin.dat', '\\u0000\\u00ff\\u0001'); fs.writeFile('empty.txt', '')"}),
+            code(
+                flavor,
+                "fs.writeFile('bin.dat', '\\u0000\\u00ff\\u0001'); fs.writeFile('empty.txt', '')",
+                "printf '\\000\\303\\277\\001' > bin.dat && : > empty.txt",
             ),
             write("gone.txt", "temporary"),
-            call("execute", json!({"code": "fs.remove('gone.txt')"})),
+            code(flavor, "fs.remove('gone.txt')", "rm gone.txt"),
         ],
         ScriptEnd::Idle,
     );
     h.wait_results(&sid, 5).await;
+    let first = h.results(&sid);
+    assert!(first.iter().all(|r| r.is_error == Some(false)), "{first:?}");
     let stopped = h
         .emu
         .wait_for(WAIT, |e| {
@@ -124,16 +151,15 @@ async fn sleep_and_wake(snapshots: Arc<dyn WorkspaceSnapshots>) {
         .await;
     assert!(stopped, "the first item ends after the idle grace");
     // No sandbox survives the item: the workspace lives only in the snapshot now.
-    let live = h
-        .emu
-        .wait_for(WAIT, |_| {
-            host.warm_count() == 0
-                && std::fs::read_dir(&isolate_root)
-                    .map(|d| d.count() == 0)
-                    .unwrap_or(true)
-        })
-        .await;
-    assert!(live, "the sandbox was destroyed after its snapshot");
+    let mut gone = false;
+    for _ in 0..200 {
+        if host.warm_count() == 0 && backend.list().await.expect("list").is_empty() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(gone, "the sandbox was destroyed after its snapshot");
 
     // Turn 2: the user wakes the session; the agent lists and reads what it left.
     h.emu
@@ -144,9 +170,10 @@ async fn sleep_and_wake(snapshots: Arc<dyn WorkspaceSnapshots>) {
                     call("glob", json!({"pattern": "**/*"})),
                     read("notes/todo.md"),
                     read("deep/a/b/c/d.txt"),
-                    call(
-                        "execute",
-                        json!({"code": "const b = fs.readFile('bin.dat'); console.log(JSON.stringify([b.length, b.charCodeAt(0), b.charCodeAt(1), fs.readFile('empty.txt').length]))"}),
+                    code(
+                        flavor,
+                        "const b = fs.readFile('bin.dat'); console.log(JSON.stringify([b.length, b.charCodeAt(0), b.charCodeAt(1), fs.readFile('empty.txt').length]))",
+                        "od -An -tu1 bin.dat | tr -s ' ' | sed 's/^ //'; wc -c < empty.txt",
                     ),
                 ],
                 ScriptEnd::Terminate,
@@ -179,11 +206,11 @@ async fn sleep_and_wake(snapshots: Arc<dyn WorkspaceSnapshots>) {
         second[1]
     );
     assert!(second[2].contains("deep"), "{}", second[2]);
-    assert_eq!(
-        second[3].trim(),
-        "[3,0,255,0]",
-        "binary and empty files intact"
-    );
+    let bytes = match flavor {
+        Flavor::Isolate => "[3,0,255,0]",
+        Flavor::Docker => "0 195 191 1\n0",
+    };
+    assert_eq!(second[3].trim(), bytes, "binary and empty files intact");
     assert!(
         results[5..].iter().all(|r| r.is_error == Some(false)),
         "{results:?}"
@@ -404,4 +431,18 @@ async fn a_damaged_newest_snapshot_falls_back_to_the_previous_good_one() {
     );
     plane.shutdown(Duration::from_secs(5)).await;
     let _ = poller.await;
+}
+
+#[path = "../../cma-sandbox/tests/docker_support/mod.rs"]
+mod docker_support;
+
+/// The same sleep and wake on the Docker backend, with the local snapshot store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sleep_and_wake_on_docker_with_the_local_snapshot_store() {
+    let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = cma_store::SnapshotStore::local(dir.path(), cma_store::SnapshotConfig::default())
+        .expect("store");
+    let h = Harness::new().await;
+    sleep_and_wake_on(&h, Arc::new(backend), Flavor::Docker, Arc::new(store)).await;
 }
