@@ -43,9 +43,12 @@ fn file_stream(file: std::fs::File) -> ByteStream {
 
 impl SnapshotStore {
     /// Restore a snapshot into `sandbox` through its import API. Every chunk and the manifest
-    /// are verified and every archive entry is checked first; on any failure the sandbox has not
-    /// been touched. Entries are unpacked over the current workspace (restore into a fresh
-    /// sandbox to get exactly the snapshot). Returns the manifest restored.
+    /// are verified and every archive entry is checked first: a snapshot that fails any check
+    /// ([`ErrorKind::Corrupt`], [`ErrorKind::UnsafeEntry`], [`ErrorKind::TooLarge`]) or a store
+    /// failure leaves the sandbox untouched. Only an error of the import itself
+    /// ([`ErrorKind::Sandbox`], e.g. a full disk) can leave it partly written. Entries are
+    /// unpacked over the current workspace (restore into a fresh sandbox to get exactly the
+    /// snapshot). Returns the manifest restored.
     pub async fn restore(
         &self,
         id: &SnapshotId,
