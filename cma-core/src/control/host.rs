@@ -103,6 +103,9 @@ pub struct RecoveryReport {
     pub interrupted: usize,
     /// Sandboxes whose backend failed to resume or destroy them (kept, tried again next time).
     pub failed: usize,
+    /// Sandboxes a backend still had that the state store did not know (e.g. created just
+    /// before a crash, before they were recorded): destroyed.
+    pub orphans: usize,
 }
 
 /// A [`SessionHost`] over named sandbox backends.
@@ -416,6 +419,40 @@ impl SandboxHost {
                             report.failed += 1;
                         }
                     },
+                }
+            }
+        }
+        // Whatever a backend still runs that the store does not know is an orphan: destroy it,
+        // so nothing is left running that the state store does not account for.
+        let mut names: Vec<&String> = self.backends.keys().collect();
+        names.sort();
+        for name in names {
+            let backend = &self.backends[name];
+            let known: std::collections::HashSet<String> = store
+                .list_sandboxes(Some(name))
+                .await
+                .map_err(failed("listing sandboxes"))?
+                .into_iter()
+                .map(|r| r.sandbox_id)
+                .collect();
+            let live = match backend.list().await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(backend = %name, error = %e, "listing a backend's sandboxes failed; orphans are swept on the next start");
+                    continue;
+                }
+            };
+            for info in live {
+                if known.contains(info.id.as_str()) {
+                    continue;
+                }
+                match backend.destroy(&info.id).await {
+                    Ok(()) => report.orphans += 1,
+                    Err(e) if e.kind() == SandboxErrorKind::NotFound => {}
+                    Err(e) => {
+                        tracing::warn!(backend = %name, sandbox = info.id.as_str(), error = %e, "destroying an orphan sandbox failed");
+                        report.failed += 1;
+                    }
                 }
             }
         }

@@ -83,6 +83,10 @@ pub struct RunConfig {
     /// Image of Docker sandboxes (it must exist locally; never pulled).
     #[serde(default)]
     pub docker_image: Option<String>,
+    /// This control plane's name on the Docker engine (a label on its containers): `list`,
+    /// recovery and orphan sweeps only touch containers with it. Default `default`.
+    #[serde(default)]
+    pub docker_instance: Option<String>,
     /// Where workspace snapshots go: an object-store URL (`file:///dir`, `memory:///`, or with
     /// `cma-store`'s features `s3://bucket/prefix`, `gs://…`, `az://…`; credentials from the
     /// usual environment variables of that store); default `<data_dir>/snapshots`; `"off"` keeps
@@ -266,12 +270,14 @@ async fn serve(config: RunConfig) -> Result<(), String> {
                 .docker_image
                 .clone()
                 .ok_or("backend docker: set docker_image (a local image)")?;
+            let mut docker = cma_sandbox::docker::DockerConfig::new(image);
+            if let Some(instance) = &config.docker_instance {
+                docker.instance = instance.clone();
+            }
             Arc::new(
-                cma_sandbox::docker::DockerBackend::connect(
-                    cma_sandbox::docker::DockerConfig::new(image),
-                )
-                .await
-                .map_err(|e| format!("docker backend: {e}"))?,
+                cma_sandbox::docker::DockerBackend::connect(docker)
+                    .await
+                    .map_err(|e| format!("docker backend: {e}"))?,
             )
         }
         other => {
