@@ -144,7 +144,7 @@ impl DockerConfig {
             user: None,
             host_firewall: true,
             python_helper: true,
-            max_import_bytes: 1 << 30,
+            max_import_bytes: 512 << 20,
             request_timeout: Duration::from_secs(60),
         }
     }
