@@ -14,14 +14,17 @@ fi
 
 CMA_PG_VERSION="$(ls /usr/lib/postgresql | sort -n | tail -1)"
 
-if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2}' | grep -qx "$CMA_PG_VERSION $CMA_PG_CLUSTER"; then
+# Read the cluster list first: `grep -q` in a pipeline under pipefail can fail on SIGPIPE.
+cma_pg_clusters="$(pg_lsclusters -h 2>/dev/null || true)"
+if ! awk -v v="$CMA_PG_VERSION" -v c="$CMA_PG_CLUSTER" '$1==v && $2==c {found=1} END {exit !found}' <<<"$cma_pg_clusters"; then
     pg_createcluster "$CMA_PG_VERSION" "$CMA_PG_CLUSTER" -p "$CMA_PG_PORT" \
         -o max_connections=200 -o fsync=off -o synchronous_commit=off -o full_page_writes=off >/dev/null
     # Debian's postgresql.conf reads conf.d/; loopback only.
     echo "listen_addresses = '127.0.0.1'" >"/etc/postgresql/$CMA_PG_VERSION/$CMA_PG_CLUSTER/conf.d/cma.conf"
 fi
 
-if ! pg_lsclusters -h | awk -v v="$CMA_PG_VERSION" -v c="$CMA_PG_CLUSTER" '$1==v && $2==c {print $4}' | grep -qx online; then
+cma_pg_clusters="$(pg_lsclusters -h)"
+if ! awk -v v="$CMA_PG_VERSION" -v c="$CMA_PG_CLUSTER" '$1==v && $2==c && $4=="online" {found=1} END {exit !found}' <<<"$cma_pg_clusters"; then
     pg_ctlcluster "$CMA_PG_VERSION" "$CMA_PG_CLUSTER" start
 fi
 
@@ -46,3 +49,4 @@ fi
 export CMA_TEST_POSTGRES_URL="postgres://cma:cma@127.0.0.1:$CMA_PG_PORT/cma_test"
 echo "setup: postgres $CMA_PG_VERSION cluster $CMA_PG_CLUSTER at 127.0.0.1:$CMA_PG_PORT (CMA_TEST_POSTGRES_URL)"
 unset -f cma_psql
+unset cma_pg_clusters cma_pg_ready
