@@ -73,6 +73,22 @@ pub trait Sandbox: Send + Sync {
     /// [`TooLarge`](crate::SandboxErrorKind::TooLarge) carrying its size, before anything is read.
     async fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes>;
 
+    /// Several small files at once: one result per path, in order, each exactly what
+    /// [`read_file`](Sandbox::read_file)`(path, Some(max_bytes_each))` returns. The caller
+    /// bounds memory (up to `paths.len() × max_bytes_each` bytes are held). The default reads
+    /// them one by one; backends whose calls cost a round trip (Docker) serve the batch in one.
+    async fn read_files(
+        &self,
+        paths: &[String],
+        max_bytes_each: u64,
+    ) -> Result<Vec<Result<Bytes>>> {
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            out.push(self.read_file(p, Some(max_bytes_each)).await);
+        }
+        Ok(out)
+    }
+
     /// A streaming reader over a regular file (for ranged reads of big files).
     async fn open_read(&self, path: &str) -> Result<FileReader>;
 
@@ -84,6 +100,17 @@ pub trait Sandbox: Send + Sync {
 
     /// The entries of a directory (without `.` and `..`), sorted by name.
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>>;
+
+    /// Several directories at once: one result per path, in order, each exactly what
+    /// [`read_dir`](Sandbox::read_dir) returns. The default lists them one by one; backends
+    /// whose calls cost a round trip (Docker) serve the batch in one.
+    async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            out.push(self.read_dir(p).await);
+        }
+        Ok(out)
+    }
 
     /// Remove a file, symlink (not its target) or directory. A non-empty directory needs
     /// `recursive`, else [`DirectoryNotEmpty`](crate::SandboxErrorKind::DirectoryNotEmpty).

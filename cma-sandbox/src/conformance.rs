@@ -31,6 +31,7 @@ pub async fn run_all(backend: &dyn SandboxBackend) {
     lifecycle(backend).await;
     file_round_trip(backend).await;
     directories(backend).await;
+    batches(backend).await;
     errors_are_typed(backend).await;
     archive_round_trip(backend).await;
     archive_refuses_escapes(backend).await;
@@ -195,6 +196,69 @@ pub async fn directories(backend: &dyn SandboxBackend) {
     let err = sb.stat(&d).await.unwrap_err();
     assert_eq!(err.kind(), SandboxErrorKind::NotFound, "{err}");
     assert!(sb.read_dir(sb.workdir()).await.unwrap().is_empty());
+    cleanup(backend, &sb).await;
+}
+
+/// `read_files` and `read_dirs` give, per path and in order, what `read_file` (with the cap)
+/// and `read_dir` give.
+pub async fn batches(backend: &dyn SandboxBackend) {
+    let sb = fresh(backend).await;
+    if !sb.capabilities().files {
+        cleanup(backend, &sb).await;
+        return;
+    }
+    sb.write_file(&p(&sb, "m/a.txt"), Bytes::from_static(b"alpha"))
+        .await
+        .unwrap();
+    sb.write_file(&p(&sb, "m/big.txt"), Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    sb.write_file(&p(&sb, "m/sub/e"), Bytes::new())
+        .await
+        .unwrap();
+    let paths: Vec<String> = [
+        "m/a.txt",
+        "m/missing",
+        "m/sub",
+        "m/big.txt",
+        "m/sub/e",
+        "m/a.txt",
+    ]
+    .iter()
+    .map(|x| p(&sb, x))
+    .collect();
+    let got = sb.read_files(&paths, 8).await.unwrap();
+    assert_eq!(got.len(), paths.len());
+    assert_eq!(&got[0].as_ref().unwrap()[..], b"alpha");
+    let kind = |r: &crate::Result<Bytes>| r.as_ref().err().map(|e| e.kind());
+    assert_eq!(kind(&got[1]), Some(SandboxErrorKind::NotFound));
+    assert_eq!(kind(&got[2]), Some(SandboxErrorKind::IsADirectory));
+    assert_eq!(kind(&got[3]), Some(SandboxErrorKind::TooLarge));
+    assert_eq!(got[3].as_ref().unwrap_err().size(), Some(10));
+    assert!(got[4].as_ref().unwrap().is_empty());
+    assert_eq!(&got[5].as_ref().unwrap()[..], b"alpha");
+    assert!(sb.read_files(&[], 8).await.unwrap().is_empty());
+
+    let dirs: Vec<String> = ["m", "m/nope", "m/a.txt", "m/sub"]
+        .iter()
+        .map(|x| p(&sb, x))
+        .collect();
+    let got = sb.read_dirs(&dirs).await.unwrap();
+    assert_eq!(got.len(), dirs.len());
+    let names = |r: &crate::Result<Vec<crate::DirEntry>>| -> Vec<String> {
+        r.as_ref().unwrap().iter().map(|e| e.name.clone()).collect()
+    };
+    assert_eq!(names(&got[0]), ["a.txt", "big.txt", "sub"]);
+    assert_eq!(got[0].as_ref().unwrap()[2].stat.kind, FileKind::Dir);
+    assert_eq!(
+        got[1].as_ref().err().map(|e| e.kind()),
+        Some(SandboxErrorKind::NotFound)
+    );
+    assert_eq!(
+        got[2].as_ref().err().map(|e| e.kind()),
+        Some(SandboxErrorKind::NotADirectory)
+    );
+    assert_eq!(names(&got[3]), ["e"]);
     cleanup(backend, &sb).await;
 }
 

@@ -57,6 +57,11 @@ impl Helper {
         }
     }
 
+    /// Whether operations run as one-shot execs of POSIX tools (no `python3` helper).
+    pub(crate) fn is_shell_only(&self) -> bool {
+        self.shell_only.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     /// Drop the connection (the container stopped); the next call starts a new helper.
     pub(crate) async fn reset(&self) {
         *self.conn.lock().await = None;
@@ -492,7 +497,7 @@ pub(crate) fn errno_kind(errno: i64) -> SandboxErrorKind {
     }
 }
 
-fn reply_error(kind: &str, head: &Value, path: &str) -> SandboxError {
+pub(crate) fn reply_error(kind: &str, head: &Value, path: &str) -> SandboxError {
     match kind {
         "os" => {
             let errno = head.get("errno").and_then(Value::as_i64).unwrap_or(0);
@@ -567,4 +572,83 @@ pub(crate) fn parse_entries(head: &Value) -> Vec<DirEntry> {
         .unwrap_or_default();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out
+}
+
+/// Split a `readmany` reply into one result per requested path. `abs` holds each path's
+/// resolved form (or why it could not be resolved: such paths were not sent).
+pub(crate) fn split_many(
+    reply: &Reply,
+    paths: &[String],
+    abs: Vec<Result<String>>,
+) -> Vec<Result<Bytes>> {
+    let heads = reply
+        .head
+        .get("r")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut heads = heads.iter();
+    let mut off = 0usize;
+    paths
+        .iter()
+        .zip(abs)
+        .map(|(path, a)| {
+            a?;
+            let Some(h) = heads.next() else {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    "file helper sent too few results",
+                )
+                .with_path(path));
+            };
+            if let Some(kind) = h.get("e").and_then(Value::as_str) {
+                return Err(reply_error(kind, h, path));
+            }
+            let len = h.get("l").and_then(Value::as_u64).unwrap_or(0) as usize;
+            let end = off.saturating_add(len);
+            if end > reply.data.len() {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    "file helper sent a short batch",
+                )
+                .with_path(path));
+            }
+            let data = reply.data.slice(off..end);
+            off = end;
+            Ok(data)
+        })
+        .collect()
+}
+
+/// Split a `listmany` reply into one listing per requested path (see [`split_many`]).
+pub(crate) fn split_dirs(
+    reply: &Reply,
+    paths: &[String],
+    abs: Vec<Result<String>>,
+) -> Vec<Result<Vec<DirEntry>>> {
+    let heads = reply
+        .head
+        .get("r")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut heads = heads.iter();
+    paths
+        .iter()
+        .zip(abs)
+        .map(|(path, a)| {
+            a?;
+            let Some(h) = heads.next() else {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    "file helper sent too few results",
+                )
+                .with_path(path));
+            };
+            if let Some(kind) = h.get("e").and_then(Value::as_str) {
+                return Err(reply_error(kind, h, path));
+            }
+            Ok(parse_entries(h))
+        })
+        .collect()
 }

@@ -26,7 +26,15 @@ def out(h, data=b""):
 
 
 def lossy(n):
+    if n.isascii():
+        return n
     return n.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def size_hint(s, done):
+    # What is left by the size fstat saw, plus one byte to see the end (or growth): asking for
+    # a large buffer costs an allocation of that size per call, far more than the read itself.
+    return min(max(s.st_size - done + 1, 4096), 1 << 20)
 
 
 def read(r, p):
@@ -45,16 +53,59 @@ def read(r, p):
             os.lseek(fd, off, 0)
         parts, got = [], 0
         while want is None or got < want:
-            b = os.read(fd, 1 << 20 if want is None else min(1 << 20, want - got))
-            if not b:
-                break
+            n = size_hint(s, off + got)
+            n = n if want is None else min(n, want - got)
+            b = os.read(fd, n)
             parts.append(b)
             got += len(b)
             if mx is not None and got > mx:
                 return out({"e": "big", "size": got, "max": mx})
+            # A short read of a regular file is its end: no further call to see it.
+            if len(b) < n:
+                break
         out({"size": s.st_size}, b"".join(parts))
     finally:
         os.close(fd)
+
+
+def read_small(p, mx):
+    try:
+        fd = os.open(p, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        return {"e": "os", "errno": e.errno or 0, "msg": e.strerror or ""}, b""
+    try:
+        s = os.fstat(fd)
+        if stat.S_ISDIR(s.st_mode):
+            return {"e": "os", "errno": 21, "msg": "Is a directory"}, b""
+        if not stat.S_ISREG(s.st_mode):
+            return {"e": "notreg"}, b""
+        if s.st_size > mx:
+            return {"e": "big", "size": s.st_size, "max": mx}, b""
+        parts, got = [], 0
+        while True:
+            n = min(size_hint(s, got), mx + 1 - got)
+            b = os.read(fd, n)
+            parts.append(b)
+            got += len(b)
+            if got > mx:
+                return {"e": "big", "size": got, "max": mx}, b""
+            # A short read of a regular file is its end: no further call to see it.
+            if len(b) < n:
+                break
+        return {"l": got}, b"".join(parts)
+    except OSError as e:
+        return {"e": "os", "errno": e.errno or 0, "msg": e.strerror or ""}, b""
+    finally:
+        os.close(fd)
+
+
+def readmany(r):
+    mx, heads, parts = r.get("max", 0), [], []
+    for p in r.get("ps", []):
+        h, d = read_small(p, mx)
+        heads.append(h)
+        parts.append(d)
+    out({"r": heads}, b"".join(parts))
 
 
 def write(p, data):
@@ -76,7 +127,7 @@ def write(p, data):
     out({})
 
 
-def listdir(p):
+def entries(p):
     es = []
     with os.scandir(p) as it:
         for e in it:
@@ -86,7 +137,17 @@ def listdir(p):
                 continue
             x["name"] = lossy(e.name)
             es.append(x)
-    out({"entries": es})
+    return es
+
+
+def listmany(r):
+    rs = []
+    for p in r.get("ps", []):
+        try:
+            rs.append({"entries": entries(p)})
+        except OSError as e:
+            rs.append({"e": "os", "errno": e.errno or 0, "msg": e.strerror or ""})
+    out({"r": rs})
 
 
 def remove(p, rec):
@@ -116,13 +177,17 @@ while True:
             out({"t": lossy(os.readlink(p))})
         elif op == "read":
             read(r, p)
+        elif op == "readmany":
+            readmany(r)
         elif op == "write":
             write(p, data)
         elif op == "mkdirs":
             os.makedirs(p, exist_ok=True)
             out({})
         elif op == "list":
-            listdir(p)
+            out({"entries": entries(p)})
+        elif op == "listmany":
+            listmany(r)
         elif op == "remove":
             remove(p, r.get("r"))
         elif op == "id":

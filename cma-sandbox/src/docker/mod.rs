@@ -878,6 +878,36 @@ impl Sandbox for DockerSandbox {
         Ok(r.data)
     }
 
+    async fn read_files(
+        &self,
+        paths: &[String],
+        max_bytes_each: u64,
+    ) -> Result<Vec<Result<Bytes>>> {
+        // One helper round trip for the whole batch (the `grep` tool reads a directory's small
+        // files this way).
+        if !self.helper.is_shell_only() && !paths.is_empty() {
+            let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
+            let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
+            match self
+                .call(
+                    &paths[0],
+                    json!({"op": "readmany", "ps": ps, "max": max_bytes_each}),
+                    Bytes::new(),
+                )
+                .await
+            {
+                Ok(r) => return Ok(files::split_many(&r, paths, abs)),
+                Err(_) if self.helper.is_shell_only() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            out.push(self.read_file(p, Some(max_bytes_each)).await);
+        }
+        Ok(out)
+    }
+
     async fn open_read(&self, path: &str) -> Result<FileReader> {
         const CHUNK: u64 = 256 * 1024;
         let p = self.abs(path)?;
@@ -949,6 +979,26 @@ impl Sandbox for DockerSandbox {
             .call(path, json!({"op": "list", "p": p}), Bytes::new())
             .await?;
         Ok(files::parse_entries(&r.head))
+    }
+
+    async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        if !self.helper.is_shell_only() && !paths.is_empty() {
+            let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
+            let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
+            match self
+                .call(&paths[0], json!({"op": "listmany", "ps": ps}), Bytes::new())
+                .await
+            {
+                Ok(r) => return Ok(files::split_dirs(&r, paths, abs)),
+                Err(_) if self.helper.is_shell_only() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let mut out = Vec::with_capacity(paths.len());
+        for p in paths {
+            out.push(self.read_dir(p).await);
+        }
+        Ok(out)
     }
 
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {

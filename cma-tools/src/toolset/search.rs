@@ -14,10 +14,11 @@
 //! a directory's files before its subdirectories, entries in name order (Python's order is the
 //! file system's).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cma_sandbox::DirEntry;
 use futures::future::BoxFuture;
 use regex::Regex;
 use serde::Deserialize;
@@ -532,11 +533,43 @@ impl Walk {
         if !st.is_dir() {
             return Ok(());
         }
+        // Depth first, a directory's files before its subdirectories. Listings are fetched
+        // ahead for the next directories on the stack and small files are read in batches
+        // across directories: on a backend where each call is a round trip (Docker), a whole
+        // tree costs a few calls. Reading ahead never changes the output, only what is read.
         let mut seen = 0usize;
         let mut stack = vec![search.to_owned()];
+        let mut listed: HashMap<String, Option<Vec<DirEntry>>> = HashMap::new();
+        let mut pending: Vec<(String, u64)> = Vec::new();
+        let mut pending_bytes = 0u64;
         while let Some(dir) = stack.pop() {
             self.timed_out()?;
-            let Ok(entries) = ctx.sandbox.read_dir(&dir).await else {
+            let entries = match listed.remove(&dir) {
+                Some(e) => e,
+                None => {
+                    let mut batch = vec![dir.clone()];
+                    batch.extend(
+                        stack
+                            .iter()
+                            .rev()
+                            .filter(|d| !listed.contains_key(*d))
+                            .take(LIST_BATCH - 1)
+                            .cloned(),
+                    );
+                    match ctx.sandbox.read_dirs(&batch).await {
+                        Ok(results) => {
+                            let mut all = batch.into_iter().zip(results);
+                            let first = all.next().and_then(|(_, r)| r.ok());
+                            for (d, r) in all {
+                                listed.insert(d, r.ok());
+                            }
+                            first
+                        }
+                        Err(_) => ctx.sandbox.read_dir(&dir).await.ok(),
+                    }
+                }
+            };
+            let Some(entries) = entries else {
                 continue;
             };
             let mut subdirs = Vec::new();
@@ -554,15 +587,91 @@ impl Walk {
                 }
                 seen += 1;
                 if seen > WALK_MAX_ENTRIES {
+                    // The files before the cap are still searched, in order.
+                    self.scan_files(ctx, pending).await?;
                     return Ok(());
                 }
-                if let Flow::Stop = self.scan(ctx, &full).await? {
-                    return Ok(());
+                if e.stat.size <= SMALL_FILE {
+                    pending_bytes += e.stat.size;
+                }
+                pending.push((full, e.stat.size));
+                if pending_bytes >= BATCH_BYTES || pending.len() >= BATCH_FILES {
+                    pending_bytes = 0;
+                    if let Flow::Stop = self.scan_files(ctx, std::mem::take(&mut pending)).await? {
+                        return Ok(());
+                    }
                 }
             }
             stack.extend(subdirs.into_iter().rev());
         }
+        self.scan_files(ctx, pending).await?;
         Ok(())
+    }
+
+    /// Search `files` (path, size from the listing) in order. Small ones are read in batches
+    /// ([`Sandbox::read_files`](cma_sandbox::Sandbox::read_files): one round trip on backends
+    /// where every call costs one), bounded by [`BATCH_BYTES`]; bigger ones are streamed.
+    async fn scan_files(
+        &mut self,
+        ctx: &ToolContext,
+        files: Vec<(String, u64)>,
+    ) -> Result<Flow, ToolError> {
+        let mut i = 0;
+        while i < files.len() {
+            self.timed_out()?;
+            if files[i].1 > SMALL_FILE {
+                if let Flow::Stop = self.scan(ctx, &files[i].0).await? {
+                    return Ok(Flow::Stop);
+                }
+                i += 1;
+                continue;
+            }
+            let mut batch = Vec::new();
+            let mut bytes = 0u64;
+            while i < files.len()
+                && files[i].1 <= SMALL_FILE
+                && (batch.is_empty() || bytes + files[i].1 <= BATCH_BYTES)
+            {
+                bytes += files[i].1;
+                batch.push(files[i].0.clone());
+                i += 1;
+            }
+            let Ok(results) = ctx.sandbox.read_files(&batch, SMALL_FILE).await else {
+                // The batch failed as a whole: search each file on its own.
+                for full in &batch {
+                    if let Flow::Stop = self.scan(ctx, full).await? {
+                        return Ok(Flow::Stop);
+                    }
+                }
+                continue;
+            };
+            for (full, r) in batch.iter().zip(results) {
+                let flow = match r {
+                    Ok(data) => self.scan_bytes(full, &data),
+                    // Grew past the batch cap since it was listed: stream it.
+                    Err(e) if e.kind() == cma_sandbox::SandboxErrorKind::TooLarge => {
+                        self.scan(ctx, full).await?
+                    }
+                    Err(_) => Flow::Continue,
+                };
+                if let Flow::Stop = flow {
+                    return Ok(Flow::Stop);
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    /// Search one file already in memory (the same rules as [`Walk::scan`]).
+    fn scan_bytes(&mut self, full: &str, data: &[u8]) -> Flow {
+        if data[..data.len().min(512)].contains(&0) {
+            return Flow::Continue;
+        }
+        let mut lines = Lines::default();
+        if let Flow::Stop = lines.feed(self, full, data) {
+            return Flow::Stop;
+        }
+        lines.finish(self, full)
     }
 
     /// Search one file: skipped when its first 512 bytes hold a NUL; lines over 2000 bytes
@@ -587,50 +696,23 @@ impl Walk {
         if head[..head.len().min(512)].contains(&0) {
             return Ok(Flow::Continue);
         }
-        let mut line = Vec::new();
-        let mut line_len = 0usize;
-        let mut lineno = 0u64;
-        let mut pending = head;
-        loop {
-            for &b in &pending {
-                if b == b'\n' {
-                    lineno += 1;
-                    if line_len < GREP_MAX_LINE_LENGTH
-                        && let Flow::Stop = self.check(full, lineno, &line)
-                    {
-                        return Ok(Flow::Stop);
-                    }
-                    line.clear();
-                    line_len = 0;
-                } else {
-                    line_len += 1;
-                    if line_len <= GREP_MAX_LINE_LENGTH {
-                        line.push(b);
-                    }
-                }
-            }
-            if eof {
-                break;
-            }
+        let mut lines = Lines::default();
+        if let Flow::Stop = lines.feed(self, full, &head) {
+            return Ok(Flow::Stop);
+        }
+        while !eof {
             self.timed_out()?;
             match reader.read(&mut chunk).await {
                 Ok(0) => eof = true,
-                Ok(n) => pending = chunk[..n].to_vec(),
+                Ok(n) => {
+                    if let Flow::Stop = lines.feed(self, full, &chunk[..n]) {
+                        return Ok(Flow::Stop);
+                    }
+                }
                 Err(_) => return Ok(Flow::Continue),
             }
-            if eof {
-                pending = Vec::new();
-            }
         }
-        if line_len > 0 {
-            lineno += 1;
-            if line_len <= GREP_MAX_LINE_LENGTH
-                && let Flow::Stop = self.check(full, lineno, &line)
-            {
-                return Ok(Flow::Stop);
-            }
-        }
-        Ok(Flow::Continue)
+        Ok(lines.finish(self, full))
     }
 
     fn check(&mut self, full: &str, lineno: u64, raw: &[u8]) -> Flow {
@@ -638,6 +720,57 @@ impl Walk {
         let text = text.trim_end_matches(['\r', '\n']);
         if self.rx.is_match(text) {
             return self.push(format!("{full}:{lineno}:{text}"));
+        }
+        Flow::Continue
+    }
+}
+
+/// Files up to this size are read whole in batches; bigger ones are streamed.
+const SMALL_FILE: u64 = 256 * 1024;
+/// Most listed bytes read in one batch.
+const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Most files read in one batch.
+const BATCH_FILES: usize = 1024;
+/// Most directories listed in one batch.
+const LIST_BATCH: usize = 64;
+
+/// Splits a file's bytes into lines and matches them.
+#[derive(Default)]
+struct Lines {
+    line: Vec<u8>,
+    line_len: usize,
+    lineno: u64,
+}
+
+impl Lines {
+    fn feed(&mut self, walk: &mut Walk, full: &str, bytes: &[u8]) -> Flow {
+        for &b in bytes {
+            if b == b'\n' {
+                self.lineno += 1;
+                if self.line_len < GREP_MAX_LINE_LENGTH
+                    && let Flow::Stop = walk.check(full, self.lineno, &self.line)
+                {
+                    return Flow::Stop;
+                }
+                self.line.clear();
+                self.line_len = 0;
+            } else {
+                self.line_len += 1;
+                if self.line_len <= GREP_MAX_LINE_LENGTH {
+                    self.line.push(b);
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The last line when the file does not end with a newline.
+    fn finish(&mut self, walk: &mut Walk, full: &str) -> Flow {
+        if self.line_len > 0 {
+            self.lineno += 1;
+            if self.line_len <= GREP_MAX_LINE_LENGTH {
+                return walk.check(full, self.lineno, &self.line);
+            }
         }
         Flow::Continue
     }
