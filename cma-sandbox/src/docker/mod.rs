@@ -25,6 +25,10 @@
 //!   sandbox bridge only the egress endpoint's port on the gateway is accepted.
 //!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY` and installs its CA certificate in a bundle the
 //!   usual variables point at.
+//! * **Warm pool (opt-in).** With [`DockerConfig::prestart`] > 0, started and fully isolated
+//!   containers wait unassigned; `create` for a spec compatible with
+//!   [`DockerConfig::pool_spec`] claims one (rename to the sandbox id, identity written to
+//!   [`IDENTITY_PATH`]) instead of creating a container, and the pool refills in the background.
 //! * **Recovery.** Every container carries labels (managed-by, control-plane instance, session,
 //!   environment, the spec's labels); [`DockerBackend::reconcile`] finds them after a restart,
 //!   removes orphans and re-adopts the rest.
@@ -45,6 +49,7 @@
 mod archive;
 mod files;
 mod net;
+mod pool;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -71,6 +76,8 @@ use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
 use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
+
+pub use pool::{IDENTITY_PATH, LABEL_POOL, PoolStats};
 
 /// Label on every container and network this backend makes (value `1`).
 pub const LABEL_MANAGED: &str = "cma.sandbox";
@@ -124,6 +131,19 @@ pub struct DockerConfig {
     pub max_import_bytes: u64,
     /// Timeout of each Engine API request.
     pub request_timeout: Duration,
+    /// Warm pool size: this many containers are kept created, started and unassigned, made
+    /// from [`pool_spec`](Self::pool_spec) with the same isolation as every sandbox, so that
+    /// `create` for a compatible spec only renames one and records its identity (tens of
+    /// milliseconds instead of hundreds). `0` (the default) disables the pool. The pool refills
+    /// in the background after each claim; call [`DockerBackend::close_pool`] at shutdown (or
+    /// let the next [`DockerBackend::reconcile`] re-use or remove what is left). Compatible:
+    /// same image, CPU, memory, process and disk limits and environment variables as the
+    /// template (each resolved against this config's defaults), no mounts, no egress endpoint;
+    /// session, environment and labels may differ. Other specs are created the usual way.
+    pub prestart: usize,
+    /// Template of the pool's containers (default: the empty spec, i.e. this config's
+    /// defaults). It takes no mounts, egress endpoint, session, environment or labels.
+    pub pool_spec: SandboxSpec,
 }
 
 impl DockerConfig {
@@ -146,6 +166,8 @@ impl DockerConfig {
             python_helper: true,
             max_import_bytes: 512 << 20,
             request_timeout: Duration::from_secs(60),
+            prestart: 0,
+            pool_spec: SandboxSpec::new(),
         }
     }
 }
@@ -188,6 +210,7 @@ struct Shared {
     resolv_conf: PathBuf,
     engine_version: String,
     images: Mutex<HashMap<String, ImageFacts>>,
+    pool: pool::Pool,
 }
 
 /// Sandboxes as Docker containers. Cheap to clone (shared state).
@@ -297,6 +320,7 @@ impl DockerBackend {
             .map_err(|_| unreachable("no answer within 10 s".into()))?
             .map_err(|e| unreachable(e.to_string()))?;
         let engine_version = version.version.unwrap_or_default();
+        pool::check_template(&cfg)?;
         let gateway = net::ensure_network(&docker, &cfg).await?;
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
             SandboxError::new(
@@ -316,8 +340,9 @@ impl DockerBackend {
         if cfg.host_firewall {
             net::install_firewall(&cfg.bridge, gateway, &[]).await?;
         }
-        Ok(Self {
+        let backend = Self {
             shared: Arc::new(Shared {
+                pool: pool::Pool::new(&cfg),
                 docker,
                 cfg,
                 gateway,
@@ -325,7 +350,28 @@ impl DockerBackend {
                 engine_version,
                 images: Mutex::new(HashMap::new()),
             }),
-        })
+        };
+        Ok(backend)
+    }
+
+    /// Fill the warm pool now: returns once [`DockerConfig::prestart`] containers are ready
+    /// (at startup, or to wait out a background refill). A no-op without a pool. `connect`
+    /// starts no pool work by itself: at startup call [`reconcile`](Self::reconcile) (which
+    /// takes back a previous process's unclaimed containers and starts the background refill)
+    /// and/or this; otherwise the first `create` starts the refill.
+    pub async fn fill_pool(&self) -> Result<()> {
+        pool::fill(self).await
+    }
+
+    /// Stop refilling the warm pool and remove its unclaimed containers (at shutdown). Claimed
+    /// sandboxes are untouched; `create` no longer uses the pool afterwards.
+    pub async fn close_pool(&self) -> Result<()> {
+        pool::close(self).await
+    }
+
+    /// The warm pool's counters.
+    pub fn pool_stats(&self) -> PoolStats {
+        pool::stats(self)
     }
 
     /// The Engine's version string (e.g. `20.10.24+dfsg1`).
@@ -420,6 +466,7 @@ impl DockerBackend {
             adopted: Vec::new(),
             removed: Vec::new(),
         };
+        pool::adopt_unclaimed(self).await?;
         for info in self.list().await? {
             if keep.contains(&info.id) {
                 out.adopted.push(self.resume(&info.id).await?);
@@ -434,105 +481,41 @@ impl DockerBackend {
         Ok(out)
     }
 
-    async fn put_archive(&self, container: &str, dir: &str, tar: Vec<u8>) -> Result<()> {
+    /// The labels every container of this backend carries.
+    fn base_labels(&self) -> HashMap<String, String> {
+        HashMap::from([
+            (LABEL_MANAGED.to_owned(), "1".to_owned()),
+            (LABEL_INSTANCE.to_owned(), self.shared.cfg.instance.clone()),
+        ])
+    }
+
+    /// Remove a container and its anonymous volumes (running or not).
+    async fn remove_container(&self, name: &str) -> Result<()> {
         self.shared
             .docker
-            .upload_to_container(
-                container,
-                Some(UploadToContainerOptions {
-                    path: dir.to_owned(),
+            .remove_container(
+                name,
+                Some(RemoveContainerOptions {
+                    force: true,
+                    v: true,
                     ..Default::default()
                 }),
-                bollard::body_full(Bytes::from(tar)),
             )
             .await
-            .map_err(|e| map_docker_err(e, "upload"))
+            .map_err(|e| map_docker_err(e, "remove"))
     }
 
-    /// Install the egress CA in the created (not yet started) container: the image's bundle
-    /// (if any) plus the CA, at [`CA_BUNDLE_PATH`].
-    async fn install_ca(&self, container: &str, ca_pem: &str) -> Result<()> {
-        let mut bundle = Vec::new();
-        let mut s = self.shared.docker.download_from_container(
-            container,
-            Some(DownloadFromContainerOptions {
-                path: "/etc/ssl/certs/ca-certificates.crt".into(),
-            }),
-        );
-        let mut tar_bytes = Vec::new();
-        let mut ok = true;
-        while let Some(chunk) = s.next().await {
-            match chunk {
-                Ok(c) => tar_bytes.extend_from_slice(&c),
-                Err(_) => {
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if ok && let Some(data) = archive::first_file(&tar_bytes) {
-            bundle = data;
-            if !bundle.ends_with(b"\n") {
-                bundle.push(b'\n');
-            }
-        }
-        bundle.extend_from_slice(ca_pem.as_bytes());
-        if !bundle.ends_with(b"\n") {
-            bundle.push(b'\n');
-        }
-        let tar = archive::single_file_tar("etc/cma/ca-bundle.pem", &bundle, 0o644)?;
-        // Owned by root: the sandbox user must not be able to swap the trust anchors.
-        self.shared
-            .docker
-            .upload_to_container(
-                container,
-                Some(UploadToContainerOptions {
-                    path: "/".into(),
-                    ..Default::default()
-                }),
-                bollard::body_full(Bytes::from(tar)),
-            )
-            .await
-            .map_err(|e| map_docker_err(e, "upload"))
-    }
-}
-
-#[async_trait]
-impl SandboxBackend for DockerBackend {
-    fn name(&self) -> &str {
-        "docker"
-    }
-
-    fn capabilities(&self) -> Capabilities {
-        caps()
-    }
-
-    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
+    /// Create and start the container `name` for `spec` with `labels`, isolated as described
+    /// in the module docs; on failure nothing is left behind.
+    async fn make_container(
+        &self,
+        name: &str,
+        spec: &SandboxSpec,
+        labels: HashMap<String, String>,
+    ) -> Result<()> {
         let cfg = &self.shared.cfg;
-        if let Some(k) = spec.env.keys().find(|k| is_credential(k)) {
-            return Err(SandboxError::new(
-                SandboxErrorKind::InvalidInput,
-                format!("docker: refusing to put the credential {k} into a sandbox"),
-            ));
-        }
         let image = spec.image.clone().unwrap_or_else(|| cfg.image.clone());
         let facts = self.image_facts(&image).await?;
-        let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
-
-        let mut labels = HashMap::from([
-            (LABEL_MANAGED.to_owned(), "1".to_owned()),
-            (LABEL_INSTANCE.to_owned(), cfg.instance.clone()),
-        ]);
-        if let Some(s) = &spec.session_id {
-            labels.insert(LABEL_SESSION.into(), s.clone());
-        }
-        if let Some(e) = &spec.environment_id {
-            labels.insert(LABEL_ENVIRONMENT.into(), e.clone());
-        }
-        for (k, v) in &spec.labels {
-            labels.insert(format!("{LABEL_PREFIX}{k}"), v.clone());
-        }
-
         let mut env: BTreeMap<String, String> = spec.env.clone();
         if let Some(egress) = &spec.egress {
             for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
@@ -617,7 +600,7 @@ impl SandboxBackend for DockerBackend {
             .docker
             .create_container(
                 Some(CreateContainerOptions {
-                    name: Some(id.as_str().to_owned()),
+                    name: Some(name.to_owned()),
                     ..Default::default()
                 }),
                 body,
@@ -630,10 +613,10 @@ impl SandboxBackend for DockerBackend {
                 // cannot chown to a user name it would have to look up in the image).
                 let rel = cfg.workdir.trim_start_matches('/');
                 let tar = archive::single_dir_tar(rel, 0o1777)?;
-                self.put_archive(id.as_str(), "/", tar).await?;
+                self.put_archive(name, "/", tar).await?;
             }
             if let Some(ca) = spec.egress.as_ref().and_then(|e| e.ca_cert_pem.as_deref()) {
-                self.install_ca(id.as_str(), ca).await?;
+                self.install_ca(name, ca).await?;
             }
             if cfg.host_firewall
                 && let Some(egress) = &spec.egress
@@ -643,14 +626,112 @@ impl SandboxBackend for DockerBackend {
             }
             self.shared
                 .docker
-                .start_container(id.as_str(), None)
+                .start_container(name, None)
                 .await
                 .map_err(|e| map_docker_err(e, "start"))
         };
         if let Err(e) = setup.await {
-            let _ = self.destroy(&id).await;
+            let _ = self.remove_container(name).await;
             return Err(e);
         }
+        Ok(())
+    }
+
+    async fn put_archive(&self, container: &str, dir: &str, tar: Vec<u8>) -> Result<()> {
+        self.shared
+            .docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: dir.to_owned(),
+                    ..Default::default()
+                }),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| map_docker_err(e, "upload"))
+    }
+
+    /// Install the egress CA in the created (not yet started) container: the image's bundle
+    /// (if any) plus the CA, at [`CA_BUNDLE_PATH`].
+    async fn install_ca(&self, container: &str, ca_pem: &str) -> Result<()> {
+        let mut bundle = Vec::new();
+        let mut s = self.shared.docker.download_from_container(
+            container,
+            Some(DownloadFromContainerOptions {
+                path: "/etc/ssl/certs/ca-certificates.crt".into(),
+            }),
+        );
+        let mut tar_bytes = Vec::new();
+        let mut ok = true;
+        while let Some(chunk) = s.next().await {
+            match chunk {
+                Ok(c) => tar_bytes.extend_from_slice(&c),
+                Err(_) => {
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if ok && let Some(data) = archive::first_file(&tar_bytes) {
+            bundle = data;
+            if !bundle.ends_with(b"\n") {
+                bundle.push(b'\n');
+            }
+        }
+        bundle.extend_from_slice(ca_pem.as_bytes());
+        if !bundle.ends_with(b"\n") {
+            bundle.push(b'\n');
+        }
+        let tar = archive::single_file_tar("etc/cma/ca-bundle.pem", &bundle, 0o644)?;
+        // Owned by root: the sandbox user must not be able to swap the trust anchors.
+        self.shared
+            .docker
+            .upload_to_container(
+                container,
+                Some(UploadToContainerOptions {
+                    path: "/".into(),
+                    ..Default::default()
+                }),
+                bollard::body_full(Bytes::from(tar)),
+            )
+            .await
+            .map_err(|e| map_docker_err(e, "upload"))
+    }
+}
+
+#[async_trait]
+impl SandboxBackend for DockerBackend {
+    fn name(&self) -> &str {
+        "docker"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        caps()
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
+        if let Some(k) = spec.env.keys().find(|k| is_credential(k)) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                format!("docker: refusing to put the credential {k} into a sandbox"),
+            ));
+        }
+        if let Some(id) = pool::claim(self, spec).await? {
+            return Ok(self.handle(id));
+        }
+        let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
+        let mut labels = self.base_labels();
+        if let Some(s) = &spec.session_id {
+            labels.insert(LABEL_SESSION.into(), s.clone());
+        }
+        if let Some(e) = &spec.environment_id {
+            labels.insert(LABEL_ENVIRONMENT.into(), e.clone());
+        }
+        for (k, v) in &spec.labels {
+            labels.insert(format!("{LABEL_PREFIX}{k}"), v.clone());
+        }
+        self.make_container(id.as_str(), spec, labels).await?;
         Ok(self.handle(id))
     }
 
@@ -706,10 +787,30 @@ impl SandboxBackend for DockerBackend {
             else {
                 continue;
             };
+            if pool::is_unclaimed(&name) {
+                // Warm pool members are nobody's sandbox yet.
+                continue;
+            }
             let Ok(id) = SandboxId::parse(name) else {
                 continue;
             };
             let labels = c.labels.unwrap_or_default();
+            let (session_id, spec_labels) = if labels.contains_key(LABEL_POOL) {
+                // A claimed pool container: its identity is in a file (labels are fixed at
+                // creation, before it had one).
+                let (session, _, labels) = pool::read_identity(self, id.as_str()).await;
+                (session, labels)
+            } else {
+                (
+                    labels.get(LABEL_SESSION).cloned(),
+                    labels
+                        .iter()
+                        .filter_map(|(k, v)| {
+                            Some((k.strip_prefix(LABEL_PREFIX)?.to_owned(), v.clone()))
+                        })
+                        .collect(),
+                )
+            };
             let status = match c.state.map(|s| s.to_string()).as_deref() {
                 Some("running") => SandboxStatus::Running,
                 Some("created") | Some("restarting") => SandboxStatus::Starting,
@@ -725,13 +826,8 @@ impl SandboxBackend for DockerBackend {
                     .created
                     .and_then(|t| u64::try_from(t).ok())
                     .map(|t| SystemTime::UNIX_EPOCH + Duration::from_secs(t)),
-                session_id: labels.get(LABEL_SESSION).cloned(),
-                labels: labels
-                    .iter()
-                    .filter_map(|(k, v)| {
-                        Some((k.strip_prefix(LABEL_PREFIX)?.to_owned(), v.clone()))
-                    })
-                    .collect(),
+                session_id,
+                labels: spec_labels,
             });
         }
         out.sort_by(|a, b| a.id.cmp(&b.id));

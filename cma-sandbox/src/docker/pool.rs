@@ -1,0 +1,506 @@
+//! The warm pool ([`DockerConfig::prestart`](super::DockerConfig::prestart)): containers created
+//! and started ahead of time from [`DockerConfig::pool_spec`](super::DockerConfig::pool_spec),
+//! isolated exactly like any sandbox, waiting unassigned under a `cma-pool-…` name.
+//!
+//! * **Claim.** `create` takes a ready container when the spec is compatible with the template
+//!   (see [`compatible`]), renames it to the new sandbox id and writes the sandbox's identity
+//!   (session, environment, labels) to [`IDENTITY_PATH`] inside it, owned by root: container
+//!   labels cannot change after creation, so `list`/`reconcile` read a claimed container's
+//!   identity from that file (its name is the sandbox id, as for any sandbox).
+//! * **Refill.** After a claim (and after `reconcile`) one background task per backend creates
+//!   containers until `prestart` are ready or in flight; a failure stops it until the next claim.
+//! * **Shutdown and restart.** [`DockerBackend::close_pool`] removes the ready containers.
+//!   Unclaimed containers left by a process that stopped without it (or a claim cancelled
+//!   before the rename) carry [`LABEL_POOL`]: `reconcile` takes them back into the pool when
+//!   they match the current template and there is room, and removes them otherwise.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bollard::query_parameters::{
+    DownloadFromContainerOptions, ListContainersOptions, RenameContainerOptions,
+    UploadToContainerOptions,
+};
+use bytes::Bytes;
+use futures::StreamExt;
+use serde_json::json;
+
+use super::{DockerBackend, DockerConfig, archive, map_docker_err};
+use crate::error::{Result, SandboxError, SandboxErrorKind};
+use crate::spec::{SandboxId, SandboxSpec};
+
+/// Label on pool containers (claimed or not): the fingerprint of the template they were made
+/// from.
+pub const LABEL_POOL: &str = "cma.pool";
+/// Where a claimed pool container keeps its identity (JSON: `session_id`, `environment_id`,
+/// `labels`), owned by root.
+pub const IDENTITY_PATH: &str = "/etc/cma/identity.json";
+/// Name prefix of unclaimed pool containers.
+const POOL_PREFIX: &str = "cma-pool-";
+
+/// Counters of a backend's warm pool.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct PoolStats {
+    /// Started containers waiting to be claimed.
+    pub ready: usize,
+    /// Containers being created for the pool right now.
+    pub in_flight: usize,
+    /// Sandboxes created from the pool since connect.
+    pub claimed: u64,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<String>,
+    in_flight: usize,
+    filler: bool,
+    closed: bool,
+    claimed: u64,
+}
+
+/// A backend's pool bookkeeping (the containers themselves live in the engine).
+pub(crate) struct Pool {
+    state: std::sync::Mutex<State>,
+    fingerprint: String,
+}
+
+impl Pool {
+    pub(crate) fn new(cfg: &DockerConfig) -> Self {
+        Self {
+            state: std::sync::Mutex::new(State::default()),
+            fingerprint: fingerprint(cfg),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reserve a slot for one more container when the pool is short of `target`.
+    fn reserve(&self, target: usize) -> bool {
+        let mut st = self.lock();
+        if st.closed || st.ready.len() + st.in_flight >= target {
+            return false;
+        }
+        st.in_flight += 1;
+        true
+    }
+}
+
+/// What a spec must share with the template to be served from the pool.
+#[derive(PartialEq)]
+struct Shape {
+    image: String,
+    cpus: u64,
+    memory: u64,
+    pids: u32,
+    disk: Option<u64>,
+    env: BTreeMap<String, String>,
+}
+
+fn shape(cfg: &DockerConfig, spec: &SandboxSpec) -> Shape {
+    Shape {
+        image: spec.image.clone().unwrap_or_else(|| cfg.image.clone()),
+        cpus: spec.cpus.unwrap_or(cfg.cpus).to_bits(),
+        memory: spec.memory_bytes.unwrap_or(cfg.memory_bytes),
+        pids: spec.pids.unwrap_or(cfg.pids),
+        disk: spec.disk_bytes,
+        env: spec.env.clone(),
+    }
+}
+
+/// Whether `spec` can be served by a pool container: same image, CPU, memory, process and
+/// disk limits and environment variables as [`DockerConfig::pool_spec`] (each resolved
+/// against the config's defaults), and no mounts or egress endpoint (those are fixed when a
+/// container is created). Session, environment and labels are the sandbox's identity and may
+/// differ.
+pub(crate) fn compatible(cfg: &DockerConfig, spec: &SandboxSpec) -> bool {
+    spec.mounts.is_empty()
+        && spec.egress.is_none()
+        && shape(cfg, spec) == shape(cfg, &cfg.pool_spec)
+}
+
+/// A stable digest (FNV-1a 64) of everything a pool container is made from.
+fn fingerprint(cfg: &DockerConfig) -> String {
+    let s = shape(cfg, &cfg.pool_spec);
+    let text = format!(
+        "{}\n{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{}\n{}\n{}",
+        s.image,
+        s.cpus,
+        s.memory,
+        s.pids,
+        s.disk,
+        s.env,
+        cfg.user,
+        cfg.workdir,
+        cfg.network,
+        cfg.host_firewall
+    );
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Check the pool template at connect.
+pub(crate) fn check_template(cfg: &DockerConfig) -> Result<()> {
+    let t = &cfg.pool_spec;
+    if cfg.prestart > 0
+        && (!t.mounts.is_empty()
+            || t.egress.is_some()
+            || t.session_id.is_some()
+            || t.environment_id.is_some()
+            || !t.labels.is_empty()
+            || t.env.keys().any(|k| super::is_credential(k)))
+    {
+        return Err(SandboxError::new(
+            SandboxErrorKind::InvalidInput,
+            "docker: the pool template (DockerConfig::pool_spec) takes no mounts, egress endpoint, identity, labels or credentials",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a container name is an unclaimed pool container's.
+pub(crate) fn is_unclaimed(name: &str) -> bool {
+    name.starts_with(POOL_PREFIX)
+}
+
+/// Create one pool container; its name.
+async fn make_member(b: &DockerBackend) -> Result<String> {
+    let name = format!("{POOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
+    let mut labels = b.base_labels();
+    labels.insert(LABEL_POOL.into(), b.shared.pool.fingerprint.clone());
+    b.make_container(&name, &b.shared.cfg.pool_spec, labels)
+        .await?;
+    Ok(name)
+}
+
+/// Put a finished member in the pool, or remove it when the pool was closed meanwhile.
+async fn settle(b: &DockerBackend, made: Result<String>) -> Result<()> {
+    let name = made?;
+    let closed = {
+        let mut st = b.shared.pool.lock();
+        if !st.closed {
+            st.ready.push_back(name.clone());
+        }
+        st.closed
+    };
+    if closed {
+        let _ = b.remove_container(&name).await;
+    }
+    Ok(())
+}
+
+/// Start the background refill unless it runs already or the pool is full.
+pub(crate) fn refill(b: &DockerBackend) {
+    let target = b.shared.cfg.prestart;
+    {
+        let mut st = b.shared.pool.lock();
+        if target == 0 || st.closed || st.filler || st.ready.len() + st.in_flight >= target {
+            return;
+        }
+        st.filler = true;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        b.shared.pool.lock().filler = false;
+        return;
+    };
+    let b = b.clone();
+    rt.spawn(async move {
+        while b.shared.pool.reserve(target) {
+            let made = make_member(&b).await;
+            let settled = settle(&b, made).await;
+            b.shared.pool.lock().in_flight -= 1;
+            if settled.is_err() {
+                // Stop on failure; the next claim tries again.
+                break;
+            }
+        }
+        b.shared.pool.lock().filler = false;
+    });
+}
+
+/// Fill the pool now (until `prestart` containers are ready), waiting for the background
+/// refill's containers too.
+pub(crate) async fn fill(b: &DockerBackend) -> Result<()> {
+    let target = b.shared.cfg.prestart;
+    while b.shared.pool.reserve(target) {
+        let made = make_member(b).await;
+        let settled = settle(b, made).await;
+        b.shared.pool.lock().in_flight -= 1;
+        settled?;
+    }
+    let deadline = Instant::now() + b.shared.cfg.request_timeout;
+    while b.shared.pool.lock().in_flight > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+/// Stop refilling and remove every ready container (and those being made, once made).
+pub(crate) async fn close(b: &DockerBackend) -> Result<()> {
+    let names: Vec<String> = {
+        let mut st = b.shared.pool.lock();
+        st.closed = true;
+        st.ready.drain(..).collect()
+    };
+    let mut first_err = None;
+    for n in names {
+        if let Err(e) = b.remove_container(&n).await
+            && e.kind() != SandboxErrorKind::NotFound
+        {
+            first_err.get_or_insert(e);
+        }
+    }
+    // Containers still being made are removed by `settle` when they finish: wait for them.
+    let deadline = Instant::now() + b.shared.cfg.request_timeout;
+    while b.shared.pool.lock().in_flight > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    first_err.map_or(Ok(()), Err)
+}
+
+pub(crate) fn stats(b: &DockerBackend) -> PoolStats {
+    let st = b.shared.pool.lock();
+    PoolStats {
+        ready: st.ready.len(),
+        in_flight: st.in_flight,
+        claimed: st.claimed,
+    }
+}
+
+/// Take a ready container for `spec` when it is compatible: rename it to a new sandbox id and
+/// record the identity inside it. `None`: create one the usual way.
+pub(crate) async fn claim(b: &DockerBackend, spec: &SandboxSpec) -> Result<Option<SandboxId>> {
+    let cfg = &b.shared.cfg;
+    if cfg.prestart == 0 || !compatible(cfg, spec) {
+        return Ok(None);
+    }
+    loop {
+        let name = b.shared.pool.lock().ready.pop_front();
+        refill(b);
+        let Some(name) = name else {
+            return Ok(None);
+        };
+        let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
+        if b.shared
+            .docker
+            .rename_container(
+                &name,
+                RenameContainerOptions {
+                    name: id.as_str().to_owned(),
+                },
+            )
+            .await
+            .is_err()
+        {
+            // Gone or broken: drop it and try the next one.
+            let _ = b.remove_container(&name).await;
+            continue;
+        }
+        if let Err(e) = write_identity(b, id.as_str(), spec).await {
+            let _ = b.remove_container(id.as_str()).await;
+            return Err(e);
+        }
+        b.shared.pool.lock().claimed += 1;
+        return Ok(Some(id));
+    }
+}
+
+async fn write_identity(b: &DockerBackend, container: &str, spec: &SandboxSpec) -> Result<()> {
+    let doc = json!({
+        "session_id": spec.session_id,
+        "environment_id": spec.environment_id,
+        "labels": spec.labels,
+    });
+    let rel = IDENTITY_PATH.trim_start_matches('/');
+    let tar = archive::single_file_tar(rel, doc.to_string().as_bytes(), 0o644)?;
+    b.shared
+        .docker
+        .upload_to_container(
+            container,
+            Some(UploadToContainerOptions {
+                path: "/".into(),
+                ..Default::default()
+            }),
+            bollard::body_full(Bytes::from(tar)),
+        )
+        .await
+        .map_err(|e| map_docker_err(e, "upload identity"))
+}
+
+/// A claimed pool container's identity: session id, environment id, labels. Empty when the
+/// file is missing or unreadable (a claim interrupted before it was written).
+pub(crate) async fn read_identity(
+    b: &DockerBackend,
+    container: &str,
+) -> (Option<String>, Option<String>, BTreeMap<String, String>) {
+    let mut s = b.shared.docker.download_from_container(
+        container,
+        Some(DownloadFromContainerOptions {
+            path: IDENTITY_PATH.into(),
+        }),
+    );
+    let mut tar = Vec::new();
+    while let Some(chunk) = s.next().await {
+        match chunk {
+            Ok(c) if tar.len() + c.len() <= 1 << 20 => tar.extend_from_slice(&c),
+            _ => return (None, None, BTreeMap::new()),
+        }
+    }
+    let Some(v) = archive::first_file(&tar)
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+    else {
+        return (None, None, BTreeMap::new());
+    };
+    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+    let labels = v
+        .get("labels")
+        .and_then(|l| l.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    (text("session_id"), text("environment_id"), labels)
+}
+
+/// After a restart: take this instance's unclaimed pool containers back into the pool (those
+/// made from the current template and running, while there is room) and remove the others.
+/// Returns how many were removed.
+pub(crate) async fn adopt_unclaimed(b: &DockerBackend) -> Result<usize> {
+    let mut filters: HashMap<String, Vec<String>> = b.own_filters();
+    if let Some(l) = filters.get_mut("label") {
+        l.push(LABEL_POOL.to_owned());
+    }
+    let found = b
+        .shared
+        .docker
+        .list_containers(Some(ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .map_err(|e| map_docker_err(e, "list"))?;
+    let mut removed = 0;
+    for c in found {
+        let Some(name) = c
+            .names
+            .as_ref()
+            .and_then(|n| n.first())
+            .map(|n| n.trim_start_matches('/').to_owned())
+        else {
+            continue;
+        };
+        if !is_unclaimed(&name) {
+            continue;
+        }
+        let same =
+            c.labels.as_ref().and_then(|l| l.get(LABEL_POOL)) == Some(&b.shared.pool.fingerprint);
+        let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
+        let keep = same && running && {
+            let mut st = b.shared.pool.lock();
+            let room = !st.closed
+                && st.ready.len() + st.in_flight < b.shared.cfg.prestart
+                && !st.ready.contains(&name);
+            if room {
+                st.ready.push_back(name.clone());
+            }
+            room || st.ready.contains(&name)
+        };
+        if !keep {
+            match b.remove_container(&name).await {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == SandboxErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    refill(b);
+    Ok(removed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{EgressEndpoint, Mount};
+
+    #[test]
+    fn identity_may_differ_but_the_shape_must_not() {
+        let mut cfg = DockerConfig::new("img:1");
+        cfg.prestart = 1;
+        let mut spec = SandboxSpec::new();
+        spec.session_id = Some("sess".into());
+        spec.environment_id = Some("env".into());
+        spec.labels.insert("k".into(), "v".into());
+        assert!(compatible(&cfg, &spec));
+        spec.image = Some("img:1".into());
+        spec.memory_bytes = Some(cfg.memory_bytes);
+        assert!(
+            compatible(&cfg, &spec),
+            "explicit defaults are the template's"
+        );
+        let differs: [fn(&mut SandboxSpec); 6] = [
+            |s| s.image = Some("other:1".into()),
+            |s| s.memory_bytes = Some(1 << 20),
+            |s| s.cpus = Some(0.25),
+            |s| {
+                s.env.insert("A".into(), "1".into());
+            },
+            |s| {
+                s.mounts.push(Mount {
+                    host_path: "/tmp".into(),
+                    sandbox_path: "/mnt".into(),
+                    read_only: true,
+                })
+            },
+            |s| {
+                s.egress = Some(EgressEndpoint {
+                    proxy_url: "http://10.0.0.1:3128".into(),
+                    ca_cert_pem: None,
+                })
+            },
+        ];
+        for change in differs {
+            let mut s = spec.clone();
+            change(&mut s);
+            assert!(!compatible(&cfg, &s));
+        }
+        cfg.pool_spec.env.insert("A".into(), "1".into());
+        let mut s = spec.clone();
+        s.env.insert("A".into(), "1".into());
+        assert!(compatible(&cfg, &s), "the template's env");
+    }
+
+    #[test]
+    fn the_fingerprint_follows_the_template() {
+        let cfg = DockerConfig::new("img:1");
+        let mut other = cfg.clone();
+        assert_eq!(fingerprint(&cfg), fingerprint(&other));
+        other.pool_spec.pids = Some(7);
+        assert_ne!(fingerprint(&cfg), fingerprint(&other));
+    }
+
+    #[test]
+    fn the_template_takes_no_identity_mounts_or_credentials() {
+        let mut cfg = DockerConfig::new("img:1");
+        cfg.pool_spec.session_id = Some("s".into());
+        assert!(check_template(&cfg).is_ok(), "no pool, no check");
+        cfg.prestart = 1;
+        assert_eq!(
+            check_template(&cfg).unwrap_err().kind(),
+            SandboxErrorKind::InvalidInput
+        );
+        cfg.pool_spec = SandboxSpec::new();
+        cfg.pool_spec
+            .env
+            .insert("ANTHROPIC_API_KEY".into(), "x".into());
+        assert!(check_template(&cfg).is_err());
+    }
+}
