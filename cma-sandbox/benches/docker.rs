@@ -3,8 +3,10 @@
 //! and exec against `docker exec` CLI equivalents.
 //!
 //! `cargo bench -p cma-sandbox --bench docker --features docker` (needs dockerd and the test
-//! image: `source .ci/setup.d/20-docker.sh`). Each create iteration makes and removes a real
-//! container, so the group uses few samples.
+//! image: `source .ci/setup.d/20-docker.sh`). The create comparison is not a criterion group:
+//! it runs `CMA_BENCH_CREATE_ROUNDS` (default 15) rounds of the four ways in turn (backend with
+//! a warm pool of one, backend without a pool, raw API, CLI) and prints each p50 with its
+//! ratios against the CLI and the raw API floor of the same run.
 
 use std::process::Command;
 use std::sync::Arc;
@@ -97,71 +99,92 @@ fn bench(c: &mut Criterion) {
     let docker = backend.client().clone();
     let img = image();
 
-    let mut g = c.benchmark_group("docker_create_first_exec");
-    g.sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(8));
-    g.bench_function("backend", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
-                    let out = sb.exec(ExecRequest::argv(["true"])).await.unwrap();
-                    total += t.elapsed();
-                    assert!(out.success());
-                    backend.destroy(sb.id()).await.unwrap();
-                }
-                total
-            })
-        })
-    });
-    g.bench_function("raw_engine_api", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let mut total = Duration::ZERO;
-                for _ in 0..iters {
-                    let t = Instant::now();
-                    let name = raw_create_exec(&docker, &img, &cfg.network).await;
-                    total += t.elapsed();
-                    docker
-                        .remove_container(
-                            &name,
-                            Some(RemoveContainerOptions {
-                                force: true,
-                                ..Default::default()
-                            }),
-                        )
-                        .await
-                        .unwrap();
-                }
-                total
-            })
-        })
-    });
-    g.bench_function("docker_run_cli", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let name = format!("cma-bench-cli-{}", uuid::Uuid::new_v4().simple());
-                let t = Instant::now();
-                docker_cli(&[
-                    "run",
-                    "--name",
+    // create → first exec, four ways, interleaved round by round so that load on the machine
+    // weighs on each the same; p50 of each and the ratios, all from this run.
+    let rounds: usize = std::env::var("CMA_BENCH_CREATE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(15);
+    let mut pool_cfg = cfg.clone();
+    pool_cfg.instance = "bench-pool".into();
+    pool_cfg.prestart = 1;
+    let pooled = rt.block_on(DockerBackend::connect(pool_cfg)).unwrap();
+    rt.block_on(pooled.reconcile(&Default::default())).unwrap();
+    let mut times: [Vec<Duration>; 4] = Default::default();
+    for _ in 0..rounds {
+        // Warm pool: claim + first exec (the refill is waited out, untimed).
+        rt.block_on(async {
+            pooled.fill_pool().await.unwrap();
+            let before = pooled.pool_stats().claimed;
+            let t = Instant::now();
+            let sb = pooled.create(&SandboxSpec::new()).await.unwrap();
+            let out = sb.exec(ExecRequest::argv(["true"])).await.unwrap();
+            times[0].push(t.elapsed());
+            assert!(out.success());
+            assert_eq!(pooled.pool_stats().claimed, before + 1, "not from the pool");
+            pooled.destroy(sb.id()).await.unwrap();
+            pooled.fill_pool().await.unwrap();
+        });
+        // No pool: create + start + first exec.
+        rt.block_on(async {
+            let t = Instant::now();
+            let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+            let out = sb.exec(ExecRequest::argv(["true"])).await.unwrap();
+            times[1].push(t.elapsed());
+            assert!(out.success());
+            backend.destroy(sb.id()).await.unwrap();
+        });
+        // Raw Engine API floor.
+        rt.block_on(async {
+            let t = Instant::now();
+            let name = raw_create_exec(&docker, &img, &cfg.network).await;
+            times[2].push(t.elapsed());
+            docker
+                .remove_container(
                     &name,
-                    "--network",
-                    &cfg.network,
-                    &img,
-                    "true",
-                ]);
-                total += t.elapsed();
-                docker_cli(&["rm", "-f", &name]);
-            }
-            total
-        })
-    });
-    g.finish();
+                    Some(RemoveContainerOptions {
+                        force: true,
+                        ..Default::default()
+                    }),
+                )
+                .await
+                .unwrap();
+        });
+        // `docker run` CLI.
+        let name = format!("cma-bench-cli-{}", uuid::Uuid::new_v4().simple());
+        let t = Instant::now();
+        docker_cli(&[
+            "run",
+            "--name",
+            &name,
+            "--network",
+            &cfg.network,
+            &img,
+            "true",
+        ]);
+        times[3].push(t.elapsed());
+        docker_cli(&["rm", "-f", &name]);
+    }
+    rt.block_on(pooled.close_pool()).unwrap();
+    let p50 = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2].as_secs_f64() * 1e3
+    };
+    let [pool_t, plain_t, raw_t, cli_t] = &mut times;
+    let (pool_ms, plain_ms, raw_ms, cli_ms) = (p50(pool_t), p50(plain_t), p50(raw_t), p50(cli_t));
+    println!("create -> first exec, p50 of {rounds} interleaved rounds:");
+    println!("  docker run CLI        {cli_ms:8.1} ms");
+    println!("  raw Engine API floor  {raw_ms:8.1} ms");
+    for (what, ms) in [
+        ("backend, warm pool", pool_ms),
+        ("backend, no pool", plain_ms),
+    ] {
+        println!(
+            "  {what:<20}  {ms:8.1} ms  = {:.1}x faster than docker run (target >= 5x), {:.2}x the raw API floor (target <= 1.2x)",
+            cli_ms / ms,
+            ms / raw_ms
+        );
+    }
 
     // Per-call costs on one live sandbox.
     let sb: Arc<dyn Sandbox> = rt.block_on(backend.create(&SandboxSpec::new())).unwrap();

@@ -24,8 +24,26 @@ fn pooled_config(prestart: usize) -> DockerConfig {
     cfg
 }
 
-/// Unclaimed pool containers of `instance` in the engine (any state).
+/// Pool containers of `instance` in the engine (any state) that are nobody's sandbox.
 async fn unclaimed(backend: &DockerBackend, instance: &str) -> Vec<String> {
+    let sandboxes: HashSet<String> = backend
+        .list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.id.as_str().to_owned())
+        .collect();
+    let mut names: Vec<String> = pool_containers(backend, instance)
+        .await
+        .into_iter()
+        .filter(|n| !sandboxes.contains(n))
+        .collect();
+    names.sort();
+    names
+}
+
+/// Every pool container of `instance` in the engine, claimed or not.
+async fn pool_containers(backend: &DockerBackend, instance: &str) -> Vec<String> {
     let filters = HashMap::from([(
         "label".to_owned(),
         vec![
@@ -45,7 +63,6 @@ async fn unclaimed(backend: &DockerBackend, instance: &str) -> Vec<String> {
         .into_iter()
         .filter_map(|c| c.names?.first().cloned())
         .map(|n| n.trim_start_matches('/').to_owned())
-        .filter(|n| n.starts_with("cma-pool-"))
         .collect()
 }
 
@@ -123,7 +140,6 @@ async fn a_pooled_sandbox_is_isolated_like_any_other() {
     spec.cpus = Some(0.5);
     let sb = backend.create(&spec).await.unwrap();
     assert_eq!(backend.pool_stats().claimed, 1, "served from the pool");
-    assert!(sb.id().as_str().starts_with("cma-") && !sb.id().as_str().starts_with("cma-pool-"));
 
     let out = sb
         .exec(ExecRequest::shell(
@@ -131,8 +147,7 @@ async fn a_pooled_sandbox_is_isolated_like_any_other() {
              cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max 2>/dev/null \
                || cat /sys/fs/cgroup/memory.max /sys/fs/cgroup/pids.max; \
              cat /sys/fs/cgroup/cpu/cpu.cfs_quota_us 2>/dev/null || cut -d' ' -f1 /sys/fs/cgroup/cpu.max; \
-             grep -c nameserver /etc/resolv.conf; grep nameserver /etc/resolv.conf; \
-             (echo forged > /etc/cma/identity.json) 2>/dev/null && echo identity-writable || echo identity-protected",
+             grep -c nameserver /etc/resolv.conf; grep nameserver /etc/resolv.conf",
         ))
         .await
         .unwrap();
@@ -151,7 +166,6 @@ async fn a_pooled_sandbox_is_isolated_like_any_other() {
             "50000",
             "1",
             "nameserver 127.0.0.1",
-            "identity-protected",
         ],
         "{text}"
     );
@@ -216,12 +230,14 @@ except PermissionError: print('raw denied')
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pooled_sandbox_keeps_its_identity_across_a_restart() {
-    let cfg = pooled_config(2);
+    let state = tempfile::tempdir().unwrap();
+    let mut cfg = pooled_config(2);
+    cfg.state_dir = state.path().to_owned();
     let instance = cfg.instance.clone();
     let (first, _cleanup) = docker_support::connect(cfg.clone()).await;
-    first.fill_pool().await.unwrap();
     let mut ids = Vec::new();
-    for i in 0..2 {
+    for i in 0..3 {
+        first.fill_pool().await.unwrap();
         let mut spec = SandboxSpec::new();
         spec.session_id = Some(format!("sess_p{i}"));
         spec.environment_id = Some("env_p".into());
@@ -232,18 +248,34 @@ async fn a_pooled_sandbox_keeps_its_identity_across_a_restart() {
             .unwrap();
         ids.push(sb.id().clone());
     }
-    assert_eq!(first.pool_stats().claimed, 2);
+    assert_eq!(first.pool_stats().claimed, 3);
     first.fill_pool().await.unwrap();
-    let mut leftovers = unclaimed(&first, &instance).await;
-    leftovers.sort();
+    let leftovers = unclaimed(&first, &instance).await;
     assert_eq!(leftovers.len(), 2, "refilled");
+    assert_eq!(
+        first.list().await.unwrap().len(),
+        3,
+        "claimed ones are listed"
+    );
+    // The third sandbox's claim record is lost (say, with a wiped state directory): it must
+    // never be handed to anyone again.
+    let claims: Vec<_> = walk(state.path());
+    let lost = claims
+        .iter()
+        .find(|p| p.to_string_lossy().contains(ids[2].as_str()))
+        .expect("a claim file per claimed sandbox");
+    std::fs::remove_file(lost).unwrap();
     // The process "dies" without closing its pool.
     drop(first);
 
     let second = DockerBackend::connect(cfg.clone()).await.unwrap();
     let listed = second.list().await.unwrap();
-    assert_eq!(listed.len(), 2, "only claimed sandboxes are listed");
-    for (i, id) in ids.iter().enumerate() {
+    assert_eq!(
+        listed.len(),
+        2,
+        "claimed sandboxes with a record are listed"
+    );
+    for (i, id) in ids.iter().enumerate().take(2) {
         let info = listed.iter().find(|x| &x.id == id).expect("listed");
         assert_eq!(
             info.session_id.as_deref(),
@@ -267,34 +299,158 @@ async fn a_pooled_sandbox_keeps_its_identity_across_a_restart() {
     );
     let out = sb.exec(ExecRequest::shell("echo alive")).await.unwrap();
     assert_eq!(&out.stdout[..], b"alive\n");
-    // The old pool's unclaimed containers were taken back (same template), never doubled.
+    // Unrecorded pool containers (the old pool's and the one whose record was lost) are gone;
+    // the new pool is made afresh.
     second.fill_pool().await.unwrap();
-    assert_eq!(second.pool_stats().ready, 2);
-    let mut now = unclaimed(&second, &instance).await;
-    now.sort();
-    assert_eq!(now, leftovers);
-    let reused = second.create(&SandboxSpec::new()).await.unwrap();
-    assert_eq!(second.pool_stats().claimed, 1);
-    second.destroy(reused.id()).await.unwrap();
-    second.fill_pool().await.unwrap();
-    drop(second);
-
-    // A restart with another template removes the old pool's containers.
-    let mut changed = cfg.clone();
-    changed.pool_spec.pids = Some(99);
-    changed.prestart = 1;
-    let third = DockerBackend::connect(changed).await.unwrap();
-    third.reconcile(&keep).await.unwrap();
-    third.fill_pool().await.unwrap();
-    let left = unclaimed(&third, &instance).await;
-    assert_eq!(left.len(), 1, "{left:?}");
-    third.close_pool().await.unwrap();
-    assert!(unclaimed(&third, &instance).await.is_empty());
-    // Still the same sandbox, with its identity.
-    let listed = third.list().await.unwrap();
-    assert_eq!(listed.len(), 1);
-    assert_eq!(listed[0].session_id.as_deref(), Some("sess_p0"));
-    let done = third.reconcile(&HashSet::new()).await.unwrap();
+    let now = unclaimed(&second, &instance).await;
+    assert_eq!(now.len(), 2);
+    for old in leftovers.iter().chain([&ids[2].as_str().to_owned()]) {
+        assert!(!now.contains(old), "{old} was handed out again");
+    }
+    let mut all = pool_containers(&second, &instance).await;
+    all.sort();
+    let mut want: Vec<String> = now
+        .iter()
+        .cloned()
+        .chain([ids[0].as_str().to_owned()])
+        .collect();
+    want.sort();
+    assert_eq!(all, want);
+    second.close_pool().await.unwrap();
+    let done = second.reconcile(&HashSet::new()).await.unwrap();
     assert_eq!(done.removed, vec![ids[0].clone()]);
-    assert!(third.list().await.unwrap().is_empty());
+    second.close_pool().await.unwrap();
+    assert!(second.list().await.unwrap().is_empty());
+    assert!(pool_containers(&second, &instance).await.is_empty());
+    assert!(
+        walk(state.path())
+            .iter()
+            .all(|p| !p.to_string_lossy().ends_with(".json")),
+        "claim files removed"
+    );
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The first command of a pooled sandbox runs on the process started ahead with the container:
+/// the same output, exit code, variables, directory, user and timeout kill as an exec.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_command_of_a_pooled_sandbox_runs_like_any_other() {
+    let (backend, _cleanup) = docker_support::connect(pooled_config(1)).await;
+    let first = |req: ExecRequest| {
+        let backend = backend.clone();
+        async move {
+            backend.fill_pool().await.unwrap();
+            let before = backend.pool_stats().claimed;
+            let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+            assert_eq!(backend.pool_stats().claimed, before + 1);
+            let out = sb.exec(req).await;
+            (sb, out)
+        }
+    };
+    // The spare is the one exec running in a fresh pooled sandbox; the first command ends it
+    // with the command's exit code.
+    backend.fill_pool().await.unwrap();
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    let info = backend
+        .client()
+        .inspect_container(sb.id().as_str(), None)
+        .await
+        .unwrap();
+    let execs = info.exec_ids.unwrap_or_default();
+    assert_eq!(execs.len(), 1, "{execs:?}");
+    let out = sb
+        .exec(ExecRequest::shell("echo out; echo err >&2; exit 3"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (&out.stdout[..], &out.stderr[..], out.exit_code),
+        (&b"out\n"[..], &b"err\n"[..], Some(3))
+    );
+    let spare = backend.client().inspect_exec(&execs[0]).await.unwrap();
+    assert_eq!((spare.running, spare.exit_code), (Some(false), Some(3)));
+    backend.destroy(sb.id()).await.unwrap();
+
+    let mut req = ExecRequest::argv([
+        "sh",
+        "-c",
+        "printf '%s|%s|' \"$FOO\" \"$1\"; pwd; id -u",
+        "x",
+        "it's $HOME \"q\"",
+    ]);
+    req.env.insert("FOO".into(), "b'a r".into());
+    let (sb, out) = first(req).await;
+    let out = out.unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "b'a r|it's $HOME \"q\"|/workspace\n1000\n"
+    );
+    assert!(out.stderr.is_empty(), "{:?}", out.stderr);
+    // Later commands are plain execs.
+    let out = sb.exec(ExecRequest::argv(["echo", "again"])).await.unwrap();
+    assert_eq!(&out.stdout[..], b"again\n");
+    backend.destroy(sb.id()).await.unwrap();
+
+    let (sb, out) = first(ExecRequest::argv(["no-such-command-here"])).await;
+    assert_eq!(out.unwrap().exit_code, Some(127));
+    backend.destroy(sb.id()).await.unwrap();
+
+    let mut req = ExecRequest::shell("sleep 30; echo late");
+    req.timeout = Duration::from_secs(1);
+    let (sb, out) = first(req).await;
+    assert_eq!(
+        out.unwrap_err().kind(),
+        cma_sandbox::SandboxErrorKind::Timeout
+    );
+    let out = sb
+        .exec(ExecRequest::shell(
+            "for p in /proc/[0-9]*; do tr '\\0' ' ' < $p/cmdline 2>/dev/null; echo; done | grep -c '^sleep 30 ' || true",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(&out.stdout[..], b"0\n", "the timed-out command was killed");
+    backend.destroy(sb.id()).await.unwrap();
+    backend.close_pool().await.unwrap();
+}
+
+/// A pool container that died while it waited is removed, never handed out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_pool_container_is_not_handed_out() {
+    let cfg = pooled_config(1);
+    let instance = cfg.instance.clone();
+    let (backend, _cleanup) = docker_support::connect(cfg).await;
+    backend.fill_pool().await.unwrap();
+    let waiting = unclaimed(&backend, &instance).await;
+    assert_eq!(waiting.len(), 1);
+    backend
+        .client()
+        .kill_container(
+            &waiting[0],
+            None::<bollard::query_parameters::KillContainerOptions>,
+        )
+        .await
+        .unwrap();
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    assert_eq!(backend.pool_stats().claimed, 0);
+    assert_ne!(sb.id().as_str(), waiting[0]);
+    let out = sb.exec(ExecRequest::argv(["echo", "ok"])).await.unwrap();
+    assert_eq!(&out.stdout[..], b"ok\n");
+    assert!(
+        !pool_containers(&backend, &instance)
+            .await
+            .contains(&waiting[0])
+    );
+    backend.destroy(sb.id()).await.unwrap();
+    backend.close_pool().await.unwrap();
 }

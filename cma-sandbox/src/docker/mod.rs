@@ -27,8 +27,11 @@
 //!   usual variables point at.
 //! * **Warm pool (opt-in).** With [`DockerConfig::prestart`] > 0, started and fully isolated
 //!   containers wait unassigned; `create` for a spec compatible with
-//!   [`DockerConfig::pool_spec`] claims one (rename to the sandbox id, identity written to
-//!   [`IDENTITY_PATH`]) instead of creating a container, and the pool refills in the background.
+//!   [`DockerConfig::pool_spec`] claims one (its name is the sandbox id; the identity is
+//!   recorded in a claim file under [`DockerConfig::state_dir`]) instead of creating a
+//!   container, and the pool refills in the background. Each pool container also holds a spare
+//!   process started ahead; the sandbox's first `exec` (without stdin or its own working
+//!   directory) runs on it instead of paying for an Engine exec start.
 //! * **Recovery.** Every container carries labels (managed-by, control-plane instance, session,
 //!   environment, the spec's labels); [`DockerBackend::reconcile`] finds them after a restart,
 //!   removes orphans and re-adopts the rest.
@@ -77,7 +80,7 @@ use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, Interacti
 use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
-pub use pool::{IDENTITY_PATH, LABEL_POOL, PoolStats};
+pub use pool::{LABEL_POOL, PoolStats};
 
 /// Label on every container and network this backend makes (value `1`).
 pub const LABEL_MANAGED: &str = "cma.sandbox";
@@ -110,7 +113,10 @@ pub struct DockerConfig {
     pub bridge: String,
     /// Sandbox working directory.
     pub workdir: String,
-    /// Host directory for small files the backend bind-mounts (the empty `resolv.conf`).
+    /// Host directory for small files the backend bind-mounts (the empty `resolv.conf`), and
+    /// for the claim files of warm-pool sandboxes ([`prestart`](Self::prestart)): keep it
+    /// across control-plane restarts, or claimed pool sandboxes cannot be re-adopted
+    /// (`reconcile` then removes them; they are never handed to another session).
     pub state_dir: PathBuf,
     /// Default memory limit in bytes (the spec's wins).
     pub memory_bytes: u64,
@@ -133,8 +139,9 @@ pub struct DockerConfig {
     pub request_timeout: Duration,
     /// Warm pool size: this many containers are kept created, started and unassigned, made
     /// from [`pool_spec`](Self::pool_spec) with the same isolation as every sandbox, so that
-    /// `create` for a compatible spec only renames one and records its identity (tens of
-    /// milliseconds instead of hundreds). `0` (the default) disables the pool. The pool refills
+    /// `create` for a compatible spec only takes one and records its identity, and its first
+    /// `exec` runs on a process started ahead (together tens of milliseconds instead of
+    /// hundreds). `0` (the default) disables the pool. The pool refills
     /// in the background after each claim; call [`DockerBackend::close_pool`] at shutdown (or
     /// let the next [`DockerBackend::reconcile`] re-use or remove what is left). Compatible:
     /// same image, CPU, memory, process and disk limits and environment variables as the
@@ -441,11 +448,16 @@ impl DockerBackend {
     }
 
     fn handle(&self, id: SandboxId) -> Arc<dyn Sandbox> {
+        self.handle_with(id, None)
+    }
+
+    fn handle_with(&self, id: SandboxId, spare: Option<process::Started>) -> Arc<dyn Sandbox> {
         Arc::new(DockerSandbox {
             id,
             shared: self.shared.clone(),
             stopped: AtomicBool::new(false),
             helper: Arc::new(files::Helper::new(self.shared.cfg.python_helper)),
+            spare: std::sync::Mutex::new(spare),
         })
     }
 
@@ -466,7 +478,7 @@ impl DockerBackend {
             adopted: Vec::new(),
             removed: Vec::new(),
         };
-        pool::adopt_unclaimed(self).await?;
+        pool::remove_unclaimed(self).await?;
         for info in self.list().await? {
             if keep.contains(&info.id) {
                 out.adopted.push(self.resume(&info.id).await?);
@@ -717,8 +729,8 @@ impl SandboxBackend for DockerBackend {
                 format!("docker: refusing to put the credential {k} into a sandbox"),
             ));
         }
-        if let Some(id) = pool::claim(self, spec).await? {
-            return Ok(self.handle(id));
+        if let Some((id, spare)) = pool::claim(self, spec).await? {
+            return Ok(self.handle_with(id, spare));
         }
         let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
         let mut labels = self.base_labels();
@@ -787,19 +799,17 @@ impl SandboxBackend for DockerBackend {
             else {
                 continue;
             };
-            if pool::is_unclaimed(&name) {
-                // Warm pool members are nobody's sandbox yet.
-                continue;
-            }
             let Ok(id) = SandboxId::parse(name) else {
                 continue;
             };
             let labels = c.labels.unwrap_or_default();
             let (session_id, spec_labels) = if labels.contains_key(LABEL_POOL) {
-                // A claimed pool container: its identity is in a file (labels are fixed at
-                // creation, before it had one).
-                let (session, _, labels) = pool::read_identity(self, id.as_str()).await;
-                (session, labels)
+                // A pool container: claimed when it has a claim file, which holds its identity
+                // (labels are fixed at creation, before it had one); else nobody's sandbox yet.
+                let Some(identity) = pool::read_claim(&self.shared.cfg, id.as_str()) else {
+                    continue;
+                };
+                (identity.session_id, identity.labels)
             } else {
                 (
                     labels.get(LABEL_SESSION).cloned(),
@@ -835,18 +845,14 @@ impl SandboxBackend for DockerBackend {
     }
 
     async fn destroy(&self, id: &SandboxId) -> Result<()> {
-        self.shared
-            .docker
-            .remove_container(
-                id.as_str(),
-                Some(RemoveContainerOptions {
-                    force: true,
-                    v: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| map_docker_err(e, "remove"))
+        let r = self.remove_container(id.as_str()).await;
+        if r.is_ok()
+            || r.as_ref()
+                .is_err_and(|e| e.kind() == SandboxErrorKind::NotFound)
+        {
+            pool::remove_claim(&self.shared.cfg, id.as_str());
+        }
+        r
     }
 }
 
@@ -856,6 +862,8 @@ struct DockerSandbox {
     shared: Arc<Shared>,
     stopped: AtomicBool,
     helper: Arc<files::Helper>,
+    /// A process started ahead (warm pool) that runs the first eligible `exec`.
+    spare: std::sync::Mutex<Option<process::Started>>,
 }
 
 impl DockerSandbox {
@@ -1110,6 +1118,29 @@ impl Sandbox for DockerSandbox {
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
         self.check_running()?;
+        let spare = if process::spare_can_run(&req) {
+            self.spare.lock().unwrap_or_else(|p| p.into_inner()).take()
+        } else {
+            None
+        };
+        let req = match spare {
+            Some(spare) => {
+                match process::run_on_spare(
+                    &self.shared.docker,
+                    self.id.as_str(),
+                    spare,
+                    req,
+                    &self.shared.cfg.workdir,
+                )
+                .await
+                {
+                    Ok(done) => return done,
+                    // The spare is gone: a normal exec.
+                    Err(req) => req,
+                }
+            }
+            None => req,
+        };
         process::run(
             &self.shared.docker,
             self.id.as_str(),
@@ -1212,6 +1243,8 @@ impl Sandbox for DockerSandbox {
 
     async fn stop(&self) -> Result<()> {
         self.stopped.store(true, Ordering::Release);
+        // Its stdin closes: it exits (if the container still runs).
+        drop(self.spare.lock().unwrap_or_else(|p| p.into_inner()).take());
         self.helper.reset().await;
         match self
             .shared

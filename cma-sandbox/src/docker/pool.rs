@@ -1,42 +1,40 @@
 //! The warm pool ([`DockerConfig::prestart`](super::DockerConfig::prestart)): containers created
 //! and started ahead of time from [`DockerConfig::pool_spec`](super::DockerConfig::pool_spec),
-//! isolated exactly like any sandbox, waiting unassigned under a `cma-pool-…` name.
+//! isolated exactly like any sandbox, named like any sandbox (`cma-<uuid>`), carrying
+//! [`LABEL_POOL`], waiting unassigned.
 //!
 //! * **Claim.** `create` takes a ready container when the spec is compatible with the template
-//!   (see [`compatible`]), renames it to the new sandbox id and writes the sandbox's identity
-//!   (session, environment, labels) to [`IDENTITY_PATH`] inside it, owned by root: container
-//!   labels cannot change after creation, so `list`/`reconcile` read a claimed container's
-//!   identity from that file (its name is the sandbox id, as for any sandbox).
+//!   (see [`compatible`]): its name becomes the sandbox id, and the sandbox's identity (session,
+//!   environment, labels) is recorded durably in a claim file on the host, under
+//!   [`DockerConfig::state_dir`](super::DockerConfig::state_dir)`/claims/<instance>/<id>.json`
+//!   (written and synced before `create` returns). Container labels cannot change after
+//!   creation, and renaming a container or writing into it costs the Engine tens of
+//!   milliseconds each, more than the rest of a claim: the host file costs well under one.
+//!   `list`/`reconcile` read a pool container's identity from its claim file.
+//! * **Spare process.** Each pool container also gets one attached exec started ahead (a shell
+//!   waiting for a script on stdin); the claiming sandbox's first eligible `exec` runs on it,
+//!   which saves the Engine's exec start (tens of milliseconds on the first command).
 //! * **Refill.** After a claim (and after `reconcile`) one background task per backend creates
 //!   containers until `prestart` are ready or in flight; a failure stops it until the next claim.
 //! * **Shutdown and restart.** [`DockerBackend::close_pool`] removes the ready containers.
-//!   Unclaimed containers left by a process that stopped without it (or a claim cancelled
-//!   before the rename) carry [`LABEL_POOL`]: `reconcile` takes them back into the pool when
-//!   they match the current template and there is room, and removes them otherwise.
+//!   After a restart, `reconcile` removes every pool container that has no claim file (never
+//!   hands it out again: a claim file lost with the state directory must not let one session's
+//!   container reach another) and the claim files of containers that are gone.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use bollard::query_parameters::{
-    DownloadFromContainerOptions, ListContainersOptions, RenameContainerOptions,
-    UploadToContainerOptions,
-};
-use bytes::Bytes;
-use futures::StreamExt;
+use bollard::query_parameters::ListContainersOptions;
 use serde_json::json;
 
-use super::{DockerBackend, DockerConfig, archive, map_docker_err};
+use super::{DockerBackend, DockerConfig, map_docker_err, process};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::spec::{SandboxId, SandboxSpec};
 
 /// Label on pool containers (claimed or not): the fingerprint of the template they were made
 /// from.
 pub const LABEL_POOL: &str = "cma.pool";
-/// Where a claimed pool container keeps its identity (JSON: `session_id`, `environment_id`,
-/// `labels`), owned by root.
-pub const IDENTITY_PATH: &str = "/etc/cma/identity.json";
-/// Name prefix of unclaimed pool containers.
-const POOL_PREFIX: &str = "cma-pool-";
 
 /// Counters of a backend's warm pool.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -50,9 +48,15 @@ pub struct PoolStats {
     pub claimed: u64,
 }
 
+/// A ready container: its name and (when it could be started) a spare process for the first
+/// command of the sandbox that claims it.
+type Member = (String, Option<process::Started>);
+
 #[derive(Default)]
 struct State {
-    ready: VecDeque<String>,
+    ready: VecDeque<Member>,
+    /// Names of the containers being made (not removable as leftovers).
+    making: HashSet<String>,
     in_flight: usize,
     filler: bool,
     closed: bool,
@@ -164,28 +168,112 @@ pub(crate) fn check_template(cfg: &DockerConfig) -> Result<()> {
     Ok(())
 }
 
-/// Whether a container name is an unclaimed pool container's.
-pub(crate) fn is_unclaimed(name: &str) -> bool {
-    name.starts_with(POOL_PREFIX)
+/// The directory of this instance's claim files.
+fn claims_dir(cfg: &DockerConfig) -> PathBuf {
+    let instance: String = cfg
+        .instance
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    cfg.state_dir.join("claims").join(format!("i-{instance}"))
 }
 
-/// Create one pool container; its name.
-async fn make_member(b: &DockerBackend) -> Result<String> {
-    let name = format!("{POOL_PREFIX}{}", uuid::Uuid::new_v4().simple());
+fn claim_file(cfg: &DockerConfig, id: &str) -> PathBuf {
+    claims_dir(cfg).join(format!("{id}.json"))
+}
+
+/// A claimed sandbox's identity, from its claim file.
+pub(crate) struct Identity {
+    pub(crate) session_id: Option<String>,
+    pub(crate) labels: BTreeMap<String, String>,
+}
+
+/// Write the claim file (temporary file, sync, rename, sync the directory).
+async fn write_claim(cfg: &DockerConfig, id: &str, spec: &SandboxSpec) -> Result<()> {
+    let doc = json!({
+        "session_id": spec.session_id,
+        "environment_id": spec.environment_id,
+        "labels": spec.labels,
+    })
+    .to_string();
+    let dir = claims_dir(cfg);
+    let path = claim_file(cfg, id);
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        use std::io::Write;
+        std::fs::create_dir_all(&dir)?;
+        let tmp = path.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(doc.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })
+    .await
+    .map_err(|e| {
+        SandboxError::new(SandboxErrorKind::Backend, "docker: claim task failed").with_source(e)
+    })?
+    .map_err(|e| {
+        SandboxError::new(SandboxErrorKind::Io, "docker: cannot record a pool claim").with_source(e)
+    })
+}
+
+/// The identity recorded for a pool container; `None`: not claimed (or the record is gone).
+pub(crate) fn read_claim(cfg: &DockerConfig, id: &str) -> Option<Identity> {
+    let data = std::fs::read(claim_file(cfg, id)).ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&data).ok()?;
+    let labels = v
+        .get("labels")
+        .and_then(|l| l.as_object())
+        .map(|o| {
+            o.iter()
+                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                .collect()
+        })
+        .unwrap_or_default();
+    Some(Identity {
+        session_id: v
+            .get("session_id")
+            .and_then(|x| x.as_str())
+            .map(str::to_owned),
+        labels,
+    })
+}
+
+/// Forget a sandbox's claim file (after its container is removed).
+pub(crate) fn remove_claim(cfg: &DockerConfig, id: &str) {
+    let _ = std::fs::remove_file(claim_file(cfg, id));
+}
+
+/// Create one pool container (with its spare process).
+async fn make_member(b: &DockerBackend) -> Result<Member> {
+    let name = format!("cma-{}", uuid::Uuid::new_v4().simple());
     let mut labels = b.base_labels();
     labels.insert(LABEL_POOL.into(), b.shared.pool.fingerprint.clone());
-    b.make_container(&name, &b.shared.cfg.pool_spec, labels)
-        .await?;
-    Ok(name)
+    b.shared.pool.lock().making.insert(name.clone());
+    let made = b
+        .make_container(&name, &b.shared.cfg.pool_spec, labels)
+        .await;
+    let spare = match made {
+        Ok(()) => process::start_spare(&b.shared.docker, &name).await.ok(),
+        Err(_) => None,
+    };
+    b.shared.pool.lock().making.remove(&name);
+    made.map(|()| (name, spare))
 }
 
 /// Put a finished member in the pool, or remove it when the pool was closed meanwhile.
-async fn settle(b: &DockerBackend, made: Result<String>) -> Result<()> {
-    let name = made?;
+async fn settle(b: &DockerBackend, made: Result<Member>) -> Result<()> {
+    let (name, spare) = made?;
     let closed = {
         let mut st = b.shared.pool.lock();
         if !st.closed {
-            st.ready.push_back(name.clone());
+            st.ready.push_back((name.clone(), spare));
         }
         st.closed
     };
@@ -246,7 +334,7 @@ pub(crate) async fn close(b: &DockerBackend) -> Result<()> {
     let names: Vec<String> = {
         let mut st = b.shared.pool.lock();
         st.closed = true;
-        st.ready.drain(..).collect()
+        st.ready.drain(..).map(|(n, _)| n).collect()
     };
     let mut first_err = None;
     for n in names {
@@ -273,9 +361,12 @@ pub(crate) fn stats(b: &DockerBackend) -> PoolStats {
     }
 }
 
-/// Take a ready container for `spec` when it is compatible: rename it to a new sandbox id and
-/// record the identity inside it. `None`: create one the usual way.
-pub(crate) async fn claim(b: &DockerBackend, spec: &SandboxSpec) -> Result<Option<SandboxId>> {
+/// Take a ready container for `spec` when it is compatible and record its identity: the
+/// sandbox id and the container's spare process. `None`: create one the usual way.
+pub(crate) async fn claim(
+    b: &DockerBackend,
+    spec: &SandboxSpec,
+) -> Result<Option<(SandboxId, Option<process::Started>)>> {
     let cfg = &b.shared.cfg;
     if cfg.prestart == 0 || !compatible(cfg, spec) {
         return Ok(None);
@@ -283,97 +374,38 @@ pub(crate) async fn claim(b: &DockerBackend, spec: &SandboxSpec) -> Result<Optio
     loop {
         let name = b.shared.pool.lock().ready.pop_front();
         refill(b);
-        let Some(name) = name else {
+        let Some((name, spare)) = name else {
             return Ok(None);
         };
-        let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
-        if b.shared
+        // A container that stopped while it waited (killed, engine restarted) is dropped.
+        let running = b
+            .shared
             .docker
-            .rename_container(
-                &name,
-                RenameContainerOptions {
-                    name: id.as_str().to_owned(),
-                },
-            )
+            .inspect_container(&name, None)
             .await
-            .is_err()
-        {
-            // Gone or broken: drop it and try the next one.
+            .ok()
+            .and_then(|i| i.state?.running)
+            .unwrap_or(false);
+        if !running {
+            drop(spare);
             let _ = b.remove_container(&name).await;
             continue;
         }
-        if let Err(e) = write_identity(b, id.as_str(), spec).await {
-            let _ = b.remove_container(id.as_str()).await;
+        let id = SandboxId::parse(name.clone())?;
+        if let Err(e) = write_claim(cfg, &name, spec).await {
+            let _ = b.remove_container(&name).await;
             return Err(e);
         }
         b.shared.pool.lock().claimed += 1;
-        return Ok(Some(id));
+        return Ok(Some((id, spare)));
     }
 }
 
-async fn write_identity(b: &DockerBackend, container: &str, spec: &SandboxSpec) -> Result<()> {
-    let doc = json!({
-        "session_id": spec.session_id,
-        "environment_id": spec.environment_id,
-        "labels": spec.labels,
-    });
-    let rel = IDENTITY_PATH.trim_start_matches('/');
-    let tar = archive::single_file_tar(rel, doc.to_string().as_bytes(), 0o644)?;
-    b.shared
-        .docker
-        .upload_to_container(
-            container,
-            Some(UploadToContainerOptions {
-                path: "/".into(),
-                ..Default::default()
-            }),
-            bollard::body_full(Bytes::from(tar)),
-        )
-        .await
-        .map_err(|e| map_docker_err(e, "upload identity"))
-}
-
-/// A claimed pool container's identity: session id, environment id, labels. Empty when the
-/// file is missing or unreadable (a claim interrupted before it was written).
-pub(crate) async fn read_identity(
-    b: &DockerBackend,
-    container: &str,
-) -> (Option<String>, Option<String>, BTreeMap<String, String>) {
-    let mut s = b.shared.docker.download_from_container(
-        container,
-        Some(DownloadFromContainerOptions {
-            path: IDENTITY_PATH.into(),
-        }),
-    );
-    let mut tar = Vec::new();
-    while let Some(chunk) = s.next().await {
-        match chunk {
-            Ok(c) if tar.len() + c.len() <= 1 << 20 => tar.extend_from_slice(&c),
-            _ => return (None, None, BTreeMap::new()),
-        }
-    }
-    let Some(v) = archive::first_file(&tar)
-        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
-    else {
-        return (None, None, BTreeMap::new());
-    };
-    let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
-    let labels = v
-        .get("labels")
-        .and_then(|l| l.as_object())
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
-                .collect()
-        })
-        .unwrap_or_default();
-    (text("session_id"), text("environment_id"), labels)
-}
-
-/// After a restart: take this instance's unclaimed pool containers back into the pool (those
-/// made from the current template and running, while there is room) and remove the others.
-/// Returns how many were removed.
-pub(crate) async fn adopt_unclaimed(b: &DockerBackend) -> Result<usize> {
+/// After a restart: remove this instance's pool containers that have no claim file (except
+/// those this backend holds or is making) and the claim files of containers that are gone.
+/// Returns how many containers were removed.
+pub(crate) async fn remove_unclaimed(b: &DockerBackend) -> Result<usize> {
+    let cfg = &b.shared.cfg;
     let mut filters: HashMap<String, Vec<String>> = b.own_filters();
     if let Some(l) = filters.get_mut("label") {
         l.push(LABEL_POOL.to_owned());
@@ -389,6 +421,7 @@ pub(crate) async fn adopt_unclaimed(b: &DockerBackend) -> Result<usize> {
         .await
         .map_err(|e| map_docker_err(e, "list"))?;
     let mut removed = 0;
+    let mut present = HashSet::new();
     for c in found {
         let Some(name) = c
             .names
@@ -398,27 +431,29 @@ pub(crate) async fn adopt_unclaimed(b: &DockerBackend) -> Result<usize> {
         else {
             continue;
         };
-        if !is_unclaimed(&name) {
+        present.insert(name.clone());
+        if claim_file(cfg, &name).exists() {
             continue;
         }
-        let same =
-            c.labels.as_ref().and_then(|l| l.get(LABEL_POOL)) == Some(&b.shared.pool.fingerprint);
-        let running = c.state.map(|s| s.to_string()).as_deref() == Some("running");
-        let keep = same && running && {
-            let mut st = b.shared.pool.lock();
-            let room = !st.closed
-                && st.ready.len() + st.in_flight < b.shared.cfg.prestart
-                && !st.ready.contains(&name);
-            if room {
-                st.ready.push_back(name.clone());
-            }
-            room || st.ready.contains(&name)
+        let ours = {
+            let st = b.shared.pool.lock();
+            st.ready.iter().any(|(n, _)| n == &name) || st.making.contains(&name)
         };
-        if !keep {
-            match b.remove_container(&name).await {
-                Ok(()) => removed += 1,
-                Err(e) if e.kind() == SandboxErrorKind::NotFound => {}
-                Err(e) => return Err(e),
+        if ours {
+            continue;
+        }
+        match b.remove_container(&name).await {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == SandboxErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if let Ok(dir) = std::fs::read_dir(claims_dir(cfg)) {
+        for f in dir.flatten() {
+            let name = f.file_name().to_string_lossy().into_owned();
+            let id = name.trim_end_matches(".json").trim_end_matches(".tmp");
+            if !present.contains(id) {
+                let _ = std::fs::remove_file(f.path());
             }
         }
     }

@@ -251,6 +251,128 @@ impl Tail {
     }
 }
 
+/// What a spare process runs: print its pid (like the prelude of [`wrap`]), read a script from
+/// stdin to its end, and `eval` it (the script `exec`s the command, keeping the pid).
+const SPARE: &str = "echo $$ >&2; s=$(cat); eval \"$s\"";
+
+/// Start a spare process in `container`: an attached exec (the container's user, no command
+/// yet) that [`run_on_spare`] later turns into a command by writing it to its stdin. It saves
+/// the Engine's exec start (tens of milliseconds) on the command that uses it. Closing its stdin
+/// without a command makes it exit.
+pub(crate) async fn start_spare(docker: &Docker, container: &str) -> Result<Started> {
+    let req = ExecRequest::argv(["/bin/sh", "-c", SPARE]);
+    // Not through `wrap`: the script prints the pid itself.
+    let created = docker
+        .create_exec(
+            container,
+            CreateExecOptions::<String> {
+                attach_stdin: Some(true),
+                attach_stdout: Some(true),
+                attach_stderr: Some(true),
+                tty: Some(false),
+                cmd: match req.command {
+                    ExecCommand::Argv(a) => Some(a),
+                    ExecCommand::Shell(_) => None,
+                },
+                working_dir: Some("/".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| map_docker_err(e, "exec"))?;
+    match docker
+        .start_exec(
+            &created.id,
+            Some(StartExecOptions {
+                detach: false,
+                tty: false,
+                output_capacity: Some(64 * 1024),
+            }),
+        )
+        .await
+        .map_err(|e| map_docker_err(e, "exec"))?
+    {
+        StartExecResults::Attached { output, input } => Ok(Started {
+            exec_id: created.id,
+            output,
+            input,
+        }),
+        StartExecResults::Detached => Err(SandboxError::new(
+            SandboxErrorKind::Backend,
+            "exec: the engine did not attach",
+        )),
+    }
+}
+
+/// Whether a spare process can run `req`: no stdin to feed (the spare's stdin carries the
+/// script) and no working directory of its own (a missing one must fail the way the Engine
+/// fails it).
+pub(crate) fn spare_can_run(req: &ExecRequest) -> bool {
+    req.stdin.is_none() && req.cwd.is_none()
+}
+
+/// POSIX shell single quoting.
+fn quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The script a spare runs for `req`: the working directory, the variables, then `exec` of the
+/// command exactly as [`wrap`] runs it.
+fn spare_script(req: &ExecRequest, workdir: &str) -> String {
+    let mut s = format!("cd -- {} || exit 126\n", quote(workdir));
+    for (k, v) in &req.env {
+        s.push_str(&format!("export {}\n", quote(&format!("{k}={v}"))));
+    }
+    match &req.command {
+        ExecCommand::Shell(line) => {
+            let q = quote(line);
+            s.push_str(&format!(
+                "if [ -x /bin/bash ]; then exec /bin/bash -c {q}; else exec /bin/sh -c {q}; fi\n"
+            ));
+        }
+        ExecCommand::Argv(argv) => {
+            s.push_str("exec");
+            for a in argv {
+                s.push(' ');
+                s.push_str(&quote(a));
+            }
+            s.push('\n');
+        }
+    }
+    s
+}
+
+/// Run `req` (see [`spare_can_run`]) on a spare process from [`start_spare`]. Gives the spare
+/// back as `Err` when it cannot take the command (it is gone), for a normal exec instead.
+pub(crate) async fn run_on_spare(
+    docker: &Docker,
+    container: &str,
+    mut spare: Started,
+    req: ExecRequest,
+    workdir: &str,
+) -> std::result::Result<Result<ExecOutput>, ExecRequest> {
+    if let ExecCommand::Argv(a) = &req.command
+        && a.is_empty()
+    {
+        return Ok(Err(SandboxError::new(
+            SandboxErrorKind::InvalidInput,
+            "exec: empty argv",
+        )));
+    }
+    let script = spare_script(&req, workdir);
+    let fed = async {
+        spare.input.write_all(script.as_bytes()).await?;
+        spare.input.shutdown().await
+    };
+    if tokio::time::timeout(Duration::from_secs(5), fed)
+        .await
+        .map_or(true, |r| r.is_err())
+    {
+        return Err(req);
+    }
+    Ok(collect(docker, container, spare, req).await)
+}
+
 /// Run a command to completion with bounded output and a timeout.
 pub(crate) async fn run(
     docker: &Docker,
@@ -259,8 +381,9 @@ pub(crate) async fn run(
     workdir: &str,
 ) -> Result<ExecOutput> {
     let mut started = start(docker, container, &req, workdir, req.stdin.is_some()).await?;
+    let input = std::mem::replace(&mut started.input, Box::pin(tokio::io::sink()));
     if let Some(data) = &req.stdin {
-        let mut input = started.input;
+        let mut input = input;
         let data = data.clone();
         // Feed stdin concurrently (a big stdin must not block reading the output).
         tokio::spawn(async move {
@@ -268,8 +391,18 @@ pub(crate) async fn run(
             let _ = input.shutdown().await;
         });
     } else {
-        drop(started.input);
+        drop(input);
     }
+    collect(docker, container, started, req).await
+}
+
+/// Read a started command's output to its end (bounded, with the timeout) and its exit code.
+async fn collect(
+    docker: &Docker,
+    container: &str,
+    mut started: Started,
+    req: ExecRequest,
+) -> Result<ExecOutput> {
     let mut out = Tail::new(req.max_output_bytes);
     let mut err = Tail::new(req.max_output_bytes);
     let mut pid_split = PidSplitter::default();
