@@ -372,8 +372,16 @@ impl Tool for GrepTool {
         let rx = Regex::new(&python_regex_to_rust(&pattern)).map_err(|e| {
             ToolError::msg(format!("grep: invalid regex: {}", regex_error_text(&e)))
         })?;
+        // A pattern without any regex syntax matches a line exactly when the line contains it:
+        // a file whose bytes do not contain it at all has no match (one fast scan per file).
+        let literal = (regex::escape(&pattern) == pattern
+            && !pattern.is_empty()
+            && !pattern.contains(['\n', '\r', '\u{FFFD}']))
+        .then(|| regex::bytes::Regex::new(&regex::escape(&pattern)).ok())
+        .flatten();
         let mut walk = Walk {
             rx,
+            literal,
             hits: Vec::new(),
             budget: GREP_OUTPUT_LIMIT as i64,
             deadline: Instant::now() + GREP_TIMEOUT,
@@ -488,6 +496,8 @@ fn regex_error_text(e: &regex::Error) -> String {
 
 struct Walk {
     rx: Regex,
+    /// The pattern as a byte search, when it is a plain literal: files without it are skipped.
+    literal: Option<regex::bytes::Regex>,
     hits: Vec<String>,
     budget: i64,
     deadline: Instant,
@@ -523,16 +533,30 @@ impl Walk {
     }
 
     async fn run(&mut self, ctx: &ToolContext, search: &str) -> Result<(), ToolError> {
-        let Ok(st) = ctx.sandbox.stat(search).await else {
-            return Ok(());
+        // Listing the search path first tells a directory (the usual case) without a `stat`;
+        // anything else is looked at the way `stat` sees it.
+        let first = ctx
+            .sandbox
+            .read_dirs(&[search.to_owned()])
+            .await
+            .ok()
+            .and_then(|mut r| r.pop());
+        let root_entries = match first {
+            Some(Ok(entries)) => Some(entries),
+            _ => {
+                let Ok(st) = ctx.sandbox.stat(search).await else {
+                    return Ok(());
+                };
+                if st.is_file() {
+                    self.scan(ctx, search).await?;
+                    return Ok(());
+                }
+                if !st.is_dir() {
+                    return Ok(());
+                }
+                None
+            }
         };
-        if st.is_file() {
-            self.scan(ctx, search).await?;
-            return Ok(());
-        }
-        if !st.is_dir() {
-            return Ok(());
-        }
         // Depth first, a directory's files before its subdirectories. Listings are fetched
         // ahead for the next directories on the stack and small files are read in batches
         // across directories: on a backend where each call is a round trip (Docker), a whole
@@ -540,6 +564,9 @@ impl Walk {
         let mut seen = 0usize;
         let mut stack = vec![search.to_owned()];
         let mut listed: HashMap<String, Option<Vec<DirEntry>>> = HashMap::new();
+        if let Some(entries) = root_entries {
+            listed.insert(search.to_owned(), Some(entries));
+        }
         let mut pending: Vec<(String, u64)> = Vec::new();
         let mut pending_bytes = 0u64;
         while let Some(dir) = stack.pop() {
@@ -665,6 +692,11 @@ impl Walk {
     /// Search one file already in memory (the same rules as [`Walk::scan`]).
     fn scan_bytes(&mut self, full: &str, data: &[u8]) -> Flow {
         if data[..data.len().min(512)].contains(&0) {
+            return Flow::Continue;
+        }
+        if let Some(lit) = &self.literal
+            && !lit.is_match(data)
+        {
             return Flow::Continue;
         }
         let mut lines = Lines::default();

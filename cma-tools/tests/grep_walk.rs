@@ -1,0 +1,97 @@
+//! `grep` over a larger tree (in memory and on Docker): listings fetched ahead and small files read in batches across
+//! directories must not change the output (depth-first, a directory's files before its
+//! subdirectories, names in order), whether the pattern is a plain literal (files without it
+//! are skipped whole) or a regex, with big files streamed in between.
+
+#[path = "../../cma-sandbox/tests/docker_support/mod.rs"]
+mod docker_support;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use cma_sandbox::Sandbox;
+use cma_tools::testing::{MemorySandbox, call_tool_in};
+use cma_tools::{ToolContext, ToolRegistry, agent_toolset};
+use serde_json::json;
+
+#[tokio::test]
+async fn batched_grep_keeps_the_walk_order() {
+    check(Arc::new(MemorySandbox::new("/W"))).await;
+}
+
+/// The same on Docker, where listings and reads are batched into single helper calls (needs
+/// dockerd and the test image: `.ci/setup.d/20-docker.sh`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_grep_keeps_the_walk_order_on_docker() {
+    use cma_sandbox::{SandboxBackend, SandboxSpec};
+    let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    check(sb.clone()).await;
+    backend.destroy(sb.id()).await.unwrap();
+}
+
+async fn check(sb: Arc<dyn Sandbox>) {
+    let w = sb.workdir().trim_end_matches('/').to_owned();
+    let mut expected = Vec::new();
+    // /W/a.txt, /W/d0..d2/f0..f29 (every third has the needle, one with CRLF), /W/d1/deep/z.txt,
+    // and one big file (streamed) with the needle at its end.
+    sb.write_file(&format!("{w}/a.txt"), Bytes::from_static(b"top needle\n"))
+        .await
+        .unwrap();
+    expected.push(format!("{w}/a.txt:1:top needle"));
+    let big: String = "filler line\n".repeat(30_000) + "big needle end";
+    sb.write_file(&format!("{w}/b_big.txt"), Bytes::from(big.clone()))
+        .await
+        .unwrap();
+    expected.push(format!("{w}/b_big.txt:30001:big needle end"));
+    for d in 0..3 {
+        for f in 0..30 {
+            let path = format!("{w}/d{d}/f{f:02}.txt");
+            let text = if f % 3 == 0 {
+                expected.push(format!("{path}:2:a needle {d}/{f}"));
+                format!("x\r\na needle {d}/{f}\r\ny\r\n")
+            } else {
+                format!("nothing here {d}/{f}\n")
+            };
+            sb.write_file(&path, Bytes::from(text)).await.unwrap();
+        }
+        if d == 1 {
+            sb.write_file(
+                &format!("{w}/d1/deep/z.txt"),
+                Bytes::from_static(b"\n\nneedle deep"),
+            )
+            .await
+            .unwrap();
+            expected.push(format!("{w}/d1/deep/z.txt:3:needle deep"));
+        }
+    }
+    let mut reg = ToolRegistry::new();
+    reg.extend(agent_toolset());
+    let ctx = ToolContext::new(sb.clone());
+    let grep = reg.get("grep").unwrap();
+    let want = expected.join("\n");
+    for pattern in ["needle", "ne+dle", "needle|zzz"] {
+        let r = call_tool_in(grep.as_ref(), &ctx, json!({"pattern": pattern})).await;
+        assert!(!r.is_error, "{:?}", r.text());
+        assert_eq!(r.text(), Some(want.as_str()), "pattern {pattern}");
+    }
+    // A literal found nowhere, and one found only in the middle of a batch.
+    let r = call_tool_in(grep.as_ref(), &ctx, json!({"pattern": "absent text"})).await;
+    assert_eq!(r.text(), Some("no matches"));
+    let r = call_tool_in(grep.as_ref(), &ctx, json!({"pattern": "nothing here 1/17"})).await;
+    assert_eq!(
+        r.text(),
+        Some(format!("{w}/d1/f17.txt:1:nothing here 1/17").as_str())
+    );
+    // A file as the search path.
+    let r = call_tool_in(
+        grep.as_ref(),
+        &ctx,
+        json!({"pattern": "needle", "path": "d1/deep/z.txt"}),
+    )
+    .await;
+    assert_eq!(
+        r.text(),
+        Some(format!("{w}/d1/deep/z.txt:3:needle deep").as_str())
+    );
+}
