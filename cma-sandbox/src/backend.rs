@@ -19,7 +19,7 @@ use crate::error::SandboxError;
 use crate::exec::{
     ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess,
 };
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 /// A kind of sandbox (isolate, Docker, Cloudflare): creates and finds sandboxes.
@@ -87,6 +87,27 @@ pub trait Sandbox: Send + Sync {
             out.push(self.read_file(p, Some(max_bytes_each)).await);
         }
         Ok(out)
+    }
+
+    /// For each of several small files, the lines that contain `needle` (a search prefilter:
+    /// only those lines cross from the sandbox). One result per path, in order; a file fails as
+    /// [`read_file`](Sandbox::read_file)`(path, Some(max_bytes_each))` would. Lines are split
+    /// at `\n`; a file whose first 512 bytes hold a NUL is reported as binary without lines;
+    /// the text of a line longer than `max_line` bytes is left out (its length is given). The
+    /// default reads the files with [`read_files`](Sandbox::read_files) and scans them here.
+    async fn find_lines(
+        &self,
+        paths: &[String],
+        needle: &str,
+        max_bytes_each: u64,
+        max_line: usize,
+    ) -> Result<Vec<Result<FoundLines>>> {
+        Ok(self
+            .read_files(paths, max_bytes_each)
+            .await?
+            .into_iter()
+            .map(|r| r.map(|d| FoundLines::scan(&d, needle.as_bytes(), max_line)))
+            .collect())
     }
 
     /// A streaming reader over a regular file (for ranged reads of big files).

@@ -200,7 +200,7 @@ pub async fn directories(backend: &dyn SandboxBackend) {
 }
 
 /// `read_files` and `read_dirs` give, per path and in order, what `read_file` (with the cap)
-/// and `read_dir` give.
+/// and `read_dir` give; `find_lines` finds the lines holding a string.
 pub async fn batches(backend: &dyn SandboxBackend) {
     let sb = fresh(backend).await;
     if !sb.capabilities().files {
@@ -239,6 +239,51 @@ pub async fn batches(backend: &dyn SandboxBackend) {
     assert_eq!(&got[5].as_ref().unwrap()[..], b"alpha");
     assert!(sb.read_files(&[], 8).await.unwrap().is_empty());
 
+    sb.write_file(
+        &p(&sb, "m/t.txt"),
+        Bytes::from_static(b"a needle\nno\n\nneedle b"),
+    )
+    .await
+    .unwrap();
+    sb.write_file(&p(&sb, "m/bin"), Bytes::from_static(b"x\0needle\n"))
+        .await
+        .unwrap();
+    let paths: Vec<String> = ["m/t.txt", "m/bin", "m/missing", "m/a.txt"]
+        .iter()
+        .map(|x| p(&sb, x))
+        .collect();
+    let found = sb.find_lines(&paths, "needle", 1024, 1024).await.unwrap();
+    assert_eq!(found.len(), 4);
+    let t = found[0].as_ref().unwrap();
+    assert!(!t.binary);
+    let got: Vec<(u64, u64, bool, &[u8])> = t
+        .lines
+        .iter()
+        .map(|l| (l.number, l.len, l.terminated, &l.text[..]))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (1, 8, true, &b"a needle"[..]),
+            (4, 8, false, &b"needle b"[..])
+        ]
+    );
+    assert!(found[1].as_ref().unwrap().binary);
+    assert_eq!(
+        found[2].as_ref().err().map(|e| e.kind()),
+        Some(SandboxErrorKind::NotFound)
+    );
+    assert!(found[3].as_ref().unwrap().lines.is_empty());
+    let found = sb.find_lines(&paths[..1], "needle", 1024, 5).await.unwrap();
+    let t = found[0].as_ref().unwrap();
+    assert_eq!(t.lines.len(), 2);
+    assert!(t.lines.iter().all(|l| l.text.is_empty() && l.len == 8));
+    let found = sb.find_lines(&paths[..1], "needle", 4, 1024).await.unwrap();
+    assert_eq!(
+        found[0].as_ref().err().map(|e| e.kind()),
+        Some(SandboxErrorKind::TooLarge)
+    );
+
     let dirs: Vec<String> = ["m", "m/nope", "m/a.txt", "m/sub"]
         .iter()
         .map(|x| p(&sb, x))
@@ -248,8 +293,8 @@ pub async fn batches(backend: &dyn SandboxBackend) {
     let names = |r: &crate::Result<Vec<crate::DirEntry>>| -> Vec<String> {
         r.as_ref().unwrap().iter().map(|e| e.name.clone()).collect()
     };
-    assert_eq!(names(&got[0]), ["a.txt", "big.txt", "sub"]);
-    assert_eq!(got[0].as_ref().unwrap()[2].stat.kind, FileKind::Dir);
+    assert_eq!(names(&got[0]), ["a.txt", "big.txt", "bin", "sub", "t.txt"]);
+    assert_eq!(got[0].as_ref().unwrap()[3].stat.kind, FileKind::Dir);
     assert_eq!(
         got[1].as_ref().err().map(|e| e.kind()),
         Some(SandboxErrorKind::NotFound)

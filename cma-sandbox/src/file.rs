@@ -60,6 +60,73 @@ pub struct DirEntry {
     pub stat: FileStat,
 }
 
+/// The lines of one file that contain a byte string, from
+/// [`Sandbox::find_lines`](crate::Sandbox::find_lines).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FoundLines {
+    /// The file's first 512 bytes hold a NUL byte (a binary file): no lines were looked at.
+    pub binary: bool,
+    /// The lines containing the string, in file order.
+    pub lines: Vec<LineMatch>,
+}
+
+/// One line found by [`Sandbox::find_lines`](crate::Sandbox::find_lines).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LineMatch {
+    /// 1-based line number (lines end at `\n`).
+    pub number: u64,
+    /// The line's length in bytes, without its `\n`.
+    pub len: u64,
+    /// Whether a `\n` ends it (only the last line of a file may lack one).
+    pub terminated: bool,
+    /// The line without its `\n`; empty when `len` exceeds the caller's `max_line`.
+    pub text: Bytes,
+}
+
+impl FoundLines {
+    /// Find the lines of `data` containing `needle` (what the default
+    /// [`Sandbox::find_lines`](crate::Sandbox::find_lines) does with a file read whole).
+    pub fn scan(data: &[u8], needle: &[u8], max_line: usize) -> Self {
+        if data[..data.len().min(512)].contains(&0) {
+            return Self {
+                binary: true,
+                lines: Vec::new(),
+            };
+        }
+        let mut lines = Vec::new();
+        let mut number = 0u64;
+        let mut start = 0usize;
+        while start < data.len() {
+            let end = data[start..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map(|i| start + i);
+            let stop = end.unwrap_or(data.len());
+            number += 1;
+            let line = &data[start..stop];
+            if !needle.is_empty() && line.windows(needle.len()).any(|w| w == needle) {
+                lines.push(LineMatch {
+                    number,
+                    len: line.len() as u64,
+                    terminated: end.is_some(),
+                    text: if line.len() <= max_line {
+                        Bytes::copy_from_slice(line)
+                    } else {
+                        Bytes::new()
+                    },
+                });
+            }
+            start = stop + 1;
+        }
+        Self {
+            binary: false,
+            lines,
+        }
+    }
+}
+
 /// A streaming reader over a file's bytes, from [`Sandbox::open_read`](crate::Sandbox::open_read).
 pub type FileReader = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 

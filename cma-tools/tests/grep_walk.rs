@@ -65,6 +65,27 @@ async fn check(sb: Arc<dyn Sandbox>) {
             expected.push(format!("{w}/d1/deep/z.txt:3:needle deep"));
         }
     }
+    // Line length limits (2000 bytes with the newline; a last line without one may have 2000)
+    // and binary files, the same whichever way the lines are found.
+    let mut long = b"needle".to_vec();
+    long.extend(std::iter::repeat_n(b'x', 1993));
+    long.push(b'\n');
+    long.extend(b"needle");
+    long.extend(std::iter::repeat_n(b'x', 1994));
+    long.push(b'\n');
+    long.extend(b"needle");
+    long.extend(std::iter::repeat_n(b'y', 1994));
+    sb.write_file(
+        &format!("{w}/edge/bin.txt"),
+        Bytes::from_static(b"needle\x00\n"),
+    )
+    .await
+    .unwrap();
+    sb.write_file(&format!("{w}/edge/long.txt"), Bytes::from(long))
+        .await
+        .unwrap();
+    expected.push(format!("{w}/edge/long.txt:1:needle{}", "x".repeat(1993)));
+    expected.push(format!("{w}/edge/long.txt:3:needle{}", "y".repeat(1994)));
     let mut reg = ToolRegistry::new();
     reg.extend(agent_toolset());
     let ctx = ToolContext::new(sb.clone());

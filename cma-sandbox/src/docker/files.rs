@@ -652,3 +652,58 @@ pub(crate) fn split_dirs(
         })
         .collect()
 }
+
+/// Split a `findmany` reply into one result per requested path (see [`split_many`]).
+pub(crate) fn split_found(
+    reply: &Reply,
+    paths: &[String],
+    abs: Vec<Result<String>>,
+) -> Vec<Result<crate::file::FoundLines>> {
+    use crate::file::{FoundLines, LineMatch};
+    let heads = reply
+        .head
+        .get("r")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let mut heads = heads.iter();
+    let mut off = 0usize;
+    let short = |path: &str| {
+        SandboxError::new(SandboxErrorKind::Backend, "file helper sent a short batch")
+            .with_path(path)
+    };
+    paths
+        .iter()
+        .zip(abs)
+        .map(|(path, a)| {
+            a?;
+            let Some(h) = heads.next() else {
+                return Err(short(path));
+            };
+            if let Some(kind) = h.get("e").and_then(Value::as_str) {
+                return Err(reply_error(kind, h, path));
+            }
+            let mut found = FoundLines::default();
+            if h.get("b").is_some() {
+                found.binary = true;
+                return Ok(found);
+            }
+            for m in h.get("m").and_then(Value::as_array).into_iter().flatten() {
+                let n = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
+                let kept = n(3) as usize;
+                let end = off.saturating_add(kept);
+                if end > reply.data.len() {
+                    return Err(short(path));
+                }
+                found.lines.push(LineMatch {
+                    number: n(0),
+                    len: n(1),
+                    terminated: n(2) == 1,
+                    text: reply.data.slice(off..end),
+                });
+                off = end;
+            }
+            Ok(found)
+        })
+        .collect()
+}

@@ -108,6 +108,36 @@ def readmany(r):
     out({"r": heads}, b"".join(parts))
 
 
+def findmany(r):
+    mx, nd, ml = r.get("max", 0), r.get("needle", "").encode(), r.get("ml", 0)
+    heads, parts = [], []
+    for p in r.get("ps", []):
+        h, d = read_small(p, mx)
+        if "e" in h:
+            heads.append(h)
+            continue
+        if b"\0" in d[:512]:
+            heads.append({"b": 1})
+            continue
+        ms, pos, ln = [], 0, 1
+        i = d.find(nd) if nd else -1
+        while i >= 0:
+            s = d.rfind(b"\n", 0, i) + 1
+            e = d.find(b"\n", i)
+            t = e >= 0
+            if not t:
+                e = len(d)
+            ln += d.count(b"\n", pos, s)
+            pos = s
+            keep = e - s <= ml
+            ms.append([ln, e - s, 1 if t else 0, e - s if keep else 0])
+            if keep:
+                parts.append(d[s:e])
+            i = d.find(nd, e + 1) if t else -1
+        heads.append({"m": ms})
+    out({"r": heads}, b"".join(parts))
+
+
 def write(p, data):
     d = os.path.dirname(p)
     if d:
@@ -179,6 +209,8 @@ while True:
             read(r, p)
         elif op == "readmany":
             readmany(r)
+        elif op == "findmany":
+            findmany(r)
         elif op == "write":
             write(p, data)
         elif op == "mkdirs":

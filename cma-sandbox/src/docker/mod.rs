@@ -77,7 +77,7 @@ use tokio::sync::Mutex;
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
@@ -1083,6 +1083,38 @@ impl Sandbox for DockerSandbox {
             .call(path, json!({"op": "list", "p": p}), Bytes::new())
             .await?;
         Ok(files::parse_entries(&r.head))
+    }
+
+    async fn find_lines(
+        &self,
+        paths: &[String],
+        needle: &str,
+        max_bytes_each: u64,
+        max_line: usize,
+    ) -> Result<Vec<Result<FoundLines>>> {
+        // Searched inside the helper: only the matching lines cross.
+        if !self.helper.is_shell_only() && !paths.is_empty() {
+            let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
+            let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
+            match self
+                .call(
+                    &paths[0],
+                    json!({"op": "findmany", "ps": ps, "max": max_bytes_each, "needle": needle, "ml": max_line}),
+                    Bytes::new(),
+                )
+                .await
+            {
+                Ok(r) => return Ok(files::split_found(&r, paths, abs)),
+                Err(_) if self.helper.is_shell_only() => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(self
+            .read_files(paths, max_bytes_each)
+            .await?
+            .into_iter()
+            .map(|r| r.map(|d| FoundLines::scan(&d, needle.as_bytes(), max_line)))
+            .collect())
     }
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {

@@ -379,9 +379,11 @@ impl Tool for GrepTool {
             && !pattern.contains(['\n', '\r', '\u{FFFD}']))
         .then(|| regex::bytes::Regex::new(&regex::escape(&pattern)).ok())
         .flatten();
+        let needle = literal.is_some().then(|| pattern.clone());
         let mut walk = Walk {
             rx,
             literal,
+            needle,
             hits: Vec::new(),
             budget: GREP_OUTPUT_LIMIT as i64,
             deadline: Instant::now() + GREP_TIMEOUT,
@@ -498,6 +500,9 @@ struct Walk {
     rx: Regex,
     /// The pattern as a byte search, when it is a plain literal: files without it are skipped.
     literal: Option<regex::bytes::Regex>,
+    /// The same literal, searched for inside the sandbox
+    /// ([`Sandbox::find_lines`](cma_sandbox::Sandbox::find_lines)): only its lines come back.
+    needle: Option<String>,
     hits: Vec<String>,
     budget: i64,
     deadline: Instant,
@@ -663,6 +668,33 @@ impl Walk {
                 batch.push(files[i].0.clone());
                 i += 1;
             }
+            if let Some(needle) = self.needle.clone() {
+                let found = ctx
+                    .sandbox
+                    .find_lines(&batch, &needle, SMALL_FILE, GREP_MAX_LINE_LENGTH)
+                    .await;
+                let Ok(found) = found else {
+                    for full in &batch {
+                        if let Flow::Stop = self.scan(ctx, full).await? {
+                            return Ok(Flow::Stop);
+                        }
+                    }
+                    continue;
+                };
+                for (full, r) in batch.iter().zip(found) {
+                    let flow = match r {
+                        Ok(found) => self.take_found(full, &found),
+                        Err(e) if e.kind() == cma_sandbox::SandboxErrorKind::TooLarge => {
+                            self.scan(ctx, full).await?
+                        }
+                        Err(_) => Flow::Continue,
+                    };
+                    if let Flow::Stop = flow {
+                        return Ok(Flow::Stop);
+                    }
+                }
+                continue;
+            }
             let Ok(results) = ctx.sandbox.read_files(&batch, SMALL_FILE).await else {
                 // The batch failed as a whole: search each file on its own.
                 for full in &batch {
@@ -687,6 +719,26 @@ impl Walk {
             }
         }
         Ok(Flow::Continue)
+    }
+
+    /// Match the lines the sandbox found for the literal (the same rules as [`Walk::scan`]:
+    /// binary files skipped, over-long lines not matched).
+    fn take_found(&mut self, full: &str, found: &cma_sandbox::FoundLines) -> Flow {
+        if found.binary {
+            return Flow::Continue;
+        }
+        for l in &found.lines {
+            let len = usize::try_from(l.len).unwrap_or(usize::MAX);
+            let fits = if l.terminated {
+                len < GREP_MAX_LINE_LENGTH
+            } else {
+                len <= GREP_MAX_LINE_LENGTH
+            };
+            if fits && let Flow::Stop = self.check(full, l.number, &l.text) {
+                return Flow::Stop;
+            }
+        }
+        Flow::Continue
     }
 
     /// Search one file already in memory (the same rules as [`Walk::scan`]).
