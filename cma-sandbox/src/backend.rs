@@ -193,6 +193,15 @@ pub trait Sandbox: Send + Sync {
     /// outside the workspace.
     async fn import_workspace(&self, tar: ByteStream) -> Result<()>;
 
+    /// An open handle on the host directory that holds the workspace, for backends that keep
+    /// it on this host (the isolate backend); `None` (the default) otherwise. Snapshots use it
+    /// to read the workspace directly and skip files unchanged since the previous snapshot.
+    /// A reader must treat the tree as untrusted: never follow a symlink out of it (open it
+    /// with `cap_std::fs::Dir::from_std_file`) and expect files to change while it reads.
+    fn local_workspace(&self) -> Option<std::fs::File> {
+        None
+    }
+
     /// Its current state.
     async fn status(&self) -> Result<SandboxStatus>;
 

@@ -610,6 +610,12 @@ impl Sandbox for IsolateSandbox {
         out
     }
 
+    fn local_workspace(&self) -> Option<std::fs::File> {
+        let ws = self.live().ok()?;
+        let dir = ws.workspace_dir()?.try_clone().ok()?;
+        Some(dir.into_std_file())
+    }
+
     async fn export_workspace(&self) -> Result<ByteStream> {
         let ws = self.live()?.clone();
         let (tx, rx) = mpsc::channel(EXPORT_CHANNEL_CHUNKS);

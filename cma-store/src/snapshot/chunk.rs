@@ -1,8 +1,9 @@
 //! Cutting the workspace archive into content-defined chunks, and a chunk's stored form.
 //!
-//! Stored form of a chunk (object `chunks/<first two hex digits>/<sha256 hex>`): a zstd frame
-//! followed by the SHA-256 of that frame. The trailer covers every stored byte (a flipped bit
-//! that zstd would decode to the same data is still caught); the key covers the content.
+//! Stored form of a chunk (object `chunks/<first two hex digits>/<sha256 hex>`): a tag byte,
+//! then either the bytes as they are (data zstd cannot shrink) or a zstd frame followed by the
+//! SHA-256 of that frame. The trailer covers every stored byte of a frame (a flipped bit that
+//! zstd would decode to the same data is still caught); the key covers the content.
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{FastCDC, Normalization};
@@ -67,10 +68,25 @@ impl Chunker {
     }
 }
 
-/// Compress a chunk into its stored form.
+/// Stored form tags: the first byte of every stored chunk.
+const RAW: u8 = 0;
+const ZSTD: u8 = 1;
+
+/// Compress a chunk into its stored form: `ZSTD`, the frame, and the SHA-256 of the frame; or,
+/// when zstd saves less than 1/32, `RAW` and the bytes as they are (then the content hash
+/// covers every stored byte).
 pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
-    let mut out = zstd::bulk::compress(data, level).map_err(|e| Error::io("compress chunk", e))?;
-    let trailer: [u8; TRAILER] = Sha256::digest(&out).into();
+    let frame = zstd::bulk::compress(data, level).map_err(|e| Error::io("compress chunk", e))?;
+    if frame.len() + TRAILER >= data.len() - data.len() / 32 {
+        let mut out = Vec::with_capacity(data.len() + 1);
+        out.push(RAW);
+        out.extend_from_slice(data);
+        return Ok(out);
+    }
+    let mut out = Vec::with_capacity(frame.len() + 1 + TRAILER);
+    out.push(ZSTD);
+    out.extend_from_slice(&frame);
+    let trailer: [u8; TRAILER] = Sha256::digest(&frame).into();
     out.extend_from_slice(&trailer);
     Ok(out)
 }
@@ -78,15 +94,22 @@ pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
 /// Check a stored chunk against the manifest's hash and size and return its content.
 pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u8>> {
     let what = || format!("chunk {}", hash.to_hex());
-    if stored.len() < TRAILER {
-        return Err(Error::corrupt(what(), "truncated"));
-    }
-    let (frame, trailer) = stored.split_at(stored.len() - TRAILER);
-    if Sha256::digest(frame).as_slice() != trailer {
-        return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
-    }
-    let data = zstd::bulk::decompress(frame, size as usize)
-        .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
+    let data = match stored.split_first() {
+        Some((&RAW, data)) => data.to_vec(),
+        Some((&ZSTD, rest)) => {
+            if rest.len() < TRAILER {
+                return Err(Error::corrupt(what(), "truncated"));
+            }
+            let (frame, trailer) = rest.split_at(rest.len() - TRAILER);
+            if Sha256::digest(frame).as_slice() != trailer {
+                return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
+            }
+            zstd::bulk::decompress(frame, size as usize)
+                .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?
+        }
+        Some(_) => return Err(Error::corrupt(what(), "unknown stored form")),
+        None => return Err(Error::corrupt(what(), "empty")),
+    };
     if data.len() != size as usize {
         return Err(Error::corrupt(
             what(),
@@ -200,16 +223,29 @@ mod tests {
 
     #[test]
     fn stored_chunks_verify_every_byte() {
-        let data = b"hello hello hello hello".repeat(100);
-        let hash = ChunkHash::of(&data);
-        let stored = encode(&data, 1).unwrap();
-        assert_eq!(decode(&stored, &hash, data.len() as u32).unwrap(), data);
-        for i in 0..stored.len() {
-            let mut bad = stored.clone();
-            bad[i] ^= 1;
-            assert!(decode(&bad, &hash, data.len() as u32).is_err(), "byte {i}");
+        let text = b"hello hello hello hello".repeat(100);
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let noise: Vec<u8> = (0..3000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        for (data, tag) in [(text, ZSTD), (noise, RAW)] {
+            let hash = ChunkHash::of(&data);
+            let stored = encode(&data, 1).unwrap();
+            assert_eq!(stored[0], tag);
+            assert_eq!(decode(&stored, &hash, data.len() as u32).unwrap(), data);
+            for i in 0..stored.len() {
+                let mut bad = stored.clone();
+                bad[i] ^= 1;
+                assert!(decode(&bad, &hash, data.len() as u32).is_err(), "byte {i}");
+            }
+            assert!(decode(&stored[..stored.len() / 2], &hash, data.len() as u32).is_err());
+            assert!(decode(&[], &hash, data.len() as u32).is_err());
         }
-        assert!(decode(&stored[..stored.len() / 2], &hash, data.len() as u32).is_err());
     }
 
     #[test]

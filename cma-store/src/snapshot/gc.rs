@@ -72,7 +72,13 @@ impl SnapshotStore {
                 Err(e) => return Err(e),
             };
             report.manifests += 1;
-            live.extend(m.chunks.iter().map(|c| c.hash));
+            live.extend(
+                m.chunks
+                    .iter()
+                    .chain(&m.table)
+                    .chain(&m.files)
+                    .map(|c| c.hash),
+            );
             manifest_ids.insert(id);
         }
         report.chunks_live = live.len();

@@ -3,8 +3,11 @@
 //! Stored form (the object at `manifests/<session>/<created>-<id>`): zstd of
 //! `cma-snapshot-manifest <format> <sha256 of the JSON, hex>\n<JSON>`. The snapshot id is the
 //! SHA-256 of the stored (compressed) bytes, so every stored byte is covered; the inner digest
-//! is the manifest's own checksum. Reading one verifies both, the format version and that the
-//! chunk list adds up to the sizes it claims.
+//! is the manifest's own checksum. The archive's chunk list and the file table are not in the
+//! object itself but in chunks it names (see the `index` module), so a snapshot close to its
+//! parent shares them too; their SHA-256 names chain the id's coverage to every byte. Reading
+//! one verifies the object, the format version, every table chunk, and that the chunk list adds
+//! up to the sizes the manifest claims.
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -14,7 +17,7 @@ use super::error::{Error, Result};
 use crate::SnapshotId;
 
 /// The manifest format this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 /// Largest stored manifest accepted (decompressed), against a hostile or corrupt store.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024 * 1024;
 const MAGIC: &str = "cma-snapshot-manifest";
@@ -155,8 +158,12 @@ pub struct SnapshotManifest {
     pub uploaded_bytes: u64,
     /// How the archive was cut.
     pub chunker: ChunkerParams,
-    /// The archive's chunks, in order.
+    /// The archive's chunks, in order (read from the chunk table).
     pub chunks: Vec<ChunkRef>,
+    /// The chunks holding the chunk table.
+    pub table: Vec<ChunkRef>,
+    /// The chunks holding the file table (empty when the save read an archive stream).
+    pub files: Vec<ChunkRef>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -172,8 +179,29 @@ struct Wire {
     uploaded_bytes: u64,
     chunker: ChunkerParams,
     compression: String,
-    /// `[hash hex, size, stored size]` triples.
-    chunks: Vec<(String, u32, u32)>,
+    /// The chunk table's chunks: `[hash hex, size, stored size]` triples.
+    table: Vec<(String, u32, u32)>,
+    /// The file table's chunks, likewise.
+    files: Vec<(String, u32, u32)>,
+}
+
+fn wire_refs(refs: &[ChunkRef]) -> Vec<(String, u32, u32)> {
+    refs.iter()
+        .map(|c| (c.hash.to_hex(), c.size, c.stored_size))
+        .collect()
+}
+
+fn parse_refs(refs: Vec<(String, u32, u32)>, what: &dyn Fn() -> String) -> Result<Vec<ChunkRef>> {
+    refs.into_iter()
+        .map(|(h, size, stored_size)| {
+            Ok(ChunkRef {
+                hash: ChunkHash::from_hex(&h)
+                    .ok_or_else(|| Error::corrupt(what(), "bad chunk hash"))?,
+                size,
+                stored_size,
+            })
+        })
+        .collect()
 }
 
 impl SnapshotManifest {
@@ -191,11 +219,8 @@ impl SnapshotManifest {
             uploaded_bytes: self.uploaded_bytes,
             chunker: self.chunker,
             compression: "zstd".into(),
-            chunks: self
-                .chunks
-                .iter()
-                .map(|c| (c.hash.to_hex(), c.size, c.stored_size))
-                .collect(),
+            table: wire_refs(&self.table),
+            files: wire_refs(&self.files),
         };
         let json = serde_json::to_vec(&wire).map_err(|e| Error::InvalidInput {
             message: format!("manifest does not serialize: {e}"),
@@ -251,23 +276,8 @@ impl SnapshotManifest {
         if wire.format_version != FORMAT_VERSION || wire.compression != "zstd" {
             return Err(Error::corrupt(what(), "unsupported format or compression"));
         }
-        let mut chunks = Vec::with_capacity(wire.chunks.len());
-        let mut total = 0u64;
-        let mut stored_total = 0u64;
-        for (h, size, stored_size) in wire.chunks {
-            let hash =
-                ChunkHash::from_hex(&h).ok_or_else(|| Error::corrupt(what(), "bad chunk hash"))?;
-            total += u64::from(size);
-            stored_total += u64::from(stored_size);
-            chunks.push(ChunkRef {
-                hash,
-                size,
-                stored_size,
-            });
-        }
-        if total != wire.archive_bytes || stored_total != wire.stored_bytes {
-            return Err(Error::corrupt(what(), "chunk sizes do not add up"));
-        }
+        let table = parse_refs(wire.table, &what)?;
+        let files = parse_refs(wire.files, &what)?;
         let parent = match wire.parent {
             Some(p) => Some(
                 SnapshotId::from_hex(&p).ok_or_else(|| Error::corrupt(what(), "bad parent id"))?,
@@ -286,8 +296,25 @@ impl SnapshotManifest {
             stored_bytes: wire.stored_bytes,
             uploaded_bytes: wire.uploaded_bytes,
             chunker: wire.chunker,
-            chunks,
+            chunks: Vec::new(),
+            table,
+            files,
         })
+    }
+
+    /// Set the chunk list read from the chunk table, checking it against the sizes the manifest
+    /// claims.
+    pub(crate) fn set_chunks(&mut self, chunks: Vec<ChunkRef>) -> Result<()> {
+        let total: u64 = chunks.iter().map(|c| u64::from(c.size)).sum();
+        let stored: u64 = chunks.iter().map(|c| u64::from(c.stored_size)).sum();
+        if total != self.archive_bytes || stored != self.stored_bytes {
+            return Err(Error::corrupt(
+                format!("manifest {}", self.id.as_str()),
+                "chunk sizes do not add up",
+            ));
+        }
+        self.chunks = chunks;
+        Ok(())
     }
 }
 
@@ -308,7 +335,9 @@ mod tests {
             stored_bytes: 9,
             uploaded_bytes: 9,
             chunker: ChunkerParams::default(),
-            chunks: vec![
+            chunks: Vec::new(),
+            files: Vec::new(),
+            table: vec![
                 ChunkRef {
                     hash: ChunkHash::of(b"abc"),
                     size: 3,
@@ -329,6 +358,10 @@ mod tests {
         let bytes = m.encode().unwrap();
         let back = SnapshotManifest::decode(&bytes, Some(&m.id)).unwrap();
         assert_eq!(back, m);
+        // The chunk list must add up to the sizes claimed.
+        let mut back = back;
+        assert!(back.set_chunks(m.table[..1].to_vec()).is_err());
+        back.set_chunks(m.table.clone()).unwrap();
         let other = SnapshotId::from_hex(&"1".repeat(64)).unwrap();
         let e = SnapshotManifest::decode(&bytes, Some(&other)).unwrap_err();
         assert_eq!(e.kind(), super::super::ErrorKind::Corrupt);

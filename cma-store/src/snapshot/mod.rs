@@ -37,8 +37,10 @@
 
 mod chunk;
 mod error;
+mod index;
 mod manifest;
 mod safety;
+mod walk;
 
 use std::collections::{HashMap, HashSet};
 use std::io::{Seek, SeekFrom, Write};
@@ -59,10 +61,18 @@ pub use error::{Error, ErrorKind, Result};
 pub use manifest::{ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, SnapshotManifest};
 
 use self::chunk::{Chunker, TarCounter};
+use self::index::Unit;
+use self::walk::{Counts, ParentUnits, Work};
 use crate::SnapshotId;
 
-/// Chunks named per `inflight/` record (and processed together).
-const BATCH_CHUNKS: usize = 32;
+/// New chunks named per `inflight/` record (and processed together).
+const BATCH_CHUNKS: usize = 64;
+/// Most chunks (new or reused) in one batch.
+const MAX_BATCH_PIECES: usize = 4096;
+/// Messages between the reader of a save and its uploader.
+const WORK_QUEUE: usize = 16;
+/// Largest chunk or file table accepted, against a hostile or corrupt store.
+const MAX_TABLE_BYTES: u64 = 1 << 30;
 /// Size of the pieces a restore streams into the sandbox.
 const IMPORT_PIECE_BYTES: usize = 256 * 1024;
 /// A block of zeros, for finding holes cheaply.
@@ -450,14 +460,40 @@ impl SnapshotStore {
             }
             Err(e) => return Err(e),
         };
-        let m = SnapshotManifest::decode(&stored, Some(id))?;
+        let mut m = SnapshotManifest::decode(&stored, Some(id))?;
         match parse_manifest_key(key) {
-            Some((session, _, _)) if session == m.session_id => Ok(m),
-            _ => Err(Error::corrupt(
-                format!("manifest {}", id.as_str()),
-                "stored under another session",
-            )),
+            Some((session, _, _)) if session == m.session_id => {}
+            _ => {
+                return Err(Error::corrupt(
+                    format!("manifest {}", id.as_str()),
+                    "stored under another session",
+                ));
+            }
         }
+        let table = self.load_table(id, &m.table).await?;
+        let chunks = index::decode_chunks(&table, &format!("manifest {}", id.as_str()))?;
+        m.set_chunks(chunks)?;
+        Ok(m)
+    }
+
+    /// Fetch, verify and join the chunks of a table.
+    async fn load_table(&self, id: &SnapshotId, refs: &[ChunkRef]) -> Result<Vec<u8>> {
+        let total: u64 = refs.iter().map(|c| u64::from(c.size)).sum();
+        if total > MAX_TABLE_BYTES {
+            return Err(Error::TooLarge {
+                what: format!("table of snapshot {}", id.as_str()),
+                size: total,
+                limit: MAX_TABLE_BYTES,
+            });
+        }
+        let mut out = Vec::with_capacity(total as usize);
+        let mut parts = futures::stream::iter(refs.iter().copied())
+            .map(|c| self.fetch_chunk(id, c))
+            .buffered(self.config.download_concurrency);
+        while let Some(part) = parts.next().await {
+            out.extend_from_slice(&part?);
+        }
+        Ok(out)
     }
 
     /// Read and verify a snapshot's manifest.

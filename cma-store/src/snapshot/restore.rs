@@ -70,7 +70,7 @@ impl SnapshotStore {
         Ok(m)
     }
 
-    async fn fetch_chunk(&self, snapshot: &SnapshotId, c: ChunkRef) -> Result<Vec<u8>> {
+    pub(super) async fn fetch_chunk(&self, snapshot: &SnapshotId, c: ChunkRef) -> Result<Vec<u8>> {
         let stored = match self.get_bytes(&chunk_key(&c.hash)).await {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
@@ -100,6 +100,9 @@ impl SnapshotStore {
             .spool_dir
             .clone()
             .unwrap_or_else(std::env::temp_dir);
+        // The file table is not needed to rebuild the archive, but it is part of the snapshot:
+        // a damaged one is reported like any other damage.
+        self.load_table(&m.id, &m.files).await?;
         let mut file = tempfile::tempfile_in(&dir)
             .map_err(|e| Error::io(format!("create a spool file in {}", dir.display()), e))?;
         let mut chunks = futures::stream::iter(m.chunks.iter().copied())

@@ -1,6 +1,7 @@
-//! Saving: export → content-defined chunks → hash → name in an `inflight/` record → check or
-//! upload → manifest. Memory stays bounded: one batch being cut plus one being stored
-//! (`2 × BATCH_CHUNKS × max_size` at worst).
+//! Saving: export (or walk) → content-defined chunks → hash → name in an `inflight/` record →
+//! check or upload → chunk table and file table → manifest. Memory stays bounded: the work
+//! queue, one batch being stored (`BATCH_CHUNKS × max_size` at worst) and the tables (a few
+//! dozen bytes per chunk and per file).
 
 use super::*;
 
@@ -17,7 +18,19 @@ struct SaveState {
     known: HashMap<ChunkHash, u32>,
     parent: Option<ParentInfo>,
     uploaded_bytes: u64,
+}
+
+/// One chunk of what is being saved: new bytes, or a chunk the parent snapshot has.
+enum Piece {
+    Data(Bytes),
+    Known(ChunkRef),
+}
+
+/// What a save produced before its manifest.
+struct Saved {
     refs: Vec<ChunkRef>,
+    units: Vec<Unit>,
+    counts: Counts,
 }
 
 fn joined(e: tokio::task::JoinError) -> Error {
@@ -28,15 +41,19 @@ fn stored_len(n: u64, hash: &ChunkHash) -> Result<u32> {
     u32::try_from(n).map_err(|_| Error::corrupt(format!("chunk {}", hash.to_hex()), "too large"))
 }
 
-/// Read the export, count files, cut chunks, send them on in batches. Returns the counts.
+/// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
     mut stream: ByteStream,
     params: ChunkerParams,
-    tx: mpsc::Sender<Result<Vec<Bytes>>>,
-) -> TarCounter {
+    tx: mpsc::Sender<Result<Work>>,
+) -> Counts {
     let mut chunker = Chunker::new(params);
     let mut counter = TarCounter::default();
     let mut out = Vec::new();
+    let counts = |c: &TarCounter| Counts {
+        files: c.files,
+        bytes: c.bytes,
+    };
     loop {
         match stream.next().await {
             Some(Ok(piece)) => {
@@ -45,32 +62,30 @@ async fn produce(
             }
             Some(Err(e)) => {
                 let _ = tx.send(Err(Error::sandbox("export_workspace", e))).await;
-                return counter;
+                return counts(&counter);
             }
             None => break,
         }
-        while out.len() >= BATCH_CHUNKS {
-            let batch: Vec<Bytes> = out.drain(..BATCH_CHUNKS).collect();
-            if tx.send(Ok(batch)).await.is_err() {
-                return counter;
-            }
+        if out.len() >= BATCH_CHUNKS
+            && tx
+                .send(Ok(Work::Chunks(std::mem::take(&mut out))))
+                .await
+                .is_err()
+        {
+            return counts(&counter);
         }
     }
     chunker.finish(&mut out);
-    while !out.is_empty() {
-        let n = out.len().min(BATCH_CHUNKS);
-        let batch: Vec<Bytes> = out.drain(..n).collect();
-        if tx.send(Ok(batch)).await.is_err() {
-            break;
-        }
-    }
-    counter
+    let _ = tx.send(Ok(Work::Chunks(out))).await;
+    counts(&counter)
 }
 
 impl SnapshotStore {
     /// Snapshot `sandbox`'s workspace for `session_id`. With `parent` (normally the session's
     /// previous snapshot, see [`latest`](Self::latest)) chunks it already stored are reused
-    /// without checking each one. Only chunks the store lacks are uploaded; the manifest is
+    /// without checking each one, and, when the sandbox's workspace is a directory on this
+    /// host ([`Sandbox::local_workspace`]), files whose metadata did not change since the
+    /// parent are not even read. Only chunks the store lacks are uploaded; the manifest is
     /// written last. Returns the new snapshot's manifest (its id in `.id`).
     pub async fn save(
         &self,
@@ -79,6 +94,9 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
+        if let Some(dir) = sandbox.local_workspace() {
+            return self.save_dir(session_id, dir, parent).await;
+        }
         let stream = sandbox
             .export_workspace()
             .await
@@ -111,56 +129,191 @@ impl SnapshotStore {
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
         let created_at = Utc::now();
-        let parent_info = match parent {
+        let parent_m = self.load_parent(parent).await?;
+        let (tx, rx) = mpsc::channel(WORK_QUEUE);
+        let producer = tokio::spawn(produce(stream, self.config.chunker, tx));
+        self.run_save(
+            session_id,
+            created_at,
+            parent,
+            parent_m.as_ref(),
+            rx,
+            async move { producer.await.map_err(joined) },
+        )
+        .await
+    }
+
+    /// [`save`](Self::save) from a workspace directory on this host (an open directory handle,
+    /// as [`Sandbox::local_workspace`] returns). The tree is read without following symlinks
+    /// out of it.
+    pub async fn save_dir(
+        &self,
+        session_id: &str,
+        dir: std::fs::File,
+        parent: Option<&SnapshotId>,
+    ) -> Result<SnapshotManifest> {
+        check_session_id(session_id)?;
+        let created_at = Utc::now();
+        let started = std::time::SystemTime::now();
+        let parent_m = self.load_parent(parent).await?;
+        let units = match &parent_m {
+            Some(m) if !m.files.is_empty() => match self.load_units(m).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent file table unreadable; reading every file");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let (tx, rx) = mpsc::channel(WORK_QUEUE);
+        let params = self.config.chunker;
+        let walker = tokio::task::spawn_blocking(move || {
+            let root = cap_std::fs::Dir::from_std_file(dir);
+            walk::walk(root, params, units.as_ref(), started, &tx)
+        });
+        self.run_save(
+            session_id,
+            created_at,
+            parent,
+            parent_m.as_ref(),
+            rx,
+            async move { walker.await.map_err(joined)? },
+        )
+        .await
+    }
+
+    async fn load_parent(&self, parent: Option<&SnapshotId>) -> Result<Option<SnapshotManifest>> {
+        match parent {
             Some(id) => {
                 let key = self.manifest_key_of(id).await?;
-                let m = self.read_manifest_at(&key, id).await?;
-                self.config.trust_parent_chunks.then(|| ParentInfo {
-                    key,
-                    chunks: m.chunks.iter().map(|c| (c.hash, c.stored_size)).collect(),
-                })
+                Ok(Some(self.read_manifest_at(&key, id).await?))
             }
-            None => None,
-        };
-        let (tx, mut rx) = mpsc::channel(1);
-        let producer = tokio::spawn(produce(stream, self.config.chunker, tx));
+            None => Ok(None),
+        }
+    }
+
+    /// The parent's units paired with its chunks; `None` if its file table does not parse.
+    async fn load_units(&self, m: &SnapshotManifest) -> Result<Option<ParentUnits>> {
+        let bytes = self.load_table(&m.id, &m.files).await?;
+        Ok(index::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks)))
+    }
+
+    /// Drive a save: store what the producer sends, then the tables and the manifest.
+    async fn run_save(
+        &self,
+        session_id: &str,
+        created_at: DateTime<Utc>,
+        parent: Option<&SnapshotId>,
+        parent_m: Option<&SnapshotManifest>,
+        mut rx: mpsc::Receiver<Result<Work>>,
+        producer: impl Future<Output = Result<Counts>>,
+    ) -> Result<SnapshotManifest> {
         let mut st = SaveState {
             save_id: uuid::Uuid::new_v4(),
             seq: 0,
             first_record: None,
             known: HashMap::new(),
-            parent: parent_info,
+            parent: None,
             uploaded_bytes: 0,
-            refs: Vec::new(),
         };
+        if let (Some(id), Some(m)) = (parent, parent_m)
+            && self.config.trust_parent_chunks
+        {
+            let key = self.manifest_key_of(id).await?;
+            let chunks = m
+                .chunks
+                .iter()
+                .chain(&m.table)
+                .chain(&m.files)
+                .map(|c| (c.hash, c.stored_size))
+                .collect();
+            st.parent = Some(ParentInfo { key, chunks });
+        }
         let stored = async {
-            while let Some(batch) = rx.recv().await {
-                self.store_batch(&mut st, batch?).await?;
+            let mut refs = Vec::new();
+            let mut units = Vec::new();
+            let mut pending: Vec<Piece> = Vec::new();
+            let mut pending_data = 0usize;
+            let mut unit_start = 0usize;
+            while let Some(work) = rx.recv().await {
+                match work? {
+                    Work::Chunks(c) => {
+                        pending_data += c.len();
+                        pending.extend(c.into_iter().map(Piece::Data));
+                    }
+                    Work::Reused(r) => pending.extend(r.into_iter().map(Piece::Known)),
+                    Work::UnitEnd { racy, entries } => {
+                        let total = refs.len() + pending.len();
+                        units.push(Unit {
+                            chunk_count: u32::try_from(total - unit_start).unwrap_or(u32::MAX),
+                            racy,
+                            entries,
+                        });
+                        unit_start = total;
+                    }
+                }
+                if pending_data >= BATCH_CHUNKS || pending.len() >= MAX_BATCH_PIECES {
+                    refs.extend(
+                        self.store_batch(&mut st, std::mem::take(&mut pending))
+                            .await?,
+                    );
+                    pending_data = 0;
+                }
             }
-            Ok(())
+            refs.extend(self.store_batch(&mut st, pending).await?);
+            Ok::<_, Error>((refs, units))
         }
         .await;
         drop(rx);
-        let counter = producer.await.map_err(joined);
-        let result = match (stored, counter) {
-            (Ok(()), Ok(counter)) => {
-                self.commit(&st, session_id, created_at, parent, counter)
+        let counts = producer.await;
+        let result = match (stored, counts) {
+            (Ok((refs, units)), Ok(counts)) => {
+                let saved = Saved {
+                    refs,
+                    units,
+                    counts,
+                };
+                self.commit(&mut st, session_id, created_at, parent, saved)
                     .await
             }
-            (Err(e), _) | (Ok(()), Err(e)) => Err(e),
+            (Err(e), _) | (Ok(_), Err(e)) => Err(e),
         };
         self.drop_records(&st).await;
         result
     }
 
+    /// Store a table as chunks; returns their refs.
+    async fn store_table(&self, st: &mut SaveState, bytes: &[u8]) -> Result<Vec<ChunkRef>> {
+        let mut chunker = Chunker::new(index::TABLE_CHUNKER);
+        let mut pieces = Vec::new();
+        chunker.push(bytes, &mut pieces);
+        chunker.finish(&mut pieces);
+        let mut refs = Vec::with_capacity(pieces.len());
+        for batch in pieces.chunks(MAX_BATCH_PIECES) {
+            let batch = batch.iter().cloned().map(Piece::Data).collect();
+            refs.extend(self.store_batch(st, batch).await?);
+        }
+        Ok(refs)
+    }
+
     async fn commit(
         &self,
-        st: &SaveState,
+        st: &mut SaveState,
         session_id: &str,
         created_at: DateTime<Utc>,
         parent: Option<&SnapshotId>,
-        counter: TarCounter,
+        saved: Saved,
     ) -> Result<SnapshotManifest> {
+        let table = self
+            .store_table(st, &index::encode_chunks(&saved.refs))
+            .await?;
+        let files = if saved.units.is_empty() {
+            Vec::new()
+        } else {
+            self.store_table(st, &index::encode_units(&saved.units))
+                .await?
+        };
         let limit = self.config.gc.inflight_ttl / 2;
         if let Some(first) = st.first_record
             && first.elapsed() > limit
@@ -176,13 +329,15 @@ impl SnapshotStore {
             session_id: session_id.to_owned(),
             created_at,
             parent: parent.cloned(),
-            file_count: counter.files,
-            content_bytes: counter.bytes,
-            archive_bytes: st.refs.iter().map(|c| u64::from(c.size)).sum(),
-            stored_bytes: st.refs.iter().map(|c| u64::from(c.stored_size)).sum(),
+            file_count: saved.counts.files,
+            content_bytes: saved.counts.bytes,
+            archive_bytes: saved.refs.iter().map(|c| u64::from(c.size)).sum(),
+            stored_bytes: saved.refs.iter().map(|c| u64::from(c.stored_size)).sum(),
             uploaded_bytes: st.uploaded_bytes,
             chunker: self.config.chunker,
-            chunks: st.refs.clone(),
+            chunks: saved.refs,
+            table,
+            files,
         };
         let stored = Bytes::from(m.encode()?);
         let key = manifest_key(session_id, created_at, &m.id);
@@ -242,23 +397,33 @@ impl SnapshotStore {
         }
     }
 
-    async fn store_batch(&self, st: &mut SaveState, batch: Vec<Bytes>) -> Result<()> {
-        let hashed: Vec<(ChunkHash, Bytes)> = futures::stream::iter(batch)
-            .map(|data| async move {
-                let d = data.clone();
-                let h = tokio::task::spawn_blocking(move || ChunkHash::of(&d))
-                    .await
-                    .map_err(joined)?;
-                Ok::<_, Error>((h, data))
+    /// Store one batch: hash new data, name every chunk in an `inflight/` record, then check or
+    /// upload what the store may lack. Returns the refs in order.
+    async fn store_batch(&self, st: &mut SaveState, batch: Vec<Piece>) -> Result<Vec<ChunkRef>> {
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
+        let hashed: Vec<(ChunkHash, u32, Option<Bytes>)> = futures::stream::iter(batch)
+            .map(|piece| async move {
+                match piece {
+                    Piece::Known(c) => Ok::<_, Error>((c.hash, c.size, None)),
+                    Piece::Data(data) => {
+                        let d = data.clone();
+                        let h = tokio::task::spawn_blocking(move || ChunkHash::of(&d))
+                            .await
+                            .map_err(joined)?;
+                        Ok((h, stored_len(data.len() as u64, &h)?, Some(data)))
+                    }
+                }
             })
             .buffered(self.config.upload_concurrency.max(2))
             .try_collect()
             .await?;
         let mut seen = HashSet::new();
-        let todo: Vec<(ChunkHash, Bytes)> = hashed
+        let todo: Vec<(ChunkHash, Option<Bytes>)> = hashed
             .iter()
-            .filter(|(h, _)| !st.known.contains_key(h) && seen.insert(*h))
-            .cloned()
+            .filter(|(h, _, _)| !st.known.contains_key(h) && seen.insert(*h))
+            .map(|(h, _, d)| (*h, d.clone()))
             .collect();
         if !todo.is_empty() {
             // Name the chunks before looking at the store (see the module docs).
@@ -294,6 +459,12 @@ impl SnapshotStore {
                         if let Some(meta) = self.head(&key).await? {
                             return Ok((h, stored_len(meta.size, &h)?, 0));
                         }
+                        let Some(data) = data else {
+                            return Err(Error::corrupt(
+                                format!("chunk {}", h.to_hex()),
+                                "the parent snapshot's chunk is gone from the store",
+                            ));
+                        };
                         let stored =
                             tokio::task::spawn_blocking(move || chunk::encode(&data, level))
                                 .await
@@ -312,14 +483,15 @@ impl SnapshotStore {
                 st.uploaded_bytes += up;
             }
         }
-        for (h, data) in hashed {
-            let stored_size = st.known.get(&h).copied().unwrap_or(0);
-            st.refs.push(ChunkRef {
-                hash: h,
-                size: stored_len(data.len() as u64, &h)?,
-                stored_size,
-            });
-        }
-        Ok(())
+        hashed
+            .into_iter()
+            .map(|(h, size, _)| {
+                Ok(ChunkRef {
+                    hash: h,
+                    size,
+                    stored_size: st.known.get(&h).copied().unwrap_or(0),
+                })
+            })
+            .collect()
     }
 }

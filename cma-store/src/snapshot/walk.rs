@@ -1,0 +1,411 @@
+//! Saving straight from a workspace directory on this host (see
+//! [`Sandbox::local_workspace`](cma_sandbox::Sandbox::local_workspace)).
+//!
+//! The walk writes the same archive the isolate backend's export writes (GNU tar, entries in
+//! sorted depth-first order, mtime in seconds, modes 0644/0755/0777) but cuts it into *units*
+//! first, and chunks each unit on its own so chunk boundaries always fall at unit boundaries:
+//! - a regular file of at least [`BIG_FILE`] bytes is a unit by itself (header, data, padding);
+//! - smaller entries are grouped into *packs*; a pack ends where a hash of an entry's path says
+//!   so (once the pack holds `min_size` bytes) or when it reaches `max_size`. The rule depends on
+//!   names and sizes only, so an added or removed file changes the packs around it and no others.
+//!
+//! A unit whose entries all have the same metadata as in the parent snapshot's file table
+//! (path, kind, mode, size, mtime, ctime, inode) is not read at all: its chunks are the parent's.
+//! An entry whose mtime or ctime is within [`RACY_WINDOW`] of the save's start could change
+//! again without its times moving (coarse timestamps), so its unit is marked racy and is always
+//! read next time.
+//!
+//! The tree is read through `cap_std` and `statat` with `AT_SYMLINK_NOFOLLOW` on one name at a
+//! time, so nothing outside the workspace is ever read, and files that change during the walk
+//! still give a well-formed archive (a file is read as exactly the size it was stat'ed with).
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::{Path as FsPath, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
+use rustix::fs::{AtFlags, FileType, OFlags};
+use tokio::sync::mpsc;
+
+use super::chunk::Chunker;
+use super::error::{Error, Result};
+use super::index::{EntryKey, Kind, Unit};
+use super::manifest::{ChunkRef, ChunkerParams};
+
+/// Files at least this big are units by themselves.
+pub(crate) const BIG_FILE: u64 = 256 * 1024;
+/// Entries changed this close to the save's start are not trusted next time.
+pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
+/// Deepest nesting walked (as the isolate export).
+const MAX_DEPTH: usize = 1024;
+/// Read size for big files.
+const READ_BLOCK: usize = 1 << 20;
+
+/// What the walk sends to the saver, in archive order.
+pub(crate) enum Work {
+    /// New archive bytes, already cut into chunks.
+    Chunks(Vec<Bytes>),
+    /// Chunks taken from the parent unchanged.
+    Reused(Vec<ChunkRef>),
+    /// The unit whose chunks were just sent is complete.
+    UnitEnd { racy: bool, entries: Vec<EntryKey> },
+}
+
+/// Counts for the manifest.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Counts {
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// The parent snapshot's units, for reuse.
+pub(crate) struct ParentUnits {
+    /// First path of each unit → (its entries, its chunks).
+    by_first: HashMap<Vec<u8>, (Vec<EntryKey>, Vec<ChunkRef>)>,
+}
+
+impl ParentUnits {
+    /// Pair the parent's units with its chunk list; `None` if they do not add up.
+    pub fn new(units: Vec<Unit>, chunks: &[ChunkRef]) -> Option<Self> {
+        let mut by_first = HashMap::with_capacity(units.len());
+        let mut at = 0usize;
+        for u in units {
+            let end = at.checked_add(u.chunk_count as usize)?;
+            let refs = chunks.get(at..end)?.to_vec();
+            at = end;
+            if u.racy {
+                continue;
+            }
+            if let Some(first) = u.entries.first() {
+                by_first.insert(first.path.clone(), (u.entries, refs));
+            }
+        }
+        (at == chunks.len()).then_some(Self { by_first })
+    }
+
+    fn reusable(&self, entries: &[EntryKey]) -> Option<&[ChunkRef]> {
+        let (keys, refs) = self.by_first.get(&entries.first()?.path)?;
+        (keys.as_slice() == entries).then_some(refs.as_slice())
+    }
+}
+
+/// One entry found by the walk.
+struct Found {
+    key: EntryKey,
+    /// Its tar header (with any long-name records before it).
+    header: Vec<u8>,
+}
+
+impl Found {
+    fn archive_len(&self) -> u64 {
+        let data = if self.key.kind == Kind::File {
+            self.key.size.div_ceil(512) * 512
+        } else {
+            0
+        };
+        self.header.len() as u64 + data
+    }
+}
+
+fn shown(k: &EntryKey) -> String {
+    format!("reading /workspace/{}", String::from_utf8_lossy(&k.path))
+}
+
+fn io_err(what: &FsPath) -> impl Fn(io::Error) -> Error + '_ {
+    move |e| Error::io(format!("reading /workspace/{}", what.display()), e)
+}
+
+struct Walker<'a> {
+    params: ChunkerParams,
+    parent: Option<&'a ParentUnits>,
+    racy_after: i128,
+    tx: &'a mpsc::Sender<Result<Work>>,
+    /// Directories open along the current path (index 0 is the workspace).
+    dirs: Vec<Dir>,
+    pack: Vec<Found>,
+    pack_bytes: u64,
+    counts: Counts,
+    builder: tar::Builder<Vec<u8>>,
+}
+
+/// FNV-1a of a path: where packs end.
+fn path_hash(p: &[u8]) -> u64 {
+    p.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+fn ns(secs: i64, nsec: u64) -> i64 {
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(i64::try_from(nsec).unwrap_or(0))
+}
+
+/// Walk `root`, sending the archive as [`Work`] in order; returns the counts. Runs on a
+/// blocking thread. Stops quietly when the receiver is gone.
+pub(crate) fn walk(
+    root: Dir,
+    params: ChunkerParams,
+    parent: Option<&ParentUnits>,
+    started: SystemTime,
+    tx: &mpsc::Sender<Result<Work>>,
+) -> Result<Counts> {
+    let racy_after = started
+        .checked_sub(RACY_WINDOW)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128);
+    let mut w = Walker {
+        params,
+        parent,
+        racy_after,
+        tx,
+        dirs: vec![root],
+        pack: Vec::new(),
+        pack_bytes: 0,
+        counts: Counts::default(),
+        builder: tar::Builder::new(Vec::new()),
+    };
+    w.walk_dir(PathBuf::new(), 0)?;
+    w.flush_pack()?;
+    // End of archive: two zero blocks, a unit of its own with no entries.
+    w.send(Work::Chunks(vec![Bytes::from_static(&[0u8; 1024])]))?;
+    w.send(Work::UnitEnd {
+        racy: false,
+        entries: Vec::new(),
+    })?;
+    Ok(w.counts)
+}
+
+impl Walker<'_> {
+    fn send(&self, work: Work) -> Result<()> {
+        self.tx.blocking_send(Ok(work)).map_err(|_| Error::Busy {
+            message: "save cancelled".into(),
+        })
+    }
+
+    fn walk_dir(&mut self, rel: PathBuf, depth: usize) -> Result<()> {
+        if depth > MAX_DEPTH {
+            return Err(Error::InvalidInput {
+                message: format!("directory nesting deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        let dir_idx = self.dirs.len() - 1;
+        let mut names = Vec::new();
+        for entry in self.dirs[dir_idx].entries().map_err(io_err(&rel))? {
+            names.push(entry.map_err(io_err(&rel))?.file_name());
+        }
+        names.sort();
+        for name in names {
+            let path = rel.join(&name);
+            let st = match rustix::fs::statat(&self.dirs[dir_idx], &name, AtFlags::SYMLINK_NOFOLLOW)
+            {
+                Ok(st) => st,
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io_err(&path)(e.into())),
+            };
+            let kind = match FileType::from_raw_mode(st.st_mode as _) {
+                FileType::RegularFile => Kind::File,
+                FileType::Directory => Kind::Dir,
+                FileType::Symlink => Kind::Symlink,
+                // Sockets, FIFOs and devices are not part of a workspace snapshot.
+                _ => continue,
+            };
+            let key = EntryKey {
+                path: path.as_os_str().as_encoded_bytes().to_vec(),
+                kind,
+                mode: st.st_mode as u32,
+                size: if kind == Kind::File {
+                    st.st_size as u64
+                } else {
+                    0
+                },
+                mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as u64),
+                ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as u64),
+                ino: st.st_ino as u64,
+            };
+            let header = self.header(&path, &key, dir_idx, &name)?;
+            let found = Found { key, header };
+            match kind {
+                Kind::File if found.key.size >= BIG_FILE => {
+                    self.flush_pack()?;
+                    self.big_file(found)?;
+                }
+                Kind::Dir => {
+                    self.add_to_pack(found)?;
+                    let sub = match self.dirs[dir_idx].open_dir(&name) {
+                        Ok(d) => d,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => return Err(io_err(&path)(e)),
+                    };
+                    self.dirs.push(sub);
+                    let r = self.walk_dir(path, depth + 1);
+                    self.dirs.pop();
+                    r?;
+                }
+                _ => self.add_to_pack(found)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// The entry's tar header, as the isolate export writes it.
+    fn header(
+        &mut self,
+        path: &FsPath,
+        key: &EntryKey,
+        dir: usize,
+        name: &std::ffi::OsStr,
+    ) -> Result<Vec<u8>> {
+        let mut h = tar::Header::new_gnu();
+        h.set_mtime(u64::try_from(key.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
+        let out = match key.kind {
+            Kind::Symlink => {
+                let target = self.dirs[dir]
+                    .read_link_contents(name)
+                    .map_err(io_err(path))?;
+                h.set_entry_type(tar::EntryType::Symlink);
+                h.set_mode(0o777);
+                h.set_size(0);
+                self.builder.append_link(&mut h, path, &target)
+            }
+            Kind::Dir => {
+                h.set_entry_type(tar::EntryType::Directory);
+                h.set_mode(0o755);
+                h.set_size(0);
+                self.builder.append_data(&mut h, path, io::empty())
+            }
+            Kind::File => {
+                h.set_entry_type(tar::EntryType::Regular);
+                h.set_mode(if key.mode & 0o111 != 0 { 0o755 } else { 0o644 });
+                h.set_size(key.size);
+                // The data is written separately; only the header bytes are wanted here.
+                self.builder.append_data(&mut h, path, io::empty())
+            }
+        };
+        out.map_err(io_err(path))?;
+        Ok(std::mem::take(self.builder.get_mut()))
+    }
+
+    fn racy(&self, k: &EntryKey) -> bool {
+        i128::from(k.mtime_ns) >= self.racy_after || i128::from(k.ctime_ns) >= self.racy_after
+    }
+
+    fn count(&mut self, f: &Found) {
+        if f.key.kind == Kind::File {
+            self.counts.files += 1;
+            self.counts.bytes += f.key.size;
+        }
+    }
+
+    fn add_to_pack(&mut self, f: Found) -> Result<()> {
+        self.pack_bytes += f.archive_len();
+        let cut = self.pack_bytes >= u64::from(self.params.max_size)
+            || (self.pack_bytes >= u64::from(self.params.min_size)
+                && path_hash(&f.key.path).is_multiple_of(8));
+        self.pack.push(f);
+        if cut { self.flush_pack() } else { Ok(()) }
+    }
+
+    /// Open a regular file of the walk for reading, by its path from the workspace root
+    /// (`cap_std` resolves it beneath the root; the last component is never followed and a
+    /// FIFO swapped in meanwhile does not block).
+    fn open(&self, f: &Found) -> Result<cap_std::fs::File> {
+        use std::os::unix::ffi::OsStrExt;
+        let mut opts = OpenOptions::new();
+        opts.read(true)
+            .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+        self.dirs[0]
+            .open_with(std::ffi::OsStr::from_bytes(&f.key.path), &opts)
+            .map_err(|e| Error::io(shown(&f.key), e))
+    }
+
+    /// Read exactly `size` bytes of a file into `out` (a short file padded with zeros, a grown
+    /// one cut), then the tar padding. A file that vanished reads as zeros.
+    fn append_data(&self, f: &Found, out: &mut Vec<u8>) -> Result<()> {
+        let size = f.key.size;
+        match self.open(f) {
+            Ok(file) => {
+                let mut r = file.take(size).chain(io::repeat(0)).take(size);
+                r.read_to_end(out)
+                    .map_err(|e| Error::io(shown(&f.key), e))?;
+            }
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                out.resize(out.len() + size as usize, 0);
+            }
+            Err(e) => return Err(e),
+        }
+        let pad = (512 - (size % 512) as usize) % 512;
+        out.resize(out.len() + pad, 0);
+        Ok(())
+    }
+
+    fn flush_pack(&mut self) -> Result<()> {
+        if self.pack.is_empty() {
+            return Ok(());
+        }
+        let pack = std::mem::take(&mut self.pack);
+        self.pack_bytes = 0;
+        let racy = pack.iter().any(|f| self.racy(&f.key));
+        let entries: Vec<EntryKey> = pack.iter().map(|f| f.key.clone()).collect();
+        for f in &pack {
+            self.count(f);
+        }
+        if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
+            self.send(Work::Reused(refs.to_vec()))?;
+        } else {
+            let mut bytes = Vec::new();
+            for f in &pack {
+                bytes.extend_from_slice(&f.header);
+                if f.key.kind == Kind::File {
+                    self.append_data(f, &mut bytes)?;
+                }
+            }
+            let mut chunker = Chunker::new(self.params);
+            let mut out = Vec::new();
+            chunker.push(&bytes, &mut out);
+            chunker.finish(&mut out);
+            self.send(Work::Chunks(out))?;
+        }
+        self.send(Work::UnitEnd { racy, entries })
+    }
+
+    fn big_file(&mut self, f: Found) -> Result<()> {
+        self.count(&f);
+        let racy = self.racy(&f.key);
+        let entries = vec![f.key.clone()];
+        if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
+            self.send(Work::Reused(refs.to_vec()))?;
+            return self.send(Work::UnitEnd { racy, entries });
+        }
+        let mut chunker = Chunker::new(self.params);
+        let mut out = Vec::new();
+        chunker.push(&f.header, &mut out);
+        let size = f.key.size;
+        let mut reader: Box<dyn Read> = match self.open(&f) {
+            Ok(file) => Box::new(file.take(size).chain(io::repeat(0)).take(size)),
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                Box::new(io::repeat(0).take(size))
+            }
+            Err(e) => return Err(e),
+        };
+        let mut buf = vec![0u8; READ_BLOCK];
+        loop {
+            let n = match reader.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(Error::io(shown(&f.key), e)),
+            };
+            chunker.push(&buf[..n], &mut out);
+            if !out.is_empty() {
+                self.send(Work::Chunks(std::mem::take(&mut out)))?;
+            }
+        }
+        let pad = (512 - (size % 512) as usize) % 512;
+        chunker.push(&[0u8; 512][..pad], &mut out);
+        chunker.finish(&mut out);
+        self.send(Work::Chunks(out))?;
+        self.send(Work::UnitEnd { racy, entries })
+    }
+}

@@ -1,0 +1,144 @@
+//! Saving straight from the workspace directory (the isolate backend's `local_workspace`):
+//! the archive matches the export path's, and an incremental save that skips unchanged files
+//! still sees every change, including ones that keep a file's size and mtime.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use cma_sandbox::Sandbox;
+use common::*;
+
+fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
+    refs.iter().map(|c| u64::from(c.stored_size)).sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_directory_path_writes_the_archive_the_export_writes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    assert!(src.sandbox.local_workspace().is_some());
+    fill_random(&src.host, 11, 200);
+    let mut big = vec![0u8; 3 << 20];
+    rand::RngCore::fill_bytes(&mut seeded(3), &mut big);
+    std::fs::write(src.host.join("big.bin"), &big).unwrap();
+    sparse_file(&src.host.join("sparse/disk.img"), 8 << 20);
+
+    let from_dir = store
+        .save("sesn_dir", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    assert!(
+        !from_dir.files.is_empty(),
+        "the directory path keeps a file table"
+    );
+    let export = src.sandbox.export_workspace().await.unwrap();
+    let from_export = store.save_archive("sesn_tar", export, None).await.unwrap();
+    assert!(from_export.files.is_empty());
+    assert_eq!(
+        (
+            from_dir.archive_bytes,
+            from_dir.file_count,
+            from_dir.content_bytes
+        ),
+        (
+            from_export.archive_bytes,
+            from_export.file_count,
+            from_export.content_bytes
+        )
+    );
+    let want = listing(&src.host);
+    for id in [&from_dir.id, &from_export.id] {
+        let dst = iso.sandbox().await;
+        store.restore(id, dst.sandbox.as_ref()).await.unwrap();
+        assert_eq!(listing(&dst.host), want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_save_skips_unchanged_files_and_sees_every_change() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 12, 300);
+    let mut big = vec![0u8; 2 << 20];
+    rand::RngCore::fill_bytes(&mut seeded(4), &mut big);
+    std::fs::write(src.host.join("big.bin"), &big).unwrap();
+    std::fs::write(src.host.join("small.txt"), b"version one").unwrap();
+    // Old enough that the next saves trust the entries' times (see the racy window).
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let first = store
+        .save("sesn_inc", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+
+    // Unchanged: nothing read is new, nothing uploaded.
+    let same = store
+        .save("sesn_inc", src.sandbox.as_ref(), Some(&first.id))
+        .await
+        .unwrap();
+    assert_eq!(same.uploaded_bytes, 0);
+    assert_eq!(same.chunks, first.chunks);
+
+    // Changes that keep size and mtime (only the ctime moves), a file turned into a symlink,
+    // a removed directory, a new file, a mode change, a byte flipped inside the big file.
+    let small = src.host.join("small.txt");
+    let mtime = std::fs::metadata(&small).unwrap().modified().unwrap();
+    std::fs::write(&small, b"version two").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&small)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let big_path = src.host.join("big.bin");
+    let big_mtime = std::fs::metadata(&big_path).unwrap().modified().unwrap();
+    big[1 << 20] ^= 0xff;
+    std::fs::write(&big_path, &big).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&big_path)
+        .unwrap()
+        .set_modified(big_mtime)
+        .unwrap();
+    let d1 = src.host.join("d1");
+    let victim = std::fs::read_dir(d1.join("e0"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.is_file())
+        .unwrap();
+    std::fs::remove_file(&victim).unwrap();
+    std::os::unix::fs::symlink("../../small.txt", &victim).unwrap();
+    std::fs::remove_dir_all(src.host.join("d2")).unwrap();
+    std::fs::write(src.host.join("d3/new-file"), b"new").unwrap();
+    std::fs::set_permissions(
+        src.host.join("small.txt"),
+        std::fs::Permissions::from_mode(0o755),
+    )
+    .unwrap();
+
+    let next = store
+        .save("sesn_inc", src.sandbox.as_ref(), Some(&same.id))
+        .await
+        .unwrap();
+    let dst = iso.sandbox().await;
+    store.restore(&next.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
+    assert_eq!(
+        std::fs::read(dst.host.join("small.txt")).unwrap(),
+        b"version two"
+    );
+    // Most of the workspace was reused: the upload is the changed units and the tables.
+    let data = next
+        .uploaded_bytes
+        .saturating_sub(stored(&next.table) + stored(&next.files));
+    assert!(
+        data < first.uploaded_bytes / 4,
+        "{data} of {}",
+        first.uploaded_bytes
+    );
+}
