@@ -18,6 +18,7 @@ fn stores(
     rt: &tokio::runtime::Runtime,
     dir: &std::path::Path,
 ) -> Vec<(&'static str, Arc<dyn StateStore>)> {
+    #[cfg_attr(not(feature = "postgres"), allow(unused_mut))]
     let mut out: Vec<(&'static str, Arc<dyn StateStore>)> = vec![
         ("memory", Arc::new(MemoryStateStore::new())),
         (

@@ -18,6 +18,7 @@ use cma_core::control::tools::ToolsetFactory;
 use cma_core::emulator::{Script, ScriptEnd, ScriptedCall};
 use cma_core::runner::session::HostError;
 use cma_sandbox::Sandbox;
+use cma_store::state::StateStore as _;
 use futures::StreamExt as _;
 use serde_json::json;
 use support::*;
@@ -99,6 +100,7 @@ async fn sleep_and_wake_on(
     snapshots: Arc<dyn WorkspaceSnapshots>,
 ) {
     let name = backend.name().to_owned();
+    let state = Arc::new(cma_store::state::MemoryStateStore::new());
     let host = Arc::new(
         SandboxHost::new(
             [backend.clone()],
@@ -109,7 +111,8 @@ async fn sleep_and_wake_on(
                 ..SandboxHostConfig::default()
             },
         )
-        .with_snapshots(snapshots.clone()),
+        .with_snapshots(snapshots.clone())
+        .state_store(state.clone()),
     );
     let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), host.clone())
         .config(ControlPlaneConfig {
@@ -160,6 +163,26 @@ async fn sleep_and_wake_on(
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(gone, "the sandbox was destroyed after its snapshot");
+    // The state store knows the snapshot the session sleeps in.
+    let log = state.list_transitions(&sid, 0, 1000).await.expect("log");
+    let saved: Vec<&str> = log
+        .iter()
+        .filter(|t| t.event == "snapshot_saved")
+        .map(|t| t.detail.as_str())
+        .collect();
+    assert_eq!(saved.len(), 1, "{log:?}");
+    let record = state
+        .get_session(&sid)
+        .await
+        .expect("get")
+        .expect("recorded");
+    assert_eq!(
+        record.last_snapshot.as_ref().map(|s| s.as_str()),
+        cma_store::SnapshotId::from_hex(saved[0])
+            .as_ref()
+            .map(|s| s.as_str()),
+        "the record names the snapshot when the store's ids are snapshot ids"
+    );
 
     // Turn 2: the user wakes the session; the agent lists and reads what it left.
     h.emu

@@ -185,7 +185,11 @@ impl SandboxHost {
                     .map(|p| p.sandbox.clone())
             });
         match sandbox {
-            Some(sb) => store.save(session_id, sb.as_ref()).await.map(Some),
+            Some(sb) => {
+                let id = store.save(session_id, sb.as_ref()).await?;
+                self.state.snapshot_saved(session_id, &id).await;
+                Ok(Some(id))
+            }
             None => Ok(None),
         }
     }
@@ -636,7 +640,8 @@ impl SessionHost for SandboxHost {
                 .await
             {
                 Ok(id) => {
-                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace saved")
+                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace saved");
+                    self.state.snapshot_saved(session.id.as_str(), &id).await;
                 }
                 Err(e) => {
                     tracing::warn!(session_id = %session.id, error = %e, "saving the workspace failed; the sandbox stays warm")

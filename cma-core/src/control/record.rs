@@ -31,6 +31,8 @@ pub mod events {
     /// The session was terminated or deleted (a webhook said so, or its work item found it so).
     /// A terminated session stays terminated whatever is recorded for it afterwards.
     pub const TERMINATED: &str = "terminated";
+    /// The session's workspace was saved as a snapshot (the detail is its id).
+    pub const SNAPSHOT_SAVED: &str = "snapshot_saved";
 }
 
 /// Writes sandbox and session transitions to a state store, if one is configured.
@@ -152,6 +154,18 @@ impl StateRecorder {
         }
     }
 
+    /// Record a snapshot of the session's workspace as its last one (sessions the store does not
+    /// know are not recorded; ids that are not store snapshot ids only go to the log).
+    #[cfg_attr(not(feature = "store"), allow(unused_variables))]
+    pub(crate) async fn snapshot_saved(&self, session_id: &str, snapshot_id: &str) {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store
+            && let Err(e) = record_snapshot(store.as_ref(), session_id, snapshot_id).await
+        {
+            tracing::warn!(session_id, snapshot = snapshot_id, error = %e, "recording a snapshot failed");
+        }
+    }
+
     /// Update the session's record and append the transition to its log.
     #[cfg_attr(not(feature = "store"), allow(unused_variables))]
     pub(crate) async fn session(&self, change: SessionChange<'_>) {
@@ -208,6 +222,39 @@ async fn record_session(
     let detail = truncate(change.detail, cma_store::state::MAX_DETAIL_BYTES);
     store
         .append_transition(change.session_id, now, change.event, detail)
+        .await
+        .map(drop)
+}
+
+/// Set the session's last snapshot (version-checked like [`record_session`]) and log it.
+#[cfg(feature = "store")]
+async fn record_snapshot(
+    store: &dyn StateStore,
+    session_id: &str,
+    snapshot_id: &str,
+) -> Result<(), cma_store::state::StateError> {
+    use cma_store::state::StateErrorKind;
+    let now = chrono::Utc::now();
+    if let Some(snapshot) = cma_store::SnapshotId::from_hex(snapshot_id) {
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let Some(mut record) = store.get_session(session_id).await? else {
+                return Ok(());
+            };
+            let precondition = Precondition::Version(record.version);
+            record.last_snapshot = Some(snapshot.clone());
+            record.updated_at = now;
+            match store.put_session(&record, precondition).await {
+                Ok(_) => break,
+                Err(e) if e.kind() == StateErrorKind::Conflict && attempts < 3 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    let detail = truncate(snapshot_id, cma_store::state::MAX_DETAIL_BYTES);
+    store
+        .append_transition(session_id, now, events::SNAPSHOT_SAVED, detail)
         .await
         .map(drop)
 }

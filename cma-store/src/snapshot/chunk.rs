@@ -76,7 +76,24 @@ const ZSTD: u8 = 1;
 /// when zstd saves less than 1/32, `RAW` and the bytes as they are (then the content hash
 /// covers every stored byte).
 pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
-    let frame = zstd::bulk::compress(data, level).map_err(|e| Error::io("compress chunk", e))?;
+    thread_local! {
+        /// One compression context per thread and level, reused: setting one up costs about as
+        /// much as compressing a small chunk.
+        static CONTEXT: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    let frame = CONTEXT
+        .with(|slot| {
+            let mut slot = slot.borrow_mut();
+            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+                *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+            }
+            match slot.as_mut() {
+                Some((_, c)) => c.compress(data),
+                None => Err(std::io::Error::other("no compression context")),
+            }
+        })
+        .map_err(|e| Error::io("compress chunk", e))?;
     if frame.len() + TRAILER >= data.len() - data.len() / 32 {
         let mut out = Vec::with_capacity(data.len() + 1);
         out.push(RAW);

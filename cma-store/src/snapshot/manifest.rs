@@ -100,9 +100,9 @@ pub struct ChunkerParams {
 impl Default for ChunkerParams {
     fn default() -> Self {
         Self {
-            min_size: 32 * 1024,
-            avg_size: 128 * 1024,
-            max_size: 512 * 1024,
+            min_size: 16 * 1024,
+            avg_size: 64 * 1024,
+            max_size: 256 * 1024,
             normalization: 1,
         }
     }

@@ -2,9 +2,18 @@
 //! SHA-256-addressed, zstd-compressed chunks plus a manifest, in any `object_store` backend, and
 //! restores it verified.
 //!
+//! # Saving
+//! A sandbox whose workspace is a directory on this host ([`Sandbox::local_workspace`], the
+//! isolate backend) is read directly: the archive is cut at file boundaries into units (a big
+//! file, or a pack of small entries), and a unit whose entries' metadata is unchanged since the
+//! parent snapshot is not read again: its chunks are the parent's. Other sandboxes are saved
+//! from their export stream ([`Sandbox::export_workspace`]), cut into chunks as it comes. Both
+//! give the same archive, and restore the same way.
+//!
 //! # Layout in the store
 //! - `chunks/<2 hex>/<sha256>`: one chunk (see the `chunk` module for its stored form), written
-//!   once whatever the number of snapshots that use it.
+//!   once whatever the number of snapshots that use it. Besides the archive's chunks, each
+//!   snapshot's chunk list and file table are stored as chunks too (see the `index` module).
 //! - `manifests/<session>/<created µs, 20 digits>-<snapshot id>`: a manifest (see
 //!   [`SnapshotManifest`]); listing a session's prefix lists its snapshots in time order.
 //! - `ids/<snapshot id>`: the key of the manifest, so a snapshot can be found by id alone.

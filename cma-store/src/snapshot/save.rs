@@ -33,6 +33,25 @@ struct Saved {
     counts: Counts,
 }
 
+/// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
+/// handful of sizes) are hashed once per size.
+fn hash_chunk(data: &[u8]) -> ChunkHash {
+    static ZERO_HASHES: std::sync::Mutex<Vec<(usize, ChunkHash)>> =
+        std::sync::Mutex::new(Vec::new());
+    if !data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()]) {
+        return ChunkHash::of(data);
+    }
+    let mut memo = ZERO_HASHES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, h)) = memo.iter().find(|(n, _)| *n == data.len()) {
+        return *h;
+    }
+    let h = ChunkHash::of(data);
+    if memo.len() < 16 {
+        memo.push((data.len(), h));
+    }
+    h
+}
+
 fn joined(e: tokio::task::JoinError) -> Error {
     Error::io("worker thread", std::io::Error::other(e.to_string()))
 }
@@ -409,7 +428,7 @@ impl SnapshotStore {
                     Piece::Known(c) => Ok::<_, Error>((c.hash, c.size, None)),
                     Piece::Data(data) => {
                         let d = data.clone();
-                        let h = tokio::task::spawn_blocking(move || ChunkHash::of(&d))
+                        let h = tokio::task::spawn_blocking(move || hash_chunk(&d))
                             .await
                             .map_err(joined)?;
                         Ok((h, stored_len(data.len() as u64, &h)?, Some(data)))
@@ -493,5 +512,23 @@ impl SnapshotStore {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_chunks_hash_like_any_other() {
+        for n in [0usize, 1, 4096, 65536, 65537, 300_000, 4096] {
+            let zeros = vec![0u8; n];
+            assert_eq!(hash_chunk(&zeros), ChunkHash::of(&zeros), "{n}");
+            let mut one = zeros.clone();
+            if let Some(last) = one.last_mut() {
+                *last = 1;
+                assert_eq!(hash_chunk(&one), ChunkHash::of(&one), "{n}");
+            }
+        }
     }
 }
