@@ -7,7 +7,6 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 use std::time::Duration;
 
-use cma_sandbox::Sandbox;
 use common::*;
 
 fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
