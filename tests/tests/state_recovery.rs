@@ -16,7 +16,7 @@ use cma_core::control::tools::ToolsetFactory;
 use cma_core::emulator::ScriptEnd;
 use cma_core::webhook::WebhookEvent;
 use cma_sandbox::{SandboxBackend, SandboxSpec};
-use cma_store::state::{SandboxRecord, SessionStatus, SqliteStateStore, StateStore};
+use cma_store::state::{LeaseClaim, SandboxRecord, SessionStatus, SqliteStateStore, StateStore};
 use support::{Harness, WAIT, runner_config, write};
 use tokio::sync::mpsc;
 
@@ -66,10 +66,22 @@ async fn a_restarted_host_picks_up_from_the_state_store() {
     let store = open_store(&h).await;
     let first = host(backend.clone(), store.clone());
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Leases a previous process of this replica left behind, and one of another replica.
+    let now = chrono::Utc::now();
+    for (work, owner) in [("work_stale", "replica-a"), ("work_other", "replica-b")] {
+        let claim = LeaseClaim {
+            work_id: work.into(),
+            session_id: "sesn_old".into(),
+            owner: owner.into(),
+            ttl: Duration::from_secs(600),
+        };
+        store.claim_lease(&claim, now).await.unwrap();
+    }
     let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), first.clone())
         .config(ControlPlaneConfig {
             concurrency: 1,
             runner: runner_config(),
+            replica_id: "replica-a".into(),
             ..ControlPlaneConfig::default()
         })
         .state_store(store.clone())
@@ -92,12 +104,34 @@ async fn a_restarted_host_picks_up_from_the_state_store() {
         let plane = plane.clone();
         async move { plane.run().await }
     });
+    // While the item runs, its lease is recorded under this replica; the stale one is gone.
+    let mut held = Vec::new();
+    for _ in 0..400 {
+        held = store.list_leases(Some("replica-a")).await.unwrap();
+        if held.iter().any(|l| l.session_id == sid) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        held.iter().any(|l| l.session_id == sid) && held.iter().all(|l| l.work_id != "work_stale"),
+        "{held:?}"
+    );
     let work_id = tokio::time::timeout(WAIT, rx.recv())
         .await
         .expect("the item finished in time")
         .expect("report");
     plane.shutdown(Duration::from_secs(5)).await;
     running.await.unwrap().expect("the plane stops cleanly");
+    // Finished: released. Another replica's lease is not ours to touch.
+    assert!(
+        store
+            .list_leases(Some("replica-a"))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(store.get_lease("work_other").await.unwrap().is_some());
 
     // What the first life recorded.
     let session = store

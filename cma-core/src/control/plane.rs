@@ -33,7 +33,27 @@ pub struct ControlPlaneConfig {
     pub reclaim_older_than_ms: Option<u64>,
     /// Runner settings for every item.
     pub runner: RunnerConfig,
+    /// This replica's name as the holder of the work item leases recorded in the state store
+    /// (feature `store`). Keep it stable across restarts of the same replica: on start the plane
+    /// forgets the leases a previous process of the same replica left behind. Default: `cma-`
+    /// and the host name.
+    pub replica_id: String,
 }
+
+/// The default [`ControlPlaneConfig::replica_id`].
+fn default_replica_id() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty() && h.len() <= 100 && h.bytes().all(|b| b.is_ascii_graphic()))
+        .unwrap_or_else(|| "local".to_owned());
+    format!("cma-{host}")
+}
+
+/// How long a recorded lease lasts without renewal, and how often a running item renews it.
+const LEASE_RECORD_TTL: Duration = Duration::from_secs(120);
+const LEASE_RECORD_RENEW: Duration = Duration::from_secs(40);
 
 impl Default for ControlPlaneConfig {
     fn default() -> Self {
@@ -42,6 +62,7 @@ impl Default for ControlPlaneConfig {
             poll_block_ms: 999,
             reclaim_older_than_ms: None,
             runner: RunnerConfig::default(),
+            replica_id: default_replica_id(),
         }
     }
 }
@@ -103,6 +124,8 @@ struct Inner {
     counters: Counters,
     on_item: Option<ReportHook>,
     polling: std::sync::atomic::AtomicBool,
+    /// Whether the leases of a previous process were forgotten yet.
+    leases_swept: std::sync::atomic::AtomicBool,
     seen_webhooks: std::sync::Mutex<RecentIds>,
     recorder: super::record::StateRecorder,
     #[cfg(feature = "store")]
@@ -245,6 +268,7 @@ impl ControlPlaneBuilder {
                 counters: Counters::default(),
                 on_item: self.on_item,
                 polling: std::sync::atomic::AtomicBool::new(false),
+                leases_swept: std::sync::atomic::AtomicBool::new(false),
                 seen_webhooks: std::sync::Mutex::new(RecentIds::default()),
                 recorder: super::record::StateRecorder {
                     #[cfg(feature = "store")]
@@ -409,6 +433,12 @@ impl ControlPlane {
         block_ms: Option<u32>,
         drain: bool,
     ) -> Result<usize, ControlPlaneError> {
+        if !self.inner.leases_swept.swap(true, Ordering::SeqCst) {
+            self.inner
+                .recorder
+                .release_stale_leases(&self.inner.config.replica_id)
+                .await;
+        }
         let mut claimed = 0;
         let mut poll_failures = 0u32;
         let mut ack_failures = 0u32;
@@ -537,16 +567,38 @@ impl ControlPlane {
             }
         }
         inner.counters.claimed.fetch_add(1, Ordering::Relaxed);
+        let owner = inner.config.replica_id.as_str();
+        inner
+            .recorder
+            .lease_claimed(
+                work.id.as_str(),
+                work.data.id.as_str(),
+                owner,
+                LEASE_RECORD_TTL,
+            )
+            .await;
         let this = self.clone();
         inner.tasks.spawn(async move {
             let _permit = permit;
             let inner = &this.inner;
+            let owner = inner.config.replica_id.as_str();
             let span = tracing::info_span!("work_item", work_id = %work.id, session_id = %work.data.id);
-            let result = tracing::Instrument::instrument(
-                inner.runner.handle_item(&work, inner.host.clone(), inner.cancel_items.child_token()),
-                span,
-            )
-            .await;
+            let result = {
+                let item = tracing::Instrument::instrument(
+                    inner.runner.handle_item(&work, inner.host.clone(), inner.cancel_items.child_token()),
+                    span,
+                );
+                tokio::pin!(item);
+                loop {
+                    tokio::select! {
+                        r = &mut item => break r,
+                        () = tokio::time::sleep(LEASE_RECORD_RENEW) => {
+                            inner.recorder.lease_renewed(work.id.as_str(), owner, LEASE_RECORD_TTL).await;
+                        }
+                    }
+                }
+            };
+            inner.recorder.lease_released(work.id.as_str(), owner).await;
             if let Ok(ItemOutcome { session: Some(session), .. }) = &result
                 && session.status == crate::protocol::SessionStatus::Terminated
             {

@@ -166,6 +166,85 @@ impl StateRecorder {
         }
     }
 
+    /// Record that this replica (`owner`) holds a work item's lease until `now + ttl`.
+    #[cfg_attr(not(feature = "store"), allow(unused_variables))]
+    pub(crate) async fn lease_claimed(
+        &self,
+        work_id: &str,
+        session_id: &str,
+        owner: &str,
+        ttl: std::time::Duration,
+    ) {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            let claim = cma_store::state::LeaseClaim {
+                work_id: work_id.to_owned(),
+                session_id: session_id.to_owned(),
+                owner: owner.to_owned(),
+                ttl,
+            };
+            if let Err(e) = store.claim_lease(&claim, chrono::Utc::now()).await {
+                tracing::warn!(work_id, owner, error = %e, "recording a work item lease failed");
+            }
+        }
+    }
+
+    /// Extend the recorded lease while the item runs.
+    #[cfg_attr(not(feature = "store"), allow(unused_variables))]
+    pub(crate) async fn lease_renewed(&self, work_id: &str, owner: &str, ttl: std::time::Duration) {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store
+            && let Err(e) = store
+                .renew_lease(work_id, owner, ttl, chrono::Utc::now())
+                .await
+        {
+            tracing::warn!(work_id, owner, error = %e, "renewing a recorded lease failed");
+        }
+    }
+
+    /// Forget the recorded lease: the item is finished or released.
+    #[cfg_attr(not(feature = "store"), allow(unused_variables))]
+    pub(crate) async fn lease_released(&self, work_id: &str, owner: &str) {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store
+            && let Err(e) = store.release_lease(work_id, owner).await
+        {
+            tracing::warn!(work_id, owner, error = %e, "releasing a recorded lease failed");
+        }
+    }
+
+    /// Forget every lease recorded for `owner`: called before this replica claims anything, so
+    /// what remains are the leases a previous process of the same replica held when it stopped
+    /// (its items are lost with it; the work queue hands them out again). Returns how many.
+    #[cfg_attr(not(feature = "store"), allow(unused_variables))]
+    pub(crate) async fn release_stale_leases(&self, owner: &str) -> usize {
+        #[cfg(feature = "store")]
+        if let Some(store) = &self.store {
+            let leases = match store.list_leases(Some(owner)).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(owner, error = %e, "listing recorded leases failed");
+                    return 0;
+                }
+            };
+            let mut n = 0;
+            for l in leases {
+                match store.release_lease(&l.work_id, owner).await {
+                    Ok(true) => {
+                        n += 1;
+                        tracing::info!(work_id = %l.work_id, session_id = %l.session_id, "a lease left by a previous process was released");
+                    }
+                    Ok(false) => {}
+                    Err(e) => {
+                        tracing::warn!(work_id = %l.work_id, error = %e, "releasing a stale lease failed")
+                    }
+                }
+            }
+            return n;
+        }
+        0
+    }
+
     /// Update the session's record and append the transition to its log.
     #[cfg_attr(not(feature = "store"), allow(unused_variables))]
     pub(crate) async fn session(&self, change: SessionChange<'_>) {
