@@ -19,7 +19,7 @@ use crate::error::SandboxError;
 use crate::exec::{
     ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess,
 };
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 /// A kind of sandbox (isolate, Docker, Cloudflare): creates and finds sandboxes.
@@ -108,6 +108,20 @@ pub trait Sandbox: Send + Sync {
             .into_iter()
             .map(|r| r.map(|d| FoundLines::scan(&d, needle.as_bytes(), max_line)))
             .collect())
+    }
+
+    /// Walk the directory `root` depth first (a directory's entries in name order, its regular
+    /// files before its subdirectories; symlinks and special files are not followed or read;
+    /// [`TreeSearch::skip_dirs`] not entered) and find, in each regular file, the lines holding
+    /// `needle` as [`find_lines`](Sandbox::find_lines) does; unreadable files and directories
+    /// are passed over. One call for a whole tree: the search runs where the files are.
+    /// Backends that cannot do better than the caller's own walk fail with
+    /// [`Unsupported`](crate::SandboxErrorKind::Unsupported) (the default).
+    async fn search_tree(&self, root: &str, needle: &str, opts: &TreeSearch) -> Result<TreeFound> {
+        let _ = (root, needle, opts);
+        Err(SandboxError::unsupported(
+            "search_tree: walk with read_dirs and find_lines instead",
+        ))
     }
 
     /// A streaming reader over a regular file (for ranged reads of big files).

@@ -127,6 +127,73 @@ impl FoundLines {
     }
 }
 
+/// What [`Sandbox::search_tree`](crate::Sandbox::search_tree) walks and how far.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct TreeSearch {
+    /// Directory names never entered (e.g. `.git`).
+    pub skip_dirs: Vec<String>,
+    /// The walk stops after this many regular files.
+    pub max_files: usize,
+    /// Files larger than this are not searched but reported as [`TreeMatch::Large`].
+    pub max_file_bytes: u64,
+    /// Longest line whose text is returned (see [`LineMatch::text`]).
+    pub max_line: usize,
+    /// The walk stops (incomplete) once about this many bytes of lines and paths were found.
+    pub max_output_bytes: usize,
+    /// Time budget of the walk; past it the call fails with
+    /// [`Timeout`](crate::SandboxErrorKind::Timeout).
+    pub timeout: std::time::Duration,
+}
+
+impl TreeSearch {
+    /// Options with the given limits and no skipped directories.
+    pub fn new(
+        max_files: usize,
+        max_file_bytes: u64,
+        max_line: usize,
+        max_output_bytes: usize,
+        timeout: std::time::Duration,
+    ) -> Self {
+        Self {
+            skip_dirs: Vec::new(),
+            max_files,
+            max_file_bytes,
+            max_line,
+            max_output_bytes,
+            timeout,
+        }
+    }
+}
+
+/// One file of a [`Sandbox::search_tree`](crate::Sandbox::search_tree) walk, in walk order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TreeMatch {
+    /// A searched file with at least one line holding the string.
+    Lines {
+        /// Its sandbox path.
+        path: String,
+        /// The lines.
+        found: FoundLines,
+    },
+    /// A regular file over [`TreeSearch::max_file_bytes`]: not searched (the caller streams it).
+    Large {
+        /// Its sandbox path.
+        path: String,
+    },
+}
+
+/// The result of [`Sandbox::search_tree`](crate::Sandbox::search_tree).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct TreeFound {
+    /// Files with matches and large files, in walk order.
+    pub items: Vec<TreeMatch>,
+    /// `false` when the walk stopped at [`TreeSearch::max_output_bytes`] before its end.
+    pub complete: bool,
+}
+
 /// A streaming reader over a file's bytes, from [`Sandbox::open_read`](crate::Sandbox::open_read).
 pub type FileReader = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 

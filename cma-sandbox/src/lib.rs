@@ -60,7 +60,10 @@ pub use exec::{
     DEFAULT_MAX_OUTPUT_BYTES, ExecCommand, ExecEvent, ExecExit, ExecOutput, ExecRequest,
     ExecStream, ExecuteRequest, InteractiveProcess, ProcessControl,
 };
-pub use file::{ByteStream, DirEntry, FileKind, FileReader, FileStat, FoundLines, LineMatch};
+pub use file::{
+    ByteStream, DirEntry, FileKind, FileReader, FileStat, FoundLines, LineMatch, TreeFound,
+    TreeMatch, TreeSearch,
+};
 pub use spec::{
     Capabilities, EgressEndpoint, MAX_SANDBOX_ID_LEN, Mount, SandboxId, SandboxInfo, SandboxSpec,
     SandboxStatus,

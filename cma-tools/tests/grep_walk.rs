@@ -86,6 +86,11 @@ async fn check(sb: Arc<dyn Sandbox>) {
         .unwrap();
     expected.push(format!("{w}/edge/long.txt:1:needle{}", "x".repeat(1993)));
     expected.push(format!("{w}/edge/long.txt:3:needle{}", "y".repeat(1994)));
+    for skipped in [".git/x.txt", "node_modules/y.txt", "d0/.git/z.txt"] {
+        sb.write_file(&format!("{w}/{skipped}"), Bytes::from_static(b"needle\n"))
+            .await
+            .unwrap();
+    }
     let mut reg = ToolRegistry::new();
     reg.extend(agent_toolset());
     let ctx = ToolContext::new(sb.clone());

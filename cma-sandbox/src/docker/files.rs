@@ -513,6 +513,9 @@ pub(crate) fn reply_error(kind: &str, head: &Value, path: &str) -> SandboxError 
                 SandboxError::at_path(k, path)
             }
         }
+        "timeout" => {
+            SandboxError::new(SandboxErrorKind::Timeout, "search timed out").with_path(path)
+        }
         "notreg" => SandboxError::new(SandboxErrorKind::PermissionDenied, "not a regular file")
             .with_path(path),
         "big" => {
@@ -706,4 +709,57 @@ pub(crate) fn split_found(
             Ok(found)
         })
         .collect()
+}
+
+/// Parse a `findtree` reply.
+pub(crate) fn parse_tree(reply: &Reply, root: &str) -> Result<crate::file::TreeFound> {
+    use crate::file::{FoundLines, LineMatch, TreeFound, TreeMatch};
+    let short = || {
+        SandboxError::new(SandboxErrorKind::Backend, "file helper sent a short reply")
+            .with_path(root)
+    };
+    let mut out = TreeFound {
+        items: Vec::new(),
+        complete: reply.head.get("done").and_then(Value::as_u64) == Some(1),
+    };
+    let mut off = 0usize;
+    for item in reply
+        .head
+        .get("items")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let path = item
+            .get("p")
+            .and_then(Value::as_str)
+            .ok_or_else(short)?
+            .to_owned();
+        if item.get("big").is_some() {
+            out.items.push(TreeMatch::Large { path });
+            continue;
+        }
+        let mut found = FoundLines::default();
+        for m in item
+            .get("m")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let n = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
+            let end = off.saturating_add(n(3) as usize);
+            if end > reply.data.len() {
+                return Err(short());
+            }
+            found.lines.push(LineMatch {
+                number: n(0),
+                len: n(1),
+                terminated: n(2) == 1,
+                text: reply.data.slice(off..end),
+            });
+            off = end;
+        }
+        out.items.push(TreeMatch::Lines { path, found });
+    }
+    Ok(out)
 }

@@ -1,4 +1,4 @@
-import os, sys, json, stat, shutil
+import os, sys, json, stat, shutil, time
 I = sys.stdin.buffer
 O = sys.stdout.buffer
 
@@ -108,6 +108,28 @@ def readmany(r):
     out({"r": heads}, b"".join(parts))
 
 
+def lines_with(d, nd, ml, parts):
+    # [line number, length, terminated, bytes kept] of each line of d holding nd; the kept
+    # text goes to parts. Returns (matches, bytes kept).
+    ms, pos, ln, kept = [], 0, 1, 0
+    i = d.find(nd) if nd else -1
+    while i >= 0:
+        s = d.rfind(b"\n", 0, i) + 1
+        e = d.find(b"\n", i)
+        t = e >= 0
+        if not t:
+            e = len(d)
+        ln += d.count(b"\n", pos, s)
+        pos = s
+        keep = e - s <= ml
+        ms.append([ln, e - s, 1 if t else 0, e - s if keep else 0])
+        if keep:
+            parts.append(d[s:e])
+            kept += e - s
+        i = d.find(nd, e + 1) if t else -1
+    return ms, kept
+
+
 def findmany(r):
     mx, nd, ml = r.get("max", 0), r.get("needle", "").encode(), r.get("ml", 0)
     heads, parts = [], []
@@ -119,23 +141,60 @@ def findmany(r):
         if b"\0" in d[:512]:
             heads.append({"b": 1})
             continue
-        ms, pos, ln = [], 0, 1
-        i = d.find(nd) if nd else -1
-        while i >= 0:
-            s = d.rfind(b"\n", 0, i) + 1
-            e = d.find(b"\n", i)
-            t = e >= 0
-            if not t:
-                e = len(d)
-            ln += d.count(b"\n", pos, s)
-            pos = s
-            keep = e - s <= ml
-            ms.append([ln, e - s, 1 if t else 0, e - s if keep else 0])
-            if keep:
-                parts.append(d[s:e])
-            i = d.find(nd, e + 1) if t else -1
-        heads.append({"m": ms})
+        heads.append({"m": lines_with(d, nd, ml, parts)[0]})
     out({"r": heads}, b"".join(parts))
+
+
+def findtree(r):
+    mx, nd, ml = r.get("max", 0), r.get("needle", "").encode(), r.get("ml", 0)
+    skip, cap, budget = set(r.get("skip", [])), r.get("files", 0), r.get("out", 0)
+    deadline = time.monotonic() + r.get("secs", 30)
+    items, parts, used, seen = [], [], 0, 0
+    if not os.path.isdir(r.get("p")):
+        return out({"e": "os", "errno": 20, "msg": "Not a directory"})
+    stack = [r.get("p")]
+    while stack:
+        if time.monotonic() > deadline:
+            return out({"e": "timeout"})
+        d = stack.pop()
+        try:
+            with os.scandir(d) as it:
+                es = sorted(((lossy(e.name), e) for e in it), key=lambda x: x[0])
+        except OSError:
+            continue
+        subs = []
+        for n, e in es:
+            full = d + n if d.endswith("/") else d + "/" + n
+            try:
+                if e.is_dir(follow_symlinks=False):
+                    if n not in skip:
+                        subs.append(full)
+                    continue
+                if not e.is_file(follow_symlinks=False):
+                    continue
+            except OSError:
+                continue
+            seen += 1
+            if seen > cap:
+                return out({"items": items, "done": 1}, b"".join(parts))
+            if n != e.name:
+                # Not valid UTF-8: the caller could not open it by this name either.
+                continue
+            h, dat = read_small(full, mx)
+            if "e" in h:
+                if h["e"] == "big":
+                    items.append({"p": full, "big": 1})
+                continue
+            if b"\0" in dat[:512]:
+                continue
+            ms, kept = lines_with(dat, nd, ml, parts)
+            if ms:
+                items.append({"p": full, "m": ms})
+                used += kept + len(ms) * (len(full) + 16)
+                if used > budget:
+                    return out({"items": items, "done": 0}, b"".join(parts))
+        stack.extend(reversed(subs))
+    out({"items": items, "done": 1}, b"".join(parts))
 
 
 def write(p, data):
@@ -211,6 +270,8 @@ while True:
             readmany(r)
         elif op == "findmany":
             findmany(r)
+        elif op == "findtree":
+            findtree(r)
         elif op == "write":
             write(p, data)
         elif op == "mkdirs":

@@ -77,7 +77,7 @@ use tokio::sync::Mutex;
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines};
+use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
@@ -1115,6 +1115,27 @@ impl Sandbox for DockerSandbox {
             .into_iter()
             .map(|r| r.map(|d| FoundLines::scan(&d, needle.as_bytes(), max_line)))
             .collect())
+    }
+
+    async fn search_tree(&self, root: &str, needle: &str, opts: &TreeSearch) -> Result<TreeFound> {
+        if self.helper.is_shell_only() {
+            return Err(SandboxError::unsupported(
+                "search_tree: no helper process in this sandbox",
+            ));
+        }
+        let p = self.abs(root)?;
+        let r = self
+            .call(
+                root,
+                json!({
+                    "op": "findtree", "p": p, "needle": needle, "max": opts.max_file_bytes,
+                    "ml": opts.max_line, "skip": opts.skip_dirs, "files": opts.max_files,
+                    "out": opts.max_output_bytes, "secs": opts.timeout.as_secs_f64(),
+                }),
+                Bytes::new(),
+            )
+            .await?;
+        files::parse_tree(&r, root)
     }
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {

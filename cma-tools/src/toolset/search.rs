@@ -538,6 +538,11 @@ impl Walk {
     }
 
     async fn run(&mut self, ctx: &ToolContext, search: &str) -> Result<(), ToolError> {
+        if let Some(needle) = self.needle.clone()
+            && let Flow::Stop = self.search_tree(ctx, search, &needle).await?
+        {
+            return Ok(());
+        }
         // Listing the search path first tells a directory (the usual case) without a `stat`;
         // anything else is looked at the way `stat` sees it.
         let first = ctx
@@ -638,6 +643,55 @@ impl Walk {
         }
         self.scan_files(ctx, pending).await?;
         Ok(())
+    }
+
+    /// A plain literal searched by the sandbox itself in one call
+    /// ([`Sandbox::search_tree`](cma_sandbox::Sandbox::search_tree)), same walk and rules as
+    /// [`Walk::run`]. `Stop`: done (output complete or full). `Continue`: not done here (the
+    /// sandbox cannot, the path is not a directory, or the walk stopped at its output bound
+    /// before this output was full): walk the usual way, from scratch.
+    async fn search_tree(
+        &mut self,
+        ctx: &ToolContext,
+        search: &str,
+        needle: &str,
+    ) -> Result<Flow, ToolError> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        let mut opts = cma_sandbox::TreeSearch::new(
+            WALK_MAX_ENTRIES,
+            SMALL_FILE,
+            GREP_MAX_LINE_LENGTH,
+            4 * GREP_OUTPUT_LIMIT,
+            left,
+        );
+        opts.skip_dirs = vec![".git".into(), "node_modules".into()];
+        let found = match ctx.sandbox.search_tree(search, needle, &opts).await {
+            Ok(found) => found,
+            Err(e) if e.kind() == cma_sandbox::SandboxErrorKind::Timeout => {
+                self.timed_out()?;
+                return Err(ToolError::msg(format!(
+                    "grep: timed out after {}s",
+                    GREP_TIMEOUT.as_secs()
+                )));
+            }
+            Err(_) => return Ok(Flow::Continue),
+        };
+        for item in &found.items {
+            let flow = match item {
+                cma_sandbox::TreeMatch::Lines { path, found } => self.take_found(path, found),
+                cma_sandbox::TreeMatch::Large { path } => self.scan(ctx, path).await?,
+                _ => Flow::Continue,
+            };
+            if let Flow::Stop = flow {
+                return Ok(Flow::Stop);
+            }
+        }
+        if found.complete {
+            return Ok(Flow::Stop);
+        }
+        self.hits.clear();
+        self.budget = GREP_OUTPUT_LIMIT as i64;
+        Ok(Flow::Continue)
     }
 
     /// Search `files` (path, size from the listing) in order. Small ones are read in batches
