@@ -424,15 +424,23 @@ async fn the_first_command_of_a_pooled_sandbox_runs_like_any_other() {
     backend.close_pool().await.unwrap();
 }
 
-/// A pool container that died while it waited is removed, never handed out.
+/// `start_pool` removes a previous process's pool; a pool container that died while it waited is
+/// removed, never handed out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_pool_container_is_not_handed_out() {
     let cfg = pooled_config(1);
     let instance = cfg.instance.clone();
-    let (backend, _cleanup) = docker_support::connect(cfg).await;
+    let (backend, _cleanup) = docker_support::connect(cfg.clone()).await;
+    backend.fill_pool().await.unwrap();
+    let old = unclaimed(&backend, &instance).await;
+    assert_eq!(old.len(), 1);
+    // A new process of the same instance starts its pool: the old one's container goes.
+    let backend = DockerBackend::connect(cfg).await.unwrap();
+    assert_eq!(backend.start_pool().await.unwrap(), 1);
     backend.fill_pool().await.unwrap();
     let waiting = unclaimed(&backend, &instance).await;
     assert_eq!(waiting.len(), 1);
+    assert_ne!(waiting, old);
     backend
         .client()
         .kill_container(

@@ -370,6 +370,15 @@ impl DockerBackend {
         pool::fill(self).await
     }
 
+    /// Start the warm pool after a (re)start without a full [`reconcile`](Self::reconcile):
+    /// remove this instance's pool containers that no sandbox claimed (a previous process's
+    /// pool) and the claim files of containers that are gone, then fill in the background.
+    /// Claimed sandboxes are untouched (they are listed like any sandbox, for the control
+    /// plane's own recovery). Returns how many containers were removed.
+    pub async fn start_pool(&self) -> Result<usize> {
+        pool::remove_unclaimed(self).await
+    }
+
     /// Stop refilling the warm pool and remove its unclaimed containers (at shutdown). Claimed
     /// sandboxes are untouched; `create` no longer uses the pool afterwards.
     pub async fn close_pool(&self) -> Result<()> {
