@@ -9,9 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
-    refs.iter().map(|c| u64::from(c.stored_size)).sum()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_path_writes_the_archive_the_export_writes() {

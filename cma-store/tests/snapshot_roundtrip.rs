@@ -108,9 +108,6 @@ async fn an_incremental_save_uploads_only_changed_chunks() {
     assert_eq!(listing(&dst.host), want);
 }
 
-fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
-    refs.iter().map(|c| u64::from(c.stored_size)).sum()
-}
 
 /// Stored bytes of repeated chunks (uploaded once).
 fn dup_bytes(m: &cma_store::SnapshotManifest) -> u64 {

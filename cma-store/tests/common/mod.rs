@@ -178,6 +178,11 @@ pub fn sparse_file(path: &Path, size: u64) {
     }
 }
 
+/// Stored bytes of a list of chunks (a snapshot's tables, say).
+pub fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
+    refs.iter().map(|c| u64::from(c.stored_size)).sum()
+}
+
 pub fn config() -> SnapshotConfig {
     let mut c = SnapshotConfig::default();
     c.gc.chunk_grace = std::time::Duration::ZERO;
