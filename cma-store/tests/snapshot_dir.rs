@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use common::*;
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_directory_path_writes_the_archive_the_export_writes() {
     let tmp = tempfile::tempdir().unwrap();
@@ -137,4 +136,28 @@ async fn an_incremental_save_skips_unchanged_files_and_sees_every_change() {
         "{data} of {}",
         first.uploaded_bytes
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_deeper_than_the_walk_allows_is_saved_from_the_export() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    let mut deep = src.host.join("deep");
+    for i in 0..300 {
+        deep = deep.join(format!("l{i}"));
+    }
+    std::fs::create_dir_all(&deep).unwrap();
+    std::fs::write(deep.join("bottom.txt"), b"far down").unwrap();
+    std::fs::write(src.host.join("top.txt"), b"up here").unwrap();
+    let m = store
+        .save("sesn_deep", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    assert!(m.files.is_empty(), "saved from the export stream");
+    assert_eq!(m.file_count, 2);
+    let dst = iso.sandbox().await;
+    store.restore(&m.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
 }

@@ -170,7 +170,6 @@ async fn orphaned_chunks(store: &SnapshotStore, src: &TestSandbox) -> SnapshotMa
     m
 }
 
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
     let tmp = tempfile::tempdir().unwrap();

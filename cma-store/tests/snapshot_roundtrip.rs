@@ -108,7 +108,6 @@ async fn an_incremental_save_uploads_only_changed_chunks() {
     assert_eq!(listing(&dst.host), want);
 }
 
-
 /// Stored bytes of repeated chunks (uploaded once).
 fn dup_bytes(m: &cma_store::SnapshotManifest) -> u64 {
     let mut seen = std::collections::HashSet::new();

@@ -114,7 +114,12 @@ impl SnapshotStore {
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
         if let Some(dir) = sandbox.local_workspace() {
-            return self.save_dir(session_id, dir, parent).await;
+            match self.save_dir(session_id, dir, parent).await {
+                Err(Error::InvalidInput { message }) if message == walk::TOO_DEEP => {
+                    tracing::debug!(session_id, "workspace too deep to walk; saving its export");
+                }
+                r => return r,
+            }
         }
         let stream = sandbox
             .export_workspace()

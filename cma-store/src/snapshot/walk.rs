@@ -38,8 +38,13 @@ use super::manifest::{ChunkRef, ChunkerParams};
 pub(crate) const BIG_FILE: u64 = 256 * 1024;
 /// Entries changed this close to the save's start are not trusted next time.
 pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
-/// Deepest nesting walked (as the isolate export).
-const MAX_DEPTH: usize = 1024;
+/// Deepest nesting walked: one directory handle stays open per level, so this bounds the
+/// descriptors a save holds. Deeper trees are saved from the export stream instead (see
+/// [`TOO_DEEP`]).
+pub(crate) const MAX_DEPTH: usize = 128;
+
+/// The walk met a tree deeper than [`MAX_DEPTH`].
+pub(crate) const TOO_DEEP: &str = "directory nesting too deep for the directory walk";
 /// Read size for big files.
 const READ_BLOCK: usize = 1 << 20;
 
@@ -187,7 +192,7 @@ impl Walker<'_> {
     fn walk_dir(&mut self, rel: PathBuf, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::InvalidInput {
-                message: format!("directory nesting deeper than {MAX_DEPTH} levels"),
+                message: TOO_DEEP.to_owned(),
             });
         }
         let dir_idx = self.dirs.len() - 1;
