@@ -113,7 +113,8 @@ pub trait Sandbox: Send + Sync {
     /// Walk the directory `root` depth first (a directory's entries in name order, its regular
     /// files before its subdirectories; symlinks and special files are not followed or read;
     /// [`TreeSearch::skip_dirs`] not entered) and find, in each regular file, the lines holding
-    /// `needle` as [`find_lines`](Sandbox::find_lines) does; unreadable files and directories
+    /// `needle` as [`find_lines`](Sandbox::find_lines) does (binary files left out); with an
+    /// empty `needle`, each text file's whole content instead. Unreadable files and directories
     /// are passed over. One call for a whole tree: the search runs where the files are.
     /// Backends that cannot do better than the caller's own walk fail with
     /// [`Unsupported`](crate::SandboxErrorKind::Unsupported) (the default).

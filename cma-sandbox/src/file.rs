@@ -177,6 +177,13 @@ pub enum TreeMatch {
         /// The lines.
         found: FoundLines,
     },
+    /// A text file's whole content (a search without a string).
+    Contents {
+        /// Its sandbox path.
+        path: String,
+        /// Its bytes.
+        data: Bytes,
+    },
     /// A regular file over [`TreeSearch::max_file_bytes`]: not searched (the caller streams it).
     Large {
         /// Its sandbox path.
@@ -192,6 +199,9 @@ pub struct TreeFound {
     pub items: Vec<TreeMatch>,
     /// `false` when the walk stopped at [`TreeSearch::max_output_bytes`] before its end.
     pub complete: bool,
+    /// How many regular files the walk went through (all of them reported on, when it stopped
+    /// early): a caller that goes on by itself skips that many.
+    pub files_seen: usize,
 }
 
 /// A streaming reader over a file's bytes, from [`Sandbox::open_read`](crate::Sandbox::open_read).

@@ -118,6 +118,11 @@ fn bench(c: &mut Criterion) {
     g.bench_function("grep/tool", |b| {
         b.iter(|| call("grep", json!({"pattern": "needle"})))
     });
+    // A pattern with regex syntax: walked here with batched listings and reads (a plain
+    // literal is searched inside the sandbox in one call).
+    g.bench_function("grep_regex/tool", |b| {
+        b.iter(|| call("grep", json!({"pattern": "ne+dle"})))
+    });
     g.bench_function("grep/docker_exec_cli", |b| {
         b.iter(|| cli(&["exec", &cid, "grep", "-rn", "needle", "/workspace"], None))
     });

@@ -121,3 +121,32 @@ async fn check(sb: Arc<dyn Sandbox>) {
         Some(format!("{w}/d1/deep/z.txt:3:needle deep").as_str())
     );
 }
+
+/// More file contents than one `search_tree` call brings back (8 MiB): the walk goes on here
+/// after the files the sandbox went through, nothing lost or repeated.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_regex_grep_longer_than_one_sandbox_call_on_docker() {
+    use cma_sandbox::{SandboxBackend, SandboxSpec};
+    let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    let w = sb.workdir().trim_end_matches('/').to_owned();
+    let filler = "0123456789abcdef".repeat(16 * 1024 - 1);
+    let mut expected = Vec::new();
+    for i in 0..40 {
+        let dir = if i < 20 { "a" } else { "b" };
+        let path = format!("{w}/{dir}/f{i:02}.txt");
+        sb.write_file(&path, Bytes::from(format!("{filler}\nmark {i} end\n")))
+            .await
+            .unwrap();
+        expected.push(format!("{path}:2:mark {i} end"));
+    }
+    let mut reg = ToolRegistry::new();
+    reg.extend(agent_toolset());
+    let ctx = ToolContext::new(sb.clone());
+    let grep = reg.get("grep").unwrap();
+    for pattern in [r"mark \d+ end", "end"] {
+        let r = call_tool_in(grep.as_ref(), &ctx, json!({"pattern": pattern})).await;
+        assert_eq!(r.text(), Some(expected.join("\n").as_str()), "{pattern}");
+    }
+    backend.destroy(sb.id()).await.unwrap();
+}

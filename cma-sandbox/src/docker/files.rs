@@ -721,6 +721,7 @@ pub(crate) fn parse_tree(reply: &Reply, root: &str) -> Result<crate::file::TreeF
     let mut out = TreeFound {
         items: Vec::new(),
         complete: reply.head.get("done").and_then(Value::as_u64) == Some(1),
+        files_seen: reply.head.get("seen").and_then(Value::as_u64).unwrap_or(0) as usize,
     };
     let mut off = 0usize;
     for item in reply
@@ -737,6 +738,18 @@ pub(crate) fn parse_tree(reply: &Reply, root: &str) -> Result<crate::file::TreeF
             .to_owned();
         if item.get("big").is_some() {
             out.items.push(TreeMatch::Large { path });
+            continue;
+        }
+        if let Some(len) = item.get("c").and_then(Value::as_u64) {
+            let end = off.saturating_add(len as usize);
+            if end > reply.data.len() {
+                return Err(short());
+            }
+            out.items.push(TreeMatch::Contents {
+                path,
+                data: reply.data.slice(off..end),
+            });
+            off = end;
             continue;
         }
         let mut found = FoundLines::default();

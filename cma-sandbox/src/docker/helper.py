@@ -146,6 +146,9 @@ def findmany(r):
 
 
 def findtree(r):
+    # Walk as the grep tool does; per text file its lines holding the needle, or (no needle)
+    # its whole content; files over max reported as big. Stops past `out` bytes (done 0) and
+    # says how many regular files it went through (seen).
     mx, nd, ml = r.get("max", 0), r.get("needle", "").encode(), r.get("ml", 0)
     skip, cap, budget = set(r.get("skip", [])), r.get("files", 0), r.get("out", 0)
     deadline = time.monotonic() + r.get("secs", 30)
@@ -176,7 +179,7 @@ def findtree(r):
                 continue
             seen += 1
             if seen > cap:
-                return out({"items": items, "done": 1}, b"".join(parts))
+                return out({"items": items, "done": 1, "seen": seen}, b"".join(parts))
             if n != e.name:
                 # Not valid UTF-8: the caller could not open it by this name either.
                 continue
@@ -187,14 +190,20 @@ def findtree(r):
                 continue
             if b"\0" in dat[:512]:
                 continue
-            ms, kept = lines_with(dat, nd, ml, parts)
-            if ms:
-                items.append({"p": full, "m": ms})
-                used += kept + len(ms) * (len(full) + 16)
-                if used > budget:
-                    return out({"items": items, "done": 0}, b"".join(parts))
+            if not nd:
+                # No string: the whole content of each text file.
+                items.append({"p": full, "c": len(dat)})
+                parts.append(dat)
+                used += len(dat) + len(full) + 16
+            else:
+                ms, kept = lines_with(dat, nd, ml, parts)
+                if ms:
+                    items.append({"p": full, "m": ms})
+                    used += kept + len(ms) * (len(full) + 16)
+            if used > budget:
+                return out({"items": items, "done": 0, "seen": seen}, b"".join(parts))
         stack.extend(reversed(subs))
-    out({"items": items, "done": 1}, b"".join(parts))
+    out({"items": items, "done": 1, "seen": seen}, b"".join(parts))
 
 
 def write(p, data):

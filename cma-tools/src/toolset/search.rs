@@ -384,6 +384,7 @@ impl Tool for GrepTool {
             rx,
             literal,
             needle,
+            skip_files: 0,
             hits: Vec::new(),
             budget: GREP_OUTPUT_LIMIT as i64,
             deadline: Instant::now() + GREP_TIMEOUT,
@@ -503,6 +504,8 @@ struct Walk {
     /// The same literal, searched for inside the sandbox
     /// ([`Sandbox::find_lines`](cma_sandbox::Sandbox::find_lines)): only its lines come back.
     needle: Option<String>,
+    /// Regular files (in walk order) the sandbox already searched.
+    skip_files: usize,
     hits: Vec<String>,
     budget: i64,
     deadline: Instant,
@@ -538,9 +541,8 @@ impl Walk {
     }
 
     async fn run(&mut self, ctx: &ToolContext, search: &str) -> Result<(), ToolError> {
-        if let Some(needle) = self.needle.clone()
-            && let Flow::Stop = self.search_tree(ctx, search, &needle).await?
-        {
+        let needle = self.needle.clone().unwrap_or_default();
+        if let Flow::Stop = self.search_tree(ctx, search, &needle).await? {
             return Ok(());
         }
         // Listing the search path first tells a directory (the usual case) without a `stat`;
@@ -628,6 +630,10 @@ impl Walk {
                     self.scan_files(ctx, pending).await?;
                     return Ok(());
                 }
+                if seen <= self.skip_files {
+                    // Searched by the sandbox already.
+                    continue;
+                }
                 if e.stat.size <= SMALL_FILE {
                     pending_bytes += e.stat.size;
                 }
@@ -645,11 +651,12 @@ impl Walk {
         Ok(())
     }
 
-    /// A plain literal searched by the sandbox itself in one call
-    /// ([`Sandbox::search_tree`](cma_sandbox::Sandbox::search_tree)), same walk and rules as
-    /// [`Walk::run`]. `Stop`: done (output complete or full). `Continue`: not done here (the
-    /// sandbox cannot, the path is not a directory, or the walk stopped at its output bound
-    /// before this output was full): walk the usual way, from scratch.
+    /// The walk done by the sandbox itself in one call
+    /// ([`Sandbox::search_tree`](cma_sandbox::Sandbox::search_tree)), same order and rules as
+    /// below: for a plain literal only the lines holding it come back, for a regex the text
+    /// files' contents. `Stop`: done (walk complete or output full). `Continue`: go on the
+    /// usual way (the sandbox cannot, the path is not a directory, or its walk stopped at its
+    /// output bound: then the files it went through are skipped).
     async fn search_tree(
         &mut self,
         ctx: &ToolContext,
@@ -661,7 +668,11 @@ impl Walk {
             WALK_MAX_ENTRIES,
             SMALL_FILE,
             GREP_MAX_LINE_LENGTH,
-            4 * GREP_OUTPUT_LIMIT,
+            if needle.is_empty() {
+                TREE_CONTENT_BYTES
+            } else {
+                4 * GREP_OUTPUT_LIMIT
+            },
             left,
         );
         opts.skip_dirs = vec![".git".into(), "node_modules".into()];
@@ -679,6 +690,7 @@ impl Walk {
         for item in &found.items {
             let flow = match item {
                 cma_sandbox::TreeMatch::Lines { path, found } => self.take_found(path, found),
+                cma_sandbox::TreeMatch::Contents { path, data } => self.scan_bytes(path, data),
                 cma_sandbox::TreeMatch::Large { path } => self.scan(ctx, path).await?,
                 _ => Flow::Continue,
             };
@@ -689,8 +701,7 @@ impl Walk {
         if found.complete {
             return Ok(Flow::Stop);
         }
-        self.hits.clear();
-        self.budget = GREP_OUTPUT_LIMIT as i64;
+        self.skip_files = found.files_seen;
         Ok(Flow::Continue)
     }
 
@@ -867,6 +878,8 @@ impl Walk {
 const SMALL_FILE: u64 = 256 * 1024;
 /// Most listed bytes read in one batch.
 const BATCH_BYTES: u64 = 4 * 1024 * 1024;
+/// Most bytes of file contents one `search_tree` call brings back (regex patterns).
+const TREE_CONTENT_BYTES: usize = 8 * 1024 * 1024;
 /// Most files read in one batch.
 const BATCH_FILES: usize = 1024;
 /// Most directories listed in one batch.
