@@ -291,6 +291,8 @@ fn benches(c: &mut Criterion) {
         })
     });
 
+    // Restored sandboxes are destroyed after the group, as the full saves' stores are.
+    let mut restored = Vec::new();
     g.bench_function("restore", |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -299,7 +301,7 @@ fn benches(c: &mut Criterion) {
                 let t = Instant::now();
                 rt.block_on(store.restore(&last.id, dst.as_ref())).unwrap();
                 let d = t.elapsed();
-                rt.block_on(f.backend.destroy(dst.id())).unwrap();
+                restored.push(dst);
                 figures.lock().unwrap().restore.push(d);
                 total += d;
             }
@@ -307,6 +309,9 @@ fn benches(c: &mut Criterion) {
         })
     });
     g.finish();
+    for dst in restored {
+        rt.block_on(f.backend.destroy(dst.id())).unwrap();
+    }
 
     let mut fig = figures.lock().unwrap();
     let mb = f.bytes as f64 / (1 << 20) as f64;
