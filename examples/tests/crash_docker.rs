@@ -55,9 +55,23 @@ impl Drop for Sweep {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_cma_run_mid_session_loses_nothing_and_leaks_nothing() {
+    crash_and_restart(0).await;
+}
+
+/// The same with a warm pool: the session's sandbox is a claimed pool container, whose identity
+/// survives the kill in the claim files under the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_warm_pool_too() {
+    crash_and_restart(1).await;
+}
+
+async fn crash_and_restart(prestart: usize) {
+    let dir = tempfile::tempdir().unwrap();
     let instance = format!("crash-{}", uuid_like());
     let mut cfg = DockerConfig::new(image());
     cfg.instance = instance.clone();
+    // The same claim files `cma run` keeps (its data dir), so pool sandboxes list the same.
+    cfg.state_dir = dir.path().join("data/docker");
     let backend = DockerBackend::connect(cfg).await.unwrap_or_else(|e| {
         panic!("this test needs dockerd and the test image (source .ci/setup.d/20-docker.sh): {e}")
     });
@@ -84,7 +98,6 @@ async fn killing_cma_run_mid_session_loses_nothing_and_leaks_nothing() {
         )
         .expect("session");
 
-    let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("cma.json");
     std::fs::write(
         &config,
@@ -96,6 +109,7 @@ async fn killing_cma_run_mid_session_loses_nothing_and_leaks_nothing() {
             "docker_instance": instance,
             "data_dir": dir.path().join("data"),
             "max_idle_seconds": 2,
+            "docker_prestart": prestart,
         })
         .to_string(),
     )
@@ -115,6 +129,16 @@ async fn killing_cma_run_mid_session_loses_nothing_and_leaks_nothing() {
         running.len(),
         1,
         "the session's sandbox outlives the killed process"
+    );
+    let claim = dir
+        .path()
+        .join("data/docker/claims")
+        .join(format!("i-{instance}"))
+        .join(format!("{}.json", running[0].id.as_str()));
+    assert_eq!(
+        claim.exists(),
+        prestart > 0,
+        "with a pool the session's sandbox is a claimed pool container"
     );
 
     // Run 2: recovers from the state store, re-adopts the sandbox, finishes the item.

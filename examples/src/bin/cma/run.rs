@@ -82,11 +82,19 @@ pub struct RunConfig {
     pub backend: String,
     /// Image of Docker sandboxes (it must exist locally; never pulled).
     #[serde(default)]
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
     pub docker_image: Option<String>,
     /// This control plane's name on the Docker engine (a label on its containers): `list`,
     /// recovery and orphan sweeps only touch containers with it. Default `default`.
     #[serde(default)]
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
     pub docker_instance: Option<String>,
+    /// Docker warm pool: this many started, isolated, unassigned containers are kept ready, so a
+    /// new session's sandbox and its first command take tens of milliseconds instead of
+    /// hundreds. Default 0 (no pool). Claims are recorded under `<data_dir>/docker`.
+    #[serde(default)]
+    #[cfg_attr(not(feature = "docker"), allow(dead_code))]
+    pub docker_prestart: usize,
     /// Where workspace snapshots go: an object-store URL (`file:///dir`, `memory:///`, or with
     /// `cma-store`'s features `s3://bucket/prefix`, `gs://…`, `az://…`; credentials from the
     /// usual environment variables of that store); default `<data_dir>/snapshots`; `"off"` keeps
@@ -259,6 +267,8 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     let client = Client::new(client_config).map_err(|e| e.to_string())?;
 
     let dir = data_dir(&config);
+    #[cfg(feature = "docker")]
+    let mut docker_backend: Option<Arc<cma_sandbox::docker::DockerBackend>> = None;
     let backend: Arc<dyn SandboxBackend> = match config.backend.as_str() {
         "isolate" => Arc::new(
             IsolateBackend::new(dir.join("isolate"))
@@ -274,11 +284,16 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             if let Some(instance) = &config.docker_instance {
                 docker.instance = instance.clone();
             }
-            Arc::new(
+            // Kept across restarts: pool claims live here.
+            docker.state_dir = dir.join("docker");
+            docker.prestart = config.docker_prestart;
+            let b = Arc::new(
                 cma_sandbox::docker::DockerBackend::connect(docker)
                     .await
                     .map_err(|e| format!("docker backend: {e}"))?,
-            )
+            );
+            docker_backend = Some(b.clone());
+            b
         }
         other => {
             let available = if cfg!(feature = "docker") {
@@ -336,6 +351,25 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     let host = Arc::new(host);
     let recovered = host.recover().await.map_err(|e| e.to_string())?;
     tracing::info!(?recovered, "recovered from the state store");
+    #[cfg(feature = "docker")]
+    if let Some(docker) = &docker_backend
+        && config.docker_prestart > 0
+    {
+        let removed = docker
+            .start_pool()
+            .await
+            .map_err(|e| format!("docker warm pool: {e}"))?;
+        // Ready before the first claim, so the first sessions get pool sandboxes too.
+        docker
+            .fill_pool()
+            .await
+            .map_err(|e| format!("docker warm pool: {e}"))?;
+        tracing::info!(
+            removed,
+            size = config.docker_prestart,
+            "docker warm pool started"
+        );
+    }
     let plane_config = ControlPlaneConfig {
         concurrency: config.concurrency,
         runner: RunnerConfig {
@@ -383,6 +417,13 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     plane.shutdown(SHUTDOWN_GRACE).await;
     if let Some(task) = listener {
         task.abort();
+    }
+    #[cfg(feature = "docker")]
+    if let Some(docker) = &docker_backend
+        && config.docker_prestart > 0
+        && let Err(e) = docker.close_pool().await
+    {
+        tracing::warn!(error = %e, "removing the docker warm pool failed; the next start removes it");
     }
     let stats = plane.stats();
     eprintln!(
