@@ -577,13 +577,15 @@ pub(crate) fn parse_entries(head: &Value) -> Vec<DirEntry> {
     out
 }
 
-/// Split a `readmany` reply into one result per requested path. `abs` holds each path's
-/// resolved form (or why it could not be resolved: such paths were not sent).
-pub(crate) fn split_many(
+/// The per-path results of a batch reply: each requested path gets `each(head, path)` of its
+/// head in order, unless it could not be resolved (`abs`: such paths were not sent), the helper
+/// reported an error for it, or the reply has too few heads.
+fn per_path<T>(
     reply: &Reply,
     paths: &[String],
     abs: Vec<Result<String>>,
-) -> Vec<Result<Bytes>> {
+    mut each: impl FnMut(&Value, &str) -> Result<T>,
+) -> Vec<Result<T>> {
     let heads = reply
         .head
         .get("r")
@@ -591,7 +593,6 @@ pub(crate) fn split_many(
         .map(Vec::as_slice)
         .unwrap_or_default();
     let mut heads = heads.iter();
-    let mut off = 0usize;
     paths
         .iter()
         .zip(abs)
@@ -607,20 +608,33 @@ pub(crate) fn split_many(
             if let Some(kind) = h.get("e").and_then(Value::as_str) {
                 return Err(reply_error(kind, h, path));
             }
-            let len = h.get("l").and_then(Value::as_u64).unwrap_or(0) as usize;
-            let end = off.saturating_add(len);
-            if end > reply.data.len() {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::Backend,
-                    "file helper sent a short batch",
-                )
-                .with_path(path));
-            }
-            let data = reply.data.slice(off..end);
-            off = end;
-            Ok(data)
+            each(h, path)
         })
         .collect()
+}
+
+fn short_batch(path: &str) -> SandboxError {
+    SandboxError::new(SandboxErrorKind::Backend, "file helper sent a short batch").with_path(path)
+}
+
+/// Split a `readmany` reply into one result per requested path. `abs` holds each path's
+/// resolved form (or why it could not be resolved: such paths were not sent).
+pub(crate) fn split_many(
+    reply: &Reply,
+    paths: &[String],
+    abs: Vec<Result<String>>,
+) -> Vec<Result<Bytes>> {
+    let mut off = 0usize;
+    per_path(reply, paths, abs, |h, path| {
+        let len = h.get("l").and_then(Value::as_u64).unwrap_or(0) as usize;
+        let end = off.saturating_add(len);
+        if end > reply.data.len() {
+            return Err(short_batch(path));
+        }
+        let data = reply.data.slice(off..end);
+        off = end;
+        Ok(data)
+    })
 }
 
 /// Split a `listmany` reply into one listing per requested path (see [`split_many`]).
@@ -629,31 +643,7 @@ pub(crate) fn split_dirs(
     paths: &[String],
     abs: Vec<Result<String>>,
 ) -> Vec<Result<Vec<DirEntry>>> {
-    let heads = reply
-        .head
-        .get("r")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut heads = heads.iter();
-    paths
-        .iter()
-        .zip(abs)
-        .map(|(path, a)| {
-            a?;
-            let Some(h) = heads.next() else {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::Backend,
-                    "file helper sent too few results",
-                )
-                .with_path(path));
-            };
-            if let Some(kind) = h.get("e").and_then(Value::as_str) {
-                return Err(reply_error(kind, h, path));
-            }
-            Ok(parse_entries(h))
-        })
-        .collect()
+    per_path(reply, paths, abs, |h, _| Ok(parse_entries(h)))
 }
 
 /// Split a `findmany` reply into one result per requested path (see [`split_many`]).
@@ -663,52 +653,30 @@ pub(crate) fn split_found(
     abs: Vec<Result<String>>,
 ) -> Vec<Result<crate::file::FoundLines>> {
     use crate::file::{FoundLines, LineMatch};
-    let heads = reply
-        .head
-        .get("r")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut heads = heads.iter();
     let mut off = 0usize;
-    let short = |path: &str| {
-        SandboxError::new(SandboxErrorKind::Backend, "file helper sent a short batch")
-            .with_path(path)
-    };
-    paths
-        .iter()
-        .zip(abs)
-        .map(|(path, a)| {
-            a?;
-            let Some(h) = heads.next() else {
-                return Err(short(path));
-            };
-            if let Some(kind) = h.get("e").and_then(Value::as_str) {
-                return Err(reply_error(kind, h, path));
+    per_path(reply, paths, abs, |h, path| {
+        let mut found = FoundLines::default();
+        if h.get("b").is_some() {
+            found.binary = true;
+            return Ok(found);
+        }
+        for m in h.get("m").and_then(Value::as_array).into_iter().flatten() {
+            let n = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
+            let kept = n(3) as usize;
+            let end = off.saturating_add(kept);
+            if end > reply.data.len() {
+                return Err(short_batch(path));
             }
-            let mut found = FoundLines::default();
-            if h.get("b").is_some() {
-                found.binary = true;
-                return Ok(found);
-            }
-            for m in h.get("m").and_then(Value::as_array).into_iter().flatten() {
-                let n = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
-                let kept = n(3) as usize;
-                let end = off.saturating_add(kept);
-                if end > reply.data.len() {
-                    return Err(short(path));
-                }
-                found.lines.push(LineMatch {
-                    number: n(0),
-                    len: n(1),
-                    terminated: n(2) == 1,
-                    text: reply.data.slice(off..end),
-                });
-                off = end;
-            }
-            Ok(found)
-        })
-        .collect()
+            found.lines.push(LineMatch {
+                number: n(0),
+                len: n(1),
+                terminated: n(2) == 1,
+                text: reply.data.slice(off..end),
+            });
+            off = end;
+        }
+        Ok(found)
+    })
 }
 
 /// Parse a `findtree` reply.
