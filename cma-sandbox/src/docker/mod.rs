@@ -935,6 +935,27 @@ impl DockerSandbox {
         }
         r
     }
+
+    /// One helper call for a batch of paths: `req` gets their resolved forms as `ps` (paths that
+    /// do not resolve are left out; the reply splitters report them). `None` when the sandbox
+    /// has no helper, or lost it on this call: the caller then goes path by path.
+    async fn batch_call(
+        &self,
+        paths: &[String],
+        mut req: serde_json::Value,
+    ) -> Result<Option<(files::Reply, Vec<Result<String>>)>> {
+        if self.helper.is_shell_only() || paths.is_empty() {
+            return Ok(None);
+        }
+        let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
+        let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
+        req["ps"] = json!(ps);
+        match self.call(&paths[0], req, Bytes::new()).await {
+            Ok(r) => Ok(Some((r, abs))),
+            Err(_) if self.helper.is_shell_only() => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
 }
 
 #[async_trait]
@@ -998,21 +1019,9 @@ impl Sandbox for DockerSandbox {
     ) -> Result<Vec<Result<Bytes>>> {
         // One helper round trip for the whole batch (the `grep` tool reads a directory's small
         // files this way).
-        if !self.helper.is_shell_only() && !paths.is_empty() {
-            let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
-            let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
-            match self
-                .call(
-                    &paths[0],
-                    json!({"op": "readmany", "ps": ps, "max": max_bytes_each}),
-                    Bytes::new(),
-                )
-                .await
-            {
-                Ok(r) => return Ok(files::split_many(&r, paths, abs)),
-                Err(_) if self.helper.is_shell_only() => {}
-                Err(e) => return Err(e),
-            }
+        let req = json!({"op": "readmany", "max": max_bytes_each});
+        if let Some((r, abs)) = self.batch_call(paths, req).await? {
+            return Ok(files::split_many(&r, paths, abs));
         }
         let mut out = Vec::with_capacity(paths.len());
         for p in paths {
@@ -1102,21 +1111,10 @@ impl Sandbox for DockerSandbox {
         max_line: usize,
     ) -> Result<Vec<Result<FoundLines>>> {
         // Searched inside the helper: only the matching lines cross.
-        if !self.helper.is_shell_only() && !paths.is_empty() {
-            let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
-            let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
-            match self
-                .call(
-                    &paths[0],
-                    json!({"op": "findmany", "ps": ps, "max": max_bytes_each, "needle": needle, "ml": max_line}),
-                    Bytes::new(),
-                )
-                .await
-            {
-                Ok(r) => return Ok(files::split_found(&r, paths, abs)),
-                Err(_) if self.helper.is_shell_only() => {}
-                Err(e) => return Err(e),
-            }
+        let req =
+            json!({"op": "findmany", "max": max_bytes_each, "needle": needle, "ml": max_line});
+        if let Some((r, abs)) = self.batch_call(paths, req).await? {
+            return Ok(files::split_found(&r, paths, abs));
         }
         Ok(self
             .read_files(paths, max_bytes_each)
@@ -1148,17 +1146,8 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
-        if !self.helper.is_shell_only() && !paths.is_empty() {
-            let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
-            let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
-            match self
-                .call(&paths[0], json!({"op": "listmany", "ps": ps}), Bytes::new())
-                .await
-            {
-                Ok(r) => return Ok(files::split_dirs(&r, paths, abs)),
-                Err(_) if self.helper.is_shell_only() => {}
-                Err(e) => return Err(e),
-            }
+        if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
+            return Ok(files::split_dirs(&r, paths, abs));
         }
         let mut out = Vec::with_capacity(paths.len());
         for p in paths {
