@@ -447,7 +447,10 @@ pub(crate) struct Request {
     pub query: Vec<(String, String)>,
     pub body: Body,
     pub helper: Option<Helper>,
+    /// Send `Anthropic-Worker-ID` (polls only): this id, else the configured one.
     pub send_worker_id: bool,
+    /// The worker id of this request, overriding the configured one.
+    pub worker_id: Option<Arc<str>>,
     /// The resource beta appended to the configured ones.
     pub beta: Beta,
     /// `accept` value (default `application/json`).
@@ -463,6 +466,7 @@ impl Request {
             body: Body::None,
             helper: None,
             send_worker_id: false,
+            worker_id: None,
             beta: Beta::ManagedAgents,
             accept: "application/json",
         }
@@ -678,7 +682,7 @@ impl Client {
             h.insert("anthropic-workspace-id", static_value(ws)?);
         }
         if req.send_worker_id
-            && let Some(id) = &cfg.worker_id
+            && let Some(id) = req.worker_id.as_deref().or(cfg.worker_id.as_deref())
         {
             h.insert("anthropic-worker-id", static_value(id)?);
         }

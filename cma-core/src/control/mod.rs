@@ -5,6 +5,7 @@
 //! [`record`] writes what happens to a state store (feature `store`).
 
 pub mod host;
+pub mod identity;
 pub mod plane;
 pub mod record;
 pub mod select;

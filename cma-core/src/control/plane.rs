@@ -38,6 +38,11 @@ pub struct ControlPlaneConfig {
     /// forgets the leases a previous process of the same replica left behind. Default: `cma-`
     /// and the host name.
     pub replica_id: String,
+    /// The `Anthropic-Worker-ID` every poll carries (the API counts `workers_polling` from it).
+    /// `None` (default): the client's configured worker id if it has one, else
+    /// [`default_worker_id`](super::identity::default_worker_id) — `<hostname>-<12 hex digits>`,
+    /// the official worker's default, the same for the whole process.
+    pub worker_id: Option<String>,
 }
 
 /// The default [`ControlPlaneConfig::replica_id`].
@@ -63,6 +68,7 @@ impl Default for ControlPlaneConfig {
             reclaim_older_than_ms: None,
             runner: RunnerConfig::default(),
             replica_id: default_replica_id(),
+            worker_id: None,
         }
     }
 }
@@ -245,10 +251,25 @@ impl ControlPlaneBuilder {
                 "poll_block_ms must be within 1..=999".into(),
             ));
         }
+        let worker_id = match &self.config.worker_id {
+            Some(id) => {
+                if id.is_empty() || http::HeaderValue::from_str(id).is_err() {
+                    return Err(ControlPlaneError::Config(
+                        "worker_id must be a non-empty, valid header value".into(),
+                    ));
+                }
+                id.clone()
+            }
+            None => match self.client.config().worker_id() {
+                Some(id) => id.to_owned(),
+                None => super::identity::default_worker_id().to_owned(),
+            },
+        };
         let queue = self
             .client
             .environment(self.environment_id.clone(), self.environment_key.clone())
-            .with_helper(Some(Helper::WorkPoller));
+            .with_helper(Some(Helper::WorkPoller))
+            .with_worker_id(Some(&worker_id));
         let mut runner = SessionRunner::new(self.client, self.environment_id, self.environment_key)
             .with_config(self.config.runner.clone());
         if let Some(o) = self.observer {
@@ -314,6 +335,11 @@ impl ControlPlane {
             #[cfg(feature = "store")]
             state: None,
         }
+    }
+
+    /// The `Anthropic-Worker-ID` this plane polls with.
+    pub fn worker_id(&self) -> &str {
+        self.inner.queue.worker_id().unwrap_or_default()
     }
 
     /// Counters.
