@@ -21,8 +21,8 @@ use tokio::time::Instant;
 use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement};
 use super::warm::WarmPool;
-use crate::control::snapshots::WorkspaceSnapshots;
-use crate::protocol::{Session, SessionId, Work, WorkId};
+use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
+use crate::protocol::{Session, SessionId, SessionStatus, Work, WorkId};
 use crate::runner::lease::LeaseEnd;
 use crate::runner::memory::memory_mounts;
 use crate::runner::session::{HostError, SessionHost, ToolExecutor};
@@ -118,6 +118,11 @@ pub struct SandboxHost {
     open: Mutex<HashMap<WorkId, Placed>>,
     state: StateRecorder,
     snapshots: Option<Arc<dyn WorkspaceSnapshots>>,
+    retention: Option<SnapshotRetention>,
+    /// When snapshot housekeeping is due next (`None`: at the first maintenance pass); locked
+    /// while a pass runs, so passes never overlap.
+    next_housekeeping: tokio::sync::Mutex<Option<Instant>>,
+    housekeeping_passes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -155,7 +160,64 @@ impl SandboxHost {
             open: Mutex::new(HashMap::new()),
             state: StateRecorder::default(),
             snapshots: None,
+            retention: None,
+            next_housekeeping: tokio::sync::Mutex::new(None),
+            housekeeping_passes: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Apply `policy` to the snapshot store (set with [`SandboxHost::with_snapshots`] first) on
+    /// the control plane's maintenance passes: every `policy.interval`, snapshots the policy
+    /// does not keep are deleted and then the chunks no snapshot uses any more. Refused when the
+    /// host has no snapshot store, the store cannot apply retention, or the policy is invalid.
+    pub fn with_snapshot_retention(mut self, policy: SnapshotRetention) -> Result<Self, HostError> {
+        policy.validate()?;
+        match &self.snapshots {
+            None => {
+                return Err(HostError::new(
+                    "snapshot retention needs a snapshot store (call with_snapshots first)",
+                ));
+            }
+            Some(store) if !store.supports_retention() => {
+                return Err(HostError::new(
+                    "this snapshot store does not implement retention",
+                ));
+            }
+            Some(_) => {}
+        }
+        self.retention = Some(policy);
+        Ok(self)
+    }
+
+    /// How many snapshot housekeeping passes (retention, then chunk collection) have run.
+    pub fn housekeeping_passes(&self) -> u64 {
+        self.housekeeping_passes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Run snapshot housekeeping if it is due; when it is due next.
+    async fn housekeep_if_due(&self) -> Option<Instant> {
+        let (Some(policy), Some(store)) = (&self.retention, &self.snapshots) else {
+            return None;
+        };
+        // Another pass is running (a second plane over this host): it sets the next time.
+        let mut next = self.next_housekeeping.try_lock().ok()?;
+        if let Some(due) = *next
+            && due > Instant::now()
+        {
+            return Some(due);
+        }
+        match store.housekeep(policy).await {
+            Ok(report) => tracing::info!(?report, "snapshot retention and chunk collection done"),
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot housekeeping failed; trying again at the next interval")
+            }
+        }
+        self.housekeeping_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let due = Instant::now() + policy.interval;
+        *next = Some(due);
+        Some(due)
     }
 
     /// Keep sessions' workspaces across sandboxes: save a snapshot when a session's work item
@@ -634,6 +696,13 @@ impl SessionHost for SandboxHost {
         let Some(placed) = lock(&self.open).remove(&work.id) else {
             return;
         };
+        if end.hands_over_session() || session.status == SessionStatus::Terminated {
+            // Another worker may own the session now, or it is over: its sandbox is nobody's
+            // next state, so it is neither kept warm nor saved as the newest snapshot.
+            tracing::info!(session_id = %session.id, reason = ?end, status = ?session.status, "destroying the sandbox (lease lost or session over)");
+            self.dispose(placed).await;
+            return;
+        }
         if let Some(store) = &self.snapshots {
             match store
                 .save(session.id.as_str(), placed.sandbox.as_ref())
@@ -659,5 +728,22 @@ impl SessionHost for SandboxHost {
         for p in evicted {
             self.dispose(p).await;
         }
+    }
+
+    async fn session_ended(&self, session_id: &SessionId) {
+        let warm = lock(&self.warm).remove(session_id);
+        if let Some(placed) = warm {
+            tracing::info!(session_id = %session_id, sandbox = placed.sandbox.id().as_str(), "session over; destroying its warm sandbox");
+            self.dispose(placed).await;
+        }
+    }
+
+    /// Destroy warm sandboxes whose keep-warm time is over, run snapshot housekeeping when it
+    /// is due; the next time either is due.
+    async fn maintain(&self) -> Option<Instant> {
+        self.reap_expired().await;
+        let housekeeping = self.housekeep_if_due().await;
+        let warm = lock(&self.warm).next_deadline().map(Instant::from_std);
+        warm.into_iter().chain(housekeeping).min()
     }
 }

@@ -4,6 +4,7 @@
 //! [`select`] chooses a backend per session; [`warm`] keeps a session's sandbox for reuse;
 //! [`record`] writes what happens to a state store (feature `store`).
 
+mod drain;
 pub mod host;
 pub mod identity;
 pub mod plane;

@@ -1,10 +1,18 @@
 //! The control plane's claim loop: take a concurrency permit, poll, ack, and hand each item to a
 //! [`SessionRunner`] on its own task (PROTOCOL.md §5.2).
 //!
-//! Two ways to claim work: [`ControlPlane::run`] long-polls forever (the SDK worker's shape), and
-//! [`ControlPlane::drain`] claims until the queue is empty (the webhook shape: a verified webhook
-//! says "work may be waiting", the host calls `drain`). Both take a permit *before* polling, so the
+//! [`ControlPlane::run`] drives the plane until [`ControlPlane::shutdown`]. It claims work the
+//! way [`ControlPlaneConfig::claim`] says: [`ClaimMode::LongPoll`] long-polls forever (the SDK
+//! worker's shape); [`ClaimMode::Webhooks`] drains the queue when a verified webhook (or
+//! [`ControlPlane::wake`]) says work may be waiting, plus a fallback drain every
+//! `fallback_poll` in case a delivery was lost — drains are coalesced, so a
+//! webhook storm costs one drain at a time. Every claim takes a permit *before* polling, so the
 //! plane never claims work it cannot start now.
+//!
+//! The plane also runs the host's housekeeping ([`SessionHost::maintain`]: warm sandboxes
+//! released at `keep_warm`, snapshot retention and chunk collection) after every item and when
+//! the host asks, and tells the host when a session is over ([`SessionHost::session_ended`]).
+//! These duties start with the first of `run`, `drain` or `on_webhook` and stop at `shutdown`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +22,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::drain::DrainGate;
 use crate::client::{ApiError, Client, Credential, EnvironmentClient, Helper, PollParams};
-use crate::protocol::{EnvironmentId, Work};
+use crate::protocol::{EnvironmentId, SessionId, Work};
 use crate::retry;
 use crate::runner::session::{
     ItemOutcome, RunnerConfig, RunnerError, RunnerObserver, SessionHost, SessionRunner,
@@ -43,6 +52,28 @@ pub struct ControlPlaneConfig {
     /// [`default_worker_id`](super::identity::default_worker_id) — `<hostname>-<12 hex digits>`,
     /// the official worker's default, the same for the whole process.
     pub worker_id: Option<String>,
+    /// How [`ControlPlane::run`] claims work (default [`ClaimMode::LongPoll`]).
+    pub claim: ClaimMode,
+    /// The longest the plane waits between two calls of the host's
+    /// [`SessionHost::maintain`] (it also calls it after every item and at the time the host
+    /// asks for). Default 60 s.
+    pub maintenance_interval: Duration,
+}
+
+/// How [`ControlPlane::run`] claims work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimMode {
+    /// Long-poll without end (the SDK worker's shape); a webhook or [`ControlPlane::wake`] only
+    /// cuts the pause after an empty poll short.
+    LongPoll,
+    /// Drain the queue at start, whenever a webhook or [`ControlPlane::wake`] says work may be
+    /// waiting (coalesced: one drain at a time plus at most one queued), and every
+    /// `fallback_poll` in case a webhook was lost.
+    Webhooks {
+        /// The interval of the fallback drain.
+        fallback_poll: Duration,
+    },
 }
 
 /// The default [`ControlPlaneConfig::replica_id`].
@@ -55,6 +86,9 @@ fn default_replica_id() -> String {
         .unwrap_or_else(|| "local".to_owned());
     format!("cma-{host}")
 }
+
+/// The default [`ControlPlaneConfig::maintenance_interval`].
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// How long a recorded lease lasts without renewal, and how often a running item renews it.
 const LEASE_RECORD_TTL: Duration = Duration::from_secs(120);
@@ -69,6 +103,8 @@ impl Default for ControlPlaneConfig {
             runner: RunnerConfig::default(),
             replica_id: default_replica_id(),
             worker_id: None,
+            claim: ClaimMode::LongPoll,
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
         }
     }
 }
@@ -100,6 +136,8 @@ struct Counters {
     claimed: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
+    drains: AtomicU64,
+    maintenance: AtomicU64,
 }
 
 /// A snapshot of the plane's counters.
@@ -113,6 +151,10 @@ pub struct ControlPlaneStats {
     pub failed: u64,
     /// Items running now.
     pub in_flight: u64,
+    /// Drains started ([`ControlPlane::drain`], webhook-triggered and fallback drains).
+    pub drains: u64,
+    /// Calls of the host's [`SessionHost::maintain`] that finished.
+    pub maintenance_passes: u64,
 }
 
 type ReportHook = Arc<dyn Fn(&ItemReport) + Send + Sync>;
@@ -130,6 +172,15 @@ struct Inner {
     counters: Counters,
     on_item: Option<ReportHook>,
     polling: std::sync::atomic::AtomicBool,
+    /// Running and queued drains (coalesced).
+    drains: std::sync::Mutex<DrainGate>,
+    /// Kicks the maintenance loop (an item ended, a session is over).
+    maintenance: Notify,
+    /// Whether the background duties were started.
+    duties_started: std::sync::atomic::AtomicBool,
+    /// A fatal poll error of a background drain, for `run` to return.
+    fatal: std::sync::Mutex<Option<ApiError>>,
+    fatal_notify: Notify,
     /// Whether the leases of a previous process were forgotten yet.
     leases_swept: std::sync::atomic::AtomicBool,
     seen_webhooks: std::sync::Mutex<RecentIds>,
@@ -251,6 +302,18 @@ impl ControlPlaneBuilder {
                 "poll_block_ms must be within 1..=999".into(),
             ));
         }
+        if self.config.maintenance_interval.is_zero() {
+            return Err(ControlPlaneError::Config(
+                "maintenance_interval must not be zero".into(),
+            ));
+        }
+        if let ClaimMode::Webhooks { fallback_poll } = self.config.claim
+            && fallback_poll.is_zero()
+        {
+            return Err(ControlPlaneError::Config(
+                "claim: the webhook fallback_poll interval must not be zero".into(),
+            ));
+        }
         let worker_id = match &self.config.worker_id {
             Some(id) => {
                 if id.is_empty() || http::HeaderValue::from_str(id).is_err() {
@@ -289,6 +352,11 @@ impl ControlPlaneBuilder {
                 counters: Counters::default(),
                 on_item: self.on_item,
                 polling: std::sync::atomic::AtomicBool::new(false),
+                drains: std::sync::Mutex::new(DrainGate::default()),
+                maintenance: Notify::new(),
+                duties_started: std::sync::atomic::AtomicBool::new(false),
+                fatal: std::sync::Mutex::new(None),
+                fatal_notify: Notify::new(),
                 leases_swept: std::sync::atomic::AtomicBool::new(false),
                 seen_webhooks: std::sync::Mutex::new(RecentIds::default()),
                 recorder: super::record::StateRecorder {
@@ -352,12 +420,110 @@ impl ControlPlane {
             finished,
             failed: c.failed.load(Ordering::Relaxed),
             in_flight: claimed.saturating_sub(finished),
+            drains: c.drains.load(Ordering::Relaxed),
+            maintenance_passes: c.maintenance.load(Ordering::Relaxed),
         }
     }
 
-    /// Nudge the long-poll loop to poll now (e.g. on a `session.*` webhook).
+    /// Work may be waiting: poll now. While [`ControlPlane::run`] long-polls, this cuts its
+    /// pause after an empty poll short; otherwise it starts a drain on a background task,
+    /// coalesced with a running one (one drain at a time, at most one queued behind it). Does
+    /// nothing after [`ControlPlane::shutdown`].
     pub fn wake(&self) {
-        self.inner.wake.notify_one();
+        if self.inner.polling.load(Ordering::SeqCst) {
+            self.inner.wake.notify_one();
+        } else {
+            self.request_drain();
+        }
+    }
+
+    /// Start a drain unless one is running (then queue one re-drain behind it).
+    fn request_drain(&self) {
+        if self.inner.stop_claiming.is_cancelled() {
+            return;
+        }
+        if !lock(&self.inner.drains).request() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("wake() outside a tokio runtime: no drain started");
+            lock(&self.inner.drains).reset();
+            return;
+        };
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn_on(async move { this.drain_loop().await }, &runtime);
+    }
+
+    /// The background drain: drain, and again while requests were queued meanwhile.
+    async fn drain_loop(&self) {
+        loop {
+            match self.drain().await {
+                Ok(n) => tracing::debug!(claimed = n, "drain finished"),
+                Err(ControlPlaneError::Poll(e)) => {
+                    tracing::error!(error = %e, "polling failed permanently; drains stop until the next request");
+                    *lock(&self.inner.fatal) = Some(e);
+                    self.inner.fatal_notify.notify_waiters();
+                    lock(&self.inner.drains).reset();
+                    return;
+                }
+                Err(e) => tracing::warn!(error = %e, "drain failed"),
+            }
+            if self.inner.stop_claiming.is_cancelled() {
+                lock(&self.inner.drains).reset();
+                return;
+            }
+            if !lock(&self.inner.drains).finished() {
+                return;
+            }
+        }
+    }
+
+    /// Start the background duties once: the maintenance loop and, with
+    /// [`ClaimMode::Webhooks`], the fallback drain.
+    fn start_duties(&self) {
+        if self.inner.stop_claiming.is_cancelled()
+            || self.inner.duties_started.swap(true, Ordering::SeqCst)
+        {
+            return;
+        }
+        let this = self.clone();
+        self.inner
+            .tasks
+            .spawn(async move { this.maintenance_loop().await });
+        if let ClaimMode::Webhooks { fallback_poll } = self.inner.config.claim {
+            let this = self.clone();
+            self.inner.tasks.spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = this.inner.stop_claiming.cancelled() => return,
+                        () = tokio::time::sleep(fallback_poll) => this.request_drain(),
+                    }
+                }
+            });
+        }
+    }
+
+    /// Call the host's `maintain` now, after every item, at the time it asks for, and at least
+    /// every `maintenance_interval`, until shutdown. A pass still running when the grace period
+    /// of `shutdown` ends is dropped.
+    async fn maintenance_loop(&self) {
+        let inner = &self.inner;
+        loop {
+            let next = tokio::select! {
+                n = inner.host.maintain() => n,
+                _ = inner.cancel_items.cancelled() => return,
+            };
+            inner.counters.maintenance.fetch_add(1, Ordering::Relaxed);
+            let cap = tokio::time::Instant::now() + inner.config.maintenance_interval;
+            let until = next.map_or(cap, |n| n.min(cap));
+            tokio::select! {
+                _ = inner.stop_claiming.cancelled() => return,
+                _ = inner.maintenance.notified() => {}
+                () = tokio::time::sleep_until(until) => {}
+            }
+        }
     }
 
     /// React to a verified webhook (PROTOCOL.md §7.3). Webhooks carry no work id; a session event
@@ -380,6 +546,7 @@ impl ControlPlane {
             return WebhookAction::Duplicate;
         }
         use WebhookEventType as T;
+        self.start_duties();
         if matches!(
             event.data.kind,
             T::SessionStatusTerminated | T::SessionDeleted
@@ -387,6 +554,15 @@ impl ControlPlane {
             self.inner
                 .recorder
                 .terminated(&event.data.id, event.data.kind.as_str())
+                .await;
+        }
+        if matches!(
+            event.data.kind,
+            T::SessionStatusTerminated | T::SessionDeleted | T::SessionArchived
+        ) {
+            self.inner
+                .host
+                .session_ended(&SessionId::from(event.data.id.clone()))
                 .await;
         }
         let wakes = matches!(
@@ -400,16 +576,7 @@ impl ControlPlane {
         if !wakes {
             return WebhookAction::Ignored;
         }
-        if self.inner.polling.load(Ordering::Relaxed) {
-            self.wake();
-        } else if !self.inner.stop_claiming.is_cancelled() {
-            let this = self.clone();
-            self.inner.tasks.spawn(async move {
-                if let Err(e) = this.drain().await {
-                    tracing::warn!(error = %e, "webhook-triggered drain failed");
-                }
-            });
-        }
+        self.wake();
         WebhookAction::Drain
     }
 
@@ -438,15 +605,37 @@ impl ControlPlane {
         fresh
     }
 
-    /// Long-poll and run items until [`ControlPlane::shutdown`]. Returns an error only when polling
-    /// fails permanently (a fatal 4xx, e.g. a wrong environment key).
+    /// Claim and run items ([`ControlPlaneConfig::claim`]) and run the background duties until
+    /// [`ControlPlane::shutdown`]. Returns an error only when polling fails permanently (a
+    /// fatal 4xx, e.g. a wrong environment key).
     pub async fn run(&self) -> Result<(), ControlPlaneError> {
-        self.inner.polling.store(true, Ordering::Relaxed);
-        let result = self
-            .claim_loop(Some(self.inner.config.poll_block_ms), false)
-            .await;
-        self.inner.polling.store(false, Ordering::Relaxed);
-        result.map(|_| ())
+        self.start_duties();
+        match self.inner.config.claim {
+            ClaimMode::LongPoll => {
+                self.inner.polling.store(true, Ordering::SeqCst);
+                let result = self
+                    .claim_loop(Some(self.inner.config.poll_block_ms), false)
+                    .await;
+                self.inner.polling.store(false, Ordering::SeqCst);
+                result.map(|_| ())
+            }
+            ClaimMode::Webhooks { .. } => {
+                // Whatever was queued while nobody listened for webhooks.
+                self.request_drain();
+                loop {
+                    let fatal = self.inner.fatal_notify.notified();
+                    tokio::pin!(fatal);
+                    fatal.as_mut().enable();
+                    if let Some(e) = lock(&self.inner.fatal).take() {
+                        return Err(ControlPlaneError::Poll(e));
+                    }
+                    tokio::select! {
+                        _ = self.inner.stop_claiming.cancelled() => return Ok(()),
+                        () = &mut fatal => {}
+                    }
+                }
+            }
+        }
     }
 
     /// The claim loop of both shapes (PROTOCOL.md §5.2): transient poll failures and transient
@@ -526,6 +715,8 @@ impl ControlPlane {
     /// poll ends it with an error. Each item runs on its own task; this returns once claiming
     /// stops, not when the items finish (see [`ControlPlane::wait_idle`]).
     pub async fn drain(&self) -> Result<usize, ControlPlaneError> {
+        self.start_duties();
+        self.inner.counters.drains.fetch_add(1, Ordering::Relaxed);
         self.claim_loop(None, true).await
     }
 
@@ -632,7 +823,10 @@ impl ControlPlane {
                     .recorder
                     .terminated(session.id.as_str(), "work item found the session terminated")
                     .await;
+                inner.host.session_ended(&session.id).await;
             }
+            // The host may have kept a sandbox warm: its deadline is the next maintenance.
+            inner.maintenance.notify_one();
             match &result {
                 Ok(o) => tracing::info!(work_id = %work.id, lease_end = ?o.lease_end, stopped = o.stopped, results = o.results_posted, "work item finished"),
                 Err(RunnerError::NotSessionWork { kind, .. }) => tracing::debug!(work_id = %work.id, kind, "non-session item stopped"),
@@ -648,6 +842,10 @@ impl ControlPlane {
         });
         Ok(Claim::Claimed)
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]
