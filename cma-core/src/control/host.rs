@@ -1,5 +1,7 @@
-//! [`SandboxHost`]: places each session in a sandbox of the backend a [`BackendSelector`] picks,
-//! reuses a warm sandbox for the session's next item, and disposes of expired ones.
+//! [`SandboxHost`]: places each session in a sandbox of the backend and profile (image, limits,
+//! env) a [`BackendSelector`] picks, reuses a warm sandbox for the session's next item, and
+//! disposes of expired ones when the control plane runs its maintenance
+//! ([`SessionHost::maintain`]), along with snapshot retention.
 //!
 //! What runs inside the sandbox is decided by an [`ExecutorFactory`] (the agent toolset over the
 //! sandbox, plus custom tools); the host only manages sandboxes.
@@ -19,7 +21,7 @@ use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
 use super::record::{SessionChange, StateRecorder, Status, events};
-use super::select::{BackendSelector, Placement};
+use super::select::{BackendSelector, Placement, SandboxProfile};
 use super::warm::WarmPool;
 use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
 use crate::protocol::{Session, SessionId, SessionStatus, Work, WorkId};
@@ -82,6 +84,9 @@ impl Default for SandboxHostConfig {
 #[derive(Clone)]
 struct Placed {
     backend: String,
+    /// The profile the sandbox was made with; `None` for a sandbox re-adopted after a restart
+    /// (reused by any profile of the same backend).
+    profile: Option<SandboxProfile>,
     sandbox: Arc<dyn Sandbox>,
     /// Host directories made for memory mounts, removed with the sandbox.
     host_dirs: Vec<PathBuf>,
@@ -423,6 +428,7 @@ impl SandboxHost {
                         Ok(sandbox) => {
                             let placed = Placed {
                                 backend: name.clone(),
+                                profile: None,
                                 sandbox,
                                 // Memory mount directories of the previous process are not
                                 // recorded; the restored session gets fresh ones on its next item.
@@ -559,14 +565,20 @@ impl SandboxHost {
     }
 
     async fn place(&self, work: &Work, session: &Session) -> Result<Placed, HostError> {
-        let name = self.selector.select(&Placement { work, session });
+        let profile = self.selector.select(&Placement { work, session });
+        let name = profile.backend.clone();
         let backend = self.backends.get(&name).ok_or_else(|| {
             HostError::new(format!("no sandbox backend named {name:?} is registered"))
         })?;
+        profile
+            .validate("the selected sandbox profile", None)
+            .map_err(|e| HostError::with_source(format!("placing session {}", session.id), e))?;
         let now = Instant::now().into_std();
         let warm = lock(&self.warm).take(&session.id, now);
         if let Some(placed) = warm {
-            if placed.backend == name {
+            let same =
+                placed.backend == name && placed.profile.as_ref().is_none_or(|p| *p == profile);
+            if same {
                 tracing::debug!(session_id = %session.id, sandbox = placed.sandbox.id().as_str(), "reusing the session's warm sandbox");
                 self.state
                     .session(SessionChange {
@@ -581,10 +593,11 @@ impl SandboxHost {
                     .await;
                 return Ok(placed);
             }
-            // The rule now picks another backend: retire the old sandbox.
+            // The rule now picks another backend or profile: retire the old sandbox.
             self.dispose(placed).await;
         }
         let mut spec = self.config.spec.clone();
+        profile.apply(&mut spec);
         spec.session_id = Some(session.id.to_string());
         spec.environment_id = Some(work.environment_id.to_string());
         spec.labels
@@ -623,6 +636,7 @@ impl SandboxHost {
             .await;
         let placed = Placed {
             backend: name,
+            profile: Some(profile),
             session_id: session.id.clone(),
             sandbox,
             host_dirs,
