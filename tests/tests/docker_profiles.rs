@@ -86,7 +86,9 @@ async fn two_docker_profiles_are_chosen_by_agent() {
         .expect("valid rules");
 
     let emulator = Emulator::start(EmulatorConfig::default()).await.unwrap();
-    let env = emulator.add_environment("env_profiles", "profiles").unwrap();
+    let env = emulator
+        .add_environment("env_profiles", "profiles")
+        .unwrap();
     let tier = || ScriptedCall::tool("bash", json!({"command": "echo tier=$TIER"}));
     let small = emulator
         .create_session(
