@@ -57,7 +57,8 @@
 //! * **Stop**: `{}` moves a live item to `stopping` (a queued one straight to `stopped`),
 //!   `{"force":true}` to `stopped`; a stopped item answers 409.
 //! * **Sessions**: `POST /v1/sessions` (API key) takes `{"environment_id": "env_…",
-//!   "metadata"?: {…}, "title"?: …, "emulator_script"?: {"calls": […], "end": "idle"|"terminate"}}`
+//!   "metadata"?: {…}, "title"?: …, "emulator_script"?: {"calls": […], "end": "idle"|"terminate",
+//!   "agent_id"?: "agent_…"}}`
 //!   (other fields are ignored) and queues a work item. A `user.message` sent to a session whose
 //!   work item is stopped queues a new one.
 //! * **Events**: `GET /events` supports `limit` (≤ 1000, default 100), `page`, `order`
