@@ -187,18 +187,26 @@ async fn the_reaper_releases_a_warm_sandbox_at_keep_warm_with_no_new_work() {
     assert_eq!(r.plane.stats().claimed, 1);
     assert!(r.plane.stats().maintenance_passes >= 2);
     assert_eq!(h.emu.session_work(&sid).len(), 1);
-    r.plane.shutdown(Duration::from_secs(5)).await;
+    // Shutdown stops the duties: it returns only once their tasks have ended.
+    tokio::time::timeout(WAIT, r.plane.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("shutdown stops the maintenance loop");
 }
 
-/// Snapshot files and bytes under `dir`.
+/// Snapshot files and bytes under `dir` (entries a running collection removes meanwhile are
+/// skipped).
 fn storage(dir: &Path) -> (usize, u64) {
     let mut files = 0;
     let mut bytes = 0;
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
-        for entry in std::fs::read_dir(&d).expect("read_dir") {
-            let entry = entry.expect("entry");
-            let meta = entry.metadata().expect("metadata");
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else {
+                continue;
+            };
             if meta.is_dir() {
                 stack.push(entry.path());
             } else {
@@ -289,20 +297,28 @@ async fn retention_and_chunk_collection_run_on_schedule_and_storage_shrinks() {
     let after_first = storage(&dir);
     assert!(after_first.0 < before.0, "{before:?} → {after_first:?}");
 
-    // Two more snapshots: the next scheduled pass cuts them again.
+    // Two more snapshots: a later scheduled pass cuts them again — only the newest is kept, and
+    // storage is back to about one snapshot's worth (without collection, the chunks of all three
+    // snapshots, 3 × 300 KiB, would still be there).
     save(4).await;
-    save(5).await;
-    let grown = storage(&dir);
-    assert!(grown.1 > after_first.1);
+    let newest = save(5).await;
+    let one_snapshot = after_first.1 + 200 * 1024;
     let again = eventually(|| {
         let store = store.clone();
         let dir = dir.clone();
+        let newest = newest.clone();
         async move {
-            store.list("sesn_kept").await.unwrap().len() == 1 && storage(&dir).1 < grown.1
+            let list = store.list("sesn_kept").await.unwrap();
+            list.len() == 1 && list[0].id.as_str() == newest && storage(&dir).1 < one_snapshot
         }
     })
     .await;
-    assert!(again, "the scheduled pass did not run again");
+    assert!(
+        again,
+        "the scheduled pass did not run again: {:?}, {:?}",
+        store.list("sesn_kept").await.unwrap(),
+        storage(&dir)
+    );
     assert!(eventually(|| async { host.housekeeping_passes() > first_passes }).await);
     // The kept snapshot is the newest and still restores.
     let fresh = backend.create(&SandboxSpec::new()).await.unwrap();
@@ -386,7 +402,9 @@ async fn a_burst_of_100_webhooks_costs_at_most_two_drains_and_all_work_is_done()
     let stats = r.plane.stats();
     assert!(stats.drains <= 2, "{stats:?}");
     assert_eq!(stats.claimed, sessions.len() as u64);
-    r.plane.shutdown(Duration::from_secs(5)).await;
+    tokio::time::timeout(WAIT, r.plane.shutdown(Duration::from_secs(5)))
+        .await
+        .expect("shutdown stops the fallback drain and the maintenance loop");
 }
 
 /// `wake()` starts a drain promptly: in webhook mode with an hour-long fallback, after the
