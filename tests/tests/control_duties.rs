@@ -539,3 +539,59 @@ async fn a_lost_lease_is_not_kept_warm_or_snapshotted() {
     assert!(store.list(&sid).await.unwrap().is_empty(), "no snapshot");
     r.plane.shutdown(Duration::from_secs(5)).await;
 }
+
+/// The plane polls with `Anthropic-Worker-ID` by default (the SDK's `<hostname>-<12 hex>`, one
+/// per process), so a strict emulator serves it. The plane's `worker_id` setting wins over the
+/// client's configured id, which wins over the default; an id that is no header value is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_plane_polls_with_a_worker_id_by_default() {
+    let h = Harness::with_config(EmulatorConfig::default().strict(true)).await;
+    let bare = cma_core::client::Client::new(
+        cma_core::client::ClientConfig::builder()
+            .base_url(h.emu.base_url())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let cases = [
+        (
+            bare.clone(),
+            None,
+            cma_core::control::identity::default_worker_id(),
+        ),
+        (h.client.clone(), None, WORKER_ID),
+        (bare, Some("plane-7"), "plane-7"),
+    ];
+    for (client, configured, want) in cases {
+        let plane = ControlPlane::builder(client, h.env.id.clone(), h.key(), h.host())
+            .config(ControlPlaneConfig {
+                worker_id: configured.map(str::to_owned),
+                ..ControlPlaneConfig::default()
+            })
+            .build()
+            .unwrap();
+        assert_eq!(plane.worker_id(), want);
+        assert_eq!(plane.drain().await.expect("served by a strict emulator"), 0);
+        let last = h
+            .requests()
+            .into_iter()
+            .rfind(|r| r.path.ends_with("/work/poll"))
+            .unwrap();
+        assert_eq!(last.worker_id.as_deref(), Some(want));
+        assert_eq!(last.status, Some(200));
+        plane.shutdown(Duration::from_secs(5)).await;
+    }
+    let bad = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), h.host())
+        .config(ControlPlaneConfig {
+            worker_id: Some("two\nlines".into()),
+            ..ControlPlaneConfig::default()
+        })
+        .build();
+    assert!(
+        matches!(
+            bad,
+            Err(cma_core::control::plane::ControlPlaneError::Config(_))
+        ),
+        "{bad:?}"
+    );
+}
