@@ -1644,3 +1644,40 @@ async fn strict_mode_rejects_polls_without_a_worker_id() {
         .unwrap();
     assert_eq!(r.status(), StatusCode::OK, "the real API serves such polls");
 }
+
+/// A scripted session can name its agent (`agent_id` in the scenario or on the script); the
+/// default is `agent_emulator`.
+#[tokio::test]
+async fn scripted_sessions_can_name_their_agent() {
+    let scenario = Scenario::from_json(
+        r#"{"environments": [{"id": "env_a"}],
+            "sessions": [{"id": "sesn_named", "environment": "env_a", "agent_id": "agent_build"}]}"#,
+    )
+    .unwrap();
+    let c = ctx_with(EmulatorConfig::default().scenario(scenario)).await;
+    let scripted = c
+        .emu
+        .create_session(
+            &c.env.id,
+            Script::new(vec![], ScriptEnd::Idle).agent_id("agent_scripted"),
+        )
+        .unwrap();
+    let plain = c
+        .emu
+        .create_session(&c.env.id, Script::new(vec![], ScriptEnd::Idle))
+        .unwrap();
+    for (sid, want) in [
+        ("sesn_named", "agent_build"),
+        (scripted.as_str(), "agent_scripted"),
+        (plain.as_str(), "agent_emulator"),
+    ] {
+        let r = c
+            .req(Method::GET, &format!("/v1/sessions/{sid}"), &c.api())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["agent"]["id"], want, "{sid}");
+    }
+}
