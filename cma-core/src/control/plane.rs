@@ -1,5 +1,5 @@
 //! The control plane's claim loop: take a concurrency permit, poll, ack, and hand each item to a
-//! [`SessionRunner`] on its own task (PROTOCOL.md §5.2).
+//! [`SessionRunner`] on its own task (docs/protocol.md §5.2).
 //!
 //! Two ways to claim work: [`ControlPlane::run`] long-polls forever (the SDK worker's shape), and
 //! [`ControlPlane::drain`] claims until the queue is empty (the webhook shape: a verified webhook
@@ -334,7 +334,7 @@ impl ControlPlane {
         self.inner.wake.notify_one();
     }
 
-    /// React to a verified webhook (PROTOCOL.md §7.3). Webhooks carry no work id; a session event
+    /// React to a verified webhook (docs/protocol.md §7.3). Webhooks carry no work id; a session event
     /// that means work may be queued wakes the poll loop (when [`ControlPlane::run`] is running) or
     /// starts a [`ControlPlane::drain`] on a background task. Duplicate deliveries (same event id)
     /// are ignored: the recent ids are kept in memory and, with a state store
@@ -423,7 +423,7 @@ impl ControlPlane {
         result.map(|_| ())
     }
 
-    /// The claim loop of both shapes (PROTOCOL.md §5.2): transient poll failures and transient
+    /// The claim loop of both shapes (docs/protocol.md §5.2): transient poll failures and transient
     /// ack failures back off on their own counters (`min(60, 2^k) + U(0,1)`) and claiming goes
     /// on — in drain mode too, as the SDK's `aiter_work(drain=True)` does, so a brief outage does
     /// not end a webhook-triggered drain; only a fatal 4xx on poll stops it. An empty poll ends
