@@ -1,5 +1,5 @@
 //! Runner fidelity, lifecycle part: the worker sequences W1–W5 of sdk-test-vectors.md §4 and the
-//! lease-loss cases of PROTOCOL.md §3.4, run through the real stack (control plane or
+//! lease-loss cases of docs/protocol.md §3.4, run through the real stack (control plane or
 //! `SessionRunner::handle_item`, `SandboxHost` over the isolate backend, the official toolset)
 //! against the in-process emulator, whose request log shows what the worker sent.
 //!

@@ -1,4 +1,4 @@
-//! Work-queue and environment endpoints (PROTOCOL.md §2).
+//! Work-queue and environment endpoints (docs/protocol.md §2).
 
 use std::fmt;
 use std::sync::Arc;
@@ -197,7 +197,7 @@ struct UpdateWorkBody<'a> {
     metadata: &'a MetadataPatch,
 }
 
-/// The work-queue endpoints of one environment, bound to one credential (PROTOCOL.md §2.1).
+/// The work-queue endpoints of one environment, bound to one credential (docs/protocol.md §2.1).
 ///
 /// Which credential the server accepts depends on the endpoint: the environment key for
 /// [`poll`](Self::poll), [`ack`](Self::ack), [`list_work`](Self::list_work) and the poller's
@@ -415,7 +415,7 @@ impl EnvironmentClient {
     }
 }
 
-/// Environment CRUD with an API key (PROTOCOL.md §2.2).
+/// Environment CRUD with an API key (docs/protocol.md §2.2).
 #[derive(Clone)]
 pub struct EnvironmentsClient {
     client: Client,

@@ -1,5 +1,5 @@
 //! The control plane's claim loop: take a concurrency permit, poll, ack, and hand each item to a
-//! [`SessionRunner`] on its own task (PROTOCOL.md §5.2).
+//! [`SessionRunner`] on its own task (docs/protocol.md §5.2).
 //!
 //! [`ControlPlane::run`] drives the plane until [`ControlPlane::shutdown`]. It claims work the
 //! way [`ControlPlaneConfig::claim`] says: [`ClaimMode::LongPoll`] long-polls forever (the SDK
@@ -437,7 +437,7 @@ impl ControlPlane {
         }
     }
 
-    /// React to a verified webhook (PROTOCOL.md §7.3). Webhooks carry no work id; a session event
+    /// React to a verified webhook (docs/protocol.md §7.3). Webhooks carry no work id; a session event
     /// that means work may be queued wakes the poll loop (when [`ControlPlane::run`] is running) or
     /// starts a [`ControlPlane::drain`] on a background task. Duplicate deliveries (same event id)
     /// are ignored: the recent ids are kept in memory and, with a state store
@@ -549,7 +549,7 @@ impl ControlPlane {
         }
     }
 
-    /// The claim loop of both shapes (PROTOCOL.md §5.2): transient poll failures and transient
+    /// The claim loop of both shapes (docs/protocol.md §5.2): transient poll failures and transient
     /// ack failures back off on their own counters (`min(60, 2^k) + U(0,1)`) and claiming goes
     /// on — in drain mode too, as the SDK's `aiter_work(drain=True)` does, so a brief outage does
     /// not end a webhook-triggered drain; only a fatal 4xx on poll stops it. An empty poll ends

@@ -29,13 +29,13 @@ use super::scenario::{Script, validate_call};
 use super::state::{Cred, EnvOptions, EventQuery, State, Subscription};
 use super::webhooks::DeliveryLog;
 
-/// The beta every environments/work/sessions call must carry (PROTOCOL.md §1.2).
+/// The beta every environments/work/sessions call must carry (docs/protocol.md §1.2).
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
 /// Most events one `POST /events` may carry.
 pub const MAX_EVENTS_PER_SEND: usize = 100;
 /// Largest `limit` of a list call.
 pub const MAX_LIST_LIMIT: usize = 1000;
-/// `block_ms` above this is capped (PROTOCOL.md §2.1: the server caps at 999).
+/// `block_ms` above this is capped (docs/protocol.md §2.1: the server caps at 999).
 pub const MAX_BLOCK_MS: u64 = 999;
 
 /// Shared by every handler.

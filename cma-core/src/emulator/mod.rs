@@ -1,4 +1,4 @@
-//! A local Claude Managed Agents server on loopback (PROTOCOL.md §9), with scripted agents.
+//! A local Claude Managed Agents server on loopback (docs/protocol.md §9), with scripted agents.
 //!
 //! The emulator speaks the wire protocol the official SDK 2.10.0 worker expects: environments
 //! (§2.2), the work queue with pending items, reclaim, per-item secrets and leases (§2.1, §3),
@@ -68,7 +68,7 @@
 //!   `event: ping` keep-alives, an opening `: stream opened` comment so headers go out at once; it
 //!   ends after `session.status_terminated`/`session.deleted`. Connecting to a terminated session
 //!   replays its terminal event and closes.
-//! * **Skills** (PROTOCOL.md §4): `GET /v1/skills/{id}/versions/{version}` (`latest` resolves to
+//! * **Skills** (docs/protocol.md §4): `GET /v1/skills/{id}/versions/{version}` (`latest` resolves to
 //!   the newest version) and `…/versions/{version_id}/content` (the archive bytes as added: zip,
 //!   tar or tar.gz); any valid credential, no beta required. Add them with
 //!   [`Emulator::add_skill`] / [`Emulator::add_skill_files`] or the scenario's `skills`.

@@ -1,4 +1,4 @@
-//! The work-item lease: the heartbeat loop and how a lease ends (PROTOCOL.md §3.3, §3.4).
+//! The work-item lease: the heartbeat loop and how a lease ends (docs/protocol.md §3.3, §3.4).
 //!
 //! The loop is written against a heartbeat *function* so its rules (first beat `NO_HEARTBEAT`,
 //! echo `last_heartbeat`, interval from TTL, 412 ⇒ lost, TTL without success ⇒ assumed lost,

@@ -1,5 +1,5 @@
 //! Running one claimed work item: the lease, the session's event stream, tool dispatch and the
-//! final force-stop (PROTOCOL.md §5.3, §5.4).
+//! final force-stop (docs/protocol.md §5.3, §5.4).
 //!
 //! The runner does not know how tools run: it hands each call it owns to a [`ToolExecutor`]
 //! (the control plane plugs in `cma-tools` over a sandbox). Every request goes through the typed
@@ -85,7 +85,7 @@ pub trait ToolExecutor: Send + Sync {
     async fn close(&self) {}
 
     /// The sandbox the tools run in, when there is one: the runner writes the session's skills
-    /// and memory stores into it (PROTOCOL.md §5.3). Executors without one get no skills, and
+    /// and memory stores into it (docs/protocol.md §5.3). Executors without one get no skills, and
     /// a session with memory stores fails on them.
     fn sandbox(&self) -> Option<Arc<dyn cma_sandbox::Sandbox>> {
         None
