@@ -1,7 +1,7 @@
 //! Who this process is to the API: the `Anthropic-Worker-ID` its polls carry.
 //!
 //! The official worker always sends a worker id on `work/poll` — by default `<hostname>-` and the
-//! first 12 hex digits of a random UUID v4, one per process (PROTOCOL.md §1.2) — and the API counts
+//! first 12 hex digits of a random UUID v4, one per process (docs/protocol.md §1.2) — and the API counts
 //! `workers_polling` in `work/stats` from it. A poll without it is served, but the worker does
 //! not show up as connected. [`default_worker_id`] builds the same shape once per process.
 
