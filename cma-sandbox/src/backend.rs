@@ -7,7 +7,7 @@
 //! resolved against [`Sandbox::workdir`]. The sandbox enforces confinement: no path or symlink
 //! reaches outside its mounts, and errors name sandbox paths, never host paths. The *policy*
 //! of the official file tools (allowed roots, exact error texts, following symlinks to check them;
-//! PROTOCOL.md §6.1) belongs to the tools layer on top.
+//! docs/protocol.md §6.1) belongs to the tools layer on top.
 
 use std::sync::Arc;
 

@@ -13,7 +13,7 @@ pub type Result<T, E = SandboxError> = std::result::Result<T, E>;
 /// What went wrong, independent of the backend.
 ///
 /// The file-system kinds map one-to-one to the fixed phrases of the official file tools
-/// (PROTOCOL.md §6.1); see [`SandboxErrorKind::phrase`].
+/// (docs/protocol.md §6.1); see [`SandboxErrorKind::phrase`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum SandboxErrorKind {

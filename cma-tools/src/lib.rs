@@ -1,5 +1,5 @@
 //! The agent toolset for `cma`: the built-in tools (`bash`, `read`, `write`, `edit`, `glob`,
-//! `grep`) with the official semantics (PROTOCOL.md §6), an `execute` tool for sandboxes that
+//! `grep`) with the official semantics (docs/protocol.md §6), an `execute` tool for sandboxes that
 //! run JavaScript, and typed custom tools — all written once against `&dyn Sandbox`, so they
 //! work on every backend.
 //!

@@ -1,4 +1,4 @@
-//! The persistent shell behind the `bash` tool (PROTOCOL.md §6.2): a [`ShellSession`] drives one
+//! The persistent shell behind the `bash` tool (docs/protocol.md §6.2): a [`ShellSession`] drives one
 //! long-lived `/bin/bash --noprofile --norc` through a small byte-stream interface
 //! ([`ShellProcess`]), so any backend that can give a shell's stdin and merged stdout+stderr
 //! (a local process, `docker exec -i`, a remote PTY-less stream) reuses the same protocol code.

@@ -1,4 +1,4 @@
-//! `glob` and `grep` (PROTOCOL.md §6.5), walking the sandbox through its file API.
+//! `glob` and `grep` (docs/protocol.md §6.5), walking the sandbox through its file API.
 //!
 //! `glob` reproduces Python 3.11 `Path.glob`: `*`, `?` and `[…]` match within one name (hidden
 //! names included, case-sensitive), `**` is a whole component matching the directory itself and
