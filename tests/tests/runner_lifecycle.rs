@@ -790,7 +790,7 @@ async fn a_lease_lost_during_placement_leaks_no_sandbox() {
     let backend = h.isolate();
     let entered = Arc::new(tokio::sync::Notify::new());
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let host = Arc::new(cma_core::control::host::SandboxHost::new(
+    let host = Arc::new(cma_core::control::host::SandboxHost::from_parts(
         [backend.clone()],
         Arc::new(|_: &cma_core::control::select::Placement<'_>| "isolate".to_owned()),
         Arc::new(GatedFactory {

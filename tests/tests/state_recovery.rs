@@ -30,7 +30,7 @@ async fn open_store(h: &Harness) -> Arc<dyn StateStore> {
 
 fn host(backend: Arc<dyn SandboxBackend>, store: Arc<dyn StateStore>) -> Arc<SandboxHost> {
     Arc::new(
-        SandboxHost::new(
+        SandboxHost::from_parts(
             [backend],
             Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
             Arc::new(ToolsetFactory::new()),

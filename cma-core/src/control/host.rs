@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement, SandboxProfile};
+use super::host_builder::SandboxHostBuilder;
 use super::warm::WarmPool;
 use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
 use crate::protocol::{Session, SessionId, SessionStatus, Work, WorkId};
@@ -144,8 +145,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SandboxHost {
-    /// A host with the given backends (keyed by [`SandboxBackend::name`]), selector and factory.
-    pub fn new(
+    /// Start building a host: add backends by value, then optionally a selector, the tools, the
+    /// settings, snapshots and a state store ([`SandboxHostBuilder`]).
+    pub fn builder() -> SandboxHostBuilder {
+        SandboxHostBuilder::new()
+    }
+
+    /// A host with one backend, the official toolset and default settings: every session goes
+    /// to `backend`. [`SandboxHost::builder`] does the rest.
+    pub fn new(backend: impl SandboxBackend + 'static) -> Self {
+        let name = backend.name().to_owned();
+        Self::from_parts(
+            [Arc::new(backend) as Arc<dyn SandboxBackend>],
+            Arc::new(super::select::RuleSelector::new(name)),
+            Arc::new(super::tools::ToolsetFactory::new()),
+            SandboxHostConfig::default(),
+        )
+    }
+
+    /// A host from shared parts: backends (keyed by [`SandboxBackend::name`]), selector, factory
+    /// and settings. The builder is the friendlier way; this is for hosts that already hold
+    /// each part behind an `Arc`.
+    pub fn from_parts(
         backends: impl IntoIterator<Item = Arc<dyn SandboxBackend>>,
         selector: Arc<dyn BackendSelector>,
         factory: Arc<dyn ExecutorFactory>,
@@ -266,6 +287,13 @@ impl SandboxHost {
     pub fn state_store(mut self, store: Arc<dyn cma_store::state::StateStore>) -> Self {
         self.state.store = Some(store);
         self
+    }
+
+    /// The names of the host's backends, sorted.
+    pub fn backend_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
     }
 
     /// Number of warm sandboxes.
