@@ -492,7 +492,9 @@ pub(crate) fn errno_kind(errno: i64) -> SandboxErrorKind {
         39 => SandboxErrorKind::DirectoryNotEmpty,
         40 => SandboxErrorKind::SymlinkLoop,
         22 | 36 => SandboxErrorKind::InvalidInput,
-        28 | 122 => SandboxErrorKind::ResourceLimit,
+        28 => SandboxErrorKind::StorageFull,
+        122 => SandboxErrorKind::QuotaExceeded,
+        27 => SandboxErrorKind::ResourceLimit,
         _ => SandboxErrorKind::Io,
     }
 }
