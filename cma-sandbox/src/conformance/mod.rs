@@ -3,12 +3,18 @@
 //! Each check creates its own sandbox(es) from an empty [`SandboxSpec`], exercises part of the
 //! [`Sandbox`]/[`SandboxBackend`] contract with assertions (panicking on a violation, like a
 //! test), and destroys what it created. Checks consult [`Capabilities`] and assert
-//! [`SandboxErrorKind::Unsupported`] for what a backend declares it cannot do. Run everything
-//! with [`run_all`]:
+//! [`SandboxErrorKind::Unsupported`] for what a backend declares it cannot do. So that a
+//! capability switched off by mistake cannot make those checks pass vacuously, the caller
+//! states the capabilities it expects and [`run_all`] first asserts the backend reports
+//! exactly those ([`capabilities`]):
 //!
 //! ```no_run
 //! # async fn demo(backend: &dyn cma_sandbox::SandboxBackend) {
-//! cma_sandbox::conformance::run_all(backend).await;
+//! use cma_sandbox::Capabilities;
+//! let mut expected = Capabilities::default();
+//! expected.files = true;
+//! expected.archive = true;
+//! cma_sandbox::conformance::run_all(backend, expected).await;
 //! # }
 //! ```
 //!
@@ -26,8 +32,14 @@ use crate::{
     SandboxBackend, SandboxErrorKind, SandboxSpec, SandboxStatus,
 };
 
-/// Run every check in order.
-pub async fn run_all(backend: &dyn SandboxBackend) {
+mod limits;
+
+pub use limits::{capabilities, disk_quota};
+
+/// Run every check in order, after asserting that the backend reports exactly the `expected`
+/// capabilities (see [`capabilities`]).
+pub async fn run_all(backend: &dyn SandboxBackend, expected: Capabilities) {
+    capabilities(backend, expected).await;
     lifecycle(backend).await;
     file_round_trip(backend).await;
     directories(backend).await;
@@ -38,6 +50,7 @@ pub async fn run_all(backend: &dyn SandboxBackend) {
     symlinks(backend).await;
     exec(backend).await;
     execute(backend).await;
+    disk_quota(backend).await;
 }
 
 async fn fresh(backend: &dyn SandboxBackend) -> Arc<dyn Sandbox> {
