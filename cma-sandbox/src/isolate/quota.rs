@@ -35,8 +35,11 @@ use cap_std::fs::{Dir, Metadata};
 use super::workspace::map_io;
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 
-/// What each file, directory or symlink in a workspace costs against its quota on top of its
-/// content (see the [module docs](self)).
+/// What each file, directory or symlink in a workspace costs against its quota
+/// ([`SandboxSpec::disk_bytes`](crate::SandboxSpec::disk_bytes)) on top of its content: the
+/// length of a regular file, the target's length for a symlink. It stands for the inode and
+/// directory record every entry takes on disk, so a quota also bounds how many empty files and
+/// directories a sandbox can make. Extra mounts do not count.
 pub const QUOTA_ENTRY_BYTES: u64 = 512;
 
 /// The quota of one workspace: its limit and the usage recorded so far.
