@@ -507,8 +507,15 @@ impl DockerBackend {
         )])
     }
 
-    /// After a restart: remove every sandbox of this instance whose id is not in `keep`, and
-    /// re-adopt (start if stopped) those that are. Returns the adopted handles and removed ids.
+    /// After a restart: first remove this instance's unclaimed warm-pool containers and the
+    /// claim files of containers that are gone, and start refilling the pool in the background
+    /// (with [`DockerConfig::prestart`] > 0), as [`start_pool`](Self::start_pool) does; then
+    /// remove every sandbox of this instance (as [`list`](SandboxBackend::list) sees them)
+    /// whose id is not in `keep`, and re-adopt those that are (started again if stopped).
+    /// Returns the adopted handles and the removed ids. Ids in `keep` that are not sandboxes of
+    /// this instance are ignored. The first failure to resume or remove a sandbox ends the call
+    /// with that error; what was done before stays done (the handles adopted so far are
+    /// dropped, their containers keep running: call it again).
     pub async fn reconcile(&self, keep: &HashSet<SandboxId>) -> Result<Reconciled> {
         let mut out = Reconciled {
             adopted: Vec::new(),
