@@ -47,8 +47,9 @@
 //! - `grep` always uses the built-in walker with the Rust `regex` crate (never `rg`): Python
 //!   spellings it reads differently are rewritten, look-around/backreferences are refused, and
 //!   the message after `grep: invalid regex: ` is the crate's. Its 30 s budget is wall-clock
-//!   (CPU time in Python). Directory entries are visited in name order (file-system order there),
-//!   which only shows when two `glob` matches have the same mtime or in `grep` output order.
+//!   (CPU time in Python). `glob` and `grep` visit directory entries in the file system's order
+//!   as Python does; only a sandbox without one (`testing::MemorySandbox`) lists by name, which
+//!   shows when two `glob` matches have the same mtime or in `grep` output order.
 //! - `bash` without a [`ShellLauncher`] on a sandbox with `shell_exec` runs each command in a
 //!   fresh shell (no persistent cwd/env; stdout then stderr instead of interleaved). Without any
 //!   shell it answers an error naming `execute`. When the shell died, a call always reads

@@ -317,6 +317,20 @@ pub async fn batches(backend: &dyn SandboxBackend) {
         Some(SandboxErrorKind::NotADirectory)
     );
     assert_eq!(names(&got[3]), ["e"]);
+    // The same listings in the file system's order: the same entries, the same failures.
+    let unsorted = sb.read_dirs_unsorted(&dirs).await.unwrap();
+    assert_eq!(unsorted.len(), dirs.len());
+    for ((u, s), d) in unsorted.iter().zip(&got).zip(&dirs) {
+        match (u, s) {
+            (Ok(u), Ok(s)) => {
+                let mut u = u.clone();
+                u.sort_by(|a, b| a.name.cmp(&b.name));
+                assert_eq!(&u, s, "read_dirs_unsorted({d}) lists other entries");
+            }
+            (Err(a), Err(b)) => assert_eq!(a.kind(), b.kind(), "{d}"),
+            _ => panic!("read_dirs_unsorted({d}) and read_dirs disagree: {u:?} / {s:?}"),
+        }
+    }
     cleanup(backend, &sb).await;
 }
 

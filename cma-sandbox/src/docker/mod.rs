@@ -61,6 +61,7 @@ mod files;
 mod limits;
 mod net;
 mod pool;
+mod posix;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -1158,7 +1159,7 @@ impl Sandbox for DockerSandbox {
         let r = self
             .call(path, json!({"op": "list", "p": p}), Bytes::new())
             .await?;
-        Ok(files::parse_entries(&r.head))
+        Ok(files::parse_entries(&r.head, true))
     }
 
     async fn find_lines(
@@ -1205,11 +1206,30 @@ impl Sandbox for DockerSandbox {
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
         if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
-            return Ok(files::split_dirs(&r, paths, abs));
+            return Ok(files::split_dirs(&r, paths, abs, true));
         }
         let mut out = Vec::with_capacity(paths.len());
         for p in paths {
             out.push(self.read_dir(p).await);
+        }
+        Ok(out)
+    }
+
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        // The helper and the POSIX-tools fallback (`find`) both list in `readdir` order.
+        if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
+            return Ok(files::split_dirs(&r, paths, abs, false));
+        }
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let listed = match self.abs(path) {
+                Ok(p) => self
+                    .call(path, json!({"op": "list", "p": p}), Bytes::new())
+                    .await
+                    .map(|r| files::parse_entries(&r.head, false)),
+                Err(e) => Err(e),
+            };
+            out.push(listed);
         }
         Ok(out)
     }

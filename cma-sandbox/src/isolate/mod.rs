@@ -653,6 +653,12 @@ impl Sandbox for IsolateSandbox {
         blocking(move || ws.read_dir(&path)).await
     }
 
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        let ws = self.live()?.clone();
+        let paths = paths.to_vec();
+        blocking(move || Ok(paths.iter().map(|p| ws.read_dir_unsorted(p)).collect())).await
+    }
+
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
         let ws = self.live()?;
         if recursive || ws.has_quota() {

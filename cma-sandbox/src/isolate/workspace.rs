@@ -478,7 +478,16 @@ impl Workspace {
         made
     }
 
+    /// The entries of a directory sorted by name.
     pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let mut out = self.read_dir_unsorted(path)?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The entries of a directory in the order the file system lists them (virtual
+    /// directories: by name).
+    pub fn read_dir_unsorted(&self, path: &str) -> Result<Vec<DirEntry>> {
         let r = match self.resolve_or_virtual(path)? {
             Ok(r) => r,
             Err(children) => {
@@ -513,7 +522,6 @@ impl Workspace {
                 Err(e) => return Err(r.err(e)),
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
