@@ -66,7 +66,8 @@ async fn disk_bytes_is_enforced_or_refused_never_ignored() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn limits_are_applied_or_refused() {
     let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
-    let refused: Vec<(&str, Box<dyn Fn(&mut SandboxSpec)>)> = vec![
+    type SetKnob = Box<dyn Fn(&mut SandboxSpec)>;
+    let refused: Vec<(&str, SetKnob)> = vec![
         ("cpus 0", Box::new(|s| s.cpus = Some(0.0))),
         ("cpus NaN", Box::new(|s| s.cpus = Some(f64::NAN))),
         ("memory 0", Box::new(|s| s.memory_bytes = Some(0))),
