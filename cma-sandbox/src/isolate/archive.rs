@@ -393,7 +393,8 @@ fn import_inner(
                 made?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                let size = entry.header().size().map_err(tar_err)?;
+                // The data size, PAX overrides included.
+                let size = entry.size();
                 let charge =
                     Charge::check(&usage, dir, &rel, QUOTA_ENTRY_BYTES.saturating_add(size))?;
                 let written = (|| {
