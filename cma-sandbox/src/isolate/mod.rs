@@ -222,6 +222,7 @@ impl IsolateBackend {
             backend: self.inner.clone(),
             egress: self.egress.clone(),
             memory_cap: None,
+            managed: false,
         }))
     }
 
@@ -324,6 +325,7 @@ impl IsolateBackend {
             backend: self.inner.clone(),
             egress: self.egress.clone(),
             memory_cap: meta.memory_bytes,
+            managed: true,
         }))
     }
 
@@ -553,6 +555,9 @@ pub struct IsolateSandbox {
     backend: Arc<Inner>,
     egress: Arc<dyn EgressHook>,
     memory_cap: Option<u64>,
+    /// Made by `create`/`resume` (under the backend's root), not `open_directory`: it can be
+    /// resumed by id.
+    managed: bool,
 }
 
 impl fmt::Debug for IsolateSandbox {
@@ -592,7 +597,10 @@ impl Sandbox for IsolateSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        IsolateBackend::capabilities_of(&*self.egress)
+        let mut caps = IsolateBackend::capabilities_of(&*self.egress);
+        // A directory opened in place is not the backend's: `resume` cannot find it.
+        caps.resume = self.managed;
+        caps
     }
 
     fn workdir(&self) -> &str {
