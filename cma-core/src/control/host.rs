@@ -373,15 +373,31 @@ impl SandboxHost {
     }
 
     /// Pick up after a restart from the state store (a no-op without one). Call it once, before the
-    /// control plane starts claiming work.
+    /// control plane starts claiming work (nothing enforces this).
     ///
-    /// Sessions recorded as placed or running lost their work item with the previous process and
-    /// are marked sleeping. Each recorded sandbox whose session still points at it (and is not
-    /// terminated) is resumed and kept warm for the session's next item, as if its item had just
-    /// ended; every other recorded sandbox is destroyed. Sandboxes that no longer exist are
-    /// forgotten. Sandboxes the store does not know are left alone (another plane may own them).
-    /// At most [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandboxes per backend are handled
-    /// per call.
+    /// In this order:
+    /// 1. Every session recorded as placed or running lost its work item with the previous
+    ///    process: it is marked sleeping (event `interrupted`) and keeps its recorded sandbox.
+    /// 2. For each backend registered with this host (in name order), each sandbox the store
+    ///    records for it: when the record's session exists, is not terminated and still points at
+    ///    this sandbox on this backend, the sandbox is resumed and kept warm for the session's next
+    ///    item as if its item had just ended (session idle; past `max_warm` the oldest warm
+    ///    sandbox is destroyed). Every other recorded sandbox is destroyed. A sandbox the backend
+    ///    no longer has (or whose recorded id is invalid) is forgotten, and its session, if it
+    ///    wanted it, marked sleeping. One the backend fails to resume or destroy stays recorded and
+    ///    is tried again on the next call. Records of backends not registered here are untouched.
+    ///    Memory-mount directories of the previous process are not recorded: they stay on disk.
+    /// 3. Every sandbox a registered backend still lists that the store does not record is an
+    ///    orphan and is destroyed: also sandboxes of another control plane that shares the backend
+    ///    (the same isolate root directory, the same Docker `instance`), so give each plane its
+    ///    own. A backend whose `list` fails is skipped.
+    ///
+    /// Only the first [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandbox records of each
+    /// backend are read: with more, the sandboxes past them are neither resumed nor kept, and
+    /// step 3 destroys them as orphans.
+    ///
+    /// A failure to read the store fails the call (what was done before stays done); a backend's
+    /// failures are logged and counted in [`RecoveryReport::failed`].
     #[cfg(feature = "store")]
     pub async fn recover(&self) -> Result<RecoveryReport, HostError> {
         use cma_sandbox::{SandboxErrorKind, SandboxId};
