@@ -7,4 +7,6 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+# Each library crate with its default features and with none (the sets users build).
+bash scripts/feature-sets.sh
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features

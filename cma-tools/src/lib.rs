@@ -35,6 +35,12 @@
 //! # });
 //! ```
 //!
+//! # In the control plane
+//! `cma_core`'s `ToolsetFactory` builds a [`ToolRegistry`] per session over the session's
+//! sandbox (the official toolset plus the host's custom tools, `ToolsetFactory::with_tool`), and
+//! the session runner dispatches each `agent.tool_use` / `agent.custom_tool_use` through it and
+//! posts the result. `cma-core` re-exports this crate as `cma_core::tools`.
+//!
 //! # Features
 //! `testing` (off by default; for tests only): the `testing` module (an in-memory sandbox and a
 //! `call_tool` helper) and `LocalShellLauncher`, which runs the `bash` tool's shell unconfined
