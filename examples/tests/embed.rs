@@ -11,7 +11,9 @@ fn region(src: &str, name: &str) -> String {
     let end = format!("// ANCHOR_END: {name}");
     let from = src.find(&start).expect("anchor start") + start.len();
     let to = from + src[from..].find(&end).expect("anchor end");
-    let body = src[from..to].trim_end_matches([' ', '\t']).trim_end_matches('\n');
+    let body = src[from..to]
+        .trim_end_matches([' ', '\t'])
+        .trim_end_matches('\n');
     let indent = body
         .lines()
         .filter(|l| !l.trim().is_empty())
@@ -43,7 +45,10 @@ fn the_readme_shows_the_code_the_embed_example_runs() {
         region(&example, "compose"),
         region(&example, "handler")
     );
-    assert_eq!(body, expected, "README.md and examples/src/bin/embed.rs differ");
+    assert_eq!(
+        body, expected,
+        "README.md and examples/src/bin/embed.rs differ"
+    );
 }
 
 #[test]

@@ -702,7 +702,13 @@ async fn w5_terminated_session_is_stopped_without_a_stream() {
         "{mine:#?}"
     );
     assert_eq!(stops(&reqs, work.id.as_str()).len(), 1);
-    assert!(mine.iter().any(|r| r.path.ends_with("/heartbeat")));
+    // The first heartbeat goes out with the session fetch (W5), before the force-stop.
+    let beat = mine.iter().position(|r| r.path.ends_with("/heartbeat"));
+    let stop = mine.iter().position(|r| r.path.ends_with("/stop"));
+    assert!(
+        matches!((beat, stop), (Some(b), Some(s)) if b < s),
+        "{mine:#?}"
+    );
     assert!(h.results(&sid).is_empty());
     assert_eq!(host.warm_count(), 0, "no sandbox was created");
     let _ = Arc::clone(&host);

@@ -20,9 +20,9 @@ use async_trait::async_trait;
 use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
+use super::host_builder::SandboxHostBuilder;
 use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement, SandboxProfile};
-use super::host_builder::SandboxHostBuilder;
 use super::warm::WarmPool;
 use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
 use crate::protocol::{Session, SessionId, SessionStatus, Work, WorkId};
