@@ -152,7 +152,10 @@ async fn decoding_vectors_d1_to_d10() {
                 assert_eq!(result.req_str("outcome"), "error");
                 assert_eq!(err.kind(), kind_of_class(result.req_str("class")), "{err}");
                 assert_eq!(err.kind().base(), kind_of_class(result.req_str("refines")));
-                assert_eq!(err.status(), Some(u16::try_from(result.req_u64("status")).unwrap()));
+                assert_eq!(
+                    err.status(),
+                    Some(u16::try_from(result.req_u64("status")).unwrap())
+                );
                 assert_eq!(err.error_code(), result.opt_str("error_code"));
                 let want = result.req("details").req("current_state");
                 let got =

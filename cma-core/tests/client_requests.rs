@@ -285,11 +285,7 @@ fn check_request(id: &str, c: &Captured, want: &Value, recorded: &[Value]) {
         }
     }
     match want.opt_str("body") {
-        Some(body) => assert_eq!(
-            String::from_utf8_lossy(&c.body),
-            body,
-            "{id}: body bytes"
-        ),
+        Some(body) => assert_eq!(String::from_utf8_lossy(&c.body), body, "{id}: body bytes"),
         None => assert!(c.body.is_empty(), "{id}: no body"),
     }
 }

@@ -68,7 +68,13 @@ fn retry_after_headers_match_the_sdk() {
         };
         let want = c.req_f64("wait");
         for rand in RANDOMS {
-            let d = core_retry_delay(3, h.opt_str("retry-after-ms"), h.opt_str("retry-after"), now, rand);
+            let d = core_retry_delay(
+                3,
+                h.opt_str("retry-after-ms"),
+                h.opt_str("retry-after"),
+                now,
+                rand,
+            );
             assert!(close(d, want), "{h}: {d:?}");
         }
     }
@@ -134,7 +140,10 @@ fn result_send_waits_match_the_sdk() {
     let window = Duration::from_secs(1000);
     for (a, range) in (1u32..).zip(ranges) {
         let (lo, d) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
-        assert!(close(Duration::from_secs_f64(send_backoff_base(a)), d), "a={a}");
+        assert!(
+            close(Duration::from_secs_f64(send_backoff_base(a)), d),
+            "a={a}"
+        );
         assert!(close(send_retry_delay(a, 0.0, window), lo), "a={a}");
         let hi = send_retry_delay(a, ALMOST_ONE, window).as_secs_f64();
         assert!(hi <= d && hi > d * 0.99);

@@ -54,9 +54,8 @@ impl Vectors {
         LOADED.get_or_init(|| match std::env::var_os(ENV_VAR) {
             Some(p) => {
                 let path = PathBuf::from(p);
-                let text = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-                    panic!("{ENV_VAR}={}: cannot read: {e}", path.display())
-                });
+                let text = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("{ENV_VAR}={}: cannot read: {e}", path.display()));
                 Self::parse(&text, path)
             }
             None => Self::parse(COMPILED_IN, Self::compiled_in_path()),
@@ -151,14 +150,20 @@ impl Field for Value {
     }
 
     fn req_i64(&self, key: &str) -> i64 {
-        self.req(key)
-            .as_i64()
-            .unwrap_or_else(|| panic!("vectors: field {key:?} is not an integer in {}", brief(self)))
+        self.req(key).as_i64().unwrap_or_else(|| {
+            panic!(
+                "vectors: field {key:?} is not an integer in {}",
+                brief(self)
+            )
+        })
     }
 
     fn req_u64(&self, key: &str) -> u64 {
         self.req(key).as_u64().unwrap_or_else(|| {
-            panic!("vectors: field {key:?} is not a non-negative integer in {}", brief(self))
+            panic!(
+                "vectors: field {key:?} is not a non-negative integer in {}",
+                brief(self)
+            )
         })
     }
 
@@ -194,7 +199,10 @@ impl Field for Value {
 fn brief(v: &Value) -> String {
     let mut s = v.to_string();
     if s.len() > 200 {
-        let cut = (0..=200).rev().find(|i| s.is_char_boundary(*i)).unwrap_or(0);
+        let cut = (0..=200)
+            .rev()
+            .find(|i| s.is_char_boundary(*i))
+            .unwrap_or(0);
         s.truncate(cut);
         s.push('…');
     }
