@@ -162,7 +162,9 @@ def strip_rg_from_path() -> None:
     os.environ["PATH"] = os.pathsep.join(kept)
     for tool in ("bash", "head", "tr", "sleep", "cat"):
         if not any(os.access(os.path.join(e, tool), os.X_OK) for e in kept if e):
-            raise SystemExit(f"generate.py: `{tool}` is not on PATH once the directories holding `rg` are removed")
+            raise SystemExit(
+                f"generate.py: `{tool}` is not on PATH once the directories holding `rg` are removed"
+            )
 
 
 def install_loopback_guard() -> None:

@@ -19,8 +19,9 @@ from urllib.parse import urlsplit
 
 from _common import LOOPBACK
 
-# How long a gate or stream waits for its condition before giving up; generous because the
-# machine may be busy, and only reached when the SDK does not do what the scenario expects.
+# How long a held answer or stream step waits for its condition before giving up; generous
+# because the machine may be busy, and only reached when the SDK does not do what a scenario
+# expects (the run then fails).
 WAIT_S = 30.0
 
 
@@ -115,7 +116,9 @@ class LoopbackServer:
                     reply = server._handler(req)
                 except Exception as e:  # a bug in a scenario: answer, and let the scenario see it
                     server.errors.append(f"{req.method} {req.target}: {e!r}")
-                    reply = Reply.json({"type": "error", "error": {"type": "api_error", "message": "mock"}}, 500)
+                    reply = Reply.json(
+                        {"type": "error", "error": {"type": "api_error", "message": "mock"}}, 500
+                    )
                 self._write(req, reply)
 
             def _write(self, req: Request, reply: Reply) -> None:
@@ -150,7 +153,8 @@ class LoopbackServer:
         self.errors: list[str] = []
         self._httpd = _QuietServer((LOOPBACK, 0), Handler)
         self._httpd.daemon_threads = True
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        # A short poll interval: `shutdown` waits for the accept loop's next look at its flag.
+        self._thread = threading.Thread(target=self._httpd.serve_forever, args=(0.02,), daemon=True)
 
     @property
     def base_url(self) -> str:
@@ -189,9 +193,8 @@ class LoopbackServer:
     def wait_for(self, predicate: Callable[[list[Request]], bool], timeout: float = WAIT_S) -> bool:
         """Block until `predicate(requests)` holds (or the server closes, or `timeout`)."""
         with self._lock:
-            return self._lock.wait_for(lambda: predicate(self.requests) or self.closing.is_set(), timeout) and not (
-                self.closing.is_set() and not predicate(self.requests)
-            )
+            self._lock.wait_for(lambda: predicate(self.requests) or self.closing.is_set(), timeout)
+            return predicate(self.requests)
 
     def take(self) -> list[Request]:
         """The requests so far, forgetting them."""

@@ -9,12 +9,11 @@ same on every run, so the recorded requests are too.
 
 from __future__ import annotations
 
-import time
 import threading
 from typing import Any, Union, Callable, Iterator, Optional
 from dataclasses import field, dataclass
 
-from _common import ENV_ID, WORK_ID, CREATED_AT, SESSION_ID, work_item
+from _common import ENV_ID, CREATED_AT, SESSION_ID, work_item
 from _server import WAIT_S, Reply, Request, LoopbackServer, sse_frame
 
 PROCESSED_AT = "2026-05-01T00:00:00Z"
@@ -58,23 +57,18 @@ class WaitPosts:
 
 
 @dataclass
-class WaitFor:
-    """Stream step: hold until `predicate(requests)` holds."""
-
-    predicate: Callable[[list[Request]], bool]
-
-
-@dataclass
 class Close:
     """Stream step: end this stream response (the client sees the stream finish)."""
 
 
-Step = Union[dict, WaitPosts, WaitFor, Close]
+Step = Union[dict, WaitPosts, Close]
 
 
 @dataclass
 class Scenario:
-    """What the service answers. Defaults: a session work item, healthy endpoints."""
+    """What the service answers: `item` on the first poll (then no work), `heartbeats` in turn
+    (the last repeats), `session_status` on the session fetch, `history` on the events list,
+    `streams[n]` on the n-th stream connection that is not refused. Failures first where set."""
 
     item: Optional[dict[str, Any]] = None
     session_status: str = "idle"
@@ -194,18 +188,16 @@ class Service:
                 yield sse_frame(step)
             elif isinstance(step, WaitPosts):
                 with self._lock:
-                    self._lock.wait_for(lambda: self._posted >= step.count or server.closing.is_set(), WAIT_S)
-            elif isinstance(step, WaitFor):
-                server.wait_for(step.predicate)
+                    done = self._lock.wait_for(
+                        lambda: self._posted >= step.count or server.closing.is_set(), WAIT_S
+                    )
+                if not done:
+                    server.errors.append(f"stream: {step.count} results were never posted")
+                    return
             elif isinstance(step, Close):
                 return
         # Script done: hold the stream open (as a quiet session does) until the run ends.
-        while not server.closing.wait(0.05):
-            pass
-
-    @property
-    def posted(self) -> int:
-        return self._posted
+        server.closing.wait()
 
 
 def default_heartbeat(**fields: Any) -> dict[str, Any]:
@@ -235,29 +227,3 @@ def results_posted(requests: list[Request]) -> list[dict[str, Any]]:
         if kind_of(r) == "events_post":
             out.extend(r.json()["events"])
     return out
-
-
-def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> bool:
-    """Poll `predicate` from a thread that is not the server's (for async drivers)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-__all__ = [
-    "WORK_ID",
-    "Close",
-    "Scenario",
-    "Service",
-    "WaitFor",
-    "WaitPosts",
-    "answered",
-    "arrived",
-    "event",
-    "kind_of",
-    "serve",
-    "tool_use",
-]

@@ -22,8 +22,6 @@ from _common import (
     SESSION_ID,
     RECORDED_HEADERS,
     SESSIONS_TOKEN,
-    Recorder,
-    patched,
     work_item,
     secret_for,
     recorded_headers,
@@ -60,7 +58,13 @@ PRECONDITION_BODY = {
     },
     "request_id": "req_mock",
 }
-STATS_BODY = {"type": "work_queue_stats", "depth": 0, "pending": 0, "oldest_queued_at": None, "workers_polling": 1}
+STATS_BODY = {
+    "type": "work_queue_stats",
+    "depth": 0,
+    "pending": 0,
+    "oldest_queued_at": None,
+    "workers_polling": 1,
+}
 ENVIRONMENT_BODY = {
     "id": ENV_ID,
     "type": "environment",
@@ -132,8 +136,8 @@ class Call:
         for part in path.split("."):
             target = getattr(target, part)
         result = target(*self.args, **(self.kwargs or {}))
-        if hasattr(result, "__iter__") and path.endswith("events.stream"):
-            for _ in result:
+        if path.endswith("events.stream"):
+            for _ in result:  # read the stream to its end, so the request completes
                 pass
         return result
 
@@ -150,29 +154,175 @@ TOOL_RESULT = {
 # work-queue calls carry the environment key, management calls the API key, session calls the
 # sessions token (R9–R11 show the API key on work endpoints).
 REQUEST_CASES: list[tuple[str, str, str, list[Call]]] = [
-    ("R1", "auth_token", ENV_KEY, [Call("work.poll", (ENV_ID,), {"block_ms": 999, "reclaim_older_than_ms": 5000, "anthropic_worker_id": "host-abc123def456"})]),
+    (
+        "R1",
+        "auth_token",
+        ENV_KEY,
+        [
+            Call(
+                "work.poll",
+                (ENV_ID,),
+                {"block_ms": 999, "reclaim_older_than_ms": 5000, "anthropic_worker_id": "host-abc123def456"},
+            )
+        ],
+    ),
     ("R2", "auth_token", ENV_KEY, [Call("work.poll", (ENV_ID,))]),
     ("R3", "auth_token", ENV_KEY, [Call("work.ack", (WORK_ID,), W)]),
-    ("R4", "auth_token", ENV_KEY, [Call("work.heartbeat", (WORK_ID,), {**W, "expected_last_heartbeat": "NO_HEARTBEAT", "desired_ttl_seconds": 60})]),
-    ("R5", "auth_token", ENV_KEY, [Call("work.heartbeat", (WORK_ID,), {**W, "expected_last_heartbeat": "2026-05-01T00:00:01Z"})]),
+    (
+        "R4",
+        "auth_token",
+        ENV_KEY,
+        [
+            Call(
+                "work.heartbeat",
+                (WORK_ID,),
+                {**W, "expected_last_heartbeat": "NO_HEARTBEAT", "desired_ttl_seconds": 60},
+            )
+        ],
+    ),
+    (
+        "R5",
+        "auth_token",
+        ENV_KEY,
+        [Call("work.heartbeat", (WORK_ID,), {**W, "expected_last_heartbeat": "2026-05-01T00:00:01Z"})],
+    ),
     ("R6", "auth_token", ENV_KEY, [Call("work.stop", (WORK_ID,), W)]),
     ("R7", "auth_token", ENV_KEY, [Call("work.stop", (WORK_ID,), {**W, "force": True})]),
     ("R8", "auth_token", ENV_KEY, [Call("work.list", (ENV_ID,), {"limit": 10})]),
     ("R9", "api_key", API_KEY, [Call("work.retrieve", (WORK_ID,), W)]),
-    ("R10", "api_key", API_KEY, [Call("work.update", (WORK_ID,), {**W, "metadata": {"k": "v", "gone": None}})]),
+    (
+        "R10",
+        "api_key",
+        API_KEY,
+        [Call("work.update", (WORK_ID,), {**W, "metadata": {"k": "v", "gone": None}})],
+    ),
     ("R11", "api_key", API_KEY, [Call("work.stats", (ENV_ID,))]),
     ("R12", "auth_token", SESSIONS_TOKEN, [Call("sessions.retrieve", (SESSION_ID,))]),
-    ("R13", "auth_token", SESSIONS_TOKEN, [Call("sessions.events.send", (SESSION_ID,), {"events": [TOOL_RESULT]})]),
-    ("R14", "auth_token", SESSIONS_TOKEN, [Call("sessions.events.list", (SESSION_ID,), {"types": ["agent.tool_use", "user.tool_result"], "created_at_gt": "2026-05-01T00:00:00Z", "order": "asc", "limit": 50})]),
-    ("R15", "auth_token", SESSIONS_TOKEN, [Call("sessions.events.stream", (SESSION_ID,), {"event_deltas": ["agent.message"]})]),
-    ("R16", "api_key", API_KEY, [Call("environments.create", (), {"name": "n", "config": {"type": "self_hosted"}, "metadata": {"a": "b"}})]),
-    ("R17", "api_key", API_KEY, [Call("environments.create", (), {"name": "n", "config": {"type": "cloud", "networking": {"type": "limited", "allowed_hosts": ["example.com"], "allow_mcp_servers": True, "allow_package_managers": False}, "packages": {"pip": ["requests"]}}})]),
-    ("R18", "api_key", API_KEY, [Call("environments.update", (ENV_ID,), {"description": None, "metadata": {"a": None}})]),
+    (
+        "R13",
+        "auth_token",
+        SESSIONS_TOKEN,
+        [Call("sessions.events.send", (SESSION_ID,), {"events": [TOOL_RESULT]})],
+    ),
+    (
+        "R14",
+        "auth_token",
+        SESSIONS_TOKEN,
+        [
+            Call(
+                "sessions.events.list",
+                (SESSION_ID,),
+                {
+                    "types": ["agent.tool_use", "user.tool_result"],
+                    "created_at_gt": "2026-05-01T00:00:00Z",
+                    "order": "asc",
+                    "limit": 50,
+                },
+            )
+        ],
+    ),
+    (
+        "R15",
+        "auth_token",
+        SESSIONS_TOKEN,
+        [Call("sessions.events.stream", (SESSION_ID,), {"event_deltas": ["agent.message"]})],
+    ),
+    (
+        "R16",
+        "api_key",
+        API_KEY,
+        [
+            Call(
+                "environments.create",
+                (),
+                {"name": "n", "config": {"type": "self_hosted"}, "metadata": {"a": "b"}},
+            )
+        ],
+    ),
+    (
+        "R17",
+        "api_key",
+        API_KEY,
+        [
+            Call(
+                "environments.create",
+                (),
+                {
+                    "name": "n",
+                    "config": {
+                        "type": "cloud",
+                        "networking": {
+                            "type": "limited",
+                            "allowed_hosts": ["example.com"],
+                            "allow_mcp_servers": True,
+                            "allow_package_managers": False,
+                        },
+                        "packages": {"pip": ["requests"]},
+                    },
+                },
+            )
+        ],
+    ),
+    (
+        "R18",
+        "api_key",
+        API_KEY,
+        [Call("environments.update", (ENV_ID,), {"description": None, "metadata": {"a": None}})],
+    ),
     ("R19", "api_key", API_KEY, [Call("environments.list", (), {"include_archived": True, "limit": 5})]),
-    ("R20", "api_key", API_KEY, [Call("environments.archive", (ENV_ID,)), Call("environments.delete", (ENV_ID,))]),
-    ("R21", "auth_token", SESSIONS_TOKEN, [Call("sessions.events.send", (SESSION_ID,), {"events": [{"type": "user.interrupt"}]})]),
-    ("R22", "auth_token", SESSIONS_TOKEN, [Call("sessions.events.send", (SESSION_ID,), {"events": [{"type": "user.custom_tool_result", "custom_tool_use_id": "sevt_ct01", "content": [{"type": "text", "text": "42"}]}]})]),
-    ("R23", "auth_token", SESSIONS_TOKEN, [Call("sessions.events.send", (SESSION_ID,), {"events": [{"type": "user.tool_confirmation", "tool_use_id": "sevt_tu01", "result": "deny", "deny_message": "no"}]})]),
+    (
+        "R20",
+        "api_key",
+        API_KEY,
+        [Call("environments.archive", (ENV_ID,)), Call("environments.delete", (ENV_ID,))],
+    ),
+    (
+        "R21",
+        "auth_token",
+        SESSIONS_TOKEN,
+        [Call("sessions.events.send", (SESSION_ID,), {"events": [{"type": "user.interrupt"}]})],
+    ),
+    (
+        "R22",
+        "auth_token",
+        SESSIONS_TOKEN,
+        [
+            Call(
+                "sessions.events.send",
+                (SESSION_ID,),
+                {
+                    "events": [
+                        {
+                            "type": "user.custom_tool_result",
+                            "custom_tool_use_id": "sevt_ct01",
+                            "content": [{"type": "text", "text": "42"}],
+                        }
+                    ]
+                },
+            )
+        ],
+    ),
+    (
+        "R23",
+        "auth_token",
+        SESSIONS_TOKEN,
+        [
+            Call(
+                "sessions.events.send",
+                (SESSION_ID,),
+                {
+                    "events": [
+                        {
+                            "type": "user.tool_confirmation",
+                            "tool_use_id": "sevt_tu01",
+                            "result": "deny",
+                            "deny_message": "no",
+                        }
+                    ]
+                },
+            )
+        ],
+    ),
     ("R24", "auth_token", ENV_KEY, [Call("work.poll", (ENV_ID,), {"betas": ["foo-2026-01-01"]})]),
 ]
 
@@ -220,7 +370,7 @@ def request_vectors() -> dict[str, Any]:
             "reached the server, in order. `headers` holds the recorded header names "
             "(`recorded_headers`) that the request carried, names lower-cased; a recorded name "
             "absent from a request was not sent. `query` is the raw query string as sent; `body` "
-            "is the exact body text, \"\" for an empty body sent with a content-length, null for "
+            'is the exact body text, "" for an empty body sent with a content-length, null for '
             "no body at all."
         ),
         "recorded_headers": list(RECORDED_HEADERS),
@@ -252,14 +402,27 @@ def _outcome(call: Callable[[], Any]) -> dict[str, Any]:
     return {"outcome": "value", "python_type": type(value).__name__, "value": value}
 
 
-def _decode(server: LoopbackServer, replies: list[Reply], endpoint: str) -> dict[str, Any]:
-    queue = list(replies)
-    server_handler.replies = queue
+class _Answers:
+    """The decoding server's handler: answers each request with the next reply given to it."""
+
+    def __init__(self) -> None:
+        self.replies: list[Reply] = []
+
+    def __call__(self, req: Request) -> Reply:
+        return self.replies.pop(0)
+
+
+def _decode(server: LoopbackServer, answers: _Answers, reply: Reply, endpoint: str) -> dict[str, Any]:
+    """What the SDK's `endpoint` call makes of `reply` (and, for a coded error, which class
+    the same status has without the code)."""
+    answers.replies = [reply]
     client = anthropic.Anthropic(base_url=server.base_url, max_retries=0, auth_token=ENV_KEY)
     work = client.beta.environments.work
     calls: dict[str, Callable[[], Any]] = {
         "poll": lambda: work.poll(ENV_ID),
-        "heartbeat": lambda: work.heartbeat(WORK_ID, environment_id=ENV_ID, expected_last_heartbeat="NO_HEARTBEAT"),
+        "heartbeat": lambda: work.heartbeat(
+            WORK_ID, environment_id=ENV_ID, expected_last_heartbeat="NO_HEARTBEAT"
+        ),
         "stats": lambda: work.stats(ENV_ID),
     }
     try:
@@ -269,25 +432,9 @@ def _decode(server: LoopbackServer, replies: list[Reply], endpoint: str) -> dict
         server.take()
     if result["outcome"] == "error" and result["error_code"] is not None:
         # The class the same status gets without an error code: the one this class refines.
-        plain = _decode(server, [_json_reply(result["status"], _error_body(None))], endpoint)
+        plain = _decode(server, answers, Reply.json(_error_body(None), result["status"]), endpoint)
         result["refines"] = plain["class"]
     return result
-
-
-class _Queue:
-    """The decoding server's handler: answers with the next queued reply."""
-
-    replies: list[Reply] = []
-
-    def __call__(self, req: Request) -> Reply:
-        return self.replies.pop(0)
-
-
-server_handler = _Queue()
-
-
-def _json_reply(status: int, body: Any) -> Reply:
-    return Reply.json(body, status)
 
 
 def decoding_vectors() -> dict[str, Any]:
@@ -297,12 +444,13 @@ def decoding_vectors() -> dict[str, Any]:
         text = body if isinstance(body, str) else json.dumps(body, separators=(",", ":"))
         reply = Reply(status, text.encode(), [("content-type", "application/json")] if text else [])
         c = {"id": case_id, "endpoint": endpoint, "response": {"status": status, "body": text}}
-        c["result"] = _decode(server, [reply], endpoint)
+        c["result"] = _decode(server, answers, reply, endpoint)
         c.update(extra)
         cases.append(c)
         return c
 
-    with LoopbackServer(server_handler) as server:
+    answers = _Answers()
+    with LoopbackServer(answers) as server:
         case("D1", "poll", 200, "null")
         case("D2", "poll", 204, "")
         d3 = case("D3", "poll", 200, WORK_BODY)
@@ -324,8 +472,8 @@ def decoding_vectors() -> dict[str, Any]:
             (529, None),
             (599, None),
         ]:
-            reply = _json_reply(status, _error_body(code))
-            statuses.append({"status": status, "error_code": code, **_decode(server, [reply], "poll")})
+            reply = Reply.json(_error_body(code), status)
+            statuses.append({"status": status, "error_code": code, **_decode(server, answers, reply, "poll")})
         case("D10", "stats", 200, STATS_BODY)
 
     stopping = dict(HEARTBEAT_BODY, state="stopping")
@@ -336,9 +484,10 @@ def decoding_vectors() -> dict[str, Any]:
             "Each case is one response served to one SDK call (`endpoint`: poll, heartbeat or "
             "stats of the work resource; no retries). `result.outcome` is `none` (the call "
             "returned None), `parsed` (a model; `value` is its JSON dump), `value` (some other "
-            "Python value) or `error` (the exception's class and fields; `refines` names the class the same status has without "
-            "an error code, when there is one). D4 and D5 also show the worker's heartbeat loop fed the same "
-            "response: the queries it sent next, its waits, and what it logged. `error_statuses` "
+            "Python value) or `error` (the exception's class and fields; `refines` names the "
+            "class the same status has without an error code, when there is one). D4 and D5 also "
+            "show the worker's heartbeat loop fed the same response: the queries it sent next, "
+            "its waits, and what it logged. `error_statuses` "
             "maps error responses (status, `error.details.error_code`) to the SDK's classes."
         ),
         "cases": cases,

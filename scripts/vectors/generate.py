@@ -26,7 +26,7 @@ import logging
 import argparse
 import platform
 import importlib.metadata as metadata
-from typing import Any
+from typing import Any, NoReturn
 from pathlib import Path
 
 SDK_VERSION = "2.10.0"
@@ -38,7 +38,7 @@ COMMAND = "<venv python> scripts/vectors/generate.py"
 PACKAGES = ("anthropic", "standardwebhooks", "httpx2", "pydantic")
 
 
-def fail(message: str) -> "NoReturn":  # type: ignore[name-defined]  # noqa: F821
+def fail(message: str) -> NoReturn:
     print(f"generate.py: {message}", file=sys.stderr)
     raise SystemExit(2)
 
@@ -56,7 +56,8 @@ def check_versions() -> dict[str, str]:
     if versions["anthropic"] != SDK_VERSION:
         fail(
             f"these vectors are of anthropic {SDK_VERSION}, but {sys.executable} has anthropic "
-            f"{versions['anthropic']}; run with the SDK venv's Python (pip install 'anthropic[webhooks]=={SDK_VERSION}')"
+            f"{versions['anthropic']}; run it with the SDK venv's Python (see "
+            "scripts/vectors/requirements.txt)"
         )
     return versions
 

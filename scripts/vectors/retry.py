@@ -14,7 +14,6 @@ import asyncio
 import email.utils
 from typing import Any, Optional
 
-import anyio
 import httpx2
 import anthropic
 from anthropic import _constants, _base_client
@@ -22,7 +21,7 @@ from anthropic.lib import _retry
 from anthropic.lib.tools import _beta_session_runner as runner_mod
 from anthropic.lib.environments import _poller, _worker
 
-from _common import ENV_ID, ENV_KEY, WORK_ID, WORKER_ID, SESSIONS_TOKEN, Recorder, patched
+from _common import ENV_ID, ENV_KEY, WORKER_ID, SESSIONS_TOKEN, Recorder, patched
 from _server import Reply, Request, LoopbackServer
 from _observe import Clock, AnyioWaits, heartbeat_loop
 from _service import Close, WaitPosts, Scenario, event, serve, kind_of, tool_use, default_heartbeat
@@ -64,7 +63,9 @@ def _core() -> dict[str, Any]:
 
     def should(status: int, header: Optional[str] = None) -> bool:
         headers = {"x-should-retry": header} if header is not None else {}
-        response = httpx2.Response(status, headers=headers, request=httpx2.Request("GET", "http://127.0.0.1:9/"))
+        response = httpx2.Response(
+            status, headers=headers, request=httpx2.Request("GET", "http://127.0.0.1:9/")
+        )
         return client._should_retry(response)
 
     statuses = [400, 401, 403, 404, 408, 409, 412, 422, 429, 500, 502, 503, 529]
@@ -79,7 +80,10 @@ def _core() -> dict[str, Any]:
             "delay_random_1": [delay(n, rand=1.0) for n in taken],
         },
         "retry_after": [
-            {"headers": {"retry-after-ms": "1500", "retry-after": "99"}, "wait": delay(3, {"retry-after-ms": "1500", "retry-after": "99"})},
+            {
+                "headers": {"retry-after-ms": "1500", "retry-after": "99"},
+                "wait": delay(3, {"retry-after-ms": "1500", "retry-after": "99"}),
+            },
             {"headers": {"retry-after": "3"}, "wait": delay(0, {"retry-after": "3"})},
             {"headers": {"retry-after": http_date}, "now": FIXED_NOW, "wait": date_wait},
         ],
@@ -96,6 +100,7 @@ def _attempts_on(status: int) -> dict[str, Any]:
     """Every attempt the client makes when each answer is `status` (waits shortened by the server)."""
     with LoopbackServer(lambda req: Reply.json(BUSY, status, [("retry-after-ms", "1")])) as server:
         client = anthropic.Anthropic(base_url=server.base_url, auth_token=ENV_KEY)
+        error = None
         try:
             client.beta.environments.work.poll(ENV_ID)
         except anthropic.APIStatusError as e:
@@ -138,7 +143,9 @@ def _poller_waits(failures: int) -> dict[str, Any]:
 
         async def run() -> None:
             try:
-                async for _ in _poller.aiter_work(client.beta.environments.work, environment_id=ENV_ID, worker_id=WORKER_ID):
+                async for _ in _poller.aiter_work(
+                    client.beta.environments.work, environment_id=ENV_ID, worker_id=WORKER_ID
+                ):
                     pass
             except _Stop:
                 pass
@@ -165,7 +172,9 @@ def _run_runner(scenario: Scenario, waits: AnyioWaits, jitter: Optional[Recorder
     with server:
 
         async def run() -> None:
-            client = anthropic.AsyncAnthropic(base_url=server.base_url, auth_token=SESSIONS_TOKEN, max_retries=0)
+            client = anthropic.AsyncAnthropic(
+                base_url=server.base_url, auth_token=SESSIONS_TOKEN, max_retries=0
+            )
             tools = [_echo_tool()]
             async for _ in client.beta.sessions.events.tool_runner("sesn_test", tools=tools, max_idle=None):
                 pass
@@ -213,7 +222,10 @@ def _send_retry(failures: int) -> dict[str, Any]:
 def _stream_reconnect(failures: int) -> dict[str, Any]:
     """`failures` refused stream connections, then one that delivers an event and ends, then
     one that ends the session: the runner's waits before each reconnect."""
-    streams = [[event("session.status_running", "sevt_one"), Close()], [event("session.status_terminated", "sevt_end")]]
+    streams = [
+        [event("session.status_running", "sevt_one"), Close()],
+        [event("session.status_terminated", "sevt_end")],
+    ]
     waits = AnyioWaits()
     _run_runner(Scenario(streams=streams, stream_failures=failures), waits)
     return {

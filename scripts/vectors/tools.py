@@ -65,10 +65,6 @@ def _run_calls(
     return out
 
 
-async def _toolset(ctx: agent_toolset.AgentToolContext) -> list[Any]:
-    return agent_toolset.beta_agent_toolset_20260401(ctx)
-
-
 def _agent_tools(**ctx_args: Any) -> Callable[[], list[Any]]:
     def make() -> list[Any]:
         return agent_toolset.beta_agent_toolset_20260401(agent_toolset.AgentToolContext(**ctx_args))
@@ -117,7 +113,11 @@ GROUP_A = [
     ("A22", "grep", {"pattern": "("}),
     ("A23", "bash", {"command": "printf 'a\\033[31mRED\\033[0mb'"}),
     ("A24", "write", {"file_path": "../escape.txt", "content": "x"}),
-    ("A25", "edit", {"file_path": "notes/a.txt", "old_string": "line", "new_string": "L", "replace_all": True}),
+    (
+        "A25",
+        "edit",
+        {"file_path": "notes/a.txt", "old_string": "line", "new_string": "L", "replace_all": True},
+    ),
     ("A26", "read", {"file_path": "notes"}),
     ("A27", "bash", {"command": "true"}),
 ]
@@ -203,7 +203,9 @@ def _roots(base: Path, places: Placeholders, names: list[str]) -> dict[str, Path
     return out
 
 
-def group(calls: list[tuple[str, str, dict[str, Any]]], prepare: Optional[str] = None) -> list[dict[str, Any]]:
+def group(
+    calls: list[tuple[str, str, dict[str, Any]]], prepare: Optional[str] = None
+) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="cma-vectors-") as tmp:
         places = Placeholders()
         roots = _roots(Path(tmp), places, ["W", "RO", "OUT"])
@@ -265,7 +267,11 @@ class _Returns(BetaAsyncBuiltinFunctionTool):
         self._produce = produce
 
     def to_dict(self) -> Any:
-        return {"name": self._name, "description": "returns a fixed value", "input_schema": {"type": "object"}}
+        return {
+            "name": self._name,
+            "description": "returns a fixed value",
+            "input_schema": {"type": "object"},
+        }
 
     async def call(self, input: object) -> Any:  # noqa: A002
         value = self._produce()
@@ -289,12 +295,24 @@ def conversion() -> dict[str, Any]:
         ("T2", {"kind": "text", "text": ""}, lambda: ""),
         ("T3", {"kind": "text", "text": "abc"}, lambda: "abc"),
         ("T4", {"kind": "blocks", "blocks": []}, lambda: []),
-        ("T5", {"kind": "blocks", "blocks": [{"type": "text", "text": ""}]}, lambda: [{"type": "text", "text": ""}]),
+        (
+            "T5",
+            {"kind": "blocks", "blocks": [{"type": "text", "text": ""}]},
+            lambda: [{"type": "text", "text": ""}],
+        ),
         ("T6", {"kind": "blocks", "blocks": [image]}, lambda: [image]),
-        ("T7", {"kind": "blocks", "blocks": [{"type": "tool_reference", "tool_name": "x"}]}, lambda: [{"type": "tool_reference", "tool_name": "x"}]),
+        (
+            "T7",
+            {"kind": "blocks", "blocks": [{"type": "tool_reference", "tool_name": "x"}]},
+            lambda: [{"type": "tool_reference", "tool_name": "x"}],
+        ),
         ("T8", {"kind": "raises", "class": "ToolError", "message": "boom"}, _raise(ToolError("boom"))),
         ("T9", {"kind": "raises", "class": "RuntimeError", "message": "x"}, _raise(RuntimeError("x"))),
-        ("T10", {"kind": "raises", "class": "RuntimeError", "message_repeat": ["x", 5000]}, _raise(RuntimeError("x" * 5000))),
+        (
+            "T10",
+            {"kind": "raises", "class": "RuntimeError", "message_repeat": ["x", 5000]},
+            _raise(RuntimeError("x" * 5000)),
+        ),
         ("T11", {"kind": "text_utf16", "units": [ord(c) for c in lone]}, lambda: lone),
     ]
     calls = [(cid, f"t_{cid.lower()}", {}) for cid, _, _ in cases]
@@ -305,14 +323,18 @@ def conversion() -> dict[str, Any]:
         row: dict[str, Any] = {"id": cid, "returns": returns, "is_error": r["is_error"]}
         text = r["content"][0].get("text", "") if r["content"] else ""
         if len(text) > SUMMARY_OVER_CHARS - 1:
-            row.update(content_text_head=text[:20], content_text_chars=len(text), content_blocks=len(r["content"]))
+            row.update(
+                content_text_head=text[:20], content_text_chars=len(text), content_blocks=len(r["content"])
+            )
         else:
             row["content"] = r["content"]
         rows.append(row)
     # A call that outlives the runner's per-call limit: shortened here so the run stays short.
     limit = runner_mod.TOOL_TIMEOUT
     with patched(runner_mod, "TOOL_TIMEOUT", 0.2):
-        timed = _run_calls([("T12", "bash", {})], lambda: [_Returns("bash", lambda: "sleep")], Placeholders())[0]
+        timed = _run_calls(
+            [("T12", "bash", {})], lambda: [_Returns("bash", lambda: "sleep")], Placeholders()
+        )[0]
     rows.append(
         {
             "id": "T12",
@@ -350,7 +372,9 @@ def tool_results() -> dict[str, Any]:
             "built-in search."
         ),
         "group_a": {
-            "about": f"Empty working directory; the worker process has {secret_name}=leak in its environment.",
+            "about": (
+                f"Empty working directory; the worker process has {secret_name}=leak in its " "environment."
+            ),
             "cases": group_a,
         },
         "group_b": {"about": "A fresh session.", "cases": group(GROUP_B)},

@@ -94,7 +94,8 @@ def secret() -> dict[str, Any]:
         (None, None),
     ]
     cases = [
-        {"secret": s, "payload": p, "sessions_token": _worker._sessions_token_from_secret(s)} for s, p in inputs
+        {"secret": s, "payload": p, "sessions_token": _worker._sessions_token_from_secret(s)}
+        for s, p in inputs
     ]
     return {
         "about": (
@@ -186,13 +187,19 @@ def webhooks() -> dict[str, Any]:
         ("V8", h(sig=altered), WEBHOOK_BODY),
         ("V9", h(msg_id="msg_02"), WEBHOOK_BODY),
         ("V10", h(ts=f"{NOW}.9"), WEBHOOK_BODY),
-        ("V11", [["Webhook-Id", "msg_01"], ["webhook-timestamp", str(NOW)], ["WEBHOOK-SIGNATURE", good]], WEBHOOK_BODY),
+        (
+            "V11",
+            [["Webhook-Id", "msg_01"], ["webhook-timestamp", str(NOW)], ["WEBHOOK-SIGNATURE", good]],
+            WEBHOOK_BODY,
+        ),
         ("V14", signed_at(-300), WEBHOOK_BODY),
         ("V15", signed_at(300), WEBHOOK_BODY),
     ]
     verification = [{"id": vid, "headers": hs, "body": body, **_verify(hs, body)} for vid, hs, body in cases]
     # No key given and none configured on the client.
-    verification.append({"id": "V12", "headers": h(), "body": WEBHOOK_BODY, "key": None, **_verify(h(), WEBHOOK_BODY, None)})
+    verification.append(
+        {"id": "V12", "headers": h(), "body": WEBHOOK_BODY, "key": None, **_verify(h(), WEBHOOK_BODY, None)}
+    )
     parsed = anthropic.Anthropic(base_url="http://127.0.0.1:9", api_key="unused")
     unverified = parsed.beta.webhooks.parse_unverified(FUTURE_BODY).to_dict(mode="json", warnings=False)
     parsed.close()
@@ -213,4 +220,3 @@ def webhooks() -> dict[str, Any]:
         "signing": signing,
         "verification": verification,
     }
-

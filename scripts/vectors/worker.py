@@ -26,7 +26,6 @@ from client import PRECONDITION_BODY
 from _server import Reply, Request
 from _service import (
     Close,
-    WaitFor,
     Scenario,
     WaitPosts,
     event,
@@ -204,7 +203,10 @@ SCENARIOS: list[tuple[str, str, Scenario, dict[str, Any]]] = [
     ),
     (
         "W8",
-        "Calls of tools the worker does not have (`web_fetch`, a custom `lookup_customer`), then a fence call.",
+        (
+            "Calls of tools the worker does not have (`web_fetch`, a custom `lookup_customer`), "
+            "then a fence call."
+        ),
         Scenario(
             item=SESSION_ITEM,
             streams=[
@@ -261,7 +263,10 @@ SCENARIOS: list[tuple[str, str, Scenario, dict[str, Any]]] = [
                     RUNNING,
                     _bash("sevt_tu01", "echo never", evaluated_permission="ask", session_thread_id="sthr_X"),
                     event(
-                        "session.thread_status_terminated", "sevt_thr", session_thread_id="sthr_X", agent_name="sub"
+                        "session.thread_status_terminated",
+                        "sevt_thr",
+                        session_thread_id="sthr_X",
+                        agent_name="sub",
                     ),
                     _confirm("sevt_c01", "sevt_tu01", "allow", session_thread_id="sthr_X"),
                     FENCE,
@@ -295,9 +300,7 @@ def _steps(requests: list[Request]) -> list[dict[str, Any]]:
     """Requests as steps; overlapping ones (neither answered before the other arrived) grouped."""
     groups: list[list[Request]] = []
     for req in requests:
-        if groups and any(
-            prev.answered_seq is None or prev.answered_seq > req.seq for prev in groups[-1]
-        ):
+        if groups and any(prev.answered_seq is None or prev.answered_seq > req.seq for prev in groups[-1]):
             groups[-1].append(req)
         else:
             groups.append([req])
@@ -318,8 +321,6 @@ def _describe(step: Any) -> Any:
         return {"wait_for_results": step.count}
     if isinstance(step, Close):
         return {"end_stream": True}
-    if isinstance(step, WaitFor):
-        return {"wait": True}
     raise TypeError(step)
 
 
@@ -394,4 +395,3 @@ def worker() -> dict[str, Any]:
         },
         "scenarios": scenarios,
     }
-
