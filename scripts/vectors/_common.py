@@ -190,8 +190,17 @@ def install_loopback_guard() -> None:
         check(sock, address)
         return original_ex(sock, address)
 
+    original_getaddrinfo = socket.getaddrinfo
+
+    def getaddrinfo(host: Any, *args: Any, **kwargs: Any) -> Any:
+        # No name lookups either: a resolver query would leave the machine.
+        if host not in (LOOPBACK, LOOPBACK.encode()):
+            raise socket.gaierror(f"generate.py only talks to {LOOPBACK}, refused to look up {host!r}")
+        return original_getaddrinfo(host, *args, **kwargs)
+
     socket.socket.connect = connect  # type: ignore[method-assign]
     socket.socket.connect_ex = connect_ex  # type: ignore[method-assign]
+    socket.getaddrinfo = getaddrinfo
 
 
 @contextlib.contextmanager
