@@ -33,7 +33,7 @@ SDK_VERSION = "2.10.0"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 DEFAULT_OUTPUT = REPO / "vectors" / "sdk-test-vectors.json"
-COMMAND = "<venv python> scripts/vectors/generate.py"
+COMMAND = "~/.cache/cma-venv/bin/python scripts/vectors/generate.py  # the venv .ci/run creates"
 # Packages whose behaviour shapes the output; their versions go into the header.
 PACKAGES = ("anthropic", "standardwebhooks", "httpx2", "pydantic")
 
