@@ -86,10 +86,6 @@ def arrived(kind: str) -> Callable[[list[Request]], bool]:
     return lambda requests: any(kind_of(r) == kind for r in requests)
 
 
-def answered(kind: str) -> Callable[[list[Request]], bool]:
-    return lambda requests: any(kind_of(r) == kind and r.answered_seq is not None for r in requests)
-
-
 def kind_of(req: Request) -> str:
     p, m = req.path, req.method
     if p.endswith("/work/poll"):

@@ -32,7 +32,6 @@ from _service import (
     serve,
     arrived,
     kind_of,
-    answered,
     tool_use,
     default_heartbeat,
 )
@@ -64,9 +63,12 @@ def _both_in_flight() -> dict[str, Callable[[list[Request]], bool]]:
     return {"session_get": arrived("heartbeat"), "heartbeat": arrived("session_get")}
 
 
-def _heartbeat_first() -> dict[str, Callable[[list[Request]], bool]]:
-    """Both in flight, and the heartbeat answered first: its answer decides the run."""
-    return {"heartbeat": arrived("session_get"), "session_get": answered("heartbeat")}
+def _heartbeat_decides(then: str) -> dict[str, Callable[[list[Request]], bool]]:
+    """Both in flight; the heartbeat is answered, and the session fetch only once the worker
+    has acted on that answer (its request of kind `then` arrived), so nothing else can."""
+    if then == "poll":
+        return {"heartbeat": arrived("session_get"), "session_get": lambda rs: _polls(rs) >= 2}
+    return {"heartbeat": arrived("session_get"), "session_get": arrived(then)}
 
 
 class _LookupCustomer(BetaAsyncBuiltinFunctionTool):
@@ -114,11 +116,11 @@ SCENARIOS: list[tuple[str, str, Scenario, dict[str, Any]]] = [
     ),
     (
         "W2",
-        "The first heartbeat answers state `stopping`; the session fetch is answered after it.",
+        "The first heartbeat answers state `stopping`; the session fetch is answered after the stop.",
         Scenario(
             item=SESSION_ITEM,
             heartbeats=[Reply.json(default_heartbeat(state="stopping"))],
-            hold=_heartbeat_first(),
+            hold=_heartbeat_decides("stop"),
         ),
         {},
     ),
@@ -128,17 +130,17 @@ SCENARIOS: list[tuple[str, str, Scenario, dict[str, Any]]] = [
         Scenario(
             item=SESSION_ITEM,
             heartbeats=[Reply.json(default_heartbeat(lease_extended=False))],
-            hold=_heartbeat_first(),
+            hold=_heartbeat_decides("stop"),
         ),
         {},
     ),
     (
         "W3",
-        "The first heartbeat answers 412 (another holder); the session fetch is answered after it.",
+        "The first heartbeat answers 412 (another holder); the session fetch is answered after the next poll.",
         Scenario(
             item=SESSION_ITEM,
             heartbeats=[Reply.json(PRECONDITION_BODY, 412)],
-            hold=_heartbeat_first(),
+            hold=_heartbeat_decides("poll"),
         ),
         {},
     ),
@@ -296,21 +298,31 @@ def _step(req: Request) -> dict[str, Any]:
     }
 
 
-def _steps(requests: list[Request]) -> list[dict[str, Any]]:
-    """Requests as steps; overlapping ones (neither answered before the other arrived) grouped."""
-    groups: list[list[Request]] = []
-    for req in requests:
-        if groups and any(prev.answered_seq is None or prev.answered_seq > req.seq for prev in groups[-1]):
-            groups[-1].append(req)
-        else:
-            groups.append([req])
+def _steps(requests: list[Request], held: frozenset[str]) -> list[dict[str, Any]]:
+    """Requests as steps, in arrival order, except that the first request of each `held` kind
+    forms one `concurrent` step (sorted; which of them the worker sent first is chance).
+
+    The holds made them overlap; this checks they did: each arrived before any was answered
+    (a worker that sent them one after the other would have stalled on its hold instead).
+    """
+    first: dict[str, Request] = {}
+    for r in requests:
+        if kind_of(r) in held:
+            first.setdefault(kind_of(r), r)
+    group = list(first.values())
+    if len(group) > 1:
+        answered_at = min(r.answered_seq or 1 << 62 for r in group)
+        late = [f"{r.method} {r.target}" for r in group if r.seq > answered_at]
+        if late:
+            raise AssertionError(f"not in flight together: {late}")
     out: list[dict[str, Any]] = []
-    for g in groups:
-        steps = [_step(r) for r in g]
-        if len(steps) == 1:
-            out.append(steps[0])
-        else:
-            out.append({"concurrent": sorted(steps, key=lambda s: (s["kind"], s["target"]))})
+    for r in requests:
+        if len(group) > 1 and any(r is g for g in group):
+            if r is group[0]:
+                steps = sorted((_step(g) for g in group), key=lambda s: (s["kind"], s["target"]))
+                out.append({"concurrent": steps})
+            continue
+        out.append(_step(r))
     return out
 
 
@@ -370,7 +382,7 @@ def worker() -> dict[str, Any]:
                 "history": scenario.history,
                 "stream": stream[0] if stream else [],
                 "worker_options": {k: v for k, v in worker_args.items() if k != "tools"},
-                "steps": _steps(requests),
+                "steps": _steps(requests, frozenset(scenario.hold)),
             }
         )
     return {
