@@ -4,8 +4,11 @@ reconciliation, permission gating, calls it does not own, session end).
 
 Each scenario runs the real worker (its default toolset in a temporary working directory)
 against the loopback service until the worker polls again after the item; that poll is the
-last step recorded. Requests that were in flight together (each arrived before the other was
-answered) are listed as one `concurrent` step, sorted, since their arrival order is chance.
+last step recorded. The worker sends the session fetch and the first heartbeat together; the
+service holds each until the other has arrived (a worker that sent them one after the other
+would stall there and fail the run), and the two are listed as one `concurrent` step, sorted,
+since which one left first is chance. Everything else is in arrival order, which the worker's
+own sequencing fixes.
 """
 
 from __future__ import annotations
@@ -392,11 +395,12 @@ def worker() -> dict[str, Any]:
             "heartbeat answers TTL 60 s (one beat per run) unless the scenario says otherwise; "
             "the session fetch answers `session_status`; the history endpoint answers `history`; "
             "the first event stream plays `stream` (`wait_for_results`: held until that many "
-            "results were posted; after its last entry the stream stays open). Unless a scenario "
-            "says otherwise, the session fetch and the heartbeat are each held until the other "
-            "has arrived, so that they overlap on every run. `steps`: each "
-            "request with its kind, target (path and raw query), Bearer credential, "
-            "`x-stainless-helper`, `anthropic-worker-id` and body."
+            "results were posted; after its last entry the stream stays open). The session fetch "
+            "and the first heartbeat are each held until the other has arrived (W2, W3: the "
+            "fetch until the worker acted on the heartbeat's answer), which proves they are in "
+            "flight together; `steps` lists them as one `concurrent` step (sorted) and every "
+            "other request in arrival order, each with its kind, target (path and raw query), "
+            "Bearer credential, `x-stainless-helper`, `anthropic-worker-id` and body."
         ),
         "setup": {
             "parent_api_key": PARENT_API_KEY,
