@@ -47,7 +47,8 @@
 //! on this host. A build that serves agents never needs it.
 //!
 //! # Fidelity
-//! Every tool row of the SDK test vectors (§8 definitions, §9.1–§9.5) is reproduced exactly, on
+//! Every tool case of the SDK test vectors (`vectors/sdk-test-vectors.json`: the toolset's
+//! definitions, groups A–C, the shell cases and the result conversion) is reproduced exactly, on
 //! a real directory, in `testing::MemorySandbox` and (file rows) on the isolate backend. Known
 //! differences from the Python reference (`agent_toolset.py`):
 //! - `grep` always uses the built-in walker with the Rust `regex` crate (never `rg`): Python
