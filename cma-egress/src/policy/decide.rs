@@ -27,14 +27,16 @@
 //!
 //! For a `CONNECT` tunnel only host and port are known. The tunnel is refused when an
 //! unconditional `deny` matches or when no `allow` could ever match; it is spliced (bytes copied,
-//! TLS untouched) when the outcome cannot depend on what is inside; otherwise (conditional rules,
-//! actions) it is intercepted and each request inside is decided as above.
+//! TLS untouched) when the outcome cannot depend on what is inside — to the target, or to the
+//! address of an unconditional `tcp://` route when that is the first route; otherwise
+//! (conditional rules, injections, placeholders, custom services, `http(s)://` routes) it is
+//! intercepted and each request inside is decided as above.
 
 use std::fmt;
 
 use super::{
     Conditions, CustomRule, DefaultAction, EgressPolicy, InjectRule, PlaceholderRule, RouteRule,
-    Rule,
+    RouteScheme, Rule, Upstream,
 };
 use crate::host::{DefaultPorts, Host};
 
@@ -198,6 +200,8 @@ pub enum ConnectDecision {
     Splice {
         /// The unconditional `allow` rule (`None` when the policy default allows).
         rule: Option<RuleRef>,
+        /// A `tcp://` route to splice to instead of the target itself.
+        route: Option<Upstream>,
     },
     /// Terminate TLS with the sandbox's CA and decide every request inside.
     Intercept,
@@ -359,6 +363,10 @@ impl EgressPolicy {
         let mut unconditional_allow = None;
         let mut conditional_allow = false;
         let mut actions = false;
+        // The first route or custom rule handles requests; only an unconditional tcp route can
+        // be honoured without looking inside.
+        let mut handler_seen = false;
+        let mut splice_route = None;
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.host().matches(host, port, DefaultPorts::Web) {
                 continue;
@@ -372,6 +380,18 @@ impl EgressPolicy {
                 }
                 Rule::Allow(_) => conditional_allow = true,
                 Rule::Deny(_) => {}
+                Rule::Route(r)
+                    if !handler_seen
+                        && r.upstream.scheme == RouteScheme::Tcp
+                        && r.when.is_empty() =>
+                {
+                    handler_seen = true;
+                    splice_route = Some(r.upstream.clone());
+                }
+                Rule::Route(_) | Rule::Custom(_) => {
+                    handler_seen = true;
+                    actions = true;
+                }
                 _ => actions = true,
             }
         }
@@ -389,6 +409,7 @@ impl EgressPolicy {
         } else {
             ConnectDecision::Splice {
                 rule: unconditional_allow,
+                route: splice_route,
             }
         }
     }

@@ -257,11 +257,37 @@ impl Scheme {
     }
 }
 
-/// Where a `route` sends requests: `scheme://host:port`.
+/// How a `route` talks to its upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RouteScheme {
+    /// `http://`: plain HTTP to the upstream whatever the sandbox used (TLS from the sandbox is
+    /// terminated by the proxy).
+    Http,
+    /// `https://`: TLS to the upstream, verified against `server_name` (default the upstream's
+    /// host).
+    Https,
+    /// `tcp://`: only the address changes; the sandbox's own protocol goes there. A `CONNECT`
+    /// tunnel that nothing else needs to see inside is spliced straight to the upstream (TLS
+    /// stays end to end, so the upstream must present a certificate for the name the sandbox
+    /// asked for); requests the proxy does see go out in the scheme the sandbox used.
+    Tcp,
+}
+
+impl RouteScheme {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Http => "http",
+            Self::Https => "https",
+            Self::Tcp => "tcp",
+        }
+    }
+}
+
+/// Where a `route` sends requests: `scheme://host:port` (see [`RouteScheme`]).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Upstream {
-    /// Plain or TLS.
-    pub scheme: Scheme,
+    /// How to talk to it.
+    pub scheme: RouteScheme,
     /// Address or name (resolved by the proxy's resolver; exempt from the address check).
     pub host: Host,
     /// Port.
@@ -272,10 +298,11 @@ impl Upstream {
     fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| EgressError::invalid("upstream", format!("{s:?}: {why}"));
         let uri: http::Uri = s.parse().map_err(|_| bad("not a URL"))?;
-        let scheme = match uri.scheme_str() {
-            Some("http") => Scheme::Http,
-            Some("https") => Scheme::Https,
-            _ => return Err(bad("scheme must be http or https")),
+        let (scheme, default_port) = match uri.scheme_str() {
+            Some("http") => (RouteScheme::Http, Some(80)),
+            Some("https") => (RouteScheme::Https, Some(443)),
+            Some("tcp") => (RouteScheme::Tcp, None),
+            _ => return Err(bad("scheme must be http, https or tcp")),
         };
         let auth = uri.authority().ok_or_else(|| bad("no host"))?;
         if auth.as_str().contains('@') {
@@ -286,11 +313,10 @@ impl Upstream {
         }
         let (host, port) =
             crate::host::parse_authority(auth.as_str()).map_err(|e| bad(e.context()))?;
-        Ok(Self {
-            scheme,
-            port: port.unwrap_or(scheme.default_port()),
-            host,
-        })
+        let port = port
+            .or(default_port)
+            .ok_or_else(|| bad("a tcp:// upstream needs a port"))?;
+        Ok(Self { scheme, port, host })
     }
 }
 

@@ -418,6 +418,7 @@ fn connect_decisions_splice_only_when_nothing_inside_matters() {
             index: i,
             kind: RuleKind::Allow,
         }),
+        route: None,
     };
     assert_eq!(p.decide_connect(&h("plain.com"), 443), splice(0));
     assert!(matches!(
@@ -462,12 +463,60 @@ fn connect_decisions_splice_only_when_nothing_inside_matters() {
     );
     assert_eq!(
         deny_list.decide_connect(&h("good.com"), 443),
-        ConnectDecision::Splice { rule: None }
+        ConnectDecision::Splice {
+            rule: None,
+            route: None
+        }
     );
     assert!(matches!(
         EgressPolicy::deny_all().decide_connect(&h("a.com"), 443),
         ConnectDecision::Refuse { .. }
     ));
+}
+
+#[test]
+fn tcp_routes_splice_and_other_routes_intercept() {
+    let p = with_rules(json!([
+        {"type": "allow", "host": "db.internal:5432,git.internal:22,web.internal,cond.internal,first.internal"},
+        {"type": "route", "host": "db.internal:5432", "upstream": "tcp://10.0.0.7:5432"},
+        {"type": "route", "host": "git.internal:22", "upstream": "tcp://[fd00::1]:2222"},
+        {"type": "route", "host": "web.internal", "upstream": "https://10.0.0.8"},
+        {"type": "route", "host": "cond.internal", "upstream": "tcp://10.0.0.9:443", "methods": ["GET"]},
+        {"type": "custom", "host": "first.internal", "service": "svc"},
+        {"type": "route", "host": "first.internal", "upstream": "tcp://10.0.0.10:443"},
+    ]));
+    let h = |s: &str| Host::parse(s).unwrap();
+    let route_of = |d: ConnectDecision| match d {
+        ConnectDecision::Splice { route, .. } => route.map(|u| u.to_string()),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        route_of(p.decide_connect(&h("db.internal"), 5432)).as_deref(),
+        Some("tcp://10.0.0.7:5432")
+    );
+    assert_eq!(
+        route_of(p.decide_connect(&h("git.internal"), 22)).as_deref(),
+        Some("tcp://[fd00::1]:2222")
+    );
+    assert_eq!(
+        p.decide_connect(&h("web.internal"), 443),
+        ConnectDecision::Intercept
+    );
+    assert_eq!(
+        p.decide_connect(&h("cond.internal"), 443),
+        ConnectDecision::Intercept
+    );
+    assert_eq!(
+        p.decide_connect(&h("first.internal"), 443),
+        ConnectDecision::Intercept
+    );
+    let e = EgressPolicy::from_json(
+        json!({"id": "p", "rules": [{"type": "route", "host": "a", "upstream": "tcp://10.0.0.1"}]})
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap_err();
+    assert_eq!(e.field(), Some("rules[0].upstream"));
 }
 
 #[test]

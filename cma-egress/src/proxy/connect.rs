@@ -32,7 +32,7 @@ use crate::audit::{AuditRecord, AuditVia};
 use crate::ca::SandboxCa;
 use crate::error::{EgressError, EgressErrorKind, Result};
 use crate::host::{Host, parse_authority};
-use crate::policy::{ConnectDecision, Scheme, Verdict};
+use crate::policy::{ConnectDecision, Scheme, Upstream, Verdict};
 use crate::registry::SandboxIdentity;
 
 /// Answer a `CONNECT` request.
@@ -81,15 +81,24 @@ pub(crate) async fn handle(conn: Arc<ConnCtx>, mut req: Request<Incoming>) -> Re
             rec.rule = rule;
             fail(&conn, rec, EgressError::denied(reason))
         }
-        ConnectDecision::Splice { rule } => {
+        ConnectDecision::Splice { rule, route } => {
             rec.rule = rule;
             rec.verdict = Verdict::Allow;
-            let dial = Dial {
-                scheme: Scheme::Http,
-                host: host.clone(),
-                port,
-                tls_name: host.clone(),
-                exempt: false,
+            let dial = match &route {
+                None => Dial {
+                    scheme: Scheme::Http,
+                    host: host.clone(),
+                    port,
+                    tls_name: host.clone(),
+                    exempt: false,
+                },
+                Some(up) => Dial {
+                    scheme: Scheme::Http,
+                    host: up.host.clone(),
+                    port: up.port,
+                    tls_name: up.host.clone(),
+                    exempt: true,
+                },
             };
             let upstream = match conn.shared.dialer.connect_tcp(&dial).await {
                 Ok(s) => s,
@@ -99,7 +108,7 @@ pub(crate) async fn handle(conn: Arc<ConnCtx>, mut req: Request<Incoming>) -> Re
             rec.latency = started.elapsed();
             let ticket = AuditTicket::new(conn.shared.audit.clone(), rec, started);
             tokio::spawn(splice_tunnel(
-                conn, on_upgrade, upstream, host, port, ticket,
+                conn, on_upgrade, upstream, host, port, route, ticket,
             ));
             established()
         }
@@ -161,9 +170,9 @@ async fn decide(
     Ok((identity, decision))
 }
 
-/// Resolves when a policy or registry change means this tunnel would no longer be spliced, or
-/// at shutdown.
-async fn until_revoked(conn: Arc<ConnCtx>, host: Host, port: u16) {
+/// Resolves when a policy or registry change means this tunnel would no longer be spliced (to
+/// the same place), or at shutdown.
+async fn until_revoked(conn: Arc<ConnCtx>, host: Host, port: u16, route: Option<Upstream>) {
     let shutdown = conn.shared.shutdown.clone();
     let mut policies = conn.shared.policies.changes();
     let mut registry = conn.shared.registry.changes();
@@ -196,7 +205,7 @@ async fn until_revoked(conn: Arc<ConnCtx>, host: Host, port: u16) {
             None,
         );
         match decide(&conn, &host, port, &mut scratch).await {
-            Ok((_, ConnectDecision::Splice { .. })) => continue,
+            Ok((_, ConnectDecision::Splice { route: now, .. })) if now == route => continue,
             _ => return,
         }
     }
@@ -208,6 +217,7 @@ async fn splice_tunnel(
     upstream: TcpStream,
     host: Host,
     port: u16,
+    route: Option<Upstream>,
     mut ticket: AuditTicket,
 ) {
     let Ok(upgraded) = on_upgrade.await else {
@@ -244,7 +254,7 @@ async fn splice_tunnel(
         upstream,
         ticket.bytes_in.clone(),
         ticket.bytes_out.clone(),
-        until_revoked(conn.clone(), host, port),
+        until_revoked(conn.clone(), host, port, route),
     )
     .await;
 }

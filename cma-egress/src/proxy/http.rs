@@ -24,7 +24,7 @@ use crate::audit::{AuditRecord, AuditVia};
 use crate::custom::{CustomOutcome, CustomService};
 use crate::error::{EgressError, EgressErrorKind, Result};
 use crate::host::{Host, parse_authority};
-use crate::policy::{Handler, PathView, RequestFacts, Scheme, Verdict};
+use crate::policy::{Handler, PathView, RequestFacts, RouteScheme, Scheme, Verdict};
 use crate::secrets::{Secret, SecretName};
 
 /// How a request reached the proxy.
@@ -293,19 +293,26 @@ where
     let (dial, custom) = match decision.handler {
         Handler::Upstream => (direct_dial(target), None),
         Handler::Custom { custom, .. } => (direct_dial(target), Some(custom.service.clone())),
-        Handler::Route { route, .. } => (
-            Dial {
-                scheme: route.upstream.scheme,
-                host: route.upstream.host.clone(),
-                port: route.upstream.port,
-                tls_name: route
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| route.upstream.host.clone()),
-                exempt: true,
-            },
-            None,
-        ),
+        Handler::Route { route, .. } => {
+            let (scheme, default_name) = match route.upstream.scheme {
+                RouteScheme::Http => (Scheme::Http, &route.upstream.host),
+                RouteScheme::Https => (Scheme::Https, &route.upstream.host),
+                RouteScheme::Tcp => (target.scheme, &target.host),
+            };
+            (
+                Dial {
+                    scheme,
+                    host: route.upstream.host.clone(),
+                    port: route.upstream.port,
+                    tls_name: route
+                        .server_name
+                        .clone()
+                        .unwrap_or_else(|| default_name.clone()),
+                    exempt: true,
+                },
+                None,
+            )
+        }
     };
     let plain = dial.scheme == Scheme::Http;
 

@@ -177,11 +177,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn garbage_after_a_handshake_byte_is_refused() {
+    async fn malformed_client_hellos_are_refused() {
+        // A handshake record holding an empty ClientHello.
         let (mut a, mut b) = tokio::io::duplex(64);
-        tokio::io::AsyncWriteExt::write_all(&mut b, &[0x16, 0x03, 0x01, 0x00, 0x02, 0xff, 0xff])
+        tokio::io::AsyncWriteExt::write_all(&mut b, &[0x16, 0x03, 0x01, 0x00, 0x04, 0x01, 0, 0, 0])
             .await
             .unwrap();
+        let e = read_opening(&mut a, Duration::from_secs(5))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.kind(), EgressErrorKind::Tls, "{e}");
+        // A handshake byte and then the stream ends.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        tokio::io::AsyncWriteExt::write_all(&mut b, &[0x16, 0x03])
+            .await
+            .unwrap();
+        drop(b);
         assert!(read_opening(&mut a, Duration::from_secs(5)).await.is_err());
     }
 }
