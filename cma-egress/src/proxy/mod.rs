@@ -487,7 +487,8 @@ where
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(shared.config.header_read_timeout)
-        .max_buf_size(shared.config.max_header_bytes);
+        .max_buf_size(shared.config.max_header_bytes)
+        .max_header_size(shared.config.max_header_bytes);
     let served = builder
         .serve_connection(TokioIo::new(io), svc)
         .with_upgrades();

@@ -236,6 +236,7 @@ impl Dialer {
     {
         let (sender, conn) = http1::Builder::new()
             .max_buf_size(self.max_header_bytes.max(8192))
+            .max_header_size(self.max_header_bytes)
             .handshake(io)
             .await
             .map_err(upstream_error)?;
