@@ -16,8 +16,9 @@
 //!    (a deny list).
 //! 4. **Actions** on an allowed request, each matched like `allow`: every matching `inject` rule
 //!    sets its header (the first rule per header name wins); every matching `placeholder` rule
-//!    permits its secret; the first matching `route` or `custom` rule (in rule order) handles the
-//!    request instead of a direct upstream connection. Actions never allow a request by
+//!    permits its secret; the first matching `custom` rule hands the request to its service
+//!    (which may answer it or rewrite it); the first matching `route` rule decides where the
+//!    request goes instead of the destination itself. Actions never allow a request by
 //!    themselves.
 //!
 //! Paths are normalised before matching (unreserved percent-escapes decoded). A path the proxy
@@ -130,27 +131,6 @@ pub struct RequestFacts<'a> {
     pub path: &'a PathView,
 }
 
-/// Who answers an allowed request.
-#[derive(Debug, Clone, Copy)]
-pub enum Handler<'p> {
-    /// The destination itself, over a connection the proxy opens.
-    Upstream,
-    /// A private upstream named by a `route` rule.
-    Route {
-        /// The deciding rule.
-        rule: RuleRef,
-        /// The route.
-        route: &'p RouteRule,
-    },
-    /// A registered custom service.
-    Custom {
-        /// The deciding rule.
-        rule: RuleRef,
-        /// The custom rule.
-        custom: &'p CustomRule,
-    },
-}
-
 /// The outcome for one request.
 #[derive(Debug, Clone)]
 pub struct Decision<'p> {
@@ -164,8 +144,11 @@ pub struct Decision<'p> {
     pub injections: Vec<(RuleRef, &'p InjectRule)>,
     /// Secrets whose placeholders may be swapped in.
     pub placeholders: Vec<(RuleRef, &'p PlaceholderRule)>,
-    /// Who answers.
-    pub handler: Handler<'p>,
+    /// The first matching `custom` rule: its service sees the request first.
+    pub custom: Option<(RuleRef, &'p CustomRule)>,
+    /// The first matching `route` rule: where the request (or the custom service's rewrite of
+    /// it) goes instead of the destination itself.
+    pub route: Option<(RuleRef, &'p RouteRule)>,
 }
 
 impl Decision<'_> {
@@ -176,7 +159,8 @@ impl Decision<'_> {
             reason,
             injections: Vec::new(),
             placeholders: Vec::new(),
-            handler: Handler::Upstream,
+            custom: None,
+            route: None,
         }
     }
 
@@ -301,7 +285,8 @@ impl EgressPolicy {
             reason,
             injections: Vec::new(),
             placeholders: Vec::new(),
-            handler: Handler::Upstream,
+            custom: None,
+            route: None,
         };
         for (index, rule) in self.rules.iter().enumerate() {
             let applies = |h: &crate::host::HostPatterns, w: &Conditions| {
@@ -325,14 +310,10 @@ impl EgressPolicy {
                     decision.placeholders.push((r, p));
                 }
                 Rule::Route(route) if applies(&route.host, &route.when) => {
-                    if matches!(decision.handler, Handler::Upstream) {
-                        decision.handler = Handler::Route { rule: r, route };
-                    }
+                    decision.route.get_or_insert((r, route));
                 }
                 Rule::Custom(custom) if applies(&custom.host, &custom.when) => {
-                    if matches!(decision.handler, Handler::Upstream) {
-                        decision.handler = Handler::Custom { rule: r, custom };
-                    }
+                    decision.custom.get_or_insert((r, custom));
                 }
                 _ => {}
             }
@@ -363,9 +344,9 @@ impl EgressPolicy {
         let mut unconditional_allow = None;
         let mut conditional_allow = false;
         let mut actions = false;
-        // The first route or custom rule handles requests; only an unconditional tcp route can
-        // be honoured without looking inside.
-        let mut handler_seen = false;
+        // The first route decides where requests go; only an unconditional tcp route can be
+        // honoured without looking inside.
+        let mut route_seen = false;
         let mut splice_route = None;
         for (index, rule) in self.rules.iter().enumerate() {
             if !rule.host().matches(host, port, DefaultPorts::Web) {
@@ -381,15 +362,15 @@ impl EgressPolicy {
                 Rule::Allow(_) => conditional_allow = true,
                 Rule::Deny(_) => {}
                 Rule::Route(r)
-                    if !handler_seen
+                    if !route_seen
                         && r.upstream.scheme == RouteScheme::Tcp
                         && r.when.is_empty() =>
                 {
-                    handler_seen = true;
+                    route_seen = true;
                     splice_route = Some(r.upstream.clone());
                 }
-                Rule::Route(_) | Rule::Custom(_) => {
-                    handler_seen = true;
+                Rule::Route(_) => {
+                    route_seen = true;
                     actions = true;
                 }
                 _ => actions = true,

@@ -38,9 +38,7 @@ use crate::host::{Host, HostPatterns};
 use crate::secrets::SecretName;
 use crate::select::Matcher;
 
-pub use decide::{
-    ConnectDecision, Decision, Handler, PathView, RequestFacts, RuleKind, RuleRef, Verdict,
-};
+pub use decide::{ConnectDecision, Decision, PathView, RequestFacts, RuleKind, RuleRef, Verdict};
 use raw::{RawHosts, RawPolicy, RawRule};
 
 /// Longest policy id accepted.

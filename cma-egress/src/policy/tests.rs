@@ -368,7 +368,8 @@ fn actions_apply_only_to_allowed_requests_and_in_order() {
             .collect();
         assert_eq!(inj, [(0, "FIRST")]);
         assert!(d.placeholders.is_empty());
-        assert!(matches!(d.handler, Handler::Route { rule, .. } if rule.index == 5));
+        assert_eq!(d.route.map(|(r, _)| r.index), Some(5));
+        assert!(d.custom.is_none());
     });
     facts(&p, "POST", "https://api.com/custom/y", |d| {
         let inj: Vec<_> = d
@@ -378,13 +379,15 @@ fn actions_apply_only_to_allowed_requests_and_in_order() {
             .collect();
         assert_eq!(inj, ["authorization", "x-extra"]);
         assert!(
-            matches!(d.handler, Handler::Custom { rule, custom } if rule.index == 4 && custom.service == "svc")
+            matches!(d.custom, Some((rule, custom)) if rule.index == 4 && custom.service == "svc")
         );
+        // The service's rewrite still goes where the route says.
+        assert_eq!(d.route.map(|(r, _)| r.index), Some(5));
     });
     facts(&p, "GET", "https://v1.api.com/", |d| {
         assert!(d.injections.is_empty());
         assert_eq!(d.placeholders.len(), 1);
-        assert!(matches!(d.handler, Handler::Upstream));
+        assert!(d.route.is_none() && d.custom.is_none());
     });
     // Actions never allow by themselves.
     let only_actions = with_rules(json!([

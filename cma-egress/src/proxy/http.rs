@@ -24,7 +24,7 @@ use crate::audit::{AuditRecord, AuditVia};
 use crate::custom::{CustomOutcome, CustomService};
 use crate::error::{EgressError, EgressErrorKind, Result};
 use crate::host::{Host, parse_authority};
-use crate::policy::{Handler, PathView, RequestFacts, RouteScheme, Scheme, Verdict};
+use crate::policy::{PathView, RequestFacts, RouteScheme, Scheme, Verdict};
 use crate::secrets::{Secret, SecretName};
 
 /// How a request reached the proxy.
@@ -290,28 +290,25 @@ where
     }
     rec.verdict = Verdict::Allow;
 
-    let (dial, custom) = match decision.handler {
-        Handler::Upstream => (direct_dial(target), None),
-        Handler::Custom { custom, .. } => (direct_dial(target), Some(custom.service.clone())),
-        Handler::Route { route, .. } => {
+    let custom = decision.custom.map(|(_, c)| c.service.clone());
+    let dial = match decision.route {
+        None => direct_dial(target),
+        Some((_, route)) => {
             let (scheme, default_name) = match route.upstream.scheme {
                 RouteScheme::Http => (Scheme::Http, &route.upstream.host),
                 RouteScheme::Https => (Scheme::Https, &route.upstream.host),
                 RouteScheme::Tcp => (target.scheme, &target.host),
             };
-            (
-                Dial {
-                    scheme,
-                    host: route.upstream.host.clone(),
-                    port: route.upstream.port,
-                    tls_name: route
-                        .server_name
-                        .clone()
-                        .unwrap_or_else(|| default_name.clone()),
-                    exempt: true,
-                },
-                None,
-            )
+            Dial {
+                scheme,
+                host: route.upstream.host.clone(),
+                port: route.upstream.port,
+                tls_name: route
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| default_name.clone()),
+                exempt: true,
+            }
         }
     };
     let plain = dial.scheme == Scheme::Http;
