@@ -138,7 +138,7 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     }
     // Teredo 2001::/32, ORCHID 2001:10::/28 and 2001:20::/28, documentation 2001:db8::/32,
     // discard 100::/64, the IETF protocol block 2001::/23.
-    if (seg[0] == 0x2001 && seg[1] < 0x200) || (seg[0] == 0x2001 && seg[1] == 0xdb8) {
+    if seg[0] == 0x2001 && (seg[1] < 0x200 || seg[1] == 0xdb8) {
         return AddressClass::Reserved;
     }
     if seg[0] == 0x0100 && seg[1..4].iter().all(|&s| s == 0) {

@@ -72,7 +72,8 @@ fn over_long_names_are_refused() {
 
 #[test]
 fn authorities_split_ports_and_brackets() {
-    let cases: &[(&str, Option<(Host, Option<u16>)>)] = &[
+    type Case = (&'static str, Option<(Host, Option<u16>)>);
+    let cases: &[Case] = &[
         ("example.com", Some((name("example.com"), None))),
         ("example.com:8443", Some((name("example.com"), Some(8443)))),
         ("[::1]:443", Some((ip("::1"), Some(443)))),

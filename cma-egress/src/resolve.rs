@@ -86,11 +86,14 @@ impl Resolver for SystemResolver {
     }
 }
 
+/// A name's answers in order, and how many lookups were made.
+type Answers = (Vec<Vec<IpAddr>>, usize);
+
 /// Answers from a table; unknown names fail to resolve. Each name may hold a sequence of
 /// answers, handed out in turn (the last one repeats), to stage DNS rebinding in tests.
 #[derive(Debug, Default)]
 pub struct StaticResolver {
-    table: RwLock<HashMap<String, (Vec<Vec<IpAddr>>, usize)>>,
+    table: RwLock<HashMap<String, Answers>>,
 }
 
 impl StaticResolver {

@@ -297,14 +297,14 @@ impl EgressPolicy {
                 kind: rule.kind(),
             };
             match rule {
-                Rule::Inject(i) if applies(&i.host, &i.when) => {
-                    if !decision
-                        .injections
-                        .iter()
-                        .any(|(_, x)| x.header == i.header)
-                    {
-                        decision.injections.push((r, i));
-                    }
+                Rule::Inject(i)
+                    if applies(&i.host, &i.when)
+                        && !decision
+                            .injections
+                            .iter()
+                            .any(|(_, x)| x.header == i.header) =>
+                {
+                    decision.injections.push((r, i));
                 }
                 Rule::Placeholder(p) if applies(&p.host, &p.when) => {
                     decision.placeholders.push((r, p));

@@ -24,7 +24,7 @@
 //! Validation errors name the field (`rules[2].host[1]`); unknown fields are refused, so a typo
 //! never silently widens a policy.
 
-mod decide;
+pub mod decide;
 pub(crate) mod raw;
 
 use std::collections::BTreeSet;
@@ -580,7 +580,8 @@ pub(crate) fn validate_service_name(name: &str) -> Result<()> {
     })
 }
 
-/// A validated egress policy. Build with [`EgressPolicy::from_json`] (or [`PolicySet`](crate::PolicySet)).
+/// A validated egress policy. Build with [`EgressPolicy::from_json`] (or through a
+/// [`PolicySelector`](crate::PolicySelector)).
 #[derive(Debug, Clone)]
 pub struct EgressPolicy {
     id: String,

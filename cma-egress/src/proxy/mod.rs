@@ -11,7 +11,7 @@
 //!   backend's `fetch`).
 //!
 //! The sandbox is identified by the connection's peer address through the
-//! [`SandboxRegistry`](crate::SandboxRegistry) (or given explicitly to
+//! [`SandboxRegistry`] (or given explicitly to
 //! [`EgressProxy::serve_connection`]); its policy is looked up per request, so policy edits apply
 //! to running sessions. Redirects are never followed: the sandbox sees the 3xx and its next
 //! request is decided afresh. Every request produces one [`AuditRecord`](crate::AuditRecord).
