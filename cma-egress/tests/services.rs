@@ -204,3 +204,87 @@ fn the_example_registry_policy_parses_and_splices_registries() {
         ConnectDecision::Refuse { .. }
     ));
 }
+
+/// Every way of failing to resolve what a request needs refuses it, and nothing reaches the
+/// upstream.
+#[tokio::test]
+async fn every_resolution_failure_refuses() {
+    use async_trait::async_trait;
+    use cma_egress::secrets::{Secret, SecretName, SecretStore, SecretStores};
+
+    struct BrokenStore;
+    #[async_trait]
+    impl SecretStore for BrokenStore {
+        async fn get(&self, _: &SecretName) -> cma_egress::Result<Option<Secret>> {
+            Err(cma_egress::EgressError::new(
+                EgressErrorKind::Io,
+                "store down",
+            ))
+        }
+    }
+
+    let up = start_upstream(None).await;
+    let policy = |rules: serde_json::Value| {
+        let mut all = vec![
+            json!({"type": "allow", "host": "api.test"}),
+            json!({"type": "route", "host": "api.test", "upstream": format!("http://{}", up.addr)}),
+        ];
+        all.extend(rules.as_array().cloned().unwrap_or_default());
+        std::sync::Arc::new(cma_egress::PolicyStore::new(one_policy(json!(all))))
+    };
+    let missing_secret = json!([{"type": "inject", "host": "api.test", "header": "x", "secret": "MISSING", "allow_plain_http": true}]);
+    let store_secret = json!([{"type": "inject", "host": "api.test", "header": "x", "secret": "ANY", "allow_plain_http": true}]);
+    let unknown_service = json!([{"type": "custom", "host": "api.test", "service": "nobody"}]);
+    let cases: Vec<(&str, cma_egress::EgressProxy, EgressErrorKind)> = vec![
+        (
+            "policy source down",
+            cma_egress::EgressProxy::builder(cma_egress::select::UnavailablePolicySource)
+                .build()
+                .unwrap(),
+            EgressErrorKind::PolicyResolution,
+        ),
+        (
+            "secret missing",
+            cma_egress::EgressProxy::builder(policy(missing_secret))
+                .build()
+                .unwrap(),
+            EgressErrorKind::SecretUnavailable,
+        ),
+        (
+            "secret store down",
+            cma_egress::EgressProxy::builder(policy(store_secret))
+                .secrets(SecretStores::new().with(BrokenStore))
+                .build()
+                .unwrap(),
+            EgressErrorKind::SecretUnavailable,
+        ),
+        (
+            "custom service unknown",
+            cma_egress::EgressProxy::builder(policy(unknown_service))
+                .build()
+                .unwrap(),
+            EgressErrorKind::Denied,
+        ),
+    ];
+    for (what, proxy, kind) in cases {
+        let client = proxy.in_process(SandboxIdentity::new("sbx", SessionContext::new("s")));
+        let e = client
+            .send(request("GET", "http://api.test/echo", &[]))
+            .await
+            .expect_err(what);
+        assert_eq!(e.kind(), kind, "{what}: {e}");
+        assert!(e.kind().is_refusal(), "{what}");
+        assert_eq!(e.kind().http_status(), 403, "{what}");
+    }
+    assert_eq!(up.hits(), 0);
+    // The same policy with everything available goes through.
+    let ok = cma_egress::EgressProxy::builder(policy(json!([])))
+        .build()
+        .unwrap();
+    let resp = ok
+        .in_process(SandboxIdentity::new("sbx", SessionContext::new("s")))
+        .send(request("GET", "http://api.test/echo", &[]))
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}

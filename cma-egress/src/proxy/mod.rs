@@ -23,6 +23,7 @@ pub(crate) mod body;
 mod connect;
 mod headers;
 mod http;
+mod in_process;
 pub(crate) mod io;
 mod tls;
 mod upgrade;
@@ -33,7 +34,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use ::http::{Request, Response, Version};
+use ::http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -54,6 +55,7 @@ use crate::select::PolicySource;
 
 pub use body::{BoxError, EgressBody, boxed, empty, full};
 pub use headers::PLACEHOLDER_PREFIX;
+pub use in_process::{FetchReply, InProcessClient};
 
 use self::io::IdleIo;
 use self::upstream::{Dialer, Pool};
@@ -390,14 +392,12 @@ impl EgressProxy {
     /// A client that sends requests through the policy in process, as `identity` (the isolate
     /// backend's `fetch`). Keep one per sandbox: it reuses upstream connections.
     pub fn in_process(&self, identity: SandboxIdentity) -> InProcessClient {
-        InProcessClient {
-            conn: Arc::new(ConnCtx {
-                pool: Pool::new(self.shared.config.max_upstream_per_connection),
-                shared: self.shared.clone(),
-                peer: Peer::Fixed(Arc::new(identity)),
-                _permit: None,
-            }),
-        }
+        InProcessClient::new(Arc::new(ConnCtx {
+            pool: Pool::new(self.shared.config.max_upstream_per_connection),
+            shared: self.shared.clone(),
+            peer: Peer::Fixed(Arc::new(identity)),
+            _permit: None,
+        }))
     }
 
     /// Stop accepting, and close every connection and tunnel.
@@ -510,49 +510,5 @@ async fn proxy_request(conn: Arc<ConnCtx>, req: Request<Incoming>) -> Response<E
     match http::absolute_target(req.uri()) {
         Ok(target) => http::respond(&conn, target, req, arrival).await,
         Err(e) => http::refuse_unparsed(&conn, &req, arrival, &e),
-    }
-}
-
-/// Sends requests through the policy in process; see [`EgressProxy::in_process`].
-#[derive(Clone)]
-pub struct InProcessClient {
-    conn: Arc<ConnCtx>,
-}
-
-impl std::fmt::Debug for InProcessClient {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let (session, sandbox) = self.conn.ids();
-        f.debug_struct("InProcessClient")
-            .field("session", &session)
-            .field("sandbox", &sandbox)
-            .finish()
-    }
-}
-
-impl InProcessClient {
-    /// Send one request with an absolute `http://` or `https://` URI (any `Host` header is
-    /// replaced by the URI's). A refusal is an `Err` whose kind [`is_refusal`]
-    /// (`EgressErrorKind::is_refusal`), with the reason the sandbox may be shown; WebSocket
-    /// upgrades are not available in process. The response body streams; bound what you read.
-    ///
-    /// [`is_refusal`]: EgressErrorKind::is_refusal
-    pub async fn send<B>(&self, req: Request<B>) -> Result<Response<EgressBody>>
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + Unpin + 'static,
-        B::Error: Into<BoxError>,
-    {
-        let arrival = http::Arrival {
-            via: AuditVia::InProcess,
-            intercepted: false,
-            version: Version::HTTP_11,
-        };
-        let target = match http::absolute_target(req.uri()) {
-            Ok(t) => t,
-            Err(e) => {
-                http::refuse_unparsed(&self.conn, &req, arrival, &e);
-                return Err(e);
-            }
-        };
-        http::forward(&self.conn, target, req, arrival).await
     }
 }
