@@ -31,15 +31,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-pin() {
-    local cpu=$1
-    shift
-    if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
-        taskset -c "$cpu" "$@"
-    else
-        "$@"
-    fi
-}
+# Command prefixes pinning to CPU 0 / CPU 1 (taskset execs the command, so `$!` is its pid).
+CPU0=()
+CPU1=()
+if command -v taskset >/dev/null && [ "$(nproc)" -ge 2 ]; then
+    CPU0=(taskset -c 0)
+    CPU1=(taskset -c 1)
+fi
 
 wait_for_file() {
     for _ in $(seq 1 200); do
@@ -61,12 +59,12 @@ wait_for_port() {
     exit 1
 }
 
-pin 0 "$BIN" upstream --dir "$DIR" &
+"${CPU0[@]}" "$BIN" upstream --dir "$DIR" &
 PIDS+=($!)
 wait_for_file "$DIR/upstream.port"
 UPSTREAM=$(cat "$DIR/upstream.port")
 
-pin 1 "$BIN" proxy --dir "$DIR" --threads 1 &
+"${CPU1[@]}" "$BIN" proxy --dir "$DIR" --threads 1 &
 PIDS+=($!)
 wait_for_file "$DIR/proxy.port"
 OURS_PORT=$(cat "$DIR/proxy.port")
@@ -84,7 +82,7 @@ addons = [Inject()]
 EOF
 MITM_PORT=$(python3 -c "import socket; s=socket.socket(); s.bind(('127.0.0.1', 0)); print(s.getsockname()[1])")
 mkdir -p "$DIR/mitm"
-pin 1 "$VENV/bin/mitmdump" --quiet --listen-host 127.0.0.1 --listen-port "$MITM_PORT" \
+"${CPU1[@]}" "$VENV/bin/mitmdump" --quiet --listen-host 127.0.0.1 --listen-port "$MITM_PORT" \
     --set confdir="$DIR/mitm" --set ssl_verify_upstream_trusted_ca="$DIR/upstream-ca.pem" \
     --set connection_strategy=lazy -s "$DIR/inject.py" &
 PIDS+=($!)
@@ -92,13 +90,13 @@ wait_for_port "$MITM_PORT"
 wait_for_file "$DIR/mitm/mitmproxy-ca-cert.pem"
 
 run() {
-    pin 0 "$BIN" load --proxy "127.0.0.1:$1" --port "$UPSTREAM" --ca "$2" \
+    "${CPU0[@]}" "$BIN" load --proxy "127.0.0.1:$1" --port "$UPSTREAM" --ca "$2" \
         --connections "$CONNS" --seconds "$SECS"
 }
 OURS=$(run "$OURS_PORT" "$DIR/sandbox-ca.pem")
 THEIRS=$(run "$MITM_PORT" "$DIR/mitm/mitmproxy-ca-cert.pem")
 echo "cma egress proxy: $OURS"
-echo "mitmproxy ($("$VENV/bin/mitmdump" --version | head -n1)): $THEIRS"
+echo "mitmproxy $("$VENV/bin/python" -c "import mitmproxy.version as v; print(v.VERSION)"): $THEIRS"
 python3 - "$OURS" "$THEIRS" <<'EOF'
 import sys
 rps = [float(s.split("rps=")[1]) for s in sys.argv[1:3]]
