@@ -3,6 +3,7 @@
 use serde_json::json;
 
 use super::*;
+use crate::host::Host;
 
 fn policy(v: serde_json::Value) -> EgressPolicy {
     EgressPolicy::from_json(v.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
