@@ -125,8 +125,9 @@ async fn the_hosts_own_addresses_are_refused() {
 async fn a_route_is_the_one_way_to_an_internal_address() {
     let h = Harness::new(|p| {
         one_policy(json!([
-            {"type": "allow", "host": "internal.test"},
+            {"type": "allow", "host": "internal.test,down.test"},
             {"type": "route", "host": "internal.test", "upstream": format!("http://127.0.0.1:{}", p.http)},
+            {"type": "route", "host": "down.test", "upstream": "http://127.0.0.1:1"},
         ]))
     })
     .await;
@@ -138,4 +139,13 @@ async fn a_route_is_the_one_way_to_an_internal_address() {
         .await;
     assert_eq!(r.status, 403);
     assert_eq!(h.http_up.hits(), 1);
+    // A route that fails does not tell the sandbox where it points.
+    let r = c.get("http://down.test/", &[]).await;
+    assert_eq!(r.status, 502);
+    let reason = r.json()["reason"].as_str().unwrap().to_owned();
+    assert!(reason.contains("the route for down.test"), "{reason}");
+    assert!(
+        !String::from_utf8_lossy(&r.body).contains("127.0.0.1"),
+        "{reason}"
+    );
 }

@@ -91,6 +91,7 @@ pub(crate) async fn handle(conn: Arc<ConnCtx>, mut req: Request<Incoming>) -> Re
                     port,
                     tls_name: host.clone(),
                     exempt: false,
+                    label: host.authority(port),
                 },
                 Some(up) => Dial {
                     scheme: Scheme::Http,
@@ -98,6 +99,7 @@ pub(crate) async fn handle(conn: Arc<ConnCtx>, mut req: Request<Incoming>) -> Re
                     port: up.port,
                     tls_name: up.host.clone(),
                     exempt: true,
+                    label: format!("the route for {}", host.authority(port)),
                 },
             };
             let upstream = match conn.shared.dialer.connect_tcp(&dial).await {

@@ -308,6 +308,7 @@ where
                     .clone()
                     .unwrap_or_else(|| default_name.clone()),
                 exempt: true,
+                label: format!("the route for {}", target.host.authority(target.port)),
             }
         }
     };
@@ -541,6 +542,7 @@ fn direct_dial(target: &Target) -> Dial {
         port: target.port,
         tls_name: target.host.clone(),
         exempt: false,
+        label: target.host.authority(target.port),
     }
 }
 

@@ -34,6 +34,9 @@ pub(crate) struct Dial {
     pub tls_name: Host,
     /// A `route` upstream: the operator named it, so the address check does not apply.
     pub exempt: bool,
+    /// How errors name this upstream to the sandbox (a route's private address is never
+    /// revealed: errors say "the route for <host>").
+    pub label: String,
 }
 
 /// A ready-to-use HTTP connection.
@@ -158,13 +161,13 @@ impl Dialer {
             Err(_) => {
                 return Err(EgressError::new(
                     EgressErrorKind::Timeout,
-                    format!("connecting to {} timed out", dial.host.authority(dial.port)),
+                    format!("connecting to {} timed out", dial.label),
                 ));
             }
             Ok(Err(e)) => {
                 let err = EgressError::new(
                     EgressErrorKind::Connect,
-                    format!("cannot connect to {}", dial.host.authority(dial.port)),
+                    format!("cannot connect to {}", dial.label),
                 );
                 return Err(match e {
                     Some(e) => err.with_source(e),
@@ -198,8 +201,11 @@ impl Dialer {
                 let config = if h1_only { &self.tls_h1 } else { &self.tls };
                 let name = match &dial.tls_name {
                     Host::Name(n) => ServerName::try_from(n.to_string()).map_err(|e| {
-                        EgressError::new(EgressErrorKind::Tls, format!("invalid TLS name {n}"))
-                            .with_source(e)
+                        EgressError::new(
+                            EgressErrorKind::Tls,
+                            format!("invalid TLS name for {}", dial.label),
+                        )
+                        .with_source(e)
                     })?,
                     Host::Ip(ip) => ServerName::IpAddress((*ip).into()),
                 };
@@ -210,13 +216,13 @@ impl Dialer {
                         .map_err(|_| {
                             EgressError::new(
                                 EgressErrorKind::Timeout,
-                                format!("TLS handshake with {} timed out", dial.tls_name),
+                                format!("TLS handshake with {} timed out", dial.label),
                             )
                         })?
                         .map_err(|e| {
                             EgressError::new(
                                 EgressErrorKind::Tls,
-                                format!("TLS handshake with {} failed", dial.tls_name),
+                                format!("TLS handshake with {} failed", dial.label),
                             )
                             .with_source(e)
                         })?;
