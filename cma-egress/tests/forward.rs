@@ -101,8 +101,11 @@ async fn injection_over_plain_http_needs_an_explicit_opt_in() {
     let r = c.get("http://other.test/echo", &[]).await;
     assert_eq!(r.status, 403);
     assert!(r.json()["reason"].as_str().unwrap().contains("plain http"));
+    // TRACE would reflect the injected header: refused.
+    let r = c.send(request("TRACE", "http://api.test/echo", &[])).await;
+    assert_eq!(r.status, 403);
     assert_eq!(h.http_up.hits(), 1);
-    let records = h.wait_audit(2).await;
+    let records = h.wait_audit(3).await;
     assert_eq!(records[0].injected, ["authorization"]);
     assert!(!h.audit_json().contains(SECRET_VALUE));
 }

@@ -119,6 +119,16 @@ async fn a_host_header_other_than_the_connect_target_is_refused() {
     let mut c = h.tunnel_client("api.test:443", "api.test", false).await;
     let r = c.get("/echo", &[("host", "api.test:8443")]).await;
     assert_eq!(r.status, 421);
+    // No CONNECT inside a tunnel.
+    let mut c = h.tunnel_client("api.test:443", "api.test", false).await;
+    let r = c
+        .send(request(
+            "CONNECT",
+            "api.test:443",
+            &[("host", "api.test:443")],
+        ))
+        .await;
+    assert_eq!(r.status, 403);
     assert_eq!(h.https_up.hits(), 0);
 }
 

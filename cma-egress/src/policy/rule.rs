@@ -127,6 +127,9 @@ impl ValueTemplate {
 }
 
 /// `inject`: set `header` to a value built from `secret`, replacing whatever the sandbox sent.
+///
+/// Inject only toward hosts trusted not to reflect request headers back (an echo endpoint would
+/// hand the secret to the sandbox); the proxy refuses `TRACE` for that reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InjectRule {
     /// Which destinations.

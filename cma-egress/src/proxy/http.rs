@@ -262,6 +262,14 @@ where
     let rec = record
         .as_mut()
         .unwrap_or_else(|| unreachable!("the record is taken only on success"));
+    // TRACE reflects the request, injected credentials included; CONNECT is only meaningful to
+    // the proxy itself (not nested inside a tunnel or handed over in process).
+    if req.method() == ::http::Method::TRACE || req.method() == ::http::Method::CONNECT {
+        return Err(EgressError::denied(format!(
+            "the {} method is refused by the egress proxy",
+            req.method()
+        )));
+    }
     let identity = conn.identity()?;
     let selection = shared
         .policies
