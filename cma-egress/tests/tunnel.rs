@@ -261,3 +261,44 @@ async fn plain_http_inside_a_tunnel_is_decided_too() {
     assert_eq!(c.get("/admin/x", &[("host", "api.test")]).await.status, 403);
     assert_eq!(h.http_up.hits(), 1);
 }
+
+#[tokio::test]
+async fn one_sandbox_cannot_take_every_connection() {
+    let mut config = cma_egress::ProxyConfig::default();
+    config.max_connections_per_sandbox = 2;
+    let store = std::sync::Arc::new(cma_egress::PolicyStore::new(one_policy(json!([]))));
+    let proxy = cma_egress::EgressProxy::builder(store)
+        .config(config)
+        .build()
+        .unwrap();
+    proxy
+        .registry()
+        .register(
+            "127.0.0.1".parse().unwrap(),
+            cma_egress::SandboxIdentity::new("sbx", SessionContext::new("s")),
+        )
+        .unwrap();
+    let listening = proxy.listen("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let addr = listening.local_addr();
+    let _a = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _b = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // The accept queue is first in, first out: these two are admitted, the third is closed.
+    let mut probe = Client::h1(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+    let third = probe.try_send(request("GET", "http://x.test/", &[])).await;
+    assert!(
+        third.is_err(),
+        "the third connection must be closed: {third:?}"
+    );
+    drop((_a, _b));
+    // Once one closes, the sandbox gets a connection again.
+    let mut ok = None;
+    for _ in 0..100 {
+        let mut c = Client::h1(tokio::net::TcpStream::connect(addr).await.unwrap()).await;
+        if let Ok(r) = c.try_send(request("GET", "http://x.test/", &[])).await {
+            ok = Some(r.status);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(ok, Some(http::StatusCode::FORBIDDEN));
+}

@@ -67,6 +67,8 @@ use self::upstream::{Dialer, Pool};
 pub struct ProxyConfig {
     /// Most sandbox connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// Most connections one sandbox may hold at once (so one sandbox cannot starve the others).
+    pub max_connections_per_sandbox: usize,
     /// Time to establish a TCP connection upstream.
     pub connect_timeout: Duration,
     /// Time for a TLS handshake (either side).
@@ -89,6 +91,7 @@ impl Default for ProxyConfig {
     fn default() -> Self {
         Self {
             max_connections: 1024,
+            max_connections_per_sandbox: 256,
             connect_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(30),
@@ -119,6 +122,7 @@ impl ProxyConfig {
             ));
         }
         if self.max_connections == 0
+            || self.max_connections_per_sandbox == 0
             || self.max_upstream_per_connection == 0
             || self.max_concurrent_streams == 0
         {
@@ -148,6 +152,47 @@ pub(crate) struct Shared {
     pub dialer: Dialer,
     pub shutdown: CancellationToken,
     pub connections: Arc<Semaphore>,
+    pub per_sandbox: std::sync::Mutex<std::collections::HashMap<String, Arc<Semaphore>>>,
+}
+
+/// The connection permits a sandbox connection holds for its life.
+pub(crate) struct Permits {
+    _global: OwnedSemaphorePermit,
+    _sandbox: OwnedSemaphorePermit,
+}
+
+impl Shared {
+    /// Admit one more connection from `sandbox_id`, within the global and per-sandbox caps.
+    fn admit(&self, sandbox_id: &str) -> Result<Permits> {
+        let full = |what: &str| {
+            EgressError::new(EgressErrorKind::LimitExceeded, format!("too many {what}"))
+        };
+        let global = self
+            .connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| full("proxy connections"))?;
+        let sem = {
+            let mut map = self.per_sandbox.lock().unwrap_or_else(|p| p.into_inner());
+            if map.len() > 64 && map.len() > 2 * self.registry.len() {
+                // Forget sandboxes with no open connection (their permits hold the only other
+                // references).
+                map.retain(|_, sem| Arc::strong_count(sem) > 1);
+            }
+            map.entry(sandbox_id.to_owned())
+                .or_insert_with(|| {
+                    Arc::new(Semaphore::new(self.config.max_connections_per_sandbox))
+                })
+                .clone()
+        };
+        let sandbox = sem
+            .try_acquire_owned()
+            .map_err(|_| full("connections from this sandbox"))?;
+        Ok(Permits {
+            _global: global,
+            _sandbox: sandbox,
+        })
+    }
 }
 
 /// How a connection's sandbox is known.
@@ -164,7 +209,7 @@ pub(crate) struct ConnCtx {
     pub peer: Peer,
     pub pool: Pool,
     /// Held for the connection's life (including tunnels spawned from it).
-    pub _permit: Option<OwnedSemaphorePermit>,
+    pub _permit: Option<Permits>,
 }
 
 impl ConnCtx {
@@ -298,6 +343,7 @@ impl EgressProxyBuilder {
         Ok(EgressProxy {
             shared: Arc::new(Shared {
                 connections: Arc::new(Semaphore::new(config.max_connections)),
+                per_sandbox: Default::default(),
                 config,
                 policies: self.policies,
                 secrets: self.secrets,
@@ -371,14 +417,7 @@ impl EgressProxy {
     where
         I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        let permit = self
-            .shared
-            .connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| {
-                EgressError::new(EgressErrorKind::LimitExceeded, "too many proxy connections")
-            })?;
+        let permit = self.shared.admit(&identity.sandbox_id)?;
         let conn = Arc::new(ConnCtx {
             pool: Pool::new(self.shared.config.max_upstream_per_connection),
             shared: self.shared.clone(),
@@ -450,13 +489,16 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
                 continue;
             }
         };
-        let Ok(permit) = shared.connections.clone().try_acquire_owned() else {
-            tracing::warn!(target: "cma_egress", %peer, "connection cap reached; closing");
-            continue;
-        };
         let Some(identity) = shared.registry.lookup(peer.ip()) else {
             tracing::warn!(target: "cma_egress", %peer, "connection from an unregistered peer; closing");
             continue;
+        };
+        let permit = match shared.admit(&identity.sandbox_id) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(target: "cma_egress", %peer, sandbox = %identity.sandbox_id, error = %e, "closing");
+                continue;
+            }
         };
         let _ = tcp.set_nodelay(true);
         let conn = Arc::new(ConnCtx {
