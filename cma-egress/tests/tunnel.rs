@@ -302,3 +302,27 @@ async fn one_sandbox_cannot_take_every_connection() {
     }
     assert_eq!(ok, Some(http::StatusCode::FORBIDDEN));
 }
+
+#[tokio::test]
+async fn websocket_upgrades_work_inside_an_intercepted_tunnel() {
+    let h = Harness::new(intercepted).await;
+    let mut tls = h
+        .tunnel_tls("api.test:443", "api.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    tls.write_all(
+        b"GET /ws HTTP/1.1\r\nHost: api.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut tls).await;
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    tls.write_all(b"over-tls").await.unwrap();
+    let mut buf = [0u8; 8];
+    tls.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"over-tls");
+    drop(tls);
+    let records = h.wait_audit(1).await;
+    assert!(records[0].upgraded && records[0].intercepted);
+    assert_eq!(records[0].injected, ["authorization"]);
+}
