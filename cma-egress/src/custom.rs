@@ -3,8 +3,9 @@
 //! A service receives an allowed request (after injections and placeholders) and either answers
 //! it itself ([`CustomOutcome::Respond`]) or hands back a rewritten request for the proxy to send
 //! on ([`CustomOutcome::Forward`]: method, path, headers and body may change; the destination may
-//! not — a changed scheme or authority is refused). A rule naming a service that is not
-//! registered refuses its requests (fail closed).
+//! not — a changed scheme or authority is refused; a matching `route` still decides where it
+//! goes). Services are the operator's code: their rewrite is not decided again. A rule naming a
+//! service that is not registered refuses its requests (fail closed).
 
 use std::collections::HashMap;
 use std::fmt;

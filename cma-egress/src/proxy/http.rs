@@ -419,7 +419,8 @@ where
         })?;
         match outcome {
             CustomOutcome::Respond(resp) => {
-                let (p, b) = resp.into_parts();
+                let (mut p, b) = resp.into_parts();
+                headers::strip_hop_by_hop(&mut p.headers, false);
                 return Ok(finish(
                     conn,
                     record,
