@@ -155,6 +155,7 @@ pub(crate) fn single_dir_tar(rel: &str, mode: u32) -> Result<Vec<u8>> {
 }
 
 /// A tar holding one regular file (parent directories included, mode 0755).
+#[cfg(test)]
 pub(crate) fn single_file_tar(rel: &str, data: &[u8], mode: u32) -> Result<Vec<u8>> {
     let io = |e: std::io::Error| SandboxError::new(SandboxErrorKind::Io, "tar").with_source(e);
     let mut b = tar::Builder::new(Vec::new());
