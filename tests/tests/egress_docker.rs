@@ -52,7 +52,10 @@ async fn place(egress: &SessionEgress, backend: &DockerBackend, sid: &str) -> Ar
     sandbox
 }
 
-async fn bed(extra_audit: Option<Arc<dyn AuditSink>>) -> Bed {
+async fn bed(
+    extra_audit: Option<Arc<dyn AuditSink>>,
+    state: Option<Arc<dyn cma_core::store::state::StateStore>>,
+) -> Bed {
     egress_support::captured_logs();
     let world = World::start();
     let proxy = world.proxy(extra_audit);
@@ -60,7 +63,11 @@ async fn bed(extra_audit: Option<Arc<dyn AuditSink>>) -> Bed {
     let gateway = backend
         .gateway()
         .expect("the sandbox network has a gateway");
-    let egress = Arc::new(SessionEgress::new(proxy.proxy.clone()));
+    let mut egress = SessionEgress::new(proxy.proxy.clone());
+    if let Some(state) = state {
+        egress = egress.with_state_store(state);
+    }
+    let egress = Arc::new(egress);
     let proxy_addr = egress
         .listen_for("docker", SocketAddr::new(gateway, 0))
         .await
@@ -179,7 +186,7 @@ fn hex(s: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_way_out_of_a_docker_sandbox_gets_past_the_policy() {
-    let bed = bed(None).await;
+    let bed = bed(None, None).await;
     let w = &bed.world;
     let (api4, api6, host4) = (w.netns.api_v4(), w.netns.api_v6(), w.netns.host_v4());
     let gw = bed.gateway;
@@ -646,4 +653,406 @@ async fn no_way_out_of_a_docker_sandbox_gets_past_the_policy() {
         );
     }
     drop(bed.egress.clone());
+}
+
+/// Scan `haystack` for the secret; the name says where it was found.
+fn assert_no_secret(what: &str, haystack: &[u8]) {
+    let needle = secret().as_bytes();
+    let found = haystack.windows(needle.len()).any(|w| w == needle);
+    assert!(!found, "the secret value was found in {what}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_reach_the_sandbox_the_audit_or_the_logs() {
+    use cma_core::control::egress_record::{StateAuditConfig, StateAuditSink};
+    use cma_core::store::state::{MemoryStateStore, StateStore};
+    use futures::StreamExt as _;
+
+    let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+    let sink = Arc::new(StateAuditSink::new(
+        state.clone(),
+        StateAuditConfig::default(),
+    ));
+    let bed = bed(Some(sink), None).await;
+    let a = bed.a.as_ref();
+    let digest = sha256_hex(secret());
+
+    // Injected calls: the key reaches the servers (they report its digest), never the sandbox.
+    let injected = [
+        "curl -sS --max-time 8 https://api.test/inject/tls",
+        "curl -sS --max-time 8 --http2 https://api.test/inject/h2",
+        "python3 /workspace/probe.py fetch https://api.test/inject/urllib",
+        "curl -sS --max-time 8 http://local.test/inject/local",
+        // The sandbox's own value for the header is replaced, not kept or appended.
+        "curl -sS --max-time 8 -H 'x-api-key: a-guess' https://api.test/inject/override",
+        // Error bodies from the upstream.
+        "curl -sS --max-time 8 https://api.test/error/upstream",
+    ];
+    let mut outputs = Vec::new();
+    for cmd in injected {
+        let out = sh(a, cmd).await;
+        assert!(
+            out.contains(&digest),
+            "{cmd}: the key was not injected: {out}"
+        );
+        assert!(!out.contains(&sha256_hex("a-guess")), "{cmd}: {out}");
+        outputs.push(out);
+    }
+    // Refusals and failures: the proxy's error bodies.
+    for cmd in [
+        "curl -sS --max-time 8 http://api.test/refused/plain-http",
+        "curl -sS --max-time 8 -H 'x-api-key: cma-secret:API_KEY' http://denied.test/refused/placeholder",
+        "curl -sS --max-time 8 https://api.test:8443/refused/port",
+        "curl -sS --max-time 8 -x '' http://api.test/refused/direct",
+        "python3 /workspace/probe.py fetch http://rebind-meta.test/x",
+        "python3 /workspace/probe.py fetch http://rebind-meta.test/refused/metadata",
+    ] {
+        outputs.push(sh(a, cmd).await);
+    }
+    for (i, out) in outputs.iter().enumerate() {
+        assert_no_secret(&format!("response {i}"), out.as_bytes());
+    }
+
+    // Everything the sandbox can read: environment, processes, files, its workspace snapshot.
+    for cmd in [
+        "env",
+        "ps auxww; ps eww -e",
+        "cat /proc/[0-9]*/environ /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' '\\n'",
+        "cat /etc/cma/ca-bundle.pem /etc/pip.conf /etc/gitconfig",
+        "ls -laR /etc /tmp /workspace /home 2>/dev/null",
+    ] {
+        let out = sh(a, cmd).await;
+        assert_no_secret(cmd, out.as_bytes());
+    }
+    let env = sh(a, "env").await;
+    for var in [
+        "HTTP_PROXY",
+        "https_proxy",
+        "NO_PROXY",
+        "SSL_CERT_FILE",
+        "REQUESTS_CA_BUNDLE",
+        "NODE_EXTRA_CA_CERTS",
+        "GIT_SSL_CAINFO",
+        "PIP_CERT",
+    ] {
+        assert!(env.contains(&format!("{var}=")), "{var} is not set: {env}");
+    }
+    let bundle = sh(a, "cat /etc/ssl/certs/ca-certificates.crt").await;
+    assert!(
+        bundle.contains("BEGIN CERTIFICATE") && !bundle.contains("PRIVATE KEY"),
+        "{bundle}"
+    );
+    let mut workspace = Vec::new();
+    let mut stream = a.export_workspace().await.unwrap();
+    while let Some(chunk) = stream.next().await {
+        workspace.extend_from_slice(&chunk.unwrap());
+    }
+    assert_no_secret("the workspace snapshot", &workspace);
+    // The whole container file system (more than the sandbox user can read) and its config.
+    let docker = bollard::Docker::connect_with_socket_defaults().unwrap();
+    let mut fs = Vec::new();
+    let mut export = docker.export_container(a.id().as_str());
+    while let Some(chunk) = export.next().await {
+        fs.extend_from_slice(&chunk.unwrap());
+    }
+    assert!(fs.len() > 1 << 20, "the export is the whole file system");
+    assert_no_secret("the container file system", &fs);
+    let inspect = docker
+        .inspect_container(a.id().as_str(), None)
+        .await
+        .unwrap();
+    assert_no_secret(
+        "docker inspect",
+        serde_json::to_string(&inspect).unwrap().as_bytes(),
+    );
+
+    // The audit log, in memory and in the state store, and every log line of this process.
+    let records = bed.proxy.audit.records();
+    assert!(
+        records
+            .iter()
+            .any(|r| r.host == "api.test" && r.injected == ["x-api-key"]),
+        "{records:#?}"
+    );
+    assert_no_secret(
+        "the audit records",
+        serde_json::to_string(&records).unwrap().as_bytes(),
+    );
+    let stored = {
+        let mut all = Vec::new();
+        for _ in 0..100 {
+            all = state.list_egress_audit(None, 0, 1000).await.unwrap();
+            if all.len() >= records.len() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        all
+    };
+    assert!(
+        stored.len() >= records.len(),
+        "{} stored of {}",
+        stored.len(),
+        records.len()
+    );
+    assert!(
+        stored
+            .iter()
+            .any(|e| e.session_id.as_deref() == Some("sesn_a") && e.allowed)
+    );
+    for e in &stored {
+        assert_no_secret("the stored audit log", e.record.as_bytes());
+    }
+    let logs = egress_support::captured_logs().lock().unwrap().clone();
+    assert!(
+        String::from_utf8_lossy(&logs).contains("egress"),
+        "the audit went through tracing too"
+    );
+    assert_no_secret("the process's logs", &logs);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_edit_reaches_a_running_sandbox_without_a_restart() {
+    use cma_core::control::egress_record::EGRESS_POLICY_EVENT;
+    use cma_core::store::state::{MemoryStateStore, StateStore};
+    let state: Arc<dyn StateStore> = Arc::new(MemoryStateStore::new());
+    let bed = bed(None, Some(state.clone())).await;
+    let watcher = bed
+        .egress
+        .watch_policies()
+        .expect("the policy store changes");
+    let a = bed.a.as_ref();
+    let started = sh(a, "cat /proc/1/stat | cut -d' ' -f22").await;
+    let before = sh(a, &format!("{CURL} http://other.test/edit/before")).await;
+    assert!(before.contains("HTTP 403"), "{before}");
+
+    let mut v: serde_json::Value = serde_json::from_str(&bed.world.policies_json()).unwrap();
+    v["policies"][0]["rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"type": "allow", "host": "other.test"}));
+    bed.proxy
+        .store
+        .replace(cma_egress::PolicySelector::from_json(v.to_string().as_bytes()).unwrap());
+    let after = sh(a, &format!("{CURL} http://other.test/edit/after")).await;
+    assert!(after.contains("HTTP 200"), "{after}");
+    // The same container, never restarted (its init process started at the same tick).
+    assert_eq!(sh(a, "cat /proc/1/stat | cut -d' ' -f22").await, started);
+
+    // The new fingerprint is recorded: the policy's version went up, the session's log says so.
+    let recorded = egress_support::eventually(Duration::from_secs(10), || {
+        futures::executor::block_on(state.get_egress_policy("pol_a"))
+            .unwrap()
+            .is_some_and(|p| p.version == 2)
+    })
+    .await;
+    assert!(recorded, "{:?}", state.get_egress_policy("pol_a").await);
+    let log: Vec<String> = state
+        .list_transitions("sesn_a", 0, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|t| t.event == EGRESS_POLICY_EVENT)
+        .map(|t| t.detail)
+        .collect();
+    assert_eq!(log.len(), 2, "{log:?}");
+    assert!(log[0].starts_with("pol_a fp1-") && log[1].starts_with("pol_a fp1-"));
+    assert_ne!(log[0], log[1]);
+    let stored = state.get_egress_policy("pol_a").await.unwrap().unwrap();
+    assert_eq!(log[1], format!("pol_a {}", stored.fingerprint));
+    watcher.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_scripted_session_reaches_an_allowed_server_with_an_injected_key_and_not_a_denied_one() {
+    use cma_core::client::{Client, ClientConfig, Credential};
+    use cma_core::control::host::{SandboxHost, SandboxHostConfig};
+    use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
+    use cma_core::emulator::{Emulator, EmulatorConfig, Scenario};
+    use cma_core::runner::session::RunnerConfig;
+
+    egress_support::captured_logs();
+    let world = World::start();
+    let proxy = world.proxy(None);
+    let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
+    let gateway = backend.gateway().unwrap();
+    let egress = Arc::new(SessionEgress::new(proxy.proxy.clone()));
+    egress
+        .listen_for("docker", SocketAddr::new(gateway, 0))
+        .await
+        .unwrap();
+    let calls = [
+        "curl -sS --max-time 8 http://local.test/e2e/curl",
+        "python3 -c \"import urllib.request as u; r = u.urlopen('http://local.test/e2e/urllib', timeout=8); print(r.status, r.read().decode())\"",
+        "curl -sS --max-time 8 -o /dev/null -w '%{http_code}' http://denied.test/e2e/denied",
+        "python3 -c \"import urllib.request as u, urllib.error as e\ntry: u.urlopen('http://denied.test/e2e/denied-urllib', timeout=8)\nexcept e.HTTPError as x: print(x.code, x.read().decode())\"",
+    ];
+    let scenario = Scenario::from_json(
+        &json!({
+            "environments": [{"id": "env_egress", "name": "egress", "environment_key": "envkey_egress"}],
+            "sessions": [{"id": "sesn_a", "environment": "env_egress",
+                "calls": calls.iter().map(|c| json!({"name": "bash", "input": {"command": c}})).collect::<Vec<_>>(),
+                "end": "terminate"}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let emulator = Emulator::start(EmulatorConfig::default().scenario(scenario))
+        .await
+        .unwrap();
+    let env = emulator.environments()[0].clone();
+    let host = SandboxHost::builder()
+        .backend(backend)
+        .egress(egress.clone())
+        .config(SandboxHostConfig {
+            keep_warm: Duration::from_secs(1),
+            ..SandboxHostConfig::default()
+        })
+        .build()
+        .unwrap();
+    let client = Client::new(
+        ClientConfig::builder()
+            .base_url(emulator.base_url())
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    let plane = ControlPlane::builder(
+        client,
+        env.id.clone(),
+        Credential::environment_key(env.key.clone()),
+        Arc::new(host),
+    )
+    .config(ControlPlaneConfig {
+        concurrency: 1,
+        runner: RunnerConfig {
+            max_idle: Some(Duration::from_secs(2)),
+            ..RunnerConfig::default()
+        },
+        ..ControlPlaneConfig::default()
+    })
+    .build()
+    .unwrap();
+    let poller = {
+        let plane = plane.clone();
+        tokio::spawn(async move { plane.run().await })
+    };
+    let done = emulator
+        .wait_for(Duration::from_secs(120), |e| {
+            let (sessions, ended, work_over) = e.scripted_progress();
+            sessions == ended && work_over
+        })
+        .await;
+    plane.shutdown(Duration::from_secs(5)).await;
+    let _ = poller.await;
+    assert!(done, "the scripted session did not finish");
+
+    let results = emulator.tool_results();
+    assert_eq!(results.len(), calls.len(), "{results:#?}");
+    let text = |i: usize| {
+        results[i].content[0]["text"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    let digest = sha256_hex(secret());
+    let curl: serde_json::Value =
+        serde_json::from_str(text(0).trim()).unwrap_or_else(|_| panic!("{}", text(0)));
+    assert_eq!(curl["path"], "/e2e/curl");
+    assert_eq!(
+        curl["headers"]["x-api-key"],
+        digest.as_str(),
+        "the key was injected"
+    );
+    assert!(
+        text(1).starts_with("200 ") && text(1).contains(&digest),
+        "{}",
+        text(1)
+    );
+    assert_eq!(text(2).trim(), "403");
+    assert!(
+        text(3).starts_with("403 ") && text(3).contains("egress denied"),
+        "{}",
+        text(3)
+    );
+    for i in 0..calls.len() {
+        assert_no_secret(&format!("tool result {i}"), text(i).as_bytes());
+    }
+    let logs = world.logs();
+    assert!(
+        logs.contains("GET /e2e/curl ") && logs.contains("GET /e2e/urllib "),
+        "{logs}"
+    );
+    assert!(!logs.contains("/e2e/denied"), "{logs}");
+
+    // The audit records match what the session did, one per request, in order.
+    let records: Vec<_> = proxy
+        .audit
+        .records()
+        .into_iter()
+        .filter(|r| r.path.as_deref().is_some_and(|p| p.starts_with("/e2e/")))
+        .collect();
+    let summary: Vec<(String, String, bool, Option<u16>, Vec<String>)> = records
+        .iter()
+        .map(|r| {
+            (
+                r.host.clone(),
+                r.path.clone().unwrap_or_default(),
+                r.verdict == cma_egress::policy::Verdict::Allow,
+                r.status,
+                r.injected.clone(),
+            )
+        })
+        .collect();
+    let key = vec!["x-api-key".to_owned()];
+    assert_eq!(
+        summary,
+        vec![
+            (
+                "local.test".into(),
+                "/e2e/curl".into(),
+                true,
+                Some(200),
+                key.clone()
+            ),
+            (
+                "local.test".into(),
+                "/e2e/urllib".into(),
+                true,
+                Some(200),
+                key.clone()
+            ),
+            (
+                "denied.test".into(),
+                "/e2e/denied".into(),
+                false,
+                Some(403),
+                vec![]
+            ),
+            (
+                "denied.test".into(),
+                "/e2e/denied-urllib".into(),
+                false,
+                Some(403),
+                vec![]
+            ),
+        ]
+    );
+    assert!(
+        records
+            .iter()
+            .all(|r| r.session_id.as_deref() == Some("sesn_a"))
+    );
+    let sandbox_ids: std::collections::BTreeSet<_> =
+        records.iter().map(|r| r.sandbox_id.clone()).collect();
+    assert_eq!(
+        sandbox_ids.len(),
+        1,
+        "one sandbox served the session: {sandbox_ids:?}"
+    );
+    assert!(
+        egress.proxy().registry().is_empty(),
+        "the sandbox was detached when the session ended"
+    );
+    emulator.shutdown().await;
 }

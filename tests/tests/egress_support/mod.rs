@@ -398,6 +398,11 @@ impl World {
 
     /// The policy set described in the module docs.
     pub fn policies(&self) -> PolicySelector {
+        PolicySelector::from_json(self.policies_json().as_bytes()).unwrap()
+    }
+
+    /// [`World::policies`] as JSON text.
+    pub fn policies_json(&self) -> String {
         let local = format!("http://127.0.0.1:{}", self.loopback_port());
         let v = json!({"default": "deny", "policies": [
             {"id": "pol_a", "apply_to": [{"field": "session_id", "op": "equals", "value": "sesn_a"}],
@@ -415,7 +420,7 @@ impl World {
             {"id": "pol_b", "apply_to": [{"field": "session_id", "op": "equals", "value": "sesn_b"}],
              "rules": [{"type": "allow", "host": "other.test"}]},
         ]});
-        PolicySelector::from_json(v.to_string().as_bytes()).unwrap()
+        v.to_string()
     }
 
     /// The resolver: test names to namespace addresses; rebinding names answer a namespace
