@@ -58,7 +58,7 @@ impl AddressClass {
             Self::Multicast => "multicast address",
             Self::Unspecified => "unspecified address",
             Self::Reserved => "reserved address",
-            Self::HostLocal => "address of the proxy host",
+            Self::HostLocal => "host-local address (the proxy host's own)",
         }
     }
 }

@@ -17,7 +17,7 @@ use cma_core::control::egress::SessionEgress;
 use cma_egress::AuditSink;
 use cma_sandbox::docker::DockerBackend;
 use cma_sandbox::{ExecRequest, Sandbox, SandboxBackend, SandboxSpec};
-use egress_support::{PROBE_PY, Proxy, World, secret, session, sha256_hex};
+use egress_support::{PROBE_PY, Proxy, World, reached, secret, session, sha256_hex};
 use serde_json::json;
 
 /// Two sandboxes (sessions `sesn_a` and `sesn_b`) wired to the world's proxy.
@@ -127,25 +127,6 @@ fn probe_blocked(out: &str) -> bool {
         && !out.contains("resolved")
         && !out.contains("status 2")
         && !out.contains("response 2")
-}
-
-/// Whether any upstream log line shows case `name` arriving: a request whose path (without its
-/// query: a redirect's first hop names the next target there) holds `bypass/<name>`, or a
-/// datagram or DNS query carrying the name.
-fn reached(logs: &str, name: &str) -> bool {
-    let marker = format!("bypass/{name}");
-    let dns = name.replace('-', "");
-    logs.lines().any(|line| {
-        let f: Vec<&str> = line.split(' ').collect();
-        match f.first().copied() {
-            Some("http" | "https") => f
-                .get(3)
-                .and_then(|p| p.split('?').next())
-                .is_some_and(|p| p.contains(&marker)),
-            Some("udp") => line.contains(&format!("data={name}")) || line.contains(&dns),
-            _ => false,
-        }
-    })
 }
 
 #[derive(Clone, Copy, PartialEq)]

@@ -515,3 +515,22 @@ pub async fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
+
+/// Whether any upstream log line shows case `name` arriving: a request whose path (without its
+/// query: a redirect's first hop names the next target there) holds `bypass/<name>`, or a
+/// datagram or DNS query carrying the name.
+pub fn reached(logs: &str, name: &str) -> bool {
+    let marker = format!("bypass/{name}");
+    let dns = name.replace('-', "");
+    logs.lines().any(|line| {
+        let f: Vec<&str> = line.split(' ').collect();
+        match f.first().copied() {
+            Some("http" | "https") => f
+                .get(3)
+                .and_then(|p| p.split('?').next())
+                .is_some_and(|p| p.contains(&marker)),
+            Some("udp") => line.contains(&format!("data={name}")) || line.contains(&dns),
+            _ => false,
+        }
+    })
+}
