@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod egress;
 mod emulator;
 mod run;
 mod tool;
