@@ -209,38 +209,52 @@ impl SessionEgress {
     }
 
     /// Remember the `data` of a webhook about a session (policies may select on
-    /// `webhook.<key>`); its running sandboxes see it from their next request.
-    pub fn observe_webhook(
+    /// `webhook.<key>`); its sandboxes see it from their next request, and their policy is
+    /// resolved (and recorded) again.
+    pub async fn observe_webhook(
         &self,
         session_id: &str,
         data: serde_json::Map<String, serde_json::Value>,
     ) {
-        let mut st = self.lock();
-        st.webhook_counter += 1;
-        let n = st.webhook_counter;
-        st.webhooks.insert(session_id.to_owned(), (n, data.clone()));
-        if st.webhooks.len() > MAX_WEBHOOK_SESSIONS {
-            let oldest = st
-                .webhooks
-                .iter()
-                .min_by_key(|(_, (n, _))| *n)
-                .map(|(k, _)| k.clone());
-            if let Some(k) = oldest {
-                st.webhooks.remove(&k);
+        let updates = {
+            let mut st = self.lock();
+            st.webhook_counter += 1;
+            let n = st.webhook_counter;
+            st.webhooks.insert(session_id.to_owned(), (n, data.clone()));
+            if st.webhooks.len() > MAX_WEBHOOK_SESSIONS {
+                let oldest = st
+                    .webhooks
+                    .iter()
+                    .min_by_key(|(_, (n, _))| *n)
+                    .map(|(k, _)| k.clone());
+                if let Some(k) = oldest {
+                    st.webhooks.remove(&k);
+                }
             }
-        }
-        let mut updates = Vec::new();
-        for a in st.sandboxes.values_mut() {
-            if a.session.session_id == session_id {
-                a.session.webhook = data.clone();
-                updates.push((a.addr, a.session.clone()));
+            let mut updates = Vec::new();
+            for (id, a) in st.sandboxes.iter_mut() {
+                if a.session.session_id == session_id {
+                    a.session.webhook = data.clone();
+                    updates.push((id.clone(), a.addr, a.session.clone()));
+                }
             }
-        }
-        drop(st);
-        for (addr, ctx) in updates {
-            if let Some(addr) = addr {
-                self.proxy.registry().update_session(addr, ctx);
+            updates
+        };
+        for (id, addr, ctx) in updates {
+            match addr {
+                Some(addr) => {
+                    self.proxy.registry().update_session(addr, ctx);
+                }
+                None => {
+                    let client = self
+                        .proxy
+                        .in_process(SandboxIdentity::new(id.as_str(), ctx));
+                    if let Some(a) = self.lock().sandboxes.get_mut(&id) {
+                        a.client = Some(client);
+                    }
+                }
             }
+            self.record_policy(&id).await;
         }
     }
 

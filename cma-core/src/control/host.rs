@@ -840,7 +840,7 @@ impl SessionHost for SandboxHost {
         if let (Some(egress), Some(session_id)) = (&self.egress, event.data.session_id())
             && let Ok(serde_json::Value::Object(data)) = serde_json::to_value(&event.data)
         {
-            egress.observe_webhook(session_id.as_str(), data);
+            egress.observe_webhook(session_id.as_str(), data).await;
         }
         #[cfg(not(feature = "egress"))]
         let _ = event;
