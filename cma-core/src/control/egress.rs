@@ -17,6 +17,25 @@
 //!    destroyed, so an address freed by one sandbox is never attributed to it once another
 //!    container gets it.
 //!
+//! # Why the peer address is a trustworthy identity (Docker)
+//!
+//! * The address is read from the engine after the container started, while nothing runs in it
+//!   but its init process and `sleep`; it is registered before `attach` returns, i.e. before the
+//!   host runs the first command, and unregistered before the container is removed (an address
+//!   the engine hands out again is never attributed to the old sandbox; the registry refuses an
+//!   address still held by another sandbox).
+//! * A sandbox cannot take another's address: containers run with every capability dropped and
+//!   `no-new-privileges`, so no `NET_ADMIN` (changing addresses or the MAC, `IP_TRANSPARENT`)
+//!   and no `NET_RAW` (raw or packet sockets to forge frames); binding a foreign address with
+//!   `IP_FREEBIND` does not let a connection leave with it. The sandbox network is `internal`
+//!   with inter-container traffic off, so a sandbox cannot relay through another either.
+//! * The proxy listens only on the sandbox network's gateway address, and the backend's host
+//!   firewall accepts from the sandbox bridge only that port; connections from any address not
+//!   registered (the host itself, other networks) are closed unanswered.
+//!
+//! The Docker bypass suite (`tests/tests/egress_docker`) checks each of these from inside
+//! real containers (`spoof`, `ip-change`, `b-to-a`, `other-sandbox*`).
+//!
 //! Policies are looked up per request by the proxy, so replacing the policies (a
 //! [`PolicyStore`](cma_egress::PolicyStore) edit) reaches running sessions without restarting
 //! their sandboxes; [`SessionEgress::watch_policies`] records the new fingerprints. The session's
