@@ -23,8 +23,10 @@
 //!   network still routes to the host's bridge address, so the backend also installs host
 //!   `iptables` rules (when [`DockerConfig::host_firewall`] is on, the default): from the
 //!   sandbox bridge only the egress endpoint's port on the gateway is accepted.
-//!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY` and installs its CA certificate in a bundle the
-//!   usual variables point at.
+//!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY`/`NO_PROXY` (both cases) and installs its CA
+//!   certificate where common clients look (the system bundle, a bundle the usual variables
+//!   point at, pip and git configuration; the `egress` module lists them); the container's
+//!   address for the proxy's registry is [`Sandbox::network_address`](crate::Sandbox::network_address).
 //! * **Warm pool (opt-in).** With [`DockerConfig::prestart`] > 0, started and fully isolated
 //!   containers wait unassigned; `create` for a spec compatible with
 //!   [`DockerConfig::pool_spec`] claims one (its name is the sandbox id; the identity is
