@@ -5,8 +5,8 @@
 //! ([`SecretName`]); a [`SecretStore`] turns a name into a value at request time, so rotating a
 //! secret takes effect on the next request. Stores here: [`EnvSecretStore`] (environment
 //! variables), [`FileSecretStore`] (one file per secret), [`MemorySecretStore`] and
-//! [`SecretStores`] (first store that knows the name wins). A StateStore-backed table implements
-//! the same trait.
+//! [`SecretStores`] (first store that knows the name wins). A host with a vault implements the
+//! same trait; the control plane's state store keeps secret *metadata* only, never values.
 
 use std::collections::HashMap;
 use std::fmt;
