@@ -25,7 +25,7 @@ pub(crate) struct Bed {
     pub(crate) world: World,
     pub(crate) proxy: Proxy,
     pub(crate) egress: Arc<SessionEgress>,
-    _backend: DockerBackend,
+    _port: PortGuard,
     pub(crate) a: Arc<dyn Sandbox>,
     pub(crate) b: Arc<dyn Sandbox>,
     pub(crate) gateway: IpAddr,
@@ -82,12 +82,29 @@ pub(crate) async fn bed(
         world,
         proxy,
         egress,
-        _backend: backend,
+        _port: PortGuard(backend, proxy_addr.port()),
         a,
         b,
         gateway,
         proxy_addr,
         _cleanup: cleanup,
+    }
+}
+
+/// Closes the proxy's port in the host firewall when dropped (`create` opened it).
+pub(crate) struct PortGuard(pub(crate) DockerBackend, pub(crate) u16);
+
+impl Drop for PortGuard {
+    fn drop(&mut self) {
+        let (backend, port) = (self.0.clone(), self.1);
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            let _ = rt.block_on(backend.close_egress_port(port));
+        })
+        .join();
     }
 }
 

@@ -24,10 +24,11 @@ async fn a_scripted_session_reaches_an_allowed_server_with_an_injected_key_and_n
     let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
     let gateway = backend.gateway().unwrap();
     let egress = Arc::new(SessionEgress::new(proxy.proxy.clone()));
-    egress
+    let bound = egress
         .listen_for("docker", SocketAddr::new(gateway, 0))
         .await
         .unwrap();
+    let _port = super::PortGuard(backend.clone(), bound.port());
     let calls = [
         "curl -sS --max-time 8 http://local.test/e2e/curl",
         "python3 -c \"import urllib.request as u; r = u.urlopen('http://local.test/e2e/urllib', timeout=8); print(r.status, r.read().decode())\"",
