@@ -392,10 +392,6 @@ impl SandboxHost {
     ///    (the same isolate root directory, the same Docker `instance`), so give each plane its
     ///    own. A backend whose `list` fails is skipped.
     ///
-    /// Only the first [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandbox records of each
-    /// backend are read: with more, the sandboxes past them are neither resumed nor kept, and
-    /// step 3 destroys them as orphans.
-    ///
     /// A failure to read the store fails the call (what was done before stays done); a backend's
     /// failures are logged and counted in [`RecoveryReport::failed`].
     #[cfg(feature = "store")]
@@ -447,8 +443,7 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let records = store
-                .list_sandboxes(Some(name))
+            let records = all_sandbox_records(store.as_ref(), name)
                 .await
                 .map_err(failed("listing sandboxes"))?;
             for record in records {
@@ -546,13 +541,13 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let known: std::collections::HashSet<String> = store
-                .list_sandboxes(Some(name))
-                .await
-                .map_err(failed("listing sandboxes"))?
-                .into_iter()
-                .map(|r| r.sandbox_id)
-                .collect();
+            let known: std::collections::HashSet<String> =
+                all_sandbox_records(store.as_ref(), name)
+                    .await
+                    .map_err(failed("listing sandboxes"))?
+                    .into_iter()
+                    .map(|r| r.sandbox_id)
+                    .collect();
             let live = match backend.list().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -805,5 +800,23 @@ impl SessionHost for SandboxHost {
         let housekeeping = self.housekeep_if_due().await;
         let warm = lock(&self.warm).next_deadline().map(Instant::from_std);
         warm.into_iter().chain(housekeeping).min()
+    }
+}
+
+/// Every sandbox record of `backend`, page by page.
+#[cfg(feature = "store")]
+async fn all_sandbox_records(
+    store: &dyn cma_store::state::StateStore,
+    backend: &str,
+) -> Result<Vec<cma_store::state::SandboxRecord>, cma_store::state::StateError> {
+    let mut query = cma_store::state::SandboxQuery::backend(backend);
+    let mut all = Vec::new();
+    loop {
+        let page = store.list_sandboxes(&query).await?;
+        let Some(last) = page.last() else {
+            return Ok(all);
+        };
+        query = query.after(last);
+        all.extend(page);
     }
 }
