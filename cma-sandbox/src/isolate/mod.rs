@@ -108,7 +108,7 @@ use tokio::sync::mpsc;
 pub use egress::{DenyAllEgress, EgressHook, FetchError, FetchRequest, FetchResponse};
 pub use js::{MAX_SCRIPT_READ_BYTES, SCRIPT_STACK_BYTES};
 pub use quota::QUOTA_ENTRY_BYTES;
-pub use worker::{MAX_RUNS_PER_WORKER, MAX_SCRIPT_BYTES, WorkerConfig};
+pub use worker::{MAX_RUNS_PER_WORKER, MAX_SCRIPT_BYTES, WorkerConfig, worker_entry_linked};
 pub use workspace::{MAX_DIR_ENTRIES, MAX_NAME_BYTES, MAX_PATH_BYTES};
 
 use self::meta::{MAX_META_BYTES, Meta};

@@ -54,19 +54,34 @@ pub(crate) use pool::Pool;
 #[cfg(target_os = "linux")]
 pub(crate) use serve::execute;
 
+/// Whether `execute` workers can start from this program (Linux only). A program that uses
+/// nothing else from this crate, such as a dedicated worker binary for
+/// [`WorkerConfig::program`], calls it so that the pre-`main` worker entry is linked in.
+pub fn worker_entry_linked() -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        entry::anchor() != 0
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        false
+    }
+}
+
 /// Scripts a worker runs before it is retired (its heap may have fragmented).
 pub const MAX_RUNS_PER_WORKER: u32 = 1000;
 /// Largest script source `execute` accepts, in bytes.
 pub const MAX_SCRIPT_BYTES: usize = 16 * 1024 * 1024;
 
 /// How the isolate backend runs `execute` scripts in worker processes (see the
-/// [module docs](self)). Build with [`WorkerConfig::new`] and set fields; pass to
+/// [isolate module docs](super)). Build with [`WorkerConfig::new`] and set fields; pass to
 /// [`IsolateBackend::with_workers`](super::IsolateBackend::with_workers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerConfig {
     /// The program started as a worker. `None` (the default): this process's own executable,
-    /// which needs nothing from the host program (see the module docs). Otherwise any program
+    /// which needs nothing from the host program (a hook in this crate turns it into a worker
+    /// before `main`). Otherwise any program
     /// that links this crate with the `isolate` feature, e.g. the `cma-sandbox-worker` binary it
     /// ships; it must be the same build, or workers are refused as speaking another protocol.
     pub program: Option<PathBuf>,
