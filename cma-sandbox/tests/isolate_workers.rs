@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cma_sandbox::isolate::{IsolateBackend, MAX_SCRIPT_BYTES, WorkerConfig};
-use cma_sandbox::{ExecuteRequest, Sandbox, SandboxBackend, SandboxErrorKind, SandboxSpec};
+use cma_sandbox::{ExecuteRequest, SandboxBackend, SandboxErrorKind, SandboxSpec};
 
 fn text(b: &Bytes) -> String {
     String::from_utf8_lossy(b).into_owned()

@@ -252,6 +252,9 @@ async fn converse(
     }
 }
 
+/// One workspace operation answering a call, run inline or on the blocking pool.
+type WorkspaceOp = Box<dyn FnOnce(&Workspace) -> Result<Reply> + Send>;
+
 fn kind_code(kind: FileKind) -> u8 {
     match kind {
         FileKind::File => 0,
@@ -266,7 +269,7 @@ fn kind_code(kind: FileKind) -> u8 {
 async fn answer(t: &Target<'_>, call: Call) -> Reply {
     let ws = t.ws;
     let quota = ws.has_quota();
-    let run = |f: Box<dyn FnOnce(&Workspace) -> Result<Reply> + Send>, inline: bool| {
+    let run = |f: WorkspaceOp, inline: bool| {
         let ws = ws.clone();
         async move {
             if inline {
