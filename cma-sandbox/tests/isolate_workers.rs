@@ -333,3 +333,26 @@ async fn nothing_a_worker_sends_is_trusted() {
     let err = execute_with_program(&mute).await;
     assert_eq!(err.kind(), SandboxErrorKind::Timeout, "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_script_after_a_big_one_is_not_starved_of_memory() {
+    let root = tempfile::tempdir().unwrap();
+    let backend = IsolateBackend::new(root.path()).unwrap();
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    for _ in 0..2 {
+        // Grows the worker's heap (the allocator may keep it after the runtime is gone)...
+        let mut big = ExecuteRequest::new(
+            "const keep = []; for (let i = 0; i < 96; i++) keep.push(new Uint8Array(1 << 20).fill(i)); keep.length",
+        );
+        big.memory_limit = 256 << 20;
+        let out = sb.execute(big).await.unwrap();
+        assert_eq!(text(&out.stdout), "96\n");
+        // ...and the next script, with a far smaller limit, still gets its whole heap.
+        let mut small = ExecuteRequest::new(
+            "const keep = []; for (let i = 0; i < 4; i++) keep.push(new Uint8Array(1 << 20)); keep.length",
+        );
+        small.memory_limit = 16 << 20;
+        let out = sb.execute(small).await.unwrap();
+        assert_eq!(text(&out.stdout), "4\n");
+    }
+}

@@ -88,15 +88,45 @@ pub(crate) fn address_space_limit(vm_bytes: u64, memory_limit: u64) -> u64 {
         .saturating_add(ADDRESS_SPACE_MARGIN)
 }
 
+/// What a process has used so far.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Usage {
+    /// User + system CPU time, in whole seconds rounded up.
+    pub cpu_secs: u64,
+    /// Virtual address space size, in bytes.
+    pub vm_bytes: u64,
+}
+
+/// A process's usage, from `/proc/<pid>/stat` (`None` if unreadable).
+pub(crate) fn usage(pid: Pid) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
+    // Fields after the command name (which may hold spaces and parentheses) start after its
+    // last `)`: the line's field 3 is index 0 here, so utime (14), stime (15) and vsize (23)
+    // are 11, 12 and 20.
+    let fields: Vec<&str> = stat
+        .get(stat.rfind(')')? + 2..)?
+        .split_whitespace()
+        .collect();
+    let field = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    // Clock ticks: 100 per second on every Linux configuration Rust supports (USER_HZ).
+    let ticks = field(11)?.saturating_add(field(12)?);
+    Some(Usage {
+        cpu_secs: ticks.div_ceil(100),
+        vm_bytes: field(20)?,
+    })
+}
+
 /// Set a worker's limits for its next script, from outside: address space, and CPU time (its
 /// usage so far plus `timeout`). `None` lifts a limit (up to the hard limit).
 pub(crate) fn set_script_limits(
     pid: Pid,
+    used: Option<Usage>,
     address_space: Option<u64>,
     timeout: Duration,
 ) -> std::io::Result<()> {
-    let cpu = cpu_seconds(pid).map(|used| {
-        used.saturating_add(timeout.as_secs())
+    let cpu = used.map(|u| {
+        u.cpu_secs
+            .saturating_add(timeout.as_secs())
             .saturating_add(CPU_MARGIN_SECS)
     });
     for (resource, soft) in [(Resource::As, address_space), (Resource::Cpu, cpu)] {
@@ -119,19 +149,6 @@ pub(crate) fn set_script_limits(
         )?;
     }
     Ok(())
-}
-
-/// CPU seconds (user + system, rounded up) a process has used, from `/proc/<pid>/stat`.
-fn cpu_seconds(pid: Pid) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", pid.as_raw_nonzero())).ok()?;
-    // Fields after the command name (which may hold spaces and parentheses) start at its last
-    // `)`; utime and stime are fields 14 and 15 of the line, 12 and 13 after `) `.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let mut fields = rest.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    // Clock ticks: 100 per second on every Linux configuration Rust supports (USER_HZ).
-    Some(utime.saturating_add(stime).div_ceil(100))
 }
 
 fn cond(arg: u8, len: Len, op: Op, value: u64) -> Result<SeccompCondition, seccompiler::Error> {

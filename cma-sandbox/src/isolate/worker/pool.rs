@@ -48,8 +48,10 @@ impl Idle {
 pub(crate) struct Lease {
     pub proc: WorkerProcess,
     pub sock: UnixStream,
+    /// The worker's address-space size when it was new, with a runtime prepared.
     pub vm_bytes: u64,
-    runs: u32,
+    /// Scripts run by this worker, this one included.
+    pub runs: u32,
     _slot: OwnedSemaphorePermit,
 }
 
@@ -159,11 +161,11 @@ impl Pool {
                     None => st.fresh.pop(),
                 }
             };
-            self.refill();
             match found {
                 Some(w) if w.alive() => break w,
                 Some(dead) => drop(dead),
                 None => {
+                    // Started before any refill, which would queue behind it.
                     let started =
                         tokio::time::timeout_at(deadline, start(self.shared.start.clone()))
                             .await
@@ -174,6 +176,7 @@ impl Pool {
                 }
             }
         };
+        self.refill();
         let Idle {
             proc,
             sock,

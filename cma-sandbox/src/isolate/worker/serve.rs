@@ -22,7 +22,7 @@ use super::ipc::{
     Call, FRAME_OVERHEAD, FromWorker, Job, MAX_FRAME_BYTES, Outcome, Reply, StatReply, ToWorker,
     read_frame_async,
 };
-use super::limits::{address_space_limit, set_script_limits};
+use super::limits::{ADDRESS_SPACE_MARGIN, Usage, address_space_limit, set_script_limits, usage};
 use super::pool::{CheckoutError, Lease, Pool};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecuteRequest};
@@ -102,17 +102,34 @@ pub(crate) async fn execute(
         .checked_add(req.timeout)
         .unwrap_or_else(|| start + FAR_FUTURE);
     let kill_at = deadline.checked_add(KILL_GRACE).unwrap_or(deadline);
-    let mut lease = match pool
-        .checkout(sandbox, tokio::time::Instant::from_std(deadline))
-        .await
-    {
-        Ok(l) => l,
-        Err(CheckoutError::Deadline) => return Err(timed_out(&req)),
-        Err(CheckoutError::Failed(e)) => return Err(e),
+    let checkout = || async {
+        match pool
+            .checkout(sandbox, tokio::time::Instant::from_std(deadline))
+            .await
+        {
+            Ok(l) => Ok(l),
+            Err(CheckoutError::Deadline) => Err(timed_out(&req)),
+            Err(CheckoutError::Failed(e)) => Err(e),
+        }
     };
+    let mut lease = checkout().await?;
+    let mut used = usage(lease.proc.pid());
+    // A reused worker whose address space did not shrink back (allocator fragmentation) is
+    // retired rather than squeezed: the next worker is a fresh one.
+    let grown = |lease: &Lease, used: Option<Usage>| {
+        lease.runs > 1
+            && used
+                .is_some_and(|u| u.vm_bytes > lease.vm_bytes.saturating_add(ADDRESS_SPACE_MARGIN))
+    };
+    if grown(&lease, used) {
+        drop(lease);
+        lease = checkout().await?;
+        used = usage(lease.proc.pid());
+    }
     let memory_limit = req.memory_limit as u64;
     set_script_limits(
         lease.proc.pid(),
+        used,
         Some(address_space_limit(lease.vm_bytes, memory_limit)),
         req.timeout,
     )
