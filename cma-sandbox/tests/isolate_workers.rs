@@ -32,21 +32,28 @@ fn children() -> Vec<u32> {
         .collect()
 }
 
-/// Whether process `pid` is a confined worker.
-fn confined(pid: u32) -> bool {
-    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
+/// The soft address-space limit of process `pid`, if it has one.
+fn address_space_limit(pid: u32) -> Option<u64> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max address space"))?;
+    line.split_whitespace().nth(3)?.parse().ok()
+}
+
+/// Whether process `pid` is a confined worker; `Err` says what is not.
+fn confined(pid: u32) -> Result<(), String> {
+    let read = |what: &str| {
+        std::fs::read_to_string(format!("/proc/{pid}/{what}")).map_err(|e| format!("{what}: {e}"))
     };
-    let Ok(limits) = std::fs::read_to_string(format!("/proc/{pid}/limits")) else {
-        return false;
-    };
-    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| {
-            d.flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let status = read("status")?;
+    let limits = read("limits")?;
+    let mut fds: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map_err(|e| format!("fd: {e}"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    fds.sort();
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let field = |name: &str| {
         status
@@ -63,18 +70,41 @@ fn confined(pid: u32) -> bool {
             .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
             .unwrap_or_default()
     };
-    field("Seccomp:") == "2"
-        && field("NoNewPrivs:") == "1"
-        && limit("Max core file size").contains("0 0 bytes")
-        && limit("Max open files").contains("3 3 files")
-        && limit("Max processes").contains("0 0 processes")
-        && {
-            let mut fds = fds;
-            fds.sort();
-            fds == ["0", "1", "2"]
-        }
-        // Nothing of the host's environment: only the worker marker.
-        && environ.split(|b| *b == 0).filter(|v| !v.is_empty()).count() == 1
+    let mut env: Vec<&[u8]> = environ
+        .split(|b| *b == 0)
+        .filter(|v| !v.is_empty())
+        .map(|v| v.split(|b| *b == b'=').next().unwrap_or_default())
+        .collect();
+    env.sort();
+    let checks = [
+        ("seccomp", field("Seccomp:") == "2"),
+        ("no_new_privs", field("NoNewPrivs:") == "1"),
+        (
+            "effective capabilities",
+            field("CapEff:") == "0000000000000000",
+        ),
+        (
+            "permitted capabilities",
+            field("CapPrm:") == "0000000000000000",
+        ),
+        ("core", limit("Max core file size").contains("0 0 bytes")),
+        ("open files", limit("Max open files").contains("3 3 files")),
+        (
+            "processes",
+            limit("Max processes").contains("0 0 processes"),
+        ),
+        // Inherited descriptors are closed.
+        ("descriptors", fds == ["0", "1", "2"]),
+        // Nothing of the host's environment: the worker marker and the time zone.
+        (
+            "environment",
+            env == [&b"CMA_SANDBOX_ISOLATE_WORKER"[..], b"TZ"],
+        ),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        None => Ok(()),
+        Some((what, _)) => Err(format!("{pid}: {what}: {fds:?} {}", limit("Max"))),
+    }
 }
 
 fn eventually(mut done: impl FnMut() -> bool) -> bool {
@@ -99,17 +129,28 @@ async fn workers_are_confined_and_hold_nothing_of_the_host() {
     let sb = backend.create(&SandboxSpec::new()).await.unwrap();
     let out = sb.execute(ExecuteRequest::new("6 * 7")).await.unwrap();
     assert_eq!(text(&out.stdout), "42\n");
+    // Local time works (the C library read its zone data before the filter) and is UTC.
+    let out = sb
+        .execute(ExecuteRequest::new(
+            "[new Date(0).getTimezoneOffset(), new Date(0).getHours(), typeof new Date().toString()].join(' ')",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(text(&out.stdout), "0 0 string\n");
     assert!(
         eventually(|| {
             let workers = children();
-            !workers.is_empty() && workers.into_iter().all(confined)
+            !workers.is_empty() && workers.into_iter().all(|p| confined(p).is_ok())
         }),
         "{:?}",
-        children()
-            .into_iter()
-            .map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).unwrap_or_default())
-            .collect::<Vec<_>>()
+        children().into_iter().map(confined).collect::<Vec<_>>()
     );
+    // The worker that ran the scripts has an address-space limit: above what a default script
+    // needs (so it counts the worker's own size), and not absurdly larger.
+    assert!(eventually(|| children()
+        .into_iter()
+        .filter_map(address_space_limit)
+        .any(|soft| soft > 256 << 20 && soft < 2 << 30)));
     drop(leaked);
 }
 

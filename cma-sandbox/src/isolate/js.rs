@@ -286,6 +286,19 @@ fn host_object<'js>(
     Ok(obj)
 }
 
+/// Use once what the engine and the C library initialise lazily from files, so that scripts
+/// never need a file: local time makes the C library read its time zone data.
+pub(crate) fn warm_up() {
+    if let Ok(rt) = Runtime::new()
+        && let Ok(ctx) = Context::full(&rt)
+    {
+        ctx.with(|ctx| {
+            let _ =
+                ctx.eval::<Value, _>("new Date(0).getTimezoneOffset() + new Date(0).toString()");
+        });
+    }
+}
+
 /// How a script ended, before mapping to an [`Outcome`].
 enum Ending {
     Done,

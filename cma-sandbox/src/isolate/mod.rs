@@ -55,6 +55,8 @@
 //!   (`headers` is a plain object with lower-case names); refused requests reject with a
 //!   `TypeError` such as `egress denied: GET https://…: …`.
 //!
+//! Local time is UTC.
+//!
 //! Limits: [`ExecuteRequest::timeout`](crate::ExecuteRequest::timeout) (wall clock: QuickJS's
 //! interrupt handler stops a script that polls it, and the worker process is killed shortly
 //! after the deadline in any case; also when the caller drops the future),

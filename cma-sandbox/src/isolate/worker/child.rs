@@ -17,7 +17,7 @@ use super::ipc::{
     read_frame, write_frame,
 };
 use super::limits;
-use crate::isolate::js::{Prepared, ScriptHost};
+use crate::isolate::js::{Prepared, ScriptHost, warm_up};
 
 /// Exit codes of a worker that gives up (the backend reports them; they are never a script's).
 pub(crate) const EXIT_CLEAN: i32 = 0;
@@ -68,18 +68,22 @@ impl ScriptHost for Channel {
 
 /// Run the worker on `sock` for the backend process `parent`; returns the exit code.
 pub(crate) fn main(sock: UnixStream, parent: Option<u32>) -> i32 {
-    if limits::confine_process(parent).is_err() {
+    if limits::die_with_parent(parent).is_err() {
         return EXIT_SETUP;
     }
     let chan = Rc::new(Channel {
         sock: RefCell::new(sock),
     });
     let host: Rc<dyn ScriptHost> = chan.clone();
+    // What reads files on first use must have done so before the limits and the filter.
+    warm_up();
     let Ok(mut next) = Prepared::new(host.clone()) else {
         return EXIT_ENGINE;
     };
-    // Measured before the filter forbids opening /proc.
     let vm_bytes = limits::vm_bytes();
+    if limits::limit_resources().is_err() {
+        return EXIT_SETUP;
+    }
     let unconfined = limits::install_syscall_filter().err();
     let hello = FromWorker::Hello(Hello {
         version: PROTOCOL_VERSION,

@@ -1,12 +1,14 @@
 //! How a worker process confines itself before it runs anything a script controls, and the
 //! limits the backend sets on it from outside.
 //!
-//! In the worker, at start ([`confine_process`]): die with the backend (`PR_SET_PDEATHSIG`,
-//! `SIGKILL`; and exit at once if the backend is already gone), no core dumps, no new files, no
-//! child processes, no locked memory or message queues (`RLIMIT_CORE`, `RLIMIT_FSIZE`,
-//! `RLIMIT_NOFILE`, `RLIMIT_NPROC`, `RLIMIT_MEMLOCK`, `RLIMIT_MSGQUEUE`, hard limits included, so
-//! they cannot be raised again). Inherited descriptors other than its socket are closed before
-//! this (in the entry hook).
+//! In the worker, at start ([`die_with_parent`]): die with the backend (`PR_SET_PDEATHSIG`,
+//! `SIGKILL`; and exit at once if the backend is already gone), no core dumps. Inherited
+//! descriptors other than its socket are closed before this (in the entry hook). Once it has
+//! read what it needs from files (its size; the C library's time zone data, read on first use
+//! of local time) ([`limit_resources`]): no new files, no child processes, no locked memory or
+//! message queues (`RLIMIT_FSIZE`, `RLIMIT_NOFILE`, `RLIMIT_NPROC`, `RLIMIT_MEMLOCK`,
+//! `RLIMIT_MSGQUEUE`, hard limits included, so they cannot be raised again), and no
+//! capabilities (a root backend's workers are otherwise root with every capability).
 //!
 //! Then, once its first runtime is built ([`install_syscall_filter`]): `PR_SET_NO_NEW_PRIVS`
 //! and a seccomp filter that kills the process on any system call outside a short list: reads
@@ -51,21 +53,37 @@ fn limit(resource: Resource, value: u64) -> std::io::Result<()> {
     .map_err(Into::into)
 }
 
-/// The worker's own confinement at start; `parent` is the backend's pid (the worker exits if
+/// Tie the worker's life to the backend's; `parent` is the backend's pid (the worker exits if
 /// its parent is already someone else).
-pub(crate) fn confine_process(parent: Option<u32>) -> std::io::Result<()> {
+pub(crate) fn die_with_parent(parent: Option<u32>) -> std::io::Result<()> {
     rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
     // The parent may have died before the line above: then nothing would ever kill us.
     let ppid = rustix::process::getppid().map(|p| p.as_raw_nonzero().get());
     if parent.is_none() || ppid.and_then(|p| u32::try_from(p).ok()) != parent {
         return Err(std::io::Error::other("the backend is gone"));
     }
-    limit(Resource::Core, 0)?;
+    limit(Resource::Core, 0)
+}
+
+/// The worker's resource limits, once it has opened all it ever will: no files, no processes,
+/// no locked memory or message queues.
+pub(crate) fn limit_resources() -> std::io::Result<()> {
     limit(Resource::Fsize, 0)?;
     limit(Resource::Nofile, 3)?;
     limit(Resource::Nproc, 0)?;
     limit(Resource::Memlock, 0)?;
     limit(Resource::Msgqueue, 0)?;
+    // A backend running as root starts root workers: drop every capability (the worker needs
+    // none; without CAP_SYS_RESOURCE the limits above are final even for root).
+    let none = rustix::thread::CapabilitySet::empty();
+    rustix::thread::set_capabilities(
+        None,
+        rustix::thread::CapabilitySets {
+            effective: none,
+            permitted: none,
+            inheritable: none,
+        },
+    )?;
     Ok(())
 }
 

@@ -192,6 +192,8 @@ fn spawn_now(program: &Path) -> io::Result<(WorkerProcess, UnixStream)> {
             WORKER_ENV,
             rustix::process::getpid().as_raw_nonzero().to_string(),
         )
+        // Scripts see UTC, not the host's zone.
+        .env("TZ", "UTC")
         .current_dir("/")
         .stdin(Stdio::from(OwnedFd::from(theirs)))
         .stdout(Stdio::null())
