@@ -13,7 +13,6 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rustix::process::Signal;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 use super::MAX_SCRIPT_BYTES;
@@ -231,6 +230,21 @@ async fn died(lease: &mut Lease, req: &ExecuteRequest) -> SandboxError {
     }
 }
 
+/// Write all of `frame`. With `MSG_NOSIGNAL`: a worker that died mid-write must cost an error,
+/// not `SIGPIPE` (fatal to a host that does not ignore it).
+async fn send_all(sock: &UnixStream, mut frame: &[u8]) -> std::io::Result<()> {
+    use rustix::net::{SendFlags, send};
+    while !frame.is_empty() {
+        let n = sock
+            .async_io(tokio::io::Interest::WRITABLE, || {
+                send(sock, frame, SendFlags::NOSIGNAL | SendFlags::DONTWAIT).map_err(Into::into)
+            })
+            .await?;
+        frame = &frame[n..];
+    }
+    Ok(())
+}
+
 /// Send the job, then answer calls until the worker reports how the script ended.
 async fn converse(
     sock: &mut UnixStream,
@@ -241,7 +255,7 @@ async fn converse(
     let frame = ToWorker::Run(job.clone())
         .encode(MAX_FRAME_BYTES)
         .map_err(|_| Lost::Protocol)?;
-    sock.write_all(&frame).await.map_err(|_| Lost::Gone)?;
+    send_all(sock, &frame).await.map_err(|_| Lost::Gone)?;
     loop {
         let payload = match read_frame_async(sock, frame_cap).await {
             Ok(Some(p)) => p,
@@ -263,7 +277,7 @@ async fn converse(
                         .encode(MAX_FRAME_BYTES)
                     })
                     .map_err(|_| Lost::Protocol)?;
-                sock.write_all(&frame).await.map_err(|_| Lost::Gone)?;
+                send_all(sock, &frame).await.map_err(|_| Lost::Gone)?;
             }
         }
     }
