@@ -397,3 +397,32 @@ async fn a_small_script_after_a_big_one_is_not_starved_of_memory() {
         assert_eq!(text(&out.stdout), "4\n");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fs_arguments_convert_like_string() {
+    let root = tempfile::tempdir().unwrap();
+    let backend = IsolateBackend::new(root.path()).unwrap();
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    let out = sb
+        .execute(ExecuteRequest::new(
+            r#"
+            fs.writeFile({ toString() { return 'n.txt'; } }, 42);
+            fs.mkdir('d/e');
+            const out = [fs.readFile('n.txt'), fs.readdir(undefined).join(','), fs.readdir().join(',')];
+            // Only an object with a truthy `recursive` removes recursively.
+            for (const opts of [true, 'yes', { recursive: 0 }]) {
+                try { fs.remove('d', opts); out.push('removed'); } catch (e) { out.push('kept'); }
+            }
+            fs.remove('d', { recursive: 'yes' });
+            out.push(fs.exists('d'), Object.isFrozen(fs), typeof fs.readFile);
+            out.join('|')
+            "#,
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        text(&out.stdout),
+        "42|d,n.txt|d,n.txt|kept|kept|kept|false|true|function\n",
+        "{out:?}"
+    );
+}

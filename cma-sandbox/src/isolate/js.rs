@@ -18,8 +18,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
 use rquickjs::context::EvalOptions;
-use rquickjs::function::Rest;
-use rquickjs::{Context, Ctx, Exception, Function, Object, Persistent, Runtime, Value};
+use rquickjs::convert::Coerced;
+use rquickjs::function::{Opt, Rest};
+use rquickjs::{Context, Ctx, Exception, FromJs, Function, Object, Persistent, Runtime, Value};
 
 use super::worker::ipc::{Call, Job, KIND_NAMES, Outcome, Reply};
 
@@ -89,19 +90,7 @@ const PRELUDE: &str = r#"(function (host) {
     log: print(false), info: print(false), debug: print(false),
     warn: print(true), error: print(true),
   });
-  const p = (path) => String(path);
-  globalThis.fs = Object.freeze({
-    readFile: (path) => host.readFile(p(path)),
-    writeFile: (path, text) => { host.writeFile(p(path), String(text)); },
-    readdir: (path) => host.readdir(path === undefined ? "." : p(path)),
-    exists: (path) => host.exists(p(path)),
-    stat: (path) => host.stat(p(path), true),
-    lstat: (path) => host.stat(p(path), false),
-    mkdir: (path) => { host.mkdir(p(path)); },
-    remove: (path, opts) => { host.remove(p(path), !!(opts && opts.recursive)); },
-    symlink: (target, path) => { host.symlink(String(target), p(path)); },
-    readlink: (path) => host.readlink(p(path)),
-  });
+  globalThis.fs = Object.freeze(host.fs);
   globalThis.fetch = async (input, init) => {
     init = init || {};
     const flat = [];
@@ -139,6 +128,138 @@ fn unexpected(ctx: &Ctx<'_>) -> rquickjs::Error {
     thrown(ctx, "execute: unexpected answer from the sandbox")
 }
 
+/// `undefined` (or absent) as `"."`, anything else as `String(v)`.
+fn path_or_dot<'js>(ctx: &Ctx<'js>, v: Opt<Value<'js>>) -> rquickjs::Result<String> {
+    match v.0 {
+        None => Ok(".".into()),
+        Some(v) if v.is_undefined() => Ok(".".into()),
+        Some(v) => Coerced::<String>::from_js(ctx, v).map(|c| c.0),
+    }
+}
+
+/// `globalThis.fs`: native functions (compiling JS wrappers for each would cost every script's
+/// runtime time). Arguments are converted as `String(x)` would.
+fn fs_object<'js>(ctx: &Ctx<'js>, host: Rc<dyn ScriptHost>) -> rquickjs::Result<Object<'js>> {
+    type Path = Coerced<String>;
+    let fs = Object::new(ctx.clone())?;
+    let h = host.clone();
+    fs.set(
+        "readFile",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            match ask(&ctx, &*h, Call::ReadFile { path: path.0 })? {
+                Reply::Text(t) => Ok(t),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "writeFile",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path, text: Path| {
+            ask(
+                &ctx,
+                &*h,
+                Call::WriteFile {
+                    path: path.0,
+                    text: text.0,
+                },
+            )
+            .map(drop)
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "readdir",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Opt<Value<'js>>| {
+            let path = path_or_dot(&ctx, path)?;
+            match ask(&ctx, &*h, Call::ReadDir { path })? {
+                Reply::Names(n) => Ok(n),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "exists",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            match ask(&ctx, &*h, Call::Exists { path: path.0 })? {
+                Reply::Bool(b) => Ok(b),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    for (name, follow) in [("stat", true), ("lstat", false)] {
+        let h = host.clone();
+        fs.set(
+            name,
+            Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+                let call = Call::Stat {
+                    path: path.0,
+                    follow,
+                };
+                let Reply::Stat(st) = ask(&ctx, &*h, call)? else {
+                    return Err(unexpected(&ctx));
+                };
+                let o = Object::new(ctx.clone())?;
+                o.set("type", KIND_NAMES[usize::from(st.kind)])?;
+                o.set("size", st.size as f64)?;
+                o.set("mtimeMs", st.mtime_ms)?;
+                Ok::<_, rquickjs::Error>(o)
+            })?,
+        )?;
+    }
+    let h = host.clone();
+    fs.set(
+        "mkdir",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            ask(&ctx, &*h, Call::Mkdir { path: path.0 }).map(drop)
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "remove",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: Path, opts: Opt<Value<'js>>| {
+                // `!!(opts && opts.recursive)`
+                let recursive = match opts.0.as_ref().and_then(Value::as_object) {
+                    Some(o) => Coerced::<bool>::from_js(&ctx, o.get("recursive")?)?.0,
+                    None => false,
+                };
+                let call = Call::Remove {
+                    path: path.0,
+                    recursive,
+                };
+                ask(&ctx, &*h, call).map(drop)
+            },
+        )?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "symlink",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, target: Path, path: Path| {
+                let call = Call::Symlink {
+                    target: target.0,
+                    path: path.0,
+                };
+                ask(&ctx, &*h, call).map(drop)
+            },
+        )?,
+    )?;
+    fs.set(
+        "readlink",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            match ask(&ctx, &*host, Call::ReadLink { path: path.0 })? {
+                Reply::Text(t) => Ok(t),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    Ok(fs)
+}
+
 /// Build the host object the prelude receives (and hides from the script).
 fn host_object<'js>(
     ctx: &Ctx<'js>,
@@ -152,100 +273,7 @@ fn host_object<'js>(
             capture.borrow_mut().push(to_err, &text);
         })?,
     )?;
-    let h = host.clone();
-    obj.set(
-        "readFile",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            match ask(&ctx, &*h, Call::ReadFile { path })? {
-                Reply::Text(t) => Ok(t),
-                _ => Err(unexpected(&ctx)),
-            }
-        })?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "writeFile",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String, text: String| {
-                ask(&ctx, &*h, Call::WriteFile { path, text }).map(drop)
-            },
-        )?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "readdir",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            match ask(&ctx, &*h, Call::ReadDir { path })? {
-                Reply::Names(n) => Ok(n),
-                _ => Err(unexpected(&ctx)),
-            }
-        })?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "exists",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            match ask(&ctx, &*h, Call::Exists { path })? {
-                Reply::Bool(b) => Ok(b),
-                _ => Err(unexpected(&ctx)),
-            }
-        })?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "stat",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String, follow: bool| {
-                let Reply::Stat(st) = ask(&ctx, &*h, Call::Stat { path, follow })? else {
-                    return Err(unexpected(&ctx));
-                };
-                let o = Object::new(ctx.clone())?;
-                o.set("type", KIND_NAMES[usize::from(st.kind)])?;
-                o.set("size", st.size as f64)?;
-                o.set("mtimeMs", st.mtime_ms)?;
-                Ok::<_, rquickjs::Error>(o)
-            },
-        )?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "mkdir",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            ask(&ctx, &*h, Call::Mkdir { path }).map(drop)
-        })?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "remove",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String, recursive: bool| {
-                ask(&ctx, &*h, Call::Remove { path, recursive }).map(drop)
-            },
-        )?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "symlink",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, target: String, path: String| {
-                ask(&ctx, &*h, Call::Symlink { target, path }).map(drop)
-            },
-        )?,
-    )?;
-    let h = host.clone();
-    obj.set(
-        "readlink",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            match ask(&ctx, &*h, Call::ReadLink { path })? {
-                Reply::Text(t) => Ok(t),
-                _ => Err(unexpected(&ctx)),
-            }
-        })?,
-    )?;
+    obj.set("fs", fs_object(ctx, host.clone())?)?;
     obj.set(
         "fetch",
         Function::new(
