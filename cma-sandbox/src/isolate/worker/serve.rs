@@ -85,7 +85,7 @@ pub(crate) async fn execute(
     sandbox: &SandboxId,
     ws: &Arc<Workspace>,
     egress: &Arc<dyn EgressHook>,
-    req: ExecuteRequest,
+    mut req: ExecuteRequest,
 ) -> Result<ExecOutput> {
     if req.code.len() > MAX_SCRIPT_BYTES {
         return Err(SandboxError::new(
@@ -135,7 +135,8 @@ pub(crate) async fn execute(
     .map_err(|e| backend("cannot set the worker's limits").with_source(e))?;
     let max_output = req.max_output_bytes;
     let job = Job {
-        code: req.code.clone(),
+        // Moved, not copied: it may be megabytes. The errors below use only the limits.
+        code: std::mem::take(&mut req.code),
         timeout: req.timeout,
         memory_limit,
         max_output_bytes: max_output as u64,
