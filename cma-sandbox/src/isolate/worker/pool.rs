@@ -188,7 +188,7 @@ impl Pool {
             CheckoutError::Failed(
                 SandboxError::new(
                     SandboxErrorKind::Backend,
-                    "execute: cannot use the worker's socket",
+                    "cannot use the worker's socket",
                 )
                 .with_source(e),
             )
@@ -295,7 +295,7 @@ impl Pool {
 fn start_error(context: &str, kind: SandboxErrorKind) -> SandboxError {
     SandboxError::new(
         kind,
-        format!("execute: cannot start a worker process: {context}"),
+        format!("cannot start a worker process: {context}"),
     )
 }
 

@@ -61,7 +61,7 @@ enum Lost {
 fn timed_out(req: &ExecuteRequest) -> SandboxError {
     SandboxError::new(
         SandboxErrorKind::Timeout,
-        format!("execute: script timed out after {:?}", req.timeout),
+        format!("script timed out after {:?}", req.timeout),
     )
 }
 
@@ -69,14 +69,14 @@ fn out_of_memory(req: &ExecuteRequest) -> SandboxError {
     SandboxError::new(
         SandboxErrorKind::ResourceLimit,
         format!(
-            "execute: script exceeded its memory limit of {} bytes",
+            "script exceeded its memory limit of {} bytes",
             req.memory_limit
         ),
     )
 }
 
 fn backend(context: &str) -> SandboxError {
-    SandboxError::new(SandboxErrorKind::Backend, format!("execute: {context}"))
+    SandboxError::new(SandboxErrorKind::Backend, context.to_string())
 }
 
 /// Run `req` for `sandbox` in one of `pool`'s workers.
@@ -91,7 +91,7 @@ pub(crate) async fn execute(
         return Err(SandboxError::new(
             SandboxErrorKind::InvalidInput,
             format!(
-                "execute: the script is {} bytes, over the {MAX_SCRIPT_BYTES}-byte limit",
+                "the script is {} bytes, over the {MAX_SCRIPT_BYTES}-byte limit",
                 req.code.len()
             ),
         ));
