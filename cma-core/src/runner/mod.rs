@@ -3,6 +3,7 @@
 //!
 //! [`state`] holds the pure bookkeeping (which calls to run, hold, drop; the idle rule).
 
+mod dispatch;
 pub mod lease;
 pub mod memory;
 pub mod session;
