@@ -711,19 +711,41 @@ impl ControlPlane {
             let inner = &this.inner;
             let owner = inner.config.replica_id.as_str();
             let span = tracing::info_span!("work_item", work_id = %work.id, session_id = %work.data.id);
-            let result = {
-                let item = tracing::Instrument::instrument(
-                    inner.runner.handle_item(&work, inner.host.clone(), inner.cancel_items.child_token()),
+            // The item runs on a task of its own: whatever happens in it (even a panic the
+            // runner could not contain), this task still records the end, counts it, reports it
+            // and returns the permit.
+            let mut item = {
+                let runner = inner.runner.clone();
+                let host = inner.host.clone();
+                let cancel = inner.cancel_items.child_token();
+                let work = work.clone();
+                inner.tasks.spawn(tracing::Instrument::instrument(
+                    async move { runner.handle_item(&work, host, cancel).await },
                     span,
-                );
-                tokio::pin!(item);
-                loop {
-                    tokio::select! {
-                        r = &mut item => break r,
-                        () = tokio::time::sleep(LEASE_RECORD_RENEW) => {
-                            inner.recorder.lease_renewed(work.id.as_str(), owner, LEASE_RECORD_TTL).await;
-                        }
+                ))
+            };
+            let joined = loop {
+                tokio::select! {
+                    r = &mut item => break r,
+                    () = tokio::time::sleep(LEASE_RECORD_RENEW) => {
+                        inner.recorder.lease_renewed(work.id.as_str(), owner, LEASE_RECORD_TTL).await;
                     }
+                }
+            };
+            let result = match joined {
+                Ok(result) => result,
+                Err(e) => {
+                    let message = if e.is_panic() {
+                        crate::runner::panics::panic_message(e.into_panic().as_ref())
+                    } else {
+                        "the item's task was cancelled".to_owned()
+                    };
+                    tracing::error!(work_id = %work.id, panic = %message, "the work item's task died; force-stopping the item");
+                    inner.runner.force_stop(&work).await;
+                    Err(RunnerError::Panicked {
+                        session_id: work.data.id.clone(),
+                        message,
+                    })
                 }
             };
             inner.recorder.lease_released(work.id.as_str(), owner).await;
@@ -748,7 +770,13 @@ impl ControlPlane {
             }
             inner.counters.finished.fetch_add(1, Ordering::Relaxed);
             if let Some(hook) = &inner.on_item {
-                hook(&ItemReport { work, result });
+                let report = ItemReport { work, result };
+                if let Err(payload) =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| hook(&report)))
+                {
+                    let message = crate::runner::panics::panic_message(payload.as_ref());
+                    tracing::error!(work_id = %report.work.id, panic = %message, "the on_item hook panicked");
+                }
             }
         });
         Ok(Claim::Claimed)

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::lease::LeaseHandle;
 use super::memory::SessionMemory;
+use super::panics;
 use super::session::{CallReport, RunnerObserver, ToolExecutor, ToolOutcome};
 use super::state::{Action, CallKind, RunnerState, ToolCall};
 use crate::client::{ListEventsParams, ReconnectPolicy, SessionClient, StreamItem, StreamParams};
@@ -145,12 +146,7 @@ pub(super) async fn dispatch_loop(
                 if let Some(o) = &observer {
                     o.on_call(&CallReport::Started(call.clone()));
                 }
-                let outcome = match tokio::time::timeout(tool_timeout, executor.execute(&call))
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => ToolOutcome::error(format!("tool '{}' timed out", call.event.name)),
-                };
+                let outcome = run_tool(executor.as_ref(), &call, tool_timeout).await;
                 let terminated = lock(&state).in_terminated_thread(&call);
                 let sent = if terminated {
                     tracing::info!(tool = %call.event.name, "thread terminated; not posting the result");
@@ -267,5 +263,27 @@ pub(super) async fn idle_watchdog(
                 }
             }
         }
+    }
+}
+
+/// Run one call under the tool timeout. A panic in the executor (the tool, or the sandbox under
+/// it) is the call's failure: it is answered with an error result, and the item goes on. The
+/// panic message is logged, not posted: it may carry host details the agent has no business
+/// seeing.
+pub(super) async fn run_tool(
+    executor: &dyn ToolExecutor,
+    call: &ToolCall,
+    tool_timeout: Duration,
+) -> ToolOutcome {
+    let name = &call.event.name;
+    match tokio::time::timeout(tool_timeout, panics::catch(executor.execute(call))).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(message)) => {
+            tracing::error!(tool = %name, tool_use_id = %call.id(), panic = %message, "tool call panicked");
+            ToolOutcome::error(format!(
+                "tool '{name}' failed with an internal error (it panicked)"
+            ))
+        }
+        Err(_) => ToolOutcome::error(format!("tool '{name}' timed out")),
     }
 }

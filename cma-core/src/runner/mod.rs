@@ -6,6 +6,7 @@
 mod dispatch;
 pub mod lease;
 pub mod memory;
+pub mod panics;
 pub mod session;
 pub mod skills;
 pub mod state;

@@ -14,8 +14,9 @@ use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
 use super::dispatch::{dispatch_loop, idle_watchdog, stream_loop};
-use super::lease::{LeaseEnd, LeaseHandle, heartbeat_loop};
+use super::lease::{HeartbeatTask, LeaseEnd, LeaseHandle};
 use super::memory::{MemoryConfig, MemoryError, SessionMemory, has_memory_stores, memory_mounts};
+use super::panics;
 use super::skills::{SkillLimits, install_skills, remove_skills};
 use super::state::{RunnerState, ToolCall};
 use crate::client::{
@@ -232,7 +233,7 @@ impl Default for RunnerConfig {
     }
 }
 
-/// Errors that end an item before its session runs.
+/// Errors that end an item: before its session runs, or by a panic while it runs.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunnerError {
@@ -272,6 +273,15 @@ pub enum RunnerError {
         session_id: String,
         /// The item.
         work_id: String,
+    },
+    /// Code running for the item panicked (a tool executor, a sandbox, the host's `open`, the
+    /// runner): the session was torn down and the item force-stopped (unless its lease was lost).
+    #[error("session {session_id}: the work item's task panicked: {message}")]
+    Panicked {
+        /// The session.
+        session_id: String,
+        /// The panic message.
+        message: String,
     },
     /// A memory store could not be mounted (bad `mount_path`, something already at the path,
     /// download failure), so the item is failed rather than run without its memory.
@@ -407,56 +417,58 @@ impl SessionRunner {
             .with_helper(Some(Helper::Worker));
 
         let lease = LeaseHandle::new();
-        let hb_cancel = cancel.child_token();
+        // The heartbeat is tied to this future: whatever ends it (a return, a panic, a drop)
+        // ends the lease and stops the loop.
         let heartbeat = {
-            let lease = lease.clone();
             let env = env.clone();
             let work_id = work.id.clone();
-            let hb_cancel = hb_cancel.clone();
-            tokio::spawn(async move {
-                heartbeat_loop(&lease, &hb_cancel, |expected| {
-                    let env = env.clone();
-                    let work_id = work_id.clone();
-                    async move {
-                        env.heartbeat(&work_id, &HeartbeatParams::expecting(expected))
-                            .await
-                            .map_err(|e| e.to_heartbeat_failure())
-                    }
-                })
-                .await
+            HeartbeatTask::spawn(lease.clone(), cancel.child_token(), move |expected| {
+                let env = env.clone();
+                let work_id = work_id.clone();
+                async move {
+                    env.heartbeat(&work_id, &HeartbeatParams::expecting(expected))
+                        .await
+                        .map_err(|e| e.to_heartbeat_failure())
+                }
             })
         };
 
-        let result = self
-            .run_session(
-                work,
-                &session_id,
-                &session_client,
-                sessions_token.is_some(),
-                host,
-                &lease,
-                &cancel,
-            )
-            .await;
+        // A panic anywhere below (the host's `open`, a sandbox, the runner) ends this item like
+        // any other failure: the lease ends, the item is force-stopped, the plane goes on.
+        let result = panics::catch(self.run_session(
+            work,
+            &session_id,
+            &session_client,
+            sessions_token.is_some(),
+            host,
+            &lease,
+            &cancel,
+        ))
+        .await
+        .unwrap_or_else(|message| {
+            tracing::error!(work_id = %work.id, session_id = %session_id, panic = %message, "the work item's task panicked");
+            Err(RunnerError::Panicked {
+                session_id: session_id.to_string(),
+                message,
+            })
+        });
         let (session, results_posted) = match result {
             Ok(v) => v,
             Err(e) => {
-                lease.end(LeaseEnd::RunnerDone);
-                hb_cancel.cancel();
-                let end = heartbeat.await.unwrap_or(LeaseEnd::RunnerDone);
+                let end = heartbeat.stop(LeaseEnd::RunnerDone).await;
                 if end.should_force_stop() {
                     self.force_stop(work).await;
                 }
                 return Err(e);
             }
         };
-        let end = lease.end(if cancel.is_cancelled() {
-            LeaseEnd::Cancelled
-        } else {
-            LeaseEnd::RunnerDone
-        });
-        hb_cancel.cancel();
-        let _ = heartbeat.await;
+        let end = heartbeat
+            .stop(if cancel.is_cancelled() {
+                LeaseEnd::Cancelled
+            } else {
+                LeaseEnd::RunnerDone
+            })
+            .await;
         let stopped = if end.should_force_stop() {
             self.force_stop(work).await
         } else {
@@ -509,57 +521,77 @@ impl SessionRunner {
                 session_id: session_id.to_string(),
                 source,
             })?;
-        // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat keeps
-        // the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
+        // From here on the host holds a sandbox for this item, so whatever happens — a memory
+        // error, a lost lease, a panic in a tool, a sandbox or the runner — the host gets its
+        // `close` (through the teardown) before the item ends.
         let credential = session_client.credential().clone();
-        let sandbox = executor.sandbox();
+        let mut sandbox = None;
         let mut workspace = SessionWorkspace::default();
-        let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {
-            None
-        } else {
-            tokio::select! {
-                r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
-                _ = lease.ended() => None,
-                _ = cancel.cancelled() => None,
+        let mut memory = None;
+        let phase = panics::catch(async {
+            sandbox = executor.sandbox();
+            // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat
+            // keeps the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
+            let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {
+                None
+            } else {
+                tokio::select! {
+                    r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
+                    _ = lease.ended() => None,
+                    _ = cancel.cancelled() => None,
+                }
+            };
+            match prepared {
+                None => return Ok(None),
+                Some(Err(source)) => return Err(source),
+                Some(Ok(())) => {}
             }
-        };
-        let interrupted = prepared.is_none();
-        if let Some(Err(source)) = prepared {
-            let end = lease.status().ended.unwrap_or(LeaseEnd::RunnerDone);
-            executor.close().await;
-            self.teardown(work, &session, sandbox, workspace, false, host, end)
-                .await;
-            return Err(RunnerError::Memory {
-                session_id: session_id.to_string(),
-                source,
-            });
-        }
-        let memory = workspace
-            .memory
-            .take()
-            .map(|m| Arc::new(tokio::sync::Mutex::new(m)));
-        let (posted, session_over) = if interrupted {
-            executor.close().await;
-            (0, false)
-        } else {
+            memory = workspace
+                .memory
+                .take()
+                .map(|m| Arc::new(tokio::sync::Mutex::new(m)));
             let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
             let stop = CancellationToken::new();
             let run = self.run_tools(
                 tools_client,
-                executor,
+                executor.clone(),
                 lease.clone(),
                 stop.clone(),
                 memory.clone(),
             );
             tokio::pin!(run);
-            tokio::select! {
+            Ok(Some(tokio::select! {
                 n = &mut run => n,
                 _ = lease.ended() => { stop.cancel(); run.await }
                 _ = cancel.cancelled() => { stop.cancel(); run.await }
+            }))
+        })
+        .await;
+        let (ran, panicked) = match phase {
+            Ok(Ok(ran)) => (ran, None),
+            Ok(Err(source)) => {
+                let end = lease.status().ended.unwrap_or(LeaseEnd::RunnerDone);
+                close_executor(executor.as_ref()).await;
+                self.teardown(work, &session, sandbox, workspace, false, host, end)
+                    .await;
+                return Err(RunnerError::Memory {
+                    session_id: session_id.to_string(),
+                    source,
+                });
+            }
+            Err(message) => {
+                tracing::error!(work_id = %work.id, session_id = %session_id, panic = %message, "the session's run panicked; tearing it down");
+                (None, Some(message))
             }
         };
+        // `run_tools` closes the executor itself once its loops are done.
+        if ran.is_none() {
+            close_executor(executor.as_ref()).await;
+        }
+        let (posted, session_over) = ran.unwrap_or((0, false));
         let ended = lease.status().ended;
-        let clean_end = !interrupted && ended.is_none() && !cancel.is_cancelled();
+        let clean_end =
+            ran.is_some() && panicked.is_none() && ended.is_none() && !cancel.is_cancelled();
         let end = ended.unwrap_or(if cancel.is_cancelled() {
             LeaseEnd::Cancelled
         } else {
@@ -581,6 +613,12 @@ impl SessionRunner {
         }
         self.teardown(work, &session, sandbox, workspace, clean_end, host, end)
             .await;
+        if let Some(message) = panicked {
+            return Err(RunnerError::Panicked {
+                session_id: session_id.to_string(),
+                message,
+            });
+        }
         Ok((Some(session), posted))
     }
 
@@ -651,26 +689,39 @@ impl SessionRunner {
         let session = session.clone();
         let task = tokio::spawn(async move {
             let SessionWorkspace { skill_dirs, memory } = workspace;
-            if let Some(sandbox) = &sandbox {
-                remove_skills(sandbox.as_ref(), &skill_dirs).await;
+            // Each step is contained on its own: a panicking sandbox must not cost the session
+            // its final sync, nor the host its `close` (which releases the sandbox).
+            if let Some(sandbox) = &sandbox
+                && let Err(message) =
+                    panics::catch(remove_skills(sandbox.as_ref(), &skill_dirs)).await
+            {
+                tracing::error!(session_id = %session.id, panic = %message, "removing the skills panicked");
             }
             if let Some(mut memory) = memory {
-                if clean_end
-                    && tokio::time::timeout(flush_timeout, memory.finish())
+                let steps = panics::catch(async {
+                    if clean_end
+                        && tokio::time::timeout(flush_timeout, memory.finish())
+                            .await
+                            .is_err()
+                    {
+                        tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "final memory sync cut off; the flush that follows still uploads changed files");
+                    }
+                    if tokio::time::timeout(flush_timeout, memory.flush_writes())
                         .await
                         .is_err()
-                {
-                    tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "final memory sync cut off; the flush that follows still uploads changed files");
+                    {
+                        tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "memory flush cut off; changed files it had not uploaded yet are not saved");
+                    }
+                    memory.dispose().await;
+                })
+                .await;
+                if let Err(message) = steps {
+                    tracing::error!(session_id = %session.id, panic = %message, "the memory teardown panicked");
                 }
-                if tokio::time::timeout(flush_timeout, memory.flush_writes())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "memory flush cut off; changed files it had not uploaded yet are not saved");
-                }
-                memory.dispose().await;
             }
-            host.close(&work, &session, &end).await;
+            if let Err(message) = panics::catch(host.close(&work, &session, &end)).await {
+                tracing::error!(session_id = %session.id, panic = %message, "the host's close panicked");
+            }
         });
         if let Err(e) = task.await {
             tracing::error!(error = %e, "session teardown task failed");
@@ -719,7 +770,14 @@ impl SessionRunner {
         );
         let idle_task = idle_watchdog(self.config.max_idle, state, changed, stop.clone());
         let (_, posted, _) = tokio::join!(stream_task, dispatch_task, idle_task);
-        closer.close().await;
+        close_executor(closer.as_ref()).await;
         (posted, session_over.load(Ordering::SeqCst))
+    }
+}
+
+/// The executor's `close`, with a panic in it contained (logged): the teardown still runs.
+async fn close_executor(executor: &dyn ToolExecutor) {
+    if let Err(message) = panics::catch(executor.close()).await {
+        tracing::error!(panic = %message, "the tool executor's close panicked");
     }
 }
