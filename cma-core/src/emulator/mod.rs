@@ -101,7 +101,10 @@
 //! `poll, ack, heartbeat, stop, work_list, work_get, work_update, work_stats, environment_create,
 //! environment_get, environment_update, environment_list, environment_delete,
 //! environment_archive, session_create, session_get, session_delete, events_list, events_send,
-//! stream`.
+//! stream, skill_version, skill_content, memory_list, memory_get, memory_create, memory_update,
+//! memory_delete`. A fault's `reply` ([`Reply`]) serves a hostile payload instead of the answer:
+//! any status and headers, and a body made of parts (`text`, `json`, `base64`, `repeat`,
+//! `endless`) generated while it is sent, optionally followed by a `hang`.
 //!
 #![doc = concat!("```json\n", include_str!("scenario_example.json"), "```")]
 //!
@@ -122,6 +125,7 @@
 mod agent;
 mod error;
 mod faults;
+mod hostile;
 mod http;
 mod requests;
 mod resources;
@@ -141,7 +145,7 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::{SessionStatus, Work, WorkData};
 
 pub use error::EmulatorError;
-pub use faults::{Endpoint, Fault};
+pub use faults::{BodyPart, Endpoint, Fault, Reply};
 pub use http::{
     MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT,
     STRICT_WORKER_ID_MESSAGE,
