@@ -29,6 +29,7 @@
 
 mod environment;
 mod error;
+mod json_limit;
 mod memory;
 mod session;
 mod skills;
@@ -41,13 +42,14 @@ pub use environment::{
     OrderedMap, PollParams, UpdateEnvironment,
 };
 pub use error::{ApiError, ApiErrorKind, StatusError};
+pub use json_limit::{MAX_JSON_VALUES, check_json_values};
 pub use memory::{
     DeletedMemory, ListMemoriesParams, MAX_MEMORY_CONTENT_BYTES, MEMORY_PATH_CONFLICT,
     MEMORY_PRECONDITION_FAILED, Memory, MemoryListItem, MemoryStoreClient, MemoryView,
 };
 pub use session::{
-    EventOrder, HISTORY_PAGE_LIMIT, ListEventsParams, SendEventsResponse, SessionClient,
-    StreamParams, decode_event_lenient,
+    EventOrder, HISTORY_PAGE_LIMIT, ListEventsParams, MAX_EMPTY_PAGES, SendEventsResponse,
+    SessionClient, StreamParams, decode_event_lenient,
 };
 pub use skills::{DEFAULT_MAX_SKILL_ARCHIVE_BYTES, SkillVersion, SkillsClient};
 pub use stream::{

@@ -11,6 +11,7 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, StatusError};
+use super::json_limit::{MAX_JSON_VALUES, check_json_values};
 use crate::protocol::Work;
 use crate::retry;
 use crate::sse::SseLimits;
@@ -33,6 +34,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Cap on an error response body kept in an [`ApiError`].
 pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+/// Default bound on a server-requested retry wait ([`ClientConfig::max_retry_after`]).
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Default `user-agent`.
 pub const DEFAULT_USER_AGENT: &str = concat!("cma/", env!("CARGO_PKG_VERSION"));
 
@@ -159,6 +162,7 @@ pub struct ClientConfig {
     user_agent: String,
     max_response_bytes: usize,
     sse_limits: SseLimits,
+    max_retry_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -174,6 +178,7 @@ impl Default for ClientConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             sse_limits: SseLimits::default(),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }
@@ -243,6 +248,11 @@ impl ClientConfig {
     /// Event-stream framing limits.
     pub fn sse_limits(&self) -> SseLimits {
         self.sse_limits
+    }
+    /// The longest server-requested wait (`retry-after-ms` / `retry-after`) the core retry
+    /// honours; see [`ClientConfigBuilder::max_retry_after`].
+    pub fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
     }
 
     /// The `anthropic-beta` header value: extra betas then the managed-agents beta, comma-joined.
@@ -326,6 +336,15 @@ impl ClientConfigBuilder {
     /// Event-stream framing limits (default 16 MiB per line and per frame).
     pub fn sse_limits(mut self, limits: SseLimits) -> Self {
         self.config.sse_limits = limits;
+        self
+    }
+    /// The longest server-requested wait the core retry honours (default
+    /// [`DEFAULT_MAX_RETRY_AFTER`], 60 s). The SDK waits out any hint up to about 4.29 million
+    /// seconds; here a response asking for more than this is not retried but returned to the
+    /// caller, whose own loop (poll, heartbeat, result send) backs off and stays cancellable, so
+    /// one hostile `retry-after` cannot park a work item for weeks.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
         self
     }
 
@@ -622,6 +641,22 @@ impl Client {
                 return Err(err);
             }
             let delay = match err.status_error() {
+                Some(s)
+                    if retry::parse_retry_after(
+                        s.retry_after_ms.as_deref(),
+                        s.retry_after.as_deref(),
+                        SystemTime::now(),
+                    )
+                    .is_some_and(|hint| hint > self.inner.config.max_retry_after.as_secs_f64()) =>
+                {
+                    tracing::debug!(
+                        context = %req.context(),
+                        max_retry_after_s = self.inner.config.max_retry_after.as_secs_f64(),
+                        error = %err,
+                        "the server asks to wait longer than max_retry_after; not retrying"
+                    );
+                    return Err(err);
+                }
                 Some(s) => retry::core_retry_delay(
                     retries_taken,
                     s.retry_after_ms.as_deref(),
@@ -798,7 +833,13 @@ async fn read_body(
 }
 
 /// Decode a JSON body with a typed error.
+///
+/// A document with more than [`MAX_JSON_VALUES`] values and keys is refused before decoding.
 pub(crate) fn decode_json<T: DeserializeOwned>(context: &str, bytes: &[u8]) -> Result<T, ApiError> {
+    check_json_values(bytes, MAX_JSON_VALUES).map_err(|limit| ApiError::Decode {
+        context: context.to_owned(),
+        message: format!("the response holds more than {limit} JSON values"),
+    })?;
     serde_json::from_slice(bytes).map_err(|e| ApiError::Decode {
         context: context.to_owned(),
         message: e.to_string(),

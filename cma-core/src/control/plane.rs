@@ -87,6 +87,9 @@ fn default_replica_id() -> String {
     format!("cma-{host}")
 }
 
+/// The largest [`ControlPlaneConfig::concurrency`] accepted.
+pub const MAX_CONCURRENCY: usize = 65_536;
+
 /// The default [`ControlPlaneConfig::maintenance_interval`].
 pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -292,10 +295,10 @@ impl ControlPlaneBuilder {
 
     /// Build the plane.
     pub fn build(self) -> Result<ControlPlane, ControlPlaneError> {
-        if self.config.concurrency == 0 {
-            return Err(ControlPlaneError::Config(
-                "concurrency must be at least 1".into(),
-            ));
+        if !(1..=MAX_CONCURRENCY).contains(&self.config.concurrency) {
+            return Err(ControlPlaneError::Config(format!(
+                "concurrency must be within 1..={MAX_CONCURRENCY}"
+            )));
         }
         if !(1..=999).contains(&self.config.poll_block_ms) {
             return Err(ControlPlaneError::Config(
@@ -634,7 +637,8 @@ impl ControlPlane {
     /// Wait until no item is running.
     pub async fn wait_idle(&self) {
         // Taking every permit means every item task has released its own.
-        let all = self.inner.config.concurrency as u32;
+        // `build` keeps concurrency within `MAX_CONCURRENCY`, so this never saturates.
+        let all = u32::try_from(self.inner.config.concurrency).unwrap_or(u32::MAX);
         if let Ok(p) = self.inner.permits.acquire_many(all).await {
             drop(p);
         }

@@ -425,10 +425,8 @@ impl FaultBook {
     /// Consume one use of the first fault armed for `endpoint` if it carries a [`Reply`] (a
     /// fault of another kind armed first is left for the handler).
     pub(crate) fn take_reply(&mut self, endpoint: Endpoint) -> Option<Fault> {
-        let first = self.armed.iter().find(|(f, _)| f.endpoint == endpoint)?;
-        if first.0.reply.is_none() {
-            return None;
-        }
+        let (first, _) = self.armed.iter().find(|(f, _)| f.endpoint == endpoint)?;
+        first.reply.as_ref()?;
         self.take(endpoint)
     }
 

@@ -20,6 +20,10 @@ use crate::client::{ListEventsParams, ReconnectPolicy, SessionClient, StreamItem
 use crate::protocol::SendEvent;
 use crate::retry;
 
+/// The most history events one reconcile reads (the live stream still serves new calls when a
+/// history is longer: the reconcile is skipped as if listing had failed).
+pub const MAX_HISTORY_EVENTS: usize = 100_000;
+
 fn now() -> std::time::Instant {
     Instant::now().into_std()
 }
@@ -64,6 +68,13 @@ async fn reconcile_history(session: &SessionClient) -> Option<Vec<crate::protoco
     let mut all = Vec::new();
     let mut pages = session.list_all_events(ListEventsParams::history());
     while let Some(item) = pages.next().await {
+        if all.len() >= MAX_HISTORY_EVENTS {
+            tracing::error!(
+                limit = MAX_HISTORY_EVENTS,
+                "the session history holds more events than the runner reconciles; skipping pending enqueue"
+            );
+            return None;
+        }
         match item {
             Ok(ev) => all.push(ev),
             Err(e) => {
@@ -94,7 +105,10 @@ pub(super) async fn stream_loop(
         };
         let actions = match item {
             Some(Ok(StreamItem::Connected { .. })) => {
-                let history = reconcile_history(&session).await;
+                let history = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    h = reconcile_history(&session) => h,
+                };
                 lock(&state).reconcile(history.as_deref(), now())
             }
             Some(Ok(StreamItem::Event(ev))) => lock(&state).on_stream_event(&ev, now()),
@@ -205,7 +219,17 @@ async fn send_result(
     let mut attempt: u32 = 0;
     loop {
         attempt += 1;
-        match session.send_events(&events).await {
+        // Each attempt (the core client's own retries included) is bounded by what is left of
+        // the window, so no answer — however slow, whatever it asks to wait — holds the item.
+        let left = lease.send_retry_window().saturating_sub(start.elapsed());
+        let sent = match tokio::time::timeout(left, session.send_events(&events)).await {
+            Ok(sent) => sent,
+            Err(_) => {
+                tracing::error!(tool_use_id = %call.id(), attempts = attempt, "sending the tool result timed out");
+                return false;
+            }
+        };
+        match sent {
             Ok(_) => return true,
             Err(e) if e.is_fatal() => {
                 tracing::error!(tool_use_id = %call.id(), error = %e, "tool result rejected");

@@ -251,8 +251,7 @@ where
             Ok(hb) => {
                 last = hb.last_heartbeat.clone();
                 last_success = Instant::now();
-                let new_ttl =
-                    (hb.ttl_seconds > 0).then(|| Duration::from_secs(hb.ttl_seconds as u64));
+                let new_ttl = retry::lease_ttl(hb.ttl_seconds);
                 if let Some(t) = new_ttl {
                     ttl = t;
                     interval = retry::heartbeat_interval(hb.ttl_seconds, interval);

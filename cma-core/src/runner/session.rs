@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, mpsc};
 use tokio_util::sync::CancellationToken;
 
+pub use super::dispatch::MAX_HISTORY_EVENTS;
 use super::dispatch::{dispatch_loop, idle_watchdog, stream_loop};
 use super::lease::{HeartbeatTask, LeaseEnd, LeaseHandle};
 use super::memory::{MemoryConfig, MemoryError, SessionMemory, has_memory_stores, memory_mounts};
