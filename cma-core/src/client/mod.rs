@@ -44,8 +44,9 @@ pub use environment::{
 pub use error::{ApiError, ApiErrorKind, StatusError};
 pub use json_limit::{MAX_JSON_VALUES, check_json_values};
 pub use memory::{
-    DeletedMemory, ListMemoriesParams, MAX_MEMORY_CONTENT_BYTES, MEMORY_PATH_CONFLICT,
-    MEMORY_PRECONDITION_FAILED, Memory, MemoryListItem, MemoryStoreClient, MemoryView,
+    DeletedMemory, ListMemoriesParams, MAX_EMPTY_MEMORY_PAGES, MAX_LISTED_BYTES,
+    MAX_MEMORY_CONTENT_BYTES, MEMORY_PATH_CONFLICT, MEMORY_PRECONDITION_FAILED, Memory,
+    MemoryListItem, MemoryPages, MemoryStoreClient, MemoryView,
 };
 pub use session::{
     EventOrder, HISTORY_PAGE_LIMIT, ListEventsParams, MAX_EMPTY_PAGES, SendEventsResponse,

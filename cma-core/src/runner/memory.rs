@@ -54,6 +54,16 @@ pub const MARKER_PATH: &str = ".anthropic-memory-store";
 pub const MAX_MEMORIES_PER_STORE: usize = 10_000;
 /// Most path segments of a memory path.
 pub const MAX_PATH_SEGMENTS: usize = 20;
+/// Longest memory path, in bytes (the server's own bound).
+pub const MAX_MEMORY_PATH_BYTES: usize = 1024;
+/// Longest segment of a memory path or a store folder name, in bytes.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+/// Most memory stores one session mounts; a session with more fails with
+/// [`MemoryError::TooManyStores`].
+pub const MAX_MEMORY_STORES_PER_SESSION: usize = 16;
+/// Most directories one scan of a store folder visits; a folder with more is not synced (the
+/// scan fails, and is retried at the next sync).
+pub const MAX_SCAN_DIRS: usize = 10_000;
 /// Largest local file hashed for a sync; bigger ones are never uploaded.
 const MAX_HASHED_FILE_BYTES: u64 = 4 * 1024 * 1024;
 const MARKER_VERSION: u32 = 1;
@@ -165,6 +175,28 @@ pub enum MemoryError {
         /// The path.
         path: String,
     },
+    /// The session has more memory stores than [`MAX_MEMORY_STORES_PER_SESSION`].
+    #[error(
+        "the session has {count} memory stores attached; at most {MAX_MEMORY_STORES_PER_SESSION} are mounted, so the item was failed rather than run without some of them"
+    )]
+    TooManyStores {
+        /// How many the session has.
+        count: usize,
+    },
+    /// Two stores would share a folder, or one would sit inside the other's.
+    #[error(
+        "memory stores {first} and {second} would overlap in the sandbox ({first_root} and {second_root})"
+    )]
+    OverlappingMounts {
+        /// One store.
+        first: String,
+        /// Its folder.
+        first_root: String,
+        /// The other store.
+        second: String,
+        /// Its folder.
+        second_root: String,
+    },
     /// Something already exists at the store's path.
     #[error(
         "something already exists at the memory store's path: {path} (memory_store_id={store_id}); it must not exist (or be an empty directory) when the session starts"
@@ -218,30 +250,60 @@ pub struct MemoryMount {
     pub read_only: bool,
 }
 
+/// A `mount_path` the runner accepts: absolute, no `.`/`..` or empty segments (a trailing `/`
+/// aside), no control characters, at most [`MAX_MEMORY_PATH_BYTES`] bytes and
+/// [`MAX_PATH_SEGMENTS`] segments of at most [`MAX_SEGMENT_BYTES`] bytes.
 fn clean_absolute(path: &str) -> bool {
-    path.starts_with('/') && !path.split('/').any(|p| p == "..") && !path.contains('\0')
+    let Some(rest) = path.strip_prefix('/') else {
+        return false;
+    };
+    let rest = rest.strip_suffix('/').unwrap_or(rest);
+    let segments: Vec<&str> = rest.split('/').collect();
+    path.len() <= MAX_MEMORY_PATH_BYTES
+        && !path.chars().any(char::is_control)
+        && (rest.is_empty()
+            || (segments.len() <= MAX_PATH_SEGMENTS
+                && segments.iter().all(|p| {
+                    !p.is_empty() && *p != "." && *p != ".." && p.len() <= MAX_SEGMENT_BYTES
+                })))
 }
 
 fn single_component(name: &str) -> Option<&str> {
     let n = name.trim();
     (!n.is_empty()
+        && n.len() <= MAX_SEGMENT_BYTES
         && n != "."
         && n != ".."
         && !n.contains('/')
         && !n.contains('\\')
-        && !n.contains('\0'))
+        && !n.chars().any(char::is_control))
     .then_some(n)
+}
+
+/// Whether one folder is the other or inside it.
+fn nested(a: &str, b: &str) -> bool {
+    let within = |inner: &str, outer: &str| {
+        inner == outer
+            || inner
+                .strip_prefix(outer)
+                .is_some_and(|rest| rest.starts_with('/'))
+    };
+    within(a, b) || within(b, a)
 }
 
 /// The folders of every memory store attached to `session`, for a sandbox whose workdir is
 /// `workdir`.
 pub fn memory_mounts(session: &Session, workdir: &str) -> Result<Vec<MemoryMount>, MemoryError> {
-    let mut out = Vec::new();
-    for r in session
+    let stores = session
         .resources
         .iter()
-        .filter(|r| r.kind == "memory_store")
-    {
+        .filter(|r| r.kind == "memory_store");
+    let count = stores.clone().count();
+    if count > MAX_MEMORY_STORES_PER_SESSION {
+        return Err(MemoryError::TooManyStores { count });
+    }
+    let mut out: Vec<MemoryMount> = Vec::new();
+    for r in stores {
         let store_id = r.memory_store_id.clone().unwrap_or_default();
         let root = match r.mount_path.as_deref().filter(|p| !p.is_empty()) {
             Some(p) if clean_absolute(p) => {
@@ -272,6 +334,14 @@ pub fn memory_mounts(session: &Session, workdir: &str) -> Result<Vec<MemoryMount
             return Err(MemoryError::BadMountPath {
                 store_id,
                 path: root,
+            });
+        }
+        if let Some(other) = out.iter().find(|m| nested(&m.root, &root)) {
+            return Err(MemoryError::OverlappingMounts {
+                first: other.store_id.clone(),
+                first_root: other.root.clone(),
+                second: store_id,
+                second_root: root,
             });
         }
         out.push(MemoryMount {
@@ -306,10 +376,12 @@ fn rel_of(path: &str) -> Option<String> {
     let rel = path.trim_start_matches('/');
     let parts: Vec<&str> = rel.split('/').collect();
     if rel.is_empty()
+        || path.len() > MAX_MEMORY_PATH_BYTES
         || parts.len() > MAX_PATH_SEGMENTS
+        || rel.chars().any(char::is_control)
         || parts
             .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
+            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.len() > MAX_SEGMENT_BYTES)
     {
         return None;
     }
@@ -572,24 +644,29 @@ impl SessionMemory {
                 path: root.clone(),
                 source: Box::new(source),
             })?;
-        let all = store
-            .client
-            .list_all(MemoryView::Full, MAX_MEMORIES_PER_STORE)
-            .await
-            .map_err(|source| MemoryError::Download {
-                store_id: store_id.clone(),
-                source,
-            })?;
-        for m in all {
-            let Some(rel) = listed_rel(&m, &store_id) else {
-                continue;
+        // Page by page: one page of contents is held at a time, whatever the store's size.
+        let mut pages = store.client.pages(MemoryView::Full, MAX_MEMORIES_PER_STORE);
+        loop {
+            let page = pages
+                .next_page()
+                .await
+                .map_err(|source| MemoryError::Download {
+                    store_id: store_id.clone(),
+                    source,
+                })?;
+            let Some(page) = page else {
+                return Ok(());
             };
-            let content = m.content.clone().unwrap_or_default();
-            if write_local(sandbox.as_ref(), &root, &rel, &content, &store_id).await {
-                store.baseline.insert(rel, m.content_sha256.clone());
+            for m in page {
+                let Some(rel) = listed_rel(&m, &store_id) else {
+                    continue;
+                };
+                let content = m.content.as_deref().unwrap_or_default();
+                if write_local(sandbox.as_ref(), &root, &rel, content, &store_id).await {
+                    store.baseline.insert(rel, m.content_sha256.clone());
+                }
             }
         }
-        Ok(())
     }
 
     async fn scan(&mut self, i: usize) -> Result<Scan, SandboxError> {
@@ -600,7 +677,17 @@ impl SessionMemory {
         let mut marker: Option<String> = None;
         let mut stack = vec![(String::new(), 0usize)];
         let mut seen_cache = HashMap::new();
+        let mut dirs_visited = 0usize;
         while let Some((dir, depth)) = stack.pop() {
+            dirs_visited += 1;
+            if dirs_visited > MAX_SCAN_DIRS {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::TooLarge,
+                    format!(
+                        "the memory folder {root} holds more than {MAX_SCAN_DIRS} directories; it is not synced"
+                    ),
+                ));
+            }
             let abs = if dir.is_empty() {
                 root.clone()
             } else {
@@ -640,8 +727,16 @@ impl SessionMemory {
                         let oversize = e.stat.size > MAX_MEMORY_CONTENT_BYTES as u64;
                         let (sha, unsendable) = if let Some(sha) = cached {
                             (sha, oversize)
-                        } else if e.stat.size > MAX_HASHED_FILE_BYTES {
-                            (format!("unhashed:{}", e.stat.size), true)
+                        } else if oversize {
+                            // Never uploaded, so never hashed: its size and time stand for it
+                            // (a change still shows), and no scan reads more than the largest
+                            // memory per file.
+                            let when = e
+                                .stat
+                                .modified
+                                .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_nanos());
+                            (format!("unhashed:{}:{when}", e.stat.size), true)
                         } else {
                             match sandbox.read_file(&path, Some(MAX_HASHED_FILE_BYTES)).await {
                                 Ok(data) => {
@@ -880,6 +975,10 @@ impl SessionMemory {
                 }
             };
             let content = item.content.clone().unwrap_or_default();
+            if content.len() > MAX_MEMORY_CONTENT_BYTES {
+                tracing::warn!(path = %rel, memory_store_id = %store.mount.store_id, bytes = content.len(), "the server sent a memory above the content limit; not written");
+                continue;
+            }
             if write_local(
                 sandbox.as_ref(),
                 &store.mount.root,

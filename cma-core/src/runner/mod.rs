@@ -8,5 +8,6 @@ pub mod lease;
 pub mod memory;
 pub mod panics;
 pub mod session;
+pub mod skill_archive;
 pub mod skills;
 pub mod state;
