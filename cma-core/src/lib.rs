@@ -9,6 +9,8 @@
 //! * [`sse`]: the incremental Server-Sent Events parser.
 //! * [`webhook`]: Standard Webhooks signing and verification of CMA event deliveries, the typed
 //!   event envelope, and a tower `VerifyLayer` for receivers.
+//! * [`listener`]: a hardened HTTP/1 listener (connection cap with eviction of the clients
+//!   that wait longest, head, idle, body and request deadlines) for webhook receivers.
 //! * `emulator` (feature `emulator`): a local CMA server with scripted agents, for tests and demos.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -17,6 +19,7 @@ pub mod client;
 pub mod control;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod listener;
 pub mod protocol;
 pub mod retry;
 pub mod runner;
