@@ -988,7 +988,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    // Vector D3 (sdk-test-vectors.md §2).
+    // Vector D3 (`decoding` in vectors/sdk-test-vectors.json).
     const D3: &str = r#"{"type":"work","id":"work_test","environment_id":"env_test","state":"queued","data":{"type":"session","id":"sesn_test"},"metadata":{},"created_at":"2026-05-01T00:00:00Z","acknowledged_at":null,"started_at":null,"stop_requested_at":null,"stopped_at":null,"latest_heartbeat_at":null,"secret":"eyJzZXNzaW9uc190b2tlbiI6ICJzay1zZXNzLXRvayJ9"}"#;
 
     #[test]

@@ -217,7 +217,7 @@ async fn panics_end_a_call_or_an_item_never_the_plane() {
                 ctx
             });
     let backend: Arc<dyn SandboxBackend> = Arc::new(PanickyBackend(h.isolate()));
-    let host = Arc::new(SandboxHost::new(
+    let host = Arc::new(SandboxHost::from_parts(
         [backend],
         Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
         Arc::new(factory),

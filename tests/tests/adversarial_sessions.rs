@@ -294,7 +294,7 @@ async fn hostile_memory_listings() {
         )))
         .unwrap();
     let y = h.session(vec![write("y.txt", "y")], ScriptEnd::Terminate);
-    let host = Arc::new(SandboxHost::new(
+    let host = Arc::new(SandboxHost::from_parts(
         [h.isolate()],
         Arc::new(|_: &cma_core::control::select::Placement<'_>| "isolate".to_owned()),
         Arc::new(cma_core::control::tools::ToolsetFactory::new()),

@@ -699,7 +699,8 @@ impl Client {
             h.insert("anthropic-beta", static_value(&beta)?);
         }
         h.insert(http::header::ACCEPT, HeaderValue::from_static(req.accept));
-        if req.method == Method::POST {
+        // The SDK declares a JSON body on every method but GET, a bodiless DELETE included.
+        if req.method != Method::GET {
             h.insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),

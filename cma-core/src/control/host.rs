@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
+use super::host_builder::SandboxHostBuilder;
 use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement, SandboxProfile};
 use super::warm::WarmPool;
@@ -144,8 +145,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SandboxHost {
-    /// A host with the given backends (keyed by [`SandboxBackend::name`]), selector and factory.
-    pub fn new(
+    /// Start building a host: add backends by value, then optionally a selector, the tools, the
+    /// settings, snapshots and a state store ([`SandboxHostBuilder`]).
+    pub fn builder() -> SandboxHostBuilder {
+        SandboxHostBuilder::new()
+    }
+
+    /// A host with one backend, the official toolset and default settings: every session goes
+    /// to `backend`. [`SandboxHost::builder`] does the rest.
+    pub fn new(backend: impl SandboxBackend + 'static) -> Self {
+        let name = backend.name().to_owned();
+        Self::from_parts(
+            [Arc::new(backend) as Arc<dyn SandboxBackend>],
+            Arc::new(super::select::RuleSelector::new(name)),
+            Arc::new(super::tools::ToolsetFactory::new()),
+            SandboxHostConfig::default(),
+        )
+    }
+
+    /// A host from shared parts: backends (keyed by [`SandboxBackend::name`]), selector, factory
+    /// and settings. The builder is the friendlier way; this is for hosts that already hold
+    /// each part behind an `Arc`.
+    pub fn from_parts(
         backends: impl IntoIterator<Item = Arc<dyn SandboxBackend>>,
         selector: Arc<dyn BackendSelector>,
         factory: Arc<dyn ExecutorFactory>,
@@ -268,6 +289,13 @@ impl SandboxHost {
         self
     }
 
+    /// The names of the host's backends, sorted.
+    pub fn backend_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Number of warm sandboxes.
     pub fn warm_count(&self) -> usize {
         lock(&self.warm).len()
@@ -351,15 +379,27 @@ impl SandboxHost {
     }
 
     /// Pick up after a restart from the state store (a no-op without one). Call it once, before the
-    /// control plane starts claiming work.
+    /// control plane starts claiming work (nothing enforces this).
     ///
-    /// Sessions recorded as placed or running lost their work item with the previous process and
-    /// are marked sleeping. Each recorded sandbox whose session still points at it (and is not
-    /// terminated) is resumed and kept warm for the session's next item, as if its item had just
-    /// ended; every other recorded sandbox is destroyed. Sandboxes that no longer exist are
-    /// forgotten. Sandboxes the store does not know are left alone (another plane may own them).
-    /// At most [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandboxes per backend are handled
-    /// per call.
+    /// In this order:
+    /// 1. Every session recorded as placed or running lost its work item with the previous
+    ///    process: it is marked sleeping (event `interrupted`) and keeps its recorded sandbox.
+    /// 2. For each backend registered with this host (in name order), each sandbox the store
+    ///    records for it: when the record's session exists, is not terminated and still points at
+    ///    this sandbox on this backend, the sandbox is resumed and kept warm for the session's next
+    ///    item as if its item had just ended (session idle; past `max_warm` the oldest warm
+    ///    sandbox is destroyed). Every other recorded sandbox is destroyed. A sandbox the backend
+    ///    no longer has (or whose recorded id is invalid) is forgotten, and its session, if it
+    ///    wanted it, marked sleeping. One the backend fails to resume or destroy stays recorded and
+    ///    is tried again on the next call. Records of backends not registered here are untouched.
+    ///    Memory-mount directories of the previous process are not recorded: they stay on disk.
+    /// 3. Every sandbox a registered backend still lists that the store does not record is an
+    ///    orphan and is destroyed: also sandboxes of another control plane that shares the backend
+    ///    (the same isolate root directory, the same Docker `instance`), so give each plane its
+    ///    own. A backend whose `list` fails is skipped.
+    ///
+    /// A failure to read the store fails the call (what was done before stays done); a backend's
+    /// failures are logged and counted in [`RecoveryReport::failed`].
     #[cfg(feature = "store")]
     pub async fn recover(&self) -> Result<RecoveryReport, HostError> {
         use cma_sandbox::{SandboxErrorKind, SandboxId};
@@ -409,8 +449,7 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let records = store
-                .list_sandboxes(Some(name))
+            let records = all_sandbox_records(store.as_ref(), name)
                 .await
                 .map_err(failed("listing sandboxes"))?;
             for record in records {
@@ -508,13 +547,13 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let known: std::collections::HashSet<String> = store
-                .list_sandboxes(Some(name))
-                .await
-                .map_err(failed("listing sandboxes"))?
-                .into_iter()
-                .map(|r| r.sandbox_id)
-                .collect();
+            let known: std::collections::HashSet<String> =
+                all_sandbox_records(store.as_ref(), name)
+                    .await
+                    .map_err(failed("listing sandboxes"))?
+                    .into_iter()
+                    .map(|r| r.sandbox_id)
+                    .collect();
             let live = match backend.list().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -786,5 +825,23 @@ impl SessionHost for SandboxHost {
         let housekeeping = self.housekeep_if_due().await;
         let warm = lock(&self.warm).next_deadline().map(Instant::from_std);
         warm.into_iter().chain(housekeeping).min()
+    }
+}
+
+/// Every sandbox record of `backend`, page by page.
+#[cfg(feature = "store")]
+async fn all_sandbox_records(
+    store: &dyn cma_store::state::StateStore,
+    backend: &str,
+) -> Result<Vec<cma_store::state::SandboxRecord>, cma_store::state::StateError> {
+    let mut query = cma_store::state::SandboxQuery::backend(backend);
+    let mut all = Vec::new();
+    loop {
+        let page = store.list_sandboxes(&query).await?;
+        let Some(last) = page.last() else {
+            return Ok(all);
+        };
+        query = query.after(last);
+        all.extend(page);
     }
 }

@@ -81,6 +81,8 @@ pub struct LeaseStatus {
     pub beats: u64,
     /// The TTL the server last reported (`None` until a heartbeat reports one).
     pub reported_ttl: Option<Duration>,
+    /// Heartbeats attempted so far, whatever their outcome.
+    pub attempts: u64,
 }
 
 /// Handle to a running lease: watch it, or end it.
@@ -98,6 +100,7 @@ impl LeaseHandle {
             ended: None,
             beats: 0,
             reported_ttl: None,
+            attempts: 0,
         });
         Self { rx, tx }
     }
@@ -142,6 +145,30 @@ impl LeaseHandle {
                 return LeaseEnd::Cancelled;
             }
         }
+    }
+
+    /// Resolves once the first heartbeat attempt has an outcome (success, failure or its
+    /// timeout) or the lease has ended. The official worker sends its first heartbeat at once,
+    /// concurrently with the session fetch (docs/protocol.md §3.3); an item that ends before
+    /// that beat went out waits for it, so the server always sees the claim before the stop.
+    pub async fn first_attempt(&self) {
+        let mut rx = self.rx.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if s.attempts > 0 || s.ended.is_some() {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn record_attempt(&self) {
+        self.tx
+            .send_modify(|s| s.attempts = s.attempts.saturating_add(1));
     }
 
     fn record_success(&self, ttl: Option<Duration>) {
@@ -247,6 +274,7 @@ where
         };
         let outcome = attempt
             .unwrap_or_else(|_| Err(HeartbeatFailure::Transient("heartbeat timed out".into())));
+        lease.record_attempt();
         match outcome {
             Ok(hb) => {
                 last = hb.last_heartbeat.clone();

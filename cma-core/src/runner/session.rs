@@ -26,6 +26,9 @@ use crate::client::{
 };
 use crate::protocol::{ContentBlock, EnvironmentId, Session, SessionId, SessionStatus, Work};
 
+/// How long an item that ended before its first heartbeat went out waits for it.
+const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
+
 /// Outer bound on one tool call (§5.1 `TOOL_TIMEOUT`); strictly above bash's own 120 s default.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(150);
 /// Idle grace after a turn ends (§5.1 `DEFAULT_MAX_IDLE`).
@@ -453,6 +456,11 @@ impl SessionRunner {
                 message,
             })
         });
+        if !cancel.is_cancelled() {
+            // A run that ended at once (a terminated session, a failed fetch) still lets its
+            // first heartbeat go out before the stop, as the official worker's does.
+            let _ = tokio::time::timeout(FIRST_HEARTBEAT_WAIT, lease.first_attempt()).await;
+        }
         let (session, results_posted) = match result {
             Ok(v) => v,
             Err(e) => {

@@ -471,7 +471,7 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             .with_rules(rules, available_backends())
             .map_err(|e| format!("placement.{e}"))?;
     }
-    let mut host = SandboxHost::new(
+    let mut host = SandboxHost::from_parts(
         backends,
         Arc::new(selector),
         Arc::new(ToolsetFactory::new()),
