@@ -31,6 +31,7 @@ mod environment;
 mod error;
 mod json_limit;
 mod memory;
+mod response;
 mod session;
 mod skills;
 mod stream;

@@ -11,7 +11,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, StatusError};
-use super::json_limit::{MAX_JSON_VALUES, check_json_values};
+pub(crate) use super::response::{decode_json, transport_error};
+use super::response::{read_body, unreachable_stream};
 use crate::protocol::Work;
 use crate::retry;
 use crate::sse::SseLimits;
@@ -510,7 +511,7 @@ impl Request {
         }
     }
 
-    fn context(&self) -> String {
+    pub(crate) fn context(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 }
@@ -785,64 +786,4 @@ impl Client {
         let text = String::from_utf8_lossy(&bytes);
         Err(StatusError::from_response(context, status, &text, &headers).into())
     }
-}
-
-fn unreachable_stream<T>(req: &Request) -> Result<T, ApiError> {
-    Err(ApiError::Decode {
-        context: req.context(),
-        message: "unexpected streamed response".into(),
-    })
-}
-
-/// Map a reqwest error to a typed error.
-pub(crate) fn transport_error(context: &str, e: reqwest::Error, timeout: Duration) -> ApiError {
-    if e.is_timeout() {
-        ApiError::Timeout {
-            context: context.to_owned(),
-            timeout,
-        }
-    } else {
-        ApiError::Connection {
-            context: context.to_owned(),
-            source: e,
-        }
-    }
-}
-
-/// Read a body up to `limit` bytes; `Ok(None)` when it is larger.
-async fn read_body(
-    mut response: reqwest::Response,
-    limit: usize,
-    context: &str,
-    timeout: Duration,
-) -> Result<Option<Bytes>, ApiError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Ok(None);
-    }
-    let mut buf = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(context, e, timeout))?
-    {
-        if buf.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Some(Bytes::from(buf)))
-}
-
-/// Decode a JSON body with a typed error.
-///
-/// A document with more than [`MAX_JSON_VALUES`] values and keys is refused before decoding.
-pub(crate) fn decode_json<T: DeserializeOwned>(context: &str, bytes: &[u8]) -> Result<T, ApiError> {
-    check_json_values(bytes, MAX_JSON_VALUES).map_err(|limit| ApiError::Decode {
-        context: context.to_owned(),
-        message: format!("the response holds more than {limit} JSON values"),
-    })?;
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Decode {
-        context: context.to_owned(),
-        message: e.to_string(),
-    })
 }
