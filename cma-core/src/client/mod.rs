@@ -61,6 +61,7 @@ pub use stream::{
 pub use transport::{
     AGENT_MEMORY_BETA, ANTHROPIC_VERSION, BASE_URL_ENV, Client, ClientConfig, ClientConfigBuilder,
     Credential, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_USER_AGENT, Helper, MANAGED_AGENTS_BETA, MAX_ERROR_BODY_BYTES,
-    Secret, encode_path_segment, encode_query, encode_query_component,
+    DEFAULT_MAX_RETRY_AFTER, DEFAULT_REQUEST_TIMEOUT, DEFAULT_USER_AGENT, Helper,
+    MANAGED_AGENTS_BETA, MAX_ERROR_BODY_BYTES, Secret, encode_path_segment, encode_query,
+    encode_query_component,
 };
