@@ -33,6 +33,10 @@ fn adversarial_sessions() {
             Duration::from_secs(90)
         ),
         case!(hostile_memory_listings, Duration::from_secs(90)),
+        case!(
+            a_memory_folder_of_too_many_directories_is_not_synced,
+            Duration::from_secs(90)
+        ),
     ]);
 }
 
@@ -322,5 +326,56 @@ async fn hostile_memory_listings() {
     assert_eq!(results[&y], Ok(1));
     assert!(!h.dir.path().join("escape.md").exists());
     assert_eq!(h.emu.faults_remaining(), 0);
+    h.emu.shutdown().await;
+}
+
+async fn a_memory_folder_of_too_many_directories_is_not_synced() {
+    use cma_core::runner::memory::{MAX_SCAN_DIRS, MemoryConfig, MemoryMount, SessionMemory};
+    use cma_sandbox::isolate::IsolateBackend;
+    use cma_sandbox::{Mount, SandboxBackend, SandboxSpec};
+    const ROOT: &str = "/mnt/memory";
+    let h = Harness::new().await;
+    h.emu.add_memory_store("memstore_s").unwrap();
+    h.emu.put_memory("memstore_s", "/a.md", "a").unwrap();
+    session_with(&h, vec![], vec![store("memstore_s", Some(ROOT))]);
+    let work = h.claim().await;
+    let token = Credential::sessions_token(work.sessions_token().unwrap());
+    let host_dir = h.dir.path().join("mnt");
+    std::fs::create_dir_all(&host_dir).unwrap();
+    let backend = IsolateBackend::new(h.dir.path().join("iso")).unwrap();
+    let mut spec = SandboxSpec::new();
+    spec.mounts.push(Mount::new(ROOT, host_dir.clone()));
+    let sandbox = backend.create(&spec).await.unwrap();
+    let mut memory = SessionMemory::download(
+        sandbox.clone(),
+        &h.client,
+        &token,
+        vec![MemoryMount {
+            store_id: "memstore_s".into(),
+            root: ROOT.into(),
+            read_only: false,
+        }],
+        MemoryConfig::default(),
+    )
+    .await
+    .expect("download");
+    // The agent edits a memory and buries the folder in directories.
+    std::fs::write(host_dir.join("a.md"), "a2").unwrap();
+    let junk = host_dir.join("junk");
+    for i in 0..=MAX_SCAN_DIRS {
+        std::fs::create_dir_all(junk.join(i.to_string())).unwrap();
+    }
+    memory.sync_now().await;
+    assert_eq!(
+        h.emu.memories("memstore_s").unwrap()["/a.md"],
+        "a",
+        "a folder past the directory bound is not synced"
+    );
+    // Back within the bound, the same edit goes up.
+    std::fs::remove_dir_all(&junk).unwrap();
+    memory.sync_now().await;
+    assert_eq!(h.emu.memories("memstore_s").unwrap()["/a.md"], "a2");
+    memory.dispose().await;
+    backend.destroy(sandbox.id()).await.unwrap();
     h.emu.shutdown().await;
 }
