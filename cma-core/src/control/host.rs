@@ -326,11 +326,17 @@ impl SandboxHost {
             return;
         };
         let id = placed.sandbox.id().as_str();
-        let destroyed = match backend.destroy(placed.sandbox.id()).await {
-            Ok(()) => true,
-            Err(e) => {
+        let destroyed = match crate::runner::panics::catch(backend.destroy(placed.sandbox.id()))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 tracing::warn!(sandbox = id, error = %e, "destroying a sandbox failed");
                 e.kind() == cma_sandbox::SandboxErrorKind::NotFound
+            }
+            Err(message) => {
+                tracing::error!(sandbox = id, panic = %message, "destroying a sandbox panicked");
+                false
             }
         };
         for dir in &placed.host_dirs {
@@ -710,11 +716,20 @@ impl SessionHost for SandboxHost {
     ) -> Result<Arc<dyn ToolExecutor>, HostError> {
         self.reap_expired().await;
         let placed = self.place(work, session).await?;
-        let executor = match self
-            .factory
-            .executor(placed.sandbox.clone(), work, session)
-            .await
-        {
+        // A factory that panics is a factory that failed: the sandbox it was given is kept,
+        // never lost between "open" and "warm".
+        let built = crate::runner::panics::catch(self.factory.executor(
+            placed.sandbox.clone(),
+            work,
+            session,
+        ))
+        .await
+        .unwrap_or_else(|message| {
+            Err(HostError::new(format!(
+                "the tool executor factory panicked: {message}"
+            )))
+        });
+        let executor = match built {
             Ok(e) => e,
             Err(e) => {
                 // Keep the sandbox for a retry of the session rather than losing its files.
@@ -759,10 +774,20 @@ impl SessionHost for SandboxHost {
             return;
         }
         if let Some(store) = &self.snapshots {
-            match store
-                .save(session.id.as_str(), placed.sandbox.as_ref())
-                .await
-            {
+            let saved = crate::runner::panics::catch(
+                store.save(session.id.as_str(), placed.sandbox.as_ref()),
+            )
+            .await;
+            let saved = match saved {
+                Ok(saved) => saved,
+                Err(message) => {
+                    // A sandbox that panics while being read is not worth keeping.
+                    tracing::error!(session_id = %session.id, panic = %message, "saving the workspace panicked; destroying the sandbox");
+                    self.dispose(placed).await;
+                    return;
+                }
+            };
+            match saved {
                 Ok(id) => {
                     tracing::info!(session_id = %session.id, snapshot = %id, "workspace saved");
                     self.state.snapshot_saved(session.id.as_str(), &id).await;
