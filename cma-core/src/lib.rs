@@ -10,6 +10,8 @@
 //! * [`sse`]: the incremental Server-Sent Events parser.
 //! * [`webhook`]: Standard Webhooks signing and verification of CMA event deliveries, the typed
 //!   event envelope, and a tower [`VerifyLayer`](webhook::VerifyLayer) for the host's route.
+//! * [`listener`]: a hardened HTTP/1 listener (connection cap with eviction of the clients
+//!   that wait longest, head, idle, body and request deadlines) for webhook receivers.
 //! * [`runner`]: one work item's life: lease, event stream, tool calls, results.
 //! * [`control`]: the control plane ([`ControlPlane`](control::plane::ControlPlane)) and the
 //!   [`SandboxHost`](control::host::SandboxHost) that places sessions in sandboxes.
@@ -107,6 +109,7 @@ pub mod client;
 pub mod control;
 #[cfg(feature = "emulator")]
 pub mod emulator;
+pub mod listener;
 pub mod protocol;
 pub mod retry;
 pub mod runner;

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -187,6 +188,62 @@ impl Default for LeaseHandle {
     }
 }
 
+/// One item's heartbeat loop on its own task, tied to the item's lifetime.
+///
+/// Dropping the guard — the item's task returned early, panicked, or its future was dropped —
+/// ends the lease ([`LeaseEnd::RunnerDone`] unless it already ended) and aborts the loop, so a
+/// lease is never kept alive for an item nobody runs any more. [`HeartbeatTask::stop`] is the
+/// orderly end.
+#[derive(Debug)]
+pub struct HeartbeatTask {
+    lease: LeaseHandle,
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<LeaseEnd>>,
+}
+
+impl HeartbeatTask {
+    /// Spawn [`heartbeat_loop`] for `lease` with `beat`; `cancel` ends it as in the loop.
+    pub fn spawn<F, Fut>(lease: LeaseHandle, cancel: CancellationToken, beat: F) -> Self
+    where
+        F: FnMut(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<WorkHeartbeat, HeartbeatFailure>> + Send + 'static,
+    {
+        let handle = tokio::spawn({
+            let lease = lease.clone();
+            let cancel = cancel.clone();
+            async move { heartbeat_loop(&lease, &cancel, beat).await }
+        });
+        Self {
+            lease,
+            cancel,
+            handle: Some(handle),
+        }
+    }
+
+    /// End the lease with `reason` (unless it already ended), stop the loop and wait for it;
+    /// returns the reason that stands.
+    pub async fn stop(mut self, reason: LeaseEnd) -> LeaseEnd {
+        let end = self.lease.end(reason);
+        self.cancel.cancel();
+        if let Some(handle) = self.handle.take()
+            && let Err(e) = handle.await
+        {
+            tracing::error!(error = %e, "the heartbeat task failed");
+        }
+        end
+    }
+}
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.lease.end(LeaseEnd::RunnerDone);
+            self.cancel.cancel();
+            handle.abort();
+        }
+    }
+}
+
 /// Run the heartbeat loop of §3.3 until the lease ends; returns the reason.
 ///
 /// `beat(expected_last_heartbeat)` performs one heartbeat; each attempt is bounded by the current
@@ -222,8 +279,7 @@ where
             Ok(hb) => {
                 last = hb.last_heartbeat.clone();
                 last_success = Instant::now();
-                let new_ttl =
-                    (hb.ttl_seconds > 0).then(|| Duration::from_secs(hb.ttl_seconds as u64));
+                let new_ttl = retry::lease_ttl(hb.ttl_seconds);
                 if let Some(t) = new_ttl {
                     ttl = t;
                     interval = retry::heartbeat_interval(hb.ttl_seconds, interval);
@@ -339,6 +395,34 @@ mod tests {
         assert_eq!(lease.send_retry_window(), retry::SEND_RETRY_WINDOW);
         lease.record_success(Some(Duration::from_secs(60)));
         assert_eq!(lease.send_retry_window(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_heartbeat_task_ends_the_lease_and_beats_no_more() {
+        let beats = Arc::new(Mutex::new(0u32));
+        let lease = LeaseHandle::new();
+        let b = beats.clone();
+        let task = HeartbeatTask::spawn(lease.clone(), CancellationToken::new(), move |_| {
+            let b = b.clone();
+            async move {
+                *b.lock().unwrap() += 1;
+                Ok(hb("t", 4, WorkState::Active, true))
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let seen = *beats.lock().unwrap();
+        assert!(seen >= 2);
+        // The item's task died (a panic unwinding through it drops the guard the same way).
+        drop(task);
+        assert_eq!(lease.status().ended, Some(LeaseEnd::RunnerDone));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(*beats.lock().unwrap(), seen);
+        // An orderly stop reports the reason that stands.
+        let lease = LeaseHandle::new();
+        let task = HeartbeatTask::spawn(lease.clone(), CancellationToken::new(), |_| async {
+            Ok(hb("t", 60, WorkState::Active, true))
+        });
+        assert_eq!(task.stop(LeaseEnd::Cancelled).await, LeaseEnd::Cancelled);
     }
 
     #[tokio::test(start_paused = true)]
