@@ -86,8 +86,11 @@
 //!         .route("/hooks/cma", post(on_event))
 //!         .layer(VerifyLayer::new(verifier))
 //!         .layer(Extension(plane.clone()));
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
-//!     tokio::spawn(async move { axum::serve(listener, app).await });
+//!     // Served by the hardened listener: connection cap, head/body/idle deadlines.
+//!     let tcp = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//!     let listener = Listener::new(tcp, ListenerLimits::default())?;
+//!     let stop = tokio_util::sync::CancellationToken::new();
+//!     tokio::spawn(listener.serve(app, stop.clone()));
 //!     plane.run().await?;
 //!     Ok(())
 //! }

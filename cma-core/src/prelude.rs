@@ -12,6 +12,7 @@ pub use crate::control::rules::PlacementRules;
 pub use crate::control::select::{BackendSelector, RuleSelector, SandboxProfile};
 pub use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
 pub use crate::control::tools::ToolsetFactory;
+pub use crate::listener::{Listener, ListenerLimits};
 pub use crate::protocol::{EnvironmentId, SessionId, WorkId};
 pub use crate::runner::session::RunnerConfig;
 pub use crate::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookId, WebhookSecret};

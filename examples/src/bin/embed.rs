@@ -119,7 +119,10 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .layer(Extension(plane.clone()));
     // ANCHOR_END: compose
 
-    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // Served by the hardened listener (connection cap, head/body/idle deadlines).
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server =
+        tokio::spawn(Listener::new(listener, ListenerLimits::default())?.serve(app, stop.clone()));
     let claimer = {
         let plane = plane.clone();
         tokio::spawn(async move { plane.run().await })
@@ -146,7 +149,8 @@ async fn run() -> Result<(), Box<dyn std::error::Error>> {
         .await;
     plane.shutdown(Duration::from_secs(5)).await;
     claimer.abort();
-    server.abort();
+    stop.cancel();
+    let _ = server.await;
 
     let results = emulator.tool_results();
     // Deliveries the host's route answered with 2xx, i.e. that passed VerifyLayer.

@@ -186,11 +186,8 @@ impl Pool {
         } = idle;
         let sock = UnixStream::from_std(sock).map_err(|e| {
             CheckoutError::Failed(
-                SandboxError::new(
-                    SandboxErrorKind::Backend,
-                    "cannot use the worker's socket",
-                )
-                .with_source(e),
+                SandboxError::new(SandboxErrorKind::Backend, "cannot use the worker's socket")
+                    .with_source(e),
             )
         })?;
         Ok(Lease {
@@ -293,10 +290,7 @@ impl Pool {
 }
 
 fn start_error(context: &str, kind: SandboxErrorKind) -> SandboxError {
-    SandboxError::new(
-        kind,
-        format!("cannot start a worker process: {context}"),
-    )
+    SandboxError::new(kind, format!("cannot start a worker process: {context}"))
 }
 
 /// Start one worker and wait for its hello.
