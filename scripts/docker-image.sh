@@ -5,12 +5,12 @@
 # their shared libraries, plus a non-root user `sandbox` (uid 1000) owning /workspace, imported
 # with `docker import`.
 #
-# Usage: scripts/docker-image.sh [TAG]      (default: $CMA_DOCKER_IMAGE or cma-sandbox-test:1)
+# Usage: scripts/docker-image.sh [TAG]      (default: $CMA_DOCKER_IMAGE or cma-sandbox-test:2)
 # Idempotent: skips the build when TAG exists and carries this script's hash as its
 # `cma.image-hash` label. Prints the tag on success.
 set -euo pipefail
 
-TAG="${1:-${CMA_DOCKER_IMAGE:-cma-sandbox-test:1}}"
+TAG="${1:-${CMA_DOCKER_IMAGE:-cma-sandbox-test:2}}"
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 HASH="$(sha256sum "$SELF" | cut -c1-16)"
 

@@ -50,7 +50,7 @@
 //! use cma_sandbox::docker::{DockerBackend, DockerConfig};
 //! use cma_sandbox::{ExecRequest, SandboxBackend, SandboxSpec};
 //!
-//! let backend = DockerBackend::connect(DockerConfig::new("cma-sandbox-test:1")).await?;
+//! let backend = DockerBackend::connect(DockerConfig::new("cma-sandbox-test:2")).await?;
 //! let sandbox = backend.create(&SandboxSpec::new()).await?;
 //! let out = sandbox.exec(ExecRequest::shell("echo hi")).await?;
 //! assert_eq!(&out.stdout[..], b"hi\n");
