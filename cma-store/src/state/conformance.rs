@@ -16,9 +16,8 @@ use chrono::{DateTime, TimeZone, Utc};
 
 use super::{
     EgressAuditEntry, EgressPolicyRecord, LeaseClaim, MAX_ID_BYTES, Precondition, SandboxQuery,
-    SandboxRecord,
-    SecretMetadata, SessionQuery, SessionRecord, SessionStatus, StateError, StateErrorKind,
-    StateStore,
+    SandboxRecord, SecretMetadata, SessionQuery, SessionRecord, SessionStatus, StateError,
+    StateErrorKind, StateStore,
 };
 use crate::SnapshotId;
 

@@ -67,8 +67,7 @@ pub use postgres::{PostgresOptions, PostgresStateStore};
 pub use record::{
     EgressAuditEntry, EgressPolicyRecord, Lease, LeaseClaim, MAX_DETAIL_BYTES, MAX_EVENT_BYTES,
     MAX_ID_BYTES, MAX_LEASE_TTL, MAX_PAGE_LEN, Precondition, SandboxQuery, SandboxRecord,
-    SecretMetadata,
-    SessionQuery, SessionRecord, SessionStatus, Transition,
+    SecretMetadata, SessionQuery, SessionRecord, SessionStatus, Transition,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStateStore;

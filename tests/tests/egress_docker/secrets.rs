@@ -88,6 +88,15 @@ async fn secrets_never_reach_the_sandbox_the_audit_or_the_logs() {
         bundle.contains("BEGIN CERTIFICATE") && !bundle.contains("PRIVATE KEY"),
         "{bundle}"
     );
+    // The CA's key (which would let the sandbox mint certificates its own clients trust, and
+    // read or forge intercepted traffic) is nowhere the installation writes, nor anywhere else
+    // the sandbox can write or read its configuration from.
+    let keys = sh(
+        a,
+        "grep -rlI -e 'PRIVATE KEY' /etc /workspace /home /tmp /var/tmp /run /usr/local 2>/dev/null; echo scanned",
+    )
+    .await;
+    assert_eq!(keys.trim(), "scanned", "private keys found: {keys}");
     let mut workspace = Vec::new();
     let mut stream = a.export_workspace().await.unwrap();
     while let Some(chunk) = stream.next().await {
