@@ -26,7 +26,7 @@
 //!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY`/`NO_PROXY` (both cases) and installs its CA
 //!   certificate where common clients look (the system bundle, a bundle the usual variables
 //!   point at, pip and git configuration; the `egress` module lists them); the container's
-//!   address for the proxy's registry is [`Sandbox::network_address`](crate::Sandbox::network_address).
+//!   address for the proxy's registry is [`Sandbox::network_address`].
 //! * **Warm pool (opt-in).** With [`DockerConfig::prestart`] > 0, started and fully isolated
 //!   containers wait unassigned; `create` for a spec compatible with
 //!   [`DockerConfig::pool_spec`] claims one (its name is the sandbox id; the identity is
