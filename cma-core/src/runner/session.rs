@@ -544,6 +544,12 @@ impl SessionRunner {
         let mut memory = None;
         let phase = panics::catch(async {
             sandbox = executor.sandbox();
+            // A heartbeat sent while the sandbox was being placed may have been refused: know
+            // its answer before anything runs on the lease.
+            tokio::select! {
+                _ = lease.settled() => {}
+                _ = cancel.cancelled() => {}
+            }
             // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat
             // keeps the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
             let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {
