@@ -16,6 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 struct Fixture {
     _tmp: tempfile::TempDir,
     iso: Isolate,
+    src: TestSandbox,
     store: SnapshotStore,
     id: SnapshotId,
     dst: TestSandbox,
@@ -24,7 +25,10 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let iso = Isolate::new(&tmp.path().join("sandboxes"));
-    let store = SnapshotStore::in_memory(config()).unwrap();
+    // Small packs: several of them, so every kind of damage lands somewhere.
+    let mut cfg = config();
+    cfg.pack_bytes = 64 * 1024;
+    let store = SnapshotStore::in_memory(cfg).unwrap();
     let src = iso.sandbox().await;
     fill_random(&src.host, 5, 80);
     let id = store
@@ -38,6 +42,7 @@ async fn fixture() -> Fixture {
     Fixture {
         _tmp: tmp,
         iso,
+        src,
         store,
         id,
         dst,
@@ -70,11 +75,22 @@ async fn put(store: &Arc<dyn ObjectStore>, key: &Path, data: Vec<u8>) {
     store.put(key, Bytes::from(data).into()).await.unwrap();
 }
 
+impl Fixture {
+    /// Another handle on the same store, as a new process would open it (nothing cached).
+    fn reopened(&self) -> SnapshotStore {
+        SnapshotStore::new(
+            self.store.object_store().clone(),
+            self.store.config().clone(),
+        )
+        .unwrap()
+    }
+}
+
 /// Restore must fail with `kind` and leave the sandbox as it was; `verify` must fail too.
 async fn assert_refused(f: &Fixture, id: &SnapshotId, kind: ErrorKind) {
     let before = listing(&f.dst.host);
     let e = f
-        .store
+        .reopened()
         .restore(id, f.dst.sandbox.as_ref())
         .await
         .unwrap_err();
@@ -84,15 +100,28 @@ async fn assert_refused(f: &Fixture, id: &SnapshotId, kind: ErrorKind) {
     assert_eq!(f.store.verify(id).await.unwrap_err().kind(), kind);
 }
 
+/// Where a pack's chunk data ends and its trailer (the listing, for checks and rebuilds)
+/// begins: 40 bytes per chunk, then 16 random bytes, `u32` count, 32-byte checksum, 8-byte
+/// magic.
+fn pack_data_end(pack: &[u8]) -> usize {
+    let n = pack.len();
+    let count = u32::from_le_bytes(pack[n - 44..n - 40].try_into().unwrap()) as usize;
+    n - 60 - 40 * count
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_byte_in_any_chunk_is_detected() {
+async fn a_flipped_byte_anywhere_in_a_pack_or_an_index_object_is_detected() {
     let f = fixture().await;
     let os = f.store.object_store().clone();
-    let chunks = keys(&os, "chunks").await;
-    assert!(chunks.len() > 3);
+    let packs = keys(&os, "packs").await;
+    let indexes = keys(&os, "index").await;
+    assert!(packs.len() > 3, "{} packs", packs.len());
+    assert_eq!(indexes.len(), 1);
+    let want = listing(&f.src.host);
     let mut rng = seeded(1);
-    for key in &chunks {
+    for key in packs.iter().chain(&indexes) {
         let good = get(&os, key).await;
+        let is_pack = key.as_ref().starts_with("packs/");
         for pos in [
             0,
             good.len() / 2,
@@ -102,7 +131,28 @@ async fn a_flipped_byte_in_any_chunk_is_detected() {
             let mut bad = good.clone();
             bad[pos] ^= 0x10;
             put(&os, key, bad).await;
-            assert_refused(&f, &f.id, ErrorKind::Corrupt).await;
+            // `verify` reads every pack whole: any flipped byte is reported.
+            let e = f.store.verify(&f.id).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{key} byte {pos}: {e}");
+            if is_pack && pos >= pack_data_end(&good) {
+                // Only the trailer, which restores do not read: the restore is exact.
+                let fresh = f.iso.sandbox().await;
+                f.reopened()
+                    .restore(&f.id, fresh.sandbox.as_ref())
+                    .await
+                    .unwrap();
+                assert_eq!(listing(&fresh.host), want, "{key} byte {pos}");
+            } else {
+                let before = listing(&f.dst.host);
+                let e = f
+                    .reopened()
+                    .restore(&f.id, f.dst.sandbox.as_ref())
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{key} byte {pos}: {e}");
+                assert!(!e.is_retryable());
+                assert_eq!(listing(&f.dst.host), before, "{key} byte {pos}");
+            }
         }
         put(&os, key, good).await;
     }
@@ -112,6 +162,8 @@ async fn a_flipped_byte_in_any_chunk_is_detected() {
         .restore(&f.id, fresh.sandbox.as_ref())
         .await
         .unwrap();
+    assert_eq!(listing(&fresh.host), want);
+    f.store.verify(&f.id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,8 +196,8 @@ async fn a_flipped_byte_in_the_manifest_is_detected() {
 async fn a_missing_or_truncated_chunk_is_detected() {
     let f = fixture().await;
     let os = f.store.object_store().clone();
-    let chunks = keys(&os, "chunks").await;
-    let key = &chunks[chunks.len() / 2];
+    let packs = keys(&os, "packs").await;
+    let key = &packs[packs.len() / 2];
     let good = get(&os, key).await;
 
     os.delete(key).await.unwrap();
@@ -162,10 +214,28 @@ async fn a_missing_or_truncated_chunk_is_detected() {
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert_eq!(listing(&f.dst.host), before);
 
-    for len in [0, 1, good.len() / 2, good.len() - 1] {
+    for len in [0, 1, good.len() / 2, pack_data_end(&good) - 1] {
         put(&os, key, good[..len].to_vec()).await;
         assert_refused(&f, &f.id, ErrorKind::Corrupt).await;
     }
+    put(&os, key, good.clone()).await;
+
+    // The index object gone: no chunk can be found.
+    let [ikey] = &keys(&os, "index").await[..] else {
+        panic!("one index object")
+    };
+    let igood = get(&os, ikey).await;
+    os.delete(ikey).await.unwrap();
+    let e = f
+        .reopened()
+        .restore(&f.id, f.dst.sandbox.as_ref())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, cma_store::snapshot::Error::MissingChunk { .. }),
+        "{e}"
+    );
+    put(&os, ikey, igood).await;
     // The manifest itself truncated.
     let [mkey] = &keys(&os, "manifests").await[..] else {
         panic!()

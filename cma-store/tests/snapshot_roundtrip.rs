@@ -72,11 +72,16 @@ async fn an_incremental_save_uploads_only_changed_chunks() {
         .save("sesn_inc", src.sandbox.as_ref(), None)
         .await
         .unwrap();
-    // Every chunk once, plus the chunk and file tables.
-    assert_eq!(
-        first.uploaded_bytes,
-        first.stored_bytes - dup_bytes(&first) + stored(&first.table) + stored(&first.files)
-    );
+    // Every chunk once, plus the chunk and file tables, in a few packs and one index object:
+    // exactly the bytes now in the store besides the manifest.
+    let chunk_bytes =
+        first.stored_bytes - dup_bytes(&first) + stored(&first.table) + stored(&first.files);
+    let (packs, pack_bytes) = objects(&store, "packs").await;
+    let (indexes, index_bytes) = objects(&store, "index").await;
+    assert_eq!(first.uploaded_bytes, pack_bytes + index_bytes);
+    assert!(chunk_bytes < pack_bytes && pack_bytes < chunk_bytes + chunk_bytes / 20);
+    assert_eq!(indexes, 1);
+    assert!(packs >= 1 && packs <= 1 + pack_bytes / store.config().pack_bytes as u64);
 
     // Nothing changed: nothing uploaded.
     let same = store

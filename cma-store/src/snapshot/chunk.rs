@@ -1,6 +1,7 @@
 //! Cutting the workspace archive into content-defined chunks, and a chunk's stored form.
 //!
-//! Stored form of a chunk (object `chunks/<first two hex digits>/<sha256 hex>`): a tag byte,
+//! Stored form of a chunk (inside a pack, or for manifest format 2 the whole object
+//! `chunks/<first two hex digits>/<sha256 hex>`): a tag byte,
 //! then either the bytes as they are (data zstd cannot shrink) or a zstd frame followed by the
 //! SHA-256 of that frame. The trailer covers every stored byte of a frame (a flipped bit that
 //! zstd would decode to the same data is still caught); the key covers the content.
@@ -24,12 +25,7 @@ pub(crate) struct Chunker {
 
 impl Chunker {
     pub fn new(params: ChunkerParams) -> Self {
-        let level = match params.normalization {
-            0 => Normalization::Level0,
-            1 => Normalization::Level1,
-            2 => Normalization::Level2,
-            _ => Normalization::Level3,
-        };
+        let level = level_of(&params);
         Self {
             params,
             level,
@@ -55,16 +51,40 @@ impl Chunker {
     }
 
     fn cut(&self) -> usize {
-        let p = &self.params;
-        let cdc = FastCDC::with_level(
-            &self.buf,
-            p.min_size as usize,
-            p.avg_size as usize,
-            p.max_size as usize,
-            self.level,
-        );
-        let (_, end) = cdc.cut(0, self.buf.len());
-        end.clamp(1, self.buf.len())
+        cut_point(&self.params, self.level, &self.buf)
+    }
+}
+
+fn level_of(params: &ChunkerParams) -> Normalization {
+    match params.normalization {
+        0 => Normalization::Level0,
+        1 => Normalization::Level1,
+        2 => Normalization::Level2,
+        _ => Normalization::Level3,
+    }
+}
+
+/// Where the first chunk of `data` ends.
+fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
+    let cdc = FastCDC::with_level(
+        data,
+        p.min_size as usize,
+        p.avg_size as usize,
+        p.max_size as usize,
+        level,
+    );
+    let (_, end) = cdc.cut(0, data.len());
+    end.clamp(1, data.len())
+}
+
+/// Cut a whole input at once, without copying it: the same chunks [`Chunker`] makes from it.
+pub(crate) fn cut_all(params: &ChunkerParams, data: Bytes, out: &mut Vec<Bytes>) {
+    let level = level_of(params);
+    let mut at = 0;
+    while at < data.len() {
+        let n = cut_point(params, level, &data[at..]);
+        out.push(data.slice(at..at + n));
+        at += n;
     }
 }
 
@@ -108,12 +128,14 @@ pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Check a stored chunk against the manifest's hash and size and return its content.
-pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u8>> {
+/// Check a stored chunk against the manifest's hash and size and return its content (a slice
+/// of `stored` when it was stored raw).
+pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes> {
     let what = || format!("chunk {}", hash.to_hex());
-    let data = match stored.split_first() {
-        Some((&RAW, data)) => data.to_vec(),
-        Some((&ZSTD, rest)) => {
+    let data = match stored.first() {
+        Some(&RAW) => stored.slice(1..),
+        Some(&ZSTD) => {
+            let rest = &stored[1..];
             if rest.len() < TRAILER {
                 return Err(Error::corrupt(what(), "truncated"));
             }
@@ -121,8 +143,10 @@ pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u
             if Sha256::digest(frame).as_slice() != trailer {
                 return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
             }
-            zstd::bulk::decompress(frame, size as usize)
-                .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?
+            Bytes::from(
+                decompress(frame, size as usize)
+                    .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
+            )
         }
         Some(_) => return Err(Error::corrupt(what(), "unknown stored form")),
         None => return Err(Error::corrupt(what(), "empty")),
@@ -137,6 +161,24 @@ pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u
         return Err(Error::corrupt(what(), "content does not match its hash"));
     }
     Ok(data)
+}
+
+/// Decompress one frame of at most `capacity` bytes with this thread's context.
+fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
+    }
+    CONTEXT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
+        }
+        match slot.as_mut() {
+            Some(d) => d.decompress(frame, capacity),
+            None => Err(std::io::Error::other("no decompression context")),
+        }
+    })
 }
 
 /// Follows tar headers through a stream to count regular files and their bytes (for the
@@ -236,6 +278,9 @@ mod tests {
         again.push(&data, &mut out2);
         again.finish(&mut out2);
         assert_eq!(out, out2);
+        let mut whole = Vec::new();
+        cut_all(&params, Bytes::from(data), &mut whole);
+        assert_eq!(out, whole);
     }
 
     #[test]
@@ -254,14 +299,17 @@ mod tests {
             let hash = ChunkHash::of(&data);
             let stored = encode(&data, 1).unwrap();
             assert_eq!(stored[0], tag);
-            assert_eq!(decode(&stored, &hash, data.len() as u32).unwrap(), data);
+            let n = data.len() as u32;
+            let back = decode(Bytes::from(stored.clone()), &hash, n).unwrap();
+            assert_eq!(back, data);
             for i in 0..stored.len() {
                 let mut bad = stored.clone();
                 bad[i] ^= 1;
-                assert!(decode(&bad, &hash, data.len() as u32).is_err(), "byte {i}");
+                assert!(decode(Bytes::from(bad), &hash, n).is_err(), "byte {i}");
             }
-            assert!(decode(&stored[..stored.len() / 2], &hash, data.len() as u32).is_err());
-            assert!(decode(&[], &hash, data.len() as u32).is_err());
+            let half = Bytes::copy_from_slice(&stored[..stored.len() / 2]);
+            assert!(decode(half, &hash, n).is_err());
+            assert!(decode(Bytes::new(), &hash, n).is_err());
         }
     }
 

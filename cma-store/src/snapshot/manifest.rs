@@ -16,14 +16,17 @@ use sha2::{Digest, Sha256};
 use super::error::{Error, Result};
 use crate::SnapshotId;
 
-/// The manifest format this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The manifest format this crate writes: chunks in packs, found through the index.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest manifest format this crate reads: 2, chunks stored one object each under
+/// `chunks/` (they stay there and restore as before; new saves never write there).
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
 /// Largest stored manifest accepted (decompressed), against a hostile or corrupt store.
 pub const MAX_MANIFEST_BYTES: usize = 256 * 1024 * 1024;
 const MAGIC: &str = "cma-snapshot-manifest";
 
 /// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkHash(pub [u8; 32]);
 
 impl ChunkHash {
@@ -154,7 +157,8 @@ pub struct SnapshotManifest {
     pub archive_bytes: u64,
     /// Sum of the stored sizes of the chunks the archive is made of (counting repeats).
     pub stored_bytes: u64,
-    /// Bytes this save actually uploaded (new chunks, the manifest not included).
+    /// Bytes this save actually uploaded: its packs and its index object (the manifest not
+    /// included).
     pub uploaded_bytes: u64,
     /// How the archive was cut.
     pub chunker: ChunkerParams,
@@ -226,7 +230,7 @@ impl SnapshotManifest {
             message: format!("manifest does not serialize: {e}"),
         })?;
         let digest = hex(&Sha256::digest(&json));
-        let mut plain = format!("{MAGIC} {FORMAT_VERSION} {digest}\n").into_bytes();
+        let mut plain = format!("{MAGIC} {} {digest}\n", self.format_version).into_bytes();
         plain.extend_from_slice(&json);
         let stored =
             zstd::bulk::compress(&plain, 3).map_err(|e| Error::io("compress manifest", e))?;
@@ -261,19 +265,22 @@ impl SnapshotManifest {
         else {
             return Err(Error::corrupt(what(), "bad header line"));
         };
-        if version != FORMAT_VERSION.to_string() {
-            return Err(Error::corrupt(
-                what(),
-                format!("unsupported format version {version}"),
-            ));
-        }
+        let version: u32 = match version.parse() {
+            Ok(v) if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v) => v,
+            _ => {
+                return Err(Error::corrupt(
+                    what(),
+                    format!("unsupported format version {version}"),
+                ));
+            }
+        };
         let actual = hex(&Sha256::digest(json));
         if actual != digest {
             return Err(Error::corrupt(what(), "checksum mismatch"));
         }
         let wire: Wire = serde_json::from_slice(json)
             .map_err(|e| Error::corrupt(what(), format!("bad JSON: {e}")))?;
-        if wire.format_version != FORMAT_VERSION || wire.compression != "zstd" {
+        if wire.format_version != version || wire.compression != "zstd" {
             return Err(Error::corrupt(what(), "unsupported format or compression"));
         }
         let table = parse_refs(wire.table, &what)?;

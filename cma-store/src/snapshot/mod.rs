@@ -1,6 +1,6 @@
 //! Workspace snapshots: [`SnapshotStore`] saves a sandbox's workspace archive as content-defined,
-//! SHA-256-addressed, zstd-compressed chunks plus a manifest, in any `object_store` backend, and
-//! restores it verified.
+//! SHA-256-named, zstd-compressed chunks packed into pack objects, plus a manifest, in any
+//! `object_store` backend, and restores it verified.
 //!
 //! # Saving
 //! A sandbox whose workspace is a directory on this host ([`Sandbox::local_workspace`], the
@@ -8,51 +8,66 @@
 //! file, or a pack of small entries), and a unit whose entries' metadata is unchanged since the
 //! parent snapshot is not read again: its chunks are the parent's. Other sandboxes are saved
 //! from their export stream ([`Sandbox::export_workspace`]), cut into chunks as it comes. Both
-//! give the same archive, and restore the same way.
+//! give the same archive, and restore the same way. Reading, cutting, hashing, compressing and
+//! uploading overlap (see the `pipeline` module), so both cores stay busy.
 //!
 //! # Layout in the store
-//! - `chunks/<2 hex>/<sha256>`: one chunk (see the `chunk` module for its stored form), written
-//!   once whatever the number of snapshots that use it. Besides the archive's chunks, each
-//!   snapshot's chunk list and file table are stored as chunks too (see the `index` module).
+//! - `packs/<2 hex>/<sha256>`: many chunks in one object (see the `pack` module), named by the
+//!   hash of the whole object. A snapshot is a few packs, not one object per chunk.
+//! - `index/<sha256>`: which pack holds each chunk, where (see the `chunk_index` module). Each
+//!   save adds one; garbage collection merges them.
 //! - `manifests/<session>/<created µs, 20 digits>-<snapshot id>`: a manifest (see
 //!   [`SnapshotManifest`]); listing a session's prefix lists its snapshots in time order.
+//!   Manifests name chunks by hash only, so packs can be rewritten without touching them.
+//!   Besides the archive's chunks, each snapshot's chunk list and file table are chunks too
+//!   (see the `tables` module).
 //! - `ids/<snapshot id>`: the key of the manifest, so a snapshot can be found by id alone.
 //! - `inflight/<save>/<n>`: the chunks a running save is about to use (see *Garbage collection*).
 //! - `gc/<run>`: present while a garbage collection runs.
+//! - `chunks/<2 hex>/<sha256>`: one chunk per object, as manifest format 2 stored them. Such
+//!   snapshots still restore (a chunk the index does not list is looked for there), their chunks
+//!   stay until no manifest uses them, and new saves never write there.
 //!
 //! # Crash safety
-//! A save uploads its chunks first, then `ids/<id>` and then the manifest, each with
-//! `PutMode::Create`. A manifest therefore exists only once every chunk it lists is in the
-//! store; a crash at any point leaves at most unreferenced chunks, a dangling `ids/` entry or
-//! stale `inflight/` records, which garbage collection removes.
+//! A save uploads its packs first, then its index object, then `ids/<id>` and then the
+//! manifest (the last two with `PutMode::Create`). A manifest therefore exists only once every
+//! chunk it lists is stored and indexed; a crash at any point leaves at most packs no index
+//! lists, a dangling `ids/` entry or stale `inflight/` records, which garbage collection
+//! removes once they are older than [`GcConfig::inflight_ttl`].
 //!
 //! # Garbage collection while saves run
-//! A save names each batch of chunks in an `inflight/` record *before* it checks whether they
-//! exist, then waits until no garbage collection that started earlier is still running, and only
-//! then checks the store (or, for chunks of the parent snapshot, that the parent manifest still
-//! exists). A collection lists chunks, then live `inflight/` records, then manifests, and deletes
-//! only chunks named by none of them. A collection that started after the save's record was
-//! written sees the record and keeps those chunks; one that started before is still running when
-//! the save looks (and the save waits for it) or has finished (and the save sees what it deleted,
-//! and uploads again what it needs). A manifest, once written, keeps its chunks alive. Both
-//! sides bound their own duration ([`GcConfig`]) so a crashed process's marker or records expire.
+//! A save names each batch of chunks in an `inflight/` record *before* it looks at the store,
+//! then waits until no garbage collection that started earlier is still running, and only then
+//! reloads the index (or, for chunks of the parent snapshot, checks that the parent manifest
+//! still exists) and packs what the store lacks. A collection lists packs, then live
+//! `inflight/` records, then manifests, then reads the index, and drops only chunks named by
+//! none of them. A collection that started after the save's record was written sees the record
+//! and keeps those chunks; one that started before is still running when the save looks (and
+//! the save waits for it) or has finished (and the save sees what it dropped, and stores again
+//! what it needs). A manifest, once written, keeps its chunks alive. Both sides bound their own
+//! duration ([`GcConfig`]) so a crashed process's marker or records expire. How packs are
+//! rewritten without losing anything to a kill is in the `gc` module.
 //!
 //! # Restore
-//! Chunks are downloaded in parallel, each checked (stored bytes, size, SHA-256), and written in
-//! order to a spool file (zero runs become holes); the whole archive is then checked entry by
-//! entry (no `..`, absolute paths, outward symlinks, hard links, devices, FIFOs or
-//! setuid/setgid/sticky bits). Only then is it streamed into
+//! Chunks are read from their packs in ranges, several at once, each checked (stored form, size,
+//! SHA-256), and written at their place in a spool file (zero runs become holes); the whole
+//! archive is then checked entry by entry (no `..`, absolute paths, outward symlinks, hard
+//! links, devices, FIFOs or setuid/setgid/sticky bits). Only then is it streamed into
 //! [`Sandbox::import_workspace`]: a snapshot that fails any check leaves the sandbox untouched.
 
 mod chunk;
+mod chunk_index;
 mod error;
-mod index;
+mod fetch;
 mod manifest;
+mod pack;
+mod pipeline;
 mod safety;
+mod tables;
 mod walk;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,17 +82,17 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::sync::mpsc;
 
 pub use error::{Error, ErrorKind, Result};
-pub use manifest::{ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, SnapshotManifest};
+pub use manifest::{
+    ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SnapshotManifest,
+};
 
 use self::chunk::{Chunker, TarCounter};
-use self::index::Unit;
+use self::tables::Unit;
 use self::walk::{Counts, ParentUnits, Work};
 use crate::SnapshotId;
 
-/// New chunks named per `inflight/` record (and processed together).
-const BATCH_CHUNKS: usize = 64;
-/// Most chunks (new or reused) in one batch.
-const MAX_BATCH_PIECES: usize = 4096;
+/// Chunks per message from an export stream's reader.
+const BATCH_CHUNKS: usize = 16;
 /// Messages between the reader of a save and its uploader.
 const WORK_QUEUE: usize = 16;
 /// Largest chunk or file table accepted, against a hostile or corrupt store.
@@ -103,6 +118,9 @@ pub struct GcConfig {
     pub gc_deadline: Duration,
     /// How long a save waits for a running collection before failing with [`Error::Busy`].
     pub max_wait: Duration,
+    /// A pack whose live chunks fill less than this percentage of it is rewritten with only
+    /// them (0 never rewrites; 100 rewrites every pack holding a dead chunk).
+    pub repack_live_percent: u8,
 }
 
 impl Default for GcConfig {
@@ -112,6 +130,7 @@ impl Default for GcConfig {
             inflight_ttl: Duration::from_secs(6 * 3600),
             gc_deadline: Duration::from_secs(120),
             max_wait: Duration::from_secs(300),
+            repack_live_percent: 50,
         }
     }
 }
@@ -124,9 +143,11 @@ pub struct SnapshotConfig {
     pub chunker: ChunkerParams,
     /// zstd level for chunks.
     pub zstd_level: i32,
-    /// Chunk uploads (and existence checks) in flight at once.
+    /// Target size of a pack (stored bytes of chunks); a pack is sealed once it reaches this.
+    pub pack_bytes: usize,
+    /// Pack uploads in flight at once.
     pub upload_concurrency: usize,
-    /// Chunk downloads in flight at once.
+    /// Ranged reads of packs in flight at once.
     pub download_concurrency: usize,
     /// Limit on every single store call.
     pub op_timeout: Duration,
@@ -146,7 +167,8 @@ impl Default for SnapshotConfig {
         Self {
             chunker: ChunkerParams::default(),
             zstd_level: 1,
-            upload_concurrency: 8,
+            pack_bytes: 16 << 20,
+            upload_concurrency: 4,
             download_concurrency: 8,
             op_timeout: Duration::from_secs(60),
             spool_dir: None,
@@ -191,20 +213,33 @@ pub struct RetentionReport {
 
 /// What [`SnapshotStore::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GcReport {
-    /// Chunks in the store when the run started.
-    pub chunks_scanned: usize,
     /// Chunks referenced by a manifest or a running save.
     pub chunks_live: usize,
-    /// Chunks deleted.
+    /// Chunks no longer kept: dropped from the index, and old-format chunk objects deleted.
     pub chunks_deleted: usize,
-    /// Stored bytes freed.
+    /// Packs in the store when the run started.
+    pub packs_scanned: usize,
+    /// Packs deleted (dead, left by a crashed save, or repacked).
+    pub packs_deleted: usize,
+    /// Packs whose live chunks were copied into new packs.
+    pub packs_repacked: usize,
+    /// New packs written by repacking.
+    pub packs_written: usize,
+    /// Index objects written (the whole index, rewritten when anything changed).
+    pub index_objects_written: usize,
+    /// Index objects deleted (replaced by the new ones).
+    pub index_objects_deleted: usize,
+    /// Stored bytes freed (deleted minus written).
     pub bytes_freed: u64,
+    /// Bytes of new packs written.
+    pub bytes_written: u64,
     /// Manifests read.
     pub manifests: usize,
     /// Records of crashed saves and dangling id entries removed.
     pub stale_records_deleted: usize,
-    /// The run hit [`GcConfig::gc_deadline`] before deleting everything it could.
+    /// The run hit [`GcConfig::gc_deadline`] before doing everything it could.
     pub incomplete: bool,
 }
 
@@ -213,6 +248,7 @@ pub struct GcReport {
 pub struct SnapshotStore {
     store: Arc<dyn ObjectStore>,
     config: Arc<SnapshotConfig>,
+    index: Arc<chunk_index::IndexCache>,
 }
 
 impl std::fmt::Debug for SnapshotStore {
@@ -297,6 +333,10 @@ fn is_not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
 
+fn joined(e: tokio::task::JoinError) -> Error {
+    Error::io("worker thread", std::io::Error::other(e.to_string()))
+}
+
 impl SnapshotStore {
     /// A store over any `object_store` backend.
     pub fn new(store: Arc<dyn ObjectStore>, config: SnapshotConfig) -> Result<Self> {
@@ -306,9 +346,18 @@ impl SnapshotStore {
                 message: "concurrency limits must be at least 1".into(),
             });
         }
+        if !(64 * 1024..=1 << 30).contains(&config.pack_bytes) {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "pack size {} must be between 64 KiB and 1 GiB",
+                    config.pack_bytes
+                ),
+            });
+        }
         Ok(Self {
             store,
             config: Arc::new(config),
+            index: Arc::default(),
         })
     }
 
@@ -460,6 +509,17 @@ impl SnapshotStore {
     }
 
     async fn read_manifest_at(&self, key: &Path, id: &SnapshotId) -> Result<SnapshotManifest> {
+        let fetcher = fetch::Fetcher::new(self).await?;
+        self.read_manifest_with(&fetcher, key, id).await
+    }
+
+    /// [`read_manifest_at`](Self::read_manifest_at) with a fetcher of the caller's.
+    async fn read_manifest_with(
+        &self,
+        fetcher: &fetch::Fetcher,
+        key: &Path,
+        id: &SnapshotId,
+    ) -> Result<SnapshotManifest> {
         let stored = match self.get_bytes(key).await {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
@@ -479,14 +539,19 @@ impl SnapshotStore {
                 ));
             }
         }
-        let table = self.load_table(id, &m.table).await?;
-        let chunks = index::decode_chunks(&table, &format!("manifest {}", id.as_str()))?;
+        let table = self.load_table(fetcher, id, &m.table).await?;
+        let chunks = tables::decode_chunks(&table, &format!("manifest {}", id.as_str()))?;
         m.set_chunks(chunks)?;
         Ok(m)
     }
 
     /// Fetch, verify and join the chunks of a table.
-    async fn load_table(&self, id: &SnapshotId, refs: &[ChunkRef]) -> Result<Vec<u8>> {
+    async fn load_table(
+        &self,
+        fetcher: &fetch::Fetcher,
+        id: &SnapshotId,
+        refs: &[ChunkRef],
+    ) -> Result<Vec<u8>> {
         let total: u64 = refs.iter().map(|c| u64::from(c.size)).sum();
         if total > MAX_TABLE_BYTES {
             return Err(Error::TooLarge {
@@ -496,11 +561,8 @@ impl SnapshotStore {
             });
         }
         let mut out = Vec::with_capacity(total as usize);
-        let mut parts = futures::stream::iter(refs.iter().copied())
-            .map(|c| self.fetch_chunk(id, c))
-            .buffered(self.config.download_concurrency);
-        while let Some(part) = parts.next().await {
-            out.extend_from_slice(&part?);
+        for part in fetcher.fetch(id, refs).await? {
+            out.extend_from_slice(&part);
         }
         Ok(out)
     }

@@ -1,30 +1,14 @@
-//! Saving: export (or walk) → content-defined chunks → hash → name in an `inflight/` record →
-//! check or upload → chunk table and file table → manifest. Memory stays bounded: the work
-//! queue, one batch being stored (`BATCH_CHUNKS × max_size` at worst) and the tables (a few
-//! dozen bytes per chunk and per file).
+//! Saving: export (or walk) → content-defined chunks → the store pipeline (see `pipeline`) →
+//! chunk table and file table → index object → manifest.
 
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use futures::stream::FuturesOrdered;
+
+use super::pipeline::{Hashed, Hint, Job, MAX_JOBS, SaveState, hash_job};
+use super::tables::EntryKey;
 use super::*;
-
-struct ParentInfo {
-    key: Path,
-    chunks: HashMap<ChunkHash, u32>,
-}
-
-struct SaveState {
-    save_id: uuid::Uuid,
-    seq: u32,
-    first_record: Option<Instant>,
-    /// Chunks confirmed in the store during this save, with their stored sizes.
-    known: HashMap<ChunkHash, u32>,
-    parent: Option<ParentInfo>,
-    uploaded_bytes: u64,
-}
-
-/// One chunk of what is being saved: new bytes, or a chunk the parent snapshot has.
-enum Piece {
-    Data(Bytes),
-    Known(ChunkRef),
-}
 
 /// What a save produced before its manifest.
 struct Saved {
@@ -33,32 +17,13 @@ struct Saved {
     counts: Counts,
 }
 
-/// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
-/// handful of sizes) are hashed once per size.
-fn hash_chunk(data: &[u8]) -> ChunkHash {
-    static ZERO_HASHES: std::sync::Mutex<Vec<(usize, ChunkHash)>> =
-        std::sync::Mutex::new(Vec::new());
-    if !data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()]) {
-        return ChunkHash::of(data);
-    }
-    let mut memo = ZERO_HASHES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, h)) = memo.iter().find(|(n, _)| *n == data.len()) {
-        return *h;
-    }
-    let h = ChunkHash::of(data);
-    if memo.len() < 16 {
-        memo.push((data.len(), h));
-    }
-    h
+/// One step of the pipeline, in archive order.
+enum Item {
+    Pieces(Vec<Hashed>),
+    UnitEnd { racy: bool, entries: Vec<EntryKey> },
 }
 
-fn joined(e: tokio::task::JoinError) -> Error {
-    Error::io("worker thread", std::io::Error::other(e.to_string()))
-}
-
-fn stored_len(n: u64, hash: &ChunkHash) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::corrupt(format!("chunk {}", hash.to_hex()), "too large"))
-}
+type Pending = Pin<Box<dyn Future<Output = Result<Item>> + Send>>;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -219,11 +184,13 @@ impl SnapshotStore {
 
     /// The parent's units paired with its chunks; `None` if its file table does not parse.
     async fn load_units(&self, m: &SnapshotManifest) -> Result<Option<ParentUnits>> {
-        let bytes = self.load_table(&m.id, &m.files).await?;
-        Ok(index::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks)))
+        let fetcher = fetch::Fetcher::new(self).await?;
+        let bytes = self.load_table(&fetcher, &m.id, &m.files).await?;
+        Ok(tables::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks)))
     }
 
-    /// Drive a save: store what the producer sends, then the tables and the manifest.
+    /// Drive a save: hash what the producer sends (several jobs at once), store it in order,
+    /// then the tables, the index object and the manifest.
     async fn run_save(
         &self,
         session_id: &str,
@@ -233,59 +200,45 @@ impl SnapshotStore {
         mut rx: mpsc::Receiver<Result<Work>>,
         producer: impl Future<Output = Result<Counts>>,
     ) -> Result<SnapshotManifest> {
-        let mut st = SaveState {
-            save_id: uuid::Uuid::new_v4(),
-            seq: 0,
-            first_record: None,
-            known: HashMap::new(),
-            parent: None,
-            uploaded_bytes: 0,
-        };
-        if let (Some(id), Some(m)) = (parent, parent_m)
-            && self.config.trust_parent_chunks
-        {
-            let key = self.manifest_key_of(id).await?;
-            let chunks = m
-                .chunks
-                .iter()
-                .chain(&m.table)
-                .chain(&m.files)
-                .map(|c| (c.hash, c.stored_size))
-                .collect();
-            st.parent = Some(ParentInfo { key, chunks });
-        }
+        let index = self.load_index().await?;
+        let mut st = self.save_state(parent.zip(parent_m), index.clone()).await?;
+        let hint = Arc::new(Hint {
+            parent: parent_m
+                .map(|m| m.chunks.iter().map(|c| c.hash).collect::<HashSet<_>>())
+                .unwrap_or_default(),
+            index,
+        });
         let stored = async {
             let mut refs = Vec::new();
             let mut units = Vec::new();
-            let mut pending: Vec<Piece> = Vec::new();
-            let mut pending_data = 0usize;
             let mut unit_start = 0usize;
-            while let Some(work) = rx.recv().await {
-                match work? {
-                    Work::Chunks(c) => {
-                        pending_data += c.len();
-                        pending.extend(c.into_iter().map(Piece::Data));
-                    }
-                    Work::Reused(r) => pending.extend(r.into_iter().map(Piece::Known)),
-                    Work::UnitEnd { racy, entries } => {
-                        let total = refs.len() + pending.len();
-                        units.push(Unit {
-                            chunk_count: u32::try_from(total - unit_start).unwrap_or(u32::MAX),
-                            racy,
-                            entries,
-                        });
-                        unit_start = total;
-                    }
-                }
-                if pending_data >= BATCH_CHUNKS || pending.len() >= MAX_BATCH_PIECES {
-                    refs.extend(
-                        self.store_batch(&mut st, std::mem::take(&mut pending))
-                            .await?,
-                    );
-                    pending_data = 0;
+            let mut ordered: FuturesOrdered<Pending> = FuturesOrdered::new();
+            let mut open = true;
+            loop {
+                tokio::select! {
+                    work = rx.recv(), if open && ordered.len() < MAX_JOBS => match work {
+                        Some(work) => ordered.push_back(self.job(work?, &hint)),
+                        None => open = false,
+                    },
+                    item = ordered.next(), if !ordered.is_empty() => match item {
+                        Some(Ok(Item::Pieces(p))) => self.accept(&mut st, p, &mut refs).await?,
+                        Some(Ok(Item::UnitEnd { racy, entries })) => {
+                            let total = refs.len() + SnapshotStore::pending(&st);
+                            units.push(Unit {
+                                chunk_count: u32::try_from(total - unit_start)
+                                    .unwrap_or(u32::MAX),
+                                racy,
+                                entries,
+                            });
+                            unit_start = total;
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => {}
+                    },
+                    else => break,
                 }
             }
-            refs.extend(self.store_batch(&mut st, pending).await?);
+            self.flush(&mut st, &mut refs).await?;
             Ok::<_, Error>((refs, units))
         }
         .await;
@@ -307,17 +260,48 @@ impl SnapshotStore {
         result
     }
 
+    /// Start hashing one piece of work (on the blocking pool, at once); the future yields it
+    /// when done.
+    fn job(&self, work: Work, hint: &Arc<Hint>) -> Pending {
+        let job = match work {
+            Work::Chunks(c) => Job::Cut(c),
+            Work::Whole(b) => Job::Whole(b),
+            Work::Reused(r) => {
+                let pieces = r
+                    .into_iter()
+                    .map(|c| Hashed {
+                        hash: c.hash,
+                        size: c.size,
+                        data: None,
+                        blob: None,
+                    })
+                    .collect();
+                return Box::pin(std::future::ready(Ok(Item::Pieces(pieces))));
+            }
+            Work::UnitEnd { racy, entries } => {
+                return Box::pin(std::future::ready(Ok(Item::UnitEnd { racy, entries })));
+            }
+        };
+        let (hint, params, level) = (hint.clone(), self.config.chunker, self.config.zstd_level);
+        let handle = tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level));
+        Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??)) })
+    }
+
     /// Store a table as chunks; returns their refs.
-    async fn store_table(&self, st: &mut SaveState, bytes: &[u8]) -> Result<Vec<ChunkRef>> {
-        let mut chunker = Chunker::new(index::TABLE_CHUNKER);
-        let mut pieces = Vec::new();
-        chunker.push(bytes, &mut pieces);
-        chunker.finish(&mut pieces);
+    async fn store_table(&self, st: &mut SaveState, bytes: Vec<u8>) -> Result<Vec<ChunkRef>> {
+        let hint = Hint {
+            parent: HashSet::new(),
+            index: Arc::new(Default::default()),
+        };
+        let (params, level) = (tables::TABLE_CHUNKER, self.config.zstd_level);
+        let pieces = tokio::task::spawn_blocking(move || {
+            hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level)
+        })
+        .await
+        .map_err(joined)??;
         let mut refs = Vec::with_capacity(pieces.len());
-        for batch in pieces.chunks(MAX_BATCH_PIECES) {
-            let batch = batch.iter().cloned().map(Piece::Data).collect();
-            refs.extend(self.store_batch(st, batch).await?);
-        }
+        self.accept(st, pieces, &mut refs).await?;
+        self.flush(st, &mut refs).await?;
         Ok(refs)
     }
 
@@ -330,14 +314,22 @@ impl SnapshotStore {
         saved: Saved,
     ) -> Result<SnapshotManifest> {
         let table = self
-            .store_table(st, &index::encode_chunks(&saved.refs))
+            .store_table(st, tables::encode_chunks(&saved.refs))
             .await?;
         let files = if saved.units.is_empty() {
             Vec::new()
         } else {
-            self.store_table(st, &index::encode_units(&saved.units))
+            self.store_table(st, tables::encode_units(&saved.units))
                 .await?
         };
+        self.finish_uploads(st).await?;
+        if !st.records.is_empty() {
+            let records = std::mem::take(&mut st.records);
+            let (name, bytes) = chunk_index::encode(&records);
+            st.uploaded_bytes += bytes.len() as u64;
+            self.put(&chunk_index::index_key(&name), bytes, PutMode::Overwrite)
+                .await?;
+        }
         let limit = self.config.gc.inflight_ttl / 2;
         if let Some(first) = st.first_record
             && first.elapsed() > limit
@@ -380,20 +372,8 @@ impl SnapshotStore {
         Ok(m)
     }
 
-    async fn drop_records(&self, st: &SaveState) {
-        if st.seq == 0 {
-            return;
-        }
-        for seq in 0..st.seq {
-            let key = Path::from(format!("inflight/{}/{seq:08}", st.save_id));
-            if let Err(e) = self.delete_key(&key).await {
-                tracing::warn!(error = %e, "could not remove a save record; gc removes it later");
-            }
-        }
-    }
-
     /// Wait until no garbage collection that may predate our records is running.
-    async fn wait_for_gc(&self) -> Result<()> {
+    pub(super) async fn wait_for_gc(&self) -> Result<()> {
         let start = Instant::now();
         let stale_after = self.config.gc.gc_deadline * 2;
         let mut delay = Duration::from_millis(20);
@@ -418,122 +398,6 @@ impl SnapshotStore {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    /// Store one batch: hash new data, name every chunk in an `inflight/` record, then check or
-    /// upload what the store may lack. Returns the refs in order.
-    async fn store_batch(&self, st: &mut SaveState, batch: Vec<Piece>) -> Result<Vec<ChunkRef>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let hashed: Vec<(ChunkHash, u32, Option<Bytes>)> = futures::stream::iter(batch)
-            .map(|piece| async move {
-                match piece {
-                    Piece::Known(c) => Ok::<_, Error>((c.hash, c.size, None)),
-                    Piece::Data(data) => {
-                        let d = data.clone();
-                        let h = tokio::task::spawn_blocking(move || hash_chunk(&d))
-                            .await
-                            .map_err(joined)?;
-                        Ok((h, stored_len(data.len() as u64, &h)?, Some(data)))
-                    }
-                }
-            })
-            .buffered(self.config.upload_concurrency.max(2))
-            .try_collect()
-            .await?;
-        let mut seen = HashSet::new();
-        let todo: Vec<(ChunkHash, Option<Bytes>)> = hashed
-            .iter()
-            .filter(|(h, _, _)| !st.known.contains_key(h) && seen.insert(*h))
-            .map(|(h, _, d)| (*h, d.clone()))
-            .collect();
-        if !todo.is_empty() {
-            // Name the chunks before looking at the store (see the module docs).
-            if st.first_record.is_none() {
-                st.first_record = Some(Instant::now());
-            }
-            let body: String = todo.iter().map(|(h, _)| h.to_hex() + "\n").collect();
-            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
-            st.seq += 1;
-            self.put(&key, Bytes::from(body), PutMode::Overwrite)
-                .await?;
-            self.wait_for_gc().await?;
-
-            let mut trusted: HashMap<ChunkHash, u32> = HashMap::new();
-            if let Some(p) = &st.parent
-                && todo.iter().any(|(h, _)| p.chunks.contains_key(h))
-            {
-                if self.head(&p.key).await?.is_some() {
-                    for (h, _) in &todo {
-                        if let Some(s) = p.chunks.get(h) {
-                            trusted.insert(*h, *s);
-                        }
-                    }
-                } else {
-                    st.parent = None;
-                }
-            }
-            let level = self.config.zstd_level;
-            let results: Vec<(ChunkHash, u32, u64)> =
-                futures::stream::iter(todo.into_iter().filter(|(h, _)| !trusted.contains_key(h)))
-                    .map(|(h, data)| async move {
-                        let key = chunk_key(&h);
-                        if let Some(meta) = self.head(&key).await? {
-                            return Ok((h, stored_len(meta.size, &h)?, 0));
-                        }
-                        let Some(data) = data else {
-                            return Err(Error::corrupt(
-                                format!("chunk {}", h.to_hex()),
-                                "the parent snapshot's chunk is gone from the store",
-                            ));
-                        };
-                        let stored =
-                            tokio::task::spawn_blocking(move || chunk::encode(&data, level))
-                                .await
-                                .map_err(joined)??;
-                        let n = stored.len() as u64;
-                        self.put(&key, Bytes::from(stored), PutMode::Overwrite)
-                            .await?;
-                        Ok::<_, Error>((h, stored_len(n, &h)?, n))
-                    })
-                    .buffer_unordered(self.config.upload_concurrency)
-                    .try_collect()
-                    .await?;
-            st.known.extend(trusted);
-            for (h, s, up) in results {
-                st.known.insert(h, s);
-                st.uploaded_bytes += up;
-            }
-        }
-        hashed
-            .into_iter()
-            .map(|(h, size, _)| {
-                Ok(ChunkRef {
-                    hash: h,
-                    size,
-                    stored_size: st.known.get(&h).copied().unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_chunks_hash_like_any_other() {
-        for n in [0usize, 1, 4096, 65536, 65537, 300_000, 4096] {
-            let zeros = vec![0u8; n];
-            assert_eq!(hash_chunk(&zeros), ChunkHash::of(&zeros), "{n}");
-            let mut one = zeros.clone();
-            if let Some(last) = one.last_mut() {
-                *last = 1;
-                assert_eq!(hash_chunk(&one), ChunkHash::of(&one), "{n}");
-            }
         }
     }
 }

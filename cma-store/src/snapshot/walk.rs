@@ -31,8 +31,8 @@ use tokio::sync::mpsc;
 
 use super::chunk::Chunker;
 use super::error::{Error, Result};
-use super::index::{EntryKey, Kind, Unit};
 use super::manifest::{ChunkRef, ChunkerParams};
+use super::tables::{EntryKey, Kind, Unit};
 
 /// Files at least this big are units by themselves.
 pub(crate) const BIG_FILE: u64 = 256 * 1024;
@@ -52,6 +52,9 @@ const READ_BLOCK: usize = 1 << 20;
 pub(crate) enum Work {
     /// New archive bytes, already cut into chunks.
     Chunks(Vec<Bytes>),
+    /// New archive bytes forming a whole unit, to be cut into chunks by whoever hashes them
+    /// (so the cutting runs on another core than the walk).
+    Whole(Bytes),
     /// Chunks taken from the parent unchanged.
     Reused(Vec<ChunkRef>),
     /// The unit whose chunks were just sent is complete.
@@ -366,11 +369,7 @@ impl Walker<'_> {
                     self.append_data(f, &mut bytes)?;
                 }
             }
-            let mut chunker = Chunker::new(self.params);
-            let mut out = Vec::new();
-            chunker.push(&bytes, &mut out);
-            chunker.finish(&mut out);
-            self.send(Work::Chunks(out))?;
+            self.send(Work::Whole(Bytes::from(bytes)))?;
         }
         self.send(Work::UnitEnd { racy, entries })
     }

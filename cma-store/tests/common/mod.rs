@@ -183,6 +183,18 @@ pub fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
     refs.iter().map(|c| u64::from(c.stored_size)).sum()
 }
 
+/// How many objects are stored under `prefix`, and their bytes.
+pub async fn objects(store: &SnapshotStore, prefix: &str) -> (u64, u64) {
+    use futures::TryStreamExt;
+    let metas: Vec<object_store::ObjectMeta> = store
+        .object_store()
+        .list(Some(&object_store::path::Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    (metas.len() as u64, metas.iter().map(|m| m.size).sum())
+}
+
 pub fn config() -> SnapshotConfig {
     let mut c = SnapshotConfig::default();
     c.gc.chunk_grace = std::time::Duration::ZERO;
