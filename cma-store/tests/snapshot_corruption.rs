@@ -101,12 +101,11 @@ async fn assert_refused(f: &Fixture, id: &SnapshotId, kind: ErrorKind) {
 }
 
 /// Where a pack's chunk data ends and its trailer (the listing, for checks and rebuilds)
-/// begins: 40 bytes per chunk, then 16 random bytes, `u32` count, 32-byte checksum, 8-byte
-/// magic.
+/// begins: 40 bytes per chunk, then `u32` count, 32-byte checksum, 8-byte magic.
 fn pack_data_end(pack: &[u8]) -> usize {
     let n = pack.len();
     let count = u32::from_le_bytes(pack[n - 44..n - 40].try_into().unwrap()) as usize;
-    n - 60 - 40 * count
+    n - 44 - 40 * count
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

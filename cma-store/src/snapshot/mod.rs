@@ -50,10 +50,13 @@
 //!
 //! # Restore
 //! Chunks are read from their packs in ranges, several at once, each checked (stored form, size,
-//! SHA-256), and written at their place in a spool file (zero runs become holes); the whole
-//! archive is then checked entry by entry (no `..`, absolute paths, outward symlinks, hard
-//! links, devices, FIFOs or setuid/setgid/sticky bits). Only then is it streamed into
-//! [`Sandbox::import_workspace`]: a snapshot that fails any check leaves the sandbox untouched.
+//! SHA-256). Into a sandbox whose workspace is on this host, a snapshot with a file table is
+//! written directly, many files at once, into a hidden directory moved into place at the end
+//! (see the `unpack` module). Otherwise the chunks are written at their place in a spool file
+//! (zero runs become holes), the whole archive is checked entry by entry (no `..`, absolute
+//! paths, outward symlinks, hard links, devices, FIFOs or setuid/setgid/sticky bits), and only
+//! then streamed into [`Sandbox::import_workspace`]. Either way a snapshot that fails any check
+//! leaves the sandbox as it was.
 
 mod chunk;
 mod chunk_index;
@@ -64,6 +67,7 @@ mod pack;
 mod pipeline;
 mod safety;
 mod tables;
+mod unpack;
 mod walk;
 
 use std::collections::{HashMap, HashSet};

@@ -121,6 +121,9 @@ pub(super) fn hash_job(
         .collect()
 }
 
+/// A pack uploaded: its size, its index records, its buffer if it can be reused.
+type Uploaded = (u64, Vec<IndexRecord>, Option<Vec<u8>>);
+
 struct ParentInfo {
     key: Path,
     chunks: HashMap<ChunkHash, u32>,
@@ -136,7 +139,9 @@ pub(super) struct SaveState {
     parent: Option<ParentInfo>,
     index: Arc<ChunkIndex>,
     pack: PackBuilder,
-    uploads: JoinSet<Result<(u64, Vec<IndexRecord>)>>,
+    uploads: JoinSet<Result<Uploaded>>,
+    /// Buffers of uploaded packs, for the next ones.
+    spare: Vec<Vec<u8>>,
     /// Index records of the packs uploaded so far.
     pub records: Vec<IndexRecord>,
     /// Bytes of packs uploaded so far.
@@ -174,6 +179,7 @@ impl SnapshotStore {
             index,
             pack: PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
             uploads: JoinSet::new(),
+            spare: Vec::new(),
             records: Vec::new(),
             uploaded_bytes: 0,
             batch: Vec::new(),
@@ -308,10 +314,11 @@ impl SnapshotStore {
         while st.uploads.len() >= self.config.upload_concurrency {
             self.finish_one(st).await?;
         }
-        let pack = std::mem::replace(
-            &mut st.pack,
-            PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
-        );
+        let next = match st.spare.pop() {
+            Some(buf) => PackBuilder::with_buffer(buf),
+            None => PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
+        };
+        let pack = std::mem::replace(&mut st.pack, next);
         let store = self.clone();
         st.uploads.spawn(async move {
             let sealed = tokio::task::spawn_blocking(move || pack.seal())
@@ -319,8 +326,13 @@ impl SnapshotStore {
                 .map_err(joined)?;
             let n = sealed.bytes.len() as u64;
             store
-                .put(&pack_key(&sealed.id), sealed.bytes, PutMode::Overwrite)
+                .put(
+                    &pack_key(&sealed.id),
+                    sealed.bytes.clone(),
+                    PutMode::Overwrite,
+                )
                 .await?;
+            let buffer = sealed.bytes.try_into_mut().ok().map(Vec::from);
             let records = sealed
                 .entries
                 .iter()
@@ -334,16 +346,17 @@ impl SnapshotStore {
                     },
                 })
                 .collect();
-            Ok((n, records))
+            Ok((n, records, buffer))
         });
         Ok(())
     }
 
     async fn finish_one(&self, st: &mut SaveState) -> Result<()> {
         if let Some(done) = st.uploads.join_next().await {
-            let (n, records) = done.map_err(joined)??;
+            let (n, records, buffer) = done.map_err(joined)??;
             st.uploaded_bytes += n;
             st.records.extend(records);
+            st.spare.extend(buffer);
         }
         Ok(())
     }

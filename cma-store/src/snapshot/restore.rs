@@ -79,6 +79,16 @@ impl SnapshotStore {
         sandbox: &dyn Sandbox,
     ) -> Result<SnapshotManifest> {
         let m = self.manifest(id).await?;
+        if let Some(dir) = sandbox.local_workspace()
+            && !m.files.is_empty()
+        {
+            self.check_size(&m)?;
+            let fetcher = Fetcher::new(self).await?;
+            let plan = self.plan(&fetcher, &m).await?;
+            let ws = cap_std::fs::Dir::from_std_file(dir);
+            unpack::restore_staged(ws, fetcher, &m, plan).await?;
+            return Ok(m);
+        }
         let spool = self.fetch_verified(&m).await?;
         sandbox
             .import_workspace(file_stream(spool))
@@ -88,8 +98,8 @@ impl SnapshotStore {
     }
 
     /// Read a whole snapshot and check everything a restore checks, without a sandbox; also
-    /// read every pack holding its chunks whole and check it against its name, and every index
-    /// object as stored now (not as this process loaded it earlier).
+    /// read every pack holding its chunks whole and check all of it (its listing and every
+    /// chunk in it), and every index object as stored now (not as this process loaded it).
     pub async fn verify(&self, id: &SnapshotId) -> Result<SnapshotManifest> {
         let m = self.manifest(id).await?;
         self.fetch_verified(&m).await?;
@@ -120,7 +130,7 @@ impl SnapshotStore {
                     }
                     Err(e) => return Err(e),
                 };
-                tokio::task::spawn_blocking(move || pack::parse(&id, &data).map(|_| ()))
+                tokio::task::spawn_blocking(move || pack::verify(&id, &data))
                     .await
                     .map_err(joined)?
             })
@@ -130,8 +140,7 @@ impl SnapshotStore {
         Ok(m)
     }
 
-    /// Download, verify and spool the archive; returns the spool file at offset 0.
-    async fn fetch_verified(&self, m: &SnapshotManifest) -> Result<std::fs::File> {
+    fn check_size(&self, m: &SnapshotManifest) -> Result<()> {
         if m.archive_bytes > self.config.max_archive_bytes {
             return Err(Error::TooLarge {
                 what: format!("snapshot {}", m.id.as_str()),
@@ -139,6 +148,31 @@ impl SnapshotStore {
                 limit: self.config.max_archive_bytes,
             });
         }
+        Ok(())
+    }
+
+    /// Read a snapshot's file table and check it (see `unpack::plan`).
+    pub(super) async fn plan(
+        &self,
+        fetcher: &Fetcher,
+        m: &SnapshotManifest,
+    ) -> Result<unpack::Plan> {
+        let table = self.load_table(fetcher, &m.id, &m.files).await?;
+        let units = tables::decode_units(&table).ok_or_else(|| {
+            Error::corrupt(
+                format!("file table of snapshot {}", m.id.as_str()),
+                "malformed",
+            )
+        })?;
+        let m2 = m.clone();
+        tokio::task::spawn_blocking(move || unpack::plan(&m2, units))
+            .await
+            .map_err(joined)?
+    }
+
+    /// Download, verify and spool the archive; returns the spool file at offset 0.
+    async fn fetch_verified(&self, m: &SnapshotManifest) -> Result<std::fs::File> {
+        self.check_size(m)?;
         let dir = self
             .config
             .spool_dir

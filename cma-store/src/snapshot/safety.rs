@@ -52,7 +52,7 @@ fn clean_rel(path: &Path) -> Result<PathBuf> {
 }
 
 /// A symlink must resolve inside the workspace, lexically from its own directory.
-fn check_link(entry: &str, rel: &Path, target: &Path) -> Result<()> {
+pub(super) fn check_link(entry: &str, rel: &Path, target: &Path) -> Result<()> {
     if target.as_os_str().is_empty() {
         return Err(Error::unsafe_entry(entry, "empty symlink target"));
     }
