@@ -24,7 +24,7 @@ pub mod state;
 
 pub use snapshot::{
     GcConfig, GcReport, RetentionPolicy, RetentionReport, SnapshotConfig, SnapshotInfo,
-    SnapshotManifest, SnapshotStore,
+    SnapshotManifest, SnapshotStore, WakingSandbox, Woken,
 };
 
 /// Identifies one stored workspace snapshot (the SHA-256 of its stored manifest, hex encoded).

@@ -67,6 +67,11 @@ impl Fetcher {
         self.index.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// Every place the index lists a chunk in.
+    pub fn locate(&self, hash: &ChunkHash) -> Vec<Location> {
+        self.index().locate(hash)
+    }
+
     /// The packs the chunks are listed in (first places), and the chunks listed nowhere.
     pub fn packs_of(&self, refs: &[ChunkRef]) -> (HashSet<PackId>, Vec<ChunkRef>) {
         let index = self.index();

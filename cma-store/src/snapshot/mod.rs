@@ -62,12 +62,14 @@ mod chunk;
 mod chunk_index;
 mod error;
 mod fetch;
+mod gate;
 mod manifest;
 mod pack;
 mod pipeline;
 mod safety;
 mod tables;
 mod unpack;
+mod wake;
 mod walk;
 
 use std::collections::{HashMap, HashSet};
@@ -86,9 +88,11 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::sync::mpsc;
 
 pub use error::{Error, ErrorKind, Result};
+pub use gate::WakingSandbox;
 pub use manifest::{
     ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SnapshotManifest,
 };
+pub use wake::Woken;
 
 use self::chunk::{Chunker, TarCounter};
 use self::tables::Unit;

@@ -140,7 +140,7 @@ impl SnapshotStore {
         Ok(m)
     }
 
-    fn check_size(&self, m: &SnapshotManifest) -> Result<()> {
+    pub(super) fn check_size(&self, m: &SnapshotManifest) -> Result<()> {
         if m.archive_bytes > self.config.max_archive_bytes {
             return Err(Error::TooLarge {
                 what: format!("snapshot {}", m.id.as_str()),
