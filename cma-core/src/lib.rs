@@ -1,6 +1,6 @@
 //! The Claude Managed Agents (CMA) self-hosted environment protocol, in Rust.
 //!
-//! `cma-core` speaks the wire protocol of the official `anthropic` SDK 2.10.0 (see `PROTOCOL.md`):
+//! `cma-core` speaks the wire protocol of the official `anthropic` SDK 2.10.0 (see `docs/protocol.md`):
 //!
 //! * [`protocol`]: typed objects (work items, heartbeats, sessions, session events, environments);
 //!   unknown fields and unknown event types are preserved, never rejected.

@@ -1,4 +1,4 @@
-//! Typed objects of the CMA self-hosted environment protocol (PROTOCOL.md §1.4, §1.5, §2, §3, §4).
+//! Typed objects of the CMA self-hosted environment protocol (docs/protocol.md §1.4, §1.5, §2, §3, §4).
 //!
 //! Every object keeps the fields it does not know in an `extra` map (flattened on the wire) so a
 //! newer server never breaks an older worker and nothing is lost on a round trip. Event and state
@@ -134,7 +134,7 @@ macro_rules! open_enum {
 pub(crate) use open_enum;
 
 open_enum!(
-    /// Work item state (PROTOCOL.md §2.3, §3.5).
+    /// Work item state (docs/protocol.md §2.3, §3.5).
     WorkState {
         /// Waiting in the queue (possibly polled but not yet acknowledged).
         Queued = "queued",
@@ -157,7 +157,7 @@ impl WorkState {
 }
 
 open_enum!(
-    /// Session status (PROTOCOL.md §4).
+    /// Session status (docs/protocol.md §4).
     SessionStatus {
         /// The session is being moved to another runner.
         Rescheduling = "rescheduling",
@@ -170,7 +170,7 @@ open_enum!(
     }
 );
 
-/// The `data` of a work item: what the work is about (PROTOCOL.md §2.3).
+/// The `data` of a work item: what the work is about (docs/protocol.md §2.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkData {
     /// `session` for session work; the queue also emits other kinds (e.g. `healthcheck`).
@@ -194,7 +194,7 @@ fn work_type() -> String {
     "work".to_owned()
 }
 
-/// A work item (`BetaSelfHostedWork`, PROTOCOL.md §2.3).
+/// A work item (`BetaSelfHostedWork`, docs/protocol.md §2.3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Work {
     /// Always `work`.
@@ -237,13 +237,13 @@ pub struct Work {
 }
 
 impl Work {
-    /// The sessions token carried in [`Work::secret`], if any (PROTOCOL.md §1.4).
+    /// The sessions token carried in [`Work::secret`], if any (docs/protocol.md §1.4).
     pub fn sessions_token(&self) -> Option<String> {
         self.secret.as_deref().and_then(decode_sessions_token)
     }
 }
 
-/// Decode the sessions token from a work `secret` (PROTOCOL.md §1.4).
+/// Decode the sessions token from a work `secret` (docs/protocol.md §1.4).
 ///
 /// The secret is URL-safe base64 (padding optional) of a JSON object whose `sessions_token` must be a
 /// non-empty string. Anything else yields `None` and the caller falls back to the environment key.
@@ -268,14 +268,14 @@ pub fn encode_work_secret(sessions_token: &str) -> String {
     base64::engine::general_purpose::URL_SAFE.encode(json.to_string())
 }
 
-/// The `expected_last_heartbeat` value that claims an unclaimed lease (PROTOCOL.md §3.2).
+/// The `expected_last_heartbeat` value that claims an unclaimed lease (docs/protocol.md §3.2).
 pub const NO_HEARTBEAT: &str = "NO_HEARTBEAT";
 
 fn work_heartbeat_type() -> String {
     "work_heartbeat".to_owned()
 }
 
-/// Heartbeat response (`BetaSelfHostedWorkHeartbeatResponse`, PROTOCOL.md §3.1).
+/// Heartbeat response (`BetaSelfHostedWorkHeartbeatResponse`, docs/protocol.md §3.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkHeartbeat {
     /// Always `work_heartbeat`.
@@ -319,7 +319,7 @@ fn stats_type() -> String {
     "work_queue_stats".to_owned()
 }
 
-/// Work queue statistics (`GET …/work/stats`, PROTOCOL.md §2.1).
+/// Work queue statistics (`GET …/work/stats`, docs/protocol.md §2.1).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WorkQueueStats {
     /// Always `work_queue_stats`.
@@ -340,7 +340,7 @@ pub struct WorkQueueStats {
     pub extra: Extra,
 }
 
-/// A cursor page (PROTOCOL.md §1.7).
+/// A cursor page (docs/protocol.md §1.7).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Page<T> {
     /// The items of this page.
@@ -360,7 +360,7 @@ impl<T> Page<T> {
     }
 }
 
-/// Environment configuration (PROTOCOL.md §2.2, §8).
+/// Environment configuration (docs/protocol.md §2.2, §8).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum EnvironmentConfig {
@@ -396,7 +396,7 @@ fn environment_type() -> String {
     "environment".to_owned()
 }
 
-/// An environment (PROTOCOL.md §2.2).
+/// An environment (docs/protocol.md §2.2).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Environment {
     /// `env_…`.
@@ -430,7 +430,7 @@ pub struct Environment {
     pub extra: Extra,
 }
 
-/// A skill the agent uses (`agent.skills[]`, PROTOCOL.md §4).
+/// A skill the agent uses (`agent.skills[]`, docs/protocol.md §4).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SkillRef {
     /// `anthropic` or `custom`.
@@ -487,7 +487,7 @@ fn session_type() -> String {
     "session".to_owned()
 }
 
-/// A session (PROTOCOL.md §4). The worker reads `status`, `resources` and `agent.skills`.
+/// A session (docs/protocol.md §4). The worker reads `status`, `resources` and `agent.skills`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Session {
     /// `sesn_…`.
@@ -514,7 +514,7 @@ pub struct Session {
     pub extra: Extra,
 }
 
-/// A content block of a tool result (PROTOCOL.md §4.3).
+/// A content block of a tool result (docs/protocol.md §4.3).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ContentBlock {
@@ -683,7 +683,7 @@ pub struct ThreadStatus {
     pub extra: Extra,
 }
 
-/// A session event as received from the stream or the history (PROTOCOL.md §4.2).
+/// A session event as received from the stream or the history (docs/protocol.md §4.2).
 ///
 /// The variants the worker acts on are typed; every other event (including future types) is kept
 /// as [`SessionEvent::Other`] with its JSON intact.
@@ -855,7 +855,7 @@ impl<'de> Deserialize<'de> for SessionEvent {
     }
 }
 
-/// An event a client sends with `POST /v1/sessions/{id}/events` (PROTOCOL.md §4.3).
+/// An event a client sends with `POST /v1/sessions/{id}/events` (docs/protocol.md §4.3).
 ///
 /// Field order matches the official SDK byte for byte (vectors R13, R21–R23).
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -916,7 +916,7 @@ pub struct SendEventsRequest<'a> {
     pub events: &'a [SendEvent],
 }
 
-/// The `error` object inside an error response (PROTOCOL.md §1.5).
+/// The `error` object inside an error response (docs/protocol.md §1.5).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ApiErrorDetail {
     /// `invalid_request_error`, `not_found_error`, ….

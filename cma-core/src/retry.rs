@@ -1,4 +1,4 @@
-//! Retry and backoff arithmetic of the official SDK (PROTOCOL.md §1.6, §3.3), as pure functions.
+//! Retry and backoff arithmetic of the official SDK (docs/protocol.md §1.6, §3.3), as pure functions.
 //!
 //! Randomness and the clock are *inputs*: every function that jitters takes a `random` value in
 //! `[0, 1)` (callers pass [`random_unit`]), and the `retry-after` date form takes `now`. Tests can

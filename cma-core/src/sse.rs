@@ -1,4 +1,4 @@
-//! Incremental Server-Sent Events parser with the official SDK's framing rules (PROTOCOL.md §4.1).
+//! Incremental Server-Sent Events parser with the official SDK's framing rules (docs/protocol.md §4.1).
 //!
 //! [`SseParser`] is fed raw byte chunks as they arrive (chunk boundaries may fall anywhere, even
 //! inside a `\r\n` pair or a UTF-8 sequence) and returns the complete frames. Lines end at `\r`,
@@ -268,7 +268,7 @@ impl SseParser {
     }
 }
 
-/// What a consumer does with a frame (PROTOCOL.md §4.1).
+/// What a consumer does with a frame (docs/protocol.md §4.1).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FrameKind<'a> {

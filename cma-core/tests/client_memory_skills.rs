@@ -1,4 +1,4 @@
-//! Request encodings of the skills and memory-store endpoints (PROTOCOL.md §1.2, §4), captured
+//! Request encodings of the skills and memory-store endpoints (docs/protocol.md §1.2, §4), captured
 //! on loopback: paths, queries in the SDK's order, JSON bodies, betas, credential and helper.
 
 mod client_support;

@@ -1593,3 +1593,91 @@ async fn session_history_is_bounded_by_count_and_bytes() {
     let n = c.emu.session_events(&sid).len();
     assert!((40..=50).contains(&n), "{n} events kept");
 }
+
+/// Strict mode: a poll without `Anthropic-Worker-ID` (or with an empty one) is a 400
+/// `invalid_request_error` with code `worker_id_required`; with the header it is served. Without
+/// strict mode (the real API's behaviour) the header is optional. The scenario's `"strict": true`
+/// turns it on too.
+#[tokio::test]
+async fn strict_mode_rejects_polls_without_a_worker_id() {
+    let strict_scenario = Scenario::from_json(r#"{"strict": true}"#).unwrap();
+    for config in [
+        EmulatorConfig::default().strict(true),
+        EmulatorConfig::default().scenario(strict_scenario),
+    ] {
+        let c = ctx_with(config).await;
+        let path = c.work_path("/poll");
+        for header in [None, Some(""), Some("  ")] {
+            let mut req = c.req(Method::GET, &path, &c.env.key);
+            if let Some(h) = header {
+                req = req.header("anthropic-worker-id", h);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "header {header:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["type"], "invalid_request_error");
+            assert_eq!(body["error"]["details"]["error_code"], "worker_id_required");
+            assert_eq!(
+                body["error"]["message"],
+                cma_core::emulator::STRICT_WORKER_ID_MESSAGE
+            );
+        }
+        let r = c.poll("").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.unwrap(), "null");
+        let flagged: Vec<_> = c
+            .emu
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/work/poll"))
+            .map(|r| (r.worker_id.clone(), r.status))
+            .collect();
+        assert_eq!(flagged.len(), 4);
+        assert!(flagged[..3].iter().all(|(_, s)| *s == Some(400)));
+        assert_eq!(flagged[3], (Some("wrk-test".to_owned()), Some(200)));
+    }
+    let lax = ctx().await;
+    let r = lax
+        .req(Method::GET, &lax.work_path("/poll"), &lax.env.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the real API serves such polls");
+}
+
+/// A scripted session can name its agent (`agent_id` in the scenario or on the script); the
+/// default is `agent_emulator`.
+#[tokio::test]
+async fn scripted_sessions_can_name_their_agent() {
+    let scenario = Scenario::from_json(
+        r#"{"environments": [{"id": "env_a"}],
+            "sessions": [{"id": "sesn_named", "environment": "env_a", "agent_id": "agent_build"}]}"#,
+    )
+    .unwrap();
+    let c = ctx_with(EmulatorConfig::default().scenario(scenario)).await;
+    let scripted = c
+        .emu
+        .create_session(
+            &c.env.id,
+            Script::new(vec![], ScriptEnd::Idle).agent_id("agent_scripted"),
+        )
+        .unwrap();
+    let plain = c
+        .emu
+        .create_session(&c.env.id, Script::new(vec![], ScriptEnd::Idle))
+        .unwrap();
+    for (sid, want) in [
+        ("sesn_named", "agent_build"),
+        (scripted.as_str(), "agent_scripted"),
+        (plain.as_str(), "agent_emulator"),
+    ] {
+        let r = c
+            .req(Method::GET, &format!("/v1/sessions/{sid}"), &c.api())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["agent"]["id"], want, "{sid}");
+    }
+}

@@ -1,4 +1,4 @@
-//! Webhook signing and verification (PROTOCOL.md §7) against the SDK's vectors
+//! Webhook signing and verification (docs/protocol.md §7) against the SDK's vectors
 //! (sdk-test-vectors.md §7), through the tower layer in a real axum router, and under proptest.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

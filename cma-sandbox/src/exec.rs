@@ -13,7 +13,7 @@ use crate::error::SandboxError;
 /// Default wall-clock limit of a command or script (the official `bash` tool's 120 s).
 pub const DEFAULT_EXEC_TIMEOUT: Duration = Duration::from_secs(120);
 /// Default cap on captured output per stream, in bytes (the official `bash` tool keeps 100 KiB;
-/// PROTOCOL.md §6.2).
+/// docs/protocol.md §6.2).
 pub const DEFAULT_MAX_OUTPUT_BYTES: usize = 102_400;
 /// Default heap limit of an `execute` script, in bytes.
 pub const DEFAULT_EXECUTE_MEMORY_LIMIT: usize = 64 * 1024 * 1024;

@@ -1,5 +1,5 @@
 //! [`ToolContext`]: everything a tool call may use — the session's sandbox, ids, the path policy
-//! of the file tools (PROTOCOL.md §6.1), size caps, the per-call deadline and cancellation, and
+//! of the file tools (docs/protocol.md §6.1), size caps, the per-call deadline and cancellation, and
 //! the session's persistent shell.
 //!
 //! A context is made once per session and cloned per call (clones share the session state, such

@@ -1,5 +1,5 @@
 //! Typed custom tools: a host's async function over a serde-deserializable input, with a
-//! hand-written JSON Schema, becomes a [`Tool`] (PROTOCOL.md §6.6).
+//! hand-written JSON Schema, becomes a [`Tool`] (docs/protocol.md §6.6).
 //!
 //! The input is validated like the official function tools before the function runs: it must be
 //! an object, unknown keys are refused (unless [`CustomTool::allow_unknown_keys`]), required keys

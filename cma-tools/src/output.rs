@@ -1,5 +1,5 @@
 //! What a tool returns ([`ToolOutput`]), how it fails ([`ToolError`]) and the content the worker
-//! posts for it ([`PostedResult`], PROTOCOL.md §5.5).
+//! posts for it ([`PostedResult`], docs/protocol.md §5.5).
 //!
 //! The conversion rules are the official session runner's: an empty result reads `(no output)`,
 //! `text`/`image`/`document`/`search_result` blocks pass through, any other block is turned into

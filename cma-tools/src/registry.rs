@@ -1,7 +1,7 @@
 //! The [`Tool`] trait and the [`ToolRegistry`] a runner dispatches calls through.
 //!
 //! The registry is keyed by name; registering a tool whose name is already present replaces the
-//! earlier one (a custom tool may shadow a built-in, PROTOCOL.md §6.6). A call for a name that is
+//! earlier one (a custom tool may shadow a built-in, docs/protocol.md §6.6). A call for a name that is
 //! not registered is *not* answered ([`DispatchError::UnknownTool`]): another client owns it.
 
 use std::collections::HashMap;

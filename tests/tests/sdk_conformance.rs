@@ -12,7 +12,7 @@
 //!   `/root/.cache/cma-venv/bin/python`, which `.ci/run` prepares). A missing interpreter or SDK
 //!   fails the test: this check must never pass silently.
 //! * The scenarios are `tests/sdk/*.json`; [`expected_results`] holds what the SDK's tools answer
-//!   to each scripted call (PROTOCOL.md §5.5, §6), and every test checks each call got that
+//!   to each scripted call (docs/protocol.md §5.5, §6), and every test checks each call got that
 //!   answer (or none, for denied calls). They also check how the work item ended: `stopped` by
 //!   the worker's final `stop {"force": true}` (§3.4, §5.3), in the fault test only after a 412
 //!   made the worker drop it, the lease ran out and the worker claimed it again.
@@ -126,7 +126,7 @@ enum Expect {
     Nothing,
 }
 
-/// The results the SDK's tools give (PROTOCOL.md §5.4, §5.5, §6) for the calls of a scenario of
+/// The results the SDK's tools give (docs/protocol.md §5.4, §5.5, §6) for the calls of a scenario of
 /// `tests/sdk/`, in call order, for a worker whose working directory is `workdir` (canonical).
 fn expected_results(file: &str, workdir: &Path) -> Vec<(&'static str, Expect)> {
     let ok = |text: &str| Expect::Text(text.to_owned(), false);
@@ -370,7 +370,7 @@ async fn sdk_worker_follows_permissions_and_ends_an_idle_session_after_max_idle(
     )
     .await;
 
-    // `ask` + allow runs, `ask` + deny and `deny` never run (PROTOCOL.md §5.4), a failing
+    // `ask` + allow runs, `ask` + deny and `deny` never run (docs/protocol.md §5.4), a failing
     // command and a missing file are error results (§6.2, §6.1).
     assert_results(
         "scenario-idle.json",
@@ -423,7 +423,7 @@ async fn sdk_worker_completes_despite_412_heartbeat_dropped_stream_and_429() {
     .await;
 
     assert_eq!(emu.faults_remaining(), 0, "every injected fault was hit");
-    // The 412 made the worker drop the item without stopping it (PROTOCOL.md §3.4); the
+    // The 412 made the worker drop the item without stopping it (docs/protocol.md §3.4); the
     // emulator re-queued it when the lease ran out and the worker claimed it again.
     assert!(
         log.contains("lease lost"),

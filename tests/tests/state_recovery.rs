@@ -308,8 +308,20 @@ async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted(
         .expect("report");
     assert_eq!(first.warm_count(), 1);
 
+    // The webhook reaches another replica (its own host, the shared state store): this
+    // process's warm sandbox outlives the termination, as it would if the process had died.
+    let replica = ControlPlane::builder(
+        h.client.clone(),
+        h.env.id.clone(),
+        h.key(),
+        host(h.isolate(), store.clone()),
+    )
+    .state_store(store.clone())
+    .build()
+    .expect("replica");
     let ended = webhook_about("wevt_end", "session.status_terminated", &sid);
-    assert_eq!(plane.on_webhook(&ended).await, WebhookAction::Ignored);
+    assert_eq!(replica.on_webhook(&ended).await, WebhookAction::Ignored);
+    assert_eq!(first.warm_count(), 1);
     let record = store.get_session(&sid).await.unwrap().unwrap();
     assert_eq!(record.status, SessionStatus::Terminated);
     let log = store.list_transitions(&sid, 0, 100).await.unwrap();
@@ -322,6 +334,8 @@ async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted(
     );
 
     // After a restart its sandbox is destroyed, not adopted, and the session stays terminated.
+    plane.shutdown(std::time::Duration::from_secs(5)).await;
+    replica.shutdown(std::time::Duration::from_secs(5)).await;
     drop(plane);
     drop(first);
     let second = host(h.isolate(), store.clone());

@@ -1,4 +1,4 @@
-//! Typed API errors (PROTOCOL.md §1.5) and their retry classification (§1.6).
+//! Typed API errors (docs/protocol.md §1.5) and their retry classification (§1.6).
 
 use std::fmt;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! The memory-store endpoints the worker syncs a session's memory with (PROTOCOL.md §4, §5.3):
+//! The memory-store endpoints the worker syncs a session's memory with (docs/protocol.md §4, §5.3):
 //! `/v1/memory_stores/{memory_store_id}/memories[/{memory_id}]`, beta `agent-memory-2026-07-22`.
 //!
 //! They accept a work item's sessions token (the server rejects the environment key). An update

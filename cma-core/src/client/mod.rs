@@ -1,4 +1,4 @@
-//! HTTP clients of the CMA protocol (PROTOCOL.md §1–§4).
+//! HTTP clients of the CMA protocol (docs/protocol.md §1–§4).
 //!
 //! One shared [`Client`] (a `reqwest` connection pool over rustls plus a [`ClientConfig`]) hands
 //! out per-resource clients bound to exactly one [`Credential`]:
@@ -13,7 +13,7 @@
 //! * [`Client::memory_store`] → [`MemoryStoreClient`]: list, retrieve, create, update (with a
 //!   `content_sha256` precondition) and delete the memories of one store.
 //!
-//! Every request carries the headers of PROTOCOL.md §1.2 and goes through the core retry policy
+//! Every request carries the headers of docs/protocol.md §1.2 and goes through the core retry policy
 //! of §1.6 (see [`crate::retry`]). Errors are typed ([`ApiError`], [`ApiErrorKind`]).
 //!
 //! ```no_run

@@ -1,4 +1,4 @@
-//! Session endpoints the worker uses (PROTOCOL.md §4).
+//! Session endpoints the worker uses (docs/protocol.md §4).
 
 use std::collections::VecDeque;
 use std::fmt;

@@ -1,4 +1,4 @@
-//! The skills endpoints the worker uses to download a session agent's skills (PROTOCOL.md §4,
+//! The skills endpoints the worker uses to download a session agent's skills (docs/protocol.md §4,
 //! §5.3): `GET /v1/skills/{skill_id}/versions/{version}` and
 //! `GET /v1/skills/{skill_id}/versions/{version_id}/content`.
 //!

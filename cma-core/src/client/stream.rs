@@ -1,4 +1,4 @@
-//! The session event stream (PROTOCOL.md §4.1) and the runner's reconnect policy (§1.6).
+//! The session event stream (docs/protocol.md §4.1) and the runner's reconnect policy (§1.6).
 
 use std::collections::VecDeque;
 use std::fmt;

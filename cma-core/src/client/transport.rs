@@ -1,5 +1,5 @@
 //! Configuration, credentials and the retrying HTTP transport shared by every client
-//! (PROTOCOL.md §1.1–§1.3, §1.6).
+//! (docs/protocol.md §1.1–§1.3, §1.6).
 
 use std::fmt;
 use std::sync::Arc;
@@ -23,7 +23,7 @@ pub const BASE_URL_ENV: &str = "ANTHROPIC_BASE_URL";
 pub const ANTHROPIC_VERSION: &str = "2026-10-21";
 /// The beta every environments / work / sessions call carries.
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
-/// The beta the memory-store endpoints carry instead (PROTOCOL.md §1.2).
+/// The beta the memory-store endpoints carry instead (docs/protocol.md §1.2).
 pub const AGENT_MEMORY_BETA: &str = "agent-memory-2026-07-22";
 /// Default connect timeout.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -36,7 +36,7 @@ pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
 /// Default `user-agent`.
 pub const DEFAULT_USER_AGENT: &str = concat!("cma/", env!("CARGO_PKG_VERSION"));
 
-/// The `x-stainless-helper` telemetry tag the SDK sends from its helpers (PROTOCOL.md §1.2).
+/// The `x-stainless-helper` telemetry tag the SDK sends from its helpers (docs/protocol.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Helper {
@@ -48,7 +48,7 @@ pub enum Helper {
     SessionToolRunner,
 }
 
-/// Which resource beta a request appends to the configured extra betas (PROTOCOL.md §1.2).
+/// Which resource beta a request appends to the configured extra betas (docs/protocol.md §1.2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub(crate) enum Beta {
     /// `managed-agents-2026-04-01` (environments, work, sessions, events).
@@ -93,7 +93,7 @@ impl fmt::Debug for Secret {
     }
 }
 
-/// The one credential a request carries, always as `Authorization: Bearer …` (PROTOCOL.md §1.3).
+/// The one credential a request carries, always as `Authorization: Bearer …` (docs/protocol.md §1.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Credential {
@@ -122,7 +122,7 @@ impl Credential {
     }
 
     /// The credential for a work item's own calls: its sessions token when its `secret` carries
-    /// one, else `environment_key` (PROTOCOL.md §1.4).
+    /// one, else `environment_key` (docs/protocol.md §1.4).
     pub fn for_work(work: &Work, environment_key: &Credential) -> Self {
         match work.sessions_token() {
             Some(token) => Self::sessions_token(token),
@@ -447,7 +447,10 @@ pub(crate) struct Request {
     pub query: Vec<(String, String)>,
     pub body: Body,
     pub helper: Option<Helper>,
+    /// Send `Anthropic-Worker-ID` (polls only): this id, else the configured one.
     pub send_worker_id: bool,
+    /// The worker id of this request, overriding the configured one.
+    pub worker_id: Option<Arc<str>>,
     /// The resource beta appended to the configured ones.
     pub beta: Beta,
     /// `accept` value (default `application/json`).
@@ -463,6 +466,7 @@ impl Request {
             body: Body::None,
             helper: None,
             send_worker_id: false,
+            worker_id: None,
             beta: Beta::ManagedAgents,
             accept: "application/json",
         }
@@ -678,7 +682,7 @@ impl Client {
             h.insert("anthropic-workspace-id", static_value(ws)?);
         }
         if req.send_worker_id
-            && let Some(id) = &cfg.worker_id
+            && let Some(id) = req.worker_id.as_deref().or(cfg.worker_id.as_deref())
         {
             h.insert("anthropic-worker-id", static_value(id)?);
         }

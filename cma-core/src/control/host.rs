@@ -1,5 +1,7 @@
-//! [`SandboxHost`]: places each session in a sandbox of the backend a [`BackendSelector`] picks,
-//! reuses a warm sandbox for the session's next item, and disposes of expired ones.
+//! [`SandboxHost`]: places each session in a sandbox of the backend and profile (image, limits,
+//! env) a [`BackendSelector`] picks, reuses a warm sandbox for the session's next item, and
+//! disposes of expired ones when the control plane runs its maintenance
+//! ([`SessionHost::maintain`]), along with snapshot retention.
 //!
 //! What runs inside the sandbox is decided by an [`ExecutorFactory`] (the agent toolset over the
 //! sandbox, plus custom tools); the host only manages sandboxes.
@@ -19,10 +21,10 @@ use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
 use super::record::{SessionChange, StateRecorder, Status, events};
-use super::select::{BackendSelector, Placement};
+use super::select::{BackendSelector, Placement, SandboxProfile};
 use super::warm::WarmPool;
-use crate::control::snapshots::WorkspaceSnapshots;
-use crate::protocol::{Session, SessionId, Work, WorkId};
+use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
+use crate::protocol::{Session, SessionId, SessionStatus, Work, WorkId};
 use crate::runner::lease::LeaseEnd;
 use crate::runner::memory::memory_mounts;
 use crate::runner::session::{HostError, SessionHost, ToolExecutor};
@@ -82,6 +84,9 @@ impl Default for SandboxHostConfig {
 #[derive(Clone)]
 struct Placed {
     backend: String,
+    /// The profile the sandbox was made with; `None` for a sandbox re-adopted after a restart
+    /// (reused by any profile of the same backend).
+    profile: Option<SandboxProfile>,
     sandbox: Arc<dyn Sandbox>,
     /// Host directories made for memory mounts, removed with the sandbox.
     host_dirs: Vec<PathBuf>,
@@ -118,6 +123,11 @@ pub struct SandboxHost {
     open: Mutex<HashMap<WorkId, Placed>>,
     state: StateRecorder,
     snapshots: Option<Arc<dyn WorkspaceSnapshots>>,
+    retention: Option<SnapshotRetention>,
+    /// When snapshot housekeeping is due next (`None`: at the first maintenance pass); locked
+    /// while a pass runs, so passes never overlap.
+    next_housekeeping: tokio::sync::Mutex<Option<Instant>>,
+    housekeeping_passes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -155,7 +165,64 @@ impl SandboxHost {
             open: Mutex::new(HashMap::new()),
             state: StateRecorder::default(),
             snapshots: None,
+            retention: None,
+            next_housekeeping: tokio::sync::Mutex::new(None),
+            housekeeping_passes: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Apply `policy` to the snapshot store (set with [`SandboxHost::with_snapshots`] first) on
+    /// the control plane's maintenance passes: every `policy.interval`, snapshots the policy
+    /// does not keep are deleted and then the chunks no snapshot uses any more. Refused when the
+    /// host has no snapshot store, the store cannot apply retention, or the policy is invalid.
+    pub fn with_snapshot_retention(mut self, policy: SnapshotRetention) -> Result<Self, HostError> {
+        policy.validate()?;
+        match &self.snapshots {
+            None => {
+                return Err(HostError::new(
+                    "snapshot retention needs a snapshot store (call with_snapshots first)",
+                ));
+            }
+            Some(store) if !store.supports_retention() => {
+                return Err(HostError::new(
+                    "this snapshot store does not implement retention",
+                ));
+            }
+            Some(_) => {}
+        }
+        self.retention = Some(policy);
+        Ok(self)
+    }
+
+    /// How many snapshot housekeeping passes (retention, then chunk collection) have run.
+    pub fn housekeeping_passes(&self) -> u64 {
+        self.housekeeping_passes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Run snapshot housekeeping if it is due; when it is due next.
+    async fn housekeep_if_due(&self) -> Option<Instant> {
+        let (Some(policy), Some(store)) = (&self.retention, &self.snapshots) else {
+            return None;
+        };
+        // Another pass is running (a second plane over this host): it sets the next time.
+        let mut next = self.next_housekeeping.try_lock().ok()?;
+        if let Some(due) = *next
+            && due > Instant::now()
+        {
+            return Some(due);
+        }
+        match store.housekeep(policy).await {
+            Ok(report) => tracing::info!(?report, "snapshot retention and chunk collection done"),
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot housekeeping failed; trying again at the next interval")
+            }
+        }
+        self.housekeeping_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let due = Instant::now() + policy.interval;
+        *next = Some(due);
+        Some(due)
     }
 
     /// Keep sessions' workspaces across sandboxes: save a snapshot when a session's work item
@@ -207,6 +274,8 @@ impl SandboxHost {
     }
 
     /// Destroy warm sandboxes whose keep-warm time is over; returns how many were destroyed.
+    /// The control plane calls it through [`SessionHost::maintain`] at each sandbox's deadline
+    /// (and placement calls it too); a host without a plane calls it itself.
     pub async fn reap_expired(&self) -> usize {
         let expired = lock(&self.warm).take_expired(Instant::now().into_std());
         let n = expired.len();
@@ -276,15 +345,31 @@ impl SandboxHost {
     }
 
     /// Pick up after a restart from the state store (a no-op without one). Call it once, before the
-    /// control plane starts claiming work.
+    /// control plane starts claiming work (nothing enforces this).
     ///
-    /// Sessions recorded as placed or running lost their work item with the previous process and
-    /// are marked sleeping. Each recorded sandbox whose session still points at it (and is not
-    /// terminated) is resumed and kept warm for the session's next item, as if its item had just
-    /// ended; every other recorded sandbox is destroyed. Sandboxes that no longer exist are
-    /// forgotten. Sandboxes the store does not know are left alone (another plane may own them).
-    /// At most [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandboxes per backend are handled
-    /// per call.
+    /// In this order:
+    /// 1. Every session recorded as placed or running lost its work item with the previous
+    ///    process: it is marked sleeping (event `interrupted`) and keeps its recorded sandbox.
+    /// 2. For each backend registered with this host (in name order), each sandbox the store
+    ///    records for it: when the record's session exists, is not terminated and still points at
+    ///    this sandbox on this backend, the sandbox is resumed and kept warm for the session's next
+    ///    item as if its item had just ended (session idle; past `max_warm` the oldest warm
+    ///    sandbox is destroyed). Every other recorded sandbox is destroyed. A sandbox the backend
+    ///    no longer has (or whose recorded id is invalid) is forgotten, and its session, if it
+    ///    wanted it, marked sleeping. One the backend fails to resume or destroy stays recorded and
+    ///    is tried again on the next call. Records of backends not registered here are untouched.
+    ///    Memory-mount directories of the previous process are not recorded: they stay on disk.
+    /// 3. Every sandbox a registered backend still lists that the store does not record is an
+    ///    orphan and is destroyed: also sandboxes of another control plane that shares the backend
+    ///    (the same isolate root directory, the same Docker `instance`), so give each plane its
+    ///    own. A backend whose `list` fails is skipped.
+    ///
+    /// Only the first [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandbox records of each
+    /// backend are read: with more, the sandboxes past them are neither resumed nor kept, and
+    /// step 3 destroys them as orphans.
+    ///
+    /// A failure to read the store fails the call (what was done before stays done); a backend's
+    /// failures are logged and counted in [`RecoveryReport::failed`].
     #[cfg(feature = "store")]
     pub async fn recover(&self) -> Result<RecoveryReport, HostError> {
         use cma_sandbox::{SandboxErrorKind, SandboxId};
@@ -361,6 +446,7 @@ impl SandboxHost {
                         Ok(sandbox) => {
                             let placed = Placed {
                                 backend: name.clone(),
+                                profile: None,
                                 sandbox,
                                 // Memory mount directories of the previous process are not
                                 // recorded; the restored session gets fresh ones on its next item.
@@ -497,14 +583,20 @@ impl SandboxHost {
     }
 
     async fn place(&self, work: &Work, session: &Session) -> Result<Placed, HostError> {
-        let name = self.selector.select(&Placement { work, session });
+        let profile = self.selector.select(&Placement { work, session });
+        let name = profile.backend.clone();
         let backend = self.backends.get(&name).ok_or_else(|| {
             HostError::new(format!("no sandbox backend named {name:?} is registered"))
         })?;
+        profile
+            .validate("the selected sandbox profile", None)
+            .map_err(|e| HostError::with_source(format!("placing session {}", session.id), e))?;
         let now = Instant::now().into_std();
         let warm = lock(&self.warm).take(&session.id, now);
         if let Some(placed) = warm {
-            if placed.backend == name {
+            let same =
+                placed.backend == name && placed.profile.as_ref().is_none_or(|p| *p == profile);
+            if same {
                 tracing::debug!(session_id = %session.id, sandbox = placed.sandbox.id().as_str(), "reusing the session's warm sandbox");
                 self.state
                     .session(SessionChange {
@@ -519,10 +611,11 @@ impl SandboxHost {
                     .await;
                 return Ok(placed);
             }
-            // The rule now picks another backend: retire the old sandbox.
+            // The rule now picks another backend or profile: retire the old sandbox.
             self.dispose(placed).await;
         }
         let mut spec = self.config.spec.clone();
+        profile.apply(&mut spec);
         spec.session_id = Some(session.id.to_string());
         spec.environment_id = Some(work.environment_id.to_string());
         spec.labels
@@ -561,6 +654,7 @@ impl SandboxHost {
             .await;
         let placed = Placed {
             backend: name,
+            profile: Some(profile),
             session_id: session.id.clone(),
             sandbox,
             host_dirs,
@@ -634,6 +728,13 @@ impl SessionHost for SandboxHost {
         let Some(placed) = lock(&self.open).remove(&work.id) else {
             return;
         };
+        if end.hands_over_session() || session.status == SessionStatus::Terminated {
+            // Another worker may own the session now, or it is over: its sandbox is nobody's
+            // next state, so it is neither kept warm nor saved as the newest snapshot.
+            tracing::info!(session_id = %session.id, reason = ?end, status = ?session.status, "destroying the sandbox (lease lost or session over)");
+            self.dispose(placed).await;
+            return;
+        }
         if let Some(store) = &self.snapshots {
             match store
                 .save(session.id.as_str(), placed.sandbox.as_ref())
@@ -659,5 +760,22 @@ impl SessionHost for SandboxHost {
         for p in evicted {
             self.dispose(p).await;
         }
+    }
+
+    async fn session_ended(&self, session_id: &SessionId) {
+        let warm = lock(&self.warm).remove(session_id);
+        if let Some(placed) = warm {
+            tracing::info!(session_id = %session_id, sandbox = placed.sandbox.id().as_str(), "session over; destroying its warm sandbox");
+            self.dispose(placed).await;
+        }
+    }
+
+    /// Destroy warm sandboxes whose keep-warm time is over, run snapshot housekeeping when it
+    /// is due; the next time either is due.
+    async fn maintain(&self) -> Option<Instant> {
+        self.reap_expired().await;
+        let housekeeping = self.housekeep_if_due().await;
+        let warm = lock(&self.warm).next_deadline().map(Instant::from_std);
+        warm.into_iter().chain(housekeeping).min()
     }
 }

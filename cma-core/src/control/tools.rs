@@ -93,7 +93,7 @@ type Configure = dyn Fn(ToolContext, &Work, &Session) -> ToolContext + Send + Sy
 /// (`cma_tools::registry_for`), the host's custom tools, and a [`ToolContext`] carrying the
 /// session and work ids, the extra roots of [`ToolsetFactory::with_mounts`], and the folders of
 /// the session's memory stores (allowed roots; read-only stores also read-only roots, as the
-/// official worker does, PROTOCOL.md §6.1).
+/// official worker does, docs/protocol.md §6.1).
 #[derive(Clone, Default)]
 pub struct ToolsetFactory {
     custom: Vec<Arc<dyn Tool>>,

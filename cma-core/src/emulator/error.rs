@@ -1,4 +1,4 @@
-//! Error responses (PROTOCOL.md §1.5) and the emulator's own start-up errors.
+//! Error responses (docs/protocol.md §1.5) and the emulator's own start-up errors.
 
 use std::path::PathBuf;
 

@@ -29,13 +29,13 @@ use super::scenario::{Script, validate_call};
 use super::state::{Cred, EnvOptions, EventQuery, State, Subscription};
 use super::webhooks::DeliveryLog;
 
-/// The beta every environments/work/sessions call must carry (PROTOCOL.md §1.2).
+/// The beta every environments/work/sessions call must carry (docs/protocol.md §1.2).
 pub const MANAGED_AGENTS_BETA: &str = "managed-agents-2026-04-01";
 /// Most events one `POST /events` may carry.
 pub const MAX_EVENTS_PER_SEND: usize = 100;
 /// Largest `limit` of a list call.
 pub const MAX_LIST_LIMIT: usize = 1000;
-/// `block_ms` above this is capped (PROTOCOL.md §2.1: the server caps at 999).
+/// `block_ms` above this is capped (docs/protocol.md §2.1: the server caps at 999).
 pub const MAX_BLOCK_MS: u64 = 999;
 
 /// Shared by every handler.
@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) webhook_log: Option<DeliveryLog>,
     /// Every request received (bounded).
     pub(crate) requests: Mutex<RequestLog>,
+    /// Strict mode: reject what the real API tolerates but the official worker never does.
+    pub(crate) strict: bool,
 }
 
 impl Shared {
@@ -382,6 +384,9 @@ fn ok_json<T: serde::Serialize>(v: &T) -> Res {
 
 // -------------------------------------------------------------------- work queue
 
+/// The 400 message of a poll without `Anthropic-Worker-ID` in strict mode.
+pub const STRICT_WORKER_ID_MESSAGE: &str = "strict mode: work/poll requires an Anthropic-Worker-ID header (the official worker always sends one, `<hostname>-<12 hex digits>`; the API counts workers_polling from it)";
+
 async fn poll(
     AxState(app): AxState<App>,
     Path(env): Path<String>,
@@ -401,7 +406,11 @@ async fn poll(
     let worker = headers
         .get("anthropic-worker-id")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
         .map(str::to_owned);
+    if app.strict && worker.is_none() {
+        return Err(ApiError::bad_request(STRICT_WORKER_ID_MESSAGE).with_code("worker_id_required"));
+    }
     let start = Instant::now();
     loop {
         let notified = app.work_notify.notified();

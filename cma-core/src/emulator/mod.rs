@@ -1,4 +1,4 @@
-//! A local Claude Managed Agents server on loopback (PROTOCOL.md §9), with scripted agents.
+//! A local Claude Managed Agents server on loopback (docs/protocol.md §9), with scripted agents.
 //!
 //! The emulator speaks the wire protocol the official SDK 2.10.0 worker expects: environments
 //! (§2.2), the work queue with pending items, reclaim, per-item secrets and leases (§2.1, §3),
@@ -40,6 +40,10 @@
 //!   `work/stats` counts a polled item as `pending` until the default reclaim delay has passed,
 //!   then as `depth` again; `workers_polling` counts distinct `Anthropic-Worker-ID`s of the last
 //!   30 s. A re-queued item (lease expiry) goes to the back of the queue.
+//! * **Strict mode** ([`EmulatorConfig::strict`], scenario `"strict": true`): a poll without
+//!   `Anthropic-Worker-ID` gets 400 `invalid_request_error` with code `worker_id_required` and
+//!   [`STRICT_WORKER_ID_MESSAGE`], so a worker that would be invisible in `workers_polling` fails
+//!   loudly. Off by default: the real API serves such polls.
 //! * **Ack** moves `queued → starting`; acking an item that is not queued is a 409.
 //! * **Heartbeat** (§3.2): `NO_HEARTBEAT` claims an item that has no heartbeat yet (`starting →
 //!   active`); otherwise the value must equal the stored `last_heartbeat` exactly (microsecond
@@ -53,7 +57,8 @@
 //! * **Stop**: `{}` moves a live item to `stopping` (a queued one straight to `stopped`),
 //!   `{"force":true}` to `stopped`; a stopped item answers 409.
 //! * **Sessions**: `POST /v1/sessions` (API key) takes `{"environment_id": "env_…",
-//!   "metadata"?: {…}, "title"?: …, "emulator_script"?: {"calls": […], "end": "idle"|"terminate"}}`
+//!   "metadata"?: {…}, "title"?: …, "emulator_script"?: {"calls": […], "end": "idle"|"terminate",
+//!   "agent_id"?: "agent_…"}}`
 //!   (other fields are ignored) and queues a work item. A `user.message` sent to a session whose
 //!   work item is stopped queues a new one.
 //! * **Events**: `GET /events` supports `limit` (≤ 1000, default 100), `page`, `order`
@@ -63,7 +68,7 @@
 //!   `event: ping` keep-alives, an opening `: stream opened` comment so headers go out at once; it
 //!   ends after `session.status_terminated`/`session.deleted`. Connecting to a terminated session
 //!   replays its terminal event and closes.
-//! * **Skills** (PROTOCOL.md §4): `GET /v1/skills/{id}/versions/{version}` (`latest` resolves to
+//! * **Skills** (docs/protocol.md §4): `GET /v1/skills/{id}/versions/{version}` (`latest` resolves to
 //!   the newest version) and `…/versions/{version_id}/content` (the archive bytes as added: zip,
 //!   tar or tar.gz); any valid credential, no beta required. Add them with
 //!   [`Emulator::add_skill`] / [`Emulator::add_skill_files`] or the scenario's `skills`.
@@ -137,7 +142,10 @@ use crate::protocol::{SessionStatus, Work, WorkData};
 
 pub use error::EmulatorError;
 pub use faults::{Endpoint, Fault};
-pub use http::{MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT};
+pub use http::{
+    MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT,
+    STRICT_WORKER_ID_MESSAGE,
+};
 pub use requests::{AuthKind, MAX_LOGGED_BODY_BYTES, MAX_LOGGED_REQUESTS, RequestRecord};
 pub use resources::{MemoryAttachment, SessionAttachments, SkillAttachment};
 pub use scenario::{
@@ -188,6 +196,11 @@ pub struct EmulatorConfig {
     pub workspace_id: String,
     /// Served from the start.
     pub scenario: Scenario,
+    /// Strict mode (also the scenario's `strict`): a `work/poll` without `Anthropic-Worker-ID`
+    /// is answered 400 `invalid_request_error` (code `worker_id_required`) instead of being
+    /// served. The real API serves such a poll but cannot count the worker in
+    /// `workers_polling`; the official worker always sends the header.
+    pub strict: bool,
 }
 
 impl Default for EmulatorConfig {
@@ -206,6 +219,7 @@ impl Default for EmulatorConfig {
             organization_id: "org_emulator".into(),
             workspace_id: "wrkspc_emulator".into(),
             scenario: Scenario::default(),
+            strict: false,
         }
     }
 }
@@ -274,6 +288,12 @@ impl EmulatorConfig {
     /// Largest request body.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// Strict mode (see [`EmulatorConfig::strict`]).
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
         self
     }
 }
@@ -395,7 +415,10 @@ impl Emulator {
                 .create_session(
                     &s.environment,
                     s.id.clone(),
-                    Script::new(s.calls.clone(), s.end),
+                    Script {
+                        agent_id: s.agent_id.clone(),
+                        ..Script::new(s.calls.clone(), s.end)
+                    },
                     true,
                     serde_json::json!({}),
                     Value::Null,
@@ -430,6 +453,7 @@ impl Emulator {
                 .clamp(Duration::from_millis(10), Duration::from_secs(3600)),
             webhook_log,
             requests: Mutex::default(),
+            strict: sc.strict || config.strict,
         });
         {
             let mut book = shared.fault_book();

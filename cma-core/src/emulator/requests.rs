@@ -21,7 +21,7 @@ pub const MAX_LOGGED_REQUESTS: usize = 10_000;
 /// `{"force":true}`).
 pub const MAX_LOGGED_BODY_BYTES: usize = 4096;
 
-/// Which kind of credential a request carried (PROTOCOL.md §1.3).
+/// Which kind of credential a request carried (docs/protocol.md §1.3).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum AuthKind {

@@ -1,4 +1,4 @@
-//! Skills and memory stores: the catalogue the emulator serves to workers (PROTOCOL.md §4) and
+//! Skills and memory stores: the catalogue the emulator serves to workers (docs/protocol.md §4) and
 //! the HTTP handlers of `/v1/skills/…` and `/v1/memory_stores/…/memories`.
 //!
 //! * Skills: `GET /v1/skills/{skill_id}/versions/{version}` (`latest` resolves to the newest

@@ -38,7 +38,7 @@ pub const MAX_WORK_ITEMS: usize = 100_000;
 /// Sessions kept; beyond it the oldest deleted or terminated ones are forgotten, and creation
 /// fails with 429 when none can be.
 pub const MAX_SESSIONS: usize = 10_000;
-/// Workers count as polling for this long after their last poll (PROTOCOL.md §2.1).
+/// Workers count as polling for this long after their last poll (docs/protocol.md §2.1).
 const WORKERS_POLLING_WINDOW: Duration = Duration::from_secs(30);
 
 /// RFC 3339, UTC, `Z`, milliseconds.
@@ -993,7 +993,9 @@ impl State {
             id: id.clone(),
             env_id: env.to_owned(),
             status: SessionStatus::Idle,
-            agent: json!({"type": "agent", "id": "agent_emulator", "name": "emulator scripted agent",
+            agent: json!({"type": "agent",
+                          "id": script.agent_id.as_deref().unwrap_or("agent_emulator"),
+                          "name": "emulator scripted agent",
                           "version": 1, "skills": [], "tools": tools, "mcp_servers": []}),
             metadata,
             title,

@@ -1,4 +1,4 @@
-//! Signed webhook delivery (Standard Webhooks, PROTOCOL.md §7).
+//! Signed webhook delivery (Standard Webhooks, docs/protocol.md §7).
 //!
 //! The API only pushes a note into a bounded queue ([`Outbox::send`] never blocks; a full queue
 //! drops the note with a warning). One background task delivers notes in order, each POST with a

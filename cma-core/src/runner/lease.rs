@@ -1,4 +1,4 @@
-//! The work-item lease: the heartbeat loop and how a lease ends (PROTOCOL.md §3.3, §3.4).
+//! The work-item lease: the heartbeat loop and how a lease ends (docs/protocol.md §3.3, §3.4).
 //!
 //! The loop is written against a heartbeat *function* so its rules (first beat `NO_HEARTBEAT`,
 //! echo `last_heartbeat`, interval from TTL, 412 ⇒ lost, TTL without success ⇒ assumed lost,
@@ -45,6 +45,13 @@ pub enum LeaseEnd {
 }
 
 impl LeaseEnd {
+    /// Whether the lease ended because another worker may hold the item now (412, or no
+    /// successful heartbeat within the TTL): the session's sandbox is then not this worker's to
+    /// keep warm or to snapshot as the session's newest state.
+    pub fn hands_over_session(&self) -> bool {
+        matches!(self, Self::LeaseLost { .. } | Self::AssumedLost)
+    }
+
     /// Whether the worker must still force-stop the item: every reason but a lost lease (§3.4).
     pub fn should_force_stop(&self) -> bool {
         !matches!(self, Self::LeaseLost { .. } | Self::AssumedLost)

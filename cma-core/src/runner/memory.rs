@@ -1,5 +1,5 @@
 //! Memory stores: download each store attached to a session into the sandbox, sync it back while
-//! the session runs, and flush it at teardown (PROTOCOL.md §5.3; the behaviour follows the SDK
+//! the session runs, and flush it at teardown (docs/protocol.md §5.3; the behaviour follows the SDK
 //! 2.10.0 worker).
 //!
 //! A store lands at its `mount_path` (which must be a clean absolute path) or, without one, at

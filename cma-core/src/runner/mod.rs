@@ -1,5 +1,5 @@
 //! The session runner: keeps a work item's lease alive while it executes the session's tool calls
-//! (PROTOCOL.md §3, §5).
+//! (docs/protocol.md §3, §5).
 //!
 //! [`state`] holds the pure bookkeeping (which calls to run, hold, drop; the idle rule).
 

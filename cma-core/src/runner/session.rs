@@ -1,10 +1,11 @@
 //! Running one claimed work item: the lease, the session's event stream, tool dispatch and the
-//! final force-stop (PROTOCOL.md §5.3, §5.4).
+//! final force-stop (docs/protocol.md §5.3, §5.4).
 //!
 //! The runner does not know how tools run: it hands each call it owns to a [`ToolExecutor`]
 //! (the control plane plugs in `cma-tools` over a sandbox). Every request goes through the typed
 //! clients of [`crate::client`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -22,7 +23,9 @@ use crate::client::{
     ApiError, Client, Credential, EnvironmentClient, HeartbeatParams, Helper, ListEventsParams,
     ReconnectPolicy, SessionClient, StreamItem, StreamParams,
 };
-use crate::protocol::{ContentBlock, EnvironmentId, SendEvent, Session, SessionStatus, Work};
+use crate::protocol::{
+    ContentBlock, EnvironmentId, SendEvent, Session, SessionId, SessionStatus, Work,
+};
 use crate::retry;
 
 /// Outer bound on one tool call (§5.1 `TOOL_TIMEOUT`); strictly above bash's own 120 s default.
@@ -82,7 +85,7 @@ pub trait ToolExecutor: Send + Sync {
     async fn close(&self) {}
 
     /// The sandbox the tools run in, when there is one: the runner writes the session's skills
-    /// and memory stores into it (PROTOCOL.md §5.3). Executors without one get no skills, and
+    /// and memory stores into it (docs/protocol.md §5.3). Executors without one get no skills, and
     /// a session with memory stores fails on them.
     fn sandbox(&self) -> Option<Arc<dyn cma_sandbox::Sandbox>> {
         None
@@ -101,8 +104,27 @@ pub trait SessionHost: Send + Sync {
         session: &Session,
     ) -> Result<Arc<dyn ToolExecutor>, HostError>;
 
-    /// The item's run ended (its tool calls are finished); `end` says why.
+    /// The item's run ended (its tool calls are finished); `end` says why. `session` is the
+    /// session as the item last saw it: its `status` is `terminated` when the event stream
+    /// reported it terminated or deleted. After a lost lease ([`LeaseEnd::LeaseLost`],
+    /// [`LeaseEnd::AssumedLost`]) another worker may own the session, and a terminated session
+    /// is over: a host must then neither keep the sandbox for the session's next item nor save
+    /// it as the session's newest state ([`LeaseEnd::hands_over_session`]).
     async fn close(&self, work: &Work, session: &Session, end: &LeaseEnd);
+
+    /// The session is over (terminated or deleted, seen by a work item or a webhook): release
+    /// whatever the host still keeps for it (e.g. a warm sandbox). Default: nothing.
+    async fn session_ended(&self, _session_id: &SessionId) {}
+
+    /// Housekeeping the control plane runs for the host while it runs (release warm sandboxes
+    /// whose keep-warm time is over, apply snapshot retention, …), so no duty is left to the
+    /// host's own timers. Returns when the host wants to be called next; `None` means "not
+    /// before something changes" (the plane also calls it after every item and at least every
+    /// [`ControlPlaneConfig::maintenance_interval`](crate::control::plane::ControlPlaneConfig::maintenance_interval)).
+    /// Default: nothing to do.
+    async fn maintain(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// A host could not place a session.
@@ -520,9 +542,9 @@ impl SessionRunner {
             .memory
             .take()
             .map(|m| Arc::new(tokio::sync::Mutex::new(m)));
-        let posted = if interrupted {
+        let (posted, session_over) = if interrupted {
             executor.close().await;
-            0
+            (0, false)
         } else {
             let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
             let stop = CancellationToken::new();
@@ -554,6 +576,12 @@ impl SessionRunner {
                     "memory handle still shared at teardown; skipping the final sync"
                 ),
             }
+        }
+        // The host's `close` and the item's outcome see the session as it ended: a session the
+        // stream reported over is not kept warm or snapshotted as anyone's next state.
+        let mut session = session;
+        if session_over {
+            session.status = SessionStatus::Terminated;
         }
         self.teardown(work, &session, sandbox, workspace, clean_end, host, end)
             .await;
@@ -654,6 +682,8 @@ impl SessionRunner {
     }
 
     /// The session tool runner (§5.4): stream + reconcile, dispatch one call at a time, idle rule.
+    /// Returns the results posted and whether the stream reported the session over
+    /// (`session.status_terminated` / `session.deleted`).
     async fn run_tools(
         &self,
         session: SessionClient,
@@ -661,11 +691,12 @@ impl SessionRunner {
         lease: LeaseHandle,
         stop: CancellationToken,
         memory: Option<Arc<tokio::sync::Mutex<SessionMemory>>>,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let owned = executor.tool_names();
         let state = Arc::new(Mutex::new(RunnerState::new(owned)));
         let changed = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<(ToolCall, bool)>(DISPATCH_QUEUE);
+        let session_over = Arc::new(AtomicBool::new(false));
 
         let stream_task = stream_loop(
             session.clone(),
@@ -675,6 +706,7 @@ impl SessionRunner {
             tx,
             stop.clone(),
             self.observer.clone(),
+            session_over.clone(),
         );
         let closer = executor.clone();
         let dispatch_task = dispatch_loop(
@@ -692,7 +724,7 @@ impl SessionRunner {
         let idle_task = idle_watchdog(self.config.max_idle, state, changed, stop.clone());
         let (_, posted, _) = tokio::join!(stream_task, dispatch_task, idle_task);
         closer.close().await;
-        posted
+        (posted, session_over.load(Ordering::SeqCst))
     }
 }
 
@@ -711,6 +743,7 @@ async fn apply(
     tx: &mpsc::Sender<(ToolCall, bool)>,
     stop: &CancellationToken,
     observer: &Option<Arc<dyn RunnerObserver>>,
+    session_over: &AtomicBool,
 ) {
     for action in actions {
         match action {
@@ -728,6 +761,7 @@ async fn apply(
             }
             Action::Stop => {
                 tracing::info!("session terminated");
+                session_over.store(true, Ordering::SeqCst);
                 stop.cancel();
             }
         }
@@ -749,6 +783,7 @@ async fn reconcile_history(session: &SessionClient) -> Option<Vec<crate::protoco
     Some(all)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn stream_loop(
     session: SessionClient,
     policy: ReconnectPolicy,
@@ -757,6 +792,7 @@ async fn stream_loop(
     tx: mpsc::Sender<(ToolCall, bool)>,
     stop: CancellationToken,
     observer: Option<Arc<dyn RunnerObserver>>,
+    session_over: Arc<AtomicBool>,
 ) {
     let mut stream = session.reconnecting_stream(StreamParams::default(), policy);
     loop {
@@ -782,7 +818,7 @@ async fn stream_loop(
             }
         };
         changed.notify_one();
-        apply(actions, &tx, &stop, &observer).await;
+        apply(actions, &tx, &stop, &observer, &session_over).await;
     }
 }
 

@@ -1,5 +1,5 @@
 //! Skills: download each of the session agent's skills and write it into the sandbox under
-//! `{workdir}/skills/<name>/` (PROTOCOL.md §5.3), then remove those directories at teardown.
+//! `{workdir}/skills/<name>/` (docs/protocol.md §5.3), then remove those directories at teardown.
 //!
 //! Everything goes through the [`Sandbox`] API, so it works on every backend. Archives are
 //! untrusted: an entry with an absolute path or a `..` component fails the skill; symlinks, hard

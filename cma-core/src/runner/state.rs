@@ -1,4 +1,4 @@
-//! The session tool runner's bookkeeping as a pure state machine (PROTOCOL.md §5.4).
+//! The session tool runner's bookkeeping as a pure state machine (docs/protocol.md §5.4).
 //!
 //! It decides, from the events of a session (history and live stream), which tool calls to run,
 //! hold, drop or leave to another client, and when the idle countdown runs. It performs no I/O and

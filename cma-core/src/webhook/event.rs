@@ -1,4 +1,4 @@
-//! The webhook envelope (PROTOCOL.md §7.2) and its event catalogue (§7.3).
+//! The webhook envelope (docs/protocol.md §7.2) and its event catalogue (§7.3).
 //!
 //! Payloads are thin: ids only. Unknown event types and unknown fields are kept, so a newer
 //! server never breaks an older receiver and re-serializing keeps every field.
@@ -88,7 +88,7 @@ impl WebhookEventData {
 }
 
 open_enum!(
-    /// `data.type` of a webhook event (PROTOCOL.md §7.3). Unknown values are kept in `Other`.
+    /// `data.type` of a webhook event (docs/protocol.md §7.3). Unknown values are kept in `Other`.
     WebhookEventType {
         /// `session.created`
         SessionCreated = "session.created",
@@ -192,7 +192,7 @@ open_enum!(
 );
 
 impl WebhookEventType {
-    /// Every type in the catalogue this version knows (PROTOCOL.md §7.3), in table order.
+    /// Every type in the catalogue this version knows (docs/protocol.md §7.3), in table order.
     pub const KNOWN: [WebhookEventType; 49] = [
         Self::SessionCreated,
         Self::SessionPending,

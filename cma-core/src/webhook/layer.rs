@@ -1,5 +1,5 @@
 //! [`VerifyLayer`]: tower middleware that authenticates webhook deliveries before the handler
-//! sees them (PROTOCOL.md §7.1, ECOSYSTEM.md §5).
+//! sees them (docs/protocol.md §7.1, ECOSYSTEM.md §5).
 //!
 //! It buffers the body under a cap, verifies it with a [`Verifier`], parses the envelope and
 //! hands the inner service the same request with the buffered body. It does not deduplicate by

@@ -1,4 +1,4 @@
-//! Webhooks (PROTOCOL.md §7): Standard Webhooks signatures over CMA event deliveries.
+//! Webhooks (docs/protocol.md §7): Standard Webhooks signatures over CMA event deliveries.
 //!
 //! * [`WebhookSecret`]: the `whsec_…` key, parsed with the SDK's lenient base64 rules.
 //! * [`sign`] / [`sign_headers`]: produce a delivery's `webhook-signature` (and headers).

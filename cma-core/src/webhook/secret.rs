@@ -24,7 +24,7 @@ pub enum SecretError {
     },
 }
 
-/// The HMAC-SHA256 key that signs and verifies webhook deliveries (PROTOCOL.md §7.1).
+/// The HMAC-SHA256 key that signs and verifies webhook deliveries (docs/protocol.md §7.1).
 ///
 /// The [`Debug`] form never shows the key.
 ///

@@ -1,4 +1,4 @@
-//! Producing Standard Webhooks signatures (PROTOCOL.md §7.1): the `v1,<base64>` value and the
+//! Producing Standard Webhooks signatures (docs/protocol.md §7.1): the `v1,<base64>` value and the
 //! three delivery headers. Used by the emulator to send deliveries and by tests; checking lives in
 //! `verify.rs`.
 

@@ -1,4 +1,4 @@
-//! Checking a delivery (PROTOCOL.md §7.1): headers, timestamp tolerance, `v1` signatures.
+//! Checking a delivery (docs/protocol.md §7.1): headers, timestamp tolerance, `v1` signatures.
 //!
 //! Works on the raw body bytes exactly as received; never re-serializes or requires UTF-8. Only
 //! after the signature matches is the body parsed into a [`WebhookEvent`].
@@ -14,7 +14,7 @@ use sha2::Sha256;
 use super::sign::{keyed_mac, signed_content_mac};
 use super::{HEADER_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, WebhookEvent, WebhookSecret};
 
-/// How far a delivery's `webhook-timestamp` may be from the clock, either way (PROTOCOL.md §7.1:
+/// How far a delivery's `webhook-timestamp` may be from the clock, either way (docs/protocol.md §7.1:
 /// ±5 minutes, boundary included).
 pub const DEFAULT_TOLERANCE: Duration = Duration::from_secs(300);
 

@@ -56,14 +56,29 @@
 //! # Runtime
 //! The backend must be used from within a tokio runtime (it uses the blocking pool).
 //!
+//! # The spec's knobs
+//! - `memory_bytes`: caps the heap of `execute` scripts (a request's own
+//!   [`memory_limit`](crate::ExecuteRequest::memory_limit) can only lower it); `0` is refused.
+//! - `disk_bytes`: a quota on the workspace, enforced on every write path (file writes,
+//!   `execute`'s `fs.*`, archive imports); see [`QUOTA_ENTRY_BYTES`] for what counts. A write
+//!   that would pass it fails with [`QuotaExceeded`](crate::SandboxErrorKind::QuotaExceeded)
+//!   and leaves what was there intact. Resumed sandboxes count what their workspace holds.
+//! - `pids`: honoured trivially: nothing in an isolate sandbox is a process.
+//! - `mounts`, `labels`, `session_id`, `environment_id`: applied and recorded.
+//! - `image`, `cpus`, `env` and `egress` are refused with
+//!   [`Unsupported`](crate::SandboxErrorKind::Unsupported): there is no image, no CPU limit, no
+//!   command that could read an environment, and outbound `fetch` goes through the backend's
+//!   [`EgressHook`] ([`IsolateBackend::with_egress`]) rather than a proxy endpoint.
+//!
 //! # Not supported
-//! [`exec`](crate::Sandbox::exec) (no shell: use `execute`), and the spec's `image`, `cpus`,
-//! `pids`, `disk_bytes` and `env` (ignored). `memory_bytes` caps the heap of `execute` scripts.
+//! [`exec`](crate::Sandbox::exec) and [`open_interactive`](crate::Sandbox::open_interactive)
+//! (no shell: use `execute`).
 
 mod archive;
 mod egress;
 mod js;
 mod meta;
+mod quota;
 mod workspace;
 
 use std::collections::HashMap;
@@ -82,9 +97,11 @@ use tokio::sync::mpsc;
 
 pub use egress::{DenyAllEgress, EgressHook, FetchError, FetchRequest, FetchResponse};
 pub use js::{MAX_SCRIPT_READ_BYTES, SCRIPT_STACK_BYTES};
+pub use quota::QUOTA_ENTRY_BYTES;
 pub use workspace::{MAX_DIR_ENTRIES, MAX_NAME_BYTES, MAX_PATH_BYTES};
 
 use self::meta::{MAX_META_BYTES, Meta};
+use self::quota::Quota;
 use self::workspace::{MountPoint, Workspace, map_io, normalize, read_bounded};
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
@@ -196,6 +213,7 @@ impl IsolateBackend {
             path: WORKDIR.to_string(),
             dir,
             read_only: false,
+            quota: None,
         }];
         Ok(Arc::new(IsolateSandbox {
             id,
@@ -204,6 +222,7 @@ impl IsolateBackend {
             backend: self.inner.clone(),
             egress: self.egress.clone(),
             memory_cap: None,
+            managed: false,
         }))
     }
 
@@ -260,12 +279,20 @@ impl IsolateBackend {
                 path,
                 dir,
                 read_only: m.read_only,
+                quota: None,
             });
         }
         Ok(out)
     }
 
-    fn open_sandbox(&self, id: SandboxId, meta: &Meta) -> Result<Arc<dyn Sandbox>> {
+    /// Open a sandbox's mounts and workspace. With a quota, `fresh` says the workspace is
+    /// known to be empty; otherwise what it holds is measured first.
+    async fn open_sandbox(
+        &self,
+        id: SandboxId,
+        meta: &Meta,
+        fresh: bool,
+    ) -> Result<Arc<dyn Sandbox>> {
         let mut mounts = Self::open_mounts(&meta.mounts)?;
         let ws_rel = format!("{id}/{WORKSPACE_DIR}");
         let dir = self
@@ -273,10 +300,22 @@ impl IsolateBackend {
             .root
             .open_dir(&ws_rel)
             .map_err(|e| map_io(e, WORKDIR))?;
+        let (dir, quota) = match meta.disk_bytes {
+            None => (dir, None),
+            Some(limit) if fresh => (dir, Some(Quota::new(limit, 0))),
+            Some(limit) => {
+                blocking(move || {
+                    let used = quota::measure(&dir, Path::new(""), WORKDIR)?;
+                    Ok((dir, Some(Quota::new(limit, used))))
+                })
+                .await?
+            }
+        };
         mounts.push(MountPoint {
             path: WORKDIR.to_string(),
             dir,
             read_only: false,
+            quota,
         });
         let stopped = self.register(&id);
         Ok(Arc::new(IsolateSandbox {
@@ -286,6 +325,7 @@ impl IsolateBackend {
             backend: self.inner.clone(),
             egress: self.egress.clone(),
             memory_cap: meta.memory_bytes,
+            managed: true,
         }))
     }
 
@@ -322,8 +362,43 @@ impl IsolateBackend {
             archive: true,
             resume: true,
             network: egress.allows_network(),
+            disk_quota: true,
             ..Capabilities::default()
         }
+    }
+
+    /// Refuse the spec's knobs this backend cannot honour (see the module docs).
+    fn check_spec(spec: &SandboxSpec) -> Result<()> {
+        let unsupported = |knob: &str, why: &str| {
+            Err(SandboxError::unsupported(format!(
+                "isolate backend: SandboxSpec::{knob} cannot be honoured: {why}"
+            )))
+        };
+        if spec.image.is_some() {
+            return unsupported("image", "an isolate sandbox runs no container image");
+        }
+        if spec.cpus.is_some() {
+            return unsupported("cpus", "the isolate backend has no CPU limit");
+        }
+        if !spec.env.is_empty() {
+            return unsupported(
+                "env",
+                "an isolate sandbox runs no command that could read environment variables",
+            );
+        }
+        if spec.egress.is_some() {
+            return unsupported(
+                "egress",
+                "scripts reach the network only through the backend's EgressHook (IsolateBackend::with_egress)",
+            );
+        }
+        if spec.memory_bytes == Some(0) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                "isolate backend: SandboxSpec::memory_bytes must be greater than 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -338,7 +413,8 @@ impl SandboxBackend for IsolateBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
-        // Validate mounts before touching the root.
+        // Validate the spec and its mounts before touching the root.
+        Self::check_spec(spec)?;
         drop(Self::open_mounts(&spec.mounts)?);
         let meta = Meta::from_spec(spec, spec.mounts.clone());
         let encoded = meta.encode()?;
@@ -369,7 +445,7 @@ impl SandboxBackend for IsolateBackend {
                 "isolate backend: cannot set up the sandbox directory",
             ));
         }
-        match self.open_sandbox(id.clone(), &meta) {
+        match self.open_sandbox(id.clone(), &meta, true).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 let _ = root.remove_dir_all(id.as_str());
@@ -385,7 +461,7 @@ impl SandboxBackend for IsolateBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(map_io(e, WORKDIR)),
         }
-        self.open_sandbox(id.clone(), &meta)
+        self.open_sandbox(id.clone(), &meta, false).await
     }
 
     async fn list(&self) -> Result<Vec<SandboxInfo>> {
@@ -479,6 +555,9 @@ pub struct IsolateSandbox {
     backend: Arc<Inner>,
     egress: Arc<dyn EgressHook>,
     memory_cap: Option<u64>,
+    /// Made by `create`/`resume` (under the backend's root), not `open_directory`: it can be
+    /// resumed by id.
+    managed: bool,
 }
 
 impl fmt::Debug for IsolateSandbox {
@@ -518,7 +597,10 @@ impl Sandbox for IsolateSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        IsolateBackend::capabilities_of(&*self.egress)
+        let mut caps = IsolateBackend::capabilities_of(&*self.egress);
+        // A directory opened in place is not the backend's: `resume` cannot find it.
+        caps.resume = self.managed;
+        caps
     }
 
     fn workdir(&self) -> &str {
@@ -553,7 +635,8 @@ impl Sandbox for IsolateSandbox {
 
     async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
         let ws = self.live()?;
-        if data.len() as u64 <= INLINE_IO_BYTES {
+        // With a quota, writes wait for each other's lock: never on a runtime thread.
+        if data.len() as u64 <= INLINE_IO_BYTES && !ws.has_quota() {
             ws.write_file(path, &data)
         } else {
             let ws = ws.clone();
@@ -563,7 +646,13 @@ impl Sandbox for IsolateSandbox {
     }
 
     async fn create_dir_all(&self, path: &str) -> Result<()> {
-        self.live()?.create_dir_all(path)
+        let ws = self.live()?;
+        if !ws.has_quota() {
+            return ws.create_dir_all(path);
+        }
+        let ws = ws.clone();
+        let path = path.to_string();
+        blocking(move || ws.create_dir_all(&path)).await
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
@@ -572,9 +661,15 @@ impl Sandbox for IsolateSandbox {
         blocking(move || ws.read_dir(&path)).await
     }
 
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        let ws = self.live()?.clone();
+        let paths = paths.to_vec();
+        blocking(move || Ok(paths.iter().map(|p| ws.read_dir_unsorted(p)).collect())).await
+    }
+
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
         let ws = self.live()?;
-        if recursive {
+        if recursive || ws.has_quota() {
             let ws = ws.clone();
             let path = path.to_string();
             blocking(move || ws.remove(&path, true)).await
@@ -643,11 +738,11 @@ impl Sandbox for IsolateSandbox {
             .with_source(e)
         })?;
         blocking(move || {
-            let dir = ws.workspace_dir().ok_or_else(|| {
+            let mount = ws.workspace_mount().ok_or_else(|| {
                 SandboxError::new(SandboxErrorKind::Backend, "workspace mount missing")
             })?;
             let mut reader = archive::StreamReader::new(tar, handle);
-            archive::import(dir, &mut reader)
+            archive::import(&mount.dir, mount.quota.as_ref(), &mut reader)
         })
         .await
     }

@@ -8,7 +8,7 @@ use super::StateError;
 use crate::SnapshotId;
 
 /// The longest id (session, work, sandbox, owner, webhook, policy, secret name, backend name) a store
-/// accepts, in bytes. Ids in PROTOCOL.md are far shorter; the bound keeps rows and indexes small.
+/// accepts, in bytes. Ids in docs/protocol.md are far shorter; the bound keeps rows and indexes small.
 pub const MAX_ID_BYTES: usize = 256;
 /// The longest transition event name, in bytes.
 pub const MAX_EVENT_BYTES: usize = 64;

@@ -1,4 +1,4 @@
-//! The `bash` tool (PROTOCOL.md §6.2).
+//! The `bash` tool (docs/protocol.md §6.2).
 //!
 //! Three ways to run, chosen per call from the context and the sandbox:
 //! 1. a [`ShellLauncher`](crate::ShellLauncher) is set on the context, or the sandbox reports

@@ -1,4 +1,4 @@
-//! `read`, `write` and `edit` (PROTOCOL.md §6.3, §6.4).
+//! `read`, `write` and `edit` (docs/protocol.md §6.3, §6.4).
 
 use async_trait::async_trait;
 use base64::Engine as _;

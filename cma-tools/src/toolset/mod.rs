@@ -1,6 +1,6 @@
 //! The built-in `agent_toolset_20260401` tools — `bash`, `read`, `write`, `edit`, `glob`,
 //! `grep` — with the official definitions, input validation, limits, output formats and error
-//! texts (PROTOCOL.md §6), written once against `&dyn Sandbox`; plus the `execute` tool for
+//! texts (docs/protocol.md §6), written once against `&dyn Sandbox`; plus the `execute` tool for
 //! sandboxes that run JavaScript.
 //!
 //! Input validation follows the official tools (pydantic "lax" mode): the input must be an

@@ -1,4 +1,4 @@
-//! The file tools' path policy (PROTOCOL.md §6.1), evaluated through the sandbox API only.
+//! The file tools' path policy (docs/protocol.md §6.1), evaluated through the sandbox API only.
 //!
 //! A path is joined to the workdir when relative, collapsed lexically (`.`, `..`, `//`), then
 //! every symlink on it is followed with `lstat`/`read_link` — including a dangling final one,

@@ -23,7 +23,7 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Serve the local CMA emulator (PROTOCOL.md §9) on 127.0.0.1.
+    /// Serve the local CMA emulator (docs/protocol.md §9) on 127.0.0.1.
     Emulator(emulator::Args),
     /// Run a control plane for one environment (configuration file; keys from the environment).
     Run(run::Args),

@@ -1,4 +1,4 @@
-//! `cma webhook`: sign or verify one Standard Webhooks delivery (PROTOCOL.md §7.1) from the
+//! `cma webhook`: sign or verify one Standard Webhooks delivery (docs/protocol.md §7.1) from the
 //! shell, with the body on stdin. For debugging receivers and replaying captured deliveries; the
 //! logic lives in `cma_core::webhook`.
 
