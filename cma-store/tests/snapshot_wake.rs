@@ -16,7 +16,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use cma_sandbox::{ExecuteRequest, SandboxErrorKind};
-use cma_store::snapshot::{ErrorKind, SnapshotStore};
+use cma_store::snapshot::{ErrorKind, RESTORE_MARKER, SnapshotStore, restore_unfinished};
 use common::*;
 use futures::stream::BoxStream;
 use object_store::memory::InMemory;
@@ -177,6 +177,7 @@ async fn a_small_file_is_read_before_the_restore_ends_and_the_workspace_ends_exa
     woken.finished().await.unwrap();
     assert_eq!(listing(&dst.host), listing(&f.src.host));
     assert!(woken.sandbox.local_workspace().is_some());
+    assert!(!restore_unfinished(dst.sandbox.as_ref()).await.unwrap());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,9 +264,12 @@ async fn a_restore_failing_half_way_fails_what_waits_and_leaves_no_partial_file(
             .await
             .is_err()
     );
-    // Whatever is on disk under a snapshot name is complete; no temporary is left behind.
+    // Whatever is on disk under a snapshot name is complete; no temporary is left behind,
+    // and the workspace stays marked as partial.
     let src = listing(&f.src.host);
-    for (path, entry) in listing(&dst.host) {
+    let mut on_disk = listing(&dst.host);
+    assert!(on_disk.remove(RESTORE_MARKER.as_bytes()).is_some());
+    for (path, entry) in on_disk {
         assert!(
             !String::from_utf8_lossy(&path).contains(".cma-restore-"),
             "left behind: {}",
@@ -285,6 +289,14 @@ async fn a_restore_failing_half_way_fails_what_waits_and_leaves_no_partial_file(
         .await
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Sandbox, "{err}");
+    // Nor from the sandbox underneath (a control plane restarted after a crash sees this).
+    assert!(restore_unfinished(dst.sandbox.as_ref()).await.unwrap());
+    let err = f
+        .store
+        .save("sesn_wake", dst.sandbox.as_ref(), Some(&f.id))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput, "{err}");
     assert_eq!(f.store.list("sesn_wake").await.unwrap().len(), 1);
 }
 

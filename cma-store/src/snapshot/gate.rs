@@ -13,7 +13,9 @@
 //!   climbs with `..` or passes through a symlink of the snapshot, and `local_workspace`, which
 //!   answers `None` until the restore is complete (a save then reads the export, which waits).
 //!
-//! Paths outside the workspace (other mounts) do not wait. If the restore fails, what waits
+//! The restore's marker (see the `marker` module) is left out of listings of the workspace
+//! root, and asking about it waits for the whole restore (it goes last). Paths outside the
+//! workspace (other mounts) do not wait. If the restore fails, what waits
 //! fails with a [`cma_sandbox::SandboxErrorKind::Io`] error naming the snapshot and the cause.
 
 use std::sync::Arc;
@@ -26,6 +28,7 @@ use cma_sandbox::{
     SandboxStatus, TreeFound, TreeSearch,
 };
 
+use super::marker::RESTORE_MARKER;
 use super::wake::{Background, Need, PathNeed, WakeState};
 
 /// A sandbox whose workspace is being restored in the background; see the module docs of
@@ -119,7 +122,18 @@ impl WakingSandbox {
         match resolve(self.inner.workdir(), path) {
             Resolved::Outside => Ok(()),
             Resolved::Unsure => self.state.wait_all().await,
+            // The marker goes last: asking about it waits for the end.
+            Resolved::Rel(rel) if rel == RESTORE_MARKER.as_bytes() => self.state.wait_all().await,
             Resolved::Rel(rel) => self.state.wait(self.state.need_path(&rel, what)).await,
+        }
+    }
+
+    /// Listings of the workspace root while the restore runs leave the marker out.
+    fn hide_marker(&self, path: &str, entries: &mut Vec<DirEntry>) {
+        if !self.state.complete()
+            && resolve(self.inner.workdir(), path) == Resolved::Rel(Vec::new())
+        {
+            entries.retain(|e| e.name != RESTORE_MARKER);
         }
     }
 
@@ -213,12 +227,31 @@ impl Sandbox for WakingSandbox {
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
         self.path(path, PathNeed::Children).await?;
-        self.inner.read_dir(path).await
+        let mut entries = self.inner.read_dir(path).await?;
+        self.hide_marker(path, &mut entries);
+        Ok(entries)
     }
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
         self.paths(paths, PathNeed::Children).await?;
-        self.inner.read_dirs(paths).await
+        let mut out = self.inner.read_dirs(paths).await?;
+        for (p, r) in paths.iter().zip(out.iter_mut()) {
+            if let Ok(entries) = r {
+                self.hide_marker(p, entries);
+            }
+        }
+        Ok(out)
+    }
+
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        self.paths(paths, PathNeed::Children).await?;
+        let mut out = self.inner.read_dirs_unsorted(paths).await?;
+        for (p, r) in paths.iter().zip(out.iter_mut()) {
+            if let Ok(entries) = r {
+                self.hide_marker(p, entries);
+            }
+        }
+        Ok(out)
     }
 
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {

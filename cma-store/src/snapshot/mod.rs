@@ -64,6 +64,7 @@ mod error;
 mod fetch;
 mod gate;
 mod manifest;
+mod marker;
 mod pack;
 mod pipeline;
 mod safety;
@@ -92,6 +93,7 @@ pub use gate::WakingSandbox;
 pub use manifest::{
     ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SnapshotManifest,
 };
+pub use marker::{RESTORE_MARKER, restore_unfinished};
 pub use wake::Woken;
 
 use self::chunk::{Chunker, TarCounter};

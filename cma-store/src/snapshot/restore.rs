@@ -90,10 +90,20 @@ impl SnapshotStore {
             return Ok(m);
         }
         let spool = self.fetch_verified(&m).await?;
+        // Marked while the import writes (it may stop half-way; see the `marker` module).
+        let marker = marker::marker_path(sandbox);
+        sandbox
+            .write_file(&marker, Bytes::from(m.id.as_str().to_owned()))
+            .await
+            .map_err(|e| Error::sandbox("marking the restore", e))?;
         sandbox
             .import_workspace(file_stream(spool))
             .await
             .map_err(|e| Error::sandbox("import_workspace", e))?;
+        sandbox
+            .remove(&marker, false)
+            .await
+            .map_err(|e| Error::sandbox("unmarking the restore", e))?;
         Ok(m)
     }
 

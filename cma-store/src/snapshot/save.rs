@@ -70,7 +70,8 @@ impl SnapshotStore {
     /// without checking each one, and, when the sandbox's workspace is a directory on this
     /// host ([`Sandbox::local_workspace`]), files whose metadata did not change since the
     /// parent are not even read. Only chunks the store lacks are uploaded; the manifest is
-    /// written last. Returns the new snapshot's manifest (its id in `.id`).
+    /// written last. Returns the new snapshot's manifest (its id in `.id`). A workspace whose
+    /// restore did not finish ([`RESTORE_MARKER`]) is refused with [`Error::InvalidInput`].
     pub async fn save(
         &self,
         session_id: &str,
@@ -78,6 +79,8 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
+        // (A sandbox still restoring in the background makes this wait for the restore.)
+        marker::refuse_partial(sandbox).await?;
         if let Some(dir) = sandbox.local_workspace() {
             match self.save_dir(session_id, dir, parent).await {
                 Err(Error::InvalidInput { message }) if message == walk::TOO_DEEP => {

@@ -32,6 +32,7 @@ use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt, Permissions, PermissionsExt}
 use super::error::{Error, Result};
 use super::fetch::Fetcher;
 use super::manifest::{ChunkRef, SnapshotManifest};
+use super::marker::RESTORE_MARKER;
 use super::restore::SEGMENT_BYTES;
 use super::tables::{EntryKey, Kind, Unit};
 use super::{ZEROS, joined};
@@ -608,8 +609,9 @@ pub(super) async fn restore_staged(
     let name = format!(".cma-restore-{}", uuid::Uuid::new_v4().simple());
     let ws = Arc::new(workspace);
     let staging = {
-        let (ws, name) = (ws.clone(), name.clone());
+        let (ws, name, id) = (ws.clone(), name.clone(), m.id.as_str().to_owned());
         tokio::task::spawn_blocking(move || {
+            ws.write(RESTORE_MARKER, id)?;
             ws.create_dir(&name)?;
             ws.open_dir(&name)
         })
@@ -645,15 +647,34 @@ pub(super) async fn restore_staged(
         let staging = ws
             .open_dir(&name)
             .map_err(|e| Error::io("open the restore directory", e))?;
-        let moved = match written {
-            Ok(()) => merge_into(&staging, &ws, 0)
-                .map_err(|e| Error::io("move restored entries into place", e)),
-            Err(e) => Err(e),
+        let unmark = || {
+            ws.remove_file(RESTORE_MARKER)
+                .map_err(|e| Error::io("unmark the restore", e))
         };
-        if let Err(e) = ws.remove_dir_all(&name) {
-            tracing::warn!(error = %e, "could not remove the restore directory");
+        let drop_staging = || {
+            if let Err(e) = ws.remove_dir_all(&name) {
+                tracing::warn!(error = %e, "could not remove the restore directory");
+            }
+        };
+        match written {
+            // Nothing was moved: the workspace is as it was.
+            Err(e) => {
+                drop_staging();
+                unmark()?;
+                Err(e)
+            }
+            Ok(()) => match merge_into(&staging, &ws, 0) {
+                Ok(()) => {
+                    drop_staging();
+                    unmark()
+                }
+                // Stopped half-way: the workspace is partial and stays marked.
+                Err(e) => {
+                    drop_staging();
+                    Err(Error::io("move restored entries into place", e))
+                }
+            },
         }
-        moved
     })
     .await
     .map_err(joined)?

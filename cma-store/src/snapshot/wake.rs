@@ -22,6 +22,7 @@ use tokio::sync::watch;
 
 use super::fetch::Fetcher;
 use super::gate::WakingSandbox;
+use super::marker::RESTORE_MARKER;
 use super::tables::Kind;
 use super::unpack::{GROUP_BYTES, Plan, Restore, TASKS, Target};
 use super::*;
@@ -161,7 +162,8 @@ impl WakeState {
         let paths = Paths::new(&plan);
         let (mut small, mut large) = (VecDeque::new(), VecDeque::new());
         let mut units = Vec::with_capacity(plan.units.len());
-        let mut remaining = 0;
+        // Every unit, then removing the marker.
+        let mut remaining = 1;
         for (i, u) in plan.units.iter().enumerate() {
             if u.entries.is_empty() {
                 units.push(AtomicU8::new(DONE));
@@ -190,10 +192,22 @@ impl WakeState {
         }
     }
 
+    /// Every unit restored (the marker may still be there).
+    fn units_done(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) <= 1
+    }
+
+    /// The marker is gone too: the restore is complete.
+    fn unmarked(&self) {
+        self.remaining.fetch_sub(1, Ordering::AcqRel);
+        self.progress.send_modify(|n| *n += 1);
+    }
+
     fn done(&self, u: u32) -> bool {
         self.units[u as usize].load(Ordering::Acquire) == DONE
     }
 
+    /// The whole workspace is restored and the marker removed.
     pub fn complete(&self) -> bool {
         self.remaining.load(Ordering::Acquire) == 0
     }
@@ -472,12 +486,20 @@ impl SnapshotStore {
         }
         let plan = Arc::new(plan);
         let state = Arc::new(WakeState::new(m.id.clone(), plan.clone()));
+        let root = cap_std::fs::Dir::from_std_file(dir);
+        let root = {
+            let id = m.id.as_str().to_owned();
+            tokio::task::spawn_blocking(move || root.write(RESTORE_MARKER, id).map(|()| root))
+                .await
+                .map_err(joined)?
+                .map_err(|e| Error::io("marking the restore", e))?
+        };
         let ctx = Arc::new(Restore {
             fetcher,
             snapshot: m.id.clone(),
             chunks: m.chunks.clone().into(),
             plan,
-            target: Arc::new(Target::new(cap_std::fs::Dir::from_std_file(dir), true)),
+            target: Arc::new(Target::new(root, true)),
             handle: tokio::runtime::Handle::current(),
         });
         let task = {
@@ -486,6 +508,8 @@ impl SnapshotStore {
                 let workers: Vec<_> = (0..TASKS)
                     .map(|_| tokio::spawn(worker(state.clone(), ctx.clone())))
                     .collect();
+                let target = ctx.target.clone();
+                drop(ctx);
                 let abort: Vec<_> = workers.iter().map(|w| w.abort_handle()).collect();
                 struct AbortAll(Vec<tokio::task::AbortHandle>);
                 impl Drop for AbortAll {
@@ -499,7 +523,17 @@ impl SnapshotStore {
                 for w in workers {
                     let _ = w.await;
                 }
-                if !state.complete() && state.failed.get().is_none() {
+                if state.units_done() {
+                    let unmarked = tokio::task::spawn_blocking(move || {
+                        target.root.remove_file(RESTORE_MARKER)
+                    })
+                    .await;
+                    if matches!(unmarked, Ok(Ok(()))) {
+                        state.unmarked();
+                    } else {
+                        state.fail("could not remove the restore marker".into());
+                    }
+                } else if state.failed.get().is_none() {
                     state.fail("the restore stopped before the end".into());
                 }
                 state.stop();
