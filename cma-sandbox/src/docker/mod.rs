@@ -57,6 +57,7 @@
 //! ```
 
 mod archive;
+mod entries;
 mod files;
 mod limits;
 mod net;
@@ -86,7 +87,9 @@ use tokio::sync::Mutex;
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch};
+use crate::file::{
+    ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch, WorkspaceEntry,
+};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
@@ -1317,6 +1320,24 @@ impl Sandbox for DockerSandbox {
         Ok(Box::pin(
             s.map(|r| r.map_err(|e| map_docker_err(e, "export"))),
         ))
+    }
+
+    async fn workspace_entries(&self) -> Result<Vec<WorkspaceEntry>> {
+        if self.helper.is_shell_only() {
+            return Err(SandboxError::unsupported(
+                "workspace_entries: no helper process in this sandbox",
+            ));
+        }
+        let wd = self.shared.cfg.workdir.clone();
+        let r = self
+            .call(
+                &wd,
+                json!({"op": "tree", "p": wd, "depth": entries::MAX_DEPTH, "secs": 50}),
+                Bytes::new(),
+            )
+            .await?;
+        let count = r.head.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
+        entries::parse(&r.data, count)
     }
 
     async fn import_workspace(&self, mut tar: ByteStream) -> Result<()> {
