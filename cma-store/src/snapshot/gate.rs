@@ -9,7 +9,7 @@
 //!   `recursive`);
 //! - everything beneath a directory (`search_tree`, recursive removal);
 //! - the whole workspace: `exec`, `exec_stream`, `open_interactive`, `execute`,
-//!   `export_workspace`, `import_workspace` (a command can touch anything), a path that
+//!   `export_workspace`, `import_workspace`, `workspace_entries` (a command can touch anything), a path that
 //!   climbs with `..` or passes through a symlink of the snapshot, and `local_workspace`, which
 //!   answers `None` until the restore is complete (a save then reads the export, which waits).
 //!
@@ -25,7 +25,7 @@ use bytes::Bytes;
 use cma_sandbox::{
     ByteStream, Capabilities, DirEntry, ExecOutput, ExecRequest, ExecStream, ExecuteRequest,
     FileReader, FileStat, FoundLines, InteractiveProcess, Result, Sandbox, SandboxError, SandboxId,
-    SandboxStatus, TreeFound, TreeSearch,
+    SandboxStatus, TreeFound, TreeSearch, WorkspaceEntry,
 };
 
 use super::marker::RESTORE_MARKER;
@@ -292,6 +292,11 @@ impl Sandbox for WakingSandbox {
     async fn import_workspace(&self, tar: ByteStream) -> Result<()> {
         self.all().await?;
         self.inner.import_workspace(tar).await
+    }
+
+    async fn workspace_entries(&self) -> Result<Vec<WorkspaceEntry>> {
+        self.all().await?;
+        self.inner.workspace_entries().await
     }
 
     fn local_workspace(&self) -> Option<std::fs::File> {

@@ -6,9 +6,11 @@
 //! A sandbox whose workspace is a directory on this host ([`Sandbox::local_workspace`], the
 //! isolate backend) is read directly: the archive is cut at file boundaries into units (a big
 //! file, or a pack of small entries), and a unit whose entries' metadata is unchanged since the
-//! parent snapshot is not read again: its chunks are the parent's. Other sandboxes are saved
-//! from their export stream ([`Sandbox::export_workspace`]), cut into chunks as it comes. Both
-//! give the same archive, and restore the same way. Reading, cutting, hashing, compressing and
+//! parent snapshot is not read again: its chunks are the parent's. A sandbox that lists its
+//! workspace in one call ([`Sandbox::workspace_entries`], the Docker backend) is saved the same
+//! way from the listing, reading only the files of changed units (see the `remote` module).
+//! Other sandboxes are saved from their export stream ([`Sandbox::export_workspace`]), cut into
+//! chunks as it comes. All give the same kind of archive, and restore the same way. Reading, cutting, hashing, compressing and
 //! uploading overlap (see the `pipeline` module), so both cores stay busy.
 //!
 //! # Layout in the store
@@ -67,6 +69,7 @@ mod manifest;
 mod marker;
 mod pack;
 mod pipeline;
+mod remote;
 mod safety;
 mod tables;
 mod unpack;

@@ -89,11 +89,61 @@ impl SnapshotStore {
                 r => return r,
             }
         }
+        match sandbox.workspace_entries().await {
+            Ok(entries) => match self.save_listed(session_id, sandbox, entries, parent).await {
+                Err(Error::InvalidInput { message }) if message == remote::UNREADABLE_NAME => {
+                    tracing::debug!(
+                        session_id,
+                        "a name cannot be read by itself; saving the export"
+                    );
+                }
+                r => return r,
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    SandboxErrorKind::Unsupported | SandboxErrorKind::TooLarge
+                ) => {}
+            Err(e) => return Err(Error::sandbox("workspace_entries", e)),
+        }
         let stream = sandbox
             .export_workspace()
             .await
             .map_err(|e| Error::sandbox("export_workspace", e))?;
         self.save_archive(session_id, stream, parent).await
+    }
+
+    /// [`save`](Self::save) from a listing of the workspace
+    /// ([`Sandbox::workspace_entries`]): files unchanged since the parent are not read.
+    async fn save_listed(
+        &self,
+        session_id: &str,
+        sandbox: &dyn Sandbox,
+        entries: Vec<cma_sandbox::WorkspaceEntry>,
+        parent: Option<&SnapshotId>,
+    ) -> Result<SnapshotManifest> {
+        let created_at = Utc::now();
+        let started = std::time::SystemTime::now();
+        let parent_m = self.load_parent(parent).await?;
+        let units = self.parent_units(parent_m.as_ref()).await;
+        let (tx, rx) = mpsc::channel(WORK_QUEUE);
+        let producer = Box::pin(remote::walk_listed(
+            sandbox,
+            entries,
+            self.config.chunker,
+            units.as_ref(),
+            started,
+            tx,
+        ));
+        self.run_save(
+            session_id,
+            created_at,
+            parent,
+            parent_m.as_ref(),
+            rx,
+            producer,
+        )
+        .await
     }
 
     /// [`save`](Self::save) with the session's newest readable snapshot as parent (none if it
@@ -148,16 +198,7 @@ impl SnapshotStore {
         let created_at = Utc::now();
         let started = std::time::SystemTime::now();
         let parent_m = self.load_parent(parent).await?;
-        let units = match &parent_m {
-            Some(m) if !m.files.is_empty() => match self.load_units(m).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::warn!(error = %e, "parent file table unreadable; reading every file");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let units = self.parent_units(parent_m.as_ref()).await;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let params = self.config.chunker;
         let walker = tokio::task::spawn_blocking(move || {
@@ -185,6 +226,20 @@ impl SnapshotStore {
         }
     }
 
+    /// The parent's units for reuse; `None` (read everything) without a usable file table.
+    async fn parent_units(&self, parent: Option<&SnapshotManifest>) -> Option<ParentUnits> {
+        match parent {
+            Some(m) if !m.files.is_empty() => match self.load_units(m).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent file table unreadable; reading every file");
+                    None
+                }
+            },
+            _ => None,
+        }
+    }
+
     /// The parent's units paired with its chunks; `None` if its file table does not parse.
     async fn load_units(&self, m: &SnapshotManifest) -> Result<Option<ParentUnits>> {
         let fetcher = fetch::Fetcher::new(self).await?;
@@ -200,7 +255,7 @@ impl SnapshotStore {
         created_at: DateTime<Utc>,
         parent: Option<&SnapshotId>,
         parent_m: Option<&SnapshotManifest>,
-        mut rx: mpsc::Receiver<Result<Work>>,
+        rx: mpsc::Receiver<Result<Work>>,
         producer: impl Future<Output = Result<Counts>>,
     ) -> Result<SnapshotManifest> {
         let index = self.load_index().await?;
@@ -211,7 +266,10 @@ impl SnapshotStore {
                 .unwrap_or_default(),
             index,
         });
-        let stored = async {
+        // Owns the receiver: when storing fails, the producer's next send fails and it stops.
+        // (Boxed, as is the producer: both are large state machines.)
+        let stored = Box::pin(async {
+            let mut rx = rx;
             let mut refs = Vec::new();
             let mut units = Vec::new();
             let mut unit_start = 0usize;
@@ -243,10 +301,9 @@ impl SnapshotStore {
             }
             self.flush(&mut st, &mut refs).await?;
             Ok::<_, Error>((refs, units))
-        }
-        .await;
-        drop(rx);
-        let counts = producer.await;
+        });
+        // The producer runs alongside (it may borrow the sandbox, so it is not a task).
+        let (stored, counts) = tokio::join!(stored, producer);
         let result = match (stored, counts) {
             (Ok((refs, units)), Ok(counts)) => {
                 let saved = Saved {

@@ -93,21 +93,22 @@ impl ParentUnits {
         (at == chunks.len()).then_some(Self { by_first })
     }
 
-    fn reusable(&self, entries: &[EntryKey]) -> Option<&[ChunkRef]> {
+    /// The parent's chunks for a unit of exactly these entries, if it had one.
+    pub fn reusable(&self, entries: &[EntryKey]) -> Option<&[ChunkRef]> {
         let (keys, refs) = self.by_first.get(&entries.first()?.path)?;
         (keys.as_slice() == entries).then_some(refs.as_slice())
     }
 }
 
 /// One entry found by the walk.
-struct Found {
-    key: EntryKey,
+pub(crate) struct Found {
+    pub key: EntryKey,
     /// Its tar header (with any long-name records before it).
-    header: Vec<u8>,
+    pub header: Vec<u8>,
 }
 
 impl Found {
-    fn archive_len(&self) -> u64 {
+    pub fn archive_len(&self) -> u64 {
         let data = if self.key.kind == Kind::File {
             self.key.size.div_ceil(512) * 512
         } else {
@@ -145,6 +146,65 @@ fn path_hash(p: &[u8]) -> u64 {
     })
 }
 
+/// Whether a pack of small entries ends after `path`, `pack_bytes` of archive in: at the
+/// maximum chunk size, or past the minimum where the path's hash says so (so inserting an
+/// entry changes only its own pack).
+pub(crate) fn ends_pack(params: &ChunkerParams, pack_bytes: u64, path: &[u8]) -> bool {
+    pack_bytes >= u64::from(params.max_size)
+        || (pack_bytes >= u64::from(params.min_size) && path_hash(path).is_multiple_of(8))
+}
+
+/// Times at or after this (ns since the epoch) are too recent to trust next time.
+pub(crate) fn racy_after(started: SystemTime) -> i128 {
+    started
+        .checked_sub(RACY_WINDOW)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Whether an entry changed too recently to be trusted next time.
+pub(crate) fn is_racy(k: &EntryKey, racy_after: i128) -> bool {
+    i128::from(k.mtime_ns) >= racy_after || i128::from(k.ctime_ns) >= racy_after
+}
+
+/// An entry's tar header as the isolate export writes it (data is written separately).
+pub(crate) fn tar_header(
+    builder: &mut tar::Builder<Vec<u8>>,
+    path: &FsPath,
+    key: &EntryKey,
+    link: Option<&FsPath>,
+) -> io::Result<Vec<u8>> {
+    let mut h = tar::Header::new_gnu();
+    h.set_mtime(u64::try_from(key.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
+    match (key.kind, link) {
+        (Kind::Symlink, Some(target)) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            builder.append_link(&mut h, path, target)?;
+        }
+        (Kind::Symlink, None) => return Err(io::Error::other("symlink without a target")),
+        (Kind::Dir, _) => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            builder.append_data(&mut h, path, io::empty())?;
+        }
+        (Kind::File, _) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(if key.mode & 0o111 != 0 { 0o755 } else { 0o644 });
+            h.set_size(key.size);
+            builder.append_data(&mut h, path, io::empty())?;
+        }
+    }
+    Ok(std::mem::take(builder.get_mut()))
+}
+
+/// Tar padding after `size` bytes of data.
+pub(crate) fn padding(size: u64) -> usize {
+    (512 - (size % 512) as usize) % 512
+}
+
 fn ns(secs: i64, nsec: u64) -> i64 {
     secs.saturating_mul(1_000_000_000)
         .saturating_add(i64::try_from(nsec).unwrap_or(0))
@@ -159,14 +219,10 @@ pub(crate) fn walk(
     started: SystemTime,
     tx: &mpsc::Sender<Result<Work>>,
 ) -> Result<Counts> {
-    let racy_after = started
-        .checked_sub(RACY_WINDOW)
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
     let mut w = Walker {
         params,
         parent,
-        racy_after,
+        racy_after: racy_after(started),
         tx,
         dirs: vec![root],
         pack: Vec::new(),
@@ -265,38 +321,19 @@ impl Walker<'_> {
         dir: usize,
         name: &std::ffi::OsStr,
     ) -> Result<Vec<u8>> {
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(u64::try_from(key.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
-        let out = match key.kind {
-            Kind::Symlink => {
-                let target = self.dirs[dir]
+        let target = match key.kind {
+            Kind::Symlink => Some(
+                self.dirs[dir]
                     .read_link_contents(name)
-                    .map_err(io_err(path))?;
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_size(0);
-                self.builder.append_link(&mut h, path, &target)
-            }
-            Kind::Dir => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                self.builder.append_data(&mut h, path, io::empty())
-            }
-            Kind::File => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(if key.mode & 0o111 != 0 { 0o755 } else { 0o644 });
-                h.set_size(key.size);
-                // The data is written separately; only the header bytes are wanted here.
-                self.builder.append_data(&mut h, path, io::empty())
-            }
+                    .map_err(io_err(path))?,
+            ),
+            _ => None,
         };
-        out.map_err(io_err(path))?;
-        Ok(std::mem::take(self.builder.get_mut()))
+        tar_header(&mut self.builder, path, key, target.as_deref()).map_err(io_err(path))
     }
 
     fn racy(&self, k: &EntryKey) -> bool {
-        i128::from(k.mtime_ns) >= self.racy_after || i128::from(k.ctime_ns) >= self.racy_after
+        is_racy(k, self.racy_after)
     }
 
     fn count(&mut self, f: &Found) {
@@ -308,9 +345,7 @@ impl Walker<'_> {
 
     fn add_to_pack(&mut self, f: Found) -> Result<()> {
         self.pack_bytes += f.archive_len();
-        let cut = self.pack_bytes >= u64::from(self.params.max_size)
-            || (self.pack_bytes >= u64::from(self.params.min_size)
-                && path_hash(&f.key.path).is_multiple_of(8));
+        let cut = ends_pack(&self.params, self.pack_bytes, &f.key.path);
         self.pack.push(f);
         if cut { self.flush_pack() } else { Ok(()) }
     }
@@ -343,8 +378,7 @@ impl Walker<'_> {
             }
             Err(e) => return Err(e),
         }
-        let pad = (512 - (size % 512) as usize) % 512;
-        out.resize(out.len() + pad, 0);
+        out.resize(out.len() + padding(size), 0);
         Ok(())
     }
 
@@ -406,8 +440,7 @@ impl Walker<'_> {
                 self.send(Work::Chunks(std::mem::take(&mut out)))?;
             }
         }
-        let pad = (512 - (size % 512) as usize) % 512;
-        chunker.push(&[0u8; 512][..pad], &mut out);
+        chunker.push(&[0u8; 512][..padding(size)], &mut out);
         chunker.finish(&mut out);
         self.send(Work::Chunks(out))?;
         self.send(Work::UnitEnd { racy, entries })
