@@ -584,3 +584,101 @@ impl SnapshotStore {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::unpack::PlannedUnit;
+    use super::*;
+    use crate::snapshot::tables::EntryKey;
+
+    fn entry(path: &str, kind: Kind) -> EntryKey {
+        EntryKey {
+            path: path.as_bytes().to_vec(),
+            kind,
+            mode: 0o644,
+            size: 0,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 0,
+        }
+    }
+
+    /// Units: [a, a/x, a/y] [a/z, b] [b/c, link] [] (the archive's end).
+    fn state() -> WakeState {
+        let entries = vec![
+            entry("a", Kind::Dir),
+            entry("a/x", Kind::File),
+            entry("a/y", Kind::File),
+            entry("a/z", Kind::File),
+            entry("b", Kind::Dir),
+            entry("b/c", Kind::File),
+            entry("link", Kind::Symlink),
+        ];
+        let unit = |e: std::ops::Range<usize>| PlannedUnit {
+            chunks: 0..0,
+            entries: e,
+            bytes: 10,
+        };
+        let plan = Plan {
+            entries,
+            units: vec![unit(0..3), unit(3..5), unit(5..7), unit(7..7)],
+        };
+        WakeState::new(
+            SnapshotId::from_hex(&"0".repeat(64)).unwrap(),
+            Arc::new(plan),
+        )
+    }
+
+    fn units(n: Need) -> Vec<u32> {
+        match n {
+            Need::Units(mut u) => {
+                u.sort_unstable();
+                u.dedup();
+                u
+            }
+            Need::All => vec![u32::MAX],
+        }
+    }
+
+    #[test]
+    fn each_operation_needs_the_units_of_what_it_touches() {
+        let s = state();
+        assert_eq!(units(s.need_path(b"a/y", PathNeed::Follow)), vec![0]);
+        assert_eq!(units(s.need_path(b"a/z", PathNeed::Follow)), vec![0, 1]);
+        assert_eq!(units(s.need_path(b"a", PathNeed::Children)), vec![0, 1]);
+        assert_eq!(units(s.need_path(b"a", PathNeed::Subtree)), vec![0, 1]);
+        assert_eq!(units(s.need_path(b"b", PathNeed::Subtree)), vec![1, 2]);
+        assert_eq!(units(s.need_path(b"", PathNeed::Children)), vec![0, 1, 2]);
+        assert_eq!(units(s.need_path(b"", PathNeed::Subtree)), vec![u32::MAX]);
+        // Not in the snapshot: only the directories on the way.
+        assert_eq!(units(s.need_path(b"b/new", PathNeed::Follow)), vec![1]);
+        assert_eq!(
+            units(s.need_path(b"new", PathNeed::Follow)),
+            Vec::<u32>::new()
+        );
+        // Through or at a symlink: everything, except the link itself.
+        assert_eq!(
+            units(s.need_path(b"link/x", PathNeed::Follow)),
+            vec![u32::MAX]
+        );
+        assert_eq!(
+            units(s.need_path(b"link", PathNeed::Follow)),
+            vec![u32::MAX]
+        );
+        assert_eq!(units(s.need_path(b"link", PathNeed::Itself)), vec![2]);
+    }
+
+    #[test]
+    fn small_units_go_first_in_groups_and_urgent_ones_before_them() {
+        let s = state();
+        lock(&s.urgent).push_back(2);
+        assert_eq!(s.next_group(), Some(vec![2]));
+        assert_eq!(s.next_group(), Some(vec![0, 1]));
+        assert_eq!(s.next_group(), None);
+        assert!(!s.units_done());
+        s.finish(&[0, 1, 2]);
+        assert!(s.units_done() && !s.complete());
+        s.unmarked();
+        assert!(s.complete());
+    }
+}
