@@ -53,6 +53,8 @@ pub(super) enum Job {
     Cut(Vec<Bytes>),
     /// A whole unit, to cut first.
     Whole(Bytes),
+    /// A whole unit of small entries, to read first (see `walk::pack_bytes`).
+    Files(Arc<cap_std::fs::Dir>, Vec<super::walk::Found>),
 }
 
 /// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
@@ -94,6 +96,15 @@ pub(super) fn hash_job(
         Job::Whole(b) => {
             let mut out = Vec::new();
             cut_all(params, b, &mut out);
+            out
+        }
+        Job::Files(root, pack) => {
+            let mut out = Vec::new();
+            cut_all(
+                params,
+                Bytes::from(super::walk::pack_bytes(&root, &pack)?),
+                &mut out,
+            );
             out
         }
     };

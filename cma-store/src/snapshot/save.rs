@@ -19,11 +19,18 @@ struct Saved {
 
 /// One step of the pipeline, in archive order.
 enum Item {
-    Pieces(Vec<Hashed>),
-    UnitEnd { racy: bool, entries: Vec<EntryKey> },
+    /// Hashed chunks, and the archive bytes their job held.
+    Pieces(Vec<Hashed>, u64),
+    UnitEnd {
+        racy: bool,
+        entries: Vec<EntryKey>,
+    },
 }
 
 type Pending = Pin<Box<dyn Future<Output = Result<Item>> + Send>>;
+
+/// Most archive bytes held by hashing jobs in flight.
+const MAX_HELD_BYTES: u64 = 64 << 20;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -275,14 +282,24 @@ impl SnapshotStore {
             let mut unit_start = 0usize;
             let mut ordered: FuturesOrdered<Pending> = FuturesOrdered::new();
             let mut open = true;
+            // Archive bytes held by jobs in flight (bounded, as is their number).
+            let mut held = 0u64;
             loop {
+                let room = ordered.len() < MAX_JOBS && held < MAX_HELD_BYTES;
                 tokio::select! {
-                    work = rx.recv(), if open && ordered.len() < MAX_JOBS => match work {
-                        Some(work) => ordered.push_back(self.job(work?, &hint)),
+                    work = rx.recv(), if open && room => match work {
+                        Some(work) => {
+                            let work = work?;
+                            held += work.bytes();
+                            ordered.push_back(self.job(work, &hint));
+                        }
                         None => open = false,
                     },
                     item = ordered.next(), if !ordered.is_empty() => match item {
-                        Some(Ok(Item::Pieces(p))) => self.accept(&mut st, p, &mut refs).await?,
+                        Some(Ok(Item::Pieces(p, n))) => {
+                            held = held.saturating_sub(n);
+                            self.accept(&mut st, p, &mut refs).await?
+                        }
                         Some(Ok(Item::UnitEnd { racy, entries })) => {
                             let total = refs.len() + SnapshotStore::pending(&st);
                             units.push(Unit {
@@ -323,9 +340,11 @@ impl SnapshotStore {
     /// Start hashing one piece of work (on the blocking pool, at once); the future yields it
     /// when done.
     fn job(&self, work: Work, hint: &Arc<Hint>) -> Pending {
+        let held = work.bytes();
         let job = match work {
             Work::Chunks(c) => Job::Cut(c),
             Work::Whole(b) => Job::Whole(b),
+            Work::Files { root, pack } => Job::Files(root, pack),
             Work::Reused(r) => {
                 let pieces = r
                     .into_iter()
@@ -336,7 +355,7 @@ impl SnapshotStore {
                         blob: None,
                     })
                     .collect();
-                return Box::pin(std::future::ready(Ok(Item::Pieces(pieces))));
+                return Box::pin(std::future::ready(Ok(Item::Pieces(pieces, 0))));
             }
             Work::UnitEnd { racy, entries } => {
                 return Box::pin(std::future::ready(Ok(Item::UnitEnd { racy, entries })));
@@ -344,7 +363,7 @@ impl SnapshotStore {
         };
         let (hint, params, level) = (hint.clone(), self.config.chunker, self.config.zstd_level);
         let handle = tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level));
-        Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??)) })
+        Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??, held)) })
     }
 
     /// Store a table as chunks; returns their refs.

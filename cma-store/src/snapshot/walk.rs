@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -47,6 +48,9 @@ pub(crate) const MAX_DEPTH: usize = 128;
 pub(crate) const TOO_DEEP: &str = "directory nesting too deep for the directory walk";
 /// Read size for big files.
 const READ_BLOCK: usize = 1 << 20;
+/// Files up to this size are read by the job that hashes them (in memory whole), not by the
+/// walk itself: the walk's own reading is the one part of a save on a single core.
+const READ_ELSEWHERE: u64 = 32 << 20;
 
 /// What the walk sends to the saver, in archive order.
 pub(crate) enum Work {
@@ -55,6 +59,9 @@ pub(crate) enum Work {
     /// New archive bytes forming a whole unit, to be cut into chunks by whoever hashes them
     /// (so the cutting runs on another core than the walk).
     Whole(Bytes),
+    /// A whole unit of small entries whose files are still to be read (see [`pack_bytes`]),
+    /// by whoever hashes them: reading, cutting and hashing run beside the walk.
+    Files { root: Arc<Dir>, pack: Vec<Found> },
     /// Chunks taken from the parent unchanged.
     Reused(Vec<ChunkRef>),
     /// The unit whose chunks were just sent is complete.
@@ -107,6 +114,18 @@ pub(crate) struct Found {
     pub header: Vec<u8>,
 }
 
+impl Work {
+    /// Bytes of archive this work holds in memory once read.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Work::Chunks(c) => c.iter().map(|b| b.len() as u64).sum(),
+            Work::Whole(b) => b.len() as u64,
+            Work::Files { pack, .. } => pack.iter().map(Found::archive_len).sum(),
+            Work::Reused(_) | Work::UnitEnd { .. } => 0,
+        }
+    }
+}
+
 impl Found {
     pub fn archive_len(&self) -> u64 {
         let data = if self.key.kind == Kind::File {
@@ -133,6 +152,8 @@ struct Walker<'a> {
     tx: &'a mpsc::Sender<Result<Work>>,
     /// Directories open along the current path (index 0 is the workspace).
     dirs: Vec<Dir>,
+    /// The workspace, for whoever reads files of the walk.
+    root: Arc<Dir>,
     pack: Vec<Found>,
     pack_bytes: u64,
     counts: Counts,
@@ -205,6 +226,46 @@ pub(crate) fn padding(size: u64) -> usize {
     (512 - (size % 512) as usize) % 512
 }
 
+/// Open a regular file of the walk for reading, by its path from the workspace root
+/// (`cap_std` resolves it beneath the root; the last component is never followed and a FIFO
+/// swapped in meanwhile does not block).
+fn open_in(root: &Dir, key: &EntryKey) -> Result<cap_std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+    root.open_with(std::ffi::OsStr::from_bytes(&key.path), &opts)
+        .map_err(|e| Error::io(shown(key), e))
+}
+
+/// The archive bytes of a unit of small entries: each header, then each file's data read as
+/// exactly the size it was found with (a short file padded with zeros, a grown one cut, a
+/// vanished one zeros) and the tar padding.
+pub(crate) fn pack_bytes(root: &Dir, pack: &[Found]) -> Result<Vec<u8>> {
+    let len = pack.iter().map(Found::archive_len).sum::<u64>();
+    let mut out = Vec::with_capacity(len as usize);
+    for f in pack {
+        out.extend_from_slice(&f.header);
+        if f.key.kind != Kind::File {
+            continue;
+        }
+        let size = f.key.size;
+        match open_in(root, &f.key) {
+            Ok(file) => {
+                let mut r = file.take(size).chain(io::repeat(0)).take(size);
+                r.read_to_end(&mut out)
+                    .map_err(|e| Error::io(shown(&f.key), e))?;
+            }
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                out.resize(out.len() + size as usize, 0);
+            }
+            Err(e) => return Err(e),
+        }
+        out.resize(out.len() + padding(size), 0);
+    }
+    Ok(out)
+}
+
 fn ns(secs: i64, nsec: u64) -> i64 {
     secs.saturating_mul(1_000_000_000)
         .saturating_add(i64::try_from(nsec).unwrap_or(0))
@@ -219,7 +280,11 @@ pub(crate) fn walk(
     started: SystemTime,
     tx: &mpsc::Sender<Result<Work>>,
 ) -> Result<Counts> {
+    let shared = root
+        .try_clone()
+        .map_err(|e| Error::io("reading /workspace", e))?;
     let mut w = Walker {
+        root: Arc::new(shared),
         params,
         parent,
         racy_after: racy_after(started),
@@ -350,36 +415,8 @@ impl Walker<'_> {
         if cut { self.flush_pack() } else { Ok(()) }
     }
 
-    /// Open a regular file of the walk for reading, by its path from the workspace root
-    /// (`cap_std` resolves it beneath the root; the last component is never followed and a
-    /// FIFO swapped in meanwhile does not block).
     fn open(&self, f: &Found) -> Result<cap_std::fs::File> {
-        use std::os::unix::ffi::OsStrExt;
-        let mut opts = OpenOptions::new();
-        opts.read(true)
-            .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
-        self.dirs[0]
-            .open_with(std::ffi::OsStr::from_bytes(&f.key.path), &opts)
-            .map_err(|e| Error::io(shown(&f.key), e))
-    }
-
-    /// Read exactly `size` bytes of a file into `out` (a short file padded with zeros, a grown
-    /// one cut), then the tar padding. A file that vanished reads as zeros.
-    fn append_data(&self, f: &Found, out: &mut Vec<u8>) -> Result<()> {
-        let size = f.key.size;
-        match self.open(f) {
-            Ok(file) => {
-                let mut r = file.take(size).chain(io::repeat(0)).take(size);
-                r.read_to_end(out)
-                    .map_err(|e| Error::io(shown(&f.key), e))?;
-            }
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                out.resize(out.len() + size as usize, 0);
-            }
-            Err(e) => return Err(e),
-        }
-        out.resize(out.len() + padding(size), 0);
-        Ok(())
+        open_in(&self.root, &f.key)
     }
 
     fn flush_pack(&mut self) -> Result<()> {
@@ -396,14 +433,10 @@ impl Walker<'_> {
         if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
             self.send(Work::Reused(refs.to_vec()))?;
         } else {
-            let mut bytes = Vec::new();
-            for f in &pack {
-                bytes.extend_from_slice(&f.header);
-                if f.key.kind == Kind::File {
-                    self.append_data(f, &mut bytes)?;
-                }
-            }
-            self.send(Work::Whole(Bytes::from(bytes)))?;
+            self.send(Work::Files {
+                root: self.root.clone(),
+                pack,
+            })?;
         }
         self.send(Work::UnitEnd { racy, entries })
     }
@@ -416,6 +449,15 @@ impl Walker<'_> {
             self.send(Work::Reused(refs.to_vec()))?;
             return self.send(Work::UnitEnd { racy, entries });
         }
+        if f.key.size <= READ_ELSEWHERE {
+            // Read, cut and hashed whole by a job on another core.
+            self.send(Work::Files {
+                root: self.root.clone(),
+                pack: vec![f],
+            })?;
+            return self.send(Work::UnitEnd { racy, entries });
+        }
+        // Bigger files are streamed here, cut as they are read.
         let mut chunker = Chunker::new(self.params);
         let mut out = Vec::new();
         chunker.push(&f.header, &mut out);
