@@ -16,6 +16,9 @@
 //! store.restore(&saved.id, sandbox).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`SnapshotStore::wake`] restores without making the caller wait for the whole workspace: it
+//! returns a [`WakingSandbox`] whose operations wait only for the files they touch.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
