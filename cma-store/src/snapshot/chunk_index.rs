@@ -234,9 +234,20 @@ impl ChunkIndex {
 pub(crate) struct IndexCache {
     current: std::sync::Mutex<Arc<ChunkIndex>>,
     refresh: tokio::sync::Mutex<()>,
+    /// Whether the index was ever loaded from the store.
+    loaded: std::sync::atomic::AtomicBool,
 }
 
 impl SnapshotStore {
+    /// The index as last loaded (loading it if it never was): enough for readers, which verify
+    /// every chunk and reload the index when a chunk is not where it says.
+    pub(crate) async fn recent_index(&self) -> Result<Arc<ChunkIndex>> {
+        if self.index.loaded.load(std::sync::atomic::Ordering::Acquire) {
+            return Ok(self.cached_index());
+        }
+        self.load_index().await
+    }
+
     fn cached_index(&self) -> Arc<ChunkIndex> {
         self.index
             .current
@@ -264,6 +275,9 @@ impl SnapshotStore {
                 .keys()
                 .all(|n| cur.objects.contains_key(n) || cur.bad.contains_key(n));
         if same {
+            self.index
+                .loaded
+                .store(true, std::sync::atomic::Ordering::Release);
             return Ok(cur);
         }
         let mut next = (*cur).clone();
@@ -314,6 +328,9 @@ impl SnapshotStore {
         }
         let next = Arc::new(next);
         *self.index.current.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        self.index
+            .loaded
+            .store(true, std::sync::atomic::Ordering::Release);
         Ok(next)
     }
 

@@ -53,14 +53,26 @@ enum Outcome {
 }
 
 impl Fetcher {
-    /// A fetcher with the store's current index.
+    /// A fetcher with the index as this process last loaded it (see
+    /// [`fresh`](Self::fresh)): a chunk not found where it says reloads it.
     pub async fn new(store: &SnapshotStore) -> Result<Self> {
+        let index = store.recent_index().await?;
+        Ok(Self::with(store, index))
+    }
+
+    /// A fetcher with the index as the store holds it now (one listing): for questions about
+    /// what is stored (every pack present?) rather than reads, which recover by themselves.
+    pub async fn fresh(store: &SnapshotStore) -> Result<Self> {
         let index = store.load_index().await?;
-        Ok(Self {
+        Ok(Self::with(store, index))
+    }
+
+    fn with(store: &SnapshotStore, index: Arc<ChunkIndex>) -> Self {
+        Self {
             store: store.clone(),
             index: Arc::new(std::sync::Mutex::new(index)),
             reads: Arc::new(Semaphore::new(store.config.download_concurrency)),
-        })
+        }
     }
 
     fn index(&self) -> Arc<ChunkIndex> {

@@ -207,7 +207,10 @@ impl SnapshotStore {
         refs: &mut Vec<ChunkRef>,
     ) -> Result<()> {
         for p in pieces {
-            st.batch_bytes += p.size as usize;
+            // New data fills packs; chunks taken from the parent only fill the record.
+            if p.data.is_some() || p.blob.is_some() {
+                st.batch_bytes += p.size as usize;
+            }
             st.batch.push(p);
             if st.batch_bytes >= self.config.pack_bytes || st.batch.len() >= MAX_BATCH_PIECES {
                 self.flush(st, refs).await?;

@@ -205,8 +205,8 @@ impl Reader<'_> {
     }
 }
 
-async fn send(tx: &mpsc::Sender<Result<Work>>, work: Work) -> Result<()> {
-    tx.send(Ok(work)).await.map_err(|_| Error::Busy {
+async fn send(tx: &mpsc::Sender<Result<Vec<Work>>>, work: Work) -> Result<()> {
+    tx.send(Ok(vec![work])).await.map_err(|_| Error::Busy {
         message: "save cancelled".into(),
     })
 }
@@ -218,7 +218,7 @@ pub(crate) async fn walk_listed(
     params: ChunkerParams,
     parent: Option<&ParentUnits>,
     started: SystemTime,
-    tx: mpsc::Sender<Result<Work>>,
+    tx: mpsc::Sender<Result<Vec<Work>>>,
 ) -> Result<Counts> {
     let (units, counts) = plan(entries, &params, parent, racy_after(started))?;
     let mut reader = Reader {
@@ -277,7 +277,7 @@ async fn big_file(
     reader: &Reader<'_>,
     f: &Found,
     params: &ChunkerParams,
-    tx: &mpsc::Sender<Result<Work>>,
+    tx: &mpsc::Sender<Result<Vec<Work>>>,
 ) -> Result<()> {
     let path = sandbox_path(&reader.workdir, &f.key.path)?;
     let size = f.key.size;

@@ -122,7 +122,7 @@ impl SnapshotStore {
                 .await
                 .map_err(joined)??;
         }
-        let fetcher = Fetcher::new(self).await?;
+        let fetcher = Fetcher::fresh(self).await?;
         let all: Vec<ChunkRef> = m
             .chunks
             .iter()

@@ -36,7 +36,7 @@ const MAX_HELD_BYTES: u64 = 64 << 20;
 async fn produce(
     mut stream: ByteStream,
     params: ChunkerParams,
-    tx: mpsc::Sender<Result<Work>>,
+    tx: mpsc::Sender<Result<Vec<Work>>>,
 ) -> Counts {
     let mut chunker = Chunker::new(params);
     let mut counter = TarCounter::default();
@@ -59,7 +59,7 @@ async fn produce(
         }
         if out.len() >= BATCH_CHUNKS
             && tx
-                .send(Ok(Work::Chunks(std::mem::take(&mut out))))
+                .send(Ok(vec![Work::Chunks(std::mem::take(&mut out))]))
                 .await
                 .is_err()
         {
@@ -67,7 +67,7 @@ async fn produce(
         }
     }
     chunker.finish(&mut out);
-    let _ = tx.send(Ok(Work::Chunks(out))).await;
+    let _ = tx.send(Ok(vec![Work::Chunks(out)])).await;
     counts(&counter)
 }
 
@@ -262,7 +262,7 @@ impl SnapshotStore {
         created_at: DateTime<Utc>,
         parent: Option<&SnapshotId>,
         parent_m: Option<&SnapshotManifest>,
-        rx: mpsc::Receiver<Result<Work>>,
+        rx: mpsc::Receiver<Result<Vec<Work>>>,
         producer: impl Future<Output = Result<Counts>>,
     ) -> Result<SnapshotManifest> {
         let index = self.load_index().await?;
@@ -288,10 +288,11 @@ impl SnapshotStore {
                 let room = ordered.len() < MAX_JOBS && held < MAX_HELD_BYTES;
                 tokio::select! {
                     work = rx.recv(), if open && room => match work {
-                        Some(work) => {
-                            let work = work?;
-                            held += work.bytes();
-                            ordered.push_back(self.job(work, &hint));
+                        Some(batch) => {
+                            for work in batch? {
+                                held += work.bytes();
+                                ordered.push_back(self.job(work, &hint));
+                            }
                         }
                         None => open = false,
                     },

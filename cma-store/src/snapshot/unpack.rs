@@ -345,7 +345,20 @@ impl Target {
 
 /// Copy exactly `size` bytes, leaving holes where whole blocks are zero.
 fn copy_with_holes(src: &mut dyn Read, dst: &mut cap_std::fs::File, size: u64) -> io::Result<()> {
-    let mut buf = vec![0u8; 256 * 1024];
+    thread_local! {
+        /// One copy buffer per thread: most files are small, and a fresh zeroed buffer per
+        /// file would cost more than copying them.
+        static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; 256 * 1024]);
+    }
+    BUF.with(|buf| copy_through(src, dst, size, &mut buf.borrow_mut()))
+}
+
+fn copy_through(
+    src: &mut dyn Read,
+    dst: &mut cap_std::fs::File,
+    size: u64,
+    buf: &mut [u8],
+) -> io::Result<()> {
     let mut left = size;
     let mut hole = false;
     while left > 0 {

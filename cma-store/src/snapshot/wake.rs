@@ -454,7 +454,7 @@ impl SnapshotStore {
             });
         };
         self.check_size(&m)?;
-        let fetcher = Fetcher::new(self).await?;
+        let fetcher = Fetcher::fresh(self).await?;
         let plan = self.plan(&fetcher, &m).await?;
         let stored: HashSet<pack::PackId> = self
             .list_all("packs")

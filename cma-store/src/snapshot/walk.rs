@@ -48,6 +48,8 @@ pub(crate) const MAX_DEPTH: usize = 128;
 pub(crate) const TOO_DEEP: &str = "directory nesting too deep for the directory walk";
 /// Read size for big files.
 const READ_BLOCK: usize = 1 << 20;
+/// Most pieces of work per message to the saver (each message costs a thread wake-up).
+const SEND_BATCH: usize = 256;
 /// Files up to this size are read by the job that hashes them (in memory whole), not by the
 /// walk itself: the walk's own reading is the one part of a save on a single core.
 const READ_ELSEWHERE: u64 = 32 << 20;
@@ -149,7 +151,9 @@ struct Walker<'a> {
     params: ChunkerParams,
     parent: Option<&'a ParentUnits>,
     racy_after: i128,
-    tx: &'a mpsc::Sender<Result<Work>>,
+    tx: &'a mpsc::Sender<Result<Vec<Work>>>,
+    /// Work not sent yet: sent in batches, not one message per unit.
+    out: Vec<Work>,
     /// Directories open along the current path (index 0 is the workspace).
     dirs: Vec<Dir>,
     /// The workspace, for whoever reads files of the walk.
@@ -278,7 +282,7 @@ pub(crate) fn walk(
     params: ChunkerParams,
     parent: Option<&ParentUnits>,
     started: SystemTime,
-    tx: &mpsc::Sender<Result<Work>>,
+    tx: &mpsc::Sender<Result<Vec<Work>>>,
 ) -> Result<Counts> {
     let shared = root
         .try_clone()
@@ -290,6 +294,7 @@ pub(crate) fn walk(
         racy_after: racy_after(started),
         tx,
         dirs: vec![root],
+        out: Vec::new(),
         pack: Vec::new(),
         pack_bytes: 0,
         counts: Counts::default(),
@@ -303,12 +308,27 @@ pub(crate) fn walk(
         racy: false,
         entries: Vec::new(),
     })?;
+    w.flush_out()?;
     Ok(w.counts)
 }
 
 impl Walker<'_> {
-    fn send(&self, work: Work) -> Result<()> {
-        self.tx.blocking_send(Ok(work)).map_err(|_| Error::Busy {
+    /// Queue work; send the batch when it holds data (a job can start on it) or is long.
+    fn send(&mut self, work: Work) -> Result<()> {
+        let data = work.bytes() > 0;
+        self.out.push(work);
+        if data || self.out.len() >= SEND_BATCH {
+            self.flush_out()?;
+        }
+        Ok(())
+    }
+
+    fn flush_out(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.out);
+        self.tx.blocking_send(Ok(batch)).map_err(|_| Error::Busy {
             message: "save cancelled".into(),
         })
     }
