@@ -15,6 +15,15 @@ use super::manifest::{ChunkHash, ChunkerParams};
 
 const TRAILER: usize = 32;
 
+/// Largest chunk content any chunker writes (FastCDC's own bound on a chunk), and so the
+/// largest a reader believes: a record claiming more is damage, refused before anything is
+/// allocated for it.
+pub(crate) const MAX_CHUNK_BYTES: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
+/// Largest stored form of a chunk: [`encode`] stores raw whenever zstd does not shrink the
+/// data, so a stored form is at most the content plus its tag byte (a frame plus its trailer is
+/// smaller than that).
+pub(crate) const MAX_STORED_CHUNK_BYTES: u32 = MAX_CHUNK_BYTES + 1 + TRAILER as u32;
+
 /// Cuts a byte stream into chunks as data arrives; holds at most `max_size` plus one input
 /// piece.
 pub(crate) struct Chunker {
@@ -132,6 +141,19 @@ pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
 /// of `stored` when it was stored raw).
 pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes> {
     let what = || format!("chunk {}", hash.to_hex());
+    // The claimed size sizes the decompression buffer: bound it before anything is allocated.
+    if size > MAX_CHUNK_BYTES {
+        return Err(Error::corrupt(
+            what(),
+            format!("claims {size} bytes, more than any chunk ({MAX_CHUNK_BYTES})"),
+        ));
+    }
+    if stored.len() > MAX_STORED_CHUNK_BYTES as usize {
+        return Err(Error::corrupt(
+            what(),
+            format!("{} stored bytes, more than any chunk", stored.len()),
+        ));
+    }
     let data = match stored.first() {
         Some(&RAW) => stored.slice(1..),
         Some(&ZSTD) => {
@@ -142,6 +164,19 @@ pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes
             let (frame, trailer) = rest.split_at(rest.len() - TRAILER);
             if Sha256::digest(frame).as_slice() != trailer {
                 return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
+            }
+            // A frame that records its content size must record the claimed one (every frame
+            // `encode` writes does); one that records none decompresses into at most `size`.
+            match zstd::zstd_safe::get_frame_content_size(frame) {
+                Ok(Some(n)) if n == u64::from(size) => {}
+                Ok(None) => {}
+                Ok(Some(n)) => {
+                    return Err(Error::corrupt(
+                        what(),
+                        format!("frame holds {n} bytes, expected {size}"),
+                    ));
+                }
+                Err(_) => return Err(Error::corrupt(what(), "not a zstd frame")),
             }
             Bytes::from(
                 decompress(frame, size as usize)
@@ -161,6 +196,23 @@ pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes
         return Err(Error::corrupt(what(), "content does not match its hash"));
     }
     Ok(data)
+}
+
+/// Decompress zstd data that must come to at most `limit` bytes, holding only what it actually
+/// decompresses to (plus growth slack), never `limit` up front: for objects whose size is not
+/// known in advance (manifests).
+pub(crate) fn decompress_bounded(data: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::with_buffer(data)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(std::io::Error::other(format!(
+            "decompresses to more than {limit} bytes"
+        )));
+    }
+    Ok(out)
 }
 
 /// Decompress one frame of at most `capacity` bytes with this thread's context.

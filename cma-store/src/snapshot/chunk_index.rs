@@ -21,13 +21,14 @@ use object_store::path::Path;
 
 use super::error::{Error, Result};
 use super::manifest::ChunkHash;
-use super::pack::PackId;
+use super::chunk::{MAX_CHUNK_BYTES, MAX_STORED_CHUNK_BYTES};
+use super::pack::{MAX_PACK_BYTES, PackId};
 use super::{SnapshotStore, is_not_found};
 
 const MAGIC: &[u8; 8] = b"cmaidx01";
 const RECORD: usize = 48;
 /// Largest index object read, against a hostile or corrupt store.
-const MAX_INDEX_OBJECT: u64 = 512 << 20;
+pub(crate) const MAX_INDEX_OBJECT: u64 = 512 << 20;
 /// Records per index object written by garbage collection.
 pub(crate) const RECORDS_PER_OBJECT: usize = 100_000;
 
@@ -117,6 +118,18 @@ pub(crate) fn decode(name: &str, data: &[u8]) -> Result<Vec<IndexRecord>> {
             let mut hash = [0u8; 32];
             hash.copy_from_slice(&r[..32]);
             let pack = *packs.get(u32_at(r, 36) as usize).ok_or_else(bad)?;
+            // A place no writer makes (a chunk or a range larger than any chunk, past the end
+            // of any pack) would size a read or a buffer: the object is damaged.
+            let (size, offset, len) = (u32_at(r, 32), u32_at(r, 40), u32_at(r, 44));
+            if size > MAX_CHUNK_BYTES
+                || len > MAX_STORED_CHUNK_BYTES
+                || u64::from(offset) + u64::from(len) > MAX_PACK_BYTES
+            {
+                return Err(Error::corrupt(
+                    what(),
+                    format!("a record places {size} bytes at {offset}+{len}, beyond any chunk"),
+                ));
+            }
             Ok(IndexRecord {
                 hash: ChunkHash(hash),
                 size: u32_at(r, 32),
@@ -297,7 +310,7 @@ impl SnapshotStore {
                     let e = Error::corrupt(format!("index {name}"), "too large");
                     return Ok::<_, Error>((name, Some(Err(e))));
                 }
-                match self.get_bytes(&index_key(&name)).await {
+                match self.get_bytes(&index_key(&name), MAX_INDEX_OBJECT).await {
                     Ok(b) => {
                         let n = name.clone();
                         let parsed = tokio::task::spawn_blocking(move || decode(&n, &b))

@@ -14,7 +14,6 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
-use object_store::ObjectStoreExt;
 use tokio::sync::Semaphore;
 
 use super::chunk;
@@ -197,15 +196,7 @@ impl Fetcher {
             .await
             .map_err(|_| Error::io("fetch", std::io::Error::other("closed")))?;
         let key = pack_key(&read.pack);
-        let store = self.store.store.clone();
-        let range = read.range.clone();
-        let fetched = self
-            .store
-            .timed(
-                || format!("get {key} bytes {}..{}", range.start, range.end),
-                async { store.get_range(&key, range.clone()).await },
-            )
-            .await;
+        let fetched = self.store.get_range(&key, read.range.clone()).await;
         let data = match fetched {
             Ok(d) => d,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
@@ -261,7 +252,10 @@ impl Fetcher {
 
     /// A chunk of a snapshot saved before packs, under its own key.
     async fn legacy(&self, snapshot: &SnapshotId, r: ChunkRef) -> Result<Vec<Outcome>> {
-        let stored = match self.store.get_bytes(&chunk_key(&r.hash)).await {
+        let stored = match self
+            .store
+            .get_bytes(&chunk_key(&r.hash), u64::from(chunk::MAX_STORED_CHUNK_BYTES))
+            .await {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 let e = Error::MissingChunk {

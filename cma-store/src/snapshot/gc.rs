@@ -75,7 +75,7 @@ impl SnapshotStore {
                 stale.push(rec.location);
                 continue;
             }
-            let body = match self.get_bytes(&rec.location).await {
+            let body = match self.get_bytes(&rec.location, MAX_INFLIGHT_RECORD).await {
                 Ok(b) => b,
                 // Finished meanwhile: its manifest (listed next) covers its chunks.
                 Err(Error::Store { source, .. }) if is_not_found(&source) => continue,
@@ -334,7 +334,7 @@ impl SnapshotStore {
 
     /// Read a pack whole, check it, and return the stored forms of `keep`, each verified.
     async fn copy_live(&self, id: &PackId, keep: &[IndexRecord]) -> Result<Vec<Bytes>> {
-        let data = match self.get_bytes(&pack_key(id)).await {
+        let data = match self.get_bytes(&pack_key(id), pack::MAX_PACK_BYTES).await {
             Ok(d) => d,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 return Err(Error::corrupt(format!("pack {}", id.to_hex()), "gone"));

@@ -21,8 +21,10 @@ pub const FORMAT_VERSION: u32 = 3;
 /// The oldest manifest format this crate reads: 2, chunks stored one object each under
 /// `chunks/` (they stay there and restore as before; new saves never write there).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
-/// Largest stored manifest accepted (decompressed), against a hostile or corrupt store.
-pub const MAX_MANIFEST_BYTES: usize = 256 * 1024 * 1024;
+/// Largest stored manifest accepted (decompressed), against a hostile or corrupt store. A
+/// manifest names its tables' chunks, not every chunk, so a real one is kilobytes to a few
+/// megabytes; memory grows with what is actually decompressed, never to this up front.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 const MAGIC: &str = "cma-snapshot-manifest";
 
 /// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
@@ -250,7 +252,7 @@ impl SnapshotManifest {
         {
             return Err(Error::corrupt(what(), "does not hash to its id"));
         }
-        let plain = zstd::bulk::decompress(stored, MAX_MANIFEST_BYTES)
+        let plain = super::chunk::decompress_bounded(stored, MAX_MANIFEST_BYTES)
             .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
         let nl = plain
             .iter()
@@ -283,6 +285,9 @@ impl SnapshotManifest {
         if wire.format_version != version || wire.compression != "zstd" {
             return Err(Error::corrupt(what(), "unsupported format or compression"));
         }
+        wire.chunker
+            .validate()
+            .map_err(|_| Error::corrupt(what(), "chunker parameters out of range"))?;
         let table = parse_refs(wire.table, &what)?;
         let files = parse_refs(wire.files, &what)?;
         let parent = match wire.parent {
@@ -312,6 +317,19 @@ impl SnapshotManifest {
     /// Set the chunk list read from the chunk table, checking it against the sizes the manifest
     /// claims.
     pub(crate) fn set_chunks(&mut self, chunks: Vec<ChunkRef>) -> Result<()> {
+        // No chunk is larger than the chunker that cut it allows: a record claiming more is
+        // damage (and would size a decompression buffer), refused before any chunk is read.
+        if let Some(c) = chunks.iter().find(|c| c.size > self.chunker.max_size) {
+            return Err(Error::corrupt(
+                format!("manifest {}", self.id.as_str()),
+                format!(
+                    "chunk {} claims {} bytes, more than its chunker's largest ({})",
+                    c.hash.to_hex(),
+                    c.size,
+                    self.chunker.max_size
+                ),
+            ));
+        }
         let total: u64 = chunks.iter().map(|c| u64::from(c.size)).sum();
         let stored: u64 = chunks.iter().map(|c| u64::from(c.stored_size)).sum();
         if total != self.archive_bytes || stored != self.stored_bytes {

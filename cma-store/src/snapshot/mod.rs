@@ -110,6 +110,10 @@ const BATCH_CHUNKS: usize = 16;
 const WORK_QUEUE: usize = 16;
 /// Largest chunk or file table accepted, against a hostile or corrupt store.
 const MAX_TABLE_BYTES: u64 = 1 << 30;
+/// Largest `ids/` record read (it holds one manifest key).
+const MAX_ID_RECORD: u64 = 4096;
+/// Largest `inflight/` record read (a save's records name at most a few thousand chunks).
+const MAX_INFLIGHT_RECORD: u64 = 64 << 20;
 /// Size of the pieces a restore streams into the sandbox.
 const IMPORT_PIECE_BYTES: usize = 256 * 1024;
 /// A block of zeros, for finding holes cheaply.
@@ -447,13 +451,82 @@ impl SnapshotStore {
         }
     }
 
-    async fn get_bytes(&self, key: &Path) -> Result<Bytes> {
+    /// Read a whole object of at most `limit` bytes: a larger one (as its size says, or as its
+    /// body turns out) is [`Error::TooLarge`] after holding at most `limit` bytes of it.
+    async fn get_bytes(&self, key: &Path, limit: u64) -> Result<Bytes> {
+        self.get_bounded(key, None, limit).await
+    }
+
+    /// Read `range` of an object: exactly its bytes, or an error; a store that answers with
+    /// more is not believed past the range's length.
+    async fn get_range(&self, key: &Path, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let want = range.end.saturating_sub(range.start);
+        let data = self.get_bounded(key, Some(range.clone()), want).await?;
+        if data.len() as u64 != want {
+            return Err(Error::corrupt(
+                format!("object {key}"),
+                format!(
+                    "bytes {}..{} came back as {} bytes",
+                    range.start,
+                    range.end,
+                    data.len()
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    async fn get_bounded(
+        &self,
+        key: &Path,
+        range: Option<std::ops::Range<u64>>,
+        limit: u64,
+    ) -> Result<Bytes> {
         let store = self.store.clone();
         let k = key.clone();
-        self.timed(|| format!("get {key}"), async move {
-            store.get(&k).await?.bytes().await
+        let opts = object_store::GetOptions {
+            range: range.clone().map(object_store::GetRange::Bounded),
+            ..Default::default()
+        };
+        let what = || match &range {
+            Some(r) => format!("get {key} bytes {}..{}", r.start, r.end),
+            None => format!("get {key}"),
+        };
+        let got = self
+            .timed(what, async move {
+                let got = store.get_opts(&k, opts).await?;
+                let claimed = got.range.end.saturating_sub(got.range.start);
+                if claimed > limit {
+                    return Ok(Err(claimed));
+                }
+                if let object_store::GetResultPayload::File(..) = got.payload {
+                    // A file on this host: its length is what the file system says.
+                    return got.bytes().await.map(Ok);
+                }
+                // A body from the network: count it as it comes, whatever it announced.
+                let mut body = got.into_stream();
+                let mut pieces: Vec<Bytes> = Vec::new();
+                let mut held = 0u64;
+                while let Some(piece) = body.next().await {
+                    let piece = piece?;
+                    held += piece.len() as u64;
+                    if held > limit {
+                        return Ok(Err(held));
+                    }
+                    pieces.push(piece);
+                }
+                Ok(Ok(match pieces.len() {
+                    0 => Bytes::new(),
+                    1 => pieces.swap_remove(0),
+                    _ => Bytes::from(pieces.concat()),
+                }))
+            })
+            .await?;
+        got.map_err(|size| Error::TooLarge {
+            what: format!("object {key}"),
+            size,
+            limit,
         })
-        .await
     }
 
     async fn put(&self, key: &Path, data: Bytes, mode: PutMode) -> Result<()> {
@@ -502,7 +575,7 @@ impl SnapshotStore {
     // ---- reading manifests ----
 
     async fn manifest_key_of(&self, id: &SnapshotId) -> Result<Path> {
-        let raw = match self.get_bytes(&id_key(id)).await {
+        let raw = match self.get_bytes(&id_key(id), MAX_ID_RECORD).await {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 return Err(Error::NotFound {
@@ -533,7 +606,7 @@ impl SnapshotStore {
         key: &Path,
         id: &SnapshotId,
     ) -> Result<SnapshotManifest> {
-        let stored = match self.get_bytes(key).await {
+        let stored = match self.get_bytes(key, manifest::MAX_MANIFEST_BYTES as u64).await {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 return Err(Error::NotFound {
@@ -573,7 +646,8 @@ impl SnapshotStore {
                 limit: MAX_TABLE_BYTES,
             });
         }
-        let mut out = Vec::with_capacity(total as usize);
+        // Sized by what arrives (each part verified), not by what the manifest claims.
+        let mut out = Vec::new();
         for part in fetcher.fetch(id, refs).await? {
             out.extend_from_slice(&part);
         }

@@ -28,8 +28,10 @@ const MAGIC: &[u8; 8] = b"cmapack1";
 const LISTED: usize = 40;
 /// Bytes after the listing: count, checksum, magic.
 const TAIL: usize = 4 + 32 + 8;
-/// Largest pack accepted or written: offsets are `u32`.
-pub(crate) const MAX_PACK_BYTES: u64 = 1 << 31;
+/// Largest pack accepted or written (read whole by verify and garbage collection, so this bounds
+/// their memory per pack): the largest configurable pack size, plus the one chunk and trailer a
+/// pack may run over it by. Offsets are `u32`.
+pub(crate) const MAX_PACK_BYTES: u64 = (1 << 30) + (64 << 20);
 
 /// One chunk of a pack.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

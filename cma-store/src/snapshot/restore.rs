@@ -117,7 +117,9 @@ impl SnapshotStore {
             let Some(name) = meta.location.filename().map(str::to_owned) else {
                 continue;
             };
-            let data = self.get_bytes(&meta.location).await?;
+            let data = self
+                .get_bytes(&meta.location, chunk_index::MAX_INDEX_OBJECT)
+                .await?;
             tokio::task::spawn_blocking(move || chunk_index::decode(&name, &data).map(|_| ()))
                 .await
                 .map_err(joined)??;
@@ -133,7 +135,7 @@ impl SnapshotStore {
         let (packs, _) = fetcher.packs_of(&all);
         futures::stream::iter(packs)
             .map(|id| async move {
-                let data = match self.get_bytes(&pack::pack_key(&id)).await {
+                let data = match self.get_bytes(&pack::pack_key(&id), pack::MAX_PACK_BYTES).await {
                     Ok(d) => d,
                     Err(Error::Store { source, .. }) if is_not_found(&source) => {
                         return Err(Error::corrupt(format!("pack {}", id.to_hex()), "gone"));
