@@ -234,7 +234,8 @@ fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 }
 
 /// Follows tar headers through a stream to count regular files and their bytes (for the
-/// manifest) without parsing the archive twice.
+/// manifest) without parsing the archive twice, and notes the first entry a restore would
+/// refuse (see the `safety` module): a save never stores what a restore refuses.
 #[derive(Default)]
 pub(crate) struct TarCounter {
     header: Vec<u8>,
@@ -243,6 +244,8 @@ pub(crate) struct TarCounter {
     pub files: u64,
     /// Their bytes.
     pub bytes: u64,
+    /// The first entry a restore would refuse: its (ustar) name and why.
+    pub refused: Option<(String, &'static str)>,
 }
 
 impl TarCounter {
@@ -271,6 +274,22 @@ impl TarCounter {
         }
         let size = tar_size(&h[124..136]);
         self.skip = size.div_ceil(512) * 512;
+        if self.refused.is_none() {
+            let why = match h[156] {
+                b'1' => Some("hard links are not allowed"),
+                b'3' | b'4' => Some("device nodes are not allowed"),
+                b'6' => Some("FIFOs are not allowed"),
+                // Files, directories, symlinks and the metadata entries of long names and PAX.
+                b'0' | 0 | b'7' | b'2' | b'5' | b'x' | b'g' | b'L' | b'K' => None,
+                _ => Some("unsupported entry type"),
+            };
+            let special = tar_size(&h[100..108]) & 0o7000 != 0;
+            let why = why.or(special.then_some("setuid, setgid and sticky bits are not allowed"));
+            if let Some(why) = why {
+                let end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
+                self.refused = Some((String::from_utf8_lossy(&h[..end]).into_owned(), why));
+            }
+        }
         if matches!(h[156], b'0' | 0 | b'7') {
             self.files += 1;
             self.bytes += size;

@@ -155,6 +155,10 @@ pub struct SnapshotManifest {
     pub file_count: u64,
     /// Bytes in those files.
     pub content_bytes: u64,
+    /// Sockets, FIFOs and device nodes the save found in the workspace and left out (a
+    /// snapshot holds files, directories and symlinks only); 0 where the save could not see
+    /// them (a listing or export that leaves them out itself).
+    pub skipped_entries: u64,
     /// Size of the workspace archive (tar).
     pub archive_bytes: u64,
     /// Sum of the stored sizes of the chunks the archive is made of (counting repeats).
@@ -180,6 +184,9 @@ struct Wire {
     parent: Option<String>,
     file_count: u64,
     content_bytes: u64,
+    /// Absent from manifests written before it was recorded.
+    #[serde(default)]
+    skipped_entries: u64,
     archive_bytes: u64,
     stored_bytes: u64,
     uploaded_bytes: u64,
@@ -220,6 +227,7 @@ impl SnapshotManifest {
             parent: self.parent.as_ref().map(|p| p.as_str().to_owned()),
             file_count: self.file_count,
             content_bytes: self.content_bytes,
+            skipped_entries: self.skipped_entries,
             archive_bytes: self.archive_bytes,
             stored_bytes: self.stored_bytes,
             uploaded_bytes: self.uploaded_bytes,
@@ -304,6 +312,7 @@ impl SnapshotManifest {
             parent,
             file_count: wire.file_count,
             content_bytes: wire.content_bytes,
+            skipped_entries: wire.skipped_entries,
             archive_bytes: wire.archive_bytes,
             stored_bytes: wire.stored_bytes,
             uploaded_bytes: wire.uploaded_bytes,
@@ -356,6 +365,7 @@ mod tests {
             parent: None,
             file_count: 1,
             content_bytes: 3,
+            skipped_entries: 1,
             archive_bytes: 7,
             stored_bytes: 9,
             uploaded_bytes: 9,

@@ -56,7 +56,8 @@
 //! written directly, many files at once, into a hidden directory moved into place at the end
 //! (see the `unpack` module). Otherwise the chunks are written at their place in a spool file
 //! (zero runs become holes), the whole archive is checked entry by entry (no `..`, absolute
-//! paths, outward symlinks, hard links, devices, FIFOs or setuid/setgid/sticky bits), and only
+//! names, entries beneath a symlink, hard links, devices, FIFOs or setuid/setgid/sticky bits;
+//! symlink targets are link text, kept whatever they say), and only
 //! then streamed into [`Sandbox::import_workspace`]. Either way a snapshot that fails any check
 //! leaves the sandbox as it was.
 

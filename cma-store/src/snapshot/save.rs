@@ -44,11 +44,16 @@ async fn produce(
     let counts = |c: &TarCounter| Counts {
         files: c.files,
         bytes: c.bytes,
+        skipped: 0,
     };
     loop {
         match stream.next().await {
             Some(Ok(piece)) => {
                 counter.feed(&piece);
+                if let Some((name, why)) = counter.refused.take() {
+                    let _ = tx.send(Err(Error::unsafe_entry(name, why))).await;
+                    return counts(&counter);
+                }
                 chunker.push(&piece, &mut out);
             }
             Some(Err(e)) => {
@@ -427,6 +432,7 @@ impl SnapshotStore {
             parent: parent.cloned(),
             file_count: saved.counts.files,
             content_bytes: saved.counts.bytes,
+            skipped_entries: saved.counts.skipped,
             archive_bytes: saved.refs.iter().map(|c| u64::from(c.size)).sum(),
             stored_bytes: saved.refs.iter().map(|c| u64::from(c.stored_size)).sum(),
             uploaded_bytes: st.uploaded_bytes,

@@ -10,7 +10,8 @@
 //! What the file table lists is checked before anything is written: clean relative paths,
 //! nothing beneath a symlink, parents that are directories, no path twice, counts matching the
 //! manifest. Each tar entry must then be exactly the entry the table lists (path, kind, size),
-//! with no setuid/setgid/sticky bit and a symlink target that stays inside; anything else stops
+//! with no setuid/setgid/sticky bit and a non-empty symlink target (link text, written as it is:
+//! see the `safety` module); anything else stops
 //! the restore with [`Error::Corrupt`] or [`Error::UnsafeEntry`].
 //!
 //! [`restore_staged`] (a whole restore) writes into a fresh hidden directory inside the
@@ -335,7 +336,11 @@ impl Target {
         } else {
             rel.to_owned()
         };
-        self.root.symlink(target, &name).map_err(self.io(rel))?;
+        // Link text as stored (absolute targets too): never followed here, and the sandbox
+        // confines any use of it.
+        self.root
+            .symlink_contents(target, &name)
+            .map_err(self.io(rel))?;
         if self.in_place {
             self.publish(&name, rel)?;
         }
@@ -570,7 +575,7 @@ impl Restore {
                             Error::unsafe_entry(shown(&exp.path), "symlink without a target")
                         })?
                         .into_owned();
-                    super::safety::check_link(&shown(&exp.path), rel, &target)?;
+                    super::safety::check_link(&shown(&exp.path), &target)?;
                     self.target.symlink(rel, &target)?;
                 }
             }

@@ -75,6 +75,8 @@ pub(crate) enum Work {
 pub(crate) struct Counts {
     pub files: u64,
     pub bytes: u64,
+    /// Sockets, FIFOs and device nodes left out.
+    pub skipped: u64,
 }
 
 /// The parent snapshot's units, for reuse.
@@ -357,8 +359,13 @@ impl Walker<'_> {
                 FileType::RegularFile => Kind::File,
                 FileType::Directory => Kind::Dir,
                 FileType::Symlink => Kind::Symlink,
-                // Sockets, FIFOs and devices are not part of a workspace snapshot.
-                _ => continue,
+                // Sockets, FIFOs and devices are not part of a workspace snapshot (no restore
+                // could make them mean the same): left out, and counted in the manifest.
+                _ => {
+                    tracing::debug!(path = %path.display(), "snapshot save skips a special file");
+                    self.counts.skipped += 1;
+                    continue;
+                }
             };
             let key = EntryKey {
                 path: path.as_os_str().as_encoded_bytes().to_vec(),
