@@ -215,11 +215,13 @@ pub trait Sandbox: Send + Sync {
     async fn export_workspace(&self) -> Result<ByteStream>;
 
     /// Unpack a tar stream (as made by [`export_workspace`](Sandbox::export_workspace)) into the
-    /// workspace. Entries that would escape the workspace (absolute names, `..`, symlinks whose
-    /// targets leave it, hard links, device nodes) fail the import with
+    /// workspace. Entries that would escape the workspace (absolute names, `..`, entries beneath
+    /// a symlink of the archive, hard links, device nodes) fail the import with
     /// [`InvalidArchive`](crate::SandboxErrorKind::InvalidArchive) or
     /// [`OutsideSandbox`](crate::SandboxErrorKind::OutsideSandbox); nothing is ever written
-    /// outside the workspace.
+    /// outside the workspace. A symlink's target is link text, restored as it is whatever it
+    /// says (absolute, outside the workspace, dangling), as an export writes it; writing it
+    /// never follows it.
     async fn import_workspace(&self, tar: ByteStream) -> Result<()>;
 
     /// Every entry of the workspace (the [`workdir`](Sandbox::workdir) tree, not extra mounts)

@@ -26,17 +26,19 @@ fn normalise(rel: &Path) -> Option<Vec<String>> {
     Some(parts)
 }
 
-/// Check every entry of a workspace archive before it is unpacked into `workdir`: regular files,
-/// directories and symlinks only; names relative and inside; symlink targets that stay inside
-/// the workspace (relative, or absolute below `workdir`). Returns the archive rebuilt with every
+/// Check every entry of a workspace archive before it is unpacked into the workdir: regular files,
+/// directories and symlinks only; names relative and inside; nothing beneath a symlink of the
+/// archive. Symlink targets are link text, kept whatever they say (absolute, outside the
+/// workspace, dangling), as snapshots keep them. Returns the archive rebuilt with every
 /// entry owned by `owner` (uid, gid), ready to upload.
-pub(crate) fn check_import(tar_bytes: &[u8], workdir: &str, owner: (u64, u64)) -> Result<Vec<u8>> {
+pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Vec<u8>> {
     let mut out = tar::Builder::new(Vec::new());
     let mut archive = tar::Archive::new(tar_bytes);
     let entries = archive
         .entries()
         .map_err(|e| invalid("not a tar archive").with_source(e))?;
     let mut count = 0usize;
+    let mut links: std::collections::HashSet<Vec<String>> = std::collections::HashSet::new();
     for entry in entries {
         let mut entry = entry.map_err(|e| invalid("malformed tar entry").with_source(e))?;
         count += 1;
@@ -68,29 +70,32 @@ pub(crate) fn check_import(tar_bytes: &[u8], workdir: &str, owner: (u64, u64)) -
         }
         let kind = entry.header().entry_type();
         use tar::EntryType as T;
+        // The daemon unpacks as root: an entry beneath a symlink of the archive could be
+        // written wherever that link points.
+        if (1..parts.len()).any(|n| links.contains(&parts[..n])) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::OutsideSandbox,
+                "archive entry beneath a symlink",
+            )
+            .with_path(shown));
+        }
+        if kind == T::Symlink {
+            links.insert(parts.clone());
+        } else {
+            links.remove(&parts);
+        }
         match kind {
             T::Regular | T::Continuous | T::Directory => {}
             T::Symlink => {
+                // Link text, whatever it says (a virtualenv's interpreter link is absolute):
+                // writing a symlink never follows it, and nothing of this archive is written
+                // through one (checked below), so its target needs no check of its own.
                 let target = entry
                     .link_name()
                     .map_err(|e| invalid("malformed link target").with_source(e))?
-                    .ok_or_else(|| invalid("symlink without a target").with_path(shown.clone()))?
-                    .into_owned();
-                let ok = if target.is_absolute() {
-                    let wd = Path::new(workdir);
-                    target.strip_prefix(wd).ok().and_then(normalise).is_some()
-                } else {
-                    let mut base = parts.clone();
-                    base.pop();
-                    let joined = Path::new(&base.join("/")).join(&target);
-                    normalise(&joined).is_some()
-                };
-                if !ok {
-                    return Err(SandboxError::new(
-                        SandboxErrorKind::OutsideSandbox,
-                        "symlink target leaves the workspace",
-                    )
-                    .with_path(shown));
+                    .ok_or_else(|| invalid("symlink without a target").with_path(shown.clone()))?;
+                if target.as_os_str().is_empty() {
+                    return Err(invalid("empty symlink target").with_path(shown));
                 }
             }
             T::Link => {
@@ -208,19 +213,68 @@ mod tests {
     #[test]
     fn built_archives_pass_the_import_check() {
         let t = single_file_tar("etc/cma/x.pem", b"pem", 0o644).unwrap();
-        let rebuilt = check_import(&t, "/workspace", (1000, 1000)).unwrap();
+        let rebuilt = check_import(&t, (1000, 1000)).unwrap();
         assert_eq!(first_file(&rebuilt).unwrap(), b"pem");
         check_import(
             &single_dir_tar("workspace", 0o755).unwrap(),
-            "/workspace",
             (0, 0),
         )
         .unwrap();
     }
 
+    fn with_links(links: &[(&str, &str)], file: Option<&str>) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, target) in links {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        if let Some(name) = file {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(0o644);
+            h.set_size(1);
+            b.append_data(&mut h, name, &b"x"[..]).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    #[test]
+    fn symlink_targets_are_link_text_but_nothing_is_written_through_one() {
+        let kept = [
+            ("venv/bin/python", "/usr/bin/python3"),
+            ("up", "../../etc"),
+            ("dangling", "no/such/file"),
+            ("inside", "venv/bin"),
+        ];
+        let rebuilt = check_import(&with_links(&kept, None), (1, 1)).unwrap();
+        let mut archive = tar::Archive::new(&rebuilt[..]);
+        let got: Vec<(String, String)> = archive
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let name = e.path().unwrap().to_string_lossy().into_owned();
+                let target = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                (name, target)
+            })
+            .collect();
+        let want: Vec<(String, String)> = kept
+            .iter()
+            .map(|(n, t)| (n.to_string(), t.to_string()))
+            .collect();
+        assert_eq!(got, want);
+        for (link, file) in [("up", "up/passwd"), ("a/b", "a/b/c/d")] {
+            let e = check_import(&with_links(&[(link, "/etc")], Some(file)), (1, 1)).unwrap_err();
+            assert_eq!(e.kind(), SandboxErrorKind::OutsideSandbox, "{file}: {e}");
+        }
+    }
+
     #[test]
     fn garbage_is_invalid() {
-        let e = check_import(&b"definitely not a tar".repeat(40), "/w", (0, 0)).unwrap_err();
+        let e = check_import(&b"definitely not a tar".repeat(40), (0, 0)).unwrap_err();
         assert_eq!(e.kind(), SandboxErrorKind::InvalidArchive);
     }
 }

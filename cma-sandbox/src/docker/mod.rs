@@ -1358,7 +1358,7 @@ impl Sandbox for DockerSandbox {
             .call(self.workdir(), json!({"op": "id"}), Bytes::new())
             .await?;
         let num = |k: &str| id.head.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let buf = archive::check_import(&buf, &self.shared.cfg.workdir, (num("uid"), num("gid")))?;
+        let buf = archive::check_import(&buf, (num("uid"), num("gid")))?;
         let backend = DockerBackend {
             shared: self.shared.clone(),
         };
