@@ -233,90 +233,6 @@ fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
     })
 }
 
-/// Follows tar headers through a stream to count regular files and their bytes (for the
-/// manifest) without parsing the archive twice, and notes the first entry a restore would
-/// refuse (see the `safety` module): a save never stores what a restore refuses.
-#[derive(Default)]
-pub(crate) struct TarCounter {
-    header: Vec<u8>,
-    skip: u64,
-    /// Regular files seen.
-    pub files: u64,
-    /// Their bytes.
-    pub bytes: u64,
-    /// The first entry a restore would refuse: its (ustar) name and why.
-    pub refused: Option<(String, &'static str)>,
-}
-
-impl TarCounter {
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = (self.skip.min(data.len() as u64)) as usize;
-                self.skip -= n as u64;
-                data = &data[n..];
-                continue;
-            }
-            let n = (512 - self.header.len()).min(data.len());
-            self.header.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.header.len() == 512 {
-                self.parse();
-                self.header.clear();
-            }
-        }
-    }
-
-    fn parse(&mut self) {
-        let h = &self.header;
-        if h.iter().all(|&b| b == 0) {
-            return;
-        }
-        let size = tar_size(&h[124..136]);
-        self.skip = size.div_ceil(512) * 512;
-        if self.refused.is_none() {
-            let why = match h[156] {
-                b'1' => Some("hard links are not allowed"),
-                b'3' | b'4' => Some("device nodes are not allowed"),
-                b'6' => Some("FIFOs are not allowed"),
-                // Files, directories, symlinks and the metadata entries of long names and PAX.
-                b'0' | 0 | b'7' | b'2' | b'5' | b'x' | b'g' | b'L' | b'K' => None,
-                _ => Some("unsupported entry type"),
-            };
-            let special = tar_size(&h[100..108]) & 0o7000 != 0;
-            let why = why.or(special.then_some("setuid, setgid and sticky bits are not allowed"));
-            if let Some(why) = why {
-                let end = h[..100].iter().position(|&b| b == 0).unwrap_or(100);
-                self.refused = Some((String::from_utf8_lossy(&h[..end]).into_owned(), why));
-            }
-        }
-        if matches!(h[156], b'0' | 0 | b'7') {
-            self.files += 1;
-            self.bytes += size;
-        }
-    }
-}
-
-/// A tar numeric field: octal text, or GNU base-256 when the high bit is set.
-fn tar_size(field: &[u8]) -> u64 {
-    if field[0] & 0x80 != 0 {
-        let mut v = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            v = (v << 8) | u64::from(b);
-        }
-        return v;
-    }
-    let mut v = 0u64;
-    for &b in field {
-        match b {
-            b'0'..=b'7' => v = (v << 3) | u64::from(b - b'0'),
-            b' ' | 0 if v > 0 => break,
-            _ => {}
-        }
-    }
-    v
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -382,30 +298,5 @@ mod tests {
             assert!(decode(half, &hash, n).is_err());
             assert!(decode(Bytes::new(), &hash, n).is_err());
         }
-    }
-
-    #[test]
-    fn tar_counter_counts_regular_files() {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, len) in [("a", 10usize), ("d/b", 1000), ("e", 0)] {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(len as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, &vec![7u8; len][..]).unwrap();
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
-        b.append_data(&mut h, "dir", std::io::empty()).unwrap();
-        let long = "x".repeat(300);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(5);
-        b.append_data(&mut h, &long, &b"12345"[..]).unwrap();
-        let bytes = b.into_inner().unwrap();
-        let mut c = TarCounter::default();
-        for piece in bytes.chunks(100) {
-            c.feed(piece);
-        }
-        assert_eq!((c.files, c.bytes), (4, 1015));
     }
 }

@@ -73,6 +73,7 @@ mod pipeline;
 mod remote;
 mod safety;
 mod tables;
+mod tar_scan;
 mod unpack;
 mod wake;
 mod walk;
@@ -100,7 +101,8 @@ pub use manifest::{
 pub use marker::{RESTORE_MARKER, restore_unfinished};
 pub use wake::Woken;
 
-use self::chunk::{Chunker, TarCounter};
+use self::chunk::Chunker;
+use self::tar_scan::TarScan;
 use self::tables::Unit;
 use self::walk::{Counts, ParentUnits, Work};
 use crate::SnapshotId;

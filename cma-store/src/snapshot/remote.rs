@@ -72,6 +72,20 @@ fn plan(
     parent: Option<&ParentUnits>,
     racy_after: i128,
 ) -> Result<(Vec<Planned>, Counts)> {
+    // The listing comes from inside the sandbox: it must be what a restore accepts (clean
+    // names, none twice, nothing beneath a symlink or a file, non-empty link targets), or the
+    // save would store a snapshot no restore takes.
+    let keys: Vec<EntryKey> = entries.iter().filter_map(key_of).collect();
+    super::unpack::check_entries(&keys, &|| "the sandbox's workspace listing".to_owned())?;
+    drop(keys);
+    if let Some(e) = entries.iter().find(|e| {
+        e.kind == FileKind::Symlink && e.link_target.as_deref().is_none_or(<[u8]>::is_empty)
+    }) {
+        return Err(Error::unsafe_entry(
+            String::from_utf8_lossy(&e.path),
+            "symlink without a target",
+        ));
+    }
     let mut builder = tar::Builder::new(Vec::new());
     let mut units = Vec::new();
     let mut pack: Vec<Found> = Vec::new();

@@ -13,9 +13,11 @@
 //! - hard links are saved as the separate files they look like (the link itself is not kept);
 //! - sockets, FIFOs and device nodes are skipped by the save (counted in
 //!   [`SnapshotManifest::skipped_entries`](super::SnapshotManifest::skipped_entries)); an
-//!   export stream holding one (or a hard link, or setuid/setgid/sticky bits) fails the save
-//!   with [`Error::UnsafeEntry`], so nothing a restore refuses is ever stored. Saves from a
-//!   directory walk keep only the execute bits of a file's mode.
+//!   export stream holding one, or anything else this check refuses (a hard link, `..`, an
+//!   entry beneath a symlink, setuid/setgid/sticky bits, a malformed header), fails the save
+//!   with [`Error::UnsafeEntry`] (see the `tar_scan` module), so nothing a restore refuses is
+//!   ever stored. Saves from a directory walk write only what this check accepts, and keep
+//!   only the execute bits of a file's mode.
 //!
 //! Sandboxes check imports themselves; this check does not rely on them, so a backend with a
 //! weaker import still never receives an unsafe archive from the store.

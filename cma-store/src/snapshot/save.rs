@@ -39,9 +39,9 @@ async fn produce(
     tx: mpsc::Sender<Result<Vec<Work>>>,
 ) -> Counts {
     let mut chunker = Chunker::new(params);
-    let mut counter = TarCounter::default();
+    let mut counter = TarScan::default();
     let mut out = Vec::new();
-    let counts = |c: &TarCounter| Counts {
+    let counts = |c: &TarScan| Counts {
         files: c.files,
         bytes: c.bytes,
         skipped: 0,
@@ -70,6 +70,11 @@ async fn produce(
         {
             return counts(&counter);
         }
+    }
+    counter.finish();
+    if let Some((name, why)) = counter.refused.take() {
+        let _ = tx.send(Err(Error::unsafe_entry(name, why))).await;
+        return counts(&counter);
     }
     chunker.finish(&mut out);
     let _ = tx.send(Ok(vec![Work::Chunks(out)])).await;

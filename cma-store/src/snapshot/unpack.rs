@@ -105,6 +105,49 @@ fn check_path(p: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// Check a list of entries as a restore needs them (also what a save from a listing checks, so
+/// it never stores what this refuses): clean relative paths, none twice, nothing beneath a
+/// symlink or a file. Returns the regular files' count and bytes.
+pub(super) fn check_entries(entries: &[EntryKey], table: &dyn Fn() -> String) -> Result<(u64, u64)> {
+    let mut kinds: HashMap<&[u8], Kind> = HashMap::with_capacity(entries.len());
+    let (mut files, mut bytes) = (0u64, 0u64);
+    for e in entries {
+        check_path(&e.path)?;
+        if kinds.insert(&e.path, e.kind).is_some() {
+            return Err(Error::corrupt(
+                table(),
+                format!("'{}' is listed twice", shown(&e.path)),
+            ));
+        }
+        if e.kind == Kind::File {
+            files += 1;
+            bytes += e.size;
+        }
+    }
+    for e in entries {
+        let mut parent = rel_of(&e.path).parent();
+        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
+            match kinds.get(p.as_os_str().as_bytes()) {
+                Some(Kind::Symlink) => {
+                    return Err(Error::unsafe_entry(
+                        shown(&e.path),
+                        "entry beneath a symlink",
+                    ));
+                }
+                Some(Kind::File) => {
+                    return Err(Error::corrupt(
+                        table(),
+                        format!("'{}' is beneath a file", shown(&e.path)),
+                    ));
+                }
+                _ => {}
+            }
+            parent = p.parent();
+        }
+    }
+    Ok((files, bytes))
+}
+
 /// Check a snapshot's file table against its chunk list and manifest; place every unit.
 pub(super) fn plan(m: &SnapshotManifest, units: Vec<Unit>) -> Result<Plan> {
     let table = || format!("file table of snapshot {}", m.id.as_str());
@@ -132,42 +175,7 @@ pub(super) fn plan(m: &SnapshotManifest, units: Vec<Unit>) -> Result<Plan> {
     if chunk_at != m.chunks.len() {
         return Err(Error::corrupt(table(), "fewer chunks than the chunk list"));
     }
-    let mut kinds: HashMap<&[u8], Kind> = HashMap::with_capacity(entries.len());
-    let (mut files, mut bytes) = (0u64, 0u64);
-    for e in &entries {
-        check_path(&e.path)?;
-        if kinds.insert(&e.path, e.kind).is_some() {
-            return Err(Error::corrupt(
-                table(),
-                format!("'{}' is listed twice", shown(&e.path)),
-            ));
-        }
-        if e.kind == Kind::File {
-            files += 1;
-            bytes += e.size;
-        }
-    }
-    for e in &entries {
-        let mut parent = rel_of(&e.path).parent();
-        while let Some(p) = parent.filter(|p| !p.as_os_str().is_empty()) {
-            match kinds.get(p.as_os_str().as_bytes()) {
-                Some(Kind::Symlink) => {
-                    return Err(Error::unsafe_entry(
-                        shown(&e.path),
-                        "entry beneath a symlink",
-                    ));
-                }
-                Some(Kind::File) => {
-                    return Err(Error::corrupt(
-                        table(),
-                        format!("'{}' is beneath a file", shown(&e.path)),
-                    ));
-                }
-                _ => {}
-            }
-            parent = p.parent();
-        }
-    }
+    let (files, bytes) = check_entries(&entries, &table)?;
     if (files, bytes) != (m.file_count, m.content_bytes) {
         return Err(Error::corrupt(
             table(),
