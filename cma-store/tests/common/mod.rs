@@ -278,3 +278,69 @@ pub fn byte_stream(data: Vec<u8>) -> cma_sandbox::ByteStream {
 pub fn seeded(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
 }
+
+/// Store by hand, as a hostile store could hold it, a snapshot of session `session` whose
+/// archive is `archive` (one raw chunk under `chunks/`, as format 2 stored chunks), bypassing
+/// every check a save makes; returns its id.
+pub async fn forge_archive_snapshot(
+    store: &SnapshotStore,
+    session: &str,
+    archive: &[u8],
+) -> cma_store::SnapshotId {
+    use object_store::ObjectStoreExt;
+    use object_store::path::Path as Key;
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+    let os = store.object_store().clone();
+    let put = |key: String, data: Vec<u8>| {
+        let os = os.clone();
+        async move {
+            os.put(&Key::from(key), bytes::Bytes::from(data).into())
+                .await
+                .unwrap();
+        }
+    };
+    let raw = |data: &[u8]| [&[0u8][..], data].concat();
+    let hash: [u8; 32] = Sha256::digest(archive).into();
+    put(format!("chunks/{}/{}", &hex(&hash)[..2], hex(&hash)), raw(archive)).await;
+    let mut table = hash.to_vec();
+    table.extend_from_slice(&(archive.len() as u32).to_le_bytes());
+    table.extend_from_slice(&(archive.len() as u32 + 1).to_le_bytes());
+    let th = hex(&Sha256::digest(&table));
+    put(format!("chunks/{}/{th}", &th[..2]), raw(&table)).await;
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut a = tar::Archive::new(archive);
+    for e in a.entries().unwrap().flatten() {
+        if e.header().entry_type().is_file() {
+            files += 1;
+            bytes += e.size();
+        }
+    }
+    let format = cma_store::snapshot::FORMAT_VERSION;
+    let wire = serde_json::json!({
+        "format_version": format,
+        "session_id": session,
+        "created_at": "2026-05-01T00:00:00Z",
+        "parent": null,
+        "file_count": files,
+        "content_bytes": bytes,
+        "archive_bytes": archive.len(),
+        "stored_bytes": archive.len() + 1,
+        "uploaded_bytes": 0,
+        "chunker": {"min_size": 16384, "avg_size": 65536, "max_size": 262144, "normalization": 1},
+        "compression": "zstd",
+        "table": [[th, table.len(), table.len() + 1]],
+        "files": [],
+    });
+    let body = serde_json::to_vec(&wire).unwrap();
+    let mut plain =
+        format!("cma-snapshot-manifest {format} {}\n", hex(&Sha256::digest(&body))).into_bytes();
+    plain.extend_from_slice(&body);
+    let manifest = zstd::bulk::compress(&plain, 1).unwrap();
+    let id = hex(&Sha256::digest(&manifest));
+    let key = format!("manifests/{session}/{:020}-{id}", 1_700_000_000_000_000u64);
+    put(format!("ids/{id}"), key.clone().into_bytes()).await;
+    put(key, manifest).await;
+    cma_store::SnapshotId::from_hex(&id).unwrap()
+}
