@@ -254,7 +254,10 @@ async fn every_unsafe_entry_is_refused_before_anything_is_written() {
     let f = fixture().await;
     let good: RawEntry<'_> = (b"good.txt", T::Regular, 0o644, b"", b"written only if safe");
     let cases: Vec<(&str, Vec<RawEntry<'_>>)> = vec![
-        ("parent dir", vec![(b"../evil", T::Regular, 0o644, b"", b"x")]),
+        (
+            "parent dir",
+            vec![(b"../evil", T::Regular, 0o644, b"", b"x")],
+        ),
         (
             "nested parent dir",
             vec![(b"a/../../evil", T::Regular, 0o644, b"", b"x")],
@@ -295,7 +298,10 @@ async fn every_unsafe_entry_is_refused_before_anything_is_written() {
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsafeEntry, "{what}: {e}");
-        assert!(f.store.list("sesn_evil").await.unwrap().is_empty(), "{what}");
+        assert!(
+            f.store.list("sesn_evil").await.unwrap().is_empty(),
+            "{what}"
+        );
         // Forged into the store anyway: the restore refuses it, the sandbox untouched.
         let id = forge_archive_snapshot(&f.store, "sesn_forged", &tar).await;
         let before = listing(&f.dst.host);

@@ -52,7 +52,10 @@ fn special_files(dir: &Path) -> std::os::unix::net::UnixListener {
 fn expected(want: &BTreeMap<Vec<u8>, Entry>) {
     // What the listing shows, so a change to the fixture cannot make the test vacuous.
     let kinds: Vec<(&str, Entry)> = vec![
-        ("venv/bin/python3", Entry::Symlink(b"/usr/bin/python3".to_vec())),
+        (
+            "venv/bin/python3",
+            Entry::Symlink(b"/usr/bin/python3".to_vec()),
+        ),
         (
             "escaping",
             Entry::Symlink(b"../../outside/the/workspace".to_vec()),

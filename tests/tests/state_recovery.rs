@@ -411,7 +411,13 @@ async fn a_sandbox_left_with_an_unfinished_restore_is_destroyed_not_readopted() 
     assert_eq!((report.readopted, report.destroyed), (0, 1), "{report:?}");
     assert_eq!(second.warm_count(), 0);
     assert!(backend.list().await.unwrap().is_empty());
-    assert!(store.list_sandboxes(&SandboxQuery::default()).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_sandboxes(&SandboxQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
 }
 
 /// More sandbox records than one page of the state store holds: recovery reads every page, so

@@ -215,11 +215,7 @@ mod tests {
         let t = single_file_tar("etc/cma/x.pem", b"pem", 0o644).unwrap();
         let rebuilt = check_import(&t, (1000, 1000)).unwrap();
         assert_eq!(first_file(&rebuilt).unwrap(), b"pem");
-        check_import(
-            &single_dir_tar("workspace", 0o755).unwrap(),
-            (0, 0),
-        )
-        .unwrap();
+        check_import(&single_dir_tar("workspace", 0o755).unwrap(), (0, 0)).unwrap();
     }
 
     fn with_links(links: &[(&str, &str)], file: Option<&str>) -> Vec<u8> {
@@ -257,7 +253,12 @@ mod tests {
             .map(|e| {
                 let e = e.unwrap();
                 let name = e.path().unwrap().to_string_lossy().into_owned();
-                let target = e.link_name().unwrap().unwrap().to_string_lossy().into_owned();
+                let target = e
+                    .link_name()
+                    .unwrap()
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
                 (name, target)
             })
             .collect();

@@ -19,9 +19,9 @@ use bytes::Bytes;
 use futures::{StreamExt, TryStreamExt};
 use object_store::path::Path;
 
+use super::chunk::{MAX_CHUNK_BYTES, MAX_STORED_CHUNK_BYTES};
 use super::error::{Error, Result};
 use super::manifest::ChunkHash;
-use super::chunk::{MAX_CHUNK_BYTES, MAX_STORED_CHUNK_BYTES};
 use super::pack::{MAX_PACK_BYTES, PackId};
 use super::{SnapshotStore, is_not_found};
 

@@ -254,8 +254,12 @@ impl Fetcher {
     async fn legacy(&self, snapshot: &SnapshotId, r: ChunkRef) -> Result<Vec<Outcome>> {
         let stored = match self
             .store
-            .get_bytes(&chunk_key(&r.hash), u64::from(chunk::MAX_STORED_CHUNK_BYTES))
-            .await {
+            .get_bytes(
+                &chunk_key(&r.hash),
+                u64::from(chunk::MAX_STORED_CHUNK_BYTES),
+            )
+            .await
+        {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 let e = Error::MissingChunk {

@@ -102,8 +102,8 @@ pub use marker::{RESTORE_MARKER, restore_unfinished};
 pub use wake::Woken;
 
 use self::chunk::Chunker;
-use self::tar_scan::TarScan;
 use self::tables::Unit;
+use self::tar_scan::TarScan;
 use self::walk::{Counts, ParentUnits, Work};
 use crate::SnapshotId;
 
@@ -609,7 +609,10 @@ impl SnapshotStore {
         key: &Path,
         id: &SnapshotId,
     ) -> Result<SnapshotManifest> {
-        let stored = match self.get_bytes(key, manifest::MAX_MANIFEST_BYTES as u64).await {
+        let stored = match self
+            .get_bytes(key, manifest::MAX_MANIFEST_BYTES as u64)
+            .await
+        {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 return Err(Error::NotFound {

@@ -135,7 +135,10 @@ impl SnapshotStore {
         let (packs, _) = fetcher.packs_of(&all);
         futures::stream::iter(packs)
             .map(|id| async move {
-                let data = match self.get_bytes(&pack::pack_key(&id), pack::MAX_PACK_BYTES).await {
+                let data = match self
+                    .get_bytes(&pack::pack_key(&id), pack::MAX_PACK_BYTES)
+                    .await
+                {
                     Ok(d) => d,
                     Err(Error::Store { source, .. }) if is_not_found(&source) => {
                         return Err(Error::corrupt(format!("pack {}", id.to_hex()), "gone"));

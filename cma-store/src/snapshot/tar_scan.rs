@@ -127,7 +127,13 @@ impl TarScan {
         let sum: u64 = h
             .iter()
             .enumerate()
-            .map(|(i, &b)| if (148..156).contains(&i) { 32 } else { u64::from(b) })
+            .map(|(i, &b)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    u64::from(b)
+                }
+            })
             .sum();
         if stored_sum != Some(sum) {
             return self.refuse(field(&h[..100]), "malformed tar: header checksum mismatch");
@@ -340,14 +346,26 @@ mod tests {
         let mut bad = good.clone();
         bad[3] ^= 1;
         assert!(scan(&bad).refused.unwrap().1.contains("checksum"));
-        assert!(scan(&good[..700]).refused.unwrap().1.contains("ends inside"));
+        assert!(
+            scan(&good[..700])
+                .refused
+                .unwrap()
+                .1
+                .contains("ends inside")
+        );
     }
 
     #[test]
     fn pax_records_parse_and_lie_detected() {
         let data = b"18 path=a/b/c.txt\n15 linkpath=/x\n";
         let r = pax_records(data).unwrap();
-        assert_eq!(r, vec![(&b"path"[..], &b"a/b/c.txt"[..]), (&b"linkpath"[..], &b"/x"[..])]);
+        assert_eq!(
+            r,
+            vec![
+                (&b"path"[..], &b"a/b/c.txt"[..]),
+                (&b"linkpath"[..], &b"/x"[..])
+            ]
+        );
         assert!(pax_records(b"99 path=a\n").is_none());
         assert!(pax_records(b"x path=a\n").is_none());
     }

@@ -108,7 +108,10 @@ fn check_path(p: &[u8]) -> Result<()> {
 /// Check a list of entries as a restore needs them (also what a save from a listing checks, so
 /// it never stores what this refuses): clean relative paths, none twice, nothing beneath a
 /// symlink or a file. Returns the regular files' count and bytes.
-pub(super) fn check_entries(entries: &[EntryKey], table: &dyn Fn() -> String) -> Result<(u64, u64)> {
+pub(super) fn check_entries(
+    entries: &[EntryKey],
+    table: &dyn Fn() -> String,
+) -> Result<(u64, u64)> {
     let mut kinds: HashMap<&[u8], Kind> = HashMap::with_capacity(entries.len());
     let (mut files, mut bytes) = (0u64, 0u64);
     for e in entries {

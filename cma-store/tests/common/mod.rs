@@ -287,6 +287,33 @@ pub async fn forge_archive_snapshot(
     session: &str,
     archive: &[u8],
 ) -> cma_store::SnapshotId {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut a = tar::Archive::new(archive);
+    for e in a.entries().unwrap().flatten() {
+        if e.header().entry_type().is_file() {
+            files += 1;
+            bytes += e.size();
+        }
+    }
+    let hash: [u8; 32] = Sha256::digest(archive).into();
+    let stored = [&[0u8][..], archive].concat();
+    forge_snapshot(
+        store,
+        session,
+        (hash, archive.len() as u32, stored),
+        (files, bytes),
+    )
+    .await
+}
+
+/// Store by hand a snapshot whose archive is one chunk under `chunks/`: `(hash, claimed size,
+/// stored bytes)`, with `(files, bytes)` as the manifest's counts; returns its id.
+pub async fn forge_snapshot(
+    store: &SnapshotStore,
+    session: &str,
+    (hash, size, stored): ([u8; 32], u32, Vec<u8>),
+    (files, bytes): (u64, u64),
+) -> cma_store::SnapshotId {
     use object_store::ObjectStoreExt;
     use object_store::path::Path as Key;
     fn hex(b: &[u8]) -> String {
@@ -301,22 +328,22 @@ pub async fn forge_archive_snapshot(
                 .unwrap();
         }
     };
-    let raw = |data: &[u8]| [&[0u8][..], data].concat();
-    let hash: [u8; 32] = Sha256::digest(archive).into();
-    put(format!("chunks/{}/{}", &hex(&hash)[..2], hex(&hash)), raw(archive)).await;
+    let stored_len = stored.len() as u32;
+    put(
+        format!("chunks/{}/{}", &hex(&hash)[..2], hex(&hash)),
+        stored,
+    )
+    .await;
     let mut table = hash.to_vec();
-    table.extend_from_slice(&(archive.len() as u32).to_le_bytes());
-    table.extend_from_slice(&(archive.len() as u32 + 1).to_le_bytes());
+    table.extend_from_slice(&size.to_le_bytes());
+    table.extend_from_slice(&stored_len.to_le_bytes());
     let th = hex(&Sha256::digest(&table));
-    put(format!("chunks/{}/{th}", &th[..2]), raw(&table)).await;
-    let (mut files, mut bytes) = (0u64, 0u64);
-    let mut a = tar::Archive::new(archive);
-    for e in a.entries().unwrap().flatten() {
-        if e.header().entry_type().is_file() {
-            files += 1;
-            bytes += e.size();
-        }
-    }
+    put(
+        format!("chunks/{}/{th}", &th[..2]),
+        [&[0u8][..], &table].concat(),
+    )
+    .await;
+    let archive_len = u64::from(size);
     let format = cma_store::snapshot::FORMAT_VERSION;
     let wire = serde_json::json!({
         "format_version": format,
@@ -325,8 +352,8 @@ pub async fn forge_archive_snapshot(
         "parent": null,
         "file_count": files,
         "content_bytes": bytes,
-        "archive_bytes": archive.len(),
-        "stored_bytes": archive.len() + 1,
+        "archive_bytes": archive_len,
+        "stored_bytes": stored_len,
         "uploaded_bytes": 0,
         "chunker": {"min_size": 16384, "avg_size": 65536, "max_size": 262144, "normalization": 1},
         "compression": "zstd",
@@ -334,8 +361,11 @@ pub async fn forge_archive_snapshot(
         "files": [],
     });
     let body = serde_json::to_vec(&wire).unwrap();
-    let mut plain =
-        format!("cma-snapshot-manifest {format} {}\n", hex(&Sha256::digest(&body))).into_bytes();
+    let mut plain = format!(
+        "cma-snapshot-manifest {format} {}\n",
+        hex(&Sha256::digest(&body))
+    )
+    .into_bytes();
     plain.extend_from_slice(&body);
     let manifest = zstd::bulk::compress(&plain, 1).unwrap();
     let id = hex(&Sha256::digest(&manifest));
