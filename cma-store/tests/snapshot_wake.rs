@@ -26,10 +26,13 @@ use object_store::{
     ObjectStoreExt, PutMultipartOptions, PutOptions, PutPayload, PutResult,
 };
 
-/// Delays every ranged read of a pack by `delay_ms`.
+/// Delays every ranged read of a pack by `delay_ms`; a read covering the held place (pack,
+/// offset) also waits for a permit of `release`.
 struct Slow {
     inner: InMemory,
     delay_ms: AtomicU64,
+    hold: std::sync::Mutex<Option<(Path, u64)>>,
+    release: tokio::sync::Semaphore,
 }
 
 impl fmt::Debug for Slow {
@@ -71,6 +74,14 @@ impl ObjectStore for Slow {
         if options.range.is_some() && location.as_ref().starts_with("packs/") {
             let ms = self.delay_ms.load(Ordering::Relaxed);
             tokio::time::sleep(Duration::from_millis(ms)).await;
+            let held = self.hold.lock().unwrap().clone();
+            if let (Some((pack, at)), Some(object_store::GetRange::Bounded(r))) =
+                (held, &options.range)
+                && pack == *location
+                && r.contains(&at)
+            {
+                let _ = self.release.acquire().await;
+            }
         }
         self.inner.get_opts(location, options).await
     }
@@ -116,6 +127,8 @@ async fn fixture() -> Fixture {
     let slow = Arc::new(Slow {
         inner: InMemory::new(),
         delay_ms: AtomicU64::new(0),
+        hold: std::sync::Mutex::new(None),
+        release: tokio::sync::Semaphore::new(0),
     });
     let mut cfg = config();
     cfg.pack_bytes = 256 * 1024;
@@ -234,6 +247,9 @@ async fn a_restore_failing_half_way_fails_what_waits_and_leaves_no_partial_file(
             let mut bad = data.to_vec();
             bad[at] ^= 0x40;
             os.put(&p.location, Bytes::from(bad).into()).await.unwrap();
+            // The damaged bytes are read only once the small file was: a restore running
+            // its tasks at once must not reach them first, however the machine schedules it.
+            *f.slow.hold.lock().unwrap() = Some((p.location.clone(), at as u64));
             damaged = Some(p.location.clone());
             break;
         }
@@ -249,6 +265,9 @@ async fn a_restore_failing_half_way_fails_what_waits_and_leaves_no_partial_file(
         &woken.sandbox.read_file("hello.txt", None).await.unwrap()[..],
         b"hello from the snapshot"
     );
+    f.slow
+        .release
+        .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
     let e = woken
         .sandbox
         .read_file("big/blob3.bin", None)

@@ -208,3 +208,55 @@ async fn docker_saves_read_only_what_changed_and_restore_exactly() {
     backend.destroy(dst.id()).await.unwrap();
     backend.destroy(sb.id()).await.unwrap();
 }
+
+/// What a Docker workspace may hold, saved and restored as the snapshot module documents:
+/// symlinks of every kind are link text (a virtualenv's absolute interpreter link, one pointing
+/// outside the workspace, a dangling one), empty directories stay, a hard link comes back as
+/// two files, a FIFO is left out. Saved from the listing; the export stream of the same
+/// workspace holds the FIFO and the hard link, so saving it is refused with a typed error
+/// instead of storing what no restore takes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_workspaces_keep_every_kind_of_symlink_and_refuse_what_cannot_restore() {
+    let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
+    let sb = backend.create(&SandboxSpec::new()).await.unwrap();
+    let out = sb
+        .exec(ExecRequest::shell(
+            "mkdir -p venv/bin empty/dir && echo hi > f.txt \
+             && ln -s /usr/bin/python3 venv/bin/python3 && ln -s python3 venv/bin/python \
+             && ln -s ../../outside escaping && ln -s /etc abs_dir && ln -s no/such dangling \
+             && ln f.txt hard && mkfifo pipe",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, Some(0), "{out:?}");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = SnapshotStore::local(tmp.path(), SnapshotConfig::default()).unwrap();
+    let m = store.save("sesn_kinds", sb.as_ref(), None).await.unwrap();
+    assert!(!m.files.is_empty(), "saved from the listing");
+
+    let dst = backend.create(&SandboxSpec::new()).await.unwrap();
+    store.restore(&m.id, dst.as_ref()).await.unwrap();
+    let got = contents(dst.as_ref()).await;
+    assert_eq!(got, contents(sb.as_ref()).await);
+    let link = |p: &str| got.get(p.as_bytes()).and_then(|e| e.2.clone());
+    assert_eq!(link("venv/bin/python3").as_deref(), Some(&b"/usr/bin/python3"[..]));
+    assert_eq!(link("escaping").as_deref(), Some(&b"../../outside"[..]));
+    assert_eq!(link("dangling").as_deref(), Some(&b"no/such"[..]));
+    assert_eq!(got[&b"hard"[..]].3, got[&b"f.txt"[..]].3);
+    assert!(got.contains_key(&b"empty/dir"[..]));
+    assert!(!got.contains_key(&b"pipe"[..]));
+
+    let export = sb.export_workspace().await.unwrap();
+    let e = store
+        .save_archive("sesn_export", export, None)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        e.kind(),
+        cma_store::snapshot::ErrorKind::UnsafeEntry,
+        "{e}"
+    );
+    assert!(store.list("sesn_export").await.unwrap().is_empty());
+    backend.destroy(dst.id()).await.unwrap();
+    backend.destroy(sb.id()).await.unwrap();
+}
