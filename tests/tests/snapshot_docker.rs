@@ -239,7 +239,10 @@ async fn docker_workspaces_keep_every_kind_of_symlink_and_refuse_what_cannot_res
     let got = contents(dst.as_ref()).await;
     assert_eq!(got, contents(sb.as_ref()).await);
     let link = |p: &str| got.get(p.as_bytes()).and_then(|e| e.2.clone());
-    assert_eq!(link("venv/bin/python3").as_deref(), Some(&b"/usr/bin/python3"[..]));
+    assert_eq!(
+        link("venv/bin/python3").as_deref(),
+        Some(&b"/usr/bin/python3"[..])
+    );
     assert_eq!(link("escaping").as_deref(), Some(&b"../../outside"[..]));
     assert_eq!(link("dangling").as_deref(), Some(&b"no/such"[..]));
     assert_eq!(got[&b"hard"[..]].3, got[&b"f.txt"[..]].3);
@@ -251,11 +254,7 @@ async fn docker_workspaces_keep_every_kind_of_symlink_and_refuse_what_cannot_res
         .save_archive("sesn_export", export, None)
         .await
         .unwrap_err();
-    assert_eq!(
-        e.kind(),
-        cma_store::snapshot::ErrorKind::UnsafeEntry,
-        "{e}"
-    );
+    assert_eq!(e.kind(), cma_store::snapshot::ErrorKind::UnsafeEntry, "{e}");
     assert!(store.list("sesn_export").await.unwrap().is_empty());
     backend.destroy(dst.id()).await.unwrap();
     backend.destroy(sb.id()).await.unwrap();

@@ -26,13 +26,29 @@ fn normalise(rel: &Path) -> Option<Vec<String>> {
     Some(parts)
 }
 
+/// A checked workspace archive, and the symlinks the daemon would refuse to unpack.
+#[derive(Debug)]
+pub(crate) struct CheckedImport {
+    /// The archive rebuilt, ready to upload.
+    pub tar: Vec<u8>,
+    /// `(name, target)` of relative symlinks whose target climbs out of the workspace: the
+    /// daemon refuses those ("invalid symlink"), so they are made afterwards by the sandbox
+    /// user (see [`LINK_SCRIPT`]), never by the root-run unpacking.
+    pub later_links: Vec<(String, String)>,
+}
+
+/// Makes symlinks given as `target name` argument pairs, as the sandbox user.
+pub(crate) const LINK_SCRIPT: &str =
+    "while [ $# -gt 1 ]; do ln -sfn -- \"$1\" \"$2\" || exit 1; shift 2; done";
+
 /// Check every entry of a workspace archive before it is unpacked into the workdir: regular files,
 /// directories and symlinks only; names relative and inside; nothing beneath a symlink of the
 /// archive. Symlink targets are link text, kept whatever they say (absolute, outside the
 /// workspace, dangling), as snapshots keep them. Returns the archive rebuilt with every
 /// entry owned by `owner` (uid, gid), ready to upload.
-pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Vec<u8>> {
+pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<CheckedImport> {
     let mut out = tar::Builder::new(Vec::new());
+    let mut later: Vec<(String, String)> = Vec::new();
     let mut archive = tar::Archive::new(tar_bytes);
     let entries = archive
         .entries()
@@ -84,6 +100,8 @@ pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Vec<u8
         } else {
             links.remove(&parts);
         }
+        let joined = parts.join("/");
+        later.retain(|(n, _)| *n != joined);
         match kind {
             T::Regular | T::Continuous | T::Directory => {}
             T::Symlink => {
@@ -126,6 +144,20 @@ pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Vec<u8
                 .flatten()
                 .map(|t| t.into_owned())
                 .unwrap_or_default();
+            let mut base = parts.clone();
+            base.pop();
+            let climbs_out = !target.is_absolute()
+                && normalise(&Path::new(&base.join("/")).join(&target)).is_none();
+            if climbs_out {
+                let Some(t) = target.to_str() else {
+                    return Err(
+                        invalid("a symlink target leaving the workspace is not UTF-8")
+                            .with_path(shown),
+                    );
+                };
+                later.push((name, t.to_owned()));
+                continue;
+            }
             h.set_size(0);
             out.append_link(&mut h, &name, &target).map_err(io)?;
         } else if kind == T::Directory {
@@ -142,8 +174,13 @@ pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Vec<u8
     if count == 0 && !tar_bytes.iter().all(|&b| b == 0) {
         return Err(invalid("not a tar archive"));
     }
-    out.into_inner()
-        .map_err(|e| invalid("cannot rebuild the archive").with_source(e))
+    let tar = out
+        .into_inner()
+        .map_err(|e| invalid("cannot rebuild the archive").with_source(e))?;
+    Ok(CheckedImport {
+        tar,
+        later_links: later,
+    })
 }
 
 /// A tar holding one directory entry `rel/` owned by root.
@@ -213,7 +250,7 @@ mod tests {
     #[test]
     fn built_archives_pass_the_import_check() {
         let t = single_file_tar("etc/cma/x.pem", b"pem", 0o644).unwrap();
-        let rebuilt = check_import(&t, (1000, 1000)).unwrap();
+        let rebuilt = check_import(&t, (1000, 1000)).unwrap().tar;
         assert_eq!(first_file(&rebuilt).unwrap(), b"pem");
         check_import(&single_dir_tar("workspace", 0o755).unwrap(), (0, 0)).unwrap();
     }
@@ -245,8 +282,13 @@ mod tests {
             ("dangling", "no/such/file"),
             ("inside", "venv/bin"),
         ];
-        let rebuilt = check_import(&with_links(&kept, None), (1, 1)).unwrap();
-        let mut archive = tar::Archive::new(&rebuilt[..]);
+        let checked = check_import(&with_links(&kept, None), (1, 1)).unwrap();
+        // The daemon refuses relative links that climb out: made later, by the sandbox user.
+        assert_eq!(
+            checked.later_links,
+            vec![("up".to_owned(), "../../etc".to_owned())]
+        );
+        let mut archive = tar::Archive::new(&checked.tar[..]);
         let got: Vec<(String, String)> = archive
             .entries()
             .unwrap()
@@ -264,6 +306,7 @@ mod tests {
             .collect();
         let want: Vec<(String, String)> = kept
             .iter()
+            .filter(|(n, _)| *n != "up")
             .map(|(n, t)| (n.to_string(), t.to_string()))
             .collect();
         assert_eq!(got, want);

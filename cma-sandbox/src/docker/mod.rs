@@ -1358,13 +1358,38 @@ impl Sandbox for DockerSandbox {
             .call(self.workdir(), json!({"op": "id"}), Bytes::new())
             .await?;
         let num = |k: &str| id.head.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let buf = archive::check_import(&buf, (num("uid"), num("gid")))?;
+        let checked = archive::check_import(&buf, (num("uid"), num("gid")))?;
+        drop(buf);
         let backend = DockerBackend {
             shared: self.shared.clone(),
         };
         backend
-            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, buf)
-            .await
+            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, checked.tar)
+            .await?;
+        // Links the daemon refuses to unpack, made as the sandbox user (a few per call).
+        for batch in checked.later_links.chunks(256) {
+            let mut argv = vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                archive::LINK_SCRIPT.to_owned(),
+                "sh".to_owned(),
+            ];
+            for (name, target) in batch {
+                argv.push(target.clone());
+                argv.push(name.clone());
+            }
+            let out = self.exec(ExecRequest::argv(argv)).await?;
+            if out.exit_code != Some(0) {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    format!(
+                        "making symlinks that leave the workspace failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn status(&self) -> Result<SandboxStatus> {
