@@ -494,6 +494,29 @@ impl SandboxHost {
                 };
                 match wanted {
                     Some(session) => match backend.resume(&id).await {
+                        // Its workspace was being restored when the previous process stopped:
+                        // never reuse it half-written; the session restores afresh.
+                        Ok(sandbox)
+                            if cma_store::snapshot::restore_unfinished(sandbox.as_ref())
+                                .await
+                                .unwrap_or(false) =>
+                        {
+                            tracing::warn!(backend = %name, sandbox = id.as_str(), "a recorded sandbox holds an unfinished restore; destroying it");
+                            match backend.destroy(&id).await {
+                                Ok(()) => {
+                                    self.state.sandbox_gone(name, id.as_str()).await;
+                                    report.destroyed += 1;
+                                }
+                                Err(e) if e.kind() == SandboxErrorKind::NotFound => {
+                                    self.state.sandbox_gone(name, id.as_str()).await;
+                                    report.missing += 1;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(backend = %name, sandbox = id.as_str(), error = %e, "destroying a recorded sandbox failed; trying again on the next start");
+                                    report.failed += 1;
+                                }
+                            }
+                        }
                         Ok(sandbox) => {
                             let placed = Placed {
                                 backend: name.clone(),
@@ -718,7 +741,7 @@ impl SandboxHost {
                 detail: sandbox.id().as_str(),
             })
             .await;
-        let placed = Placed {
+        let mut placed = Placed {
             backend: name,
             profile: Some(profile),
             session_id: session.id.clone(),
@@ -735,11 +758,12 @@ impl SandboxHost {
         }
         if let Some(store) = &self.snapshots {
             match store
-                .restore_latest(session.id.as_str(), placed.sandbox.as_ref())
+                .wake_latest(session.id.as_str(), placed.sandbox.clone())
                 .await
             {
-                Ok(Some(id)) => {
-                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace restored")
+                Ok(Some((id, sandbox))) => {
+                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace restored (the rest of it in the background)");
+                    placed.sandbox = sandbox;
                 }
                 Ok(None) => {}
                 Err(e) => {

@@ -60,6 +60,7 @@
 
 mod archive;
 mod egress;
+mod entries;
 mod files;
 mod limits;
 mod net;
@@ -89,7 +90,9 @@ use tokio::sync::Mutex;
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch};
+use crate::file::{
+    ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch, WorkspaceEntry,
+};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
@@ -1258,6 +1261,24 @@ impl Sandbox for DockerSandbox {
         ))
     }
 
+    async fn workspace_entries(&self) -> Result<Vec<WorkspaceEntry>> {
+        if self.helper.is_shell_only() {
+            return Err(SandboxError::unsupported(
+                "workspace_entries: no helper process in this sandbox",
+            ));
+        }
+        let wd = self.shared.cfg.workdir.clone();
+        let r = self
+            .call(
+                &wd,
+                json!({"op": "tree", "p": wd, "depth": entries::MAX_DEPTH, "secs": 50}),
+                Bytes::new(),
+            )
+            .await?;
+        let count = r.head.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
+        entries::parse(&r.data, count)
+    }
+
     async fn import_workspace(&self, mut tar: ByteStream) -> Result<()> {
         self.check_running()?;
         let max = self.shared.cfg.max_import_bytes;
@@ -1276,13 +1297,38 @@ impl Sandbox for DockerSandbox {
             .call(self.workdir(), json!({"op": "id"}), Bytes::new())
             .await?;
         let num = |k: &str| id.head.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let buf = archive::check_import(&buf, &self.shared.cfg.workdir, (num("uid"), num("gid")))?;
+        let checked = archive::check_import(&buf, (num("uid"), num("gid")))?;
+        drop(buf);
         let backend = DockerBackend {
             shared: self.shared.clone(),
         };
         backend
-            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, buf)
-            .await
+            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, checked.tar)
+            .await?;
+        // Links the daemon refuses to unpack, made as the sandbox user (a few per call).
+        for batch in checked.later_links.chunks(256) {
+            let mut argv = vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                archive::LINK_SCRIPT.to_owned(),
+                "sh".to_owned(),
+            ];
+            for (name, target) in batch {
+                argv.push(target.clone());
+                argv.push(name.clone());
+            }
+            let out = self.exec(ExecRequest::argv(argv)).await?;
+            if out.exit_code != Some(0) {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    format!(
+                        "making symlinks that leave the workspace failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn network_address(&self) -> Result<Option<IpAddr>> {
