@@ -12,6 +12,7 @@
 pub(crate) mod bash;
 pub(crate) mod execute;
 pub(crate) mod files;
+pub(crate) mod lines;
 pub(crate) mod path;
 pub(crate) mod search;
 pub(crate) mod validate;
