@@ -52,6 +52,7 @@ mod file;
 #[cfg(feature = "isolate")]
 pub mod isolate;
 mod spec;
+mod walk;
 
 pub use backend::{Sandbox, SandboxBackend};
 pub use error::{Result, SandboxError, SandboxErrorKind};
@@ -61,8 +62,8 @@ pub use exec::{
     ExecStream, ExecuteRequest, InteractiveProcess, ProcessControl,
 };
 pub use file::{
-    ByteStream, DirEntry, FileKind, FileReader, FileStat, FoundLines, LineMatch, TreeFound,
-    TreeMatch, TreeSearch,
+    ByteStream, DirEntry, DirWalk, FileKind, FileReader, FileStat, FoundLines, LineMatch,
+    TreeFound, TreeMatch, TreeSearch, WALK_MAX_PATH_BYTES, WalkedDir,
 };
 pub use spec::{
     Capabilities, EgressEndpoint, MAX_SANDBOX_ID_LEN, Mount, SandboxId, SandboxInfo, SandboxSpec,

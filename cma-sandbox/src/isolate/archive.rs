@@ -6,6 +6,7 @@
 //! slipped past the checks (a chain of symlinks) cannot land outside it.
 
 use std::borrow::Cow;
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
@@ -15,15 +16,17 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::quota::{QUOTA_ENTRY_BYTES, Quota, Usage, entry_usage, missing_dirs};
+use super::walk::{DirStack, MAX_PENDING_DIRS, open_regular};
 use super::workspace::{make_dirs, map_io};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::file::ByteStream;
 
 /// Size of the chunks an export stream yields.
 pub(crate) const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
-/// Deepest directory nesting exported; deeper trees fail with `TooLarge` instead of exhausting
-/// the stack.
-pub(crate) const MAX_EXPORT_DEPTH: usize = 1024;
+/// Longest entry path exported (relative to the workspace; `/workspace/` and it fit in the
+/// 4096 bytes an import accepts): a longer one fails the export with `TooLarge`, as it could
+/// never be imported back.
+pub(crate) const MAX_EXPORT_PATH_BYTES: usize = 4096 - "/workspace/".len();
 
 /// The workspace root as shown in errors.
 const ROOT: &str = "/workspace";
@@ -73,49 +76,69 @@ pub(crate) fn export(dir: &Dir, tx: mpsc::Sender<Result<Bytes>>) {
         buf: BytesMut::with_capacity(EXPORT_CHUNK_BYTES),
     });
     builder.follow_symlinks(false);
-    let result = export_dir(dir, &mut builder, Path::new(""), 0).and_then(|()| {
-        builder
-            .into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(|e| map_io(e, ROOT))
-    });
+    let result = dir
+        .try_clone()
+        .map_err(|e| map_io(e, ROOT))
+        .and_then(|top| export_tree(top, &mut builder))
+        .and_then(|()| {
+            builder
+                .into_inner()
+                .and_then(|mut w| w.flush())
+                .map_err(|e| map_io(e, ROOT))
+        });
     if let Err(e) = result {
         // The receiver may be gone; then nobody is waiting for the error either.
         let _ = err_tx.blocking_send(Err(e));
     }
 }
 
-fn export_dir(
-    root: &Dir,
-    builder: &mut tar::Builder<ChunkSender>,
-    rel: &Path,
-    depth: usize,
-) -> Result<()> {
-    if depth > MAX_EXPORT_DEPTH {
-        return Err(SandboxError::new(
-            SandboxErrorKind::TooLarge,
-            format!("directory nesting deeper than {MAX_EXPORT_DEPTH} levels"),
-        )
-        .with_path(shown(rel)));
-    }
-    let listing = if rel.as_os_str().is_empty() {
-        root.entries()
-    } else {
-        root.read_dir(rel)
-    };
+/// A directory's names, sorted, last first (taken with `pop`).
+fn sorted_names(dir: &Dir, rel: &Path) -> Result<Vec<OsString>> {
     let mut names = Vec::new();
-    for entry in listing.map_err(|e| map_io(e, &shown(rel)))? {
+    for entry in dir.entries().map_err(|e| map_io(e, &shown(rel)))? {
         names.push(entry.map_err(|e| map_io(e, &shown(rel)))?.file_name());
     }
     names.sort();
-    for name in names {
+    names.reverse();
+    Ok(names)
+}
+
+/// The tree below `top` in sorted depth-first order (a directory's entry, then its contents,
+/// then its next sibling), walked by directory handle: the same cost per entry at any depth,
+/// bounded handles, no recursion (see `walk`).
+fn export_tree(top: Dir, builder: &mut tar::Builder<ChunkSender>) -> Result<()> {
+    let mut stack = DirStack::new(top).map_err(|e| map_io(e, ROOT))?;
+    // Per level: its path from the root and its names still to archive.
+    let mut levels: Vec<(PathBuf, Vec<OsString>)> = Vec::new();
+    let first = sorted_names(stack.current(), Path::new(""))?;
+    let mut pending = first.len();
+    levels.push((PathBuf::new(), first));
+    while let Some((rel, names)) = levels.last_mut() {
+        let Some(name) = names.pop() else {
+            levels.pop();
+            if !levels.is_empty() {
+                stack.pop().map_err(|e| map_io(e, ROOT))?;
+            }
+            continue;
+        };
+        pending -= 1;
         let path = rel.join(&name);
-        let meta = match root.symlink_metadata(&path) {
+        let io_err = |e: io::Error| map_io(e, &shown(&path));
+        if path.as_os_str().len() > MAX_EXPORT_PATH_BYTES {
+            return Err(SandboxError::new(
+                SandboxErrorKind::TooLarge,
+                format!(
+                    "path longer than {MAX_EXPORT_PATH_BYTES} bytes: it could not be imported back"
+                ),
+            )
+            .with_path(label(&path)));
+        }
+        let dir = stack.current();
+        let meta = match dir.symlink_metadata(&name) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(map_io(e, &shown(&path))),
+            Err(e) => return Err(io_err(e)),
         };
-        let io_err = |e: io::Error| map_io(e, &shown(&path));
         let mut header = tar::Header::new_gnu();
         header.set_mtime(
             meta.modified()
@@ -125,7 +148,7 @@ fn export_dir(
         );
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let target = root.read_link_contents(&path).map_err(io_err)?;
+            let target = dir.read_link_contents(&name).map_err(io_err)?;
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
@@ -139,16 +162,36 @@ fn export_dir(
             builder
                 .append_data(&mut header, &path, io::empty())
                 .map_err(io_err)?;
-            export_dir(root, builder, &path, depth + 1)?;
+            match stack.push(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+            let names = sorted_names(stack.current(), &path)?;
+            pending += names.len();
+            if pending > MAX_PENDING_DIRS {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::TooLarge,
+                    "directory tree too wide to archive",
+                ));
+            }
+            levels.push((path, names));
         } else if ft.is_file() {
             let size = meta.len();
             let exec = meta.permissions().mode() & 0o111 != 0;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(if exec { 0o755 } else { 0o644 });
             header.set_size(size);
-            let file = root.open(&path).map_err(io_err)?;
             // Exactly `size` bytes even if the file changes while we read it: a short file is
-            // padded with zeros, a grown one cut, so the archive stays well-formed.
+            // padded with zeros, a grown one cut, one gone or replaced (never followed through
+            // a symlink, never blocking on a FIFO) reads as zeros, so the archive stays
+            // well-formed.
+            let file: Box<dyn Read> = match open_regular(dir, &name) {
+                Ok(Some((file, _))) => Box::new(file),
+                Ok(None) => Box::new(io::empty()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Box::new(io::empty()),
+                Err(e) => return Err(io_err(e)),
+            };
             let data = file.take(size).chain(io::repeat(0)).take(size);
             builder
                 .append_data(&mut header, &path, data)

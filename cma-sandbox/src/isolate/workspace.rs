@@ -13,6 +13,7 @@ use bytes::Bytes;
 use cap_std::fs::{Dir, Metadata};
 
 use super::quota::{QUOTA_ENTRY_BYTES, Quota, file_usage, measure, missing_dirs};
+use super::walk::{open_child, remove_contents};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::file::{DirEntry, FileKind, FileStat};
 
@@ -232,6 +233,20 @@ pub(crate) fn make_dirs(dir: &Dir, rel: &Path, shown: &str) -> Result<()> {
     Ok(())
 }
 
+/// Remove the directory `rel` and everything in it, without following a symlink at `rel`
+/// (linear in the entries and bounded in handles at any depth: see `walk`).
+fn remove_tree(dir: &Dir, rel: &Path) -> io::Result<()> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no name to remove"))?;
+    let parent = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => dir.open_dir(p)?,
+        None => dir.try_clone()?,
+    };
+    remove_contents(open_child(&parent, name)?)?;
+    parent.remove_dir(name)
+}
+
 impl Workspace {
     /// A workspace at `workdir` plus extra mounts. Mount paths must already be normalised and
     /// non-overlapping (checked by the backend).
@@ -326,6 +341,16 @@ impl Workspace {
             }
             Err(e) => Err(e),
         }
+    }
+
+    /// The directory at `path` opened as the start of a walk, with its normalised sandbox
+    /// path; `None` for a virtual directory (which has no handle).
+    pub fn open_walk_root(&self, path: &str) -> Result<Option<(Dir, String)>> {
+        let Ok(r) = self.resolve_or_virtual(path)? else {
+            return Ok(None);
+        };
+        let dir = r.mount.dir.open_dir(&r.rel).map_err(|e| r.err(e))?;
+        Ok(Some((dir, r.shown)))
     }
 
     fn virtual_dir_stat() -> FileStat {
@@ -544,7 +569,7 @@ impl Workspace {
         };
         let res = if meta.is_dir() {
             if recursive {
-                dir.remove_dir_all(&r.rel)
+                remove_tree(dir, &r.rel)
             } else {
                 dir.remove_dir(&r.rel)
             }
