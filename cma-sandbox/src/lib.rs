@@ -52,6 +52,8 @@ mod file;
 #[cfg(feature = "isolate")]
 pub mod isolate;
 mod spec;
+#[cfg(any(feature = "isolate", feature = "docker"))]
+mod tarin;
 mod walk;
 
 pub use backend::{Sandbox, SandboxBackend};

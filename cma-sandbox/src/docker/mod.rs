@@ -63,6 +63,7 @@ mod limits;
 mod net;
 mod pool;
 mod posix;
+mod privilege;
 mod process;
 mod reply;
 mod results;
@@ -92,6 +93,7 @@ use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFo
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
+pub use privilege::FALLBACK_USER;
 
 /// Label on every container and network this backend makes (value `1`).
 pub const LABEL_MANAGED: &str = "cma.sandbox";
@@ -138,7 +140,10 @@ pub struct DockerConfig {
     pub cpus: f64,
     /// Default process limit.
     pub pids: u32,
-    /// User to run as; `None` = the image's configured user (root when it declares none).
+    /// User to run as; `None` = the image's configured user unless that is root (or unset),
+    /// else [`FALLBACK_USER`] (`nobody`, given the workdir). A sandbox runs as root only when
+    /// this names root, and then it may have no writable host mounts (they cannot be mounted
+    /// `nosuid`).
     pub user: Option<String>,
     /// Install host `iptables` rules so the sandbox bridge reaches only the egress endpoint on
     /// the host (needs root and a local engine). Connecting fails if they cannot be installed.
@@ -357,17 +362,20 @@ impl DockerBackend {
         if cfg.prestart > 0 {
             limits::check_spec(&cfg.pool_spec, &cfg, &disk, gateway)?;
         }
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        privilege::private_dir(&cfg.state_dir).map_err(|e| {
             SandboxError::new(
                 SandboxErrorKind::Io,
-                "docker: cannot create the state directory",
+                "docker: cannot create the state directory (private to this user)",
             )
             .with_source(e)
         })?;
         let resolv_conf = cfg.state_dir.join("resolv.conf");
-        std::fs::write(
+        // Readable by the sandbox's user (it is bind-mounted as its /etc/resolv.conf); it holds
+        // nothing private.
+        privilege::write_file(
             &resolv_conf,
-            "# cma sandbox: no resolver (all traffic goes through the egress proxy)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            b"# cma sandbox: no resolver (all traffic goes through the egress proxy)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            0o644,
         )
         .map_err(|e| {
             SandboxError::new(SandboxErrorKind::Io, "docker: cannot write resolv.conf").with_source(e)
@@ -601,49 +609,16 @@ impl DockerBackend {
             }
         }
 
-        let mut binds = vec![format!(
-            "{}:/etc/resolv.conf:ro",
-            self.shared.resolv_conf.display()
-        )];
-        for m in &spec.mounts {
-            if !m.sandbox_path.starts_with('/') || m.sandbox_path.contains(':') {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::InvalidInput,
-                    format!("docker: bad mount path {:?}", m.sandbox_path),
-                ));
-            }
-            let host = m.host_path.canonicalize().map_err(|e| {
-                SandboxError::new(
-                    SandboxErrorKind::NotFound,
-                    format!("docker: mount source for {} is missing", m.sandbox_path),
-                )
-                .with_source(e)
-            })?;
-            // A `:` would split the bind specification somewhere else.
-            if host.to_string_lossy().contains(':') {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::InvalidInput,
-                    format!(
-                        "docker: the host directory of mount {} has a ':' in its path",
-                        m.sandbox_path
-                    ),
-                ));
-            }
-            binds.push(format!(
-                "{}:{}:{}",
-                host.display(),
-                m.sandbox_path,
-                if m.read_only { "ro" } else { "rw" }
-            ));
-        }
+        let (user, fallback) = privilege::effective_user(cfg.user.as_deref(), &facts.user);
+        let (binds, mounts) = privilege::host_mounts(spec, &self.shared.resolv_conf, &user)?;
 
         let memory = spec.memory_bytes.unwrap_or(cfg.memory_bytes);
         let memory = i64::try_from(memory).unwrap_or(i64::MAX);
         let cpus = spec.cpus.unwrap_or(cfg.cpus);
         let pids = i64::from(spec.pids.unwrap_or(cfg.pids));
-        let user = cfg.user.clone().unwrap_or(facts.user.clone());
         let host_config = HostConfig {
             binds: Some(binds),
+            mounts: (!mounts.is_empty()).then_some(mounts),
             network_mode: Some(cfg.network.clone()),
             // The embedded DNS forwards to this unroutable TEST-NET address from inside the
             // sandbox's network namespace (never from the host's).
@@ -682,10 +657,15 @@ impl DockerBackend {
             .await
             .map_err(|e| map_docker_err(e, "create"))?;
         let setup = async {
-            if facts.workdir != cfg.workdir {
+            let rel = cfg.workdir.trim_start_matches('/');
+            if fallback {
+                // The image would have run as root: the workdir is given to the fallback user.
+                let (uid, gid) = privilege::FALLBACK_IDS;
+                let tar = archive::single_dir_tar_owned(rel, 0o755, uid, gid)?;
+                self.put_archive(name, "/", tar).await?;
+            } else if facts.workdir != cfg.workdir {
                 // The image may lack the workdir: make it writable by any user (the engine
                 // cannot chown to a user name it would have to look up in the image).
-                let rel = cfg.workdir.trim_start_matches('/');
                 let tar = archive::single_dir_tar(rel, 0o1777)?;
                 self.put_archive(name, "/", tar).await?;
             }
@@ -1109,22 +1089,26 @@ impl Sandbox for DockerSandbox {
         ))
     }
 
-    async fn import_workspace(&self, mut tar: ByteStream) -> Result<()> {
+    async fn import_workspace(&self, tar: ByteStream) -> Result<()> {
         self.check_running()?;
         let max = self.shared.cfg.max_import_bytes;
-        let mut buf = Vec::new();
-        while let Some(chunk) = tar.next().await {
-            let chunk = chunk?;
-            if (buf.len() + chunk.len()) as u64 > max {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::TooLarge,
-                    format!("workspace archive exceeds {max} bytes"),
-                ));
-            }
-            buf.extend_from_slice(&chunk);
-        }
         let owner = self.fs_ids().await?;
-        let buf = archive::check_import(&buf, &self.shared.cfg.workdir, owner)?;
+        let workdir = self.shared.cfg.workdir.clone();
+        let handle = tokio::runtime::Handle::current();
+        // Checked and rebuilt as it streams (on a blocking thread): only the rebuilt archive is
+        // held, and nothing is uploaded unless every entry passed.
+        let buf = tokio::task::spawn_blocking(move || {
+            let mut reader = crate::tarin::StreamReader::new(tar, handle);
+            let checked = archive::check_import(&mut reader, &workdir, owner, max);
+            match (checked, reader.failure.take()) {
+                (Err(_), Some(stream_err)) => Err(stream_err),
+                (r, _) => r,
+            }
+        })
+        .await
+        .map_err(|e| {
+            SandboxError::new(SandboxErrorKind::Backend, "import task failed").with_source(e)
+        })??;
         let backend = DockerBackend {
             shared: self.shared.clone(),
         };

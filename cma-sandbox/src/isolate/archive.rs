@@ -12,14 +12,13 @@ use std::path::{Component, Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use cap_std::fs::{Dir, OpenOptions, Permissions, PermissionsExt};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::quota::{QUOTA_ENTRY_BYTES, Quota, Usage, entry_usage, missing_dirs};
 use super::walk::{DirStack, MAX_PENDING_DIRS, open_regular};
-use super::workspace::{make_dirs, map_io};
+use super::workspace::{MAX_NAME_BYTES, make_dirs, map_io};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
-use crate::file::ByteStream;
+use crate::tarin::{MAX_ARCHIVE_ENTRIES, StreamReader, TarGuard};
 
 /// Size of the chunks an export stream yields.
 pub(crate) const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
@@ -202,44 +201,6 @@ fn export_tree(top: Dir, builder: &mut tar::Builder<ChunkSender>) -> Result<()> 
     Ok(())
 }
 
-/// Turns a [`ByteStream`] into a blocking `Read` (used on a blocking thread only), keeping the
-/// stream's own error so it is reported with its kind.
-pub(crate) struct StreamReader {
-    stream: ByteStream,
-    handle: tokio::runtime::Handle,
-    current: Bytes,
-    pub failure: Option<SandboxError>,
-}
-
-impl StreamReader {
-    pub fn new(stream: ByteStream, handle: tokio::runtime::Handle) -> Self {
-        Self {
-            stream,
-            handle,
-            current: Bytes::new(),
-            failure: None,
-        }
-    }
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.handle.block_on(self.stream.next()) {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => {
-                    self.failure = Some(e);
-                    return Err(io::Error::other("archive stream failed"));
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
-}
-
 fn invalid(entry: &str, why: &str) -> SandboxError {
     SandboxError::new(
         SandboxErrorKind::InvalidArchive,
@@ -264,11 +225,24 @@ fn label(path: &Path) -> String {
     out
 }
 
-/// The entry's path as a clean relative path, or why it is refused.
+/// The entry's path as a clean relative path, or why it is refused: no `..`, not absolute, a
+/// path and names the file operations can take.
 fn entry_rel(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().len() > MAX_EXPORT_PATH_BYTES {
+        return Err(invalid(
+            &label(path),
+            &format!("path longer than {MAX_EXPORT_PATH_BYTES} bytes"),
+        ));
+    }
     let mut rel = PathBuf::new();
     for comp in path.components() {
         match comp {
+            Component::Normal(c) if c.len() > MAX_NAME_BYTES => {
+                return Err(invalid(
+                    &label(path),
+                    &format!("a name longer than {MAX_NAME_BYTES} bytes"),
+                ));
+            }
             Component::Normal(c) => rel.push(c),
             Component::CurDir => {}
             Component::ParentDir => return Err(escapes(&label(path), "'..' is not allowed")),
@@ -327,11 +301,21 @@ fn make_parents(dir: &Dir, rel: &Path) -> Result<()> {
 }
 
 /// Unpack a tar from `reader` into `dir` (the workspace), within its `quota`: an entry that
-/// does not fit fails the import before it is written (entries before it stay imported).
-pub(crate) fn import(dir: &Dir, quota: Option<&Quota>, reader: &mut StreamReader) -> Result<()> {
+/// does not fit fails the import before it is written (entries before it stay imported). The
+/// archive is framed by a [`TarGuard`] as it is read: an extended header claiming more than
+/// a path's worth, more than [`MAX_ARCHIVE_ENTRIES`] entries or a sparse entry ends it before
+/// anything is buffered for them.
+pub(crate) fn import(dir: &Dir, quota: Option<&Quota>, reader: StreamReader) -> Result<()> {
     let mut usage = quota.map(Quota::lock);
-    let result = import_inner(dir, usage.as_mut(), reader);
-    match (result, reader.failure.take()) {
+    let mut guarded = TarGuard::new(reader, MAX_ARCHIVE_ENTRIES, u64::MAX);
+    let result = import_inner(dir, usage.as_mut(), &mut guarded);
+    if let (Err(_), Some(why)) = (&result, guarded.refused.take()) {
+        return Err(SandboxError::new(
+            SandboxErrorKind::InvalidArchive,
+            format!("archive refused: {why}"),
+        ));
+    }
+    match (result, guarded.get_mut().failure.take()) {
         (Err(_), Some(stream_err)) => Err(stream_err),
         (r, _) => r,
     }
@@ -390,7 +374,7 @@ impl Charge {
 fn import_inner(
     dir: &Dir,
     mut usage: Option<&mut Usage<'_>>,
-    reader: &mut StreamReader,
+    reader: &mut TarGuard<StreamReader>,
 ) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(tar_err)? {

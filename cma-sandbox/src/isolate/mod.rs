@@ -771,8 +771,8 @@ impl Sandbox for IsolateSandbox {
             let mount = ws.workspace_mount().ok_or_else(|| {
                 SandboxError::new(SandboxErrorKind::Backend, "workspace mount missing")
             })?;
-            let mut reader = archive::StreamReader::new(tar, handle);
-            archive::import(&mount.dir, mount.quota.as_ref(), &mut reader)
+            let reader = crate::tarin::StreamReader::new(tar, handle);
+            archive::import(&mount.dir, mount.quota.as_ref(), reader)
         })
         .await
     }

@@ -24,11 +24,17 @@ use crate::walk::join;
 /// Listings buffered between the walker and the stream's consumer.
 const WALK_CHANNEL: usize = 2;
 
-/// The sandbox path of the directory at `names` below `root`.
+/// The sandbox path of the directory at `names` below `root`, built in one buffer (linear in
+/// its length).
 fn path_of(root: &str, names: &[OsString]) -> String {
-    let mut p = root.to_owned();
+    let len = root.len() + names.iter().map(|n| n.len() + 1).sum::<usize>();
+    let mut p = String::with_capacity(len);
+    p.push_str(root);
     for n in names {
-        p = join(&p, &n.to_string_lossy());
+        if !p.ends_with('/') {
+            p.push('/');
+        }
+        p.push_str(&n.to_string_lossy());
     }
     p
 }
