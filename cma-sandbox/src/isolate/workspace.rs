@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use cap_std::fs::{Dir, Metadata};
+use cap_std::fs::{Dir, Metadata, OpenOptionsExt};
 
 use super::quota::{QUOTA_ENTRY_BYTES, Quota, file_usage, measure, missing_dirs};
 use super::walk::{open_child, remove_contents};
@@ -177,6 +177,11 @@ pub(crate) fn stat_of(m: &Metadata) -> FileStat {
         size: m.len(),
         modified: m.modified().ok().map(|t| t.into_std()),
     }
+}
+
+/// The error for a FIFO, socket or device where a regular file is needed.
+fn not_regular(shown: String) -> SandboxError {
+    SandboxError::new(SandboxErrorKind::PermissionDenied, "not a regular file").with_path(shown)
 }
 
 /// Read an opened regular file of (stat) `size` bytes, failing with `TooLarge` past `max_bytes`.
@@ -424,7 +429,15 @@ impl Workspace {
             )
             .with_path(r.shown));
         }
-        let file = r.mount.dir.open(&r.rel).map_err(|e| r.err(e))?;
+        // Non-blocking: a FIFO swapped in since the check must not block the reader.
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        let file = r.mount.dir.open_with(&r.rel, &opts).map_err(|e| r.err(e))?;
+        let meta = file.metadata().map_err(|e| r.err(e))?;
+        if !meta.is_file() {
+            return Err(not_regular(r.shown));
+        }
         Ok((file, meta.len(), r.shown))
     }
 
@@ -467,8 +480,21 @@ impl Workspace {
             // truncate to zero followed by a rewrite triggers a flush at close
             // (`auto_da_alloc`), which made every overwrite cost milliseconds.
             let mut opts = cap_std::fs::OpenOptions::new();
-            opts.write(true).create(true);
-            let mut file = dir.open_with(&r.rel, &opts).map_err(|e| r.err(e))?;
+            // Non-blocking: opening a FIFO for writing would wait for a reader forever (with
+            // it, no reader fails at once, and any non-regular file is refused below).
+            opts.write(true)
+                .create(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+            let mut file = match dir.open_with(&r.rel, &opts) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+                    return Err(not_regular(r.shown.clone()));
+                }
+                Err(e) => return Err(r.err(e)),
+            };
+            if !file.metadata().map_err(|e| r.err(e))?.is_file() {
+                return Err(not_regular(r.shown.clone()));
+            }
             file.write_all(data)
                 .and_then(|()| file.set_len(data.len() as u64))
                 .map_err(|e| r.err(e))

@@ -174,6 +174,16 @@ impl Segment {
 /// without its `]` is literal; reversed ranges are dropped; an empty set never matches).
 fn fnmatch_to_regex(pat: &str) -> String {
     let chars: Vec<char> = pat.chars().collect();
+    // Where the next `]` at or after each position is: finding a set's end is then one look-up,
+    // not a scan (a pattern of many unclosed `[` would otherwise cost its length squared).
+    let mut next_close = vec![chars.len(); chars.len() + 1];
+    for k in (0..chars.len()).rev() {
+        next_close[k] = if chars[k] == ']' {
+            k
+        } else {
+            next_close[k + 1]
+        };
+    }
     let mut out = String::from("(?s)^");
     let mut i = 0;
     while i < chars.len() {
@@ -194,9 +204,7 @@ fn fnmatch_to_regex(pat: &str) -> String {
                 if j < chars.len() && chars[j] == ']' {
                     j += 1;
                 }
-                while j < chars.len() && chars[j] != ']' {
-                    j += 1;
-                }
+                j = next_close[j.min(chars.len())];
                 if j >= chars.len() {
                     out.push_str(r"\[");
                     continue;
@@ -633,5 +641,10 @@ mod tests {
         assert!(!m("[z-a]", "m"));
         assert!(m("a+b.(c)", "a+b.(c)"));
         assert!(!m("*.TXT", "a.txt"));
+        // Unclosed sets are literal, found in linear time.
+        let many = "[".repeat(100_000);
+        assert!(m(&many, &many));
+        assert!(m("[!]]x", "ax"));
+        assert!(m("[]]", "]"));
     }
 }
