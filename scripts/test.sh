@@ -4,6 +4,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The adversarial suites (cma-tools/tests/adversarial_*.rs) run each in a child process limited
+# to this much address space (RLIMIT_AS, with MALLOC_ARENA_MAX=2): a hostile input that makes
+# the process try to allocate past it aborts the child and fails the run.
+export CMA_ADVERSARIAL_AS_BYTES=$((3 << 30))
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features

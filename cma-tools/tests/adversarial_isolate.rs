@@ -16,44 +16,11 @@ use cma_sandbox::{
     ByteStream, Sandbox, SandboxBackend, SandboxError, SandboxErrorKind, SandboxSpec,
 };
 use cma_tools::toolset::registry_for;
-use cma_tools::{PostedResult, ToolContext, ToolRegistry};
+use cma_tools::{ToolContext, ToolRegistry};
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use adversarial_support as adv;
-
-/// What a case's result must be.
-#[derive(Clone, Copy)]
-enum Expect {
-    /// Any result (the point is that it ends, in bounds).
-    Any,
-    /// A success.
-    Ok,
-    /// An error whose text contains this.
-    Err(&'static str),
-}
-
-fn check(name: &str, r: &PostedResult, expect: Expect) -> String {
-    let text = r.text().unwrap_or("<blocks>").to_owned();
-    match expect {
-        Expect::Any => {}
-        Expect::Ok => assert!(
-            !r.is_error,
-            "{name}: expected success, got {}",
-            adv::short(&text)
-        ),
-        Expect::Err(want) => assert!(
-            r.is_error && text.contains(want),
-            "{name}: expected an error containing {want:?}, got {}",
-            adv::short(&text)
-        ),
-    }
-    format!(
-        "{}{}",
-        if r.is_error { "error: " } else { "" },
-        adv::short(&text)
-    )
-}
+use adversarial_support::{self as adv, Expect, check, file_tool_cases};
 
 /// `depth` directories `a/a/…` below `top`, each holding a file `f` (by relative `mkdir`: a
 /// chain deeper than a path can name).
@@ -90,297 +57,10 @@ fn fixtures(w: &Path) {
     std::os::unix::fs::symlink("fifo", w.join("fifolink")).unwrap();
 }
 
-/// The tool cases: (name, tool, input, expectation).
+/// The file tools' cases plus what only this backend answers: no shell, and `execute`.
 fn tool_cases() -> Vec<(String, &'static str, Value, Expect)> {
-    let deep = "chain/".to_owned() + &"a/".repeat(2999) + "f";
-    let mut v: Vec<(String, &'static str, Value, Expect)> = vec![
-        // read: numbers at and past every bound.
-        (
-            "read i64::MIN start".into(),
-            "read",
-            json!({"file_path": "big.txt", "view_range": [i64::MIN, 1]}),
-            Expect::Ok,
-        ),
-        (
-            "read i64::MIN end".into(),
-            "read",
-            json!({"file_path": "big.txt", "view_range": [1, i64::MIN]}),
-            Expect::Ok,
-        ),
-        (
-            "read i64::MAX both".into(),
-            "read",
-            json!({"file_path": "nl.txt", "view_range": [i64::MAX, i64::MAX]}),
-            Expect::Ok,
-        ),
-        (
-            "read past i64 as strings".into(),
-            "read",
-            json!({"file_path": "nl.txt", "view_range": ["-9223372036854775809", "99999999999999999999"]}),
-            Expect::Ok,
-        ),
-        (
-            "read u64::MAX".into(),
-            "read",
-            json!({"file_path": "nl.txt", "view_range": [u64::MAX, 1]}),
-            Expect::Ok,
-        ),
-        (
-            "read float range".into(),
-            "read",
-            json!({"file_path": "nl.txt", "view_range": [1e300, 1]}),
-            Expect::Err("Invalid arguments"),
-        ),
-        (
-            "read three numbers".into(),
-            "read",
-            json!({"file_path": "nl.txt", "view_range": [1, 2, 3]}),
-            Expect::Err("view_range must be"),
-        ),
-        (
-            "read newlines whole".into(),
-            "read",
-            json!({"file_path": "nl.txt", "view_range": [1, 0]}),
-            Expect::Ok,
-        ),
-        (
-            "read one huge line".into(),
-            "read",
-            json!({"file_path": "line.txt", "view_range": [1, 1]}),
-            Expect::Err("alone exceeds"),
-        ),
-        (
-            "read huge range".into(),
-            "read",
-            json!({"file_path": "line.txt", "view_range": [i64::MIN, i64::MAX]}),
-            Expect::Err("exceeds"),
-        ),
-        (
-            "read huge file whole".into(),
-            "read",
-            json!({"file_path": "line.txt"}),
-            Expect::Err("exceeds"),
-        ),
-        (
-            "read fifo".into(),
-            "read",
-            json!({"file_path": "fifo"}),
-            Expect::Err("not a regular file"),
-        ),
-        (
-            "read fifo via link".into(),
-            "read",
-            json!({"file_path": "fifolink", "view_range": [1, 2]}),
-            Expect::Err("not a regular file"),
-        ),
-        (
-            "read /dev/zero link".into(),
-            "read",
-            json!({"file_path": "devzero"}),
-            Expect::Err("read:"),
-        ),
-        (
-            "read /dev/zero".into(),
-            "read",
-            json!({"file_path": "/dev/zero"}),
-            Expect::Err("outside"),
-        ),
-        (
-            "read symlink loop".into(),
-            "read",
-            json!({"file_path": "loop1"}),
-            Expect::Err("symbolic links"),
-        ),
-        (
-            "read 1 MB path".into(),
-            "read",
-            json!({"file_path": "p".repeat(1 << 20)}),
-            Expect::Err("read:"),
-        ),
-        (
-            "read NUL path".into(),
-            "read",
-            json!({"file_path": "a\u{0}b"}),
-            Expect::Err("read:"),
-        ),
-        (
-            "read 300-byte name".into(),
-            "read",
-            json!({"file_path": "n".repeat(300)}),
-            Expect::Err("read:"),
-        ),
-        (
-            "read 3000 levels down".into(),
-            "read",
-            json!({"file_path": deep.clone()}),
-            Expect::Err("read:"),
-        ),
-        (
-            "read escape".into(),
-            "read",
-            json!({"file_path": "../../../../../etc/passwd"}),
-            Expect::Err("outside"),
-        ),
-        (
-            "read 1 MiB image".into(),
-            "read",
-            json!({"file_path": "img.png"}),
-            Expect::Ok,
-        ),
-        (
-            "read U+FFFD and escapes".into(),
-            "read",
-            json!({"file_path": "\u{fffd}\u{202e}\u{1f600}"}),
-            Expect::Err("no such file"),
-        ),
-        // write: big content, special targets, impossible paths.
-        (
-            "write 32 MB".into(),
-            "write",
-            json!({"file_path": "out/big.txt", "content": "x".repeat(32 << 20)}),
-            Expect::Ok,
-        ),
-        (
-            "write NUL content".into(),
-            "write",
-            json!({"file_path": "out/nul.txt", "content": "a\u{0}b"}),
-            Expect::Ok,
-        ),
-        (
-            "write into a fifo".into(),
-            "write",
-            json!({"file_path": "fifo", "content": "x"}),
-            Expect::Err("write:"),
-        ),
-        (
-            "write /dev/zero link".into(),
-            "write",
-            json!({"file_path": "devzero", "content": "x"}),
-            Expect::Err("write:"),
-        ),
-        (
-            "write 3000 levels".into(),
-            "write",
-            json!({"file_path": "d/".repeat(3000) + "f", "content": "x"}),
-            Expect::Err("write:"),
-        ),
-        (
-            "write 300-byte name".into(),
-            "write",
-            json!({"file_path": "n".repeat(300), "content": "x"}),
-            Expect::Err("write:"),
-        ),
-        // edit: issue 11's amplification first (before the file changes), then the rest.
-        (
-            "edit replace_all amplification".into(),
-            "edit",
-            json!({"file_path": "big.txt", "old_string": "a", "new_string": "b".repeat(100_000), "replace_all": true}),
-            Expect::Err("exceeds 16777216-byte limit"),
-        ),
-        (
-            "edit 20 MB old_string".into(),
-            "edit",
-            json!({"file_path": "big.txt", "old_string": "a".repeat(20 << 20), "new_string": ""}),
-            Expect::Err("not found"),
-        ),
-        (
-            "edit empty old_string everywhere".into(),
-            "edit",
-            json!({"file_path": "big.txt", "old_string": "", "new_string": "x", "replace_all": true}),
-            Expect::Ok,
-        ),
-        (
-            "edit a fifo".into(),
-            "edit",
-            json!({"file_path": "fifo", "old_string": "a", "new_string": "b"}),
-            Expect::Err("not a regular file"),
-        ),
-        // glob: deep, combinatorial, huge patterns.
-        (
-            "glob **/f over a 3000-level chain".into(),
-            "glob",
-            json!({"pattern": "**/f"}),
-            Expect::Ok,
-        ),
-        (
-            "glob repeated **".into(),
-            "glob",
-            json!({"pattern": "**/**/**/**/**/**/f"}),
-            Expect::Ok,
-        ),
-        (
-            "glob combinatorial **/a/**".into(),
-            "glob",
-            json!({"pattern": "**/a/**/a/**/a/**/a/**/a/**/f"}),
-            Expect::Any,
-        ),
-        (
-            "glob 100k ['s".into(),
-            "glob",
-            json!({"pattern": "[".repeat(100_000)}),
-            Expect::Any,
-        ),
-        (
-            "glob 100k *s".into(),
-            "glob",
-            json!({"pattern": "*".repeat(100_000)}),
-            Expect::Any,
-        ),
-        (
-            "glob 1 MB literal".into(),
-            "glob",
-            json!({"pattern": "l".repeat(1 << 20)}),
-            Expect::Any,
-        ),
-        (
-            "glob ** in a fifo".into(),
-            "glob",
-            json!({"pattern": "**", "path": "fifo"}),
-            Expect::Any,
-        ),
-        (
-            "glob wide".into(),
-            "glob",
-            json!({"pattern": "wide/*.txt"}),
-            Expect::Ok,
-        ),
-        // grep: bad and huge patterns, special files.
-        (
-            "grep over everything".into(),
-            "grep",
-            json!({"pattern": "needle"}),
-            Expect::Ok,
-        ),
-        (
-            "grep unclosed group".into(),
-            "grep",
-            json!({"pattern": "("}),
-            Expect::Err("invalid regex"),
-        ),
-        (
-            "grep huge repetition".into(),
-            "grep",
-            json!({"pattern": "a{1000}{1000}{1000}"}),
-            Expect::Err("invalid regex"),
-        ),
-        (
-            "grep empty pattern".into(),
-            "grep",
-            json!({"pattern": ""}),
-            Expect::Any,
-        ),
-        (
-            "grep /dev/zero link".into(),
-            "grep",
-            json!({"pattern": "x", "path": "devzero"}),
-            Expect::Any,
-        ),
-        (
-            "grep fifo".into(),
-            "grep",
-            json!({"pattern": "x", "path": "fifo"}),
-            Expect::Any,
-        ),
+    let mut v = file_tool_cases();
+    v.extend([
         // bash: no shell here, whatever the numbers.
         (
             "bash i64::MIN timeout".into(),
@@ -407,22 +87,13 @@ fn tool_cases() -> Vec<(String, &'static str, Value, Expect)> {
             json!({"code": "1 + 1", "timeout_ms": i64::MAX}),
             Expect::Ok,
         ),
-    ];
-    // Inputs that are not objects, or with every field of the wrong type.
-    for tool in ["read", "write", "edit", "glob", "grep", "bash", "execute"] {
-        v.push((
-            format!("{tool} non-object input"),
-            tool,
-            json!([1, 2]),
-            Expect::Err("dictionary"),
-        ));
-        v.push((
-            format!("{tool} wrong types"),
-            tool,
-            json!({"file_path": 1, "pattern": [], "command": {}, "code": 5, "content": null}),
-            Expect::Err(""),
-        ));
-    }
+    ]);
+    v.push((
+        "execute non-object input".into(),
+        "execute",
+        json!([1]),
+        Expect::Err("dictionary"),
+    ));
     v
 }
 
@@ -500,7 +171,11 @@ fn adversarial_isolate() {
     for (name, tool, input, expect) in tool_cases() {
         let (reg, mut c) = (registry.clone(), ctx.clone());
         // Each call has 20 s (a runaway walk, 3 s); the case, its bound on top.
-        let secs = if name.contains("combinatorial") { 3 } else { 20 };
+        let secs = if name.contains("combinatorial") {
+            3
+        } else {
+            20
+        };
         c.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(secs));
         let n = name.clone();
         let r = adv::run_case(&rt, &name, bound, move || async move {

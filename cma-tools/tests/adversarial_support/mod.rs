@@ -1,7 +1,8 @@
 //! The harness of the adversarial suites (`adversarial_isolate.rs`, `adversarial_docker.rs`).
 //!
 //! Each suite is one `#[test]` that re-runs its own test binary as a child process under a
-//! memory limit: `RLIMIT_AS` of [`AS_LIMIT_BYTES`] (set by the child itself, first thing) with
+//! memory limit: `RLIMIT_AS` of `CMA_ADVERSARIAL_AS_BYTES` (default [`AS_LIMIT_BYTES`]; set by
+//! the child itself, first thing) with
 //! `MALLOC_ARENA_MAX=2` (so glibc's per-thread arenas do not reserve the address space the
 //! limit is about). An allocation a hostile input makes the process attempt past the limit
 //! aborts the child, and the parent fails with its output: "the process stays alive" is
@@ -20,8 +21,11 @@ use std::time::{Duration, Instant};
 
 /// Set in the child run.
 const CHILD_ENV: &str = "CMA_ADVERSARIAL_CHILD";
-/// Address-space limit of the child: its threads, the runtime and every case together.
+/// Address-space limit of the child when `CMA_ADVERSARIAL_AS_BYTES` does not set one (CI sets
+/// it in `scripts/test.sh`): its threads, the runtime and every case together.
 pub const AS_LIMIT_BYTES: u64 = 3 << 30;
+/// The variable that sets the limit.
+const LIMIT_ENV: &str = "CMA_ADVERSARIAL_AS_BYTES";
 /// Wall-clock bound of a whole suite (child included).
 const SUITE_BOUND: Duration = Duration::from_secs(900);
 
@@ -78,11 +82,22 @@ pub fn in_limited_child(test_name: &str) -> bool {
 
 fn limit_address_space() {
     use rustix::process::{Resource, Rlimit, setrlimit};
+    let bytes = std::env::var(LIMIT_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .unwrap_or(AS_LIMIT_BYTES);
+    println!("adversarial suite: address space limited to {bytes} bytes");
     let lim = Rlimit {
-        current: Some(AS_LIMIT_BYTES),
-        maximum: Some(AS_LIMIT_BYTES),
+        current: Some(bytes),
+        maximum: Some(bytes),
     };
     setrlimit(Resource::As, lim).expect("set RLIMIT_AS");
+    // The limit is in force: an allocation past it fails instead of being granted.
+    let past = usize::try_from(bytes).unwrap_or(usize::MAX);
+    assert!(
+        Vec::<u8>::new().try_reserve_exact(past).is_err(),
+        "RLIMIT_AS is not enforced"
+    );
 }
 
 /// Threads of this process.
@@ -192,4 +207,351 @@ where
 pub fn short(text: &str) -> String {
     let one: String = text.chars().take(120).collect();
     one.replace('\n', "⏎")
+}
+
+use cma_tools::PostedResult;
+use serde_json::{Value, json};
+
+/// What a case's result must be.
+#[derive(Clone, Copy)]
+pub enum Expect {
+    /// Any result (the point is that it ends, in bounds).
+    Any,
+    /// A success.
+    Ok,
+    /// An error whose text contains this.
+    Err(&'static str),
+}
+
+pub fn check(name: &str, r: &PostedResult, expect: Expect) -> String {
+    let text = r.text().unwrap_or("<blocks>").to_owned();
+    match expect {
+        Expect::Any => {}
+        Expect::Ok => assert!(
+            !r.is_error,
+            "{name}: expected success, got {}",
+            short(&text)
+        ),
+        Expect::Err(want) => assert!(
+            r.is_error && text.contains(want),
+            "{name}: expected an error containing {want:?}, got {}",
+            short(&text)
+        ),
+    }
+    format!(
+        "{}{}",
+        if r.is_error { "error: " } else { "" },
+        short(&text)
+    )
+}
+
+/// The file tools' cases, the same on every backend: (name, tool, input, expectation). The
+/// workspace holds what `adversarial_isolate`'s and `adversarial_docker`'s fixtures make.
+pub fn file_tool_cases() -> Vec<(String, &'static str, Value, Expect)> {
+    let deep = "chain/".to_owned() + &"a/".repeat(2999) + "f";
+    let mut v: Vec<(String, &'static str, Value, Expect)> = vec![
+        // read: numbers at and past every bound.
+        (
+            "read i64::MIN start".into(),
+            "read",
+            json!({"file_path": "big.txt", "view_range": [i64::MIN, 1]}),
+            Expect::Ok,
+        ),
+        (
+            "read i64::MIN end".into(),
+            "read",
+            json!({"file_path": "big.txt", "view_range": [1, i64::MIN]}),
+            Expect::Ok,
+        ),
+        (
+            "read i64::MAX both".into(),
+            "read",
+            json!({"file_path": "nl.txt", "view_range": [i64::MAX, i64::MAX]}),
+            Expect::Ok,
+        ),
+        (
+            "read past i64 as strings".into(),
+            "read",
+            json!({"file_path": "nl.txt", "view_range": ["-9223372036854775809", "99999999999999999999"]}),
+            Expect::Ok,
+        ),
+        (
+            "read u64::MAX".into(),
+            "read",
+            json!({"file_path": "nl.txt", "view_range": [u64::MAX, 1]}),
+            Expect::Ok,
+        ),
+        (
+            "read float range".into(),
+            "read",
+            json!({"file_path": "nl.txt", "view_range": [1e300, 1]}),
+            Expect::Err("Invalid arguments"),
+        ),
+        (
+            "read three numbers".into(),
+            "read",
+            json!({"file_path": "nl.txt", "view_range": [1, 2, 3]}),
+            Expect::Err("view_range must be"),
+        ),
+        (
+            "read newlines whole".into(),
+            "read",
+            json!({"file_path": "nl.txt", "view_range": [1, 0]}),
+            Expect::Ok,
+        ),
+        (
+            "read one huge line".into(),
+            "read",
+            json!({"file_path": "line.txt", "view_range": [1, 1]}),
+            Expect::Err("alone exceeds"),
+        ),
+        (
+            "read huge range".into(),
+            "read",
+            json!({"file_path": "line.txt", "view_range": [i64::MIN, i64::MAX]}),
+            Expect::Err("exceeds"),
+        ),
+        (
+            "read huge file whole".into(),
+            "read",
+            json!({"file_path": "line.txt"}),
+            Expect::Err("exceeds"),
+        ),
+        (
+            "read fifo".into(),
+            "read",
+            json!({"file_path": "fifo"}),
+            Expect::Err("not a regular file"),
+        ),
+        (
+            "read fifo via link".into(),
+            "read",
+            json!({"file_path": "fifolink", "view_range": [1, 2]}),
+            Expect::Err("not a regular file"),
+        ),
+        (
+            "read /dev/zero link".into(),
+            "read",
+            json!({"file_path": "devzero"}),
+            Expect::Err("read:"),
+        ),
+        (
+            "read /dev/zero".into(),
+            "read",
+            json!({"file_path": "/dev/zero"}),
+            Expect::Err("outside"),
+        ),
+        (
+            "read symlink loop".into(),
+            "read",
+            json!({"file_path": "loop1"}),
+            Expect::Err("symbolic links"),
+        ),
+        (
+            "read 1 MB path".into(),
+            "read",
+            json!({"file_path": "p".repeat(1 << 20)}),
+            Expect::Err("read:"),
+        ),
+        (
+            "read NUL path".into(),
+            "read",
+            json!({"file_path": "a\u{0}b"}),
+            Expect::Err("read:"),
+        ),
+        (
+            "read 300-byte name".into(),
+            "read",
+            json!({"file_path": "n".repeat(300)}),
+            Expect::Err("read:"),
+        ),
+        (
+            "read 3000 levels down".into(),
+            "read",
+            json!({"file_path": deep.clone()}),
+            Expect::Err("read:"),
+        ),
+        (
+            "read escape".into(),
+            "read",
+            json!({"file_path": "../../../../../etc/passwd"}),
+            Expect::Err("outside"),
+        ),
+        (
+            "read 1 MiB image".into(),
+            "read",
+            json!({"file_path": "img.png"}),
+            Expect::Ok,
+        ),
+        (
+            "read U+FFFD and escapes".into(),
+            "read",
+            json!({"file_path": "\u{fffd}\u{202e}\u{1f600}"}),
+            Expect::Err("no such file"),
+        ),
+        // write: big content, special targets, impossible paths.
+        (
+            "write 32 MB".into(),
+            "write",
+            json!({"file_path": "out/big.txt", "content": "x".repeat(32 << 20)}),
+            Expect::Ok,
+        ),
+        (
+            "write NUL content".into(),
+            "write",
+            json!({"file_path": "out/nul.txt", "content": "a\u{0}b"}),
+            Expect::Ok,
+        ),
+        (
+            "write into a fifo".into(),
+            "write",
+            json!({"file_path": "fifo", "content": "x"}),
+            Expect::Err("write:"),
+        ),
+        (
+            "write /dev/zero link".into(),
+            "write",
+            json!({"file_path": "devzero", "content": "x"}),
+            Expect::Err("write:"),
+        ),
+        (
+            "write 3000 levels".into(),
+            "write",
+            json!({"file_path": "d/".repeat(3000) + "f", "content": "x"}),
+            Expect::Err("write:"),
+        ),
+        (
+            "write 300-byte name".into(),
+            "write",
+            json!({"file_path": "n".repeat(300), "content": "x"}),
+            Expect::Err("write:"),
+        ),
+        // edit: issue 11's amplification first (before the file changes), then the rest.
+        (
+            "edit replace_all amplification".into(),
+            "edit",
+            json!({"file_path": "big.txt", "old_string": "a", "new_string": "b".repeat(100_000), "replace_all": true}),
+            Expect::Err("exceeds 16777216-byte limit"),
+        ),
+        (
+            "edit 20 MB old_string".into(),
+            "edit",
+            json!({"file_path": "big.txt", "old_string": "a".repeat(20 << 20), "new_string": ""}),
+            Expect::Err("not found"),
+        ),
+        (
+            "edit empty old_string everywhere".into(),
+            "edit",
+            json!({"file_path": "big.txt", "old_string": "", "new_string": "x", "replace_all": true}),
+            Expect::Ok,
+        ),
+        (
+            "edit a fifo".into(),
+            "edit",
+            json!({"file_path": "fifo", "old_string": "a", "new_string": "b"}),
+            Expect::Err("not a regular file"),
+        ),
+        // glob: deep, combinatorial, huge patterns.
+        (
+            "glob **/f over a 3000-level chain".into(),
+            "glob",
+            json!({"pattern": "**/f"}),
+            Expect::Ok,
+        ),
+        (
+            "glob repeated **".into(),
+            "glob",
+            json!({"pattern": "**/**/**/**/**/**/f"}),
+            Expect::Ok,
+        ),
+        (
+            "glob combinatorial **/a/**".into(),
+            "glob",
+            json!({"pattern": "**/a/**/a/**/a/**/a/**/a/**/f"}),
+            Expect::Any,
+        ),
+        (
+            "glob 100k ['s".into(),
+            "glob",
+            json!({"pattern": "[".repeat(100_000)}),
+            Expect::Any,
+        ),
+        (
+            "glob 100k *s".into(),
+            "glob",
+            json!({"pattern": "*".repeat(100_000)}),
+            Expect::Any,
+        ),
+        (
+            "glob 1 MB literal".into(),
+            "glob",
+            json!({"pattern": "l".repeat(1 << 20)}),
+            Expect::Any,
+        ),
+        (
+            "glob ** in a fifo".into(),
+            "glob",
+            json!({"pattern": "**", "path": "fifo"}),
+            Expect::Any,
+        ),
+        (
+            "glob wide".into(),
+            "glob",
+            json!({"pattern": "wide/*.txt"}),
+            Expect::Ok,
+        ),
+        // grep: bad and huge patterns, special files.
+        (
+            "grep over everything".into(),
+            "grep",
+            json!({"pattern": "needle"}),
+            Expect::Ok,
+        ),
+        (
+            "grep unclosed group".into(),
+            "grep",
+            json!({"pattern": "("}),
+            Expect::Err("invalid regex"),
+        ),
+        (
+            "grep huge repetition".into(),
+            "grep",
+            json!({"pattern": "a{1000}{1000}{1000}"}),
+            Expect::Err("invalid regex"),
+        ),
+        (
+            "grep empty pattern".into(),
+            "grep",
+            json!({"pattern": ""}),
+            Expect::Any,
+        ),
+        (
+            "grep /dev/zero link".into(),
+            "grep",
+            json!({"pattern": "x", "path": "devzero"}),
+            Expect::Any,
+        ),
+        (
+            "grep fifo".into(),
+            "grep",
+            json!({"pattern": "x", "path": "fifo"}),
+            Expect::Any,
+        ),
+    ];
+    // Inputs that are not objects, or with every field of the wrong type.
+    for tool in ["read", "write", "edit", "glob", "grep", "bash"] {
+        v.push((
+            format!("{tool} non-object input"),
+            tool,
+            json!([1, 2]),
+            Expect::Err("dictionary"),
+        ));
+        v.push((
+            format!("{tool} wrong types"),
+            tool,
+            json!({"file_path": 1, "pattern": [], "command": {}, "code": 5, "content": null}),
+            Expect::Err(""),
+        ));
+    }
+    v
 }
