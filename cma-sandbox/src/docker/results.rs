@@ -238,9 +238,10 @@ pub(crate) fn split_found(
     let mut off = 0usize;
     per_path(head.r, paths, abs, |h, path| {
         if h.b.is_some() {
-            let mut found = FoundLines::default();
-            found.binary = true;
-            return Ok(found);
+            return Ok(FoundLines {
+                binary: true,
+                ..FoundLines::default()
+            });
         }
         parse_matches(h.ms, data, &mut off).ok_or_else(|| short_reply(path))
     })

@@ -21,7 +21,7 @@
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use async_trait::async_trait;
 use cma_sandbox::DirEntry;
@@ -265,9 +265,6 @@ fn py_mtime(t: std::time::SystemTime) -> f64 {
     sec as f64 + nsec as f64 * 1e-9
 }
 
-/// A directory's entries in the order its file system lists them (what Python's `os.scandir`
-/// gives the official tools); `None` when it cannot be listed.
-
 /// A path reached by the selectors.
 struct Point {
     path: String,
@@ -339,11 +336,7 @@ impl Sink {
     }
 
     fn hash(&self, path: &str) -> u128 {
-        let h = |s: &std::collections::hash_map::RandomState| {
-            let mut h = s.build_hasher();
-            path.hash(&mut h);
-            h.finish()
-        };
+        let h = |s: &std::collections::hash_map::RandomState| s.hash_one(path);
         (u128::from(h(&self.hasher.0)) << 64) | u128::from(h(&self.hasher.1))
     }
 
@@ -540,10 +533,8 @@ fn select<'a>(
                     sink.dedup.push(HashSet::new());
                 }
                 let more = recursive(ctx, segs, idx, parent, sink).await;
-                if dedup {
-                    if let Some(set) = sink.dedup.pop() {
-                        sink.dedup_entries -= set.len();
-                    }
+                if dedup && let Some(set) = sink.dedup.pop() {
+                    sink.dedup_entries -= set.len();
                 }
                 more
             }
