@@ -323,7 +323,12 @@ pub(crate) async fn fill(b: &DockerBackend) -> Result<()> {
         b.shared.pool.lock().in_flight -= 1;
         settled?;
     }
-    let deadline = Instant::now() + b.shared.cfg.request_timeout;
+    // Any configured timeout, without overflowing an instant.
+    let deadline = Instant::now()
+        + b.shared
+            .cfg
+            .request_timeout
+            .min(Duration::from_secs(1 << 32));
     while b.shared.pool.lock().in_flight > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -346,7 +351,12 @@ pub(crate) async fn close(b: &DockerBackend) -> Result<()> {
         }
     }
     // Containers still being made are removed by `settle` when they finish: wait for them.
-    let deadline = Instant::now() + b.shared.cfg.request_timeout;
+    // Any configured timeout, without overflowing an instant.
+    let deadline = Instant::now()
+        + b.shared
+            .cfg
+            .request_timeout
+            .min(Duration::from_secs(1 << 32));
     while b.shared.pool.lock().in_flight > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

@@ -513,7 +513,12 @@ pub(crate) async fn stream(
         sent: [0, 0],
         cap: req.max_output_bytes,
         truncated: false,
-        deadline: tokio::time::Instant::now() + req.timeout,
+        // A timeout past any representable instant is no timeout (never a panic).
+        deadline: tokio::time::Instant::now()
+            .checked_add(req.timeout)
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+            }),
         exec_id,
         done: false,
     };

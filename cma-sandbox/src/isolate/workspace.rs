@@ -24,6 +24,8 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Most entries `read_dir` returns before failing with `TooLarge`, so a listing
 /// stays bounded in memory.
 pub const MAX_DIR_ENTRIES: usize = 100_000;
+/// Most bytes a read reserves up front from a file's stat size.
+const PREALLOC_MAX_BYTES: u64 = 16 << 20;
 /// Longest symlink target accepted when creating a symlink.
 pub const MAX_LINK_TARGET_BYTES: usize = 4096;
 
@@ -198,7 +200,10 @@ pub(crate) fn read_bounded(
     }
     // The file may grow between stat and read: never read past the cap (+1 to detect it).
     let cap = max_bytes.unwrap_or(u64::MAX);
-    let mut buf = Vec::with_capacity(usize::try_from(size.min(cap)).unwrap_or(0));
+    // Reserved from the stat size only up to a bound: a sparse file can claim terabytes it
+    // does not hold; past the bound the buffer grows with what is actually read.
+    let reserve = size.min(cap).min(PREALLOC_MAX_BYTES);
+    let mut buf = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
     file.take(cap.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| map_io(e, shown))?;
