@@ -35,13 +35,20 @@
 //! # });
 //! ```
 //!
+//! # In the control plane
+//! `cma_core`'s `ToolsetFactory` builds a [`ToolRegistry`] per session over the session's
+//! sandbox (the official toolset plus the host's custom tools, `ToolsetFactory::with_tool`), and
+//! the session runner dispatches each `agent.tool_use` / `agent.custom_tool_use` through it and
+//! posts the result. `cma-core` re-exports this crate as `cma_core::tools`.
+//!
 //! # Features
 //! `testing` (off by default; for tests only): the `testing` module (an in-memory sandbox and a
 //! `call_tool` helper) and `LocalShellLauncher`, which runs the `bash` tool's shell unconfined
 //! on this host. A build that serves agents never needs it.
 //!
 //! # Fidelity
-//! Every tool row of the SDK test vectors (§8 definitions, §9.1–§9.5) is reproduced exactly, on
+//! Every tool case of the SDK test vectors (`vectors/sdk-test-vectors.json`: the toolset's
+//! definitions, groups A–C, the shell cases and the result conversion) is reproduced exactly, on
 //! a real directory, in `testing::MemorySandbox` and (file rows) on the isolate backend. Known
 //! differences from the Python reference (`agent_toolset.py`):
 //! - `grep` always uses the built-in walker with the Rust `regex` crate (never `rg`): Python

@@ -517,3 +517,52 @@ fn cma_tool_prints_results_as_posted_with_exit_codes() {
         Some(2)
     );
 }
+
+/// Processes still alive that were started as `execute` workers by process `parent`.
+fn workers_of(parent: u32) -> Vec<u32> {
+    let marker = format!("CMA_SANDBOX_ISOLATE_WORKER={parent}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|v| v == marker.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn cma_tool_execute_stops_a_runaway_script_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    // A built-in that loops natively without polling QuickJS's interrupt handler.
+    let input =
+        r#"{"code":"Array.prototype.indexOf.call({length: 2**53 - 1}, 1)","timeout_ms":1000}"#;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cma"))
+        .args(["tool", "execute", "--input", input, "--workdir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The bound only keeps a broken build from hanging the suite.
+    let status = wait(&mut child, Duration::from_secs(60));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{}", stderr_of(&mut child));
+    assert_eq!(stdout, "execute: timed out after 1.0s");
+    // Its worker processes went with it.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while !workers_of(pid).is_empty() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(workers_of(pid), Vec::<u32>::new());
+}

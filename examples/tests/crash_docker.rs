@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use cma_core::emulator::{Emulator, EmulatorConfig, Script, ScriptEnd, ScriptedCall};
 use cma_sandbox::SandboxBackend;
 use cma_sandbox::docker::{DockerBackend, DockerConfig};
-use cma_store::state::{SqliteStateStore, StateStore};
+use cma_store::state::{SandboxQuery, SqliteStateStore, StateStore};
 use serde_json::json;
 
 fn image() -> String {
@@ -176,7 +176,7 @@ async fn crash_and_restart(prestart: usize) {
         .await
         .expect("state");
     let known: HashSet<String> = store
-        .list_sandboxes(Some("docker"))
+        .list_sandboxes(&SandboxQuery::backend("docker"))
         .await
         .expect("sandboxes")
         .into_iter()

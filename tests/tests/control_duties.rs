@@ -48,7 +48,7 @@ fn rig(
     config: ControlPlaneConfig,
 ) -> Rig {
     let backend = h.isolate();
-    let mut host = SandboxHost::new(
+    let mut host = SandboxHost::from_parts(
         [backend.clone()],
         Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
         Arc::new(ToolsetFactory::new()),
@@ -263,7 +263,7 @@ async fn retention_and_chunk_collection_run_on_schedule_and_storage_shrinks() {
     let before = storage(&dir);
     assert_eq!(store.list("sesn_kept").await.unwrap().len(), 3);
 
-    let host = SandboxHost::new(
+    let host = SandboxHost::from_parts(
         [backend.clone()],
         Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
         Arc::new(ToolsetFactory::new()),

@@ -104,7 +104,7 @@ async fn two_docker_profiles_are_chosen_by_agent() {
         .unwrap();
 
     let backend: Arc<dyn SandboxBackend> = Arc::new(backend);
-    let host = Arc::new(SandboxHost::new(
+    let host = Arc::new(SandboxHost::from_parts(
         [backend.clone()],
         Arc::new(selector),
         Arc::new(ToolsetFactory::new()),

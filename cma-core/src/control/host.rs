@@ -20,6 +20,7 @@ use async_trait::async_trait;
 use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
+use super::host_builder::SandboxHostBuilder;
 use super::record::{SessionChange, StateRecorder, Status, events};
 use super::select::{BackendSelector, Placement, SandboxProfile};
 use super::warm::WarmPool;
@@ -144,8 +145,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SandboxHost {
-    /// A host with the given backends (keyed by [`SandboxBackend::name`]), selector and factory.
-    pub fn new(
+    /// Start building a host: add backends by value, then optionally a selector, the tools, the
+    /// settings, snapshots and a state store ([`SandboxHostBuilder`]).
+    pub fn builder() -> SandboxHostBuilder {
+        SandboxHostBuilder::new()
+    }
+
+    /// A host with one backend, the official toolset and default settings: every session goes
+    /// to `backend`. [`SandboxHost::builder`] does the rest.
+    pub fn new(backend: impl SandboxBackend + 'static) -> Self {
+        let name = backend.name().to_owned();
+        Self::from_parts(
+            [Arc::new(backend) as Arc<dyn SandboxBackend>],
+            Arc::new(super::select::RuleSelector::new(name)),
+            Arc::new(super::tools::ToolsetFactory::new()),
+            SandboxHostConfig::default(),
+        )
+    }
+
+    /// A host from shared parts: backends (keyed by [`SandboxBackend::name`]), selector, factory
+    /// and settings. The builder is the friendlier way; this is for hosts that already hold
+    /// each part behind an `Arc`.
+    pub fn from_parts(
         backends: impl IntoIterator<Item = Arc<dyn SandboxBackend>>,
         selector: Arc<dyn BackendSelector>,
         factory: Arc<dyn ExecutorFactory>,
@@ -268,6 +289,13 @@ impl SandboxHost {
         self
     }
 
+    /// The names of the host's backends, sorted.
+    pub fn backend_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Number of warm sandboxes.
     pub fn warm_count(&self) -> usize {
         lock(&self.warm).len()
@@ -298,11 +326,17 @@ impl SandboxHost {
             return;
         };
         let id = placed.sandbox.id().as_str();
-        let destroyed = match backend.destroy(placed.sandbox.id()).await {
-            Ok(()) => true,
-            Err(e) => {
+        let destroyed = match crate::runner::panics::catch(backend.destroy(placed.sandbox.id()))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 tracing::warn!(sandbox = id, error = %e, "destroying a sandbox failed");
                 e.kind() == cma_sandbox::SandboxErrorKind::NotFound
+            }
+            Err(message) => {
+                tracing::error!(sandbox = id, panic = %message, "destroying a sandbox panicked");
+                false
             }
         };
         for dir in &placed.host_dirs {
@@ -364,10 +398,6 @@ impl SandboxHost {
     ///    (the same isolate root directory, the same Docker `instance`), so give each plane its
     ///    own. A backend whose `list` fails is skipped.
     ///
-    /// Only the first [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandbox records of each
-    /// backend are read: with more, the sandboxes past them are neither resumed nor kept, and
-    /// step 3 destroys them as orphans.
-    ///
     /// A failure to read the store fails the call (what was done before stays done); a backend's
     /// failures are logged and counted in [`RecoveryReport::failed`].
     #[cfg(feature = "store")]
@@ -419,8 +449,7 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let records = store
-                .list_sandboxes(Some(name))
+            let records = all_sandbox_records(store.as_ref(), name)
                 .await
                 .map_err(failed("listing sandboxes"))?;
             for record in records {
@@ -518,13 +547,13 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let known: std::collections::HashSet<String> = store
-                .list_sandboxes(Some(name))
-                .await
-                .map_err(failed("listing sandboxes"))?
-                .into_iter()
-                .map(|r| r.sandbox_id)
-                .collect();
+            let known: std::collections::HashSet<String> =
+                all_sandbox_records(store.as_ref(), name)
+                    .await
+                    .map_err(failed("listing sandboxes"))?
+                    .into_iter()
+                    .map(|r| r.sandbox_id)
+                    .collect();
             let live = match backend.list().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -687,11 +716,20 @@ impl SessionHost for SandboxHost {
     ) -> Result<Arc<dyn ToolExecutor>, HostError> {
         self.reap_expired().await;
         let placed = self.place(work, session).await?;
-        let executor = match self
-            .factory
-            .executor(placed.sandbox.clone(), work, session)
-            .await
-        {
+        // A factory that panics is a factory that failed: the sandbox it was given is kept,
+        // never lost between "open" and "warm".
+        let built = crate::runner::panics::catch(self.factory.executor(
+            placed.sandbox.clone(),
+            work,
+            session,
+        ))
+        .await
+        .unwrap_or_else(|message| {
+            Err(HostError::new(format!(
+                "the tool executor factory panicked: {message}"
+            )))
+        });
+        let executor = match built {
             Ok(e) => e,
             Err(e) => {
                 // Keep the sandbox for a retry of the session rather than losing its files.
@@ -736,10 +774,20 @@ impl SessionHost for SandboxHost {
             return;
         }
         if let Some(store) = &self.snapshots {
-            match store
-                .save(session.id.as_str(), placed.sandbox.as_ref())
-                .await
-            {
+            let saved = crate::runner::panics::catch(
+                store.save(session.id.as_str(), placed.sandbox.as_ref()),
+            )
+            .await;
+            let saved = match saved {
+                Ok(saved) => saved,
+                Err(message) => {
+                    // A sandbox that panics while being read is not worth keeping.
+                    tracing::error!(session_id = %session.id, panic = %message, "saving the workspace panicked; destroying the sandbox");
+                    self.dispose(placed).await;
+                    return;
+                }
+            };
+            match saved {
                 Ok(id) => {
                     tracing::info!(session_id = %session.id, snapshot = %id, "workspace saved");
                     self.state.snapshot_saved(session.id.as_str(), &id).await;
@@ -777,5 +825,23 @@ impl SessionHost for SandboxHost {
         let housekeeping = self.housekeep_if_due().await;
         let warm = lock(&self.warm).next_deadline().map(Instant::from_std);
         warm.into_iter().chain(housekeeping).min()
+    }
+}
+
+/// Every sandbox record of `backend`, page by page.
+#[cfg(feature = "store")]
+async fn all_sandbox_records(
+    store: &dyn cma_store::state::StateStore,
+    backend: &str,
+) -> Result<Vec<cma_store::state::SandboxRecord>, cma_store::state::StateError> {
+    let mut query = cma_store::state::SandboxQuery::backend(backend);
+    let mut all = Vec::new();
+    loop {
+        let page = store.list_sandboxes(&query).await?;
+        let Some(last) = page.last() else {
+            return Ok(all);
+        };
+        query = query.after(last);
+        all.extend(page);
     }
 }

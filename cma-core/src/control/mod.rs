@@ -9,6 +9,7 @@
 
 mod drain;
 pub mod host;
+pub mod host_builder;
 pub mod identity;
 pub mod plane;
 pub mod record;

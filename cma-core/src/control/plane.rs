@@ -87,6 +87,9 @@ fn default_replica_id() -> String {
     format!("cma-{host}")
 }
 
+/// The largest [`ControlPlaneConfig::concurrency`] accepted.
+pub const MAX_CONCURRENCY: usize = 65_536;
+
 /// The default [`ControlPlaneConfig::maintenance_interval`].
 pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -292,10 +295,10 @@ impl ControlPlaneBuilder {
 
     /// Build the plane.
     pub fn build(self) -> Result<ControlPlane, ControlPlaneError> {
-        if self.config.concurrency == 0 {
-            return Err(ControlPlaneError::Config(
-                "concurrency must be at least 1".into(),
-            ));
+        if !(1..=MAX_CONCURRENCY).contains(&self.config.concurrency) {
+            return Err(ControlPlaneError::Config(format!(
+                "concurrency must be within 1..={MAX_CONCURRENCY}"
+            )));
         }
         if !(1..=999).contains(&self.config.poll_block_ms) {
             return Err(ControlPlaneError::Config(
@@ -634,7 +637,8 @@ impl ControlPlane {
     /// Wait until no item is running.
     pub async fn wait_idle(&self) {
         // Taking every permit means every item task has released its own.
-        let all = self.inner.config.concurrency as u32;
+        // `build` keeps concurrency within `MAX_CONCURRENCY`, so this never saturates.
+        let all = u32::try_from(self.inner.config.concurrency).unwrap_or(u32::MAX);
         if let Ok(p) = self.inner.permits.acquire_many(all).await {
             drop(p);
         }
@@ -706,56 +710,15 @@ impl ControlPlane {
             )
             .await;
         let this = self.clone();
-        inner.tasks.spawn(async move {
-            let _permit = permit;
-            let inner = &this.inner;
-            let owner = inner.config.replica_id.as_str();
-            let span = tracing::info_span!("work_item", work_id = %work.id, session_id = %work.data.id);
-            let result = {
-                let item = tracing::Instrument::instrument(
-                    inner.runner.handle_item(&work, inner.host.clone(), inner.cancel_items.child_token()),
-                    span,
-                );
-                tokio::pin!(item);
-                loop {
-                    tokio::select! {
-                        r = &mut item => break r,
-                        () = tokio::time::sleep(LEASE_RECORD_RENEW) => {
-                            inner.recorder.lease_renewed(work.id.as_str(), owner, LEASE_RECORD_TTL).await;
-                        }
-                    }
-                }
-            };
-            inner.recorder.lease_released(work.id.as_str(), owner).await;
-            if let Ok(ItemOutcome { session: Some(session), .. }) = &result
-                && session.status == crate::protocol::SessionStatus::Terminated
-            {
-                inner
-                    .recorder
-                    .terminated(session.id.as_str(), "work item found the session terminated")
-                    .await;
-                inner.host.session_ended(&session.id).await;
-            }
-            // The host may have kept a sandbox warm: its deadline is the next maintenance.
-            inner.maintenance.notify_one();
-            match &result {
-                Ok(o) => tracing::info!(work_id = %work.id, lease_end = ?o.lease_end, stopped = o.stopped, results = o.results_posted, "work item finished"),
-                Err(RunnerError::NotSessionWork { kind, .. }) => tracing::debug!(work_id = %work.id, kind, "non-session item stopped"),
-                Err(e) => {
-                    inner.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(work_id = %work.id, error = %e, "work item failed");
-                }
-            }
-            inner.counters.finished.fetch_add(1, Ordering::Relaxed);
-            if let Some(hook) = &inner.on_item {
-                hook(&ItemReport { work, result });
-            }
-        });
+        inner
+            .tasks
+            .spawn(async move { this.run_item(work, permit).await });
         Ok(Claim::Claimed)
     }
 }
 
 mod duties;
+mod item;
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())

@@ -114,6 +114,10 @@ pub(crate) fn router(app: App, max_body: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::hostile::fault_middleware,
+        ))
         .layer(axum::middleware::map_response(add_request_id))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -133,7 +137,7 @@ async fn add_request_id(mut resp: Response) -> Response {
 
 // -------------------------------------------------------------------- common steps
 
-fn fault_error(f: &Fault, status: u16) -> ApiError {
+pub(crate) fn fault_error(f: &Fault, status: u16) -> ApiError {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let kind = f
         .error_type

@@ -89,6 +89,10 @@
 //! * **Request log**: every request is logged on arrival ([`Emulator::requests`]: method, path,
 //!   query, credential kind, `x-stainless-helper`, `Anthropic-Worker-ID`, the body of `stop`
 //!   calls, and the status once answered), the newest [`MAX_LOGGED_REQUESTS`] kept.
+//! * **Listener**: served by [`crate::listener::Listener`] under
+//!   [`EmulatorConfig::listener`] (a connection cap that evicts the clients waiting longest,
+//!   10 s for a request head, 2 min idle, 1 min for a body, no bound on streams), so a slow or
+//!   silent client cannot wedge it.
 //! * **Limits**: request bodies up to [`EmulatorConfig::max_body_bytes`] (413 beyond), at most
 //!   [`EmulatorConfig::max_events_per_session`] events and
 //!   [`EmulatorConfig::max_event_bytes_per_session`] bytes of events per session (oldest dropped), [`MAX_RECORDS`] recorded results and
@@ -101,7 +105,10 @@
 //! `poll, ack, heartbeat, stop, work_list, work_get, work_update, work_stats, environment_create,
 //! environment_get, environment_update, environment_list, environment_delete,
 //! environment_archive, session_create, session_get, session_delete, events_list, events_send,
-//! stream`.
+//! stream, skill_version, skill_content, memory_list, memory_get, memory_create, memory_update,
+//! memory_delete`. A fault's `reply` ([`Reply`]) serves a hostile payload instead of the answer:
+//! any status and headers, and a body made of parts (`text`, `json`, `base64`, `repeat`,
+//! `endless`) generated while it is sent, optionally followed by a `hang`.
 //!
 #![doc = concat!("```json\n", include_str!("scenario_example.json"), "```")]
 //!
@@ -122,6 +129,7 @@
 mod agent;
 mod error;
 mod faults;
+mod hostile;
 mod http;
 mod requests;
 mod resources;
@@ -141,7 +149,7 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::{SessionStatus, Work, WorkData};
 
 pub use error::EmulatorError;
-pub use faults::{Endpoint, Fault};
+pub use faults::{BodyPart, Endpoint, Fault, Reply};
 pub use http::{
     MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT,
     STRICT_WORKER_ID_MESSAGE,
@@ -201,6 +209,9 @@ pub struct EmulatorConfig {
     /// served. The real API serves such a poll but cannot count the worker in
     /// `workers_polling`; the official worker always sends the header.
     pub strict: bool,
+    /// The bounds of the HTTP listener (default [`EmulatorConfig::default_listener_limits`]:
+    /// streams may last, idle connections outlive the client's pool timeout).
+    pub listener: crate::listener::ListenerLimits,
 }
 
 impl Default for EmulatorConfig {
@@ -220,11 +231,30 @@ impl Default for EmulatorConfig {
             workspace_id: "wrkspc_emulator".into(),
             scenario: Scenario::default(),
             strict: false,
+            listener: Self::default_listener_limits(),
         }
     }
 }
 
 impl EmulatorConfig {
+    /// The emulator's listener bounds: 1024 connections, no bound on a request's duration (event
+    /// streams last as long as their session), two minutes idle between requests (longer than
+    /// the client's 90 s pool timeout, so a pooled connection is never closed under a request),
+    /// a minute for a request body; heads within 10 s as everywhere.
+    pub fn default_listener_limits() -> crate::listener::ListenerLimits {
+        crate::listener::ListenerLimits::default()
+            .max_connections(1024)
+            .max_request_time(None)
+            .idle_timeout(Duration::from_secs(120))
+            .body_read_timeout(Duration::from_secs(60))
+    }
+
+    /// Bound the HTTP listener with `limits`.
+    pub fn listener_limits(mut self, limits: crate::listener::ListenerLimits) -> Self {
+        self.listener = limits;
+        self
+    }
+
     /// Serve this scenario.
     pub fn scenario(mut self, scenario: Scenario) -> Self {
         self.scenario = scenario;
@@ -462,13 +492,10 @@ impl Emulator {
             }
         }
         let app = http::router(shared.clone(), config.max_body_bytes);
+        let listener = crate::listener::Listener::new(listener, config.listener)
+            .map_err(|e| EmulatorError::Invalid(e.to_string()))?;
         let stop = cancel.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "emulator: server failed");
-            }
-        });
+        let server = tokio::spawn(async move { listener.serve(app, stop).await });
         // Lease expiry runs on its own clock so a re-queued item is pollable without traffic.
         let sweeper_shared = shared.clone();
         tasks.push(tokio::spawn(async move {

@@ -1,6 +1,7 @@
 //! The isolate backend: one confined directory per sandbox, native file operations, and
-//! JavaScript `execute` in a fresh QuickJS runtime per call. No shell, no processes, no VM:
-//! a sandbox costs a directory and a file descriptor, and starts in microseconds.
+//! JavaScript `execute` in a fresh QuickJS runtime per call, inside a pre-started worker
+//! process that is killed at the script's deadline. No shell, no VM: a sandbox costs a
+//! directory and a file descriptor, and starts in microseconds.
 //!
 //! # Layout and confinement
 //! [`IsolateBackend::new`] opens `root_dir` (the only use of ambient authority besides the host
@@ -23,7 +24,14 @@
 //! Bounded operations (metadata, single-entry changes, reads and writes up to
 //! [`INLINE_IO_BYTES`]) run inline on the calling task: they are a few system calls on a local
 //! directory, cheaper than a hand-off to a thread. Larger reads and writes, listings, recursive
-//! removal, archives and `execute` run on tokio's blocking pool.
+//! removal and archives run on tokio's blocking pool. `execute` scripts run in worker
+//! processes (Linux only; see [`WorkerConfig`]): each script in a fresh runtime of a worker that
+//! has no file system or network of its own, a system-call filter, and address-space and CPU
+//! limits; its `fs.*` calls and `fetch` are requests answered here, by the sandbox's workspace
+//! and [`EgressHook`]. At the deadline, or when the `execute` future is dropped, the worker is
+//! killed and reaped, whatever the script is doing (even in a built-in that never polls
+//! QuickJS's interrupt handler). A few idle workers are kept started so a call does not pay
+//! for a process start.
 //!
 //! # `execute`: the script's world
 //! The code runs as a classic (non-module, sloppy-mode) script. Its completion value is the
@@ -47,8 +55,11 @@
 //!   (`headers` is a plain object with lower-case names); refused requests reject with a
 //!   `TypeError` such as `egress denied: GET https://…: …`.
 //!
-//! Limits: [`ExecuteRequest::timeout`](crate::ExecuteRequest::timeout) (wall clock, enforced by
-//! QuickJS's interrupt handler, also when the caller drops the future),
+//! Local time is UTC.
+//!
+//! Limits: [`ExecuteRequest::timeout`](crate::ExecuteRequest::timeout) (wall clock: QuickJS's
+//! interrupt handler stops a script that polls it, and the worker process is killed shortly
+//! after the deadline in any case; also when the caller drops the future),
 //! [`ExecuteRequest::memory_limit`](crate::ExecuteRequest::memory_limit) (heap; capped further by
 //! the spec's `memory_bytes`), [`SCRIPT_STACK_BYTES`] (recursion), and
 //! [`ExecuteRequest::max_output_bytes`](crate::ExecuteRequest::max_output_bytes) per stream.
@@ -63,7 +74,7 @@
 //!   `execute`'s `fs.*`, archive imports); see [`QUOTA_ENTRY_BYTES`] for what counts. A write
 //!   that would pass it fails with [`QuotaExceeded`](crate::SandboxErrorKind::QuotaExceeded)
 //!   and leaves what was there intact. Resumed sandboxes count what their workspace holds.
-//! - `pids`: honoured trivially: nothing in an isolate sandbox is a process.
+//! - `pids`: honoured trivially: a script runs in one worker process and cannot start others.
 //! - `mounts`, `labels`, `session_id`, `environment_id`: applied and recorded.
 //! - `image`, `cpus`, `env` and `egress` are refused with
 //!   [`Unsupported`](crate::SandboxErrorKind::Unsupported): there is no image, no CPU limit, no
@@ -81,6 +92,7 @@ mod meta;
 mod quota;
 mod tree;
 mod walk;
+mod worker;
 mod workspace;
 
 use std::collections::HashMap;
@@ -100,6 +112,7 @@ use tokio::sync::mpsc;
 pub use egress::{DenyAllEgress, EgressHook, FetchError, FetchRequest, FetchResponse};
 pub use js::{MAX_SCRIPT_READ_BYTES, SCRIPT_STACK_BYTES};
 pub use quota::QUOTA_ENTRY_BYTES;
+pub use worker::{MAX_RUNS_PER_WORKER, MAX_SCRIPT_BYTES, WorkerConfig, worker_entry_linked};
 pub use workspace::{MAX_DIR_ENTRIES, MAX_NAME_BYTES, MAX_PATH_BYTES};
 
 use self::meta::{MAX_META_BYTES, Meta};
@@ -130,6 +143,22 @@ const EXPORT_CHANNEL_CHUNKS: usize = 4;
 pub struct IsolateBackend {
     inner: Arc<Inner>,
     egress: Arc<dyn EgressHook>,
+    workers: Arc<Workers>,
+}
+
+/// Where `execute` scripts run.
+#[cfg(target_os = "linux")]
+type Workers = worker::Pool;
+/// Where `execute` scripts run: nowhere (worker processes need Linux).
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+struct Workers;
+
+#[cfg(not(target_os = "linux"))]
+impl Workers {
+    fn new(_: WorkerConfig) -> Self {
+        Workers
+    }
 }
 
 struct Inner {
@@ -188,7 +217,17 @@ impl IsolateBackend {
                 counter: AtomicU64::new(0),
             }),
             egress: Arc::new(DenyAllEgress),
+            workers: Arc::new(Workers::new(WorkerConfig::new())),
         })
+    }
+
+    /// Run `execute` scripts in worker processes configured by `config` (see
+    /// [`WorkerConfig`]). Applies to sandboxes created or resumed through the returned backend;
+    /// the workers of the previous configuration are stopped once no sandbox uses them.
+    #[must_use]
+    pub fn with_workers(mut self, config: WorkerConfig) -> Self {
+        self.workers = Arc::new(Workers::new(config));
+        self
     }
 
     /// Route every script `fetch` through `hook` (for example one applying the session's
@@ -223,6 +262,7 @@ impl IsolateBackend {
             stopped,
             backend: self.inner.clone(),
             egress: self.egress.clone(),
+            workers: self.workers.clone(),
             memory_cap: None,
             managed: false,
         }))
@@ -326,6 +366,7 @@ impl IsolateBackend {
             stopped,
             backend: self.inner.clone(),
             egress: self.egress.clone(),
+            workers: self.workers.clone(),
             memory_cap: meta.memory_bytes,
             managed: true,
         }))
@@ -559,6 +600,7 @@ pub struct IsolateSandbox {
     stopped: Arc<AtomicBool>,
     backend: Arc<Inner>,
     egress: Arc<dyn EgressHook>,
+    workers: Arc<Workers>,
     memory_cap: Option<u64>,
     /// Made by `create`/`resume` (under the backend's root), not `open_directory`: it can be
     /// resumed by id.
@@ -570,15 +612,6 @@ impl fmt::Debug for IsolateSandbox {
         f.debug_struct("IsolateSandbox")
             .field("id", &self.id)
             .finish_non_exhaustive()
-    }
-}
-
-/// Sets a flag when dropped: tells a script's interrupt handler that its caller went away.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -721,18 +754,15 @@ impl Sandbox for IsolateSandbox {
                 .memory_limit
                 .min(usize::try_from(cap).unwrap_or(usize::MAX));
         }
-        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-        let env = js::ScriptEnv {
-            sandbox: self.id.clone(),
-            workspace: ws,
-            egress: self.egress.clone(),
-            cancelled: cancel.0.clone(),
-        };
-        let out = blocking(move || js::run(&req, &env)).await;
-        // Completed normally: the flag no longer matters, but keep the guard alive until here so
-        // a dropped future interrupts the script.
-        drop(cancel);
-        out
+        #[cfg(target_os = "linux")]
+        return worker::execute(&self.workers, &self.id, &ws, &self.egress, req).await;
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (ws, req, &self.workers);
+            Err(SandboxError::unsupported(
+                "execute: the isolate backend runs scripts in worker processes, which need Linux",
+            ))
+        }
     }
 
     fn local_workspace(&self) -> Option<std::fs::File> {

@@ -83,8 +83,13 @@ impl ControlPlane {
     pub(super) async fn maintenance_loop(&self) {
         let inner = &self.inner;
         loop {
+            // A panicking pass is logged and the loop goes on: the next pass may do better, and
+            // warm sandboxes must still be released.
             let next = tokio::select! {
-                n = inner.host.maintain() => n,
+                n = crate::runner::panics::catch(inner.host.maintain()) => n.unwrap_or_else(|message| {
+                    tracing::error!(panic = %message, "the host's maintenance pass panicked");
+                    None
+                }),
                 _ = inner.cancel_items.cancelled() => return,
             };
             inner.counters.maintenance.fetch_add(1, Ordering::Relaxed);

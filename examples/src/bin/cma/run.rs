@@ -37,7 +37,10 @@
 //! official worker's default, one per process). Without `webhook` the plane long-polls; with it,
 //! the plane drains the queue at start, on every verified delivery (Standard Webhooks, `POST
 //! /webhooks`; deliveries during a drain coalesce into one more drain) and every
-//! `webhook.fallback_poll_seconds` (default 30) in case a delivery was lost. Snapshots are
+//! `webhook.fallback_poll_seconds` (default 30) in case a delivery was lost. The webhook listener
+//! bounds its clients (`cma_core::listener`): at most `webhook.max_connections` (default 256)
+//! connections, request heads within 10 s, bodies (1 MiB at most) within 30 s, 60 s idle
+//! between requests — a slow or silent client cannot hold the process. Snapshots are
 //! pruned every `snapshot_retention_interval_seconds` (default 3600): per session the newest
 //! `snapshot_keep_last` (default 2; 0 keeps everything and turns retention off) and those
 //! younger than `snapshot_keep_within_seconds` (default 86400) are kept, then unused chunks are
@@ -60,6 +63,7 @@ use cma_core::control::plane::{ClaimMode, ControlPlane, ControlPlaneConfig};
 use cma_core::control::select::{PlacementRules, RuleSelector};
 use cma_core::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
 use cma_core::control::tools::ToolsetFactory;
+use cma_core::listener::{Listener, ListenerLimits};
 use cma_core::runner::memory::{MemoryConfig, MemoryDeletions};
 use cma_core::runner::session::RunnerConfig;
 use cma_core::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookSecret};
@@ -68,6 +72,7 @@ use cma_sandbox::isolate::IsolateBackend;
 use cma_store::state::{SqliteStateStore, StateStore};
 use cma_store::{SnapshotConfig, SnapshotStore};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 /// How long running items get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -172,6 +177,14 @@ pub struct WebhookListen {
     /// The fallback drain's interval, in case a delivery is lost (at least 1).
     #[serde(default = "default_fallback_poll")]
     pub fallback_poll_seconds: u64,
+    /// Connections open at once (default 256; at the cap a new connection replaces the one that
+    /// has waited on its client the longest).
+    #[serde(default = "default_webhook_connections")]
+    pub max_connections: usize,
+}
+
+fn default_webhook_connections() -> usize {
+    256
 }
 
 fn default_key_env() -> String {
@@ -458,7 +471,7 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             .with_rules(rules, available_backends())
             .map_err(|e| format!("placement.{e}"))?;
     }
-    let mut host = SandboxHost::new(
+    let mut host = SandboxHost::from_parts(
         backends,
         Arc::new(selector),
         Arc::new(ToolsetFactory::new()),
@@ -539,8 +552,9 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         plane.worker_id()
     );
 
+    let stop_listening = CancellationToken::new();
     let listener = match &config.webhook {
-        Some(w) => Some(webhook_server(w, plane.clone()).await?),
+        Some(w) => Some(webhook_server(w, plane.clone(), stop_listening.clone()).await?),
         None => None,
     };
 
@@ -551,9 +565,12 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             Ok(())
         }
     };
+    stop_listening.cancel();
     plane.shutdown(SHUTDOWN_GRACE).await;
-    if let Some(task) = listener {
-        task.abort();
+    if let Some(task) = listener
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the webhook listener task failed");
     }
     #[cfg(feature = "docker")]
     if let Some(docker) = &docker_backend
@@ -573,6 +590,7 @@ async fn serve(config: RunConfig) -> Result<(), String> {
 async fn webhook_server(
     w: &WebhookListen,
     plane: ControlPlane,
+    shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     use axum::routing::post;
     use axum::{Extension, Router};
@@ -595,12 +613,11 @@ async fn webhook_server(
     let socket = tokio::net::TcpListener::bind(w.listen)
         .await
         .map_err(|e| format!("webhook listener {}: {e}", w.listen))?;
+    let limits = ListenerLimits::default().max_connections(w.max_connections);
+    let listener = Listener::new(socket, limits).map_err(|e| format!("webhook listener: {e}"))?;
     eprintln!("cma run: webhooks on http://{}/webhooks", w.listen);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(socket, app).await {
-            tracing::error!(error = %e, "webhook listener stopped");
-        }
-    }))
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(async move { listener.serve(app, stop).await }))
 }
 
 async fn shutdown_signal() {
