@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cma_sandbox::isolate::IsolateBackend;
+use cma_sandbox::isolate::{IsolateBackend, WorkerConfig};
 use cma_sandbox::{
     ByteStream, Sandbox, SandboxBackend, SandboxError, SandboxErrorKind, SandboxSpec,
 };
@@ -159,12 +159,29 @@ fn adversarial_isolate() {
     }
     let root = tempfile::tempdir().unwrap();
     let rt = adv::runtime();
-    let backend = IsolateBackend::new(root.path()).unwrap();
+    // No idle or warm `execute` workers: a worker must be gone once its script is, so "no
+    // process left behind" is checked for every script (the pool's own bounds are the worker
+    // module's tests).
+    let mut workers = WorkerConfig::new();
+    workers.idle_workers = 0;
+    workers.max_warm = 0;
+    let backend = IsolateBackend::new(root.path())
+        .unwrap()
+        .with_workers(workers);
     let sb: Arc<dyn Sandbox> = rt.block_on(backend.create(&SandboxSpec::new())).unwrap();
+    // Another session of the same backend, served after every hostile case.
+    let bystander: Arc<dyn Sandbox> = rt.block_on(backend.create(&SandboxSpec::new())).unwrap();
     let w = root.path().join(sb.id().as_str()).join("workspace");
     fixtures(&w);
     let registry: Arc<ToolRegistry> = Arc::new(registry_for(&sb.capabilities()));
     let ctx = ToolContext::new(sb.clone());
+    // The first script starts the process's one worker supervisor thread (it starts and reaps
+    // every worker, for the life of the process): started here, it is part of every case's
+    // "before".
+    let warm = rt
+        .block_on(registry.dispatch(&ctx, "execute", json!({"code": "1"})))
+        .expect("execute is registered");
+    assert!(!warm.is_error, "{:?}", warm.text());
     let mut failures = Vec::new();
     let mut report = Vec::new();
     let bound = Duration::from_secs(60);
@@ -285,6 +302,41 @@ fn adversarial_isolate() {
             Err(e) => failures.push(e),
         }
     }
+    let by = ToolContext::new(bystander.clone());
+    let reg = registry.clone();
+    match adv::run_case(
+        &rt,
+        "bystander: another session is still served",
+        bound,
+        move || async move {
+            let w = reg
+                .dispatch(
+                    &by,
+                    "write",
+                    json!({"file_path": "ok.txt", "content": "fine\n"}),
+                )
+                .await
+                .expect("write");
+            assert!(!w.is_error, "{:?}", w.text());
+            let r = reg
+                .dispatch(
+                    &by,
+                    "execute",
+                    json!({"code": "console.log(fs.readFile('ok.txt'))"}),
+                )
+                .await
+                .expect("execute");
+            assert!(
+                !r.is_error && r.text().unwrap_or("").contains("fine"),
+                "{r:?}"
+            );
+            check("bystander", &r, Expect::Ok)
+        },
+    ) {
+        Ok(o) => report.push(o),
+        Err(e) => failures.push(e),
+    }
+    drop(bystander);
     let b = backend.clone();
     let id = sb.id().clone();
     chain(&w.join("again"), 1000);
