@@ -55,6 +55,13 @@ os.symlink("fifo", "fifolink")
 /// The file tools' table plus the persistent shell's cases.
 fn tool_cases() -> Vec<(String, &'static str, Value, Expect)> {
     let mut v = file_tool_cases();
+    // Six `**` walk the 2000 nameable levels of the chain once each (linear: see
+    // `deep_trees.rs`), but here every level is one round trip to the file helper (~6 ms in a
+    // debug build), past the 30 s a call has: the point on this backend is that the call ends
+    // at its deadline with an error and leaves nothing running.
+    for case in v.iter_mut().filter(|c| c.0.contains("combinatorial")) {
+        case.3 = Expect::Any;
+    }
     v.extend([
         (
             "bash 200 MB of output".into(),
@@ -208,12 +215,7 @@ fn adversarial_docker() {
         let reg = registry.clone();
         // A session per case, closed at its end (its shell killed).
         let mut ctx = ToolContext::new(sb.clone());
-        let secs = if name.contains("combinatorial") {
-            3
-        } else {
-            30
-        };
-        ctx.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(secs));
+        ctx.deadline = Some(tokio::time::Instant::now() + Duration::from_secs(30));
         let n = name.clone();
         let r = adv::run_case(&rt, &name, bound, move || async move {
             let r = reg

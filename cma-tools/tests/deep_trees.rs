@@ -163,6 +163,13 @@ async fn check_linear(sb: Arc<dyn Sandbox>) {
         ("glob", json!({"pattern": "**/f"}), 200),
         ("glob", json!({"pattern": "**/**/a/f"}), 200),
         ("glob", json!({"pattern": "**"}), 200),
+        // Separated `**`: each starts from every level, and walks below each only once.
+        ("glob", json!({"pattern": "**/a/**/a/**/f"}), 200),
+        (
+            "glob",
+            json!({"pattern": "**/a/**/a/**/a/**/a/**/a/**/f"}),
+            200,
+        ),
         ("grep", json!({"pattern": "needle"}), DEPTH),
         ("grep", json!({"pattern": "ne+dle"}), DEPTH),
     ] {

@@ -18,6 +18,15 @@
 //! Nothing grows with the number of matches but the 200 kept: matches are counted, filtered and
 //! ranked as they are found; the duplicates a pattern with several `**` can produce are
 //! remembered as 128-bit hashes, at most [`MAX_DEDUP_ENTRIES`] of them.
+//!
+//! A `**` after another `**` (`**/a/**/f`) is started from many points, and Python walks below
+//! each of them again: on a chain, the depth to the power of the number of `**`. Here a `**`
+//! remembers every directory its completed walks visited (as hashes, within the same bound)
+//! and is not started again from one of them: that walk covered the same subtree with the same
+//! selectors after it, so everything it would select was already selected, and dropped as a
+//! duplicate (the printed paths and their order are Python's). Starts come in walk order, each
+//! either inside a completed walk or past it, so each `**` lists a directory at most once while
+//! the hashes fit: the cost is linear in the directories times the number of `**`.
 
 use std::cmp::Ordering;
 use std::collections::{BinaryHeap, HashSet};
@@ -315,6 +324,9 @@ struct Sink {
     /// One set per active `**` whose successors can repeat a path (innermost last).
     dedup: Vec<HashSet<u128>>,
     dedup_entries: usize,
+    /// `(segment index, directory)` of every directory a completed walk of a `**` after another
+    /// `**` visited (see the module docs).
+    walked: HashSet<u128>,
     hasher: (
         std::collections::hash_map::RandomState,
         std::collections::hash_map::RandomState,
@@ -330,6 +342,7 @@ impl Sink {
             best: BinaryHeap::new(),
             dedup: Vec::new(),
             dedup_entries: 0,
+            walked: HashSet::new(),
             hasher: Default::default(),
             done: false,
         }
@@ -338,6 +351,19 @@ impl Sink {
     fn hash(&self, path: &str) -> u128 {
         let h = |s: &std::collections::hash_map::RandomState| s.hash_one(path);
         (u128::from(h(&self.hasher.0)) << 64) | u128::from(h(&self.hasher.1))
+    }
+
+    /// The hash of `path` as a start of the `**` at segment `idx`.
+    fn hash_at(&self, idx: usize, path: &str) -> u128 {
+        let h = |s: &std::collections::hash_map::RandomState| s.hash_one((idx, path));
+        (u128::from(h(&self.hasher.0)) << 64) | u128::from(h(&self.hasher.1))
+    }
+
+    /// Remember the directories a completed walk visited (as many as the bound leaves room
+    /// for: forgetting some costs time, never correctness).
+    fn remember_walked(&mut self, visited: Vec<u128>) {
+        let room = MAX_DEDUP_ENTRIES.saturating_sub(self.walked.len());
+        self.walked.extend(visited.into_iter().take(room));
     }
 
     /// Take one match; `false` once nothing more is wanted.
@@ -551,6 +577,14 @@ async fn recursive(
     parent: Point,
     sink: &mut Sink,
 ) -> bool {
+    // Started again from a directory one of its completed walks visited: nothing new below.
+    let memo = segs
+        .get(..idx)
+        .is_some_and(|before| before.iter().any(|s| matches!(s, Segment::Recursive)));
+    if memo && sink.walked.contains(&sink.hash_at(idx, &parent.path)) {
+        return true;
+    }
+    let mut visited: Vec<u128> = Vec::new();
     let mut walk = match ctx.sandbox.walk_tree(&parent.path).await {
         Ok(w) => w,
         Err(_) => return select(ctx, segs, idx + 1, parent, None, sink).await,
@@ -579,6 +613,9 @@ async fn recursive(
                 via_link,
             },
         };
+        if memo && visited.len() < MAX_DEDUP_ENTRIES {
+            visited.push(sink.hash_at(idx, &point.path));
+        }
         if want_mtimes {
             for e in dir.entries.iter().filter(|e| e.stat.is_dir()) {
                 if let Some(m) = e.stat.modified {
@@ -589,6 +626,9 @@ async fn recursive(
         if !select(ctx, segs, idx + 1, point, Some(&dir.entries), sink).await {
             return false;
         }
+    }
+    if memo {
+        sink.remember_walked(visited);
     }
     true
 }
