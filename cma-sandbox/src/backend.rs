@@ -245,6 +245,15 @@ pub trait Sandbox: Send + Sync {
         None
     }
 
+    /// The address this sandbox's outbound connections come from on the network it shares with
+    /// its egress proxy (a Docker container's address on the sandbox network), so the proxy can
+    /// tell sandboxes apart by the peer address alone. `None` (the default) for sandboxes
+    /// without such a network (the isolate backend's `fetch` goes through a hook instead). It
+    /// can change when a stopped sandbox is started again: read it after every resume.
+    async fn network_address(&self) -> Result<Option<std::net::IpAddr>> {
+        Ok(None)
+    }
+
     /// Its current state.
     async fn status(&self) -> Result<SandboxStatus>;
 

@@ -196,6 +196,7 @@ pub(crate) fn single_dir_tar_owned(rel: &str, mode: u32, uid: u64, gid: u64) -> 
 }
 
 /// A tar holding one regular file (parent directories included, mode 0755).
+#[cfg(test)]
 pub(crate) fn single_file_tar(rel: &str, data: &[u8], mode: u32) -> Result<Vec<u8>> {
     let io = |e: std::io::Error| SandboxError::new(SandboxErrorKind::Io, "tar").with_source(e);
     let mut b = tar::Builder::new(Vec::new());
