@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# The adversarial suites (cma-tools/tests/adversarial_*.rs) run each in a child process limited
+# to this much address space (RLIMIT_AS, with MALLOC_ARENA_MAX=2): a hostile input that makes
+# the process try to allocate past it aborts the child and fails the run.
+export CMA_ADVERSARIAL_AS_BYTES=$((3 << 30))
+
 cargo fmt --all --check
 # The committed SDK test vectors are exactly what the SDK produces. Runs whenever CMA_SDK_PYTHON
 # is set, which .ci/run always does (so CI always checks); skipped, with a notice, otherwise.

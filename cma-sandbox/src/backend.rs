@@ -20,7 +20,8 @@ use crate::exec::{
     ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess,
 };
 use crate::file::{
-    ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch, WorkspaceEntry,
+    ByteStream, DirEntry, DirWalk, FileReader, FileStat, FoundLines, TreeFound, TreeSearch,
+    WorkspaceEntry,
 };
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
@@ -160,6 +161,20 @@ pub trait Sandbox: Send + Sync {
     /// return name order: the default is [`read_dirs`](Sandbox::read_dirs).
     async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
         self.read_dirs(paths).await
+    }
+
+    /// Walk the directory `root` depth first, in pre-order: yields `root` and then every
+    /// directory below it, each with its entries in the order
+    /// [`read_dirs_unsorted`](Sandbox::read_dirs_unsorted) gives them, the subdirectories of a
+    /// directory entered in that order. Symlinked directories are not entered, nor directories
+    /// whose path would pass [`WALK_MAX_PATH_BYTES`](crate::WALK_MAX_PATH_BYTES); directories
+    /// that cannot be listed are passed over (for `root` itself, the stream's only item is the
+    /// error). Dropping the stream stops the walk. The default lists through
+    /// [`read_dirs_unsorted`](Sandbox::read_dirs_unsorted), a few directories per call;
+    /// backends that hold the files on this host walk by directory handle, at a cost per
+    /// directory that does not grow with its depth.
+    async fn walk_tree<'a>(&'a self, root: &str) -> Result<DirWalk<'a>> {
+        Ok(crate::walk::listing_walk(self, root.to_owned()))
     }
 
     /// Remove a file, symlink (not its target) or directory. A non-empty directory needs

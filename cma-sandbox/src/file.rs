@@ -230,6 +230,36 @@ pub struct WorkspaceEntry {
     pub link_target: Option<Vec<u8>>,
 }
 
+/// Longest sandbox path a [`Sandbox::walk_tree`](crate::Sandbox::walk_tree) walk enters (Linux's
+/// `PATH_MAX`, the longest path any file operation takes): deeper directories are listed in
+/// their parent but not entered.
+pub const WALK_MAX_PATH_BYTES: usize = 4096;
+
+/// One directory of a [`Sandbox::walk_tree`](crate::Sandbox::walk_tree) walk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WalkedDir {
+    /// Its sandbox path.
+    pub path: String,
+    /// Its entries, in the order [`Sandbox::read_dirs_unsorted`](crate::Sandbox::read_dirs_unsorted)
+    /// gives them.
+    pub entries: Vec<DirEntry>,
+}
+
+impl WalkedDir {
+    /// A directory and its entries.
+    pub fn new(path: impl Into<String>, entries: Vec<DirEntry>) -> Self {
+        Self {
+            path: path.into(),
+            entries,
+        }
+    }
+}
+
+/// The directories of a [`Sandbox::walk_tree`](crate::Sandbox::walk_tree) walk, as they are
+/// listed. Dropping it stops the walk.
+pub type DirWalk<'a> = Pin<Box<dyn Stream<Item = Result<WalkedDir, SandboxError>> + Send + 'a>>;
+
 /// A streaming reader over a file's bytes, from [`Sandbox::open_read`](crate::Sandbox::open_read).
 pub type FileReader = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 

@@ -61,6 +61,9 @@ mod file;
 #[cfg(feature = "isolate")]
 pub mod isolate;
 mod spec;
+#[cfg(any(feature = "isolate", feature = "docker"))]
+mod tarin;
+mod walk;
 
 pub use backend::{Sandbox, SandboxBackend};
 pub use error::{Result, SandboxError, SandboxErrorKind};
@@ -70,8 +73,8 @@ pub use exec::{
     ExecStream, ExecuteRequest, InteractiveProcess, ProcessControl,
 };
 pub use file::{
-    ByteStream, DirEntry, FileKind, FileReader, FileStat, FoundLines, LineMatch, TreeFound,
-    TreeMatch, TreeSearch, WorkspaceEntry,
+    ByteStream, DirEntry, DirWalk, FileKind, FileReader, FileStat, FoundLines, LineMatch,
+    TreeFound, TreeMatch, TreeSearch, WALK_MAX_PATH_BYTES, WalkedDir, WorkspaceEntry,
 };
 pub use spec::{
     Capabilities, EgressEndpoint, MAX_SANDBOX_ID_LEN, Mount, SandboxId, SandboxInfo, SandboxSpec,

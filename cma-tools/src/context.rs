@@ -21,6 +21,13 @@ pub const DEFAULT_MAX_FILE_BYTES: u64 = 256 * 1024;
 pub const DEFAULT_MAX_IMAGE_BASE64_BYTES: u64 = 5 * 1024 * 1024;
 /// Default cap on the raw size of a PDF returned by `read` (§6.3).
 pub const DEFAULT_MAX_PDF_BYTES: u64 = 20 * 1024 * 1024;
+/// Default cap on the size of a file an `edit` produces ([`ToolContext::max_edit_result_bytes`]).
+///
+/// The official tool has none: a `replace_all` of a one-byte string by a long one multiplies
+/// the file (a 256 KiB file of matches and a 100 kB `new_string` make 26 GB) and the runner
+/// dies trying to build it. An edit that grows a file by at most its `new_string` (every single
+/// replacement) is never refused by this cap.
+pub const DEFAULT_MAX_EDIT_RESULT_BYTES: u64 = 16 * 1024 * 1024;
 
 /// A size cap as the official context configures one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -86,6 +93,11 @@ pub struct ToolContext {
     pub max_image_base64_bytes: ByteLimit,
     /// Cap on the raw size of a PDF `read` returns (default 20 MiB).
     pub max_pdf_bytes: ByteLimit,
+    /// Largest file an `edit` may produce, in bytes (default
+    /// [`DEFAULT_MAX_EDIT_RESULT_BYTES`]). Its size is computed before it is built; an edit
+    /// past the cap is refused (`edit: <p> would be <n> bytes after the edit, exceeds
+    /// <cap>-byte limit. …`) unless the file grows by no more than `new_string`'s length.
+    pub max_edit_result_bytes: u64,
     /// Environment of the persistent shell.
     pub shell_env: ShellEnv,
     /// Starts the persistent shell of the `bash` tool. Without one, `bash` runs each command
@@ -125,6 +137,7 @@ impl ToolContext {
             max_file_bytes: ByteLimit::Default,
             max_image_base64_bytes: ByteLimit::Default,
             max_pdf_bytes: ByteLimit::Default,
+            max_edit_result_bytes: DEFAULT_MAX_EDIT_RESULT_BYTES,
             shell_env: ShellEnv::Inherit,
             shell_launcher: None,
             state: Arc::default(),
@@ -183,6 +196,13 @@ impl ToolContext {
     #[must_use]
     pub fn with_max_file_bytes(mut self, limit: ByteLimit) -> Self {
         self.max_file_bytes = limit;
+        self
+    }
+
+    /// Set the largest file an `edit` may produce.
+    #[must_use]
+    pub fn with_max_edit_result_bytes(mut self, limit: u64) -> Self {
+        self.max_edit_result_bytes = limit;
         self
     }
 

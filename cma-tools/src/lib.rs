@@ -62,8 +62,11 @@
 //!   shell it answers an error naming `execute`. When the shell died, a call always reads
 //!   `bash: bash session terminated; restart required` (never Python's timing-dependent
 //!   `BrokenResourceError()`).
-//! - Integers beyond `i64` in inputs are refused (Python accepts any size); text is Rust `String`,
-//!   so lone surrogates cannot occur ([`output::well_formed_utf16`] repairs UTF-16 input).
+//! - Integers beyond `i64` in inputs saturate to `i64::MIN`/`i64::MAX` (Python's have no bound;
+//!   every integer parameter means the same at the saturated value: a line past any file's end,
+//!   a timeout past any clamp), except that a message quoting the number shows the saturated
+//!   one; text is Rust `String`, so lone surrogates cannot occur ([`output::well_formed_utf16`]
+//!   repairs UTF-16 input).
 //! - `repr()` of unusual Unicode (unassigned code points) is not escaped as Python would.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -78,7 +81,9 @@ pub mod shell;
 pub mod testing;
 pub mod toolset;
 
-pub use context::{ByteLimit, DEFAULT_MAX_FILE_BYTES, ShellEnv, ToolContext};
+pub use context::{
+    ByteLimit, DEFAULT_MAX_EDIT_RESULT_BYTES, DEFAULT_MAX_FILE_BYTES, ShellEnv, ToolContext,
+};
 pub use custom::{CustomTool, CustomToolError, custom_tool};
 pub use output::{NO_OUTPUT, PostedResult, ToolError, ToolOutput};
 pub use registry::{

@@ -217,21 +217,31 @@ impl MemorySandbox {
             .filter(|c| !c.is_empty() && *c != ".")
             .map(str::to_owned)
             .collect();
-        let mut cur: Vec<String> = Vec::new();
+        // The key so far, grown and cut in place (linear in the path, not quadratic), and where
+        // each component starts in it.
+        let mut key = String::from("/");
+        let mut starts: Vec<usize> = Vec::new();
+        let cut = |key: &mut String, starts: &mut Vec<usize>| {
+            if let Some(at) = starts.pop() {
+                key.truncate(at.max(1));
+            }
+        };
         let mut hops = 0;
         while let Some(c) = todo.pop_front() {
             if c == ".." {
-                cur.pop();
+                cut(&mut key, &mut starts);
                 continue;
             }
-            let parent_key = format!("/{}", cur.join("/"));
-            match nodes.get(&parent_key) {
+            match nodes.get(&key) {
                 Some(Node::Dir { .. }) => {}
                 Some(_) => return Err(err(SandboxErrorKind::NotADirectory)),
                 None => return Err(err(SandboxErrorKind::NotFound)),
             }
-            cur.push(c);
-            let key = format!("/{}", cur.join("/"));
+            starts.push(key.len());
+            if !key.ends_with('/') {
+                key.push('/');
+            }
+            key.push_str(&c);
             let last = todo.is_empty();
             match nodes.get(&key) {
                 None if last && allow_missing_last => return Ok(key),
@@ -241,9 +251,11 @@ impl MemorySandbox {
                     if hops > MAX_HOPS {
                         return Err(err(SandboxErrorKind::SymlinkLoop));
                     }
-                    cur.pop();
+                    let target = target.clone();
+                    cut(&mut key, &mut starts);
                     if target.starts_with('/') {
-                        cur.clear();
+                        key = String::from("/");
+                        starts.clear();
                     }
                     for t in target
                         .split('/')
@@ -256,7 +268,7 @@ impl MemorySandbox {
                 Some(_) => {}
             }
         }
-        Ok(format!("/{}", cur.join("/")))
+        Ok(key)
     }
 
     fn abs_raw(&self, path: &str) -> String {
@@ -411,15 +423,29 @@ impl Sandbox for MemorySandbox {
         } else {
             format!("{key}/")
         };
-        Ok(nodes
-            .range(prefix.clone()..)
-            .take_while(|(k, _)| k.starts_with(&prefix))
-            .filter(|(k, _)| !k[prefix.len()..].contains('/') && k.len() > prefix.len())
-            .map(|(k, n)| DirEntry {
-                name: k[prefix.len()..].to_owned(),
-                stat: n.stat(),
-            })
-            .collect())
+        // Children only: a descendant `<child>/…` is jumped over with all its siblings (they
+        // sort together, before `<child>0`), so a listing costs its entries, not its subtree.
+        let mut out = Vec::new();
+        let mut from = prefix.clone();
+        while let Some((k, n)) = nodes.range(from.clone()..).next() {
+            let Some(rest) = k.strip_prefix(prefix.as_str()) else {
+                break;
+            };
+            match rest.find('/') {
+                None => {
+                    if !rest.is_empty() {
+                        out.push(DirEntry {
+                            name: rest.to_owned(),
+                            stat: n.stat(),
+                        });
+                    }
+                    // The next key after this one.
+                    from = format!("{k}\u{0}");
+                }
+                Some(i) => from = format!("{prefix}{}0", &rest[..i]),
+            }
+        }
+        Ok(out)
     }
 
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {

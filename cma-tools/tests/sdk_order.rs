@@ -56,6 +56,10 @@ fn all_calls() -> Vec<(&'static str, Value)> {
         ("glob", json!({"pattern": "*"})),
         ("glob", json!({"pattern": "tie/*"})),
         ("glob", json!({"pattern": "**/*.txt"})),
+        // Several `**`: the same path selected many times, printed once, in Python's order.
+        ("glob", json!({"pattern": "**/*/**/*.txt"})),
+        ("glob", json!({"pattern": "**/tie/**/**/*"})),
+        ("glob", json!({"pattern": "**/*/**/*/**"})),
         ("glob", json!({"pattern": "tie/d*/f*"})),
         ("glob", json!({"pattern": "near/*"})),
         ("glob", json!({"pattern": "far/*"})),

@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::{Component, Path};
 
 use crate::error::{Result, SandboxError, SandboxErrorKind};
+use crate::tarin::{MAX_ARCHIVE_ENTRIES, TarGuard};
 
 fn invalid(msg: impl Into<String>) -> SandboxError {
     SandboxError::new(SandboxErrorKind::InvalidArchive, msg)
@@ -41,15 +42,42 @@ pub(crate) struct CheckedImport {
 pub(crate) const LINK_SCRIPT: &str =
     "while [ $# -gt 1 ]; do ln -sfn -- \"$1\" \"$2\" || exit 1; shift 2; done";
 
-/// Check every entry of a workspace archive before it is unpacked into the workdir: regular files,
-/// directories and symlinks only; names relative and inside; nothing beneath a symlink of the
-/// archive. Symlink targets are link text, kept whatever they say (absolute, outside the
-/// workspace, dangling), as snapshots keep them. Returns the archive rebuilt with every
-/// entry owned by `owner` (uid, gid), ready to upload.
-pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<CheckedImport> {
+/// Check every entry of a workspace archive before it is unpacked into `workdir`: regular files,
+/// directories and symlinks only; names relative and inside, paths and names no longer than
+/// the file system takes; nothing beneath a symlink of the archive. Symlink targets are link
+/// text, kept whatever they say (absolute, outside the workspace, dangling), as snapshots keep
+/// them. Returns the archive rebuilt with every entry owned by `owner` (uid, gid), without
+/// setuid, setgid or sticky bits, ready to upload. The archive is read as it streams, framed by
+/// a [`TarGuard`] (at most `max_bytes` bytes and [`MAX_ARCHIVE_ENTRIES`] entries, no oversized
+/// extended headers): only the rebuilt archive is held.
+pub(crate) fn check_import<R: Read>(
+    reader: R,
+    workdir: &str,
+    owner: (u64, u64),
+    max_bytes: u64,
+) -> Result<CheckedImport> {
+    let mut guarded = TarGuard::new(reader, MAX_ARCHIVE_ENTRIES, max_bytes);
+    let rebuilt = rebuild(&mut guarded, workdir, owner);
+    if let (Err(_), Some(why)) = (&rebuilt, guarded.refused.take()) {
+        return Err(invalid(format!("archive refused: {why}")));
+    }
+    let (out, count) = rebuilt?;
+    if count == 0 && guarded.nonzero {
+        return Err(invalid("not a tar archive"));
+    }
+    Ok(out)
+}
+
+fn rebuild<R: Read>(
+    reader: &mut TarGuard<R>,
+    workdir: &str,
+    owner: (u64, u64),
+) -> Result<(CheckedImport, usize)> {
+    // The longest entry path the sandbox's file system takes below the workdir.
+    let max_path = 4096usize.saturating_sub(workdir.trim_end_matches('/').len() + 1);
     let mut out = tar::Builder::new(Vec::new());
     let mut later: Vec<(String, String)> = Vec::new();
-    let mut archive = tar::Archive::new(tar_bytes);
+    let mut archive = tar::Archive::new(reader);
     let entries = archive
         .entries()
         .map_err(|e| invalid("not a tar archive").with_source(e))?;
@@ -62,7 +90,11 @@ pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Checke
             .path()
             .map_err(|e| invalid("malformed entry name").with_source(e))?
             .into_owned();
-        let shown = path.to_string_lossy().into_owned();
+        let shown: String = path.to_string_lossy().chars().take(200).collect();
+        if path.as_os_str().len() > max_path || path.components().any(|c| c.as_os_str().len() > 255)
+        {
+            return Err(invalid("entry path or name too long").with_path(shown));
+        }
         if path.is_absolute() {
             return Err(SandboxError::new(
                 SandboxErrorKind::OutsideSandbox,
@@ -127,7 +159,8 @@ pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Checke
         h.set_entry_type(kind);
         // The owner always keeps access (archives from elsewhere may carry 0644 directories).
         let owner_bits = if kind == T::Directory { 0o700 } else { 0o600 };
-        h.set_mode((entry.header().mode().unwrap_or(0o644) & 0o7777) | owner_bits);
+        // Never setuid, setgid or sticky: the files must not gain privileges in the sandbox.
+        h.set_mode((entry.header().mode().unwrap_or(0o644) & 0o777) | owner_bits);
         h.set_mtime(entry.header().mtime().unwrap_or(0));
         h.set_uid(owner.0);
         h.set_gid(owner.1);
@@ -171,24 +204,32 @@ pub(crate) fn check_import(tar_bytes: &[u8], owner: (u64, u64)) -> Result<Checke
                 .map_err(io)?;
         }
     }
-    if count == 0 && !tar_bytes.iter().all(|&b| b == 0) {
-        return Err(invalid("not a tar archive"));
-    }
     let tar = out
         .into_inner()
         .map_err(|e| invalid("cannot rebuild the archive").with_source(e))?;
-    Ok(CheckedImport {
-        tar,
-        later_links: later,
-    })
+    Ok((
+        CheckedImport {
+            tar,
+            later_links: later,
+        },
+        count,
+    ))
 }
 
 /// A tar holding one directory entry `rel/` owned by root.
 pub(crate) fn single_dir_tar(rel: &str, mode: u32) -> Result<Vec<u8>> {
+    single_dir_tar_owned(rel, mode, 0, 0)
+}
+
+/// A tar holding one directory entry `rel/` owned by `uid`:`gid` (uploaded over an existing
+/// directory, the engine gives it that owner and mode).
+pub(crate) fn single_dir_tar_owned(rel: &str, mode: u32, uid: u64, gid: u64) -> Result<Vec<u8>> {
     let mut b = tar::Builder::new(Vec::new());
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(tar::EntryType::Directory);
     h.set_mode(mode);
+    h.set_uid(uid);
+    h.set_gid(gid);
     h.set_size(0);
     b.append_data(&mut h, format!("{rel}/"), std::io::empty())
         .map_err(|e| SandboxError::new(SandboxErrorKind::Io, "tar").with_source(e))?;
@@ -251,9 +292,17 @@ mod tests {
     #[test]
     fn built_archives_pass_the_import_check() {
         let t = single_file_tar("etc/cma/x.pem", b"pem", 0o644).unwrap();
-        let rebuilt = check_import(&t, (1000, 1000)).unwrap().tar;
+        let rebuilt = check_import(&t[..], "/workspace", (1000, 1000), u64::MAX)
+            .unwrap()
+            .tar;
         assert_eq!(first_file(&rebuilt).unwrap(), b"pem");
-        check_import(&single_dir_tar("workspace", 0o755).unwrap(), (0, 0)).unwrap();
+        check_import(
+            &single_dir_tar("workspace", 0o755).unwrap()[..],
+            "/workspace",
+            (0, 0),
+            u64::MAX,
+        )
+        .unwrap();
     }
 
     fn with_links(links: &[(&str, &str)], file: Option<&str>) -> Vec<u8> {
@@ -283,7 +332,8 @@ mod tests {
             ("dangling", "no/such/file"),
             ("inside", "venv/bin"),
         ];
-        let checked = check_import(&with_links(&kept, None), (1, 1)).unwrap();
+        let checked =
+            check_import(&with_links(&kept, None)[..], "/workspace", (1, 1), u64::MAX).unwrap();
         // The daemon refuses relative links that climb out: made later, by the sandbox user.
         assert_eq!(
             checked.later_links,
@@ -312,14 +362,37 @@ mod tests {
             .collect();
         assert_eq!(got, want);
         for (link, file) in [("up", "up/passwd"), ("a/b", "a/b/c/d")] {
-            let e = check_import(&with_links(&[(link, "/etc")], Some(file)), (1, 1)).unwrap_err();
+            let e = check_import(
+                &with_links(&[(link, "/etc")], Some(file))[..],
+                "/workspace",
+                (1, 1),
+                u64::MAX,
+            )
+            .unwrap_err();
             assert_eq!(e.kind(), SandboxErrorKind::OutsideSandbox, "{file}: {e}");
         }
     }
 
     #[test]
     fn garbage_is_invalid() {
-        let e = check_import(&b"definitely not a tar".repeat(40), (0, 0)).unwrap_err();
-        assert_eq!(e.kind(), SandboxErrorKind::InvalidArchive);
+        for garbage in [b"definitely not a tar".repeat(40), b"short".to_vec()] {
+            let e = check_import(&garbage[..], "/w", (0, 0), u64::MAX).unwrap_err();
+            assert_eq!(e.kind(), SandboxErrorKind::InvalidArchive);
+        }
+    }
+
+    #[test]
+    fn setuid_bits_are_dropped_and_the_owner_is_set() {
+        let t = single_file_tar("suid", b"x", 0o4755).unwrap();
+        let rebuilt = check_import(&t[..], "/workspace", (1000, 1001), u64::MAX)
+            .unwrap()
+            .tar;
+        let mut a = tar::Archive::new(&rebuilt[..]);
+        let e = a.entries().unwrap().next().unwrap().unwrap();
+        assert_eq!(e.header().mode().unwrap(), 0o755);
+        assert_eq!(
+            (e.header().uid().unwrap(), e.header().gid().unwrap()),
+            (1000, 1001)
+        );
     }
 }

@@ -9,6 +9,10 @@ use crate::file::{FileKind, WorkspaceEntry};
 /// Deepest directory nesting listed (deeper trees fail with `TooLarge`).
 pub(crate) const MAX_DEPTH: usize = 128;
 
+/// Most bytes of records a listing may carry (about a million entries with typical names):
+/// a longer reply fails the listing rather than making the host buffer it.
+pub(crate) const MAX_LISTING_BYTES: u64 = 128 << 20;
+
 fn bad() -> SandboxError {
     SandboxError::new(
         SandboxErrorKind::Backend,

@@ -6,34 +6,62 @@
 //!
 //! The helper runs as the container's user, so it has exactly that user's permissions; every path
 //! lives in the container's own mount namespace, so nothing can reach the host.
+//!
+//! # The helper is not trusted
+//! An agent that controls its container can replace the helper and answer anything. Every
+//! reply is therefore read as a stream against caps fixed by the request before it is sent:
+//! the header line is at most [`MAX_HEADER_BYTES`], the data it announces at most what the call
+//! allows (a read's own limit, a batch's budget); nothing is allocated from an announced length,
+//! a reply that breaks a cap fails the call with [`Backend`](SandboxErrorKind::Backend) and the
+//! connection is dropped (the helper process with it). Batches (`readmany`, `findmany`,
+//! `listmany`) carry a byte budget: the helper answers `later` for what did not fit and the
+//! caller asks again, so one reply stays small whatever the batch holds.
 
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bollard::Docker;
 use bollard::container::LogOutput;
 use bytes::{Bytes, BytesMut};
 use futures::StreamExt;
 use serde_json::{Value, json};
+
+use super::reply::Head;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
 use super::posix;
 use super::process::{self, Started};
+use super::results::reply_error;
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::ExecRequest;
-use crate::file::{DirEntry, FileKind, FileStat};
 
 /// The helper's source.
 const HELPER: &str = include_str!("helper.py");
 /// Bound on one helper round trip (a large file read included).
 pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest response header accepted.
-const MAX_HEADER: usize = 64 * 1024 * 1024;
+/// Longest reply header line accepted from the helper (a listing of [`MAX_DIR_ENTRIES`]
+/// typical names fits).
+pub(crate) const MAX_HEADER_BYTES: usize = 12 << 20;
+/// Bytes a reply may run past its caps within the frame that crosses them (the Engine's
+/// frames are far smaller).
+const FRAME_SLACK: usize = 1 << 20;
+/// Byte budget of one batch reply (`readmany`, `findmany`, `listmany`): what does not fit is
+/// answered `later` and asked for again.
+pub(crate) const BATCH_BUDGET: u64 = 2 << 20;
+/// Byte budget of a single listing's header: a directory whose listing is larger fails with
+/// `TooLarge`, as one of more than [`MAX_DIR_ENTRIES`] entries does.
+pub(crate) const LISTING_BUDGET: u64 = (MAX_HEADER_BYTES - (1 << 20)) as u64;
+/// Most entries one directory listing returns before failing with `TooLarge` (as the isolate
+/// backend's `MAX_DIR_ENTRIES`).
+pub(crate) const MAX_DIR_ENTRIES: usize = 100_000;
 
 struct Conn {
     started: Started,
     buf: BytesMut,
     pid_split: process::PidSplitter,
+    /// A request was sent and its reply not read to its end (the caller went away): what
+    /// comes next on the connection belongs to that request, so it is not used again.
+    busy: bool,
 }
 
 /// One sandbox's helper connection, started lazily and restarted after a failure. When the image
@@ -46,7 +74,7 @@ pub(crate) struct Helper {
 
 /// A successful response: its header and data.
 pub(crate) struct Reply {
-    pub(crate) head: Value,
+    pub(crate) head: Head,
     pub(crate) data: Bytes,
 }
 
@@ -68,7 +96,9 @@ impl Helper {
         *self.conn.lock().await = None;
     }
 
-    /// Send one request and read its response. `path` names the sandbox path in errors.
+    /// Send one request and read its response. `path` names the sandbox path in errors;
+    /// `max_data` is the most data bytes the reply may carry after its header (see the module
+    /// docs).
     pub(crate) async fn call(
         &self,
         docker: &Docker,
@@ -76,15 +106,20 @@ impl Helper {
         path: &str,
         mut req: Value,
         payload: Bytes,
+        max_data: u64,
     ) -> Result<Reply> {
         use std::sync::atomic::Ordering;
         if self.shell_only.load(Ordering::Acquire) {
             return finish(
-                posix::shell_call(docker, container, &req, payload).await?,
+                posix::shell_call(docker, container, &req, payload, max_data).await?,
                 path,
             );
         }
         let mut slot = self.conn.lock().await;
+        if slot.as_ref().is_some_and(|c| c.busy) {
+            // An abandoned call's reply may still arrive: start over with a new helper.
+            *slot = None;
+        }
         if slot.is_none() {
             match start(docker, container).await {
                 Ok(c) => *slot = Some(c),
@@ -99,6 +134,7 @@ impl Helper {
             SandboxError::new(SandboxErrorKind::InvalidInput, "file request").with_source(e)
         })?;
         line.push(b'\n');
+        conn.busy = true;
         let io = async {
             conn.started.input.write_all(&line).await.map_err(io_err)?;
             if !payload.is_empty() {
@@ -109,10 +145,13 @@ impl Helper {
                     .map_err(io_err)?;
             }
             conn.started.input.flush().await.map_err(io_err)?;
-            read_reply(conn).await
+            read_reply(conn, max_data).await
         };
         let reply = match tokio::time::timeout(OP_TIMEOUT, io).await {
-            Ok(Ok(r)) => r,
+            Ok(Ok(r)) => {
+                conn.busy = false;
+                r
+            }
             Ok(Err(e)) if e.kind() == SandboxErrorKind::Unsupported => {
                 // No python3 in the image: fall back to one exec per operation, for good.
                 *slot = None;
@@ -120,7 +159,7 @@ impl Helper {
                 self.shell_only.store(true, Ordering::Release);
                 req.as_object_mut().map(|o| o.remove("n"));
                 return finish(
-                    posix::shell_call(docker, container, &req, payload).await?,
+                    posix::shell_call(docker, container, &req, payload, max_data).await?,
                     path,
                 );
             }
@@ -142,20 +181,10 @@ impl Helper {
 }
 
 fn finish(reply: Reply, path: &str) -> Result<Reply> {
-    if let Some(kind) = reply.head.get("e").and_then(Value::as_str) {
+    if let Some(kind) = &reply.head.e {
         return Err(reply_error(kind, &reply.head, path));
     }
     Ok(reply)
-}
-
-/// The time `ns` nanoseconds after (negative: before) the Unix epoch.
-pub(crate) fn time_from_ns(ns: i64) -> SystemTime {
-    let d = Duration::from_nanos(ns.unsigned_abs());
-    if ns >= 0 {
-        SystemTime::UNIX_EPOCH + d
-    } else {
-        SystemTime::UNIX_EPOCH - d
-    }
 }
 
 async fn start(docker: &Docker, container: &str) -> Result<Conn> {
@@ -165,6 +194,7 @@ async fn start(docker: &Docker, container: &str) -> Result<Conn> {
         started,
         buf: BytesMut::new(),
         pid_split: process::PidSplitter::default(),
+        busy: false,
     })
 }
 
@@ -172,21 +202,42 @@ fn io_err(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> SandboxErro
     SandboxError::new(SandboxErrorKind::Io, "file helper i/o failed").with_source(e)
 }
 
-/// Read a header line and its `n` data bytes.
-async fn read_reply(conn: &mut Conn) -> Result<Reply> {
-    let mut head: Option<(Value, usize)> = None;
+fn bad_reply(why: String) -> SandboxError {
+    SandboxError::new(
+        SandboxErrorKind::Backend,
+        format!("file helper sent a bad reply: {why}"),
+    )
+}
+
+/// Read a header line and its `n` data bytes, as they arrive: the header may not pass
+/// [`MAX_HEADER_BYTES`] and `n` not `max_data`, checked before anything is kept for them.
+async fn read_reply(conn: &mut Conn, max_data: u64) -> Result<Reply> {
+    let mut head: Option<(Head, usize)> = None;
     let mut stderr_tail = Vec::new();
+    // Where the search for the header's newline goes on (bytes before it were searched).
+    let mut searched = 0usize;
     loop {
-        if head.is_none()
-            && let Some(nl) = conn.buf.iter().position(|&b| b == b'\n')
-        {
-            let line = conn.buf.split_to(nl + 1);
-            let v: Value = serde_json::from_slice(&line[..nl]).map_err(|e| {
-                SandboxError::new(SandboxErrorKind::Backend, "file helper sent a bad reply")
-                    .with_source(e)
-            })?;
-            let n = v.get("n").and_then(Value::as_u64).unwrap_or(0) as usize;
-            head = Some((v, n));
+        if head.is_none() {
+            if let Some(nl) = conn.buf[searched..].iter().position(|&b| b == b'\n') {
+                let nl = searched + nl;
+                let line = conn.buf.split_to(nl + 1);
+                searched = 0;
+                let v: Head = serde_json::from_slice(&line[..nl]).map_err(|e| {
+                    bad_reply("its header is not a valid reply".into()).with_source(e)
+                })?;
+                let n = v.n;
+                if n > max_data {
+                    return Err(bad_reply(format!(
+                        "it announced {n} data bytes, more than the {max_data} this call allows"
+                    )));
+                }
+                // `n <= max_data`, and the caller's cap is a size it can hold.
+                let n = usize::try_from(n)
+                    .map_err(|_| bad_reply(format!("{n} data bytes cannot be held")))?;
+                head = Some((v, n));
+            } else {
+                searched = conn.buf.len();
+            }
         }
         if let Some((_, n)) = &head
             && conn.buf.len() >= *n
@@ -196,14 +247,21 @@ async fn read_reply(conn: &mut Conn) -> Result<Reply> {
             let (v, _) = head.take().unwrap_or_else(|| unreachable!("checked"));
             return Ok(Reply { head: v, data });
         }
-        if head.is_none() && conn.buf.len() > MAX_HEADER {
-            return Err(SandboxError::new(
-                SandboxErrorKind::Backend,
-                "file helper reply header too long",
-            ));
-        }
         match conn.started.output.next().await {
             Some(Ok(LogOutput::StdOut { message })) | Some(Ok(LogOutput::Console { message })) => {
+                // Never more than the header cap (no header yet) or the announced length, plus
+                // one frame: a helper that keeps sending is cut off here, not buffered.
+                let limit = match &head {
+                    None => MAX_HEADER_BYTES,
+                    Some((_, n)) => *n,
+                };
+                if conn.buf.len().saturating_add(message.len()) > limit.saturating_add(FRAME_SLACK)
+                {
+                    return Err(bad_reply(match head {
+                        None => format!("its header is longer than {MAX_HEADER_BYTES} bytes"),
+                        Some(_) => "it sent more than it announced".into(),
+                    }));
+                }
                 conn.buf.extend_from_slice(&message)
             }
             Some(Ok(LogOutput::StdErr { message })) => {
@@ -232,273 +290,4 @@ async fn read_reply(conn: &mut Conn) -> Result<Reply> {
             }
         }
     }
-}
-
-/// Map an errno from the helper to a kind.
-pub(crate) fn errno_kind(errno: i64) -> SandboxErrorKind {
-    match errno {
-        2 => SandboxErrorKind::NotFound,
-        20 => SandboxErrorKind::NotADirectory,
-        21 => SandboxErrorKind::IsADirectory,
-        1 | 13 | 30 => SandboxErrorKind::PermissionDenied,
-        17 => SandboxErrorKind::AlreadyExists,
-        39 => SandboxErrorKind::DirectoryNotEmpty,
-        40 => SandboxErrorKind::SymlinkLoop,
-        22 | 36 => SandboxErrorKind::InvalidInput,
-        28 => SandboxErrorKind::StorageFull,
-        122 => SandboxErrorKind::QuotaExceeded,
-        27 => SandboxErrorKind::ResourceLimit,
-        _ => SandboxErrorKind::Io,
-    }
-}
-
-pub(crate) fn reply_error(kind: &str, head: &Value, path: &str) -> SandboxError {
-    match kind {
-        "os" => {
-            let errno = head.get("errno").and_then(Value::as_i64).unwrap_or(0);
-            let k = errno_kind(errno);
-            if k == SandboxErrorKind::Io {
-                let msg = head
-                    .get("msg")
-                    .and_then(Value::as_str)
-                    .unwrap_or("i/o error")
-                    .to_lowercase();
-                SandboxError::new(k, msg).with_path(path)
-            } else {
-                SandboxError::at_path(k, path)
-            }
-        }
-        "timeout" => {
-            SandboxError::new(SandboxErrorKind::Timeout, "search timed out").with_path(path)
-        }
-        "notreg" => SandboxError::new(SandboxErrorKind::PermissionDenied, "not a regular file")
-            .with_path(path),
-        "deep" => SandboxError::new(SandboxErrorKind::TooLarge, "directory nesting too deep")
-            .with_path(path),
-        "big" => {
-            let size = head.get("size").and_then(Value::as_u64).unwrap_or(0);
-            SandboxError::too_large(
-                path,
-                size,
-                head.get("max").and_then(Value::as_u64).unwrap_or(0),
-            )
-        }
-        _ => SandboxError::new(
-            SandboxErrorKind::Backend,
-            head.get("msg")
-                .and_then(Value::as_str)
-                .unwrap_or("file helper error")
-                .to_owned(),
-        )
-        .with_path(path),
-    }
-}
-
-/// Parse a stat object (`k`, `s`, `m`).
-pub(crate) fn parse_stat(v: &Value) -> FileStat {
-    let kind = match v.get("k").and_then(Value::as_str) {
-        Some("f") => FileKind::File,
-        Some("d") => FileKind::Dir,
-        Some("l") => FileKind::Symlink,
-        _ => FileKind::Other,
-    };
-    let modified = v.get("m").and_then(Value::as_i64).map(time_from_ns);
-    FileStat {
-        kind,
-        size: v.get("s").and_then(Value::as_u64).unwrap_or(0),
-        modified,
-    }
-}
-
-/// Parse a `list` reply into entries, sorted by name or (`sorted` false) in the order the
-/// helper listed them (`readdir`'s).
-pub(crate) fn parse_entries(head: &Value, sorted: bool) -> Vec<DirEntry> {
-    let mut out: Vec<DirEntry> = head
-        .get("entries")
-        .and_then(Value::as_array)
-        .map(|a| {
-            a.iter()
-                .filter_map(|e| {
-                    Some(DirEntry {
-                        name: e.get("name")?.as_str()?.to_owned(),
-                        stat: parse_stat(e),
-                    })
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    if sorted {
-        out.sort_by(|a, b| a.name.cmp(&b.name));
-    }
-    out
-}
-
-/// The per-path results of a batch reply: each requested path gets `each(head, path)` of its
-/// head in order, unless it could not be resolved (`abs`: such paths were not sent), the helper
-/// reported an error for it, or the reply has too few heads.
-fn per_path<T>(
-    reply: &Reply,
-    paths: &[String],
-    abs: Vec<Result<String>>,
-    mut each: impl FnMut(&Value, &str) -> Result<T>,
-) -> Vec<Result<T>> {
-    let heads = reply
-        .head
-        .get("r")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let mut heads = heads.iter();
-    paths
-        .iter()
-        .zip(abs)
-        .map(|(path, a)| {
-            a?;
-            let Some(h) = heads.next() else {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::Backend,
-                    "file helper sent too few results",
-                )
-                .with_path(path));
-            };
-            if let Some(kind) = h.get("e").and_then(Value::as_str) {
-                return Err(reply_error(kind, h, path));
-            }
-            each(h, path)
-        })
-        .collect()
-}
-
-fn short_batch(path: &str) -> SandboxError {
-    SandboxError::new(SandboxErrorKind::Backend, "file helper sent a short batch").with_path(path)
-}
-
-/// Split a `readmany` reply into one result per requested path. `abs` holds each path's
-/// resolved form (or why it could not be resolved: such paths were not sent).
-pub(crate) fn split_many(
-    reply: &Reply,
-    paths: &[String],
-    abs: Vec<Result<String>>,
-) -> Vec<Result<Bytes>> {
-    let mut off = 0usize;
-    per_path(reply, paths, abs, |h, path| {
-        let len = h.get("l").and_then(Value::as_u64).unwrap_or(0) as usize;
-        let end = off.saturating_add(len);
-        if end > reply.data.len() {
-            return Err(short_batch(path));
-        }
-        let data = reply.data.slice(off..end);
-        off = end;
-        Ok(data)
-    })
-}
-
-/// Split a `listmany` reply into one listing per requested path (see [`split_many`]), each
-/// sorted by name or in `readdir` order.
-pub(crate) fn split_dirs(
-    reply: &Reply,
-    paths: &[String],
-    abs: Vec<Result<String>>,
-    sorted: bool,
-) -> Vec<Result<Vec<DirEntry>>> {
-    per_path(reply, paths, abs, |h, _| Ok(parse_entries(h, sorted)))
-}
-
-/// Split a `findmany` reply into one result per requested path (see [`split_many`]).
-pub(crate) fn split_found(
-    reply: &Reply,
-    paths: &[String],
-    abs: Vec<Result<String>>,
-) -> Vec<Result<crate::file::FoundLines>> {
-    use crate::file::{FoundLines, LineMatch};
-    let mut off = 0usize;
-    per_path(reply, paths, abs, |h, path| {
-        let mut found = FoundLines::default();
-        if h.get("b").is_some() {
-            found.binary = true;
-            return Ok(found);
-        }
-        for m in h.get("m").and_then(Value::as_array).into_iter().flatten() {
-            let n = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
-            let kept = n(3) as usize;
-            let end = off.saturating_add(kept);
-            if end > reply.data.len() {
-                return Err(short_batch(path));
-            }
-            found.lines.push(LineMatch {
-                number: n(0),
-                len: n(1),
-                terminated: n(2) == 1,
-                text: reply.data.slice(off..end),
-            });
-            off = end;
-        }
-        Ok(found)
-    })
-}
-
-/// Parse a `findtree` reply.
-pub(crate) fn parse_tree(reply: &Reply, root: &str) -> Result<crate::file::TreeFound> {
-    use crate::file::{FoundLines, LineMatch, TreeFound, TreeMatch};
-    let short = || {
-        SandboxError::new(SandboxErrorKind::Backend, "file helper sent a short reply")
-            .with_path(root)
-    };
-    let mut out = TreeFound {
-        items: Vec::new(),
-        complete: reply.head.get("done").and_then(Value::as_u64) == Some(1),
-        files_seen: reply.head.get("seen").and_then(Value::as_u64).unwrap_or(0) as usize,
-    };
-    let mut off = 0usize;
-    for item in reply
-        .head
-        .get("items")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-    {
-        let path = item
-            .get("p")
-            .and_then(Value::as_str)
-            .ok_or_else(short)?
-            .to_owned();
-        if item.get("big").is_some() {
-            out.items.push(TreeMatch::Large { path });
-            continue;
-        }
-        if let Some(len) = item.get("c").and_then(Value::as_u64) {
-            let end = off.saturating_add(len as usize);
-            if end > reply.data.len() {
-                return Err(short());
-            }
-            out.items.push(TreeMatch::Contents {
-                path,
-                data: reply.data.slice(off..end),
-            });
-            off = end;
-            continue;
-        }
-        let mut found = FoundLines::default();
-        for m in item
-            .get("m")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
-            let n = |i: usize| m.get(i).and_then(Value::as_u64).unwrap_or(0);
-            let end = off.saturating_add(n(3) as usize);
-            if end > reply.data.len() {
-                return Err(short());
-            }
-            found.lines.push(LineMatch {
-                number: n(0),
-                len: n(1),
-                terminated: n(2) == 1,
-                text: reply.data.slice(off..end),
-            });
-            off = end;
-        }
-        out.items.push(TreeMatch::Lines { path, found });
-    }
-    Ok(out)
 }

@@ -1,4 +1,4 @@
-import os, sys, json, stat, shutil, time, struct
+import os, sys, json, stat, time, struct
 I = sys.stdin.buffer
 O = sys.stdout.buffer
 
@@ -100,11 +100,17 @@ def read_small(p, mx):
 
 
 def readmany(r):
-    mx, heads, parts = r.get("max", 0), [], []
+    # Files are served until the reply holds `budget` bytes; the rest are answered "later"
+    # (the host asks again), so a reply never exceeds budget + max.
+    mx, budget, heads, parts, used = r.get("max", 0), r.get("budget", 0), [], [], 0
     for p in r.get("ps", []):
+        if heads and used >= budget:
+            heads.append({"e": "later"})
+            continue
         h, d = read_small(p, mx)
         heads.append(h)
         parts.append(d)
+        used += len(d) + 64
     out({"r": heads}, b"".join(parts))
 
 
@@ -130,10 +136,19 @@ def lines_with(d, nd, ml, parts):
     return ms, kept
 
 
+# Bytes of reply header one match can take (`[line, length, terminated, kept], `).
+MATCH_HEAD = 48
+
+
 def findmany(r):
+    # As readmany: past `budget` bytes of reply (header and data), the rest are "later".
     mx, nd, ml = r.get("max", 0), r.get("needle", "").encode(), r.get("ml", 0)
-    heads, parts = [], []
+    budget, heads, parts, used = r.get("budget", 0), [], [], 0
     for p in r.get("ps", []):
+        if heads and used >= budget:
+            heads.append({"e": "later"})
+            continue
+        used += 64
         h, d = read_small(p, mx)
         if "e" in h:
             heads.append(h)
@@ -141,7 +156,9 @@ def findmany(r):
         if b"\0" in d[:512]:
             heads.append({"b": 1})
             continue
-        heads.append({"m": lines_with(d, nd, ml, parts)[0]})
+        ms, kept = lines_with(d, nd, ml, parts)
+        heads.append({"ms": ms})
+        used += kept + MATCH_HEAD * len(ms)
     out({"r": heads}, b"".join(parts))
 
 
@@ -191,16 +208,18 @@ def findtree(r):
                 continue
             if b"\0" in dat[:512]:
                 continue
+            # What the item adds to the reply, header and data (a bound the host relies on).
+            head = len(json.dumps(full)) + 32
             if not nd:
                 # No string: the whole content of each text file.
                 items.append({"p": full, "c": len(dat)})
                 parts.append(dat)
-                used += len(dat) + len(full) + 16
+                used += len(dat) + head
             else:
                 ms, kept = lines_with(dat, nd, ml, parts)
                 if ms:
-                    items.append({"p": full, "m": ms})
-                    used += kept + len(ms) * (len(full) + 16)
+                    items.append({"p": full, "ms": ms})
+                    used += kept + head + MATCH_HEAD * len(ms)
             if used > budget:
                 return out({"items": items, "done": 0, "seen": seen}, b"".join(parts))
         stack.extend(reversed(subs))
@@ -214,6 +233,47 @@ def write(p, data):
             os.makedirs(d, exist_ok=True)
         except FileExistsError:
             raise NotADirectoryError(20, "Not a directory")
+    # Through a symlink the file it names is replaced (as an open for writing would), not the
+    # link.
+    p = os.path.realpath(p)
+    try:
+        s = os.stat(p)
+    except FileNotFoundError:
+        s = None
+    if s is not None:
+        if stat.S_ISDIR(s.st_mode):
+            raise IsADirectoryError(21, "Is a directory")
+        if not stat.S_ISREG(s.st_mode):
+            return out({"e": "notreg"})
+    mode = stat.S_IMODE(s.st_mode) if s is not None else 0o644
+    # A new file next to the old one, renamed over it once complete: a write that fails half
+    # way (disk full, quota) leaves the old content, never a truncated file.
+    name = ".%s.cma-%d-%x.tmp" % (os.path.basename(p)[:200], os.getpid(), time.monotonic_ns())
+    tmp = os.path.join(os.path.dirname(p), name)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except PermissionError:
+        # A writable file in a directory this user cannot add to: overwrite it in place.
+        return write_in_place(p, data)
+    try:
+        try:
+            os.fchmod(fd, mode)
+            v = memoryview(data)
+            while v:
+                v = v[os.write(fd, v):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    out({})
+
+
+def write_in_place(p, data):
     fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NONBLOCK, 0o644)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
@@ -226,8 +286,13 @@ def write(p, data):
     out({})
 
 
-def entries(p):
-    es = []
+class TooBig(Exception):
+    pass
+
+
+def entries(p, cap, budget):
+    # The listing as JSON texts, at most `cap` entries and `budget` bytes (else TooBig).
+    es, used = [], 0
     with os.scandir(p) as it:
         for e in it:
             try:
@@ -235,18 +300,95 @@ def entries(p):
             except OSError:
                 continue
             x["name"] = lossy(e.name)
-            es.append(x)
-    return es
+            j = json.dumps(x)
+            used += len(j) + 1
+            es.append(j)
+            if len(es) > cap or used > budget:
+                raise TooBig()
+    return es, used
+
+
+def big_dir(cap):
+    return json.dumps({"e": "bigdir", "max": cap})
 
 
 def listmany(r):
-    rs = []
+    # Directories are listed until the reply holds `budget` bytes; the rest are "later". One
+    # listing may take up to `dirbudget` bytes when it comes first; after others only what is
+    # left of `hcap`, else it is "later" too (and comes first next time).
+    cap, budget = r.get("cap", 0), r.get("budget", 0)
+    dirbudget, hcap = r.get("dirbudget", 0), r.get("hcap", 0)
+    rs, used = [], 0
     for p in r.get("ps", []):
+        if rs and used >= budget:
+            rs.append('{"e":"later"}')
+            continue
+        room = dirbudget if not rs else min(dirbudget, hcap - used - 4096)
         try:
-            rs.append({"entries": entries(p)})
+            es, n = entries(p, cap, room)
+            rs.append('{"entries":[' + ",".join(es) + "]}")
+            used += n + 16
+        except TooBig:
+            rs.append('{"e":"later"}' if room < dirbudget else big_dir(cap))
+            used += 64
         except OSError as e:
-            rs.append({"e": "os", "errno": e.errno or 0, "msg": e.strerror or ""})
-    out({"r": rs})
+            rs.append(json.dumps({"e": "os", "errno": e.errno or 0, "msg": e.strerror or ""}))
+            used += 64
+    O.write(('{"r":[' + ",".join(rs) + '],"n":0}\n').encode())
+    O.flush()
+
+
+def list_one(r, p):
+    try:
+        es, _ = entries(p, r.get("cap", 0), r.get("dirbudget", 0))
+    except TooBig:
+        O.write((big_dir(r.get("cap", 0))[:-1] + ',"n":0}\n').encode())
+        O.flush()
+        return
+    O.write(('{"entries":[' + ",".join(es) + '],"n":0}\n').encode())
+    O.flush()
+
+
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+
+
+def rmtree(p):
+    # Iterative (no recursion limit on deep trees) and linear: each directory is listed once,
+    # its files removed on the way, its subdirectories kept as names to enter relative to its
+    # open descriptor (one per level of the current path).
+    top = os.open(p, DIR_FLAGS)
+    stack = []
+
+    def enter(fd):
+        subs = []
+        try:
+            with os.scandir(fd) as it:
+                for e in it:
+                    if e.is_dir(follow_symlinks=False):
+                        subs.append(e.name)
+                    else:
+                        os.unlink(e.name, dir_fd=fd)
+        except BaseException:
+            os.close(fd)
+            raise
+        stack.append((fd, subs))
+
+    try:
+        enter(top)
+        while stack:
+            fd, subs = stack[-1]
+            if subs:
+                enter(os.open(subs[-1], DIR_FLAGS, dir_fd=fd))
+                continue
+            os.close(fd)
+            stack.pop()
+            if stack:
+                parent, psubs = stack[-1]
+                os.rmdir(psubs.pop(), dir_fd=parent)
+    finally:
+        for fd, _ in stack:
+            os.close(fd)
+    os.rmdir(p)
 
 
 def tree(r):
@@ -288,7 +430,7 @@ def remove(p, rec):
     s = os.lstat(p)
     if stat.S_ISDIR(s.st_mode):
         if rec:
-            shutil.rmtree(p)
+            rmtree(p)
         else:
             os.rmdir(p)
     else:
@@ -323,7 +465,7 @@ while True:
             os.makedirs(p, exist_ok=True)
             out({})
         elif op == "list":
-            out({"entries": entries(p)})
+            list_one(r, p)
         elif op == "listmany":
             listmany(r)
         elif op == "remove":

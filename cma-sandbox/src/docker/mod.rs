@@ -61,12 +61,16 @@
 mod archive;
 mod egress;
 mod entries;
+mod fileops;
 mod files;
 mod limits;
 mod net;
 mod pool;
 mod posix;
+mod privilege;
 mod process;
+mod reply;
+mod results;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
@@ -84,7 +88,6 @@ use bollard::query_parameters::{
 };
 use bytes::Bytes;
 use futures::StreamExt;
-use serde_json::json;
 use tokio::sync::Mutex;
 
 use crate::backend::{Sandbox, SandboxBackend};
@@ -96,6 +99,7 @@ use crate::file::{
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
+pub use privilege::FALLBACK_USER;
 
 /// Label on every container and network this backend makes (value `1`).
 pub const LABEL_MANAGED: &str = "cma.sandbox";
@@ -142,7 +146,10 @@ pub struct DockerConfig {
     pub cpus: f64,
     /// Default process limit.
     pub pids: u32,
-    /// User to run as; `None` = the image's configured user (root when it declares none).
+    /// User to run as; `None` = the image's configured user unless that is root (or unset),
+    /// else [`FALLBACK_USER`] (`nobody`, given the workdir). A sandbox runs as root only when
+    /// this names root, and then it may have no writable host mounts (they cannot be mounted
+    /// `nosuid`).
     pub user: Option<String>,
     /// Install host `iptables` rules so the sandbox bridge reaches only the egress endpoint on
     /// the host (needs root and a local engine). Connecting fails if they cannot be installed.
@@ -153,6 +160,10 @@ pub struct DockerConfig {
     pub python_helper: bool,
     /// Largest workspace archive [`Sandbox::import_workspace`] accepts, in bytes.
     pub max_import_bytes: u64,
+    /// Largest file [`Sandbox::read_file`] returns when the caller gives no limit of its own
+    /// (a larger one fails with [`TooLarge`](SandboxErrorKind::TooLarge)): the reply is held
+    /// in memory whole.
+    pub max_read_bytes: u64,
     /// Timeout of each Engine API request.
     pub request_timeout: Duration,
     /// Warm pool size: this many containers are kept created, started and unassigned, made
@@ -190,6 +201,7 @@ impl DockerConfig {
             host_firewall: true,
             python_helper: true,
             max_import_bytes: 512 << 20,
+            max_read_bytes: 256 << 20,
             request_timeout: Duration::from_secs(60),
             prestart: 0,
             pool_spec: SandboxSpec::new(),
@@ -356,17 +368,20 @@ impl DockerBackend {
         if cfg.prestart > 0 {
             limits::check_spec(&cfg.pool_spec, &cfg, &disk, gateway)?;
         }
-        std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
+        privilege::private_dir(&cfg.state_dir).map_err(|e| {
             SandboxError::new(
                 SandboxErrorKind::Io,
-                "docker: cannot create the state directory",
+                "docker: cannot create the state directory (private to this user)",
             )
             .with_source(e)
         })?;
         let resolv_conf = cfg.state_dir.join("resolv.conf");
-        std::fs::write(
+        // Readable by the sandbox's user (it is bind-mounted as its /etc/resolv.conf); it holds
+        // nothing private.
+        privilege::write_file(
             &resolv_conf,
-            "# cma sandbox: no resolver (all traffic goes through the egress proxy)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            b"# cma sandbox: no resolver (all traffic goes through the egress proxy)\nnameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+            0o644,
         )
         .map_err(|e| {
             SandboxError::new(SandboxErrorKind::Io, "docker: cannot write resolv.conf").with_source(e)
@@ -583,49 +598,16 @@ impl DockerBackend {
             egress::proxy_env(egress, &mut env);
         }
 
-        let mut binds = vec![format!(
-            "{}:/etc/resolv.conf:ro",
-            self.shared.resolv_conf.display()
-        )];
-        for m in &spec.mounts {
-            if !m.sandbox_path.starts_with('/') || m.sandbox_path.contains(':') {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::InvalidInput,
-                    format!("docker: bad mount path {:?}", m.sandbox_path),
-                ));
-            }
-            let host = m.host_path.canonicalize().map_err(|e| {
-                SandboxError::new(
-                    SandboxErrorKind::NotFound,
-                    format!("docker: mount source for {} is missing", m.sandbox_path),
-                )
-                .with_source(e)
-            })?;
-            // A `:` would split the bind specification somewhere else.
-            if host.to_string_lossy().contains(':') {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::InvalidInput,
-                    format!(
-                        "docker: the host directory of mount {} has a ':' in its path",
-                        m.sandbox_path
-                    ),
-                ));
-            }
-            binds.push(format!(
-                "{}:{}:{}",
-                host.display(),
-                m.sandbox_path,
-                if m.read_only { "ro" } else { "rw" }
-            ));
-        }
+        let (user, fallback) = privilege::effective_user(cfg.user.as_deref(), &facts.user);
+        let (binds, mounts) = privilege::host_mounts(spec, &self.shared.resolv_conf, &user)?;
 
         let memory = spec.memory_bytes.unwrap_or(cfg.memory_bytes);
         let memory = i64::try_from(memory).unwrap_or(i64::MAX);
         let cpus = spec.cpus.unwrap_or(cfg.cpus);
         let pids = i64::from(spec.pids.unwrap_or(cfg.pids));
-        let user = cfg.user.clone().unwrap_or(facts.user.clone());
         let host_config = HostConfig {
             binds: Some(binds),
+            mounts: (!mounts.is_empty()).then_some(mounts),
             network_mode: Some(cfg.network.clone()),
             // The embedded DNS forwards to this unroutable TEST-NET address from inside the
             // sandbox's network namespace (never from the host's).
@@ -664,10 +646,15 @@ impl DockerBackend {
             .await
             .map_err(|e| map_docker_err(e, "create"))?;
         let setup = async {
-            if facts.workdir != cfg.workdir {
+            let rel = cfg.workdir.trim_start_matches('/');
+            if fallback {
+                // The image would have run as root: the workdir is given to the fallback user.
+                let (uid, gid) = privilege::FALLBACK_IDS;
+                let tar = archive::single_dir_tar_owned(rel, 0o755, uid, gid)?;
+                self.put_archive(name, "/", tar).await?;
+            } else if facts.workdir != cfg.workdir {
                 // The image may lack the workdir: make it writable by any user (the engine
                 // cannot chown to a user name it would have to look up in the image).
-                let rel = cfg.workdir.trim_start_matches('/');
                 let tar = archive::single_dir_tar(rel, 0o1777)?;
                 self.put_archive(name, "/", tar).await?;
             }
@@ -887,76 +874,6 @@ impl DockerSandbox {
             Ok(())
         }
     }
-
-    /// The absolute sandbox path for `path` (relative ones join the workdir), lexically
-    /// normalised. NUL bytes are refused.
-    fn abs(&self, path: &str) -> Result<String> {
-        if path.contains('\0') {
-            return Err(SandboxError::at_path(SandboxErrorKind::InvalidInput, path));
-        }
-        if path.is_empty() {
-            return Err(SandboxError::new(
-                SandboxErrorKind::InvalidInput,
-                "empty path",
-            ));
-        }
-        let joined = if path.starts_with('/') {
-            path.to_owned()
-        } else {
-            format!("{}/{path}", self.shared.cfg.workdir.trim_end_matches('/'))
-        };
-        let mut parts: Vec<&str> = Vec::new();
-        for c in joined.split('/') {
-            match c {
-                "" | "." => {}
-                ".." => {
-                    parts.pop();
-                }
-                c => parts.push(c),
-            }
-        }
-        Ok(format!("/{}", parts.join("/")))
-    }
-
-    async fn call(
-        &self,
-        path: &str,
-        req: serde_json::Value,
-        payload: Bytes,
-    ) -> Result<files::Reply> {
-        self.check_running()?;
-        let r = self
-            .helper
-            .call(&self.shared.docker, self.id.as_str(), path, req, payload)
-            .await;
-        if let Err(e) = &r
-            && e.kind() == SandboxErrorKind::Stopped
-        {
-            self.helper.reset().await;
-        }
-        r
-    }
-
-    /// One helper call for a batch of paths: `req` gets their resolved forms as `ps` (paths that
-    /// do not resolve are left out; the reply splitters report them). `None` when the sandbox
-    /// has no helper, or lost it on this call: the caller then goes path by path.
-    async fn batch_call(
-        &self,
-        paths: &[String],
-        mut req: serde_json::Value,
-    ) -> Result<Option<(files::Reply, Vec<Result<String>>)>> {
-        if self.helper.is_shell_only() || paths.is_empty() {
-            return Ok(None);
-        }
-        let abs: Vec<Result<String>> = paths.iter().map(|p| self.abs(p)).collect();
-        let ps: Vec<&str> = abs.iter().filter_map(|a| a.as_deref().ok()).collect();
-        req["ps"] = json!(ps);
-        match self.call(&paths[0], req, Bytes::new()).await {
-            Ok(r) => Ok(Some((r, abs))),
-            Err(_) if self.helper.is_shell_only() => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
 }
 
 #[async_trait]
@@ -974,43 +891,19 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn stat(&self, path: &str) -> Result<FileStat> {
-        let p = self.abs(path)?;
-        let r = self
-            .call(path, json!({"op": "stat", "p": p, "f": true}), Bytes::new())
-            .await?;
-        Ok(files::parse_stat(&r.head))
+        self.fs_stat(path, true).await
     }
 
     async fn lstat(&self, path: &str) -> Result<FileStat> {
-        let p = self.abs(path)?;
-        let r = self
-            .call(path, json!({"op": "stat", "p": p}), Bytes::new())
-            .await?;
-        Ok(files::parse_stat(&r.head))
+        self.fs_stat(path, false).await
     }
 
     async fn read_link(&self, path: &str) -> Result<String> {
-        let p = self.abs(path)?;
-        let r = self
-            .call(path, json!({"op": "readlink", "p": p}), Bytes::new())
-            .await?;
-        Ok(r.head
-            .get("t")
-            .and_then(|t| t.as_str())
-            .unwrap_or_default()
-            .to_owned())
+        self.fs_read_link(path).await
     }
 
     async fn read_file(&self, path: &str, max_bytes: Option<u64>) -> Result<Bytes> {
-        let p = self.abs(path)?;
-        let r = self
-            .call(
-                path,
-                json!({"op": "read", "p": p, "max": max_bytes}),
-                Bytes::new(),
-            )
-            .await?;
-        Ok(r.data)
+        self.fs_read_file(path, max_bytes).await
     }
 
     async fn read_files(
@@ -1018,90 +911,23 @@ impl Sandbox for DockerSandbox {
         paths: &[String],
         max_bytes_each: u64,
     ) -> Result<Vec<Result<Bytes>>> {
-        // One helper round trip for the whole batch (the `grep` tool reads a directory's small
-        // files this way).
-        let req = json!({"op": "readmany", "max": max_bytes_each});
-        if let Some((r, abs)) = self.batch_call(paths, req).await? {
-            return Ok(files::split_many(&r, paths, abs));
-        }
-        let mut out = Vec::with_capacity(paths.len());
-        for p in paths {
-            out.push(self.read_file(p, Some(max_bytes_each)).await);
-        }
-        Ok(out)
+        self.fs_read_files(paths, max_bytes_each).await
     }
 
     async fn open_read(&self, path: &str) -> Result<FileReader> {
-        const CHUNK: u64 = 256 * 1024;
-        let p = self.abs(path)?;
-        // The first chunk also checks the file exists and is regular.
-        let first = self
-            .call(
-                path,
-                json!({"op": "read", "p": p, "off": 0, "len": CHUNK}),
-                Bytes::new(),
-            )
-            .await?;
-        let size = first.head.get("size").and_then(|s| s.as_u64()).unwrap_or(0);
-        let me = DockerSandboxRef {
-            docker: self.shared.docker.clone(),
-            container: self.id.as_str().to_owned(),
-        };
-        let helper = self.helper.clone();
-        let user_path = path.to_owned();
-        let first_len = first.data.len() as u64;
-        let rest = futures::stream::unfold(
-            (first_len, first_len < CHUNK || first_len >= size),
-            move |(off, done)| {
-                let (me, helper, p, user_path) =
-                    (me.clone(), helper.clone(), p.clone(), user_path.clone());
-                async move {
-                    if done {
-                        return None;
-                    }
-                    let r = helper
-                        .call(
-                            &me.docker,
-                            &me.container,
-                            &user_path,
-                            json!({"op": "read", "p": p, "off": off, "len": CHUNK}),
-                            Bytes::new(),
-                        )
-                        .await;
-                    match r {
-                        Ok(r) => {
-                            let n = r.data.len() as u64;
-                            Some((Ok(r.data), (off + n, n < CHUNK)))
-                        }
-                        Err(e) => Some((Err(std::io::Error::from(e)), (off, true))),
-                    }
-                }
-            },
-        );
-        let all = futures::stream::iter([Ok::<_, std::io::Error>(first.data)]).chain(rest);
-        Ok(Box::pin(tokio_util::io::StreamReader::new(all)))
+        self.fs_open_read(path).await
     }
 
     async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
-        let p = self.abs(path)?;
-        self.call(path, json!({"op": "write", "p": p}), data)
-            .await?;
-        Ok(())
+        self.fs_write_file(path, data).await
     }
 
     async fn create_dir_all(&self, path: &str) -> Result<()> {
-        let p = self.abs(path)?;
-        self.call(path, json!({"op": "mkdirs", "p": p}), Bytes::new())
-            .await?;
-        Ok(())
+        self.fs_create_dir_all(path).await
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
-        let p = self.abs(path)?;
-        let r = self
-            .call(path, json!({"op": "list", "p": p}), Bytes::new())
-            .await?;
-        Ok(files::parse_entries(&r.head, true))
+        self.fs_read_dir(path, true).await
     }
 
     async fn find_lines(
@@ -1111,80 +937,24 @@ impl Sandbox for DockerSandbox {
         max_bytes_each: u64,
         max_line: usize,
     ) -> Result<Vec<Result<FoundLines>>> {
-        // Searched inside the helper: only the matching lines cross.
-        let req =
-            json!({"op": "findmany", "max": max_bytes_each, "needle": needle, "ml": max_line});
-        if let Some((r, abs)) = self.batch_call(paths, req).await? {
-            return Ok(files::split_found(&r, paths, abs));
-        }
-        Ok(self
-            .read_files(paths, max_bytes_each)
-            .await?
-            .into_iter()
-            .map(|r| r.map(|d| FoundLines::scan(&d, needle.as_bytes(), max_line)))
-            .collect())
+        self.fs_find_lines(paths, needle, max_bytes_each, max_line)
+            .await
     }
 
     async fn search_tree(&self, root: &str, needle: &str, opts: &TreeSearch) -> Result<TreeFound> {
-        if self.helper.is_shell_only() {
-            return Err(SandboxError::unsupported(
-                "search_tree: no helper process in this sandbox",
-            ));
-        }
-        let p = self.abs(root)?;
-        let r = self
-            .call(
-                root,
-                json!({
-                    "op": "findtree", "p": p, "needle": needle, "max": opts.max_file_bytes,
-                    "ml": opts.max_line, "skip": opts.skip_dirs, "files": opts.max_files,
-                    "out": opts.max_output_bytes, "secs": opts.timeout.as_secs_f64(),
-                }),
-                Bytes::new(),
-            )
-            .await?;
-        files::parse_tree(&r, root)
+        self.fs_search_tree(root, needle, opts).await
     }
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
-        if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
-            return Ok(files::split_dirs(&r, paths, abs, true));
-        }
-        let mut out = Vec::with_capacity(paths.len());
-        for p in paths {
-            out.push(self.read_dir(p).await);
-        }
-        Ok(out)
+        self.fs_read_dirs(paths, true).await
     }
 
     async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
-        // The helper and the POSIX-tools fallback (`find`) both list in `readdir` order.
-        if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
-            return Ok(files::split_dirs(&r, paths, abs, false));
-        }
-        let mut out = Vec::with_capacity(paths.len());
-        for path in paths {
-            let listed = match self.abs(path) {
-                Ok(p) => self
-                    .call(path, json!({"op": "list", "p": p}), Bytes::new())
-                    .await
-                    .map(|r| files::parse_entries(&r.head, false)),
-                Err(e) => Err(e),
-            };
-            out.push(listed);
-        }
-        Ok(out)
+        self.fs_read_dirs(paths, false).await
     }
 
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
-        let p = self.abs(path)?;
-        self.call(
-            path,
-            json!({"op": "remove", "p": p, "r": recursive}),
-            Bytes::new(),
-        )
-        .await?;
-        Ok(())
+        self.fs_remove(path, recursive).await
     }
 
     async fn exec(&self, req: ExecRequest) -> Result<ExecOutput> {
@@ -1271,34 +1041,35 @@ impl Sandbox for DockerSandbox {
         let r = self
             .call(
                 &wd,
-                json!({"op": "tree", "p": wd, "depth": entries::MAX_DEPTH, "secs": 50}),
+                serde_json::json!({"op": "tree", "p": wd, "depth": entries::MAX_DEPTH, "secs": 50}),
                 Bytes::new(),
+                entries::MAX_LISTING_BYTES,
             )
             .await?;
-        let count = r.head.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
+        let count = r.head.count.unwrap_or(0);
         entries::parse(&r.data, count)
     }
 
-    async fn import_workspace(&self, mut tar: ByteStream) -> Result<()> {
+    async fn import_workspace(&self, tar: ByteStream) -> Result<()> {
         self.check_running()?;
         let max = self.shared.cfg.max_import_bytes;
-        let mut buf = Vec::new();
-        while let Some(chunk) = tar.next().await {
-            let chunk = chunk?;
-            if (buf.len() + chunk.len()) as u64 > max {
-                return Err(SandboxError::new(
-                    SandboxErrorKind::TooLarge,
-                    format!("workspace archive exceeds {max} bytes"),
-                ));
+        let owner = self.fs_ids().await?;
+        let workdir = self.shared.cfg.workdir.clone();
+        let handle = tokio::runtime::Handle::current();
+        // Checked and rebuilt as it streams (on a blocking thread): only the rebuilt archive is
+        // held, and nothing is uploaded unless every entry passed.
+        let checked = tokio::task::spawn_blocking(move || {
+            let mut reader = crate::tarin::StreamReader::new(tar, handle);
+            let checked = archive::check_import(&mut reader, &workdir, owner, max);
+            match (checked, reader.failure.take()) {
+                (Err(_), Some(stream_err)) => Err(stream_err),
+                (r, _) => r,
             }
-            buf.extend_from_slice(&chunk);
-        }
-        let id = self
-            .call(self.workdir(), json!({"op": "id"}), Bytes::new())
-            .await?;
-        let num = |k: &str| id.head.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let checked = archive::check_import(&buf, (num("uid"), num("gid")))?;
-        drop(buf);
+        })
+        .await
+        .map_err(|e| {
+            SandboxError::new(SandboxErrorKind::Backend, "import task failed").with_source(e)
+        })??;
         let backend = DockerBackend {
             shared: self.shared.clone(),
         };
@@ -1390,12 +1161,6 @@ impl Sandbox for DockerSandbox {
             Err(e) => Err(map_docker_err(e, "stop")),
         }
     }
-}
-
-#[derive(Clone)]
-struct DockerSandboxRef {
-    docker: Docker,
-    container: String,
 }
 
 #[cfg(test)]

@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 use bollard::query_parameters::ListContainersOptions;
 use serde_json::json;
 
+use super::privilege;
 use super::{DockerBackend, DockerConfig, map_docker_err, process};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::spec::{SandboxId, SandboxSpec};
@@ -128,8 +129,10 @@ pub(crate) fn compatible(cfg: &DockerConfig, spec: &SandboxSpec) -> bool {
 /// A stable digest (FNV-1a 64) of everything a pool container is made from.
 fn fingerprint(cfg: &DockerConfig) -> String {
     let s = shape(cfg, &cfg.pool_spec);
+    // `nonroot`: containers made before sandboxes stopped running as an image's root user
+    // differ, and are not handed out.
     let text = format!(
-        "{}\n{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{}\n{}\n{}",
+        "nonroot\n{}\n{}\n{}\n{}\n{:?}\n{:?}\n{:?}\n{}\n{}\n{}",
         s.image,
         s.cpus,
         s.memory,
@@ -205,14 +208,12 @@ async fn write_claim(cfg: &DockerConfig, id: &str, spec: &SandboxSpec) -> Result
     let dir = claims_dir(cfg);
     let path = claim_file(cfg, id);
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
-        use std::io::Write;
-        std::fs::create_dir_all(&dir)?;
-        let tmp = path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(doc.as_bytes())?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(&dir)?.sync_all()
+        // Private to this user: 0700 directories, a 0600 file (it names sessions).
+        if let Some(claims) = dir.parent() {
+            privilege::private_dir(claims)?;
+        }
+        privilege::private_dir(&dir)?;
+        privilege::write_file(&path, doc.as_bytes(), 0o600)
     })
     .await
     .map_err(|e| {
@@ -322,7 +323,12 @@ pub(crate) async fn fill(b: &DockerBackend) -> Result<()> {
         b.shared.pool.lock().in_flight -= 1;
         settled?;
     }
-    let deadline = Instant::now() + b.shared.cfg.request_timeout;
+    // Any configured timeout, without overflowing an instant.
+    let deadline = Instant::now()
+        + b.shared
+            .cfg
+            .request_timeout
+            .min(Duration::from_secs(1 << 32));
     while b.shared.pool.lock().in_flight > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -345,7 +351,12 @@ pub(crate) async fn close(b: &DockerBackend) -> Result<()> {
         }
     }
     // Containers still being made are removed by `settle` when they finish: wait for them.
-    let deadline = Instant::now() + b.shared.cfg.request_timeout;
+    // Any configured timeout, without overflowing an instant.
+    let deadline = Instant::now()
+        + b.shared
+            .cfg
+            .request_timeout
+            .min(Duration::from_secs(1 << 32));
     while b.shared.pool.lock().in_flight > 0 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }

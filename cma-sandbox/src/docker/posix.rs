@@ -3,13 +3,16 @@
 //! [`DockerConfig::python_helper`](super::DockerConfig::python_helper) off. Each request gives
 //! the same reply (JSON head plus data) as `helper.py` would, so the callers cannot tell them
 //! apart; modification times keep their nanoseconds, as the helper's `st_mtime_ns` does.
+//! The tools run in the container and are no more trusted than the helper: their output is
+//! capped as the helper's replies are (a read's limit, a listing's entries and bytes).
 
 use bollard::Docker;
 use bytes::Bytes;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::files::{OP_TIMEOUT, Reply};
+use super::files::{LISTING_BUDGET, MAX_DIR_ENTRIES, OP_TIMEOUT, Reply};
 use super::process;
+use super::reply::{Entry, EntryKind, Head};
 use crate::error::Result;
 use crate::exec::ExecRequest;
 
@@ -52,13 +55,13 @@ async fn sh(
 }
 
 fn os_err(out: &crate::exec::ExecOutput) -> Reply {
-    Reply {
-        head: json!({"e": "os", "errno": errno_of(&out.stderr), "msg": String::from_utf8_lossy(&out.stderr).trim().to_owned()}),
-        data: Bytes::new(),
-    }
+    ok(Head::os(
+        errno_of(&out.stderr),
+        String::from_utf8_lossy(&out.stderr).trim(),
+    ))
 }
 
-fn ok(head: Value) -> Reply {
+fn ok(head: Head) -> Reply {
     Reply {
         head,
         data: Bytes::new(),
@@ -105,7 +108,7 @@ fn ns_from_find(s: &str) -> i64 {
 }
 
 /// Parse `stat -c '%F|%s|%.9Y'` output.
-fn parse_stat_line(line: &str) -> Value {
+fn parse_stat_line(line: &str) -> Head {
     let mut it = line.rsplitn(3, '|');
     let (m, s, f) = (it.next(), it.next(), it.next());
     let k = match f.unwrap_or("") {
@@ -114,15 +117,22 @@ fn parse_stat_line(line: &str) -> Value {
         "symbolic link" => "l",
         _ => "o",
     };
-    json!({"k": k, "s": s.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0), "m": ns_from_decimal(m.unwrap_or(""))})
+    Head {
+        k: Some(k.to_owned()),
+        s: s.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0),
+        m: Some(ns_from_decimal(m.unwrap_or(""))),
+        ..Head::default()
+    }
 }
 
-/// One helper request served by POSIX tools in a one-shot exec.
+/// One helper request served by POSIX tools in a one-shot exec; a read's data is at most
+/// `max_data` bytes (more fails as `big`).
 pub(crate) async fn shell_call(
     docker: &Docker,
     container: &str,
     req: &Value,
     payload: Bytes,
+    max_data: u64,
 ) -> Result<Reply> {
     let op = req.get("op").and_then(Value::as_str).unwrap_or("");
     let p = req.get("p").and_then(Value::as_str).unwrap_or("/");
@@ -155,7 +165,7 @@ pub(crate) async fn shell_call(
             if !out.success() {
                 let mut r = os_err(&out);
                 if out.stderr.is_empty() {
-                    r.head = json!({"e": "os", "errno": 22});
+                    r.head = Head::os(22, "");
                 }
                 return Ok(r);
             }
@@ -163,7 +173,10 @@ pub(crate) async fn shell_call(
             if t.ends_with('\n') {
                 t.pop();
             }
-            Ok(ok(json!({"t": t})))
+            Ok(ok(Head {
+                t: Some(t),
+                ..Head::default()
+            }))
         }
         "read" => {
             let st = sh(
@@ -179,20 +192,34 @@ pub(crate) async fn shell_call(
                 return Ok(os_err(&st));
             }
             let head = parse_stat_line(String::from_utf8_lossy(&st.stdout).trim());
-            match head.get("k").and_then(Value::as_str) {
-                Some("d") => return Ok(ok(json!({"e": "os", "errno": 21}))),
+            match head.k.as_deref() {
+                Some("d") => return Ok(ok(Head::os(21, "Is a directory"))),
                 Some("f") => {}
-                _ => return Ok(ok(json!({"e": "notreg"}))),
+                _ => return Ok(ok(Head::error("notreg"))),
             }
-            let size = head.get("s").and_then(Value::as_u64).unwrap_or(0);
-            if let Some(max) = req.get("max").and_then(Value::as_u64)
-                && size > max
-            {
-                return Ok(ok(json!({"e": "big", "size": size, "max": max})));
-            }
+            let size = head.s;
+            let big = |size: u64, max: u64| {
+                ok(Head {
+                    size: Some(size),
+                    max: Some(max),
+                    ..Head::error("big")
+                })
+            };
             let off = req.get("off").and_then(Value::as_u64).unwrap_or(0);
             let len = req.get("len").and_then(Value::as_u64);
-            let cap = usize::try_from(len.unwrap_or(size).saturating_add(1)).unwrap_or(usize::MAX);
+            // A whole-file read has the request's limit (a ranged one its length), and never
+            // more than the call may carry.
+            let max = req
+                .get("max")
+                .and_then(Value::as_u64)
+                .unwrap_or(max_data)
+                .min(max_data);
+            if len.is_none() && size > max {
+                return Ok(big(size, max));
+            }
+            // One byte past the limit shows a file that grew; the output is cut there.
+            let want = len.unwrap_or(max).min(max);
+            let cap = usize::try_from(want.saturating_add(1)).unwrap_or(usize::MAX);
             let out = match len {
                 None => sh(docker, container, "exec cat -- \"$1\"", &[p], None, cap).await?,
                 Some(l) => {
@@ -211,8 +238,14 @@ pub(crate) async fn shell_call(
             if !out.success() {
                 return Ok(os_err(&out));
             }
+            if out.truncated || out.stdout.len() as u64 > want {
+                return Ok(big(out.stdout.len() as u64, max));
+            }
             Ok(Reply {
-                head: json!({"size": size}),
+                head: Head {
+                    size: Some(size),
+                    ..Head::default()
+                },
                 data: out.stdout,
             })
         }
@@ -233,7 +266,7 @@ pub(crate) async fn shell_call(
             if !out.success() {
                 return Ok(os_err(&out));
             }
-            Ok(ok(json!({})))
+            Ok(ok(Head::default()))
         }
         "mkdirs" => {
             let out = sh(
@@ -248,37 +281,57 @@ pub(crate) async fn shell_call(
             if !out.success() {
                 return Ok(os_err(&out));
             }
-            Ok(ok(json!({})))
+            Ok(ok(Head::default()))
         }
         "list" => {
+            // Past the listing's byte budget the output is cut: refused as a too large
+            // directory, as the helper refuses it.
+            let budget = usize::try_from(LISTING_BUDGET).unwrap_or(usize::MAX);
             let out = sh(
                 docker,
                 container,
                 "[ -d \"$1\" ] || { [ -e \"$1\" ] && echo 'Not a directory' >&2 || echo 'No such file or directory' >&2; exit 1; }; exec find \"$1\" -mindepth 1 -maxdepth 1 -printf '%f\\0%y\\0%s\\0%T@\\0'",
                 &[p],
                 None,
-                64 << 20,
+                budget,
             )
             .await?;
             if !out.success() {
                 return Ok(os_err(&out));
             }
-            let fields: Vec<&[u8]> = out.stdout.split(|&b| b == 0).collect();
-            let entries: Vec<Value> = fields
-                .chunks(4)
-                .filter(|c| c.len() == 4)
-                .map(|c| {
-                    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                    let k = match &s(c[1])[..] {
-                        "f" => "f",
-                        "d" => "d",
-                        "l" => "l",
-                        _ => "o",
-                    };
-                    json!({"name": s(c[0]), "k": k, "s": s(c[2]).parse::<u64>().unwrap_or(0), "m": ns_from_find(&s(c[3]))})
+            let too_big = || {
+                ok(Head {
+                    max: Some(MAX_DIR_ENTRIES as u64),
+                    ..Head::error("bigdir")
                 })
-                .collect();
-            Ok(ok(json!({"entries": entries})))
+            };
+            if out.truncated {
+                return Ok(too_big());
+            }
+            let mut entries = Vec::new();
+            let fields: Vec<&[u8]> = out.stdout.split(|&b| b == 0).collect();
+            for c in fields.chunks(4).filter(|c| c.len() == 4) {
+                if entries.len() == MAX_DIR_ENTRIES {
+                    return Ok(too_big());
+                }
+                let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+                let k = match c[1] {
+                    b"f" => EntryKind::File,
+                    b"d" => EntryKind::Dir,
+                    b"l" => EntryKind::Symlink,
+                    _ => EntryKind::Other,
+                };
+                entries.push(Entry {
+                    name: s(c[0]),
+                    k,
+                    s: s(c[2]).parse::<u64>().unwrap_or(0),
+                    m: Some(ns_from_find(&s(c[3]))),
+                });
+            }
+            Ok(ok(Head {
+                entries: Some(entries),
+                ..Head::default()
+            }))
         }
         "remove" => {
             let script = if req.get("r").and_then(Value::as_bool) == Some(true) {
@@ -290,7 +343,7 @@ pub(crate) async fn shell_call(
             if !out.success() {
                 return Ok(os_err(&out));
             }
-            Ok(ok(json!({})))
+            Ok(ok(Head::default()))
         }
         "id" => {
             let out = sh(
@@ -306,11 +359,16 @@ pub(crate) async fn shell_call(
             let mut it = text
                 .split_whitespace()
                 .map(|x| x.parse::<u64>().unwrap_or(0));
-            Ok(ok(
-                json!({"uid": it.next().unwrap_or(0), "gid": it.next().unwrap_or(0)}),
-            ))
+            Ok(ok(Head {
+                uid: it.next().unwrap_or(0),
+                gid: it.next().unwrap_or(0),
+                ..Head::default()
+            }))
         }
-        _ => Ok(ok(json!({"e": "other", "msg": "unknown op"}))),
+        _ => Ok(ok(Head {
+            msg: Some("unknown op".into()),
+            ..Head::error("other")
+        })),
     }
 }
 
@@ -336,7 +394,7 @@ mod tests {
         assert_eq!(ns_from_find("-2.5000000000"), -1_500_000_000);
         assert_eq!(ns_from_find("-1.7500000000"), -250_000_000);
         let v = parse_stat_line("regular file|12|1700000000.000000001");
-        assert_eq!(v["m"], 1_700_000_000_000_000_001i64);
-        assert_eq!((v["k"].as_str(), v["s"].as_u64()), (Some("f"), Some(12)));
+        assert_eq!(v.m, Some(1_700_000_000_000_000_001i64));
+        assert_eq!((v.k.as_deref(), v.s), (Some("f"), 12));
     }
 }

@@ -235,8 +235,8 @@ impl Tail {
         self.buf.extend_from_slice(b);
         if self.buf.len() > self.cap {
             self.truncated = true;
-            // Amortised: trim only when well past the cap.
-            if self.buf.len() >= self.cap.saturating_mul(2).max(64 * 1024) {
+            // Amortised: trim only when a quarter of the cap (at least 64 KiB) past it.
+            if self.buf.len() >= self.cap.saturating_add((self.cap / 4).max(64 * 1024)) {
                 let cut = self.buf.len() - self.cap;
                 let _ = self.buf.split_to(cut);
             }
@@ -513,7 +513,12 @@ pub(crate) async fn stream(
         sent: [0, 0],
         cap: req.max_output_bytes,
         truncated: false,
-        deadline: tokio::time::Instant::now() + req.timeout,
+        // A timeout past any representable instant is no timeout (never a panic).
+        deadline: tokio::time::Instant::now()
+            .checked_add(req.timeout)
+            .unwrap_or_else(|| {
+                tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400)
+            }),
         exec_id,
         done: false,
     };

@@ -8,24 +8,26 @@
 //! and nothing of an imported archive is written through a symlink it made.
 
 use std::borrow::Cow;
+use std::ffi::OsString;
 use std::io::{self, Read, Write};
 use std::path::{Component, Path, PathBuf};
 
 use bytes::{Bytes, BytesMut};
 use cap_std::fs::{Dir, OpenOptions, Permissions, PermissionsExt};
-use futures::StreamExt;
 use tokio::sync::mpsc;
 
 use super::quota::{QUOTA_ENTRY_BYTES, Quota, Usage, entry_usage, missing_dirs};
-use super::workspace::{make_dirs, map_io};
+use super::walk::{DirStack, MAX_PENDING_DIRS, open_regular};
+use super::workspace::{MAX_NAME_BYTES, make_dirs, map_io};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
-use crate::file::ByteStream;
+use crate::tarin::{MAX_ARCHIVE_ENTRIES, StreamReader, TarGuard};
 
 /// Size of the chunks an export stream yields.
 pub(crate) const EXPORT_CHUNK_BYTES: usize = 64 * 1024;
-/// Deepest directory nesting exported; deeper trees fail with `TooLarge` instead of exhausting
-/// the stack.
-pub(crate) const MAX_EXPORT_DEPTH: usize = 1024;
+/// Longest entry path exported (relative to the workspace; `/workspace/` and it fit in the
+/// 4096 bytes an import accepts): a longer one fails the export with `TooLarge`, as it could
+/// never be imported back.
+pub(crate) const MAX_EXPORT_PATH_BYTES: usize = 4096 - "/workspace/".len();
 
 /// The workspace root as shown in errors.
 const ROOT: &str = "/workspace";
@@ -75,49 +77,69 @@ pub(crate) fn export(dir: &Dir, tx: mpsc::Sender<Result<Bytes>>) {
         buf: BytesMut::with_capacity(EXPORT_CHUNK_BYTES),
     });
     builder.follow_symlinks(false);
-    let result = export_dir(dir, &mut builder, Path::new(""), 0).and_then(|()| {
-        builder
-            .into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(|e| map_io(e, ROOT))
-    });
+    let result = dir
+        .try_clone()
+        .map_err(|e| map_io(e, ROOT))
+        .and_then(|top| export_tree(top, &mut builder))
+        .and_then(|()| {
+            builder
+                .into_inner()
+                .and_then(|mut w| w.flush())
+                .map_err(|e| map_io(e, ROOT))
+        });
     if let Err(e) = result {
         // The receiver may be gone; then nobody is waiting for the error either.
         let _ = err_tx.blocking_send(Err(e));
     }
 }
 
-fn export_dir(
-    root: &Dir,
-    builder: &mut tar::Builder<ChunkSender>,
-    rel: &Path,
-    depth: usize,
-) -> Result<()> {
-    if depth > MAX_EXPORT_DEPTH {
-        return Err(SandboxError::new(
-            SandboxErrorKind::TooLarge,
-            format!("directory nesting deeper than {MAX_EXPORT_DEPTH} levels"),
-        )
-        .with_path(shown(rel)));
-    }
-    let listing = if rel.as_os_str().is_empty() {
-        root.entries()
-    } else {
-        root.read_dir(rel)
-    };
+/// A directory's names, sorted, last first (taken with `pop`).
+fn sorted_names(dir: &Dir, rel: &Path) -> Result<Vec<OsString>> {
     let mut names = Vec::new();
-    for entry in listing.map_err(|e| map_io(e, &shown(rel)))? {
+    for entry in dir.entries().map_err(|e| map_io(e, &shown(rel)))? {
         names.push(entry.map_err(|e| map_io(e, &shown(rel)))?.file_name());
     }
     names.sort();
-    for name in names {
+    names.reverse();
+    Ok(names)
+}
+
+/// The tree below `top` in sorted depth-first order (a directory's entry, then its contents,
+/// then its next sibling), walked by directory handle: the same cost per entry at any depth,
+/// bounded handles, no recursion (see `walk`).
+fn export_tree(top: Dir, builder: &mut tar::Builder<ChunkSender>) -> Result<()> {
+    let mut stack = DirStack::new(top).map_err(|e| map_io(e, ROOT))?;
+    // Per level: its path from the root and its names still to archive.
+    let mut levels: Vec<(PathBuf, Vec<OsString>)> = Vec::new();
+    let first = sorted_names(stack.current(), Path::new(""))?;
+    let mut pending = first.len();
+    levels.push((PathBuf::new(), first));
+    while let Some((rel, names)) = levels.last_mut() {
+        let Some(name) = names.pop() else {
+            levels.pop();
+            if !levels.is_empty() {
+                stack.pop().map_err(|e| map_io(e, ROOT))?;
+            }
+            continue;
+        };
+        pending -= 1;
         let path = rel.join(&name);
-        let meta = match root.symlink_metadata(&path) {
+        let io_err = |e: io::Error| map_io(e, &shown(&path));
+        if path.as_os_str().len() > MAX_EXPORT_PATH_BYTES {
+            return Err(SandboxError::new(
+                SandboxErrorKind::TooLarge,
+                format!(
+                    "path longer than {MAX_EXPORT_PATH_BYTES} bytes: it could not be imported back"
+                ),
+            )
+            .with_path(label(&path)));
+        }
+        let dir = stack.current();
+        let meta = match dir.symlink_metadata(&name) {
             Ok(m) => m,
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(map_io(e, &shown(&path))),
+            Err(e) => return Err(io_err(e)),
         };
-        let io_err = |e: io::Error| map_io(e, &shown(&path));
         let mut header = tar::Header::new_gnu();
         header.set_mtime(
             meta.modified()
@@ -127,7 +149,7 @@ fn export_dir(
         );
         let ft = meta.file_type();
         if ft.is_symlink() {
-            let target = root.read_link_contents(&path).map_err(io_err)?;
+            let target = dir.read_link_contents(&name).map_err(io_err)?;
             header.set_entry_type(tar::EntryType::Symlink);
             header.set_mode(0o777);
             header.set_size(0);
@@ -141,16 +163,36 @@ fn export_dir(
             builder
                 .append_data(&mut header, &path, io::empty())
                 .map_err(io_err)?;
-            export_dir(root, builder, &path, depth + 1)?;
+            match stack.push(&name) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err(e)),
+            }
+            let names = sorted_names(stack.current(), &path)?;
+            pending += names.len();
+            if pending > MAX_PENDING_DIRS {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::TooLarge,
+                    "directory tree too wide to archive",
+                ));
+            }
+            levels.push((path, names));
         } else if ft.is_file() {
             let size = meta.len();
             let exec = meta.permissions().mode() & 0o111 != 0;
             header.set_entry_type(tar::EntryType::Regular);
             header.set_mode(if exec { 0o755 } else { 0o644 });
             header.set_size(size);
-            let file = root.open(&path).map_err(io_err)?;
             // Exactly `size` bytes even if the file changes while we read it: a short file is
-            // padded with zeros, a grown one cut, so the archive stays well-formed.
+            // padded with zeros, a grown one cut, one gone or replaced (never followed through
+            // a symlink, never blocking on a FIFO) reads as zeros, so the archive stays
+            // well-formed.
+            let file: Box<dyn Read> = match open_regular(dir, &name) {
+                Ok(Some((file, _))) => Box::new(file),
+                Ok(None) => Box::new(io::empty()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Box::new(io::empty()),
+                Err(e) => return Err(io_err(e)),
+            };
             let data = file.take(size).chain(io::repeat(0)).take(size);
             builder
                 .append_data(&mut header, &path, data)
@@ -159,44 +201,6 @@ fn export_dir(
         // Sockets, FIFOs and devices are not part of a workspace snapshot.
     }
     Ok(())
-}
-
-/// Turns a [`ByteStream`] into a blocking `Read` (used on a blocking thread only), keeping the
-/// stream's own error so it is reported with its kind.
-pub(crate) struct StreamReader {
-    stream: ByteStream,
-    handle: tokio::runtime::Handle,
-    current: Bytes,
-    pub failure: Option<SandboxError>,
-}
-
-impl StreamReader {
-    pub fn new(stream: ByteStream, handle: tokio::runtime::Handle) -> Self {
-        Self {
-            stream,
-            handle,
-            current: Bytes::new(),
-            failure: None,
-        }
-    }
-}
-
-impl Read for StreamReader {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.current.is_empty() {
-            match self.handle.block_on(self.stream.next()) {
-                Some(Ok(chunk)) => self.current = chunk,
-                Some(Err(e)) => {
-                    self.failure = Some(e);
-                    return Err(io::Error::other("archive stream failed"));
-                }
-                None => return Ok(0),
-            }
-        }
-        let n = out.len().min(self.current.len());
-        out[..n].copy_from_slice(&self.current.split_to(n));
-        Ok(n)
-    }
 }
 
 fn invalid(entry: &str, why: &str) -> SandboxError {
@@ -223,11 +227,24 @@ fn label(path: &Path) -> String {
     out
 }
 
-/// The entry's path as a clean relative path, or why it is refused.
+/// The entry's path as a clean relative path, or why it is refused: no `..`, not absolute, a
+/// path and names the file operations can take.
 fn entry_rel(path: &Path) -> Result<PathBuf> {
+    if path.as_os_str().len() > MAX_EXPORT_PATH_BYTES {
+        return Err(invalid(
+            &label(path),
+            &format!("path longer than {MAX_EXPORT_PATH_BYTES} bytes"),
+        ));
+    }
     let mut rel = PathBuf::new();
     for comp in path.components() {
         match comp {
+            Component::Normal(c) if c.len() > MAX_NAME_BYTES => {
+                return Err(invalid(
+                    &label(path),
+                    &format!("a name longer than {MAX_NAME_BYTES} bytes"),
+                ));
+            }
             Component::Normal(c) => rel.push(c),
             Component::CurDir => {}
             Component::ParentDir => return Err(escapes(&label(path), "'..' is not allowed")),
@@ -270,11 +287,21 @@ fn make_parents(dir: &Dir, rel: &Path) -> Result<()> {
 }
 
 /// Unpack a tar from `reader` into `dir` (the workspace), within its `quota`: an entry that
-/// does not fit fails the import before it is written (entries before it stay imported).
-pub(crate) fn import(dir: &Dir, quota: Option<&Quota>, reader: &mut StreamReader) -> Result<()> {
+/// does not fit fails the import before it is written (entries before it stay imported). The
+/// archive is framed by a [`TarGuard`] as it is read: an extended header claiming more than
+/// a path's worth, more than [`MAX_ARCHIVE_ENTRIES`] entries or a sparse entry ends it before
+/// anything is buffered for them.
+pub(crate) fn import(dir: &Dir, quota: Option<&Quota>, reader: StreamReader) -> Result<()> {
     let mut usage = quota.map(Quota::lock);
-    let result = import_inner(dir, usage.as_mut(), reader);
-    match (result, reader.failure.take()) {
+    let mut guarded = TarGuard::new(reader, MAX_ARCHIVE_ENTRIES, u64::MAX);
+    let result = import_inner(dir, usage.as_mut(), &mut guarded);
+    if let (Err(_), Some(why)) = (&result, guarded.refused.take()) {
+        return Err(SandboxError::new(
+            SandboxErrorKind::InvalidArchive,
+            format!("archive refused: {why}"),
+        ));
+    }
+    match (result, guarded.get_mut().failure.take()) {
         (Err(_), Some(stream_err)) => Err(stream_err),
         (r, _) => r,
     }
@@ -333,7 +360,7 @@ impl Charge {
 fn import_inner(
     dir: &Dir,
     mut usage: Option<&mut Usage<'_>>,
-    reader: &mut StreamReader,
+    reader: &mut TarGuard<StreamReader>,
 ) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     // Symlinks this archive made: nothing of it is written through one (cap-std would stop an

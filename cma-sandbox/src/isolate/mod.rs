@@ -91,6 +91,8 @@ mod egress;
 mod js;
 mod meta;
 mod quota;
+mod tree;
+mod walk;
 mod worker;
 mod workspace;
 
@@ -120,7 +122,7 @@ use self::workspace::{MountPoint, Workspace, map_io, normalize, read_bounded};
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecuteRequest};
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat};
+use crate::file::{ByteStream, DirEntry, DirWalk, FileReader, FileStat, TreeFound, TreeSearch};
 use crate::spec::{Capabilities, Mount, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 /// The sandbox path of the workspace, and every isolate sandbox's working directory.
@@ -580,10 +582,13 @@ impl SandboxBackend for IsolateBackend {
         let this = self.clone();
         let id = id.clone();
         blocking(move || {
-            this.inner
-                .root
-                .remove_dir_all(id.as_str())
-                .map_err(|e| map_io(e, WORKDIR))
+            // Linear in the entries and bounded in handles at any depth (`walk`), unlike a
+            // recursive removal.
+            let root = &this.inner.root;
+            let gone = |e: std::io::Error| map_io(e, WORKDIR);
+            let dir = walk::open_child(root, std::ffi::OsStr::new(id.as_str())).map_err(gone)?;
+            walk::remove_contents(dir).map_err(gone)?;
+            root.remove_dir(id.as_str()).map_err(gone)
         })
         .await
     }
@@ -701,6 +706,31 @@ impl Sandbox for IsolateSandbox {
         blocking(move || Ok(paths.iter().map(|p| ws.read_dir_unsorted(p)).collect())).await
     }
 
+    async fn walk_tree<'a>(&'a self, root: &str) -> Result<DirWalk<'a>> {
+        let ws = self.live()?.clone();
+        let root = root.to_owned();
+        let opened = blocking(move || ws.open_walk_root(&root).map(|o| (o, root))).await;
+        match opened {
+            Ok((Some((dir, shown)), _)) => Ok(tree::walk(dir, shown)),
+            // A virtual directory: its few entries are listed the usual way.
+            Ok((None, root)) => Ok(crate::walk::listing_walk(self, root)),
+            // The root cannot be walked: the stream's only item says why.
+            Err(e) => Ok(Box::pin(futures::stream::iter([Err(e)]))),
+        }
+    }
+
+    async fn search_tree(&self, root: &str, needle: &str, opts: &TreeSearch) -> Result<TreeFound> {
+        let ws = self.live()?.clone();
+        let (root, needle, opts) = (root.to_owned(), needle.to_owned(), opts.clone());
+        blocking(move || match ws.open_walk_root(&root)? {
+            Some((dir, shown)) => tree::search(dir, &shown, &needle, &opts),
+            None => Err(SandboxError::unsupported(
+                "search_tree: a virtual directory is walked with read_dirs",
+            )),
+        })
+        .await
+    }
+
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
         let ws = self.live()?;
         if recursive || ws.has_quota() {
@@ -772,8 +802,8 @@ impl Sandbox for IsolateSandbox {
             let mount = ws.workspace_mount().ok_or_else(|| {
                 SandboxError::new(SandboxErrorKind::Backend, "workspace mount missing")
             })?;
-            let mut reader = archive::StreamReader::new(tar, handle);
-            archive::import(&mount.dir, mount.quota.as_ref(), &mut reader)
+            let reader = crate::tarin::StreamReader::new(tar, handle);
+            archive::import(&mount.dir, mount.quota.as_ref(), reader)
         })
         .await
     }

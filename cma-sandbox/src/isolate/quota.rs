@@ -32,6 +32,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use cap_std::fs::{Dir, Metadata};
 
+use super::walk::preorder;
 use super::workspace::map_io;
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 
@@ -138,37 +139,40 @@ pub(crate) fn measure(dir: &Dir, rel: &Path, shown: &str) -> Result<u64> {
             return Ok(total);
         }
     }
-    // Iterative, so a deep tree cannot exhaust the stack.
-    let mut stack: Vec<PathBuf> = vec![if root {
-        PathBuf::new()
+    // By directory handle: linear in the entries at any depth, bounded handles (`walk`).
+    let top = if root {
+        dir.try_clone()
     } else {
-        rel.to_path_buf()
-    }];
-    while let Some(d) = stack.pop() {
-        let listing = if d.as_os_str().is_empty() {
-            dir.entries()
-        } else {
-            dir.read_dir(&d)
-        };
-        let listing = match listing {
+        dir.open_dir(rel)
+    };
+    let top = match top {
+        Ok(d) => d,
+        // Removed meanwhile.
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(total),
+        Err(e) => return Err(map_io(e, shown)),
+    };
+    preorder(top, |d, _| {
+        let mut subs = Vec::new();
+        let listing = match d.entries() {
             Ok(l) => l,
-            // Removed meanwhile.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(map_io(e, shown)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Some(subs)),
+            Err(e) => return Err(e),
         };
         for entry in listing {
-            let entry = entry.map_err(|e| map_io(e, shown))?;
+            let entry = entry?;
             let m = match entry.metadata() {
                 Ok(m) => m,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(map_io(e, shown)),
+                Err(e) => return Err(e),
             };
             total = total.saturating_add(entry_usage(&m));
             if m.is_dir() {
-                stack.push(d.join(entry.file_name()));
+                subs.push(entry.file_name());
             }
         }
-    }
+        Ok(Some(subs))
+    })
+    .map_err(|e| map_io(e, shown))?;
     Ok(total)
 }
 

@@ -10,9 +10,10 @@ use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
-use cap_std::fs::{Dir, Metadata};
+use cap_std::fs::{Dir, Metadata, OpenOptionsExt};
 
 use super::quota::{QUOTA_ENTRY_BYTES, Quota, file_usage, measure, missing_dirs};
+use super::walk::{open_child, remove_contents};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::file::{DirEntry, FileKind, FileStat};
 
@@ -23,6 +24,8 @@ pub const MAX_NAME_BYTES: usize = 255;
 /// Most entries `read_dir` returns before failing with `TooLarge`, so a listing
 /// stays bounded in memory.
 pub const MAX_DIR_ENTRIES: usize = 100_000;
+/// Most bytes a read reserves up front from a file's stat size.
+const PREALLOC_MAX_BYTES: u64 = 16 << 20;
 /// Longest symlink target accepted when creating a symlink.
 pub const MAX_LINK_TARGET_BYTES: usize = 4096;
 
@@ -178,6 +181,11 @@ pub(crate) fn stat_of(m: &Metadata) -> FileStat {
     }
 }
 
+/// The error for a FIFO, socket or device where a regular file is needed.
+fn not_regular(shown: String) -> SandboxError {
+    SandboxError::new(SandboxErrorKind::PermissionDenied, "not a regular file").with_path(shown)
+}
+
 /// Read an opened regular file of (stat) `size` bytes, failing with `TooLarge` past `max_bytes`.
 pub(crate) fn read_bounded(
     file: cap_std::fs::File,
@@ -192,7 +200,10 @@ pub(crate) fn read_bounded(
     }
     // The file may grow between stat and read: never read past the cap (+1 to detect it).
     let cap = max_bytes.unwrap_or(u64::MAX);
-    let mut buf = Vec::with_capacity(usize::try_from(size.min(cap)).unwrap_or(0));
+    // Reserved from the stat size only up to a bound: a sparse file can claim terabytes it
+    // does not hold; past the bound the buffer grows with what is actually read.
+    let reserve = size.min(cap).min(PREALLOC_MAX_BYTES);
+    let mut buf = Vec::with_capacity(usize::try_from(reserve).unwrap_or(0));
     file.take(cap.saturating_add(1))
         .read_to_end(&mut buf)
         .map_err(|e| map_io(e, shown))?;
@@ -230,6 +241,20 @@ pub(crate) fn make_dirs(dir: &Dir, rel: &Path, shown: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Remove the directory `rel` and everything in it, without following a symlink at `rel`
+/// (linear in the entries and bounded in handles at any depth: see `walk`).
+fn remove_tree(dir: &Dir, rel: &Path) -> io::Result<()> {
+    let name = rel
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no name to remove"))?;
+    let parent = match rel.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => dir.open_dir(p)?,
+        None => dir.try_clone()?,
+    };
+    remove_contents(open_child(&parent, name)?)?;
+    parent.remove_dir(name)
 }
 
 impl Workspace {
@@ -328,6 +353,16 @@ impl Workspace {
         }
     }
 
+    /// The directory at `path` opened as the start of a walk, with its normalised sandbox
+    /// path; `None` for a virtual directory (which has no handle).
+    pub fn open_walk_root(&self, path: &str) -> Result<Option<(Dir, String)>> {
+        let Ok(r) = self.resolve_or_virtual(path)? else {
+            return Ok(None);
+        };
+        let dir = r.mount.dir.open_dir(&r.rel).map_err(|e| r.err(e))?;
+        Ok(Some((dir, r.shown)))
+    }
+
     fn virtual_dir_stat() -> FileStat {
         FileStat {
             kind: FileKind::Dir,
@@ -399,7 +434,15 @@ impl Workspace {
             )
             .with_path(r.shown));
         }
-        let file = r.mount.dir.open(&r.rel).map_err(|e| r.err(e))?;
+        // Non-blocking: a FIFO swapped in since the check must not block the reader.
+        let mut opts = cap_std::fs::OpenOptions::new();
+        opts.read(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+        let file = r.mount.dir.open_with(&r.rel, &opts).map_err(|e| r.err(e))?;
+        let meta = file.metadata().map_err(|e| r.err(e))?;
+        if !meta.is_file() {
+            return Err(not_regular(r.shown));
+        }
         Ok((file, meta.len(), r.shown))
     }
 
@@ -442,8 +485,21 @@ impl Workspace {
             // truncate to zero followed by a rewrite triggers a flush at close
             // (`auto_da_alloc`), which made every overwrite cost milliseconds.
             let mut opts = cap_std::fs::OpenOptions::new();
-            opts.write(true).create(true);
-            let mut file = dir.open_with(&r.rel, &opts).map_err(|e| r.err(e))?;
+            // Non-blocking: opening a FIFO for writing would wait for a reader forever (with
+            // it, no reader fails at once, and any non-regular file is refused below).
+            opts.write(true)
+                .create(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32);
+            let mut file = match dir.open_with(&r.rel, &opts) {
+                Ok(f) => f,
+                Err(e) if e.raw_os_error() == Some(rustix::io::Errno::NXIO.raw_os_error()) => {
+                    return Err(not_regular(r.shown.clone()));
+                }
+                Err(e) => return Err(r.err(e)),
+            };
+            if !file.metadata().map_err(|e| r.err(e))?.is_file() {
+                return Err(not_regular(r.shown.clone()));
+            }
             file.write_all(data)
                 .and_then(|()| file.set_len(data.len() as u64))
                 .map_err(|e| r.err(e))
@@ -544,7 +600,7 @@ impl Workspace {
         };
         let res = if meta.is_dir() {
             if recursive {
-                dir.remove_dir_all(&r.rel)
+                remove_tree(dir, &r.rel)
             } else {
                 dir.remove_dir(&r.rel)
             }

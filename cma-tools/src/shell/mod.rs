@@ -357,7 +357,8 @@ impl ShellSession {
 }
 
 /// Read until the sentinel line is complete (`Ok(false)`) or end of stream (`Ok(true)`), keeping
-/// only the last [`BASH_OUTPUT_LIMIT`] bytes.
+/// only the last [`BASH_OUTPUT_LIMIT`] bytes. The buffer is cut back only once it holds twice
+/// that, so a flood of output costs one copy of the kept tail per 100 KiB read, not per chunk.
 async fn read_until_sentinel(
     proc: &mut dyn ShellProcess,
     marker: &[u8],
@@ -366,17 +367,19 @@ async fn read_until_sentinel(
 ) -> io::Result<bool> {
     let mut chunk = [0u8; 4096];
     let mut found: Option<usize> = None;
-    loop {
+    let eof = loop {
         let n = proc.read(&mut chunk).await?;
         if n == 0 {
-            return Ok(true);
+            break true;
         }
         buf.extend_from_slice(&chunk[..n]);
         if buf.len() > BASH_OUTPUT_LIMIT {
-            let cut = buf.len() - BASH_OUTPUT_LIMIT;
-            buf.drain(..cut);
             *truncated = true;
-            found = found.and_then(|f| f.checked_sub(cut));
+            if buf.len() >= 2 * BASH_OUTPUT_LIMIT {
+                let cut = buf.len() - BASH_OUTPUT_LIMIT;
+                buf.drain(..cut);
+                found = found.and_then(|f| f.checked_sub(cut));
+            }
         }
         if found.is_none() {
             // Only the new bytes (and a marker's length before them) can hold a new match.
@@ -386,10 +389,15 @@ async fn read_until_sentinel(
         if let Some(at) = found {
             // The exit code follows the sentinel on the same line.
             if buf[at + marker.len()..].contains(&b'\n') {
-                return Ok(false);
+                break false;
             }
         }
+    };
+    if buf.len() > BASH_OUTPUT_LIMIT {
+        let cut = buf.len() - BASH_OUTPUT_LIMIT;
+        buf.drain(..cut);
     }
+    Ok(eof)
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {

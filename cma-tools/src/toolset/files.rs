@@ -8,6 +8,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
+use super::lines::{LineSpan, replaced_len, select_lines};
 use super::path::{fs_error, reject_read_only, resolve_path};
 use super::validate::parse;
 use crate::context::{
@@ -112,8 +113,7 @@ impl Tool for ReadTool {
             let Some(range) = view_range else {
                 return Err(too_big_for_read(&file_path, st.size, limit));
             };
-            let bytes =
-                read_line_range(ctx, &target, &file_path, range[0], range[1], limit).await?;
+            let bytes = read_line_range(ctx, &target, &file_path, range, limit).await?;
             let text = String::from_utf8(bytes).map_err(|_| not_utf8())?;
             return Ok(ToolOutput::Text(text));
         }
@@ -129,7 +129,8 @@ impl Tool for ReadTool {
         let Some(range) = view_range else {
             return Ok(ToolOutput::Text(text));
         };
-        Ok(ToolOutput::Text(select_lines(&text, range[0], range[1])))
+        let span = LineSpan::new(range[0], range[1]);
+        Ok(ToolOutput::Text(select_lines(&text, span).to_owned()))
     }
 }
 
@@ -139,36 +140,20 @@ fn too_big_for_read(file_path: &str, size: u64, limit: u64) -> ToolError {
     ))
 }
 
-/// `"\n".join(text.split("\n")[max(0, start-1) : (end if end > 0 else len)])`.
-fn select_lines(text: &str, start_line: i64, end_line: i64) -> String {
-    let lines: Vec<&str> = text.split('\n').collect();
-    let n = lines.len() as i64;
-    let start = (start_line - 1).clamp(0, n);
-    let end = if end_line > 0 { end_line.min(n) } else { n };
-    if end <= start {
-        return String::new();
-    }
-    lines[start as usize..end as usize].join("\n")
-}
-
 /// Lines `[start_line, end_line]` of a large file, streamed; the selection is capped at `limit`.
 async fn read_line_range(
     ctx: &ToolContext,
     target: &str,
     file_path: &str,
-    start_line: i64,
-    end_line: i64,
+    range: Vec<i64>,
     limit: u64,
 ) -> Result<Vec<u8>, ToolError> {
-    let start = (start_line - 1).max(0) as u64;
-    let end = if end_line > 0 {
-        end_line as u64
-    } else {
-        u64::MAX
-    };
-    if end <= start {
+    let (start_line, end_line) = (range[0], range[1]);
+    let span = LineSpan::new(start_line, end_line);
+    if span.is_empty() {
         return Ok(Vec::new());
     }
+    let (start, end) = (span.start, span.end_or_max());
     let over = || {
         if end - start == 1 {
             ToolError::msg(format!(
@@ -202,12 +187,15 @@ async fn read_line_range(
             let nl = rest.iter().position(|b| *b == b'\n');
             let piece = &rest[..nl.unwrap_or(rest.len())];
             if line >= start {
-                out.extend_from_slice(piece);
-                if nl.is_some() && line + 1 < end {
-                    out.push(b'\n');
-                }
-                if out.len() as u64 > limit {
+                let newline = nl.is_some() && line + 1 < end;
+                // Checked before it grows: the selection never holds more than `limit` bytes.
+                let grown = (out.len() + piece.len() + usize::from(newline)) as u64;
+                if grown > limit {
                     return Err(over());
+                }
+                out.extend_from_slice(piece);
+                if newline {
+                    out.push(b'\n');
                 }
             }
             match nl {
@@ -401,6 +389,16 @@ impl Tool for EditTool {
                 "edit: old_string appears {count} times in {file_path} (must be unique)"
             )));
         }
+        let k = if replace_all { count } else { 1 };
+        // The result's size, before building it: `replace_all` multiplies `new_string`.
+        let size = replaced_len(text.len(), k, old_string.len(), new_string.len());
+        let grows_by_one_new_string = size <= (text.len() as u128) + new_string.len() as u128;
+        let cap = ctx.max_edit_result_bytes;
+        if size > u128::from(cap) && !grows_by_one_new_string {
+            return Err(ToolError::msg(format!(
+                "edit: {file_path} would be {size} bytes after the edit, exceeds {cap}-byte limit. Replace fewer occurrences or use a shorter new_string."
+            )));
+        }
         let updated = if replace_all {
             text.replace(old_string.as_str(), &new_string)
         } else {
@@ -410,7 +408,6 @@ impl Tool for EditTool {
             .write_file(&target, Bytes::from(updated.into_bytes()))
             .await
             .map_err(|e| fs_error("edit", &file_path, &e))?;
-        let k = if replace_all { count } else { 1 };
         Ok(ToolOutput::Text(format!(
             "edited {file_path} ({k} replacement(s))"
         )))
@@ -428,9 +425,10 @@ mod tests {
         assert_eq!(suffix("/W/a."), "");
         assert_eq!(suffix("/W/a.tar.GZ"), ".GZ");
         assert_eq!(binary_media_type("/W/A.JPEG"), Some("image/jpeg"));
-        assert_eq!(select_lines("a\r\nb\r\nc", 0, 1), "a\r");
-        assert_eq!(select_lines("a\nb\n", 1, 0), "a\nb\n");
-        assert_eq!(select_lines("a\nb", 3, 1), "");
-        assert_eq!(select_lines("a\nb", -5, 99), "a\nb");
+        let sel = |t, s, e| select_lines(t, LineSpan::new(s, e));
+        assert_eq!(sel("a\r\nb\r\nc", 0, 1), "a\r");
+        assert_eq!(sel("a\nb\n", 1, 0), "a\nb\n");
+        assert_eq!(sel("a\nb", 3, 1), "");
+        assert_eq!(sel("a\nb", -5, 99), "a\nb");
     }
 }

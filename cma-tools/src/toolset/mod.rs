@@ -12,6 +12,8 @@
 pub(crate) mod bash;
 pub(crate) mod execute;
 pub(crate) mod files;
+pub(crate) mod glob;
+pub(crate) mod lines;
 pub(crate) mod path;
 pub(crate) mod search;
 pub(crate) mod validate;
@@ -24,8 +26,9 @@ use serde_json::{Map, Value, json};
 pub use bash::{BashTool, NO_SHELL, NO_SHELL_USE_EXECUTE};
 pub use execute::ExecuteTool;
 pub use files::{EditTool, ReadTool, WriteTool};
+pub use glob::GlobTool;
 pub use path::{PathError, resolve_path};
-pub use search::{GlobTool, GrepTool};
+pub use search::GrepTool;
 
 use crate::registry::{Tool, ToolRegistry};
 

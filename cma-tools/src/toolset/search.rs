@@ -1,13 +1,4 @@
-//! `glob` and `grep` (docs/protocol.md §6.5), walking the sandbox through its file API.
-//!
-//! `glob` reproduces Python 3.11 `Path.glob`: `*`, `?` and `[…]` match within one name (hidden
-//! names included, case-sensitive), `**` is a whole component matching the directory itself and
-//! every directory below it without entering symlinked directories, a trailing `/` keeps only
-//! directories. At most 50 000 matches are collected, those whose canonical path leaves the
-//! search root are dropped, the rest are sorted newest-mtime first and the first 200 printed as
-//! absolute sandbox paths. The mtime is compared as Python's `st_mtime` float (seconds plus
-//! nanoseconds × 1e-9, so times less than ~0.2 µs apart can be equal), and equal mtimes keep
-//! the walk's order.
+//! `grep` (docs/protocol.md §6.5), walking the sandbox through its file API.
 //!
 //! `grep` is the official built-in walker (this crate never runs `rg`): a Rust `regex` instead of
 //! Python `re`. Python spellings the `regex` crate reads differently are rewritten first (a
@@ -15,33 +6,30 @@
 //! not supported, and the text after `grep: invalid regex: ` differs from Python's. Directories
 //! are walked depth-first with a directory's files before its subdirectories.
 //!
-//! Both walk each directory's entries in the order its file system lists them
+//! It walks each directory's entries in the order its file system lists them
 //! ([`Sandbox::read_dirs_unsorted`](cma_sandbox::Sandbox::read_dirs_unsorted)), which is the
-//! order Python's `os.scandir` gives the official tools: on the same files the two print the
-//! same lines in the same order, also for entries written in the same instant (equal mtimes).
+//! order Python's `os.scandir` gives the official tool: on the same files the two print the
+//! same lines in the same order.
 //! A sandbox without a file-system order (in memory) lists by name.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use cma_sandbox::DirEntry;
-use futures::future::BoxFuture;
 use regex::Regex;
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::io::AsyncReadExt;
 use tokio::time::Instant;
 
-use super::path::{canonicalize, resolve_path, within, workdir};
+use super::path::{resolve_path, workdir};
 use super::validate::parse;
 use crate::context::ToolContext;
 use crate::output::{ToolError, ToolOutput};
 use crate::registry::Tool;
 
-/// Most paths `glob` prints (`GLOB_RESULT_LIMIT`).
-pub const GLOB_RESULT_LIMIT: usize = 200;
-/// Most glob matches collected, and most files `grep` reads (`WALK_MAX_ENTRIES`).
+/// Most files `grep` reads (`WALK_MAX_ENTRIES`).
 pub const WALK_MAX_ENTRIES: usize = 50_000;
 /// Output budget of `grep`, in characters (`GREP_OUTPUT_LIMIT`).
 pub const GREP_OUTPUT_LIMIT: usize = 100 * 1024;
@@ -52,223 +40,10 @@ pub const GREP_TIMEOUT: Duration = Duration::from_secs(30);
 
 const NO_MATCHES: &str = "no matches";
 
-fn join(parent: &str, name: &str) -> String {
-    if parent.ends_with('/') {
-        format!("{parent}{name}")
-    } else {
-        format!("{parent}/{name}")
-    }
-}
-
-/// The official `glob` tool.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct GlobTool;
-
 #[derive(Deserialize)]
 struct SearchInput {
     pattern: String,
     path: Option<String>,
-}
-
-#[async_trait]
-impl Tool for GlobTool {
-    fn name(&self) -> &str {
-        "glob"
-    }
-    fn description(&self) -> &str {
-        "List files matching a glob pattern, newest first."
-    }
-    fn input_schema(&self) -> Value {
-        super::glob_schema()
-    }
-
-    async fn call(&self, ctx: &ToolContext, input: Value) -> Result<ToolOutput, ToolError> {
-        let SearchInput { pattern, path } = parse("glob", &super::glob_schema(), input)?;
-        if pattern.starts_with('/') {
-            return Err(ToolError::msg(
-                "glob: absolute pattern not permitted; pass a relative pattern (and optionally path)",
-            ));
-        }
-        let mut parts: Vec<String> = pattern
-            .split('/')
-            .filter(|p| !p.is_empty() && *p != ".")
-            .map(str::to_owned)
-            .collect();
-        if parts.iter().any(|p| p == "..") {
-            return Err(ToolError::msg("glob: '..' is not permitted in the pattern"));
-        }
-        let root = match path.as_deref() {
-            Some(p) if !p.is_empty() => resolve_path(ctx, p)
-                .await
-                .map_err(|e| ToolError::msg(format!("glob: {e}")))?,
-            _ => workdir(ctx).await,
-        };
-        if pattern.is_empty() {
-            return Err(ToolError::msg(format!(
-                "glob: Unacceptable pattern: {}",
-                crate::pyfmt::repr_str(&pattern)
-            )));
-        }
-        if pattern.ends_with('/') {
-            parts.push(String::new());
-        }
-        if parts.is_empty() {
-            // What Python's selector factory raises for a pattern of only `.` components.
-            return Err(ToolError::Exception {
-                type_name: "IndexError".into(),
-                message: "tuple index out of range".into(),
-            });
-        }
-        let mut segments = Vec::with_capacity(parts.len());
-        for p in &parts {
-            segments.push(Segment::parse(p)?);
-        }
-        let mut matches = Vec::new();
-        if ctx.sandbox.stat(&root).await.is_ok_and(|s| s.is_dir()) {
-            select(ctx, &segments, 0, root.clone(), &mut matches).await;
-        }
-        let mut kept: Vec<(String, f64)> = Vec::new();
-        for m in matches {
-            let Ok(canonical) = canonicalize(ctx, &m).await else {
-                continue;
-            };
-            if !within(&canonical, &root) {
-                continue;
-            }
-            let mtime = match ctx.sandbox.stat(&m).await {
-                Ok(st) => st.modified.map_or(0.0, py_mtime),
-                Err(_) => 0.0,
-            };
-            kept.push((m, mtime));
-        }
-        if kept.is_empty() {
-            return Ok(ToolOutput::text(NO_MATCHES));
-        }
-        // Stable: equal mtimes keep walk order, as Python's `sort(reverse=True)`.
-        kept.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal));
-        let lines: Vec<&str> = kept
-            .iter()
-            .take(GLOB_RESULT_LIMIT)
-            .map(|(p, _)| p.as_str())
-            .collect();
-        Ok(ToolOutput::Text(lines.join("\n")))
-    }
-}
-
-/// One component of a glob pattern.
-enum Segment {
-    /// `**`.
-    Recursive,
-    /// A name with wildcards.
-    Wildcard(Regex),
-    /// A literal name (`""` for a trailing `/`).
-    Precise(String),
-}
-
-impl Segment {
-    fn parse(part: &str) -> Result<Self, ToolError> {
-        if part == "**" {
-            return Ok(Self::Recursive);
-        }
-        if part.contains("**") {
-            return Err(ToolError::msg(
-                "glob: Invalid pattern: '**' can only be an entire path component",
-            ));
-        }
-        if part.contains(['*', '?', '[']) {
-            let rx = Regex::new(&fnmatch_to_regex(part))
-                .map_err(|e| ToolError::msg(format!("glob: {e}")))?;
-            return Ok(Self::Wildcard(rx));
-        }
-        Ok(Self::Precise(part.to_owned()))
-    }
-}
-
-/// Translate one `fnmatch` pattern into an anchored regex (`*`, `?`, `[seq]`, `[!seq]`; a `[`
-/// without its `]` is literal; reversed ranges are dropped; an empty set never matches).
-fn fnmatch_to_regex(pat: &str) -> String {
-    let chars: Vec<char> = pat.chars().collect();
-    let mut out = String::from("(?s)^");
-    let mut i = 0;
-    while i < chars.len() {
-        let c = chars[i];
-        i += 1;
-        match c {
-            '*' => {
-                if !out.ends_with(".*") {
-                    out.push_str(".*");
-                }
-            }
-            '?' => out.push('.'),
-            '[' => {
-                let mut j = i;
-                if j < chars.len() && chars[j] == '!' {
-                    j += 1;
-                }
-                if j < chars.len() && chars[j] == ']' {
-                    j += 1;
-                }
-                while j < chars.len() && chars[j] != ']' {
-                    j += 1;
-                }
-                if j >= chars.len() {
-                    out.push_str(r"\[");
-                    continue;
-                }
-                let body = &chars[i..j];
-                i = j + 1;
-                let (negate, body) = match body.first() {
-                    Some('!') => (true, &body[1..]),
-                    _ => (false, body),
-                };
-                let mut items = Vec::new();
-                let mut k = 0;
-                while k < body.len() {
-                    if k + 2 < body.len() && body[k + 1] == '-' {
-                        if body[k] <= body[k + 2] {
-                            items.push(format!(
-                                "\\x{{{:x}}}-\\x{{{:x}}}",
-                                body[k] as u32,
-                                body[k + 2] as u32
-                            ));
-                        }
-                        k += 3;
-                    } else {
-                        items.push(format!("\\x{{{:x}}}", body[k] as u32));
-                        k += 1;
-                    }
-                }
-                match (items.is_empty(), negate) {
-                    (true, false) => out.push_str("[^\\x{0}-\\x{10ffff}]"),
-                    (true, true) => out.push('.'),
-                    (false, neg) => {
-                        out.push('[');
-                        if neg {
-                            out.push('^');
-                        }
-                        out.push_str(&items.concat());
-                        out.push(']');
-                    }
-                }
-            }
-            c => out.push_str(&regex::escape(&c.to_string())),
-        }
-    }
-    out.push('$');
-    out
-}
-
-/// A time as Python's `os.stat_result.st_mtime`: `sec + nsec * 1e-9` in doubles, with `nsec`
-/// in `0..1e9` also before the epoch. Rust's `Duration::as_secs_f64` divides instead and can
-/// round to a neighbouring double, which reorders files less than a microsecond apart.
-fn py_mtime(t: std::time::SystemTime) -> f64 {
-    let ns: i128 = match t.duration_since(std::time::UNIX_EPOCH) {
-        Ok(d) => d.as_nanos() as i128,
-        Err(e) => -(e.duration().as_nanos() as i128),
-    };
-    let sec = ns.div_euclid(1_000_000_000);
-    let nsec = ns.rem_euclid(1_000_000_000);
-    sec as f64 + nsec as f64 * 1e-9
 }
 
 /// A directory's entries in the order its file system lists them (what Python's `os.scandir`
@@ -282,95 +57,12 @@ async fn list_dir(ctx: &ToolContext, dir: &str) -> Option<Vec<DirEntry>> {
         .ok()
 }
 
-async fn is_dir(ctx: &ToolContext, path: &str) -> bool {
-    ctx.sandbox.stat(path).await.is_ok_and(|s| s.is_dir())
-}
-
-/// Python's selector chain: append matches of `segs[idx..]` under `parent` to `out`.
-fn select<'a>(
-    ctx: &'a ToolContext,
-    segs: &'a [Segment],
-    idx: usize,
-    parent: String,
-    out: &'a mut Vec<String>,
-) -> BoxFuture<'a, ()> {
-    Box::pin(async move {
-        if out.len() >= WALK_MAX_ENTRIES {
-            return;
-        }
-        let Some(seg) = segs.get(idx) else {
-            out.push(parent);
-            return;
-        };
-        let dironly = idx + 1 < segs.len();
-        match seg {
-            Segment::Precise(name) => {
-                // A trailing `/` (empty name) selects `parent` itself when it is a directory;
-                // pathlib prints it without the slash.
-                let path = if name.is_empty() {
-                    parent.clone()
-                } else {
-                    join(&parent, name)
-                };
-                let dironly = dironly || name.is_empty();
-                let ok = match ctx.sandbox.stat(&path).await {
-                    Ok(st) => !dironly || st.is_dir(),
-                    Err(_) => false,
-                };
-                if ok {
-                    select(ctx, segs, idx + 1, path, out).await;
-                }
-            }
-            Segment::Wildcard(rx) => {
-                let Some(entries) = list_dir(ctx, &parent).await else {
-                    return;
-                };
-                for e in entries {
-                    if out.len() >= WALK_MAX_ENTRIES {
-                        return;
-                    }
-                    let path = join(&parent, &e.name);
-                    if dironly {
-                        let dir =
-                            e.stat.is_dir() || (e.stat.is_symlink() && is_dir(ctx, &path).await);
-                        if !dir {
-                            continue;
-                        }
-                    }
-                    if rx.is_match(&e.name) {
-                        select(ctx, segs, idx + 1, path, out).await;
-                    }
-                }
-            }
-            Segment::Recursive => {
-                let mut yielded: HashSet<String> = HashSet::new();
-                // Pre-order walk of directories, not entering symlinked ones.
-                let mut stack = vec![parent];
-                while let Some(dir) = stack.pop() {
-                    if out.len() >= WALK_MAX_ENTRIES {
-                        return;
-                    }
-                    let mut found = Vec::new();
-                    select(ctx, segs, idx + 1, dir.clone(), &mut found).await;
-                    for p in found {
-                        if out.len() >= WALK_MAX_ENTRIES {
-                            return;
-                        }
-                        if yielded.insert(p.clone()) {
-                            out.push(p);
-                        }
-                    }
-                    if let Some(entries) = list_dir(ctx, &dir).await {
-                        for e in entries.iter().rev() {
-                            if e.stat.is_dir() {
-                                stack.push(join(&dir, &e.name));
-                            }
-                        }
-                    }
-                }
-            }
-        }
-    })
+fn join(parent: &str, name: &str) -> String {
+    if parent.ends_with('/') {
+        format!("{parent}{name}")
+    } else {
+        format!("{parent}/{name}")
+    }
 }
 
 /// The official `grep` tool (built-in walker).
@@ -959,27 +651,6 @@ impl Lines {
 mod tests {
     use super::*;
 
-    fn m(pat: &str, name: &str) -> bool {
-        Regex::new(&fnmatch_to_regex(pat)).unwrap().is_match(name)
-    }
-
-    #[test]
-    fn mtimes_are_the_floats_python_compares() {
-        use std::time::{Duration, UNIX_EPOCH};
-        // `3 * 1e-9` is one ulp above `3 / 1e9`: Python's `st_mtime` is the former.
-        let t = UNIX_EPOCH + Duration::from_nanos(3);
-        assert_eq!(py_mtime(t).to_bits(), (3.0f64 * 1e-9).to_bits());
-        assert_ne!(py_mtime(t), Duration::from_nanos(3).as_secs_f64());
-        // Before the epoch: floor'd seconds plus positive nanoseconds, as `os.stat` has them.
-        assert_eq!(py_mtime(UNIX_EPOCH - Duration::from_millis(1500)), -1.5);
-        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
-        assert_eq!(py_mtime(t), 1_700_000_000f64 + 123_456_789f64 * 1e-9);
-        // ~0.24 µs is one double at today's dates: 100 ns apart can compare equal, as in Python.
-        let a = UNIX_EPOCH + Duration::new(1_700_000_000, 10);
-        let b = UNIX_EPOCH + Duration::new(1_700_000_000, 110);
-        assert_eq!(py_mtime(a), py_mtime(b));
-    }
-
     #[test]
     fn python_regex_syntax_is_translated() {
         let t = |p: &str, hay: &str| Regex::new(&python_regex_to_rust(p)).unwrap().is_match(hay);
@@ -997,21 +668,5 @@ mod tests {
         assert!(t(r"[\]]", "]"));
         assert!(t(r"\d+\.\d", "v1.2"));
         assert!(Regex::new(&python_regex_to_rust("(")).is_err());
-    }
-
-    #[test]
-    fn fnmatch_translation_matches_python_semantics() {
-        assert!(m("*.txt", "a.txt"));
-        assert!(m("*.txt", ".hidden.txt"));
-        assert!(!m("*.txt", "a.txt.bak"));
-        assert!(m("?.py", "x.py"));
-        assert!(m("[a-c]x", "bx"));
-        assert!(!m("[!a-c]x", "bx"));
-        assert!(m("[!a-c]x", "dx"));
-        assert!(m("[x", "[x"));
-        assert!(m("a[-z]", "a-"));
-        assert!(!m("[z-a]", "m"));
-        assert!(m("a+b.(c)", "a+b.(c)"));
-        assert!(!m("*.TXT", "a.txt"));
     }
 }

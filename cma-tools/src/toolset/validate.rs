@@ -138,7 +138,10 @@ fn lax_int(v: &Value) -> Option<i64> {
             if let Some(i) = n.as_i64() {
                 Some(i)
             } else if n.is_u64() {
-                None
+                // An integer past `i64` (Python's ints have no bound): the largest `i64` means
+                // the same to every integer parameter (a line past any file's end, a timeout
+                // past any clamp).
+                Some(i64::MAX)
             } else {
                 let f = n.as_f64()?;
                 (f.is_finite() && f.fract() == 0.0 && f.abs() < MAX_INT_FLOAT).then_some(f as i64)
@@ -174,9 +177,18 @@ fn parse_int_str(s: &str) -> Option<i64> {
     {
         return None;
     }
-    let clean: String = digits.chars().filter(|c| *c != '_').collect();
-    let n: i64 = clean.parse().ok()?;
-    Some(if neg { -n } else { n })
+    // Python's int() has no bound: past `i64` the value saturates (see `lax_int`). Parsed with
+    // its sign, so `-9223372036854775808` is `i64::MIN` rather than an overflow.
+    let mut clean = String::with_capacity(digits.len() + 1);
+    if neg {
+        clean.push('-');
+    }
+    clean.extend(digits.chars().filter(|c| *c != '_'));
+    match clean.parse::<i64>() {
+        Ok(n) => Some(n),
+        Err(_) if neg => Some(i64::MIN),
+        Err(_) => Some(i64::MAX),
+    }
 }
 
 fn lax_bool(v: &Value) -> Option<bool> {
@@ -238,6 +250,11 @@ mod tests {
             (json!(""), None),
             (json!(1e30), None),
             (json!([1]), None),
+            (json!("-9223372036854775808"), Some(i64::MIN)),
+            (json!("-9_223_372_036_854_775_809"), Some(i64::MIN)),
+            (json!("99999999999999999999999"), Some(i64::MAX)),
+            (json!(u64::MAX), Some(i64::MAX)),
+            (json!(i64::MIN), Some(i64::MIN)),
         ] {
             assert_eq!(lax_int(&v), want, "{v}");
         }
