@@ -57,6 +57,12 @@ pub enum SkillError {
     /// The archive is malformed, unsafe, of an unsupported format or over a limit.
     #[error("skill archive refused: {0}")]
     Archive(String),
+    /// Neither the skill's name nor its id is a single safe path component.
+    #[error("skill {skill_id:?}: neither its name nor its id can be a directory name")]
+    InvalidName {
+        /// The skill.
+        skill_id: String,
+    },
     /// Writing into the sandbox failed.
     #[error("skill {skill_id}: writing into the sandbox: {source}")]
     Sandbox {
@@ -402,14 +408,26 @@ pub fn extract_archive(bytes: &[u8], limits: &SkillLimits) -> Result<ExtractedSk
     Ok(out)
 }
 
-/// The directory name of a skill: the last component of its (trimmed) name, else its id.
-pub fn skill_dir_name(name: &str, skill_id: &str) -> String {
+/// Whether `s` can be used as one path component: not empty, not `.` or `..`, no `/`, `\\` or
+/// NUL.
+fn is_single_component(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\\', '\0'])
+}
+
+/// The directory name of a skill: the last component of its (trimmed) name, else its id. Both
+/// come from the API, so the result is checked to be one safe path component: a skill whose
+/// name and id are both unusable (an empty id, `..`, an id with a `/`) is refused instead of
+/// becoming a path such as `skills/..`.
+pub fn skill_dir_name(name: &str, skill_id: &str) -> Result<String, SkillError> {
     let base = name.trim().rsplit('/').next().unwrap_or_default();
-    if base.is_empty() || base == "." || base == ".." || base.contains('\\') || base.contains('\0')
-    {
-        skill_id.to_owned()
+    if is_single_component(base) {
+        Ok(base.to_owned())
+    } else if is_single_component(skill_id) {
+        Ok(skill_id.to_owned())
     } else {
-        base.to_owned()
+        Err(SkillError::InvalidName {
+            skill_id: skill_id.to_owned(),
+        })
     }
 }
 
@@ -463,7 +481,7 @@ pub async fn install_skill(
         .retrieve_version(&skill.skill_id, &version_str(skill.version.as_ref()))
         .await
         .map_err(api)?;
-    let dir = skill_dir_name(&version.name, &skill.skill_id);
+    let dir = skill_dir_name(&version.name, &skill.skill_id)?;
     // `latest` is resolved by the lookup only: download by the concrete id it returned.
     let archive = client
         .download(&skill.skill_id, &version.id)
@@ -691,10 +709,34 @@ mod tests {
 
     #[test]
     fn skill_names_become_one_safe_component() {
-        assert_eq!(skill_dir_name(" pdf ", "sk_1"), "pdf");
-        assert_eq!(skill_dir_name("a/b", "sk_1"), "b");
-        assert_eq!(skill_dir_name("..", "sk_1"), "sk_1");
-        assert_eq!(skill_dir_name("", "sk_1"), "sk_1");
-        assert_eq!(skill_dir_name("x/", "sk_1"), "sk_1");
+        let dir = |name: &str, id: &str| skill_dir_name(name, id).ok();
+        assert_eq!(dir(" pdf ", "sk_1").as_deref(), Some("pdf"));
+        assert_eq!(dir("a/b", "sk_1").as_deref(), Some("b"));
+        assert_eq!(dir("..", "sk_1").as_deref(), Some("sk_1"));
+        assert_eq!(dir("", "sk_1").as_deref(), Some("sk_1"));
+        assert_eq!(dir("x/", "sk_1").as_deref(), Some("sk_1"));
+    }
+
+    // Fuzz finding (skills_archive): an unusable name fell back to the id unchecked, so an
+    // empty id made the skill directory `skills/` itself and `..` made it the workspace, which
+    // `install` removes recursively first.
+    #[test]
+    fn unusable_names_and_ids_are_refused() {
+        for (name, id) in [
+            ("", ""),
+            ("", ".."),
+            ("..", "."),
+            ("x/", "a/b"),
+            ("", "..\\x"),
+            ("", "a\0"),
+        ] {
+            assert!(
+                matches!(
+                    skill_dir_name(name, id),
+                    Err(SkillError::InvalidName { .. })
+                ),
+                "{name:?} / {id:?}"
+            );
+        }
     }
 }
