@@ -6,16 +6,36 @@
 //! limits, and `classify` accepts every frame.
 #![no_main]
 
-use arbitrary::Arbitrary;
 use cma_core::sse::{SseError, SseFrame, SseLimits, SseParser, classify};
 use libfuzzer_sys::fuzz_target;
 
-#[derive(Debug, Arbitrary)]
-struct Input {
-    data: Vec<u8>,
-    /// Chunk sizes, cycled (0 is an empty chunk).
-    cuts: Vec<u8>,
+/// Input layout (plain bytes, so seeds are easy to write by hand): `flags`, then when
+/// `flags & 1` two limit bytes (line, frame), then `n` and `n` chunk sizes (cycled; 0 is an
+/// empty chunk; none means byte by byte), then the stream.
+struct Input<'a> {
+    data: &'a [u8],
+    cuts: &'a [u8],
     small_limits: Option<(u8, u8)>,
+}
+
+impl<'a> Input<'a> {
+    fn parse(bytes: &'a [u8]) -> Option<Self> {
+        let (&flags, mut rest) = bytes.split_first()?;
+        let mut small_limits = None;
+        if flags & 1 != 0 {
+            let (l, r) = rest.split_first_chunk::<2>()?;
+            small_limits = Some((l[0], l[1]));
+            rest = r;
+        }
+        let (&n, rest) = rest.split_first()?;
+        let n = usize::from(n % 17).min(rest.len());
+        let (cuts, data) = rest.split_at(n);
+        Some(Input {
+            data,
+            cuts,
+            small_limits,
+        })
+    }
 }
 
 fn run(limits: SseLimits, pieces: &[&[u8]]) -> (Vec<SseFrame>, Option<SseError>) {
@@ -39,7 +59,10 @@ fn run(limits: SseLimits, pieces: &[&[u8]]) -> (Vec<SseFrame>, Option<SseError>)
     (out, err)
 }
 
-fuzz_target!(|input: Input| {
+fuzz_target!(|bytes: &[u8]| {
+    let Some(input) = Input::parse(bytes) else {
+        return;
+    };
     let limits = match input.small_limits {
         Some((line, frame)) => SseLimits {
             max_line_bytes: usize::from(line),
@@ -47,7 +70,7 @@ fuzz_target!(|input: Input| {
         },
         None => SseLimits::default(),
     };
-    let (whole_frames, whole_err) = run(limits, &[&input.data]);
+    let (whole_frames, whole_err) = run(limits, &[input.data]);
     for f in &whole_frames {
         let _ = classify(f);
         assert!(
@@ -59,7 +82,7 @@ fuzz_target!(|input: Input| {
     }
 
     let mut pieces: Vec<&[u8]> = Vec::new();
-    let mut rest = &input.data[..];
+    let mut rest = input.data;
     let mut cuts = input.cuts.iter().cycle();
     if input.cuts.iter().all(|&c| c == 0) {
         // Byte by byte, with an empty chunk after each byte when asked for.

@@ -20,7 +20,7 @@ pub fn runtime() -> &'static tokio::runtime::Runtime {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .max_blocking_threads(8)
-            .enable_time()
+            .enable_all()
             .build()
             .expect("tokio runtime")
     })
