@@ -314,7 +314,9 @@ async fn run(input: Input) {
     put(os, key, manifest).await;
 
     let _ = snapshots.list(SESSION).await;
-    let Ok(m) = snapshots.manifest(&id).await else {
+    let m = snapshots.manifest(&id).await;
+    trace(|| format!("manifest: {:?}", m.as_ref().map(|m| m.chunks.len())));
+    let Ok(m) = m else {
         return;
     };
     assert_eq!(m.id, id);
@@ -322,10 +324,20 @@ async fn run(input: Input) {
     if input.restore {
         let scratch = Scratch::get();
         scratch.reset();
-        let _ = snapshots.restore(&id, scratch.sandbox.as_ref()).await;
+        let r = snapshots.restore(&id, scratch.sandbox.as_ref()).await;
+        trace(|| format!("restore: {:?}", r.map(|m| m.file_count)));
         scratch.check_contained();
     } else {
-        let _ = snapshots.verify(&id).await;
+        let r = snapshots.verify(&id).await;
+        trace(|| format!("verify: {:?}", r.map(|m| m.file_count)));
+    }
+}
+
+/// With `CMA_FUZZ_TRACE` set, say how far each input got (to check the harness reaches deep).
+fn trace(msg: impl FnOnce() -> String) {
+    static ON: OnceLock<bool> = OnceLock::new();
+    if *ON.get_or_init(|| std::env::var_os("CMA_FUZZ_TRACE").is_some()) {
+        eprintln!("{}", msg());
     }
 }
 
