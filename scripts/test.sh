@@ -8,3 +8,12 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+# A short run of every fuzz target in fuzz/ (its own workspace, built with nightly and
+# cargo-fuzz, which scripts/fuzz.sh installs when missing); fails on any crash, hang or
+# out-of-memory, and replays every saved regression input first. CMA_FUZZ_SECONDS sets the
+# seconds per target (0 skips the step).
+FUZZ_SECONDS="${CMA_FUZZ_SECONDS:-15}"
+if [ "$FUZZ_SECONDS" != 0 ]; then
+    bash scripts/fuzz.sh "$FUZZ_SECONDS"
+fi
