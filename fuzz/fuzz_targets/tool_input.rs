@@ -63,14 +63,18 @@ enum Input {
     Any(ArbJson),
     /// An object for one tool (index modulo the number of tools).
     Object(u8, Value),
+    /// An object for one tool made of its own parameter names (index modulo the number of its
+    /// parameters) with arbitrary values, plus sometimes one unknown key.
+    Typed(u8, Vec<(u8, ArbJson)>, Option<String>),
 }
 
 impl<'a> Arbitrary<'a> for Input {
     fn arbitrary(u: &mut Unstructured<'a>) -> arbitrary::Result<Self> {
-        Ok(match u.int_in_range(0..=2u8)? {
+        Ok(match u.int_in_range(0..=4u8)? {
             0 => Input::Bytes(u.arbitrary()?),
             1 => Input::Any(u.arbitrary()?),
-            _ => Input::Object(u.arbitrary()?, arb_object(u)?),
+            2 => Input::Object(u.arbitrary()?, arb_object(u)?),
+            _ => Input::Typed(u.arbitrary()?, u.arbitrary()?, u.arbitrary()?),
         })
     }
 }
@@ -84,5 +88,25 @@ fuzz_target!(|input: Input| {
         }
         Input::Any(ArbJson(v)) => run(v, None),
         Input::Object(t, v) => run(v, Some(usize::from(t))),
+        Input::Typed(t, fields, unknown) => {
+            let mut tools = agent_toolset();
+            tools.push(Arc::new(ExecuteTool));
+            let i = usize::from(t) % tools.len();
+            let schema = tools[i].input_schema();
+            let keys: Vec<String> = schema["properties"]
+                .as_object()
+                .map(|p| p.keys().cloned().collect())
+                .unwrap_or_default();
+            let mut obj = serde_json::Map::new();
+            for (k, ArbJson(v)) in fields.into_iter().take(6) {
+                if let Some(key) = keys.get(usize::from(k) % keys.len().max(1)) {
+                    obj.insert(key.clone(), v);
+                }
+            }
+            if let Some(k) = unknown {
+                obj.insert(k, Value::Null);
+            }
+            run(Value::Object(obj), Some(i));
+        }
     }
 });

@@ -26,6 +26,8 @@ const SLOW: Duration = Duration::from_millis(500);
 /// Largest generated content (a little over the 256 KiB read/edit cap).
 const MAX_CONTENT: usize = 300 * 1024;
 const MAX_OPS: usize = 16;
+/// Deepest chain an op makes (a few hundred levels is where superlinear walks show).
+const MAX_DEPTH: u16 = 400;
 /// `glob` prints at most this many paths (docs/protocol.md §6.5).
 const GLOB_RESULT_LIMIT: usize = 200;
 /// `grep`'s output budget in characters (§6.5).
@@ -79,6 +81,23 @@ impl P {
             format!("/workspace/{body}")
         } else {
             body
+        }
+    }
+}
+
+/// A tool's path: a new one, or one an earlier op of the same input created.
+#[derive(Debug, Arbitrary)]
+enum Target {
+    Path(P),
+    Known(u8),
+}
+
+impl Target {
+    fn render(&self, known: &[String]) -> String {
+        match self {
+            Target::Path(p) => p.render(),
+            Target::Known(i) if !known.is_empty() => known[usize::from(*i) % known.len()].clone(),
+            Target::Known(_) => "a".to_owned(),
         }
     }
 }
@@ -207,33 +226,33 @@ fn render_rx(toks: &[RxTok], out: &mut String, depth: usize) {
 #[derive(Debug, Arbitrary)]
 enum Call {
     Read {
-        path: P,
+        path: Target,
         range: Option<(Int, Int)>,
     },
     Write {
-        path: P,
+        path: Target,
         content: Content,
     },
     Edit {
-        path: P,
+        path: Target,
         old: Content,
         new: Content,
         all: Option<bool>,
     },
     Glob {
         pattern: Pattern,
-        path: Option<P>,
+        path: Option<Target>,
     },
     GlobRaw {
         pattern: String,
     },
     Grep {
         pattern: Vec<RxTok>,
-        path: Option<P>,
+        path: Option<Target>,
     },
     GrepRaw {
         pattern: String,
-        path: Option<P>,
+        path: Option<Target>,
     },
     Bash {
         command: String,
@@ -262,10 +281,10 @@ enum Op {
     Remove {
         path: P,
     },
-    /// `depth` nested directories named `name`, with a file at the bottom.
+    /// `depth` (at most [`MAX_DEPTH`]) nested directories named `name`, with a file at the bottom.
     Chain {
         name: Comp,
-        depth: u8,
+        depth: u16,
     },
     /// `count` files in one directory.
     Wide {
@@ -339,13 +358,13 @@ fn check_caps(name: &str, r: &PostedResult) {
     }
 }
 
-async fn run_op(op: &Op, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
+async fn run_op(op: &Op, tools: &[Arc<dyn Tool>], ctx: &ToolContext, known: &mut Vec<String>) {
     let sb = &ctx.sandbox;
     match op {
         Op::Put { path, content } => {
-            let _ = sb
-                .write_file(&path.render(), Bytes::from(content.render()))
-                .await;
+            let path = path.render();
+            let _ = sb.write_file(&path, Bytes::from(content.render())).await;
+            known.push(path);
         }
         Op::Mkdir { path } => {
             let _ = sb.create_dir_all(&path.render()).await;
@@ -385,18 +404,35 @@ async fn run_op(op: &Op, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
             if n.is_empty() || n == "." || n == ".." || n.contains('/') {
                 return;
             }
-            let p = vec![n; usize::from(*depth)].join("/");
-            if sb.create_dir_all(&p).await.is_ok() {
-                let _ = sb
-                    .write_file(
-                        &format!("{p}/leaf.txt"),
-                        Bytes::from_static(b"leaf needle\n"),
-                    )
-                    .await;
+            if n.contains('\0') {
+                return;
+            }
+            // Made on the host (the sandbox API costs O(depth) per level): never through a link,
+            // only into real directories or new ones.
+            let depth = usize::from(*depth % (MAX_DEPTH + 1));
+            let mut host = Scratch::get().workspace_path().to_path_buf();
+            for _ in 0..depth {
+                host.push(n);
+                match std::fs::symlink_metadata(&host) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => return,
+                    Err(_) => {
+                        if std::fs::create_dir(&host).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+            host.push("leaf.txt");
+            if std::fs::symlink_metadata(&host).is_err()
+                && std::fs::write(&host, b"leaf needle\n").is_ok()
+            {
+                known.push(format!("{}/leaf.txt", vec![n; depth].join("/")));
             }
         }
         Op::Wide { dir, count } => {
             let d = dir.text();
+            known.push(format!("{d}/f0.txt"));
             for i in 0..*count {
                 let _ = sb
                     .write_file(
@@ -406,7 +442,7 @@ async fn run_op(op: &Op, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
                     .await;
             }
         }
-        Op::Tool(c) => run_call(c, tools, ctx).await,
+        Op::Tool(c) => run_call(c, tools, ctx, known).await,
     }
 }
 
@@ -450,18 +486,19 @@ fn stays_below(path: &str, mut depth: isize) -> bool {
     true
 }
 
-async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
+async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext, known: &mut Vec<String>) {
     let (name, input) = match c {
         Call::Read { path, range } => {
-            let mut v = json!({"file_path": path.render()});
+            let mut v = json!({"file_path": path.render(known)});
             if let Some((a, b)) = range {
                 v["view_range"] = json!([a.json(), b.json()]);
             }
             ("read", v)
         }
         Call::Write { path, content } => {
-            let file_path = path.render();
+            let file_path = path.render(known);
             let content = content.render();
+            known.push(file_path.clone());
             let r = call(
                 tool(tools, "write").as_ref(),
                 ctx,
@@ -496,7 +533,7 @@ async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
             new,
             all,
         } => {
-            let mut v = json!({"file_path": path.render(), "old_string": old.render(), "new_string": new.render()});
+            let mut v = json!({"file_path": path.render(known), "old_string": old.render(), "new_string": new.render()});
             if let Some(all) = all {
                 v["replace_all"] = json!(all);
             }
@@ -505,7 +542,7 @@ async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
         Call::Glob { pattern, path } => {
             let mut v = json!({"pattern": pattern.render()});
             if let Some(p) = path {
-                v["path"] = json!(p.render());
+                v["path"] = json!(p.render(known));
             }
             ("glob", v)
         }
@@ -515,14 +552,14 @@ async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
             render_rx(pattern, &mut rx, 0);
             let mut v = json!({ "pattern": rx });
             if let Some(p) = path {
-                v["path"] = json!(p.render());
+                v["path"] = json!(p.render(known));
             }
             ("grep", v)
         }
         Call::GrepRaw { pattern, path } => {
             let mut v = json!({ "pattern": pattern });
             if let Some(p) = path {
-                v["path"] = json!(p.render());
+                v["path"] = json!(p.render(known));
             }
             ("grep", v)
         }
@@ -540,12 +577,22 @@ async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext) {
 
 fuzz_target!(|input: Input| {
     let scratch = Scratch::get();
+    let started = Instant::now();
     scratch.reset();
+    if std::env::var_os("CMA_FUZZ_TRACE").is_some() {
+        eprintln!("{:?} reset", started.elapsed());
+    }
     let tools = agent_toolset();
     let ctx = ToolContext::new(scratch.sandbox.clone());
     runtime().block_on(async {
+        let mut known = Vec::new();
+        let trace = std::env::var_os("CMA_FUZZ_TRACE").is_some();
         for op in &input.0 {
-            run_op(op, &tools, &ctx).await;
+            let started = Instant::now();
+            run_op(op, &tools, &ctx, &mut known).await;
+            if trace {
+                eprintln!("{:?} {op:?}", started.elapsed());
+            }
         }
     });
     scratch.check_contained();

@@ -46,9 +46,18 @@ impl Scratch {
     pub fn get() -> &'static Scratch {
         static SCRATCH: OnceLock<Scratch> = OnceLock::new();
         SCRATCH.get_or_init(|| {
+            // tmpfs when there is one: deep trees are made and removed for every input.
+            let base = std::env::var_os("CMA_FUZZ_SCRATCH")
+                .map(PathBuf::from)
+                .or_else(|| {
+                    let shm = PathBuf::from("/dev/shm");
+                    shm.is_dir().then_some(shm)
+                })
+                .unwrap_or_else(std::env::temp_dir);
             let dir = tempfile::Builder::new()
                 .prefix("cma-fuzz-")
-                .tempdir()
+                .tempdir_in(&base)
+                .or_else(|_| tempfile::Builder::new().prefix("cma-fuzz-").tempdir())
                 .expect("scratch tempdir");
             let root = dir.path().to_path_buf();
             let ws = root.join(WORKSPACE);
@@ -213,44 +222,67 @@ pub const KEYS: &[&str] = &[
 ];
 
 fn arb_number(u: &mut Unstructured<'_>) -> arbitrary::Result<Value> {
-    Ok(match u.int_in_range(0..=7u8)? {
+    const EXTREMES: &[i64] = &[i64::MIN, i64::MAX, i64::MIN + 1, i64::MAX - 1, -1, 0, 1, 2];
+    Ok(match u.int_in_range(0..=9u8)? {
         0 => Value::from(u.int_in_range(-3i64..=3)?),
         1 => Value::from(i64::arbitrary(u)?),
-        2 => Value::from(*u.choose(&[i64::MIN, i64::MAX, i64::MIN + 1, -1, 0, 1])?),
-        3 => Value::from(u64::arbitrary(u)?),
-        4 => Value::from(u64::MAX),
-        5 => Number::from_f64(f64::arbitrary(u)?).map_or(Value::Null, Value::Number),
-        6 => Value::from(*u.choose(&[0.5f64, 1.0, -1.0, 1e30, -9.3e18, 9.3e18, 1e-9])?),
-        _ => Value::from(u.int_in_range(0u32..=100_000)?),
+        2..=4 => Value::from(*u.choose(EXTREMES)?),
+        5 => Value::from(u64::arbitrary(u)?),
+        6 => Value::from(u64::MAX),
+        7 => Number::from_f64(f64::arbitrary(u)?).map_or(Value::Null, Value::Number),
+        8 => Value::from(*u.choose(&[0.5f64, 1.0, -1.0, 1e30, -9.3e18, 9.3e18, 1e-9])?),
+        // Integers as strings: the tools coerce them (pydantic lax mode).
+        _ => Value::from(*u.choose(&[
+            "-9223372036854775808",
+            "9223372036854775807",
+            "-1",
+            "0",
+            " 1_000 ",
+            "5.000",
+            "99999999999999999999",
+        ])?),
     })
 }
+
+/// Strings worth trying: paths that exist in the targets' workspaces, hostile paths, glob and
+/// regex metacharacters, lax-coercion spellings.
+pub const STRINGS: &[&str] = &[
+    "",
+    "a.txt",
+    "dir/b.md",
+    "x.png",
+    "bin.dat",
+    "link",
+    "out",
+    "empty",
+    "dir",
+    "/workspace",
+    "/workspace/a.txt",
+    "..",
+    "../x",
+    "/etc/passwd",
+    "**",
+    "**/*",
+    "*",
+    "a/",
+    ".",
+    "-5",
+    "1",
+    "true",
+    "yes",
+    "a\0b",
+    "[",
+    "\\",
+    "(a|a)*$",
+    ".*",
+    "x{2,}",
+    "(?i)NEEDLE",
+];
 
 fn arb_string(u: &mut Unstructured<'_>) -> arbitrary::Result<String> {
     Ok(match u.int_in_range(0..=4u8)? {
         0 => (*u.choose(KEYS)?).to_owned(),
-        1 => (*u.choose(&[
-            "",
-            "a.txt",
-            "/workspace",
-            "/workspace/a",
-            "..",
-            "../x",
-            "/etc/passwd",
-            "**",
-            "**/*",
-            "*",
-            "a/",
-            ".",
-            "-5",
-            "1",
-            "true",
-            "yes",
-            "x.png",
-            "a\0b",
-            "[",
-            "\\",
-        ])?)
-        .to_owned(),
+        1 | 2 => (*u.choose(STRINGS)?).to_owned(),
         _ => String::arbitrary(u)?,
     })
 }
