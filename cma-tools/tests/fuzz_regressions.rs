@@ -15,7 +15,7 @@ use cma_sandbox::{
     FileStat, Result, Sandbox, SandboxError, SandboxErrorKind, SandboxId, SandboxStatus,
 };
 use cma_tools::testing::{MemorySandbox, call_tool};
-use cma_tools::toolset::GlobTool;
+use cma_tools::toolset::{GlobTool, ReadTool};
 use serde_json::json;
 
 /// A [`MemorySandbox`] that counts the metadata and listing calls made on it, and fails them
@@ -158,4 +158,28 @@ async fn repeated_double_star_segments_cost_what_one_costs() {
         many.is_some(),
         "glob with six `**` segments made more than twice the {one} calls of one"
     );
+}
+
+// Finding (tool_run, panic "attempt to subtract with overflow" in `select_lines`): a
+// `view_range` starting at `i64::MIN` on an existing file panicked in a debug build (and wraps
+// in release). Every integer of the input must be handled whatever its value.
+#[tokio::test]
+async fn read_with_extreme_view_ranges_answers_without_panicking() {
+    let sandbox = Arc::new(MemorySandbox::new("/workspace"));
+    sandbox.add_file("/workspace/a", "one\ntwo\n");
+    for (start, end) in [
+        (i64::MIN, 1),
+        (i64::MIN, i64::MIN),
+        (1, i64::MIN),
+        (i64::MAX, i64::MAX),
+        (i64::MIN, i64::MAX),
+    ] {
+        let r = call_tool(
+            &ReadTool,
+            sandbox.clone(),
+            json!({"file_path": "a", "view_range": [start, end]}),
+        )
+        .await;
+        assert!(r.text().is_some(), "[{start}, {end}]: {r:?}");
+    }
 }
