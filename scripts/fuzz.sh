@@ -6,7 +6,8 @@
 #   scripts/fuzz.sh [SECONDS] [TARGET...]
 #
 # Saved inputs in fuzz/regressions/<target>/ (every crash found so far, minimised) are replayed
-# first; fuzz/seeds/<target>/ seed the corpus. The growing corpus lives in fuzz/corpus/<target>/
+# first; fuzz/seeds/<target>/ seed the corpus and fuzz/dict/<target>.dict is its libFuzzer
+# dictionary, when present. The growing corpus lives in fuzz/corpus/<target>/
 # and crash artefacts in fuzz/artifacts/<target>/ (both ignored by git).
 # Environment: CMA_FUZZ_TARGET_DIR (build dir, default ~/.cache/cma-fuzz-target),
 # CMA_FUZZ_TIMEOUT (seconds one input may take, default 20), CMA_FUZZ_RSS_MB (default 2048).
@@ -73,6 +74,7 @@ for t in "${TARGETS[@]}"; do
             continue
         fi
     fi
+    [ -f "dict/$t.dict" ] && flags+=(-dict="dict/$t.dict")
     dirs=("corpus/$t")
     [ -d "seeds/$t" ] && dirs+=("seeds/$t")
     log="artifacts/$t/fuzz.log"
