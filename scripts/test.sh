@@ -1,12 +1,22 @@
 #!/usr/bin/env bash
-# The project's whole test command: formatting, lints, tests (including the SDK conformance
-# test, which needs CMA_SDK_PYTHON or the default venv, see README.md) and docs.
+# The project's whole test command: formatting, the SDK test vectors' check, lints, tests
+# (including the SDK conformance test, which needs CMA_SDK_PYTHON or the default venv, see
+# README.md) and docs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 cargo fmt --all --check
+# The committed SDK test vectors are exactly what the SDK produces. Runs whenever CMA_SDK_PYTHON
+# is set, which .ci/run always does (so CI always checks); skipped, with a notice, otherwise.
+if [ -n "${CMA_SDK_PYTHON:-}" ]; then
+    bash scripts/vectors/check.sh
+else
+    echo "vectors: CMA_SDK_PYTHON is not set; skipping scripts/vectors/check.sh" >&2
+fi
 cargo clippy --workspace --all-targets --all-features -- -D warnings
 cargo test --workspace --all-features
+# Each library crate with its default features and with none (the sets users build).
+bash scripts/feature-sets.sh
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 
 # A short run of every fuzz target in fuzz/ (its own workspace, built with nightly and

@@ -243,13 +243,17 @@ impl Work {
     }
 }
 
+/// The longest work `secret` decoded (64 KiB); a longer one is not a sessions token anyone
+/// issues, and decoding it on every call would cost for nothing.
+pub const MAX_WORK_SECRET_BYTES: usize = 64 * 1024;
+
 /// Decode the sessions token from a work `secret` (docs/protocol.md §1.4).
 ///
 /// The secret is URL-safe base64 (padding optional) of a JSON object whose `sessions_token` must be a
 /// non-empty string. Anything else yields `None` and the caller falls back to the environment key.
 pub fn decode_sessions_token(secret: &str) -> Option<String> {
     let trimmed = secret.trim_end_matches('=');
-    if trimmed.is_empty() {
+    if trimmed.is_empty() || trimmed.len() > MAX_WORK_SECRET_BYTES {
         return None;
     }
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
@@ -988,7 +992,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    // Vector D3 (sdk-test-vectors.md §2).
+    // Vector D3 (`decoding` in vectors/sdk-test-vectors.json).
     const D3: &str = r#"{"type":"work","id":"work_test","environment_id":"env_test","state":"queued","data":{"type":"session","id":"sesn_test"},"metadata":{},"created_at":"2026-05-01T00:00:00Z","acknowledged_at":null,"started_at":null,"stop_requested_at":null,"stopped_at":null,"latest_heartbeat_at":null,"secret":"eyJzZXNzaW9uc190b2tlbiI6ICJzay1zZXNzLXRvayJ9"}"#;
 
     #[test]

@@ -38,12 +38,13 @@ pub fn random_unit() -> f64 {
     rand::random::<f64>()
 }
 
+/// Seconds as a duration: NaN and values ≤ 0 are zero, anything above [`MAX_RETRY_AFTER`]
+/// (including +∞) is capped there — never a panic, whatever a header said.
 fn secs(s: f64) -> Duration {
-    if s.is_finite() && s > 0.0 {
-        Duration::from_secs_f64(s.min(MAX_RETRY_AFTER))
-    } else {
-        Duration::ZERO
+    if s.is_nan() || s <= 0.0 {
+        return Duration::ZERO;
     }
+    Duration::try_from_secs_f64(s.min(MAX_RETRY_AFTER)).unwrap_or(Duration::ZERO)
 }
 
 /// Whether the core client retries a response with `status`, given its `x-should-retry` header.
@@ -170,7 +171,7 @@ impl StreamBackoff {
     /// The delay to wait now; the following one doubles (up to the cap).
     pub fn next_delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(self.cap);
+        self.next = self.next.saturating_mul(2).min(self.cap);
         d
     }
 
@@ -183,6 +184,18 @@ impl StreamBackoff {
     pub fn reset(&mut self) {
         self.next = self.start;
     }
+}
+
+/// The longest lease TTL a heartbeat answer is believed to grant (one hour). A larger
+/// `ttl_seconds` is read as this: it only shortens how long the runner waits before it assumes
+/// a silent lease lost and how long it keeps retrying a result send, never the other way.
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(3600);
+
+/// A reported `ttl_seconds` as a lease TTL: `None` for 0 and negative values (the previous TTL
+/// stands), else at most [`MAX_LEASE_TTL`].
+pub fn lease_ttl(ttl_seconds: i64) -> Option<Duration> {
+    let secs = u64::try_from(ttl_seconds).ok().filter(|s| *s > 0)?;
+    Some(Duration::from_secs(secs).min(MAX_LEASE_TTL))
 }
 
 /// Heartbeat interval from a TTL: `max(1, min(ttl/2, 30))` seconds; a TTL ≤ 0 keeps `previous`.

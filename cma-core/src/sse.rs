@@ -14,6 +14,7 @@
 //! past [`SseLimits::max_frame_bytes`] is a typed [`SseError`], never an unbounded buffer.
 
 use std::fmt;
+use std::sync::Arc;
 
 /// Default cap on one line and on one frame's accumulated data: 16 MiB.
 pub const DEFAULT_MAX_BYTES: usize = 16 * 1024 * 1024;
@@ -68,7 +69,9 @@ pub struct SseFrame {
     /// The `data:` lines joined with `\n`.
     pub data: String,
     /// The last `id:` seen on the stream so far (it is not reset between frames, as in the SDK).
-    pub id: Option<String>,
+    /// Shared, not copied, between the frames that carry it: a long id followed by many tiny
+    /// frames must not multiply memory.
+    pub id: Option<Arc<str>>,
     /// The `retry:` field, if the frame had a valid one.
     pub retry: Option<u64>,
 }
@@ -96,9 +99,13 @@ pub struct SseParser {
     /// The previous chunk ended with `\r`: a `\n` at the start of the next one is its pair.
     pending_cr: bool,
     event: Option<String>,
-    data: Vec<String>,
+    /// The frame's data lines so far, joined with `\n` (one buffer: many short lines must not
+    /// cost an allocation each).
+    data: String,
+    /// Whether the frame has a data line yet (an empty one counts).
+    has_data: bool,
     data_bytes: usize,
-    last_id: Option<String>,
+    last_id: Option<Arc<str>>,
     retry: Option<u64>,
     /// Set after an error: the parser refuses further input with the same error.
     failed: Option<SseError>,
@@ -123,7 +130,8 @@ impl SseParser {
             line: Vec::new(),
             pending_cr: false,
             event: None,
-            data: Vec::new(),
+            data: String::new(),
+            has_data: false,
             data_bytes: 0,
             last_id: None,
             retry: None,
@@ -192,6 +200,7 @@ impl SseParser {
         self.pending_cr = false;
         self.event = None;
         self.data.clear();
+        self.has_data = false;
         self.data_bytes = 0;
         self.retry = None;
     }
@@ -199,7 +208,7 @@ impl SseParser {
     fn fail<T>(&mut self, e: SseError) -> Result<T, SseError> {
         self.failed = Some(e.clone());
         self.line = Vec::new();
-        self.data = Vec::new();
+        self.data = String::new();
         Err(e)
     }
 
@@ -238,9 +247,13 @@ impl SseParser {
                     let limit = self.limits.max_frame_bytes;
                     return self.fail(SseError::FrameTooLarge { limit });
                 }
-                self.data.push(value.to_owned());
+                if self.has_data {
+                    self.data.push('\n');
+                }
+                self.data.push_str(value);
+                self.has_data = true;
             }
-            "id" if !value.contains('\0') => self.last_id = Some(value.to_owned()),
+            "id" if !value.contains('\0') => self.last_id = Some(Arc::from(value)),
             "retry" => {
                 if let Ok(ms) = value.parse::<u64>() {
                     self.retry = Some(ms);
@@ -254,16 +267,16 @@ impl SseParser {
     fn dispatch(&mut self) -> Option<SseFrame> {
         let has_event = self.event.as_deref().is_some_and(|e| !e.is_empty());
         let has_id = self.last_id.as_deref().is_some_and(|i| !i.is_empty());
-        if !has_event && self.data.is_empty() && !has_id && self.retry.is_none() {
+        if !has_event && !self.has_data && !has_id && self.retry.is_none() {
             return None;
         }
         let frame = SseFrame {
             event: self.event.take(),
-            data: self.data.join("\n"),
+            data: std::mem::take(&mut self.data),
             id: self.last_id.clone(),
             retry: self.retry.take(),
         };
-        self.data.clear();
+        self.has_data = false;
         self.data_bytes = 0;
         Some(frame)
     }
@@ -372,6 +385,25 @@ mod tests {
         let err = p.feed(b"data:12345\ndata:12345\ndata:1\n").unwrap_err();
         assert_eq!(err, SseError::FrameTooLarge { limit: 12 });
         assert!(p.feed(b"\n").is_err());
+    }
+
+    #[test]
+    fn frames_share_the_stream_id_and_data_lines_share_one_buffer() {
+        let mut input = format!("id: {}\n", "i".repeat(4096)).into_bytes();
+        input.extend(b"event: a\n\nevent: b\n\n".repeat(2));
+        input.extend(b"event: c\n");
+        input.extend(b"data\n".repeat(1000));
+        input.extend(b"\n");
+        let f = all(&input);
+        assert_eq!(f.len(), 5);
+        // One id allocation, shared by every frame that carries it.
+        let first = f[0].id.clone().unwrap();
+        assert!(
+            f.iter()
+                .all(|x| Arc::ptr_eq(x.id.as_ref().unwrap(), &first))
+        );
+        // A thousand empty data lines are a thousand-line data field (999 separators).
+        assert_eq!(f[4].data, "\n".repeat(999));
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! Request encoding: every vector R1–R24 of `sdk-test-vectors.md` §1, driven through the real
-//! clients against a capture server. Expected values are read from the vectors file.
+//! Request encoding: every case of the vectors' `requests` section (what the official SDK's
+//! client sent for each call), driven through our clients against a capture server. The
+//! expected requests are read from the vectors file.
 
 mod client_support;
 
@@ -10,14 +11,14 @@ use cma_core::client::{
     UpdateEnvironment,
 };
 use cma_core::protocol::{ContentBlock, EnvironmentConfig, NO_HEARTBEAT, SendEvent, WorkId};
-use cma_vectors::{Row, Vectors, code_spans};
+use cma_vectors::{Field as _, Value, Vectors};
 use serde_json::json;
 
 const ENV_KEY: &str = "envkey_TEST";
 const API_KEY: &str = "sk-ant-api-TEST";
 const SESSIONS_TOKEN: &str = "sk-sess-tok";
 
-/// Response fixtures (bodies of §2 vectors) so every call decodes.
+/// Response fixtures (the bodies of the decoding vectors) so every call decodes.
 struct Fixtures {
     work: String,
     heartbeat: String,
@@ -25,12 +26,10 @@ struct Fixtures {
 }
 
 fn response_body(v: &Vectors, id: &str) -> String {
-    v.section("## 2.")
-        .row(id)
-        .codes("Server response")
-        .into_iter()
-        .find(|s| s.starts_with('{'))
-        .unwrap_or_else(|| panic!("{id} has no JSON body"))
+    v.case("decoding", "cases", id)
+        .req("response")
+        .req_str("body")
+        .to_owned()
 }
 
 fn environment_json() -> String {
@@ -74,89 +73,6 @@ fn respond(c: &Captured, fx: &Fixtures) -> Reply {
         );
     };
     Reply::json(200, body)
-}
-
-/// What a row of §1 expects.
-#[derive(Debug, Default)]
-struct Expected {
-    requests: Vec<(String, String)>,
-    headers: Vec<(String, String)>,
-    body: Option<String>,
-    empty_body: bool,
-    no_body: bool,
-    no_query: bool,
-    no_worker_id: bool,
-    no_x_api_key: bool,
-    brackets_encoded: bool,
-}
-
-const METHODS: [&str; 3] = ["GET ", "POST ", "DELETE "];
-
-fn is_header_span(s: &str) -> bool {
-    match s.split_once(": ") {
-        Some((name, _)) => {
-            !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        }
-        None => false,
-    }
-}
-
-/// Python literal syntax → JSON (for the "body as given" rows, whose body is the call's argument).
-fn python_to_json(s: &str) -> String {
-    s.replace("True", "true")
-        .replace("False", "false")
-        .replace("None", "null")
-}
-
-fn expected_for(row: &Row) -> Expected {
-    let cell = row.get("Expected request");
-    let mut e = Expected::default();
-    for span in row.codes("Expected request") {
-        if let Some(m) = METHODS.iter().find(|m| span.starts_with(**m)) {
-            let rest = span[m.len()..].trim().to_owned();
-            e.requests.push((m.trim().to_owned(), rest));
-        } else if span.starts_with('{') {
-            e.body = Some(span);
-        } else if is_header_span(&span) {
-            let (k, v) = span.split_once(": ").unwrap();
-            e.headers.push((k.to_ascii_lowercase(), v.to_owned()));
-        }
-    }
-    e.empty_body = cell.contains("empty body");
-    e.no_body = cell.contains("no body");
-    e.no_query = cell.contains("no query");
-    e.no_worker_id = cell.contains("no worker-id header");
-    e.no_x_api_key = cell.contains("no `x-api-key`");
-    e.brackets_encoded = cell.contains("brackets percent-encoded");
-    if cell.contains("body as given") {
-        let call = row.code("SDK call").expect("SDK call span");
-        let start = call.find("events=").expect("events= in call") + "events=".len();
-        let end = call.rfind(')').expect("closing paren");
-        e.body = Some(format!(
-            r#"{{"events":{}}}"#,
-            python_to_json(&call[start..end])
-        ));
-    }
-    e
-}
-
-fn common_headers(v: &Vectors) -> (Vec<(String, String)>, (String, String)) {
-    let text = v.section("## 1.").text().to_owned();
-    let para: String = text
-        .lines()
-        .skip_while(|l| !l.starts_with("Common to every case below"))
-        .take_while(|l| !l.trim().is_empty())
-        .collect::<Vec<_>>()
-        .join(" ");
-    let (all, post) = para.split_once("POSTs also send").expect("POST clause");
-    let parse = |s: String| {
-        let (k, v) = s.split_once(": ").expect("header span");
-        (k.to_ascii_lowercase(), v.to_owned())
-    };
-    let common: Vec<_> = code_spans(all).into_iter().map(parse).collect();
-    assert!(common.len() >= 4, "common headers: {common:?}");
-    let post = parse(code_spans(post).into_iter().next().expect("POST header"));
-    (common, post)
 }
 
 async fn drive(id: &str, server: &CaptureServer) {
@@ -338,19 +254,15 @@ async fn drive(id: &str, server: &CaptureServer) {
     }
 }
 
-fn check_request(id: &str, c: &Captured, method: &str, target: &str) {
-    assert_eq!(c.method, method, "{id}: method");
-    let (path, query) = match target.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (target, None),
-    };
-    match path.strip_prefix('…') {
-        Some(suffix) => assert!(c.path.ends_with(suffix), "{id}: path {} !~ {path}", c.path),
-        None => assert_eq!(c.path, path, "{id}: path"),
-    }
-    match query {
+/// Compare one captured request with the SDK's: method, path, query, every recorded header
+/// (present with the same value, or absent), and the body bytes.
+fn check_request(id: &str, c: &Captured, want: &Value, recorded: &[Value]) {
+    assert_eq!(c.method, want.req_str("method"), "{id}: method");
+    assert_eq!(c.path, want.req_str("path"), "{id}: path");
+    match want.opt_str("query") {
         Some(q) => {
             assert_eq!(c.query_pairs(), decode_query(q), "{id}: query");
+            // Where the SDK percent-encodes, the bytes on the wire must match too.
             if q.contains('%') {
                 assert_eq!(c.query.as_deref(), Some(q), "{id}: raw query");
             }
@@ -361,112 +273,44 @@ fn check_request(id: &str, c: &Captured, method: &str, target: &str) {
             c.query
         ),
     }
+    let headers = want.req("headers");
+    for name in recorded {
+        let name = name.as_str().expect("header name");
+        match headers.opt_str(name) {
+            Some(value) => {
+                assert_eq!(c.header(name), Some(value), "{id}: header {name}");
+                assert_eq!(c.header_count(name), 1, "{id}: header {name} once");
+            }
+            None => assert_eq!(c.header_count(name), 0, "{id}: header {name} not sent"),
+        }
+    }
+    match want.opt_str("body") {
+        Some(body) => assert_eq!(String::from_utf8_lossy(&c.body), body, "{id}: body bytes"),
+        None => assert!(c.body.is_empty(), "{id}: no body"),
+    }
 }
 
 #[tokio::test]
 async fn request_vectors_r1_to_r24() {
     let v = Vectors::load();
     let fx = Fixtures {
-        work: response_body(&v, "D3"),
-        heartbeat: response_body(&v, "D4"),
-        stats: response_body(&v, "D10"),
+        work: response_body(v, "D3"),
+        heartbeat: response_body(v, "D4"),
+        stats: response_body(v, "D10"),
     };
     let server = CaptureServer::start(move |c| respond(c, &fx)).await;
-    let (common, post_header) = common_headers(&v);
-    let rows: Vec<Row> = v
-        .section("## 1.")
-        .tables()
-        .into_iter()
-        .flat_map(|t| t.rows().to_vec())
-        .collect();
-    assert!(rows.len() >= 24, "expected R1–R24, found {}", rows.len());
-    for row in &rows {
-        let id = row.id().to_owned();
-        let e = expected_for(row);
-        drive(&id, &server).await;
+    let section = v.section("requests");
+    let recorded = section.req_array("recorded_headers");
+    let cases = section.req_array("cases");
+    assert!(cases.len() >= 24, "expected R1–R24, found {}", cases.len());
+    for case in cases {
+        let id = case.id();
+        drive(id, &server).await;
         let captured = server.take();
-        assert!(!captured.is_empty(), "{id}: no request");
-        if !e.requests.is_empty() {
-            assert_eq!(captured.len(), e.requests.len(), "{id}: request count");
-        }
-        for (i, c) in captured.iter().enumerate() {
-            if let Some((m, target)) = e.requests.get(i) {
-                check_request(&id, c, m, target);
-            }
-            // Exactly one credential, always as Bearer; never x-api-key.
-            assert_eq!(
-                c.header_count("authorization"),
-                1,
-                "{id}: one Authorization"
-            );
-            assert!(
-                c.header("authorization").unwrap().starts_with("Bearer "),
-                "{id}"
-            );
-            assert_eq!(c.header_count("x-api-key"), 0, "{id}: no x-api-key");
-            for (k, val) in &common {
-                let overridden = e.headers.iter().any(|(ek, _)| ek == k);
-                if !overridden {
-                    assert_eq!(c.header(k), Some(val.as_str()), "{id}: header {k}");
-                }
-            }
-            if c.method == "POST" {
-                assert_eq!(
-                    c.header(&post_header.0),
-                    Some(post_header.1.as_str()),
-                    "{id}: POST content-type"
-                );
-            }
-            for (k, val) in &e.headers {
-                assert_eq!(c.header(k), Some(val.as_str()), "{id}: header {k}");
-                assert_eq!(c.header_count(k), 1, "{id}: header {k} once");
-            }
-            if e.no_worker_id {
-                assert_eq!(
-                    c.header_count("anthropic-worker-id"),
-                    0,
-                    "{id}: no worker id"
-                );
-            }
-            if e.no_x_api_key {
-                assert_eq!(c.header_count("x-api-key"), 0, "{id}");
-            }
-            if e.brackets_encoded {
-                let raw = c.query.as_deref().unwrap_or("");
-                assert!(
-                    !raw.contains('[') && !raw.contains(']'),
-                    "{id}: raw query {raw}"
-                );
-                assert!(
-                    raw.contains("%5B") && raw.contains("%5D"),
-                    "{id}: raw query {raw}"
-                );
-            }
-            if e.no_query {
-                assert!(c.query.is_none(), "{id}: query {:?}", c.query);
-            }
-            if e.no_body || (e.empty_body && c.method == "POST") {
-                assert!(
-                    c.body.is_empty(),
-                    "{id}: body {:?}",
-                    String::from_utf8_lossy(&c.body)
-                );
-            }
-            if e.empty_body && c.method == "POST" {
-                assert_eq!(
-                    c.header("content-length"),
-                    Some("0"),
-                    "{id}: content-length"
-                );
-            }
-        }
-        if let Some(body) = &e.body {
-            let last = captured.last().unwrap();
-            assert_eq!(
-                String::from_utf8_lossy(&last.body),
-                body.as_str(),
-                "{id}: body bytes"
-            );
+        let want = case.req_array("requests");
+        assert_eq!(captured.len(), want.len(), "{id}: request count");
+        for (c, w) in captured.iter().zip(want) {
+            check_request(id, c, w, recorded);
         }
     }
 }

@@ -1,18 +1,19 @@
-//! Retry arithmetic (vectors B1–B12 of `sdk-test-vectors.md` §3, read from the file) and the core
-//! retry policy end to end against a local server.
+//! Retry arithmetic against the vectors' `retry` section (the waits and retry decisions the
+//! official SDK was observed to make), and the core retry policy end to end against a local
+//! server.
 
 mod client_support;
 
 use std::time::{Duration, SystemTime};
 
-use client_support::{CaptureServer, Reply, numbers};
+use client_support::{CaptureServer, Reply};
 use cma_core::client::{ApiErrorKind, Client, ClientConfig, Credential, PollParams};
 use cma_core::retry::{
     SEND_RETRY_WINDOW, StreamBackoff, core_backoff, core_retry_delay, empty_poll_delay,
     heartbeat_assumed_lost, heartbeat_interval, is_fatal_status, poll_failure_delay,
     send_backoff_base, send_retry_delay, should_retry_status,
 };
-use cma_vectors::{Row, Vectors, code_spans};
+use cma_vectors::{Field as _, Value, Vectors};
 
 const ALMOST_ONE: f64 = 1.0 - 1e-9;
 const RANDOMS: [f64; 4] = [0.0, 0.25, 0.5, ALMOST_ONE];
@@ -21,226 +22,187 @@ fn close(a: Duration, b: f64) -> bool {
     (a.as_secs_f64() - b).abs() < 1e-6
 }
 
-/// Numbers of `text` after `marker`.
-fn after(text: &str, marker: &str) -> Vec<f64> {
-    numbers(
-        text.split_once(marker)
-            .unwrap_or_else(|| panic!("{marker:?} in {text:?}"))
-            .1,
-    )
+fn floats(v: &Value, key: &str) -> Vec<f64> {
+    v.req_array(key)
+        .iter()
+        .map(|x| x.as_f64().expect("number"))
+        .collect()
 }
 
-fn b1(r: &Row) {
-    let ns = after(r.get("Input"), "n =");
-    let spans = r.codes("Expected");
-    let bases = numbers(&spans[0]);
-    let jitter = numbers(&spans[1]);
-    assert_eq!(ns.len(), bases.len());
-    for (n, base) in ns.iter().zip(&bases) {
+fn section() -> &'static Value {
+    Vectors::load().section("retry")
+}
+
+/// The core client's wait before a retry, at both ends of its random draw.
+#[test]
+fn core_backoff_matches_the_sdk() {
+    let b = section().req("core").req("backoff");
+    let taken = floats(b, "retries_taken");
+    let at_0 = floats(b, "delay_random_0");
+    let at_1 = floats(b, "delay_random_1");
+    assert_eq!(taken.len(), at_0.len());
+    for ((n, lo_draw), hi_draw) in taken.iter().zip(&at_0).zip(&at_1) {
+        let n = *n as u32;
+        assert!(close(core_backoff(n, 0.0), *lo_draw), "n={n}");
+        // The draw is in [0, 1): the SDK's value at 1 is the open end (reached to within the
+        // nanosecond a Duration holds).
+        let near_one = core_backoff(n, ALMOST_ONE).as_secs_f64();
+        assert!((near_one - hi_draw).abs() < 1e-6, "n={n}: {near_one}");
         for rand in RANDOMS {
-            let d = core_backoff(*n as u32, rand).as_secs_f64();
-            assert!(
-                d > base * jitter[0] - 1e-9 && d <= base * jitter[1] + 1e-9,
-                "n={n}: {d}"
-            );
+            let d = core_backoff(n, rand).as_secs_f64();
+            assert!(d > hi_draw - 1e-9 && d <= lo_draw + 1e-9, "n={n}: {d}");
         }
-        assert!(close(core_backoff(*n as u32, 0.0), base * jitter[1]));
     }
 }
 
-fn b2(r: &Row) {
-    let span = r.code("Input").unwrap();
-    let ms = span.split_once(": ").unwrap().1;
-    let want = numbers(r.get("Expected"))[0];
-    for rand in RANDOMS {
-        let d = core_retry_delay(3, Some(ms), Some("99"), SystemTime::now(), rand);
-        assert!(close(d, want), "{d:?}");
+/// Server-requested waits: `retry-after-ms` first, then `retry-after` seconds or HTTP-date.
+#[test]
+fn retry_after_headers_match_the_sdk() {
+    let cases = section().req("core").req_array("retry_after");
+    assert!(cases.len() >= 3);
+    for c in cases {
+        let h = c.req("headers");
+        let now = match c.get("now") {
+            Some(n) => SystemTime::UNIX_EPOCH + Duration::from_secs_f64(n.as_f64().unwrap()),
+            None => SystemTime::now(),
+        };
+        let want = c.req_f64("wait");
+        for rand in RANDOMS {
+            let d = core_retry_delay(
+                3,
+                h.opt_str("retry-after-ms"),
+                h.opt_str("retry-after"),
+                now,
+                rand,
+            );
+            assert!(close(d, want), "{h}: {d:?}");
+        }
     }
 }
 
-fn b3(r: &Row) {
-    let span = r.code("Input").unwrap();
-    let secs = span.split_once(": ").unwrap().1;
-    let want = numbers(r.get("Expected"))[0];
-    let now = SystemTime::now();
-    assert!(close(core_retry_delay(0, None, Some(secs), now, 0.3), want));
-    // The HTTP-date form: date − now.
-    let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-    let date = chrono::DateTime::<chrono::Utc>::from(now + Duration::from_secs(7)).to_rfc2822();
-    assert!(r.get("Expected").contains("HTTP-date"));
-    assert!(close(core_retry_delay(0, None, Some(&date), now, 0.3), 7.0));
-}
-
-fn b4(r: &Row) {
-    let text = format!("{} | {}", r.get("Input"), r.get("Expected"));
-    let mut checked = 0;
-    for clause in text.split("`x-should-retry: ").skip(1) {
-        let (value, rest) = clause.split_once('`').unwrap();
-        let status = after(rest, "on a")[0] as u16;
-        let verdict = rest.split_once(&status.to_string()).unwrap().1;
-        let verdict = verdict.split('`').next().unwrap();
-        let retried = !verdict.contains("no retry") && verdict.contains("retry");
+/// Which statuses (and `x-should-retry` values) the core client retries, and how often.
+#[test]
+fn retry_decisions_and_attempts_match_the_sdk() {
+    let core = section().req("core");
+    for c in core.req_array("should_retry") {
+        let status = u16::try_from(c.req_u64("status")).unwrap();
         assert_eq!(
-            should_retry_status(status, Some(value)),
-            retried,
-            "{value} {status}"
+            should_retry_status(status, c.opt_str("x_should_retry")),
+            c.req_bool("retried"),
+            "{c}"
         );
-        checked += 1;
     }
-    assert_eq!(checked, 2);
+    let max_retries = ClientConfig::builder().build().unwrap().max_retries();
+    assert_eq!(u64::from(max_retries), core.req_u64("default_max_retries"));
+    let attempts = core.req("attempts_on_529");
+    assert_eq!(u64::from(max_retries) + 1, attempts.req_u64("attempts"));
+    for c in section().req_array("fatal_status") {
+        let status = u16::try_from(c.req_u64("status")).unwrap();
+        assert_eq!(is_fatal_status(status), c.req_bool("fatal"), "{status}");
+    }
 }
 
-fn b5(r: &Row) {
-    for s in numbers(r.get("Input")) {
-        assert!(should_retry_status(s as u16, None), "{s}");
+/// The work poller's waits after failed polls and after an empty one, and its `block_ms`.
+#[test]
+fn poller_waits_match_the_sdk() {
+    let p = section().req("poller");
+    let backoffs = floats(p, "backoff_after_failure");
+    for (k, want) in (1u32..).zip(&backoffs) {
+        // The SDK's draw was pinned to the low end of its range; ours at 0 is that end.
+        assert!(close(poll_failure_delay(k, 0.0), *want), "k={k}");
+        let hi = poll_failure_delay(k, ALMOST_ONE).as_secs_f64();
+        assert!(hi < want + 1.0 && hi > want + 0.99, "k={k}");
     }
+    for range in p.req_array("jitter_after_failure") {
+        assert_eq!(range, &serde_json::json!([0.0, 1.0]));
+    }
+    let empty = p.req_array("jitter_after_empty_poll");
+    let (lo, hi) = (empty[0].as_f64().unwrap(), empty[1].as_f64().unwrap());
+    assert!(close(empty_poll_delay(0.0), lo));
+    assert!((empty_poll_delay(ALMOST_ONE).as_secs_f64() - hi).abs() < 1e-6);
+    let block = p.req_u64("poll_block_ms");
+    assert_eq!(PollParams::long_poll().block_ms.map(u64::from), Some(block));
+    for q in p.req_array("poll_queries") {
+        assert_eq!(q.as_str(), Some(format!("block_ms={block}").as_str()));
+    }
+}
+
+/// The session runner's waits between tries of a failing result post.
+#[test]
+fn result_send_waits_match_the_sdk() {
+    let r = section().req("result_send");
+    let ranges = r.req_array("jitter_ranges");
     assert_eq!(
-        ClientConfig::builder().build().unwrap().max_retries() + 1,
-        attempts_b5(r)
+        ranges.len() as u64 + 1,
+        r.req_u64("attempts"),
+        "one wait between tries"
     );
-}
-
-fn attempts_b5(r: &Row) -> u32 {
-    after(r.get("Expected"), "⇒")[0] as u32
-}
-
-fn b6(r: &Row) {
-    for s in numbers(r.get("Input")) {
-        assert!(is_fatal_status(s as u16), "{s}");
-    }
-    for s in after(r.get("Expected"), "for") {
-        assert!(!is_fatal_status(s as u16), "{s}");
-    }
-}
-
-fn b7(r: &Row) {
-    let ks = after(r.get("Input"), "k =");
-    let expected = r.get("Expected");
-    let values = numbers(
-        expected
-            .split("` =")
-            .nth(1)
-            .unwrap()
-            .split(" s")
-            .next()
-            .unwrap(),
-    );
-    assert_eq!(ks.len(), values.len());
-    for (k, v) in ks.iter().zip(&values) {
-        assert!(close(poll_failure_delay(*k as u32, 0.0), *v));
-        let hi = poll_failure_delay(*k as u32, ALMOST_ONE).as_secs_f64();
-        assert!(hi < v + 1.0 && hi > v + 0.99);
-    }
-}
-
-fn b8(r: &Row) {
-    let expected = r.get("Expected");
-    let range = after(expected, "U(");
-    assert!(close(empty_poll_delay(0.0), range[0]));
-    assert!((empty_poll_delay(ALMOST_ONE).as_secs_f64() - range[1]).abs() < 1e-6);
-    let block = code_spans(expected)
-        .into_iter()
-        .find_map(|s| {
-            s.strip_prefix("block_ms=")
-                .map(|n| n.parse::<u32>().unwrap())
-        })
-        .unwrap();
-    assert_eq!(PollParams::long_poll().block_ms, Some(block));
-}
-
-fn b9(r: &Row) {
-    let attempts = after(r.get("Input"), "a =");
-    let expected = r.get("Expected");
-    let ds = numbers(
-        expected
-            .split("` =")
-            .nth(1)
-            .unwrap()
-            .split(';')
-            .next()
-            .unwrap(),
-    );
-    assert_eq!(attempts.len(), ds.len());
     let window = Duration::from_secs(1000);
-    for (a, d) in attempts.iter().zip(&ds) {
-        let a = *a as u32;
-        assert!(close(Duration::from_secs_f64(send_backoff_base(a)), *d));
-        assert!(close(send_retry_delay(a, 0.0, window), d / 2.0));
+    for (a, range) in (1u32..).zip(ranges) {
+        let (lo, d) = (range[0].as_f64().unwrap(), range[1].as_f64().unwrap());
+        assert!(
+            close(Duration::from_secs_f64(send_backoff_base(a)), d),
+            "a={a}"
+        );
+        assert!(close(send_retry_delay(a, 0.0, window), lo), "a={a}");
         let hi = send_retry_delay(a, ALMOST_ONE, window).as_secs_f64();
-        assert!(hi <= *d && hi > d * 0.99);
-        // Never beyond the remaining window.
+        assert!(hi <= d && hi > d * 0.99);
+        // Never beyond what is left of the window.
         let rem = Duration::from_millis(100);
         assert!(send_retry_delay(a, 0.5, rem) <= rem);
     }
-    let default_window = after(expected, "lease TTL or")[0];
-    assert!(close(SEND_RETRY_WINDOW, default_window));
+    assert!(close(SEND_RETRY_WINDOW, r.req_f64("window_seconds")));
 }
 
-fn b10(r: &Row) {
-    let expected = r.get("Expected");
-    let (waits, reset) = expected.split_once("reset to").unwrap();
-    let waits = numbers(waits);
+/// The event stream's reconnect waits, and their reset once an event arrived.
+#[test]
+fn stream_reconnect_waits_match_the_sdk() {
+    let r = section().req("stream_reconnect");
     let mut b = StreamBackoff::default();
-    for w in &waits {
-        assert!(close(b.next_delay(), *w));
+    for w in floats(r, "waits_after_refusals") {
+        assert!(close(b.next_delay(), w), "{w}");
     }
     b.reset();
-    assert!(close(b.next_delay(), numbers(reset)[0]));
-}
-
-fn b11(r: &Row) {
-    let input = r.get("Input");
-    let pairs = input.split_once("interval:").unwrap().1;
-    let prev = Duration::from_secs(17);
-    let mut checked = 0;
-    for clause in pairs.split(';') {
-        let (ttl, out) = clause.split_once('→').unwrap();
-        let ttl = numbers(ttl)[0] as i64;
-        let got = heartbeat_interval(ttl, prev);
-        if out.contains("unchanged") {
-            assert_eq!(got, prev, "ttl {ttl}");
-        } else {
-            assert!(close(got, numbers(out)[0]), "ttl {ttl}: {got:?}");
-        }
-        checked += 1;
-    }
-    assert!(checked >= 5);
-}
-
-fn b12(r: &Row) {
-    let ttl = Duration::from_secs_f64(after(r.get("Input"), "ttl known =")[0]);
-    let limit = Duration::from_secs_f64(after(r.get("Expected"), ">")[0]);
-    assert_eq!(ttl, limit);
-    assert!(!heartbeat_assumed_lost(limit, ttl));
-    assert!(heartbeat_assumed_lost(
-        limit + Duration::from_millis(1),
-        ttl
+    assert!(close(
+        b.next_delay(),
+        r.req_f64("wait_after_a_stream_that_delivered_an_event")
     ));
-    assert!(!heartbeat_assumed_lost(Duration::from_secs(1), ttl));
 }
 
+/// The heartbeat interval for each TTL the server reports (a TTL ≤ 0 keeps the previous one).
 #[test]
-fn retry_vectors_b1_to_b12() {
-    let v = Vectors::load();
-    let rows: Vec<Row> = v.section("## 3.").table().rows().to_vec();
-    assert!(rows.len() >= 12);
-    for r in &rows {
-        match r.id() {
-            "B1" => b1(r),
-            "B2" => b2(r),
-            "B3" => b3(r),
-            "B4" => b4(r),
-            "B5" => b5(r),
-            "B6" => b6(r),
-            "B7" => b7(r),
-            "B8" => b8(r),
-            "B9" => b9(r),
-            "B10" => b10(r),
-            "B11" => b11(r),
-            "B12" => b12(r),
-            other => panic!("vector {other} is not covered; add it"),
-        }
+fn heartbeat_intervals_match_the_sdk() {
+    let h = section().req("heartbeat_interval");
+    let ttls = h.req_array("ttl_seconds");
+    let waits = floats(h, "waits_after");
+    assert!(ttls.len() >= 5 && ttls.len() == waits.len());
+    let mut previous = Duration::from_secs_f64(h.req_f64("first_wait"));
+    for (ttl, want) in ttls.iter().zip(&waits) {
+        let ttl = ttl.as_i64().unwrap();
+        previous = heartbeat_interval(ttl, previous);
+        assert!(close(previous, *want), "ttl {ttl}: {previous:?}");
     }
+}
+
+/// Transient heartbeat failures end the lease only once more than a TTL has passed since the
+/// last good beat.
+#[test]
+fn heartbeat_gives_up_like_the_sdk() {
+    let g = section().req("heartbeat_gives_up");
+    let ttl = Duration::from_secs_f64(g.req_f64("ttl_seconds"));
+    let at = floats(g, "failures_at_seconds_after_success");
+    let verdicts = g.req_array("gave_up");
+    assert_eq!(at.len(), verdicts.len());
+    assert!(verdicts.iter().any(|v| v == true) && verdicts.iter().any(|v| v == false));
+    for (elapsed, gave_up) in at.iter().zip(verdicts) {
+        assert_eq!(
+            heartbeat_assumed_lost(Duration::from_secs_f64(*elapsed), ttl),
+            gave_up.as_bool().unwrap(),
+            "{elapsed} s after the last success"
+        );
+    }
+    assert!(heartbeat_assumed_lost(ttl + Duration::from_millis(1), ttl));
+    assert_eq!(g.req_str("lease_end"), "assumed_lost");
 }
 
 fn env(client: &Client) -> cma_core::client::EnvironmentClient {

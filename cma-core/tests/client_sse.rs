@@ -1,5 +1,6 @@
-//! SSE framing (vectors §5) through the parser, the event stream and a real server, split at random
-//! chunk boundaries; and the reconnecting stream's policy against a scripted server.
+//! SSE framing (the vectors' `sse` section: frames a server wrote and what the official SDK's
+//! stream decoded from them) through the parser, the event stream and a real server, split at
+//! random chunk boundaries; and the reconnecting stream's policy against a scripted server.
 
 mod client_support;
 
@@ -8,18 +9,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use client_support::{CaptureServer, Reply, XorShift, numbers, random_chunks};
+use client_support::{CaptureServer, Reply, XorShift, random_chunks};
 use cma_core::client::{
     ApiError, ApiErrorKind, Client, Credential, EventStream, ReconnectPolicy, StreamItem,
     StreamParams,
 };
 use cma_core::protocol::SessionEvent;
 use cma_core::sse::{SseLimits, SseParser};
-use cma_vectors::{Vectors, code_spans, unescape};
+use cma_vectors::{Field as _, Vectors};
 use futures::StreamExt;
 use serde_json::Value;
 
-/// What §5 expects, read from the file.
+/// What the `sse` section holds.
 struct Sse5 {
     path: String,
     input: Vec<u8>,
@@ -30,51 +31,32 @@ struct Sse5 {
     dropped: Vec<String>,
 }
 
-fn is_event_id(s: &str) -> bool {
-    s.len() >= 2 && s.starts_with('e') && s[1..].chars().all(|c| c.is_ascii_digit())
-}
-
 fn load() -> Sse5 {
-    let v = Vectors::load();
-    let sec = v.section("## 5.");
-    let block = sec.code_blocks().into_iter().next().expect("frames block");
-    let input: String = block.lines().map(unescape).collect();
-    let text = sec.text();
-    let intro = text.lines().find(|l| l.contains("Server writes")).unwrap();
-    let path = code_spans(intro)
-        .into_iter()
-        .find_map(|s| s.strip_prefix("GET ").map(str::to_owned))
-        .expect("stream path");
-    let after = text
-        .split("Expected client output:")
-        .nth(1)
-        .expect("expected paragraph");
-    let (events_part, rest) = after.split_once("then an error").expect("error clause");
-    let spans = code_spans(events_part);
-    let ids = spans.iter().filter(|s| is_event_id(s)).cloned().collect();
-    let tool_input = spans
+    let s = Vectors::load().section("sse");
+    let input: String = s
+        .req_array("frames")
         .iter()
-        .find(|s| s.starts_with('{'))
-        .map(|s| serde_json::from_str(s).unwrap())
-        .expect("tool input");
-    let error_status = numbers(rest.split("status").nth(1).unwrap())[0] as u16;
-    let error_type = code_spans(rest)
-        .into_iter()
-        .find_map(|s| s.split_once("error.type = ").map(|(_, t)| t.to_owned()))
-        .expect("error type");
-    let dropped_sentence = rest.split("dropped").next().unwrap();
-    let dropped = code_spans(dropped_sentence)
-        .into_iter()
-        .filter(|s| is_event_id(s))
+        .map(|f| f.as_str().expect("frame text"))
         .collect();
+    let events = s.req_array("events");
+    let error = s.req("error");
     Sse5 {
-        path,
+        path: s.req_str("path").to_owned(),
         input: input.into_bytes(),
-        ids,
-        tool_input,
-        error_status,
-        error_type,
-        dropped,
+        ids: events.iter().map(|e| e.req_str("id").to_owned()).collect(),
+        tool_input: events
+            .iter()
+            .find(|e| e.req_str("type") == "agent.tool_use")
+            .expect("a tool use event")
+            .req("input")
+            .clone(),
+        error_status: u16::try_from(error.req_u64("status")).unwrap(),
+        error_type: error.req_str("error_type").to_owned(),
+        dropped: s
+            .req_array("dropped")
+            .iter()
+            .map(|d| d.as_str().unwrap().to_owned())
+            .collect(),
     }
 }
 

@@ -1,5 +1,6 @@
-//! The emulator over real HTTP on 127.0.0.1: the server-side conformance checks E1–E14
-//! (sdk-test-vectors.md §10), scripted agents, the SSE stream, faults and webhooks.
+//! The emulator over real HTTP on 127.0.0.1: the server-side conformance checks E1–E14 (what
+//! an SDK client relies on, with the SDK's own values taken from the vectors' `decoding` and
+//! `retry` sections), scripted agents, the SSE stream, faults and webhooks.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -10,7 +11,7 @@ use cma_core::emulator::{
 };
 use cma_core::protocol::{Extra, NO_HEARTBEAT, SessionStatus, Work, WorkData, WorkState};
 use cma_core::webhook::{Verifier, WebhookSecret};
-use cma_vectors::Vectors;
+use cma_vectors::{Field as _, Vectors};
 use reqwest::{Method, RequestBuilder, Response, StatusCode};
 use serde_json::{Value, json};
 
@@ -256,30 +257,34 @@ fn json_keys(v: &Value) -> Vec<String> {
     k
 }
 
-/// A response-decoding vector's JSON body (sdk-test-vectors.md §2).
+/// The JSON body of a response-decoding vector (the vectors' `decoding` section).
 fn decode_vector(id: &str) -> Value {
-    let row = Vectors::load().section("## 2.").row(id);
-    let code = row
-        .codes("Server response")
-        .into_iter()
-        .find(|c| c.starts_with('{'))
-        .unwrap_or_else(|| panic!("{id} has a JSON body"));
-    serde_json::from_str(&code).unwrap_or_else(|e| panic!("{id}: {e}"))
+    let body = Vectors::load()
+        .case("decoding", "cases", id)
+        .req("response")
+        .req_str("body");
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{id}: {e}"))
 }
 
-fn conformance_row(id: &str) -> String {
+/// The empty-poll answer the SDK reads as "no work" (vector D1: it returns `None`).
+fn no_work_body() -> String {
+    let d1 = Vectors::load().case("decoding", "cases", "D1");
+    assert_eq!(d1.req("result").req_str("outcome"), "none");
+    d1.req("response").req_str("body").to_owned()
+}
+
+/// The `block_ms` the SDK's poller always sends (its documented maximum).
+fn sdk_poll_block_ms() -> u64 {
     Vectors::load()
-        .section("## 10.")
-        .row(id)
-        .get("Expected server behaviour")
-        .to_owned()
+        .section("retry")
+        .req("poller")
+        .req_u64("poll_block_ms")
 }
 
 // ------------------------------------------------------------------------------ E1–E14
 
 #[tokio::test]
 async fn e1_empty_poll_answers_json_null_and_a_blocked_poll_gets_new_work() {
-    assert!(conformance_row("E1").contains("null"));
     let c = ctx().await;
     let r = c.poll("?block_ms=30").await;
     assert_eq!(r.status(), StatusCode::OK);
@@ -289,7 +294,7 @@ async fn e1_empty_poll_answers_json_null_and_a_blocked_poll_gets_new_work() {
             .unwrap()
             .starts_with("application/json")
     );
-    assert_eq!(r.text().await.unwrap(), "null");
+    assert_eq!(r.text().await.unwrap(), no_work_body());
 
     // A poll blocked on an empty queue is answered as soon as work arrives.
     let blocked = c.poll("?block_ms=999");
@@ -305,8 +310,12 @@ async fn e1_empty_poll_answers_json_null_and_a_blocked_poll_gets_new_work() {
 
 #[tokio::test]
 async fn e2_block_ms_zero_is_rejected_and_large_values_are_capped() {
-    assert!(conformance_row("E2").contains("400"));
     let c = ctx().await;
+    // The SDK's own long poll is accepted as is (work is waiting, so it answers at once).
+    c.emu.enqueue_work(&c.env.id, healthcheck()).unwrap();
+    let r = c.poll(&format!("?block_ms={}", sdk_poll_block_ms())).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.json::<Work>().await.unwrap().data.kind, "healthcheck");
     let r = c.poll("?block_ms=0").await;
     assert_eq!(r.status(), StatusCode::BAD_REQUEST);
     let body: Value = r.json().await.unwrap();
@@ -1592,4 +1601,92 @@ async fn session_history_is_bounded_by_count_and_bytes() {
     // Small events: the count cap (50) binds before the byte cap, or both nearly together.
     let n = c.emu.session_events(&sid).len();
     assert!((40..=50).contains(&n), "{n} events kept");
+}
+
+/// Strict mode: a poll without `Anthropic-Worker-ID` (or with an empty one) is a 400
+/// `invalid_request_error` with code `worker_id_required`; with the header it is served. Without
+/// strict mode (the real API's behaviour) the header is optional. The scenario's `"strict": true`
+/// turns it on too.
+#[tokio::test]
+async fn strict_mode_rejects_polls_without_a_worker_id() {
+    let strict_scenario = Scenario::from_json(r#"{"strict": true}"#).unwrap();
+    for config in [
+        EmulatorConfig::default().strict(true),
+        EmulatorConfig::default().scenario(strict_scenario),
+    ] {
+        let c = ctx_with(config).await;
+        let path = c.work_path("/poll");
+        for header in [None, Some(""), Some("  ")] {
+            let mut req = c.req(Method::GET, &path, &c.env.key);
+            if let Some(h) = header {
+                req = req.header("anthropic-worker-id", h);
+            }
+            let r = req.send().await.unwrap();
+            assert_eq!(r.status(), StatusCode::BAD_REQUEST, "header {header:?}");
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["error"]["type"], "invalid_request_error");
+            assert_eq!(body["error"]["details"]["error_code"], "worker_id_required");
+            assert_eq!(
+                body["error"]["message"],
+                cma_core::emulator::STRICT_WORKER_ID_MESSAGE
+            );
+        }
+        let r = c.poll("").await;
+        assert_eq!(r.status(), StatusCode::OK);
+        assert_eq!(r.text().await.unwrap(), "null");
+        let flagged: Vec<_> = c
+            .emu
+            .requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/work/poll"))
+            .map(|r| (r.worker_id.clone(), r.status))
+            .collect();
+        assert_eq!(flagged.len(), 4);
+        assert!(flagged[..3].iter().all(|(_, s)| *s == Some(400)));
+        assert_eq!(flagged[3], (Some("wrk-test".to_owned()), Some(200)));
+    }
+    let lax = ctx().await;
+    let r = lax
+        .req(Method::GET, &lax.work_path("/poll"), &lax.env.key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "the real API serves such polls");
+}
+
+/// A scripted session can name its agent (`agent_id` in the scenario or on the script); the
+/// default is `agent_emulator`.
+#[tokio::test]
+async fn scripted_sessions_can_name_their_agent() {
+    let scenario = Scenario::from_json(
+        r#"{"environments": [{"id": "env_a"}],
+            "sessions": [{"id": "sesn_named", "environment": "env_a", "agent_id": "agent_build"}]}"#,
+    )
+    .unwrap();
+    let c = ctx_with(EmulatorConfig::default().scenario(scenario)).await;
+    let scripted = c
+        .emu
+        .create_session(
+            &c.env.id,
+            Script::new(vec![], ScriptEnd::Idle).agent_id("agent_scripted"),
+        )
+        .unwrap();
+    let plain = c
+        .emu
+        .create_session(&c.env.id, Script::new(vec![], ScriptEnd::Idle))
+        .unwrap();
+    for (sid, want) in [
+        ("sesn_named", "agent_build"),
+        (scripted.as_str(), "agent_scripted"),
+        (plain.as_str(), "agent_emulator"),
+    ] {
+        let r = c
+            .req(Method::GET, &format!("/v1/sessions/{sid}"), &c.api())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["agent"]["id"], want, "{sid}");
+    }
 }

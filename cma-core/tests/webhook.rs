@@ -1,5 +1,6 @@
-//! Webhook signing and verification (docs/protocol.md §7) against the SDK's vectors
-//! (sdk-test-vectors.md §7), through the tower layer in a real axum router, and under proptest.
+//! Webhook signing and verification (docs/protocol.md §7) against the vectors' `webhooks` section
+//! (signatures standardwebhooks computed, and the official SDK's verdicts at a fixed clock),
+//! through the tower layer in a real axum router, and under proptest.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -9,44 +10,26 @@ use cma_core::webhook::{
     SecretError, Verifier, VerifyLayer, WebhookError, WebhookEvent, WebhookEventType, WebhookId,
     WebhookSecret, parse_unverified, sign, sign_headers,
 };
-use cma_vectors::{Row, Section, Vectors};
+use cma_vectors::{Field as _, Value, Vectors};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, StatusCode};
 use http_body_util::BodyExt as _;
 use proptest::prelude::*;
 use tower::ServiceExt as _;
 
-const EXPECTED_SIG: &str = "Expected `webhook-signature`";
-
-fn section() -> Section {
-    Vectors::load().section("## 7.")
+fn section() -> &'static Value {
+    Vectors::load().section("webhooks")
 }
 
-/// The secret, `whsec_` form, from the section's first sentence.
-fn vector_secret_text(s: &Section) -> String {
-    cma_vectors::code_spans(s.text())
-        .into_iter()
-        .find(|c| c.starts_with("whsec_"))
-        .expect("section 7 names a whsec_ secret")
-}
-
-fn vector_secret(s: &Section) -> WebhookSecret {
-    WebhookSecret::parse(&vector_secret_text(s)).expect("vector secret parses")
-}
-
-/// The body from the section's code block (exact bytes, no trailing newline).
-fn vector_body(s: &Section) -> Vec<u8> {
-    s.code_blocks()
-        .into_iter()
-        .next()
-        .expect("section 7 has the body block")
-        .into_bytes()
+fn vector_secret() -> WebhookSecret {
+    WebhookSecret::parse(section().req_str("secret")).expect("vector secret parses")
 }
 
 fn at(secs: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(u64::try_from(secs).expect("positive test clock"))
 }
 
-/// Everything a verification vector needs: key, body, and `now` (S1's timestamp, a fixed clock).
+/// Everything a verification test needs: key, body, and `now` (the vectors' fixed clock, which
+/// is also S1's timestamp).
 struct Fixture {
     secret: WebhookSecret,
     body: Vec<u8>,
@@ -55,17 +38,15 @@ struct Fixture {
 }
 
 impl Fixture {
-    fn load(s: &Section) -> Self {
-        let s1 = s.row("S1");
+    fn load() -> Self {
+        let s1 = Vectors::load().case("webhooks", "signing", "S1");
+        let now = section().req_i64("now");
+        assert_eq!(s1.req_i64("timestamp"), now);
         Self {
-            secret: vector_secret(s),
-            body: vector_body(s),
-            id: s1.code("webhook-id").expect("S1 id"),
-            now: s1
-                .code("webhook-timestamp")
-                .expect("S1 ts")
-                .parse()
-                .expect("S1 ts is an integer"),
+            secret: vector_secret(),
+            body: s1.req_str("body").as_bytes().to_vec(),
+            id: s1.req_str("webhook_id").to_owned(),
+            now,
         }
     }
 
@@ -91,248 +72,135 @@ fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         .collect()
 }
 
-/// Check `result` against the row's `Expected` cell: `OK…`/`accepted`/`parses` means success,
-/// `fail \`msg\`` means the error's Display is exactly `msg`. For successes, every
-/// `path:"value"` span of the cell must hold in the parsed event.
-fn assert_expected(row: &Row, result: Result<WebhookEvent, WebhookError>) {
-    let expected = row.get("Expected");
-    let id = row.id();
-    if expected.starts_with("fail") {
-        let msg = row.code("Expected").expect("failure message span");
-        match result {
-            Err(e) => assert_eq!(e.to_string(), msg, "{id}"),
-            Ok(ev) => panic!("{id}: expected {msg:?}, verified {ev:?}"),
+/// The headers of a verification case, names spelled as sent.
+fn case_headers(case: &Value) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    for pair in case.req_array("headers") {
+        let (name, value) = (pair[0].as_str().unwrap(), pair[1].as_str().unwrap());
+        h.append(
+            HeaderName::from_bytes(name.as_bytes()).expect("name"),
+            HeaderValue::from_str(value).expect("value"),
+        );
+    }
+    h
+}
+
+/// Every leaf of `want` is in `got` at the same place.
+fn assert_contains(got: &Value, want: &Value, at: &str) {
+    match want {
+        Value::Object(fields) => {
+            for (k, w) in fields {
+                let g = got
+                    .get(k)
+                    .unwrap_or_else(|| panic!("{at}/{k}: missing in {got}"));
+                assert_contains(g, w, &format!("{at}/{k}"));
+            }
         }
-        return;
+        other => assert_eq!(got, other, "{at}"),
     }
-    assert!(
-        ["OK", "accepted", "parses"]
-            .iter()
-            .any(|p| expected.starts_with(p)),
-        "{id}: unexpected Expected cell {expected:?}"
-    );
-    let event = result.unwrap_or_else(|e| panic!("{id}: expected success, got {e:?}"));
-    let json = serde_json::to_value(&event).expect("serialize");
-    for span in row.codes("Expected") {
-        if let Some((path, value)) = span.split_once(':') {
-            let pointer = format!("/{}", path.replace('.', "/"));
-            let want: serde_json::Value = serde_json::from_str(value).expect("span value is JSON");
-            assert_eq!(json.pointer(&pointer), Some(&want), "{id}: {span}");
+}
+
+/// Check `result` against the SDK's outcome for the case: the same error message, or success
+/// with every field of the SDK's parsed event.
+fn assert_outcome(case: &Value, result: Result<WebhookEvent, WebhookError>) {
+    let id = case.id();
+    match case.req_str("outcome") {
+        "error" => {
+            let msg = case.req_str("message");
+            match result {
+                Err(e) => assert_eq!(e.to_string(), msg, "{id}"),
+                Ok(ev) => panic!("{id}: expected {msg:?}, verified {ev:?}"),
+            }
         }
+        "ok" => {
+            let event = result.unwrap_or_else(|e| panic!("{id}: expected success, got {e:?}"));
+            let json = serde_json::to_value(&event).expect("serialize");
+            assert_contains(&json, case.req("event"), id);
+        }
+        other => panic!("{id}: unknown outcome {other}"),
     }
 }
 
 #[test]
-fn vector_secret_decodes_to_bytes_0_to_31() {
-    let s = section();
-    assert_eq!(vector_secret(&s).as_bytes(), (0u8..32).collect::<Vec<_>>());
+fn vector_secret_decodes_to_the_verifiers_key_bytes() {
+    let hex: String = vector_secret()
+        .as_bytes()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, section().req_str("secret_key_hex"));
 }
 
+/// S1–S4: the same signature for the same secret (with or without `whsec_`), id, time, body.
 #[test]
-fn signatures_match_vectors_s1_to_s3() {
-    let s = section();
-    let secret = vector_secret(&s);
-    let body = vector_body(&s);
-    for id in ["S1", "S2", "S3"] {
-        let row = s.row(id);
-        let msg_id = row.code("webhook-id").expect("id");
-        let ts: i64 = row
-            .code("webhook-timestamp")
-            .expect("ts")
-            .parse()
-            .expect("int ts");
-        let body: &[u8] = if row.get("body").contains("empty") {
-            b""
-        } else {
-            &body
-        };
-        let expected = row.code(EXPECTED_SIG).expect("sig");
-        assert_eq!(sign(&secret, &msg_id, ts, body), expected, "{id}");
+fn signatures_match_the_vectors() {
+    let cases = section().req_array("signing");
+    assert!(cases.len() >= 4);
+    for case in cases {
+        let secret = WebhookSecret::parse(case.req_str("secret")).expect("secret parses");
+        assert_eq!(
+            sign(
+                &secret,
+                case.req_str("webhook_id"),
+                case.req_i64("timestamp"),
+                case.req_str("body").as_bytes()
+            ),
+            case.req_str("signature"),
+            "{}",
+            case.id()
+        );
     }
 }
 
+/// Every verification case with a key (V12 has none, V13 does not verify) gives the SDK's
+/// verdict at the fixed clock.
 #[test]
-fn vector_s4_secret_without_prefix_signs_like_s1() {
-    let s = section();
-    let full = vector_secret_text(&s);
-    let bare = full.strip_prefix("whsec_").expect("prefix");
-    // S4 shows the bare form abbreviated; check it is the same secret before using the full text.
-    let shown = s
-        .row("S4")
-        .codes("webhook-id")
-        .into_iter()
-        .find(|c| c.contains('…'))
-        .expect("S4 shows the bare secret");
-    let (head, tail) = shown.split_once('…').expect("abbreviated");
-    assert!(bare.starts_with(head) && bare.ends_with(tail), "{shown}");
-    let bare_secret = WebhookSecret::parse(bare).expect("bare secret parses");
-    let f = Fixture::load(&s);
-    assert_eq!(
-        sign(&bare_secret, &f.id, f.now, &f.body),
-        s.row("S1").code(EXPECTED_SIG).expect("S1 sig")
-    );
-}
-
-#[test]
-fn verification_vectors_v1_to_v11() {
-    let s = section();
-    let f = Fixture::load(&s);
+fn verification_vectors_match_the_sdk() {
+    let f = Fixture::load();
     let v = f.verifier();
-    let now = f.now;
-    let good = f.sig(&f.id, now);
-    let run = |h: HeaderMap| v.verify_event(&h, &f.body);
-    let now_s = now.to_string();
-    for n in 1..=11 {
-        let row = s.row(&format!("V{n}"));
-        let result = match n {
-            1 => {
-                let list = format!("v1,AAAA {good}");
-                run(headers(&[
-                    ("webhook-id", &f.id),
-                    ("webhook-timestamp", &now_s),
-                    ("webhook-signature", &list),
-                ]))
-            }
-            2..=4 => {
-                let offset: i64 = match n {
-                    2 => -301,
-                    3 => 301,
-                    _ => -299,
-                };
-                // The offset is the row's: `now-301`, `now+301`, `now-299`.
-                let shown = row.code("Headers").expect("ts span");
-                assert_eq!(shown, format!("now{offset:+}"), "V{n}");
-                let ts = (now + offset).to_string();
-                let sig = f.sig(&f.id, now + offset);
-                run(headers(&[
-                    ("webhook-id", &f.id),
-                    ("webhook-timestamp", &ts),
-                    ("webhook-signature", &sig),
-                ]))
-            }
-            5 => run(headers(&[
-                ("webhook-id", &f.id),
-                ("webhook-timestamp", &now_s),
-            ])),
-            6 => {
-                let ts = row.code("Headers").expect("bad ts span");
-                run(headers(&[
-                    ("webhook-id", &f.id),
-                    ("webhook-timestamp", &ts),
-                    ("webhook-signature", &good),
-                ]))
-            }
-            7 => {
-                let v2 = good.replacen("v1,", "v2,", 1);
-                run(headers(&[
-                    ("webhook-id", &f.id),
-                    ("webhook-timestamp", &now_s),
-                    ("webhook-signature", &v2),
-                ]))
-            }
-            8 => {
-                // Alter one of the last base64 characters (one whose six bits are all data;
-                // the one just before `=` carries ignored trailing bits).
-                let mut altered = good.clone();
-                let at = altered.len() - 3;
-                let c = if &altered[at..at + 1] == "A" {
-                    "B"
-                } else {
-                    "A"
-                };
-                altered.replace_range(at..at + 1, c);
-                run(headers(&[
-                    ("webhook-id", &f.id),
-                    ("webhook-timestamp", &now_s),
-                    ("webhook-signature", &altered),
-                ]))
-            }
-            9 => {
-                let other = row.code("Headers").expect("other id span");
-                let other = other
-                    .strip_prefix("webhook-id: ")
-                    .unwrap_or(&other)
-                    .to_owned();
-                assert_ne!(other, f.id);
-                run(headers(&[
-                    ("webhook-id", &other),
-                    ("webhook-timestamp", &now_s),
-                    ("webhook-signature", &good),
-                ]))
-            }
-            10 => {
-                let ts = format!("{now}.9");
-                run(headers(&[
-                    ("webhook-id", &f.id),
-                    ("webhook-timestamp", &ts),
-                    ("webhook-signature", &good),
-                ]))
-            }
-            11 => {
-                // The row's spellings, then the third header in yet another case.
-                let names = row.codes("Headers");
-                assert!(names.len() >= 2, "{names:?}");
-                let mut h = HeaderMap::new();
-                for name in &names {
-                    let value = if name.eq_ignore_ascii_case("webhook-id") {
-                        f.id.clone()
-                    } else {
-                        good.clone()
-                    };
-                    h.insert(
-                        HeaderName::from_bytes(name.as_bytes()).expect("name"),
-                        HeaderValue::from_str(&value).expect("value"),
-                    );
-                }
-                h.insert(
-                    HeaderName::from_static("webhook-timestamp"),
-                    HeaderValue::from_str(&now_s).expect("ts"),
-                );
-                run(h)
-            }
-            _ => unreachable!(),
-        };
-        assert_expected(&row, result);
+    let mut checked = 0;
+    for case in section().req_array("verification") {
+        if case.get("parse_unverified").is_some() || case.get("key").is_some() {
+            continue;
+        }
+        let result = v.verify_event(&case_headers(case), case.req_str("body").as_bytes());
+        assert_outcome(case, result);
+        checked += 1;
     }
+    assert!(checked >= 11, "{checked}");
 }
 
 #[test]
 fn vector_v12_a_missing_key_is_a_typed_error() {
-    let s = section();
     // The SDK raises before verifying when no key is configured; here a key is a constructor
     // argument, and an absent or empty one cannot become a `WebhookSecret`.
-    assert!(s.row("V12").get("Expected").contains("without a key"));
+    let v12 = Vectors::load().case("webhooks", "verification", "V12");
+    assert!(v12.req("key").is_null());
+    assert_eq!(v12.req_str("outcome"), "error");
     assert_eq!(WebhookSecret::parse(""), Err(SecretError::Empty));
 }
 
 #[test]
 fn vector_v13_unknown_event_types_are_kept() {
-    let s = section();
-    let row = s.row("V13");
-    let body = row
-        .codes("Headers")
-        .into_iter()
-        .find(|c| c.starts_with('{'))
-        .expect("payload span");
+    let case = Vectors::load().case("webhooks", "verification", "V13");
+    let body = case.req_str("parse_unverified");
     let result = parse_unverified(body.as_bytes());
     let event = result.as_ref().expect("parses").clone();
-    let wanted = row.codes("Expected");
-    let wanted_type: String =
-        serde_json::from_str(wanted.last().expect("type span")).expect("json string");
+    let wanted_type = case.req("event").req("data").req_str("type");
     assert_eq!(
         event.data.kind,
-        WebhookEventType::Other(wanted_type.clone())
+        WebhookEventType::Other(wanted_type.to_owned())
     );
     assert_eq!(event.data.kind.as_str(), wanted_type);
     // And it serializes back to the same JSON.
-    let orig: serde_json::Value = serde_json::from_str(&body).expect("json");
+    let orig: Value = serde_json::from_str(body).expect("json");
     assert_eq!(serde_json::to_value(&event).expect("ser"), orig);
-    assert_expected(&row, result);
+    assert_outcome(case, result);
 }
 
 #[test]
 fn tolerance_boundary_is_inclusive_to_the_microsecond() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let v = f.verifier();
     let check = |ts: &str, sig_ts: i64| {
         let sig = f.sig(&f.id, sig_ts);
@@ -360,7 +228,7 @@ fn tolerance_boundary_is_inclusive_to_the_microsecond() {
 
 #[test]
 fn tolerance_and_clock_are_configurable() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let old = f.now - 3600;
     let h = headers(&[
         ("webhook-id", &f.id),
@@ -386,7 +254,7 @@ fn tolerance_and_clock_are_configurable() {
 
 #[test]
 fn wrong_secret_and_tampered_body_are_rejected() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let h = headers(&[
         ("webhook-id", &f.id),
         ("webhook-timestamp", &f.now.to_string()),
@@ -410,7 +278,7 @@ fn wrong_secret_and_tampered_body_are_rejected() {
 
 #[test]
 fn raw_non_utf8_bodies_verify() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let body = [0xff, 0xfe, 0x00, b'{'];
     let sig = sign(&f.secret, &f.id, f.now, &body);
     assert!(
@@ -435,7 +303,7 @@ fn raw_non_utf8_bodies_verify() {
 
 #[test]
 fn malformed_signature_entries_are_skipped_not_fatal() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let good = f.sig(&f.id, f.now);
     for list in [
         format!("garbage  v1 v1,a,b v1,!!! {good}"),
@@ -461,7 +329,7 @@ fn malformed_signature_entries_are_skipped_not_fatal() {
 
 #[test]
 fn empty_headers_count_as_missing() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let h = headers(&[
         ("webhook-id", ""),
         ("webhook-timestamp", &f.now.to_string()),
@@ -516,7 +384,7 @@ fn error_message(body: &str) -> String {
 
 #[tokio::test]
 async fn layer_passes_verified_deliveries_with_event_and_id() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let h = sign_headers(&f.secret, &f.id, f.now, &f.body).expect("headers");
     let (status, body) = send(app(&f, 1 << 20), delivery(h, f.body.clone())).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -528,7 +396,7 @@ async fn layer_passes_verified_deliveries_with_event_and_id() {
 
 #[tokio::test]
 async fn layer_answers_401_for_authentication_failures() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let good = sign_headers(&f.secret, &f.id, f.now, &f.body).expect("headers");
     let mut tampered = f.body.clone();
     tampered[20] ^= 1;
@@ -558,7 +426,7 @@ async fn layer_answers_401_for_authentication_failures() {
 
 #[tokio::test]
 async fn layer_answers_400_for_an_authentic_malformed_body() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let body = b"{\"type\":\"event\"}".to_vec();
     let h = sign_headers(&f.secret, &f.id, f.now, &body).expect("headers");
     let (status, resp) = send(app(&f, 1 << 20), delivery(h, body)).await;
@@ -571,7 +439,7 @@ async fn layer_answers_400_for_an_authentic_malformed_body() {
 
 #[tokio::test]
 async fn layer_answers_413_over_the_cap_declared_or_streamed() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let limit = f.body.len() - 1;
     let h = sign_headers(&f.secret, &f.id, f.now, &f.body).expect("headers");
 
@@ -605,7 +473,7 @@ async fn layer_answers_413_over_the_cap_declared_or_streamed() {
 
 #[tokio::test]
 async fn layer_answers_400_when_the_body_cannot_be_read() {
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let h = sign_headers(&f.secret, &f.id, f.now, &f.body).expect("headers");
     let chunks: Vec<Result<Bytes, std::io::Error>> = vec![
         Ok(Bytes::from_static(b"{")),
@@ -624,7 +492,7 @@ async fn layer_answers_400_when_the_body_cannot_be_read() {
 async fn layer_in_a_served_axum_router_accepts_mixed_case_headers() {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-    let f = Fixture::load(&section());
+    let f = Fixture::load();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .expect("bind");

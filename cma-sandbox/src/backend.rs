@@ -110,8 +110,9 @@ pub trait Sandbox: Send + Sync {
             .collect())
     }
 
-    /// Walk the directory `root` depth first (a directory's entries in name order, its regular
-    /// files before its subdirectories; symlinks and special files are not followed or read;
+    /// Walk the directory `root` depth first (a directory's entries in the order
+    /// [`read_dirs_unsorted`](Sandbox::read_dirs_unsorted) gives them, its regular files before
+    /// its subdirectories; symlinks and special files are not followed or read;
     /// [`TreeSearch::skip_dirs`] not entered) and find, in each regular file, the lines holding
     /// `needle` as [`find_lines`](Sandbox::find_lines) does (binary files left out); with an
     /// empty `needle`, each text file's whole content instead. Unreadable files and directories
@@ -146,6 +147,17 @@ pub trait Sandbox: Send + Sync {
             out.push(self.read_dir(p).await);
         }
         Ok(out)
+    }
+
+    /// Several directories at once like [`read_dirs`](Sandbox::read_dirs), but each listing in
+    /// the order the file system returns its entries (`readdir`, which is what Python's
+    /// `os.scandir` sees, so the order the official `glob` and `grep` tools walk in and keep for
+    /// equal mtimes) instead of by name. The order is the file system's own (hash order on
+    /// ext4, creation order on others): stable while the directory does not change, not
+    /// meaningful otherwise. Backends with no file-system order of their own (in-memory ones)
+    /// return name order: the default is [`read_dirs`](Sandbox::read_dirs).
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        self.read_dirs(paths).await
     }
 
     /// Remove a file, symlink (not its target) or directory. A non-empty directory needs

@@ -41,8 +41,15 @@ pub enum SandboxErrorKind {
     Unsupported,
     /// A time limit ran out (a script's wall clock, a command's timeout).
     Timeout,
-    /// A resource limit was hit (memory, pids, disk).
+    /// A resource limit was hit (memory, pids, file size).
     ResourceLimit,
+    /// The sandbox's disk quota ([`SandboxSpec::disk_bytes`](crate::SandboxSpec::disk_bytes))
+    /// is used up (or the file system reported `EDQUOT`): the write was refused and what was
+    /// there before is left as it was.
+    QuotaExceeded,
+    /// The file system is full (`ENOSPC`; also how XFS project quotas, used by Docker's
+    /// `size` storage option, report a full sandbox).
+    StorageFull,
     /// The sandbox has been stopped; resume it first.
     Stopped,
     /// An archive (tar) is malformed or contains an entry the sandbox refuses.
@@ -73,6 +80,8 @@ impl SandboxErrorKind {
             Self::Unsupported => "operation not supported",
             Self::Timeout => "timed out",
             Self::ResourceLimit => "resource limit exceeded",
+            Self::QuotaExceeded => "disk quota exceeded",
+            Self::StorageFull => "no space left on device",
             Self::Stopped => "sandbox is stopped",
             Self::InvalidArchive => "invalid archive",
             Self::Unavailable => "backend unavailable",
@@ -200,6 +209,8 @@ impl From<SandboxError> for std::io::Error {
             SandboxErrorKind::InvalidArchive => std::io::ErrorKind::InvalidData,
             SandboxErrorKind::Timeout => std::io::ErrorKind::TimedOut,
             SandboxErrorKind::Unsupported => std::io::ErrorKind::Unsupported,
+            SandboxErrorKind::QuotaExceeded => std::io::ErrorKind::QuotaExceeded,
+            SandboxErrorKind::StorageFull => std::io::ErrorKind::StorageFull,
             _ => std::io::ErrorKind::Other,
         };
         std::io::Error::new(kind, e)

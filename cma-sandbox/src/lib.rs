@@ -5,6 +5,13 @@
 //! as `Arc<dyn …>`. Paths are sandbox paths (`/workspace/src/main.rs`); the sandbox guarantees
 //! that nothing reaches outside its workspace and mounts, and its errors never show host paths.
 //!
+//! # In the control plane
+//! A host hands its backends to `cma_core`'s `SandboxHost` (`SandboxHost::builder().backend(…)`),
+//! which creates a sandbox per session (with the spec its placement rules pick), keeps it warm
+//! between the session's work items, restores the session's snapshot into a fresh one, and
+//! destroys it when the keep-warm time is over; the tools of `cma-tools` then run against the
+//! [`Sandbox`] trait. `cma-core` re-exports this crate as `cma_core::sandbox`.
+//!
 //! Errors are one [`SandboxError`] with a [`SandboxErrorKind`], `kind()` and `is_retryable()`.
 //!
 //! Backends: `isolate` (feature `isolate`, default): a confined directory per sandbox, native
@@ -38,7 +45,9 @@
 //! backend.destroy(sandbox.id()).await.unwrap();
 //! # });
 //! ```
-#![forbid(unsafe_code)]
+// `unsafe` is denied everywhere but in the `execute` worker's pre-`main` entry point
+// (`isolate::worker::entry`), which says why each use is sound.
+#![deny(unsafe_code)]
 #![warn(missing_docs)]
 
 mod backend;

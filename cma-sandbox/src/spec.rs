@@ -114,10 +114,20 @@ pub struct EgressEndpoint {
     pub ca_cert_pem: Option<String>,
 }
 
-/// What a sandbox is asked to be. Backends honour what they can and report the rest through
-/// [`Capabilities`]; fields a backend cannot apply are ignored, never half-applied.
+/// What a sandbox is asked to be.
+///
+/// Every field a backend receives is either honoured or refused: [`SandboxBackend::create`]
+/// fails with [`Unsupported`](crate::SandboxErrorKind::Unsupported) for a knob the backend
+/// cannot apply at all (for example `disk_bytes` where [`Capabilities::disk_quota`] is `false`,
+/// or `image` on the isolate backend) and with
+/// [`InvalidInput`](crate::SandboxErrorKind::InvalidInput) for a value it cannot apply as
+/// asked (a zero memory or process limit, which container engines read as "unlimited"). No
+/// field is silently ignored or half-applied; each backend's module docs list what it does with
+/// each field.
 ///
 /// Build with [`SandboxSpec::new`] (or `Default`) and set the fields you need.
+///
+/// [`SandboxBackend::create`]: crate::SandboxBackend::create
 #[derive(Debug, Clone, Default, PartialEq)]
 #[non_exhaustive]
 pub struct SandboxSpec {
@@ -131,7 +141,13 @@ pub struct SandboxSpec {
     pub cpus: Option<f64>,
     /// Memory limit in bytes. The isolate backend uses it as the default JS heap cap of `execute`.
     pub memory_bytes: Option<u64>,
-    /// Disk quota for the workspace in bytes.
+    /// Disk quota for the sandbox's own files in bytes (the workspace; extra [`mounts`] are
+    /// the host's and do not count). A write that would pass it fails with
+    /// [`QuotaExceeded`](crate::SandboxErrorKind::QuotaExceeded) or
+    /// [`StorageFull`](crate::SandboxErrorKind::StorageFull). Backends that cannot enforce it
+    /// ([`Capabilities::disk_quota`] `false`) refuse a spec that sets it.
+    ///
+    /// [`mounts`]: SandboxSpec::mounts
     pub disk_bytes: Option<u64>,
     /// Maximum number of processes.
     pub pids: Option<u32>,
@@ -156,6 +172,12 @@ impl SandboxSpec {
 /// backend names; an operation a backend cannot do fails with
 /// [`SandboxErrorKind::Unsupported`].
 ///
+/// [`SandboxBackend::capabilities`](crate::SandboxBackend::capabilities) describes a sandbox
+/// created from the empty spec ([`SandboxSpec::new`]); a sandbox's own
+/// [`Sandbox::capabilities`](crate::Sandbox::capabilities) can differ where its spec asked for
+/// more (a Docker sandbox has [`network`](Capabilities::network) only when its spec names an
+/// [`EgressEndpoint`]).
+///
 /// Non-exhaustive: start from `Capabilities::default()` (everything `false`) and set fields.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -176,6 +198,9 @@ pub struct Capabilities {
     pub resume: bool,
     /// Outbound network exists at all (always through the egress endpoint or hook).
     pub network: bool,
+    /// [`SandboxSpec::disk_bytes`] is enforced; when `false`, a spec that sets it is refused
+    /// at create with [`Unsupported`](SandboxErrorKind::Unsupported).
+    pub disk_quota: bool,
 }
 
 /// The life-cycle state of a sandbox.

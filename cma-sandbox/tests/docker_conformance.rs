@@ -6,7 +6,8 @@ mod docker_support;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn docker_backend_passes_the_conformance_suite() {
     let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
-    cma_sandbox::conformance::run_all(&backend).await;
+    let expected = docker_support::expected_capabilities(&backend).await;
+    cma_sandbox::conformance::run_all(&backend, expected).await;
 }
 
 /// The same suite with the file operations served by one-shot execs of POSIX tools (what images
@@ -16,7 +17,8 @@ async fn docker_backend_without_the_python_helper_passes_the_conformance_suite()
     let mut cfg = docker_support::config();
     cfg.python_helper = false;
     let (backend, _cleanup) = docker_support::connect(cfg).await;
-    cma_sandbox::conformance::run_all(&backend).await;
+    let expected = docker_support::expected_capabilities(&backend).await;
+    cma_sandbox::conformance::run_all(&backend, expected).await;
 }
 
 /// An image without `python3` (made here from the test image) still gets every file operation,

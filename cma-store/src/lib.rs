@@ -1,6 +1,13 @@
 //! Durable state for `cma`: workspace snapshots ([`SnapshotStore`]) and the control plane's
 //! record of sessions (`StateStore`).
 //!
+//! In the control plane (`cma-core` with its `store` feature, which re-exports this crate as
+//! `cma_core::store`): a [`SnapshotStore`] given to `SandboxHost::builder().snapshots(…)` saves
+//! a session's workspace when its work item ends and restores it into the session's next fresh
+//! sandbox, with retention and chunk GC on the plane's maintenance schedule; a `StateStore`
+//! given to both the `SandboxHost` and the `ControlPlane` records sandboxes, sessions, leases and
+//! webhook ids so a restarted process recovers.
+//!
 //! [`state`] holds the [`state::StateStore`] trait and its backends: in memory, SQLite (feature
 //! `sqlite`, default) and Postgres (feature `postgres`), with the conformance suite they all pass
 //! (feature `conformance`). [`snapshot`] holds the [`SnapshotStore`]:

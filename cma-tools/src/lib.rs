@@ -35,15 +35,28 @@
 //! # });
 //! ```
 //!
+//! # In the control plane
+//! `cma_core`'s `ToolsetFactory` builds a [`ToolRegistry`] per session over the session's
+//! sandbox (the official toolset plus the host's custom tools, `ToolsetFactory::with_tool`), and
+//! the session runner dispatches each `agent.tool_use` / `agent.custom_tool_use` through it and
+//! posts the result. `cma-core` re-exports this crate as `cma_core::tools`.
+//!
+//! # Features
+//! `testing` (off by default; for tests only): the `testing` module (an in-memory sandbox and a
+//! `call_tool` helper) and `LocalShellLauncher`, which runs the `bash` tool's shell unconfined
+//! on this host. A build that serves agents never needs it.
+//!
 //! # Fidelity
-//! Every tool row of the SDK test vectors (§8 definitions, §9.1–§9.5) is reproduced exactly, on
-//! a real directory, in [`testing::MemorySandbox`] and (file rows) on the isolate backend. Known
+//! Every tool case of the SDK test vectors (`vectors/sdk-test-vectors.json`: the toolset's
+//! definitions, groups A–C, the shell cases and the result conversion) is reproduced exactly, on
+//! a real directory, in `testing::MemorySandbox` and (file rows) on the isolate backend. Known
 //! differences from the Python reference (`agent_toolset.py`):
 //! - `grep` always uses the built-in walker with the Rust `regex` crate (never `rg`): Python
 //!   spellings it reads differently are rewritten, look-around/backreferences are refused, and
 //!   the message after `grep: invalid regex: ` is the crate's. Its 30 s budget is wall-clock
-//!   (CPU time in Python). Directory entries are visited in name order (file-system order there),
-//!   which only shows when two `glob` matches have the same mtime or in `grep` output order.
+//!   (CPU time in Python). `glob` and `grep` visit directory entries in the file system's order
+//!   as Python does; only a sandbox without one (`testing::MemorySandbox`) lists by name, which
+//!   shows when two `glob` matches have the same mtime or in `grep` output order.
 //! - `bash` without a [`ShellLauncher`] on a sandbox with `shell_exec` runs each command in a
 //!   fresh shell (no persistent cwd/env; stdout then stderr instead of interleaved). Without any
 //!   shell it answers an error naming `execute`. When the shell died, a call always reads
@@ -71,8 +84,10 @@ pub use output::{NO_OUTPUT, PostedResult, ToolError, ToolOutput};
 pub use registry::{
     DispatchError, SessionTools, TOOL_TIMEOUT, Tool, ToolDefinition, ToolRegistry, run_bounded,
 };
+#[cfg(feature = "testing")]
+pub use shell::LocalShellLauncher;
 pub use shell::{
-    LocalShellLauncher, SandboxShellLauncher, ShellError, ShellLauncher, ShellOutput, ShellProcess,
-    ShellSession, ShellSpec,
+    SandboxShellLauncher, ShellError, ShellLauncher, ShellOutput, ShellProcess, ShellSession,
+    ShellSpec,
 };
 pub use toolset::agent_toolset;

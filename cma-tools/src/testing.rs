@@ -1,4 +1,4 @@
-//! Test support for tool authors (feature `testing`, on by default): an in-memory [`Sandbox`]
+//! Test support for tool authors (feature `testing`, never on by default): an in-memory [`Sandbox`]
 //! ([`MemorySandbox`]: files, directories, symlinks, mtimes, read-only directories; no
 //! processes) and [`call_tool`], which runs one call exactly as the runner would and returns the
 //! [`PostedResult`].

@@ -1,5 +1,6 @@
-//! The persistent shell against a real local `/bin/bash`: vectors §9.4 (X1–X6) and the
-//! session life cycle (restart, cancellation, scrubbing).
+//! The persistent shell against a real local `/bin/bash`: the vectors' `bash_session` cases
+//! (X1–X6, the SDK's `BashSession.exec`) and the session life cycle (restart, cancellation,
+//! scrubbing).
 
 mod common;
 
@@ -10,7 +11,8 @@ use cma_tools::shell::TRUNCATED_PREFIX;
 use cma_tools::testing::{MemorySandbox, call_tool_in};
 use cma_tools::toolset::BashTool;
 use cma_tools::{LocalShellLauncher, ShellEnv, ShellError, ShellSession, ShellSpec, ToolContext};
-use cma_vectors::Vectors;
+use cma_vectors::{Field as _, Vectors};
+use common::check_exec;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -22,62 +24,27 @@ async fn session(dir: &std::path::Path) -> ShellSession {
 }
 
 #[tokio::test]
-async fn section_9_4_session_level_vectors() {
-    let v = Vectors::load();
+async fn bash_session_vectors() {
     let dir = tempfile::tempdir().unwrap();
     let cancel = CancellationToken::new();
     let mut failures = Vec::new();
-    for row in v.section("### 9.4").table().rows() {
-        let id = row.id();
-        // X6 shows its two lines as two spans joined by "+ newline +".
-        let command = row.codes("command").join("\n");
-        let want_code: i32 = row
-            .get("code")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+    let cases = Vectors::load()
+        .section("tool_results")
+        .req("bash_session")
+        .req_array("cases");
+    assert!(cases.len() >= 6);
+    for case in cases {
+        let command = case.req_str("command");
         let mut s = session(dir.path()).await;
         let got = s
-            .exec(&command, 10.0, &cancel)
+            .exec(command, 10.0, &cancel)
             .await
-            .unwrap_or_else(|e| panic!("{id} {command:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{} {command:?}: {e}", case.id()));
         s.close().await;
-        if got.exit_code != want_code {
-            failures.push(format!("{id}: exit {} != {want_code}", got.exit_code));
+        if case.get("output").is_none() {
+            assert!(case.req_str("output_head").starts_with(TRUNCATED_PREFIX));
         }
-        if id == "X1" {
-            let cell = row.get("output");
-            let codes = row.codes("output");
-            let start = cma_vectors::unescape(codes[0].trim_end_matches('…'));
-            let end = cma_vectors::unescape(codes[1].trim_start_matches('…'));
-            let total: usize = cell
-                .split("total ")
-                .nth(1)
-                .and_then(|t| t.split(" chars").next())
-                .map(|n| n.replace(' ', "").parse().unwrap())
-                .unwrap();
-            assert!(start.starts_with(TRUNCATED_PREFIX));
-            if !got.output.starts_with(&start) || !got.output.ends_with(&end) {
-                failures.push(format!(
-                    "X1: bad ends {:?}…{:?}",
-                    &got.output[..30],
-                    &got.output[got.output.len() - 10..]
-                ));
-            }
-            if got.output.chars().count() != total {
-                failures.push(format!(
-                    "X1: {} chars, want {total}",
-                    got.output.chars().count()
-                ));
-            }
-            continue;
-        }
-        let want = cma_vectors::unescape(&row.code("output").unwrap());
-        if got.output != want {
-            failures.push(format!("{id}: {:?} != {want:?}", got.output));
-        }
+        failures.extend(check_exec(case, &got.output, got.exit_code));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 }

@@ -1,4 +1,5 @@
-//! Vectors §9.5 (result-content conversion) and the registry's dispatch rules.
+//! The vectors' result-content conversion cases (what the official SDK's runner posts for each
+//! tool return value) and the registry's dispatch rules.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,75 +7,88 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cma_tools::testing::{MemorySandbox, call_tool};
 use cma_tools::{
-    DispatchError, PostedResult, Tool, ToolContext, ToolError, ToolOutput, ToolRegistry,
-    custom_tool, output::well_formed_utf16,
+    DispatchError, PostedResult, TOOL_TIMEOUT, Tool, ToolContext, ToolError, ToolOutput,
+    ToolRegistry, custom_tool, output::well_formed_utf16,
 };
-use cma_vectors::Vectors;
+use cma_vectors::{Field as _, Vectors};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-/// What a row's "Tool returns" cell describes, as a Rust tool result.
-fn tool_result(returns: &str) -> Result<ToolOutput, ToolError> {
-    let code = cma_vectors::code_spans(returns).into_iter().next().unwrap();
-    if let Some(rest) = code.strip_prefix("ToolError(\"") {
-        return Err(ToolError::msg(rest.trim_end_matches("\")")));
-    }
-    if let Some(rest) = code.strip_prefix("RuntimeError(\"") {
-        return Err(ToolError::runtime(rest.trim_end_matches("\")")));
-    }
-    if code == "None" {
-        return Ok(ToolOutput::None);
-    }
-    if code.contains('…') {
-        // "[{"type":"image",…}]": any image block.
-        return Ok(ToolOutput::image_base64("image/png", "iVBORw0KGgo="));
-    }
-    match serde_json::from_str::<Value>(&code).unwrap() {
-        Value::String(s) => Ok(ToolOutput::Text(s)),
-        Value::Array(blocks) => Ok(ToolOutput::Blocks(blocks)),
-        other => panic!("unexpected {other}"),
-    }
+/// What a case's `returns` describes, as a Rust tool result (`None` for the cases that are
+/// not a return value: a call outliving the limit).
+fn tool_result(returns: &Value) -> Option<Result<ToolOutput, ToolError>> {
+    Some(match returns.req_str("kind") {
+        "none" => Ok(ToolOutput::None),
+        "text" => Ok(ToolOutput::Text(returns.req_str("text").to_owned())),
+        // A Rust String cannot hold a lone surrogate; text arriving as UTF-16 is repaired on
+        // decoding, as the SDK repairs it before posting.
+        "text_utf16" => {
+            let units: Vec<u16> = returns
+                .req_array("units")
+                .iter()
+                .map(|u| u16::try_from(u.as_u64().unwrap()).unwrap())
+                .collect();
+            Ok(ToolOutput::Text(well_formed_utf16(&units)))
+        }
+        "blocks" => Ok(ToolOutput::Blocks(returns.req_array("blocks").to_vec())),
+        "raises" => {
+            let message = match returns.get("message_repeat") {
+                Some(r) => r[0]
+                    .as_str()
+                    .unwrap()
+                    .repeat(r[1].as_u64().unwrap() as usize),
+                None => returns.req_str("message").to_owned(),
+            };
+            match returns.req_str("class") {
+                "ToolError" => Err(ToolError::msg(message)),
+                "RuntimeError" => Err(ToolError::runtime(message)),
+                other => panic!("unmapped exception class {other}"),
+            }
+        }
+        "outlives_limit" => return None,
+        other => panic!("unknown return kind {other}"),
+    })
 }
 
 #[test]
-fn section_9_5_result_content_conversion() {
-    let v = Vectors::load();
-    let rows = v.section("### 9.5").table().rows().to_vec();
-    let mut checked = 0;
-    for row in &rows {
-        let returns = row.get("Tool returns");
-        let posted = row.get("Posted content");
-        let want_error = posted.contains("is_error:true");
-        let got = if returns.contains("exceeds 150 s") {
-            PostedResult::timed_out("bash")
-        } else if returns.contains("lone surrogate") {
-            // A Rust String cannot hold one; text arriving as UTF-16 is repaired on decoding.
-            let text = well_formed_utf16(&[0x61, 0xD800, 0x62]);
-            assert_eq!(text, "a\u{FFFD}b");
-            PostedResult::from_output(ToolOutput::Text(text))
-        } else {
-            PostedResult::from_result(tool_result(returns))
+fn result_content_conversion_matches_the_sdk() {
+    let cases = Vectors::load()
+        .section("tool_results")
+        .req("conversion")
+        .req_array("cases");
+    assert!(cases.len() >= 12);
+    for case in cases {
+        let id = case.id();
+        let returns = case.req("returns");
+        let got = match tool_result(returns) {
+            Some(result) => PostedResult::from_result(result),
+            None => {
+                // The SDK's per-call limit is ours; the timing itself is covered with a paused
+                // clock below.
+                assert_eq!(TOOL_TIMEOUT.as_secs_f64(), returns.req_f64("limit_seconds"));
+                PostedResult::timed_out("bash")
+            }
         };
-        assert_eq!(got.is_error, want_error, "{returns}");
-        let want = cma_vectors::code_spans(posted)
-            .into_iter()
-            .find(|c| c.starts_with('['));
-        match want {
-            Some(w) => {
-                let w: Value = serde_json::from_str(&w).unwrap();
-                assert_eq!(Value::Array(got.content.clone()), w, "{returns}");
+        assert_eq!(got.is_error, case.req_bool("is_error"), "{id}");
+        match case.get("content") {
+            Some(want) => assert_eq!(&Value::Array(got.content.clone()), want, "{id}"),
+            None => {
+                // A long text, summarised: one block, its head and length in characters.
+                assert_eq!(
+                    got.content.len() as u64,
+                    case.req_u64("content_blocks"),
+                    "{id}"
+                );
+                let text = got.text().unwrap();
+                assert!(text.starts_with(case.req_str("content_text_head")), "{id}");
+                assert_eq!(
+                    text.chars().count() as u64,
+                    case.req_u64("content_text_chars"),
+                    "{id}"
+                );
             }
-            None if posted.contains("passed through unchanged") => {
-                let Ok(ToolOutput::Blocks(b)) = tool_result(returns) else {
-                    panic!()
-                };
-                assert_eq!(got.content, b);
-            }
-            None => assert!(returns.contains("lone surrogate"), "{returns}"),
         }
-        checked += 1;
     }
-    assert_eq!(checked, 11);
 }
 
 #[test]

@@ -1,5 +1,5 @@
-//! Every tool vector of sdk-test-vectors.md §9 (groups A, B, C and the session-level X rows) on a
-//! real Docker sandbox: the file tools through the backend's file operations and `bash` through
+//! Every tool case of the vectors' `tool_results` section (groups A, B, C and the shell-level X
+//! cases) on a real Docker sandbox: the file tools through the backend's file operations and `bash` through
 //! the persistent shell the tool starts inside the container by itself (no launcher configured).
 //! Needs dockerd and the test image (`.ci/setup.d/20-docker.sh`); fails loudly without them.
 
@@ -16,38 +16,20 @@ use cma_tools::{
     PostedResult, SandboxShellLauncher, ShellEnv, ShellSession, ShellSpec, ToolContext,
     ToolRegistry, agent_toolset,
 };
-use cma_vectors::{Row, Vectors};
+use cma_vectors::{Field as _, Vectors};
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
-use common::expected_text;
+use common::{ToolCase, check_exec, tool_cases};
 
-async fn run(ctx: &ToolContext, tool: &str, input: &str) -> PostedResult {
-    let input: Value = serde_json::from_str(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+async fn run(ctx: &ToolContext, tool: &str, input: &Value) -> PostedResult {
     let mut reg = ToolRegistry::new();
     reg.extend(agent_toolset());
-    call_tool_in(reg.get(tool).unwrap().as_ref(), ctx, input).await
-}
-
-fn check(id: &str, got: &PostedResult, want_error: &str, want: &str) -> Option<String> {
-    let want_error = want_error.trim() == "true";
-    let ok_content = if want.starts_with("[{") {
-        serde_json::to_value(&got.content).unwrap() == serde_json::from_str::<Value>(want).unwrap()
-    } else {
-        got.content.len() == 1 && got.text() == Some(want)
-    };
-    (got.is_error != want_error || !ok_content).then(|| {
-        format!(
-            "{id}: want is_error={want_error} {want:?}, got is_error={} {}",
-            got.is_error,
-            serde_json::to_string(&got.content).unwrap()
-        )
-    })
+    call_tool_in(reg.get(tool).unwrap().as_ref(), ctx, input.clone()).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn section_9_1_and_9_2_on_docker() {
-    let v = Vectors::load();
+async fn groups_a_and_b_on_docker() {
     let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
     let mut spec = SandboxSpec::new();
     // The "worker process" env of A19: the sandbox's own env carries the variable to scrub.
@@ -58,27 +40,26 @@ async fn section_9_1_and_9_2_on_docker() {
 
     let ctx = ToolContext::new(sb.clone());
     let mut failures = Vec::new();
-    let table = v.section("### 9.1").table();
-    for row in table.rows() {
-        let id = row.id();
-        let got = run(&ctx, row.get("tool"), &row.code("input").unwrap()).await;
-        let want = expected_text(&row.code("text").unwrap(), &wd);
-        if id == "A22" {
+    let cases = tool_cases("group_a");
+    for case in cases {
+        let c = ToolCase::new(case, &wd);
+        let got = run(&ctx, c.tool, c.input).await;
+        if c.id == "A22" {
             // Python `re` wording after the prefix; ours is the Rust regex crate's.
             assert!(got.is_error && got.text().unwrap().starts_with("grep: invalid regex: "));
             continue;
         }
-        failures.extend(check(id, &got, row.get("is_error"), &want));
+        failures.extend(c.check(&got));
     }
     ctx.close().await;
-    assert_eq!(table.rows().len(), 27);
+    assert_eq!(cases.len(), 27);
 
     // Group B: a fresh session (new shell) in the same sandbox.
     let ctx = ToolContext::new(sb.clone());
-    for row in v.section("### 9.2").table().rows() {
-        let got = run(&ctx, "bash", &row.code("input").unwrap()).await;
-        let want = expected_text(&row.code("text").unwrap(), &wd);
-        failures.extend(check(row.id(), &got, row.get("is_error"), &want));
+    for case in tool_cases("group_b") {
+        let c = ToolCase::new(case, &wd);
+        let got = run(&ctx, c.tool, c.input).await;
+        failures.extend(c.check(&got));
     }
     ctx.close().await;
     // The timed-out `sleep 3` was killed with its shell: nothing of the session keeps running.
@@ -93,22 +74,11 @@ async fn section_9_1_and_9_2_on_docker() {
     backend.destroy(sb.id()).await.unwrap();
 }
 
-fn group_c_rows(v: &Vectors) -> Vec<Row> {
-    let mut rows: Vec<Row> = v.section("### 9.3").table().rows().to_vec();
-    // C22 is marked "(before C18)".
-    let c22 = rows.iter().position(|r| r.id() == "C22").unwrap();
-    let c18 = rows.iter().position(|r| r.id() == "C18").unwrap();
-    let row = rows.remove(c22);
-    rows.insert(c18, row);
-    rows
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn section_9_3_group_c_on_docker() {
+async fn group_c_on_docker() {
     use base64::Engine as _;
     use std::os::unix::fs::PermissionsExt;
 
-    let v = Vectors::load();
     let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
     let ro = tempfile::tempdir().unwrap();
     std::fs::write(ro.path().join("mem.md"), "memo\n").unwrap();
@@ -144,30 +114,12 @@ async fn section_9_3_group_c_on_docker() {
         .with_allowed_roots(["/RO"])
         .with_read_only_roots(["/RO"]);
     let mut failures = Vec::new();
-    let rows = group_c_rows(&v);
-    assert_eq!(rows.len(), 39);
-    for row in &rows {
-        let (id, tool) = (row.id(), row.get("tool"));
-        let codes = row.codes("content");
-        let got = run(&ctx, tool, &row.code("input").unwrap()).await;
-        if id == "C39" {
-            let errs: Vec<&str> = row.get("is_error").split('/').collect();
-            failures.extend(check(id, &got, errs[0], &expected_text(&codes[0], &wd)));
-            let got = run(&ctx, "read", r#"{"file_path":"b/c.txt"}"#).await;
-            failures.extend(check(
-                "C39/read",
-                &got,
-                errs[1],
-                &expected_text(&codes[1], &wd),
-            ));
-            continue;
-        }
-        failures.extend(check(
-            id,
-            &got,
-            row.get("is_error"),
-            &expected_text(&codes[0], &wd),
-        ));
+    let cases = tool_cases("group_c");
+    assert_eq!(cases.len(), 40);
+    for case in cases {
+        let c = ToolCase::new(case, &wd);
+        let got = run(&ctx, c.tool, c.input).await;
+        failures.extend(c.check(&got));
     }
     ctx.close().await;
     assert!(failures.is_empty(), "{failures:#?}");
@@ -179,56 +131,26 @@ async fn section_9_3_group_c_on_docker() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn section_9_4_session_level_vectors_on_docker() {
-    let v = Vectors::load();
+async fn bash_session_vectors_on_docker() {
     let (backend, _cleanup) = docker_support::connect(docker_support::config()).await;
     let sb: Arc<dyn Sandbox> = backend.create(&SandboxSpec::new()).await.unwrap();
     let launcher = SandboxShellLauncher::new(sb.clone());
     let cancel = CancellationToken::new();
     let mut failures = Vec::new();
-    for row in v.section("### 9.4").table().rows() {
-        let id = row.id();
-        let command = row.codes("command").join("\n");
-        let want_code: i32 = row
-            .get("code")
-            .split_whitespace()
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
+    let cases = Vectors::load()
+        .section("tool_results")
+        .req("bash_session")
+        .req_array("cases");
+    for case in cases {
+        let command = case.req_str("command");
         let spec = ShellSpec::new(sb.workdir(), ShellEnv::Inherit);
         let mut s = ShellSession::start(&launcher, &spec).await.unwrap();
         let got = s
-            .exec(&command, 20.0, &cancel)
+            .exec(command, 20.0, &cancel)
             .await
-            .unwrap_or_else(|e| panic!("{id} {command:?}: {e}"));
+            .unwrap_or_else(|e| panic!("{} {command:?}: {e}", case.id()));
         s.close().await;
-        if got.exit_code != want_code {
-            failures.push(format!("{id}: exit {} != {want_code}", got.exit_code));
-        }
-        if id == "X1" {
-            let codes = row.codes("output");
-            let start = cma_vectors::unescape(codes[0].trim_end_matches('…'));
-            let end = cma_vectors::unescape(codes[1].trim_start_matches('…'));
-            let total: usize = row
-                .get("output")
-                .split("total ")
-                .nth(1)
-                .and_then(|t| t.split(" chars").next())
-                .map(|n| n.replace(' ', "").parse().unwrap())
-                .unwrap();
-            if !got.output.starts_with(&start)
-                || !got.output.ends_with(&end)
-                || got.output.chars().count() != total
-            {
-                failures.push(format!("X1: {} chars", got.output.chars().count()));
-            }
-            continue;
-        }
-        let want = cma_vectors::unescape(&row.code("output").unwrap());
-        if got.output != want {
-            failures.push(format!("{id}: {:?} != {want:?}", got.output));
-        }
+        failures.extend(check_exec(case, &got.output, got.exit_code));
     }
     assert!(failures.is_empty(), "{failures:#?}");
 

@@ -1,5 +1,5 @@
-//! The tool vectors of shared/vectors/sdk-test-vectors.md §8 and §9 (groups A, B, C) run
-//! through the tools exactly as the runner would call them.
+//! The vectors' `tool_definitions` and `tool_results` (groups A, B, C): what the official SDK's
+//! toolset defines and posts, run through our tools exactly as the runner would call them.
 
 mod common;
 
@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime};
 use cma_sandbox::Sandbox;
 use cma_tools::testing::{MemorySandbox, call_tool_in};
 use cma_tools::{LocalShellLauncher, PostedResult, ToolContext, ToolRegistry, agent_toolset};
-use cma_vectors::{Row, Vectors};
+use cma_vectors::{Field as _, Vectors};
 use serde_json::Value;
 
-use common::{HostSandbox, expected_text};
+use common::{HostSandbox, ToolCase, tool_cases};
 
 fn registry() -> ToolRegistry {
     let mut r = ToolRegistry::new();
@@ -21,28 +21,9 @@ fn registry() -> ToolRegistry {
     r
 }
 
-async fn run(ctx: &ToolContext, tool: &str, input: &str) -> PostedResult {
-    let input: Value = serde_json::from_str(input).unwrap_or_else(|e| panic!("{input}: {e}"));
+async fn run(ctx: &ToolContext, tool: &str, input: &Value) -> PostedResult {
     let reg = registry();
-    call_tool_in(reg.get(tool).unwrap().as_ref(), ctx, input).await
-}
-
-/// Compare one row's posted result with the vector; returns a mismatch description.
-fn check(id: &str, got: &PostedResult, want_error: &str, want: &str) -> Option<String> {
-    let want_error = want_error.trim() == "true";
-    let got_json = serde_json::to_string(&got.content).unwrap();
-    let ok_content = if want.starts_with("[{") {
-        let w: Value = serde_json::from_str(want).unwrap();
-        serde_json::to_value(&got.content).unwrap() == w
-    } else {
-        got.content.len() == 1 && got.text() == Some(want)
-    };
-    (got.is_error != want_error || !ok_content).then(|| {
-        format!(
-            "{id}: want is_error={want_error} {want:?}, got is_error={} {got_json}",
-            got.is_error
-        )
-    })
+    call_tool_in(reg.get(tool).unwrap().as_ref(), ctx, input.clone()).await
 }
 
 fn shell_env_with_secret() -> BTreeMap<String, String> {
@@ -52,22 +33,23 @@ fn shell_env_with_secret() -> BTreeMap<String, String> {
 }
 
 #[test]
-fn section_8_definitions_are_built_exactly() {
-    let v = Vectors::load();
-    let blocks = v.section("## 8.").code_blocks();
+fn tool_definitions_are_built_exactly() {
+    let want = Vectors::load()
+        .section("tool_definitions")
+        .req_array("tools");
     let defs: Vec<String> = agent_toolset()
         .iter()
         .map(|t| serde_json::to_string(&t.definition()).unwrap())
         .collect();
-    assert_eq!(blocks.len(), 6);
-    for (block, def) in blocks.iter().zip(&defs) {
-        assert_eq!(block.trim(), def);
+    assert_eq!(want.len(), 6);
+    for (want, def) in want.iter().zip(&defs) {
+        // Byte for byte: the SDK's key order is kept by the file and by our definitions.
+        assert_eq!(&serde_json::to_string(want).unwrap(), def);
     }
 }
 
 #[tokio::test]
-async fn section_9_1_group_a_one_session() {
-    let v = Vectors::load();
+async fn group_a_one_session() {
     let dir = tempfile::tempdir().unwrap();
     let w = dir.path().canonicalize().unwrap();
     let wd = w.to_str().unwrap().to_owned();
@@ -76,14 +58,14 @@ async fn section_9_1_group_a_one_session() {
     launcher.base_env = Some(shell_env_with_secret());
     let ctx = ToolContext::new(sandbox).with_shell_launcher(Arc::new(launcher));
     let mut failures = Vec::new();
-    let table = v.section("### 9.1").table();
-    for row in table.rows() {
-        let id = row.id();
-        let got = run(&ctx, row.get("tool"), &row.code("input").unwrap()).await;
-        let want = expected_text(&row.code("text").unwrap(), &wd);
-        if id == "A22" {
+    let cases = tool_cases("group_a");
+    for case in cases {
+        let c = ToolCase::new(case, &wd);
+        let got = run(&ctx, c.tool, c.input).await;
+        if c.id == "A22" {
             // Python `re` wording after the prefix; ours is the Rust regex crate's.
             let prefix = "grep: invalid regex: ";
+            let want = c.content[0]["text"].as_str().unwrap();
             assert!(want.starts_with(prefix));
             assert!(got.is_error, "A22");
             assert!(
@@ -94,30 +76,29 @@ async fn section_9_1_group_a_one_session() {
             assert!(got.text().unwrap().len() > prefix.len());
             continue;
         }
-        failures.extend(check(id, &got, row.get("is_error"), &want));
+        failures.extend(c.check(&got));
     }
     ctx.close().await;
     assert!(failures.is_empty(), "{failures:#?}");
-    assert_eq!(table.rows().len(), 27);
+    assert_eq!(cases.len(), 27);
 }
 
 #[tokio::test]
-async fn section_9_2_group_b_bash_timeout() {
-    let v = Vectors::load();
+async fn group_b_bash_timeout() {
     let dir = tempfile::tempdir().unwrap();
     let ctx = ToolContext::new(Arc::new(MemorySandbox::new("/W")))
         .with_shell_launcher(Arc::new(LocalShellLauncher::in_dir(dir.path())));
     let mut failures = Vec::new();
-    for row in v.section("### 9.2").table().rows() {
-        let got = run(&ctx, "bash", &row.code("input").unwrap()).await;
-        let want = expected_text(&row.code("text").unwrap(), "/W");
-        failures.extend(check(row.id(), &got, row.get("is_error"), &want));
+    for case in tool_cases("group_b") {
+        let c = ToolCase::new(case, "/W");
+        let got = run(&ctx, c.tool, c.input).await;
+        failures.extend(c.check(&got));
     }
     ctx.close().await;
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
-/// The §9.3 fixture in a memory sandbox whose workdir is `/W`.
+/// Group C's fixture in a memory sandbox whose workdir is `/W`.
 fn group_c_fixture() -> Arc<MemorySandbox> {
     use base64::Engine as _;
     let sb = Arc::new(MemorySandbox::new("/W"));
@@ -148,19 +129,8 @@ fn group_c_fixture() -> Arc<MemorySandbox> {
     sb
 }
 
-fn group_c_rows(v: &Vectors) -> Vec<Row> {
-    let mut rows: Vec<Row> = v.section("### 9.3").table().rows().to_vec();
-    // C22 is marked "(before C18)": run it first so C18's file cannot matter.
-    let c22 = rows.iter().position(|r| r.id() == "C22").unwrap();
-    let c18 = rows.iter().position(|r| r.id() == "C18").unwrap();
-    let row = rows.remove(c22);
-    rows.insert(c18, row);
-    rows
-}
-
 #[tokio::test]
-async fn section_9_3_group_c_prepared_workdir() {
-    let v = Vectors::load();
+async fn group_c_prepared_workdir() {
     let sb = group_c_fixture();
     let shell_dir = tempfile::tempdir().unwrap();
     let ctx = ToolContext::new(sb.clone())
@@ -168,29 +138,13 @@ async fn section_9_3_group_c_prepared_workdir() {
         .with_read_only_roots(["/RO"])
         .with_shell_launcher(Arc::new(LocalShellLauncher::in_dir(shell_dir.path())));
     let mut failures = Vec::new();
-    let rows = group_c_rows(&v);
-    assert_eq!(rows.len(), 39);
-    for row in &rows {
-        let id = row.id();
-        let tool = row.get("tool");
-        let codes = row.codes("content");
-        let got = run(&ctx, tool, &row.code("input").unwrap()).await;
-        if id == "C39" {
-            // `write` then `read` of the same file: two results.
-            let errs: Vec<&str> = row.get("is_error").split('/').collect();
-            failures.extend(check(id, &got, errs[0], &expected_text(&codes[0], "/W")));
-            let got = run(&ctx, "read", r#"{"file_path":"b/c.txt"}"#).await;
-            failures.extend(check(
-                "C39/read",
-                &got,
-                errs[1],
-                &expected_text(&codes[1], "/W"),
-            ));
-            continue;
-        }
-        let want = expected_text(&codes[0], "/W");
-        failures.extend(check(id, &got, row.get("is_error"), &want));
-        if id == "C18" {
+    let cases = tool_cases("group_c");
+    assert_eq!(cases.len(), 40);
+    for case in cases {
+        let c = ToolCase::new(case, "/W");
+        let got = run(&ctx, c.tool, c.input).await;
+        failures.extend(c.check(&got));
+        if c.id == "C18" {
             assert_eq!(sb.file("/W/deep/er/f.txt").unwrap().len(), 6);
         }
     }
@@ -201,12 +155,11 @@ async fn section_9_3_group_c_prepared_workdir() {
 /// Group C's file rows on the real isolate backend (`/W` = `/workspace`, `/RO` a read-only
 /// mount). Its bash rows need a shell, which the isolate backend does not have; they run above.
 #[tokio::test]
-async fn section_9_3_group_c_file_rows_on_the_isolate_backend() {
+async fn group_c_file_cases_on_the_isolate_backend() {
     use base64::Engine as _;
     use cma_sandbox::isolate::IsolateBackend;
     use cma_sandbox::{Mount, SandboxBackend, SandboxSpec};
 
-    let v = Vectors::load();
     let tmp = tempfile::tempdir().unwrap();
     let ro = tmp.path().join("ro");
     std::fs::create_dir_all(&ro).unwrap();
@@ -256,35 +209,17 @@ async fn section_9_3_group_c_file_rows_on_the_isolate_backend() {
         .with_read_only_roots(["/RO"]);
     let mut failures = Vec::new();
     let mut ran = 0;
-    for row in &group_c_rows(&v) {
-        let (id, tool) = (row.id(), row.get("tool"));
-        if tool == "bash" {
+    for case in tool_cases("group_c") {
+        let c = ToolCase::new(case, &wd);
+        if c.tool == "bash" {
             continue;
         }
         ran += 1;
-        let codes = row.codes("content");
-        let got = run(&ctx, tool, &row.code("input").unwrap()).await;
-        if id == "C39" {
-            let errs: Vec<&str> = row.get("is_error").split('/').collect();
-            failures.extend(check(id, &got, errs[0], &expected_text(&codes[0], &wd)));
-            let got = run(&ctx, "read", r#"{"file_path":"b/c.txt"}"#).await;
-            failures.extend(check(
-                "C39/read",
-                &got,
-                errs[1],
-                &expected_text(&codes[1], &wd),
-            ));
-            continue;
-        }
-        failures.extend(check(
-            id,
-            &got,
-            row.get("is_error"),
-            &expected_text(&codes[0], &wd),
-        ));
+        let got = run(&ctx, c.tool, c.input).await;
+        failures.extend(c.check(&got));
     }
     assert!(failures.is_empty(), "{failures:#?}");
-    assert_eq!(ran, 31);
+    assert_eq!(ran, 32);
     assert_eq!(
         std::fs::read(host_ws.join("deep/er/f.txt")).unwrap(),
         "héllo".as_bytes()

@@ -104,12 +104,15 @@ async fn cma_run_serves_a_session_and_verifies_webhooks() {
     let hook_addr: SocketAddr = format!("127.0.0.1:{hook_port}").parse().unwrap();
     let scenario = Scenario::from_json(include_str!("../scenarios/quickstart.json")).unwrap();
     let expected: usize = scenario.sessions.iter().map(|s| s.calls.len()).sum();
-    let emulator = Emulator::start(EmulatorConfig::default().scenario(scenario).webhook(
-        WebhookConfig::new(
-            format!("http://{hook_addr}/webhooks"),
-            WebhookSecret::parse(SECRET).unwrap(),
-        ),
-    ))
+    let emulator = Emulator::start(
+        EmulatorConfig::default()
+            .scenario(scenario)
+            .strict(true)
+            .webhook(WebhookConfig::new(
+                format!("http://{hook_addr}/webhooks"),
+                WebhookSecret::parse(SECRET).unwrap(),
+            )),
+    )
     .await
     .unwrap();
     let env = emulator.environments().remove(0);
@@ -123,6 +126,7 @@ async fn cma_run_serves_a_session_and_verifies_webhooks() {
             "data_dir": dir.path().join("data"),
             "concurrency": 2,
             "max_idle_seconds": 2,
+            "worker_id": "cma-test-worker",
             "webhook": {"listen": hook_addr.to_string()},
         })
         .to_string(),
@@ -154,6 +158,15 @@ async fn cma_run_serves_a_session_and_verifies_webhooks() {
         .find(|r| r.name.as_deref() == Some("read"))
         .expect("the read result");
     assert!(summary.content.to_string().contains("3 items"));
+    // Webhook-driven, yet every poll (start, deliveries, fallback) carried the configured id.
+    let polls = poll_worker_ids(&emulator);
+    assert!(!polls.is_empty());
+    assert!(
+        polls
+            .iter()
+            .all(|(id, status)| id.as_deref() == Some("cma-test-worker") && *status == Some(200)),
+        "{polls:?}"
+    );
 
     // The emulator's signed deliveries were verified by the listener (2xx).
     let delivered = emulator
@@ -263,6 +276,88 @@ async fn cma_run_serves_skills_and_memory_stores() {
     emulator.shutdown().await;
 }
 
+/// `Anthropic-Worker-ID` and status of every answered poll the emulator logged.
+fn poll_worker_ids(emulator: &Emulator) -> Vec<(Option<String>, Option<u16>)> {
+    emulator
+        .requests()
+        .into_iter()
+        .filter(|r| r.path.ends_with("/work/poll") && r.status.is_some())
+        .map(|r| (r.worker_id, r.status))
+        .collect()
+}
+
+/// Against a strict emulator (a poll without `Anthropic-Worker-ID` is a 400), `cma run`
+/// long-polls with the SDK's default worker id — `<hostname>-<12 hex digits>`, the same on every
+/// poll of the process — and serves the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cma_run_polls_with_a_worker_id_against_a_strict_emulator() {
+    let scenario = Scenario::from_json(include_str!("../scenarios/quickstart.json")).unwrap();
+    let expected: usize = scenario.sessions.iter().map(|s| s.calls.len()).sum();
+    let emulator = Emulator::start(EmulatorConfig::default().scenario(scenario).strict(true))
+        .await
+        .unwrap();
+    let env = emulator.environments().remove(0);
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("cma.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "environment_id": env.id,
+            "base_url": emulator.base_url(),
+            "data_dir": dir.path().join("data"),
+            "max_idle_seconds": 1,
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cma"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("ANTHROPIC_ENVIRONMENT_KEY", &env.key)
+        .env("RUST_LOG", "off")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn cma run");
+    let done = emulator
+        .wait_for(Duration::from_secs(30), |e| {
+            let (total, ended, work_over) = e.scripted_progress();
+            total == ended && work_over
+        })
+        .await;
+    // A few more polls after the work is done: still with the same id.
+    let more = emulator
+        .wait_for(Duration::from_secs(10), |e| poll_worker_ids(e).len() >= 4)
+        .await;
+    let pid = child.id().to_string();
+    let _ = Command::new("kill").args(["-TERM", &pid]).status();
+    let status = wait(&mut child, Duration::from_secs(40));
+    let err = stderr_of(&mut child);
+    assert!(done, "the session did not finish: {err}");
+    assert!(more);
+    assert!(status.success(), "{err}");
+    assert_eq!(emulator.tool_results().len(), expected);
+    let polls = poll_worker_ids(&emulator);
+    let first = polls[0].0.clone().expect("a worker id");
+    let (host, suffix) = first.rsplit_once('-').expect("<hostname>-<suffix>");
+    assert_eq!(host, cma_core::control::identity::host_name());
+    assert_eq!(suffix.len(), 12, "{first}");
+    assert!(
+        suffix
+            .bytes()
+            .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')),
+        "{first}"
+    );
+    assert!(
+        polls
+            .iter()
+            .all(|(id, status)| id.as_deref() == Some(first.as_str()) && *status == Some(200)),
+        "{polls:?}"
+    );
+    assert!(err.contains(&format!("worker id {first}")), "{err}");
+    emulator.shutdown().await;
+}
+
 fn chrono_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -289,6 +384,34 @@ fn cma_run_rejects_bad_configs() {
             "memory_sync_deletions must be",
         ),
         ("not json", "expected"),
+        (
+            r#"{"environment_id":"env_x","placement":{"profiles":{"x":{"backend":"dockr"}}}}"#,
+            "placement.profiles.x.backend: unknown backend \"dockr\"",
+        ),
+        (
+            r#"{"environment_id":"env_x","placement":{"profiles":{"x":{"backend":"isolate"}},"rules":[{"agent_id_pattern":"agent_(","profile":"x"}]}}"#,
+            "placement.rules[0].agent_id_pattern: invalid regular expression",
+        ),
+        (
+            r#"{"environment_id":"env_x","placement":{"profiles":{"x":{"backend":"isolate"}},"rules":[{"profile":"x"}]}}"#,
+            "placement.rules[0]: empty rule",
+        ),
+        (
+            r#"{"environment_id":"env_x","placement":{"profiles":{"x":{"backend":"isolate","cpu":1}}}}"#,
+            "unknown field `cpu`",
+        ),
+        (
+            r#"{"environment_id":"env_x","snapshot_retention_interval_seconds":0}"#,
+            "snapshot_retention_interval_seconds must be at least 1",
+        ),
+        (
+            r#"{"environment_id":"env_x","webhook":{"listen":"127.0.0.1:1","fallback_poll_seconds":0}}"#,
+            "webhook.fallback_poll_seconds must be at least 1",
+        ),
+        (
+            r#"{"environment_id":"env_x","worker_id":"has space"}"#,
+            "worker_id must be",
+        ),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let p = dir.path().join(format!("c{i}.json"));
@@ -393,4 +516,53 @@ fn cma_tool_prints_results_as_posted_with_exit_codes() {
             .code(),
         Some(2)
     );
+}
+
+/// Processes still alive that were started as `execute` workers by process `parent`.
+fn workers_of(parent: u32) -> Vec<u32> {
+    let marker = format!("CMA_SANDBOX_ISOLATE_WORKER={parent}");
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .unwrap_or_default()
+                .split(|b| *b == 0)
+                .any(|v| v == marker.as_bytes())
+        })
+        .collect()
+}
+
+#[test]
+fn cma_tool_execute_stops_a_runaway_script_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    // A built-in that loops natively without polling QuickJS's interrupt handler.
+    let input =
+        r#"{"code":"Array.prototype.indexOf.call({length: 2**53 - 1}, 1)","timeout_ms":1000}"#;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_cma"))
+        .args(["tool", "execute", "--input", input, "--workdir"])
+        .arg(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    // The bound only keeps a broken build from hanging the suite.
+    let status = wait(&mut child, Duration::from_secs(60));
+    let mut stdout = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut stdout)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{}", stderr_of(&mut child));
+    assert_eq!(stdout, "execute: timed out after 1.0s");
+    // Its worker processes went with it.
+    let give_up = Instant::now() + Duration::from_secs(20);
+    while !workers_of(pid).is_empty() && Instant::now() < give_up {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(workers_of(pid), Vec::<u32>::new());
 }

@@ -1,6 +1,7 @@
 //! Killing `cma run` (SIGKILL) mid-session on the Docker backend and starting it again: the
 //! sandbox is re-adopted, the work item is released by its lease and finished by the new process,
-//! the session's files survive, and nothing runs that the state store does not know about.
+//! the session's files survive, nothing runs that the state store does not know about, and once
+//! the session terminates its sandbox is destroyed.
 //! Needs a running dockerd and the test image (`.ci/setup.d/20-docker.sh`).
 
 use std::collections::HashSet;
@@ -10,7 +11,7 @@ use std::time::{Duration, Instant};
 use cma_core::emulator::{Emulator, EmulatorConfig, Script, ScriptEnd, ScriptedCall};
 use cma_sandbox::SandboxBackend;
 use cma_sandbox::docker::{DockerBackend, DockerConfig};
-use cma_store::state::{SqliteStateStore, StateStore};
+use cma_store::state::{SandboxQuery, SqliteStateStore, StateStore};
 use serde_json::json;
 
 fn image() -> String {
@@ -175,7 +176,7 @@ async fn crash_and_restart(prestart: usize) {
         .await
         .expect("state");
     let known: HashSet<String> = store
-        .list_sandboxes(Some("docker"))
+        .list_sandboxes(&SandboxQuery::backend("docker"))
         .await
         .expect("sandboxes")
         .into_iter()
@@ -186,9 +187,21 @@ async fn crash_and_restart(prestart: usize) {
     for info in &live {
         assert!(known.contains(info.id.as_str()), "unknown sandbox {info:?}");
     }
+    // Re-adopted, not replaced: the second process created no sandbox for the session; and as
+    // the session terminated, its sandbox is gone rather than kept warm.
+    let log = store
+        .list_transitions(&sid, 0, 1000)
+        .await
+        .expect("transitions");
+    let events = |name: &str| log.iter().filter(|t| t.event == name).collect::<Vec<_>>();
+    let readopted = events("sandbox_readopted");
+    assert_eq!(readopted.len(), 1, "{log:#?}");
+    assert_eq!(readopted[0].detail, running[0].id.as_str());
+    assert_eq!(events("sandbox_created").len(), 1, "{log:#?}");
+    assert_eq!(events("sandbox_destroyed").len(), 1, "{log:#?}");
     assert!(
-        live.iter().any(|i| i.id == running[0].id),
-        "the sandbox was re-adopted, not replaced"
+        live.iter().all(|i| i.id != running[0].id),
+        "the terminated session's sandbox is not kept: {live:?}"
     );
 
     assert!(

@@ -3,7 +3,7 @@
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 
-use cma_vectors::{Section, Vectors};
+use cma_vectors::{Field as _, Vectors};
 
 fn cma(args: &[&str], stdin: &[u8]) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_cma"))
@@ -37,17 +37,14 @@ struct S1 {
 }
 
 fn s1() -> S1 {
-    let s: Section = Vectors::load().section("## 7.");
-    let row = s.row("S1");
+    let v = Vectors::load();
+    let row = v.case("webhooks", "signing", "S1");
     S1 {
-        secret: cma_vectors::code_spans(s.text())
-            .into_iter()
-            .find(|c| c.starts_with("whsec_"))
-            .expect("secret"),
-        body: s.code_blocks().remove(0).into_bytes(),
-        id: row.code("webhook-id").expect("id"),
-        ts: row.code("webhook-timestamp").expect("ts"),
-        sig: row.code("Expected `webhook-signature`").expect("sig"),
+        secret: row.req_str("secret").to_owned(),
+        body: row.req_str("body").as_bytes().to_vec(),
+        id: row.req_str("webhook_id").to_owned(),
+        ts: row.req_i64("timestamp").to_string(),
+        sig: row.req_str("signature").to_owned(),
     }
 }
 

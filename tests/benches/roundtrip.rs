@@ -78,7 +78,7 @@ async fn round(n: usize, kind: Kind) -> Duration {
     let root = tempfile::tempdir().expect("tempdir");
     let host: Arc<dyn SessionHost> = match kind {
         Kind::Noop => Arc::new(FixedHost(Arc::new(Noop))),
-        Kind::Isolate => Arc::new(SandboxHost::new(
+        Kind::Isolate => Arc::new(SandboxHost::from_parts(
             [Arc::new(IsolateBackend::new(root.path()).expect("isolate"))
                 as Arc<dyn cma_sandbox::SandboxBackend>],
             Arc::new(RuleSelector::new("isolate")),

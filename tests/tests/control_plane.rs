@@ -274,7 +274,7 @@ async fn shutdown_lets_items_finish_within_the_grace() {
 async fn a_sessions_next_item_reuses_its_warm_sandbox() {
     for keep_warm in [Duration::from_secs(60), Duration::ZERO] {
         let h = Harness::new().await;
-        let host = Arc::new(SandboxHost::new(
+        let host = Arc::new(SandboxHost::from_parts(
             [h.isolate()],
             Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
             Arc::new(ToolsetFactory::new()),

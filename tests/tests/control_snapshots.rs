@@ -102,7 +102,7 @@ async fn sleep_and_wake_on(
     let name = backend.name().to_owned();
     let state = Arc::new(cma_store::state::MemoryStateStore::new());
     let host = Arc::new(
-        SandboxHost::new(
+        SandboxHost::from_parts(
             [backend.clone()],
             Arc::new(move |_: &Placement<'_>| name.clone()),
             Arc::new(ToolsetFactory::new()),
@@ -253,7 +253,7 @@ async fn a_woken_session_sees_the_files_it_left_from_a_snapshot() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_snapshots_a_destroyed_sandbox_loses_its_files() {
     let h = Harness::new().await;
-    let host = Arc::new(SandboxHost::new(
+    let host = Arc::new(SandboxHost::from_parts(
         [h.isolate()],
         Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
         Arc::new(ToolsetFactory::new()),
@@ -318,7 +318,7 @@ async fn a_session_whose_snapshot_cannot_be_restored_is_not_run_empty() {
     }
     let h = Harness::new().await;
     let host = Arc::new(
-        SandboxHost::new(
+        SandboxHost::from_parts(
             [h.isolate()],
             Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
             Arc::new(ToolsetFactory::new()),
@@ -388,7 +388,7 @@ async fn a_damaged_newest_snapshot_falls_back_to_the_previous_good_one() {
     );
     let h = Harness::new().await;
     let host = Arc::new(
-        SandboxHost::new(
+        SandboxHost::from_parts(
             [h.isolate()],
             Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
             Arc::new(ToolsetFactory::new()),

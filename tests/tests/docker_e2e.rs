@@ -112,7 +112,7 @@ async fn scripted_session_runs_on_the_docker_backend() {
         .unwrap();
     let env = emulator.environments()[0].clone();
     let backend: Arc<dyn SandboxBackend> = Arc::new(backend);
-    let host = SandboxHost::new(
+    let host = SandboxHost::from_parts(
         [backend.clone()],
         Arc::new(RuleSelector::new("docker")),
         Arc::new(ToolsetFactory::new()),

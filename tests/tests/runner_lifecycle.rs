@@ -1,4 +1,5 @@
-//! Runner fidelity, lifecycle part: the worker sequences W1–W5 of sdk-test-vectors.md §4 and the
+//! Runner fidelity, lifecycle part: the worker scenarios W1–W5 of the vectors' `worker` section
+//! (requests the official SDK's worker made) and the
 //! lease-loss cases of docs/protocol.md §3.4, run through the real stack (control plane or
 //! `SessionRunner::handle_item`, `SandboxHost` over the isolate backend, the official toolset)
 //! against the in-process emulator, whose request log shows what the worker sent.
@@ -16,40 +17,29 @@ use cma_core::emulator::{AuthKind, EmulatorConfig, Endpoint, Fault, RequestRecor
 use cma_core::protocol::{WorkData, WorkState};
 use cma_core::runner::lease::LeaseEnd;
 use cma_core::runner::session::{ItemOutcome, RunnerConfig, RunnerError};
+use cma_vectors::{Field as _, Value};
 use serde_json::json;
 use support::*;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-/// The §4 setup values (environment id and key, worker id) from the vectors' setup paragraph.
+/// The worker section's setup values (environment id and key, worker id).
 struct Setup {
     environment_id: String,
     environment_key: String,
     worker_id: String,
 }
 
-fn quoted_after(text: &str, key: &str) -> String {
-    let start = text
-        .find(&format!("{key}=\""))
-        .unwrap_or_else(|| panic!("§4 setup names no {key}"))
-        + key.len()
-        + 2;
-    let len = text[start..].find('"').expect("closing quote");
-    text[start..start + len].to_owned()
-}
-
 fn setup() -> Setup {
-    let v = cma_vectors::Vectors::load();
-    let s = v.section("## 4.");
-    let text = s.text();
+    let s = cma_vectors::Vectors::load().section("worker").req("setup");
     Setup {
-        environment_id: quoted_after(text, "environment_id"),
-        environment_key: quoted_after(text, "environment_key"),
-        worker_id: quoted_after(text, "worker_id"),
+        environment_id: s.req_str("environment_id").to_owned(),
+        environment_key: s.req_str("environment_key").to_owned(),
+        worker_id: s.req_str("worker_id").to_owned(),
     }
 }
 
-/// One line of the W1 request list.
+/// One request of the W1 scenario's steps.
 #[derive(Debug, Clone)]
 struct ExpectedRequest {
     method: String,
@@ -62,51 +52,38 @@ struct ExpectedRequest {
     repeated: bool,
 }
 
-fn w1_lines() -> Vec<ExpectedRequest> {
-    let v = cma_vectors::Vectors::load();
-    let block = v.section("### W1").code_blocks().remove(0);
-    block
-        .lines()
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let toks: Vec<&str> = line.split_whitespace().collect();
-            let mut e = ExpectedRequest {
-                method: toks[0].to_owned(),
-                target: toks[1].to_owned(),
-                bearer: None,
-                helper: None,
-                worker_id: None,
-                body: None,
-                concurrent: line.contains('┐') || line.contains('┘'),
-                repeated: line.contains('×'),
-            };
-            let mut i = 2;
-            while i < toks.len() {
-                match toks[i] {
-                    "Bearer" => {
-                        e.bearer = toks.get(i + 1).map(|s| s.to_string());
-                        i += 1;
-                    }
-                    "Anthropic-Worker-ID:" => {
-                        e.worker_id = toks.get(i + 1).map(|s| s.to_string());
-                        i += 1;
-                    }
-                    t if t.starts_with('{') => e.body = Some(t.to_owned()),
-                    t if t.starts_with("environments-") || t.starts_with("session-") => {
-                        e.helper = Some(t.to_owned())
-                    }
-                    _ => {}
-                }
-                i += 1;
-            }
-            e
-        })
-        .collect()
+fn w1() -> &'static Value {
+    cma_vectors::Vectors::load().case("worker", "scenarios", "W1")
 }
 
-fn id_in_path(target: &str, after: &str) -> String {
-    let rest = &target[target.find(after).expect("segment") + after.len()..];
-    rest.split(['/', '?']).next().unwrap_or_default().to_owned()
+/// W1's requests in order; the result posts (one per owned tool call, whose bodies are the
+/// SDK run's own results) become one line to repeat once per call.
+fn w1_lines() -> Vec<ExpectedRequest> {
+    let mut out: Vec<ExpectedRequest> = Vec::new();
+    for step in w1().req_array("steps") {
+        let (group, concurrent) = match step.get("concurrent") {
+            Some(g) => (g.as_array().expect("concurrent steps").clone(), true),
+            None => (vec![step.clone()], false),
+        };
+        for s in &group {
+            let repeated = s.req_str("kind") == "events_post";
+            if repeated && out.last().is_some_and(|l| l.repeated) {
+                continue;
+            }
+            let owned = |k: &str| s.opt_str(k).map(str::to_owned);
+            out.push(ExpectedRequest {
+                method: s.req_str("method").to_owned(),
+                target: s.req_str("target").to_owned(),
+                bearer: owned("auth"),
+                helper: owned("helper"),
+                worker_id: owned("worker_id"),
+                body: if repeated { None } else { owned("body") },
+                concurrent,
+                repeated,
+            });
+        }
+    }
+    out
 }
 
 /// What the plane reported for one finished item.
@@ -163,8 +140,9 @@ async fn w1_happy_path_request_order() {
     )
     .await;
     let lines = w1_lines();
-    let vector_sid = id_in_path(&lines[2].target, "/v1/sessions/");
-    let vector_work = id_in_path(&lines[1].target, "/work/");
+    let item = w1().req("item");
+    let vector_sid = item.req("data").req_str("id").to_owned();
+    let vector_work = item.req_str("id").to_owned();
     let sid = h
         .emu
         .create_session_with_id(
@@ -280,9 +258,15 @@ async fn w1_happy_path_request_order() {
         }
     }
     // Concurrency: the heartbeat arrived before the (delayed) session GET was answered.
-    let get = actual[order[conc[0]]];
-    let hb = actual[order[conc[1]]];
-    assert!(get.path.starts_with("/v1/sessions/") && hb.path.ends_with("/heartbeat"));
+    let pair = [actual[order[conc[0]]], actual[order[conc[1]]]];
+    let get = *pair
+        .iter()
+        .find(|r| r.path.starts_with("/v1/sessions/"))
+        .expect("the session GET is one of the two");
+    let hb = *pair
+        .iter()
+        .find(|r| r.path.ends_with("/heartbeat"))
+        .expect("the heartbeat is the other");
     assert!(hb.seq < get.answered_seq.unwrap(), "{get:?} {hb:?}");
     // The history is listed after the stream's headers went out.
     let stream = actual
@@ -702,7 +686,13 @@ async fn w5_terminated_session_is_stopped_without_a_stream() {
         "{mine:#?}"
     );
     assert_eq!(stops(&reqs, work.id.as_str()).len(), 1);
-    assert!(mine.iter().any(|r| r.path.ends_with("/heartbeat")));
+    // The first heartbeat goes out with the session fetch (W5), before the force-stop.
+    let beat = mine.iter().position(|r| r.path.ends_with("/heartbeat"));
+    let stop = mine.iter().position(|r| r.path.ends_with("/stop"));
+    assert!(
+        matches!((beat, stop), (Some(b), Some(s)) if b < s),
+        "{mine:#?}"
+    );
     assert!(h.results(&sid).is_empty());
     assert_eq!(host.warm_count(), 0, "no sandbox was created");
     let _ = Arc::clone(&host);
@@ -780,8 +770,9 @@ impl cma_core::control::host::ExecutorFactory for GatedFactory {
 }
 
 /// The lease is lost while the session is being placed: the placement is not abandoned half-way
-/// (which would leak the new sandbox, neither open nor warm), the host gets its `close`, no stop
-/// call is made, and after the warm pool is emptied no sandbox is left in the backend.
+/// (which would leak the new sandbox, neither open nor warm), the host gets its `close` — which
+/// destroys the sandbox, as another worker may own the session now — no stop call is made, and
+/// no sandbox is left in the backend.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lease_lost_during_placement_leaks_no_sandbox() {
     let h = Harness::with_config(EmulatorConfig::default().lease_ttl_seconds(2)).await;
@@ -789,7 +780,7 @@ async fn a_lease_lost_during_placement_leaks_no_sandbox() {
     let backend = h.isolate();
     let entered = Arc::new(tokio::sync::Notify::new());
     let release = Arc::new(tokio::sync::Semaphore::new(0));
-    let host = Arc::new(cma_core::control::host::SandboxHost::new(
+    let host = Arc::new(cma_core::control::host::SandboxHost::from_parts(
         [backend.clone()],
         Arc::new(|_: &cma_core::control::select::Placement<'_>| "isolate".to_owned()),
         Arc::new(GatedFactory {
@@ -834,12 +825,9 @@ async fn a_lease_lost_during_placement_leaks_no_sandbox() {
         outcome.results_posted, 0,
         "no tool ran after the lease was lost"
     );
-    assert_eq!(
-        host.warm_count(),
-        1,
-        "the placed sandbox was handed back to the host"
-    );
-    host.destroy_all_warm().await;
+    // The placed sandbox was handed back to the host, which destroyed it: after a lost lease
+    // another worker may own the session, so nothing is kept warm.
+    assert_eq!(host.warm_count(), 0, "not kept warm after a lost lease");
     assert!(backend.list().await.unwrap().is_empty(), "a sandbox leaked");
 }
 

@@ -54,7 +54,7 @@ async fn run_scenario(file: &str) {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let backend = Arc::new(IsolateBackend::new(dir.path()).unwrap());
-    let host = Arc::new(SandboxHost::new(
+    let host = Arc::new(SandboxHost::from_parts(
         [backend as Arc<dyn cma_sandbox::SandboxBackend>],
         Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
         Arc::new(ToolsetFactory::new()),

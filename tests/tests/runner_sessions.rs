@@ -1,8 +1,8 @@
-//! Runner fidelity, session part: the tool-runner sequences W6–W9 of sdk-test-vectors.md §4
-//! (reconcile from history, permission gating, calls owned by another client, termination and
-//! idle), reconnects with calls that arrived while disconnected, and faults on result sends —
-//! through `SessionRunner::handle_item` with a `SandboxHost` over the isolate backend and the
-//! official toolset, against the in-process emulator.
+//! Runner fidelity, session part: the tool-runner scenarios W6–W9 of the SDK test vectors'
+//! `worker` section (reconcile from history, permission gating, calls owned by another client,
+//! termination and idle), reconnects with calls that arrived while disconnected, and faults on
+//! result sends — through `SessionRunner::handle_item` with a `SandboxHost` over the isolate
+//! backend and the official toolset, against the in-process emulator.
 //!
 //! The vectors' calls are `bash` commands, which the isolate backend cannot run (it answers an
 //! error naming `execute`), so these tests use `write`/`read` calls and assert the runner-level

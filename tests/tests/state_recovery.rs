@@ -16,7 +16,9 @@ use cma_core::control::tools::ToolsetFactory;
 use cma_core::emulator::ScriptEnd;
 use cma_core::webhook::WebhookEvent;
 use cma_sandbox::{SandboxBackend, SandboxSpec};
-use cma_store::state::{LeaseClaim, SandboxRecord, SessionStatus, SqliteStateStore, StateStore};
+use cma_store::state::{
+    LeaseClaim, SandboxQuery, SandboxRecord, SessionStatus, SqliteStateStore, StateStore,
+};
 use support::{Harness, WAIT, runner_config, write};
 use tokio::sync::mpsc;
 
@@ -30,7 +32,7 @@ async fn open_store(h: &Harness) -> Arc<dyn StateStore> {
 
 fn host(backend: Arc<dyn SandboxBackend>, store: Arc<dyn StateStore>) -> Arc<SandboxHost> {
     Arc::new(
-        SandboxHost::new(
+        SandboxHost::from_parts(
             [backend],
             Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
             Arc::new(ToolsetFactory::new()),
@@ -157,7 +159,10 @@ async fn a_restarted_host_picks_up_from_the_state_store() {
             events::SANDBOX_KEPT_WARM
         ]
     );
-    let known = store.list_sandboxes(Some("isolate")).await.unwrap();
+    let known = store
+        .list_sandboxes(&SandboxQuery::backend("isolate"))
+        .await
+        .unwrap();
     assert_eq!(known.len(), 1);
     assert_eq!(known[0].sandbox_id, sandbox_id);
     assert_eq!(known[0].session_id.as_deref(), Some(sid.as_str()));
@@ -217,7 +222,7 @@ async fn a_restarted_host_picks_up_from_the_state_store() {
         "the stray sandbox was destroyed"
     );
     let known: Vec<String> = store
-        .list_sandboxes(None)
+        .list_sandboxes(&SandboxQuery::default())
         .await
         .unwrap()
         .into_iter()
@@ -308,8 +313,20 @@ async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted(
         .expect("report");
     assert_eq!(first.warm_count(), 1);
 
+    // The webhook reaches another replica (its own host, the shared state store): this
+    // process's warm sandbox outlives the termination, as it would if the process had died.
+    let replica = ControlPlane::builder(
+        h.client.clone(),
+        h.env.id.clone(),
+        h.key(),
+        host(h.isolate(), store.clone()),
+    )
+    .state_store(store.clone())
+    .build()
+    .expect("replica");
     let ended = webhook_about("wevt_end", "session.status_terminated", &sid);
-    assert_eq!(plane.on_webhook(&ended).await, WebhookAction::Ignored);
+    assert_eq!(replica.on_webhook(&ended).await, WebhookAction::Ignored);
+    assert_eq!(first.warm_count(), 1);
     let record = store.get_session(&sid).await.unwrap().unwrap();
     assert_eq!(record.status, SessionStatus::Terminated);
     let log = store.list_transitions(&sid, 0, 100).await.unwrap();
@@ -322,6 +339,8 @@ async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted(
     );
 
     // After a restart its sandbox is destroyed, not adopted, and the session stays terminated.
+    plane.shutdown(std::time::Duration::from_secs(5)).await;
+    replica.shutdown(std::time::Duration::from_secs(5)).await;
     drop(plane);
     drop(first);
     let second = host(h.isolate(), store.clone());
@@ -329,9 +348,66 @@ async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted(
     assert_eq!((report.readopted, report.destroyed), (0, 1), "{report:?}");
     assert_eq!(second.warm_count(), 0);
     assert!(backend.list().await.unwrap().is_empty());
-    assert!(store.list_sandboxes(None).await.unwrap().is_empty());
+    assert!(
+        store
+            .list_sandboxes(&SandboxQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(
         store.get_session(&sid).await.unwrap().unwrap().status,
         SessionStatus::Terminated
     );
+}
+
+/// More sandbox records than one page of the state store holds: recovery reads every page, so
+/// each warm session's sandbox is re-adopted and none is mistaken for an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recovery_reads_every_page_of_sandbox_records() {
+    let h = Harness::new().await;
+    let backend = h.isolate();
+    let store = open_store(&h).await;
+    let count = cma_store::state::MAX_PAGE_LEN as usize + 5;
+    for i in 0..count {
+        let sandbox = backend.create(&SandboxSpec::new()).await.unwrap();
+        let session_id = format!("sesn_page_{i:05}");
+        let mut session =
+            cma_store::state::SessionRecord::new(&session_id, "isolate", chrono::Utc::now());
+        session.sandbox_id = Some(sandbox.id().as_str().to_owned());
+        session.status = SessionStatus::Idle;
+        store
+            .put_session(&session, cma_store::state::Precondition::Any)
+            .await
+            .unwrap();
+        store
+            .put_sandbox(&SandboxRecord {
+                backend: "isolate".into(),
+                sandbox_id: sandbox.id().as_str().into(),
+                session_id: Some(session_id),
+                created_at: chrono::Utc::now(),
+            })
+            .await
+            .unwrap();
+    }
+    let restarted = Arc::new(
+        SandboxHost::from_parts(
+            [h.isolate()],
+            Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
+            Arc::new(ToolsetFactory::new()),
+            SandboxHostConfig {
+                max_warm: count,
+                ..SandboxHostConfig::default()
+            },
+        )
+        .state_store(store.clone()),
+    );
+    let report = restarted.recover().await.expect("recovery");
+    assert_eq!(
+        (report.readopted, report.orphans, report.destroyed),
+        (count, 0, 0),
+        "{report:?}"
+    );
+    assert_eq!(backend.list().await.unwrap().len(), count);
+    assert_eq!(restarted.warm_count(), count);
 }

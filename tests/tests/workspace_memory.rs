@@ -40,7 +40,7 @@ fn files(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
 fn host(h: &Harness) -> (Arc<SandboxHost>, Arc<IsolateBackend>) {
     let backend =
         Arc::new(IsolateBackend::new(h.dir.path().join("isolate")).expect("isolate backend"));
-    let host = Arc::new(SandboxHost::new(
+    let host = Arc::new(SandboxHost::from_parts(
         [backend.clone() as Arc<dyn SandboxBackend>],
         Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
         Arc::new(ToolsetFactory::new()),

@@ -1,6 +1,7 @@
 //! Work-queue and environment endpoints (docs/protocol.md §2).
 
 use std::fmt;
+use std::sync::Arc;
 
 use http::Method;
 use serde::ser::SerializeMap;
@@ -210,6 +211,7 @@ pub struct EnvironmentClient {
     id: EnvironmentId,
     credential: Credential,
     helper: Option<Helper>,
+    worker_id: Option<Arc<str>>,
 }
 
 impl fmt::Debug for EnvironmentClient {
@@ -233,6 +235,7 @@ impl Client {
             id: environment_id.into(),
             credential,
             helper: None,
+            worker_id: None,
         }
     }
 
@@ -270,6 +273,23 @@ impl EnvironmentClient {
             helper,
             ..self.clone()
         }
+    }
+
+    /// The same client polling with this `Anthropic-Worker-ID` instead of the one in the client's
+    /// configuration (`None`: the configured one, if any). The id must be a valid header value;
+    /// otherwise polls fail with an invalid-request error before anything is sent.
+    pub fn with_worker_id(&self, worker_id: Option<&str>) -> Self {
+        Self {
+            worker_id: worker_id.map(Arc::from),
+            ..self.clone()
+        }
+    }
+
+    /// The `Anthropic-Worker-ID` polls send, if any.
+    pub fn worker_id(&self) -> Option<&str> {
+        self.worker_id
+            .as_deref()
+            .or(self.client.config().worker_id())
     }
 
     /// The shared client.
@@ -313,6 +333,7 @@ impl EnvironmentClient {
             .query_opt("block_ms", params.block_ms)
             .query_opt("reclaim_older_than_ms", params.reclaim_older_than_ms);
         req.send_worker_id = true;
+        req.worker_id = self.worker_id.clone();
         let context = format!("GET {}", req.path);
         match self.client.execute(&req, &self.credential).await? {
             Ready::Body { status, bytes, .. } => {

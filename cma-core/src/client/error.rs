@@ -200,10 +200,15 @@ impl StatusError {
         let body = if trimmed.is_empty() {
             None
         } else {
-            Some(
-                serde_json::from_str::<Value>(trimmed)
-                    .unwrap_or_else(|_| Value::String(trimmed.to_owned())),
+            // A body too rich to decode cheaply is kept as text (it is at most
+            // `MAX_ERROR_BODY_BYTES`).
+            let parsed = super::json_limit::check_json_values(
+                trimmed.as_bytes(),
+                super::json_limit::MAX_JSON_VALUES,
             )
+            .ok()
+            .and_then(|_| serde_json::from_str::<Value>(trimmed).ok());
+            Some(parsed.unwrap_or_else(|| Value::String(trimmed.to_owned())))
         };
         let mut e = Self::from_body(context, status, body);
         e.request_id = header("request-id").or(e.request_id);

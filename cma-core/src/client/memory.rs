@@ -6,6 +6,7 @@
 //! `memory_precondition_failed_error`; a create or rename onto a taken path answers 409
 //! `memory_path_conflict_error` (see [`ApiError::error_type`]).
 
+use std::collections::HashSet;
 use std::fmt;
 
 use http::Method;
@@ -255,38 +256,34 @@ impl MemoryStoreClient {
     }
 
     /// Every memory of the store in `view` (prefix rollups and unknown items skipped), following
-    /// cursors; at most `max_items` memories (more is an error rather than unbounded memory).
+    /// cursors; at most `max_items` memories and [`MAX_LISTED_BYTES`] of paths and contents (more
+    /// is an error rather than unbounded memory). See [`MemoryStoreClient::pages`].
     pub async fn list_all(
         &self,
         view: MemoryView,
         max_items: usize,
     ) -> Result<Vec<Memory>, ApiError> {
-        let mut params = ListMemoriesParams::all(view);
+        let mut pages = self.pages(view, max_items);
         let mut out = Vec::new();
-        loop {
-            let page = self.list(&params).await?;
-            let next = page.next_cursor().map(str::to_owned);
-            for item in page.data {
-                if let MemoryListItem::Memory(m) = item {
-                    if out.len() >= max_items {
-                        return Err(ApiError::Decode {
-                            context: format!("GET /v1/memory_stores/{}/memories", self.store_id),
-                            message: format!("the store lists more than {max_items} memories"),
-                        });
-                    }
-                    out.push(m);
-                }
-            }
-            match next {
-                Some(c) if params.page.as_deref() == Some(c.as_str()) => {
-                    return Err(ApiError::Decode {
-                        context: format!("GET /v1/memory_stores/{}/memories", self.store_id),
-                        message: "server repeated the same page cursor".into(),
-                    });
-                }
-                Some(c) => params.page = Some(c),
-                None => return Ok(out),
-            }
+        while let Some(page) = pages.next_page().await? {
+            out.extend(page);
+        }
+        Ok(out)
+    }
+
+    /// Walk the store in `view` one page at a time (so a caller can write each page away before
+    /// the next arrives), with the bounds of [`MemoryPages`].
+    pub fn pages(&self, view: MemoryView, max_items: usize) -> MemoryPages {
+        MemoryPages {
+            client: self.clone(),
+            params: ListMemoriesParams::all(view),
+            view,
+            max_items,
+            items: 0,
+            bytes: 0,
+            cursors: HashSet::new(),
+            empty_pages: 0,
+            done: false,
         }
     }
 
@@ -337,5 +334,105 @@ impl MemoryStoreClient {
             .request(Method::DELETE, Some(memory_id))?
             .query_opt("expected_content_sha256", expected_sha256);
         self.client.json(&req, &self.credential).await
+    }
+}
+
+/// Most bytes of paths and contents one listing of a store may add up to (a store holds at most
+/// 2000 memories of 100 kB on the server).
+pub const MAX_LISTED_BYTES: u64 = 256 * 1024 * 1024;
+/// Most empty pages in a row a listing follows before giving up.
+pub const MAX_EMPTY_MEMORY_PAGES: usize = 100;
+
+/// A bounded walk over a store's memories ([`MemoryStoreClient::pages`]).
+///
+/// A listing fails with a decode error when the server hands out a cursor twice, more than
+/// [`MAX_EMPTY_MEMORY_PAGES`] empty pages in a row, more than `max_items` memories, more than
+/// [`MAX_LISTED_BYTES`] of paths and contents, or a memory whose content is above
+/// [`MAX_MEMORY_CONTENT_BYTES`]. In the basic view a content the server sent anyway is dropped.
+#[derive(Debug)]
+pub struct MemoryPages {
+    client: MemoryStoreClient,
+    params: ListMemoriesParams,
+    view: MemoryView,
+    max_items: usize,
+    items: usize,
+    bytes: u64,
+    cursors: HashSet<String>,
+    empty_pages: usize,
+    done: bool,
+}
+
+impl MemoryPages {
+    fn refuse(&mut self, message: String) -> ApiError {
+        self.done = true;
+        ApiError::Decode {
+            context: format!("GET /v1/memory_stores/{}/memories", self.client.store_id),
+            message,
+        }
+    }
+
+    /// The next page's memories; `None` after the last page.
+    pub async fn next_page(&mut self) -> Result<Option<Vec<Memory>>, ApiError> {
+        if self.done {
+            return Ok(None);
+        }
+        let page = match self.client.list(&self.params).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.done = true;
+                return Err(e);
+            }
+        };
+        let next = page.next_cursor().map(str::to_owned);
+        let mut out = Vec::new();
+        for item in page.data {
+            let MemoryListItem::Memory(mut m) = item else {
+                continue;
+            };
+            if self.view == MemoryView::Basic {
+                m.content = None;
+            }
+            let content = m.content.as_deref().map_or(0, str::len);
+            if content > MAX_MEMORY_CONTENT_BYTES {
+                return Err(self.refuse(format!(
+                    "memory {:?} holds {content} bytes, above the {MAX_MEMORY_CONTENT_BYTES} byte limit",
+                    m.path
+                )));
+            }
+            self.items += 1;
+            if self.items > self.max_items {
+                let max = self.max_items;
+                return Err(self.refuse(format!("the store lists more than {max} memories")));
+            }
+            self.bytes = self
+                .bytes
+                .saturating_add((m.path.len() + content + m.content_sha256.len()) as u64);
+            if self.bytes > MAX_LISTED_BYTES {
+                return Err(self.refuse(format!(
+                    "the store lists more than {MAX_LISTED_BYTES} bytes"
+                )));
+            }
+            out.push(m);
+        }
+        self.empty_pages = if out.is_empty() {
+            self.empty_pages + 1
+        } else {
+            0
+        };
+        match next {
+            Some(c) if !self.cursors.insert(c.clone()) => {
+                return Err(
+                    self.refuse("server handed out a page cursor it had handed out before".into())
+                );
+            }
+            Some(_) if self.empty_pages > MAX_EMPTY_MEMORY_PAGES => {
+                return Err(
+                    self.refuse("server keeps answering empty pages with a next cursor".into())
+                );
+            }
+            Some(c) => self.params.page = Some(c),
+            None => self.done = true,
+        }
+        Ok(Some(out))
     }
 }

@@ -29,7 +29,9 @@
 
 mod environment;
 mod error;
+mod json_limit;
 mod memory;
+mod response;
 mod session;
 mod skills;
 mod stream;
@@ -41,13 +43,15 @@ pub use environment::{
     OrderedMap, PollParams, UpdateEnvironment,
 };
 pub use error::{ApiError, ApiErrorKind, StatusError};
+pub use json_limit::{MAX_JSON_VALUES, check_json_values};
 pub use memory::{
-    DeletedMemory, ListMemoriesParams, MAX_MEMORY_CONTENT_BYTES, MEMORY_PATH_CONFLICT,
-    MEMORY_PRECONDITION_FAILED, Memory, MemoryListItem, MemoryStoreClient, MemoryView,
+    DeletedMemory, ListMemoriesParams, MAX_EMPTY_MEMORY_PAGES, MAX_LISTED_BYTES,
+    MAX_MEMORY_CONTENT_BYTES, MEMORY_PATH_CONFLICT, MEMORY_PRECONDITION_FAILED, Memory,
+    MemoryListItem, MemoryPages, MemoryStoreClient, MemoryView,
 };
 pub use session::{
-    EventOrder, HISTORY_PAGE_LIMIT, ListEventsParams, SendEventsResponse, SessionClient,
-    StreamParams, decode_event_lenient,
+    EventOrder, HISTORY_PAGE_LIMIT, ListEventsParams, MAX_EMPTY_PAGES, SendEventsResponse,
+    SessionClient, StreamParams, decode_event_lenient,
 };
 pub use skills::{DEFAULT_MAX_SKILL_ARCHIVE_BYTES, SkillVersion, SkillsClient};
 pub use stream::{
@@ -57,6 +61,7 @@ pub use stream::{
 pub use transport::{
     AGENT_MEMORY_BETA, ANTHROPIC_VERSION, BASE_URL_ENV, Client, ClientConfig, ClientConfigBuilder,
     Credential, DEFAULT_BASE_URL, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_USER_AGENT, Helper, MANAGED_AGENTS_BETA, MAX_ERROR_BODY_BYTES,
-    Secret, encode_path_segment, encode_query, encode_query_component,
+    DEFAULT_MAX_RETRY_AFTER, DEFAULT_REQUEST_TIMEOUT, DEFAULT_USER_AGENT, Helper,
+    MANAGED_AGENTS_BETA, MAX_ERROR_BODY_BYTES, Secret, encode_path_segment, encode_query,
+    encode_query_component,
 };

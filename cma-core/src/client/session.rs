@@ -1,6 +1,6 @@
 //! Session endpoints the worker uses (docs/protocol.md §4).
 
-use std::collections::VecDeque;
+use std::collections::{HashSet, VecDeque};
 use std::fmt;
 
 use futures::stream::{self, BoxStream, StreamExt};
@@ -17,6 +17,8 @@ use crate::protocol::{
 
 /// Page size the worker uses when reading history.
 pub const HISTORY_PAGE_LIMIT: u32 = 1000;
+/// Most empty pages in a row [`SessionClient::list_all_events`] follows before giving up.
+pub const MAX_EMPTY_PAGES: usize = 100;
 
 /// Sort order of `GET …/events` (by `processed_at`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -229,8 +231,9 @@ impl SessionClient {
     /// Every event from `params` on, following `next_page` cursors until the last page.
     ///
     /// Pages are fetched lazily, one at a time; an error ends the stream after being yielded. A
-    /// server that returns the same cursor twice in a row ends the stream with a decode error
-    /// instead of looping.
+    /// server that hands out a cursor it handed out before in this walk (a loop), or more than
+    /// [`MAX_EMPTY_PAGES`] empty pages in a row, ends the stream with a decode error instead of
+    /// looping forever.
     pub fn list_all_events(
         &self,
         params: ListEventsParams,
@@ -240,12 +243,16 @@ impl SessionClient {
             params: ListEventsParams,
             buf: VecDeque<SessionEvent>,
             more: bool,
+            cursors: HashSet<String>,
+            empty_pages: usize,
         }
         let st = St {
             client: self.clone(),
             params,
             buf: VecDeque::new(),
             more: true,
+            cursors: HashSet::new(),
+            empty_pages: 0,
         };
         stream::unfold(st, |mut st| async move {
             loop {
@@ -258,20 +265,34 @@ impl SessionClient {
                 match st.client.list_events(&st.params).await {
                     Ok(page) => {
                         let next = page.next_cursor().map(str::to_owned);
+                        st.empty_pages = if page.data.is_empty() {
+                            st.empty_pages + 1
+                        } else {
+                            0
+                        };
                         st.buf.extend(page.data);
-                        match next {
-                            Some(cursor) if st.params.page.as_deref() == Some(cursor.as_str()) => {
-                                st.more = false;
-                                let context = format!("GET /v1/sessions/{}/events", st.client.id);
-                                st.buf.clear();
-                                return Some((
-                                    Err(ApiError::Decode {
-                                        context,
-                                        message: "server repeated the same page cursor".into(),
-                                    }),
-                                    st,
-                                ));
+                        let refused = match &next {
+                            Some(c) if !st.cursors.insert(c.clone()) => {
+                                Some("server handed out a page cursor it had handed out before")
                             }
+                            Some(_) if st.empty_pages > MAX_EMPTY_PAGES => {
+                                Some("server keeps answering empty pages with a next cursor")
+                            }
+                            _ => None,
+                        };
+                        if let Some(message) = refused {
+                            st.more = false;
+                            let context = format!("GET /v1/sessions/{}/events", st.client.id);
+                            st.buf.clear();
+                            return Some((
+                                Err(ApiError::Decode {
+                                    context,
+                                    message: message.into(),
+                                }),
+                                st,
+                            ));
+                        }
+                        match next {
                             Some(cursor) => st.params.page = Some(cursor),
                             None => st.more = false,
                         }

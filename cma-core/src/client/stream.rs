@@ -13,6 +13,7 @@ use futures::stream::{BoxStream, Stream, StreamExt};
 use serde_json::Value;
 
 use super::error::{ApiError, StatusError};
+use super::json_limit::{MAX_JSON_VALUES, check_json_values};
 use super::session::{SessionClient, StreamParams, decode_event_lenient};
 use super::transport::transport_error;
 use crate::protocol::SessionEvent;
@@ -104,10 +105,10 @@ impl EventStream {
                 let body = if data.is_empty() {
                     None
                 } else {
-                    Some(
-                        serde_json::from_str::<Value>(data)
-                            .unwrap_or_else(|_| Value::String(data.to_owned())),
-                    )
+                    let parsed = check_json_values(data.as_bytes(), MAX_JSON_VALUES)
+                        .ok()
+                        .and_then(|_| serde_json::from_str::<Value>(data).ok());
+                    Some(parsed.unwrap_or_else(|| Value::String(data.to_owned())))
                 };
                 Some(Err(StatusError::from_body(
                     self.context.clone(),
@@ -117,7 +118,11 @@ impl EventStream {
                 .into()))
             }
             FrameKind::Data(data) => Some(
-                serde_json::from_str::<Value>(data)
+                check_json_values(data.as_bytes(), MAX_JSON_VALUES)
+                    .map_err(|limit| {
+                        serde::de::Error::custom(format!("more than {limit} JSON values"))
+                    })
+                    .and_then(|_| serde_json::from_str::<Value>(data))
                     .and_then(decode_event_lenient)
                     .map_err(|e| ApiError::Decode {
                         context: self.context.clone(),

@@ -11,6 +11,8 @@ use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, StatusError};
+pub(crate) use super::response::{decode_json, transport_error};
+use super::response::{read_body, unreachable_stream};
 use crate::protocol::Work;
 use crate::retry;
 use crate::sse::SseLimits;
@@ -33,6 +35,8 @@ pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 64 * 1024 * 1024;
 /// Cap on an error response body kept in an [`ApiError`].
 pub const MAX_ERROR_BODY_BYTES: usize = 1024 * 1024;
+/// Default bound on a server-requested retry wait ([`ClientConfig::max_retry_after`]).
+pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
 /// Default `user-agent`.
 pub const DEFAULT_USER_AGENT: &str = concat!("cma/", env!("CARGO_PKG_VERSION"));
 
@@ -159,6 +163,7 @@ pub struct ClientConfig {
     user_agent: String,
     max_response_bytes: usize,
     sse_limits: SseLimits,
+    max_retry_after: Duration,
 }
 
 impl Default for ClientConfig {
@@ -174,6 +179,7 @@ impl Default for ClientConfig {
             user_agent: DEFAULT_USER_AGENT.to_owned(),
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             sse_limits: SseLimits::default(),
+            max_retry_after: DEFAULT_MAX_RETRY_AFTER,
         }
     }
 }
@@ -243,6 +249,11 @@ impl ClientConfig {
     /// Event-stream framing limits.
     pub fn sse_limits(&self) -> SseLimits {
         self.sse_limits
+    }
+    /// The longest server-requested wait (`retry-after-ms` / `retry-after`) the core retry
+    /// honours; see [`ClientConfigBuilder::max_retry_after`].
+    pub fn max_retry_after(&self) -> Duration {
+        self.max_retry_after
     }
 
     /// The `anthropic-beta` header value: extra betas then the managed-agents beta, comma-joined.
@@ -326,6 +337,15 @@ impl ClientConfigBuilder {
     /// Event-stream framing limits (default 16 MiB per line and per frame).
     pub fn sse_limits(mut self, limits: SseLimits) -> Self {
         self.config.sse_limits = limits;
+        self
+    }
+    /// The longest server-requested wait the core retry honours (default
+    /// [`DEFAULT_MAX_RETRY_AFTER`], 60 s). The SDK waits out any hint up to about 4.29 million
+    /// seconds; here a response asking for more than this is not retried but returned to the
+    /// caller, whose own loop (poll, heartbeat, result send) backs off and stays cancellable, so
+    /// one hostile `retry-after` cannot park a work item for weeks.
+    pub fn max_retry_after(mut self, max: Duration) -> Self {
+        self.config.max_retry_after = max;
         self
     }
 
@@ -447,7 +467,10 @@ pub(crate) struct Request {
     pub query: Vec<(String, String)>,
     pub body: Body,
     pub helper: Option<Helper>,
+    /// Send `Anthropic-Worker-ID` (polls only): this id, else the configured one.
     pub send_worker_id: bool,
+    /// The worker id of this request, overriding the configured one.
+    pub worker_id: Option<Arc<str>>,
     /// The resource beta appended to the configured ones.
     pub beta: Beta,
     /// `accept` value (default `application/json`).
@@ -463,6 +486,7 @@ impl Request {
             body: Body::None,
             helper: None,
             send_worker_id: false,
+            worker_id: None,
             beta: Beta::ManagedAgents,
             accept: "application/json",
         }
@@ -487,7 +511,7 @@ impl Request {
         }
     }
 
-    fn context(&self) -> String {
+    pub(crate) fn context(&self) -> String {
         format!("{} {}", self.method, self.path)
     }
 }
@@ -618,6 +642,22 @@ impl Client {
                 return Err(err);
             }
             let delay = match err.status_error() {
+                Some(s)
+                    if retry::parse_retry_after(
+                        s.retry_after_ms.as_deref(),
+                        s.retry_after.as_deref(),
+                        SystemTime::now(),
+                    )
+                    .is_some_and(|hint| hint > self.inner.config.max_retry_after.as_secs_f64()) =>
+                {
+                    tracing::debug!(
+                        context = %req.context(),
+                        max_retry_after_s = self.inner.config.max_retry_after.as_secs_f64(),
+                        error = %err,
+                        "the server asks to wait longer than max_retry_after; not retrying"
+                    );
+                    return Err(err);
+                }
                 Some(s) => retry::core_retry_delay(
                     retries_taken,
                     s.retry_after_ms.as_deref(),
@@ -660,7 +700,8 @@ impl Client {
             h.insert("anthropic-beta", static_value(&beta)?);
         }
         h.insert(http::header::ACCEPT, HeaderValue::from_static(req.accept));
-        if req.method == Method::POST {
+        // The SDK declares a JSON body on every method but GET, a bodiless DELETE included.
+        if req.method != Method::GET {
             h.insert(
                 http::header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -678,7 +719,7 @@ impl Client {
             h.insert("anthropic-workspace-id", static_value(ws)?);
         }
         if req.send_worker_id
-            && let Some(id) = &cfg.worker_id
+            && let Some(id) = req.worker_id.as_deref().or(cfg.worker_id.as_deref())
         {
             h.insert("anthropic-worker-id", static_value(id)?);
         }
@@ -745,58 +786,4 @@ impl Client {
         let text = String::from_utf8_lossy(&bytes);
         Err(StatusError::from_response(context, status, &text, &headers).into())
     }
-}
-
-fn unreachable_stream<T>(req: &Request) -> Result<T, ApiError> {
-    Err(ApiError::Decode {
-        context: req.context(),
-        message: "unexpected streamed response".into(),
-    })
-}
-
-/// Map a reqwest error to a typed error.
-pub(crate) fn transport_error(context: &str, e: reqwest::Error, timeout: Duration) -> ApiError {
-    if e.is_timeout() {
-        ApiError::Timeout {
-            context: context.to_owned(),
-            timeout,
-        }
-    } else {
-        ApiError::Connection {
-            context: context.to_owned(),
-            source: e,
-        }
-    }
-}
-
-/// Read a body up to `limit` bytes; `Ok(None)` when it is larger.
-async fn read_body(
-    mut response: reqwest::Response,
-    limit: usize,
-    context: &str,
-    timeout: Duration,
-) -> Result<Option<Bytes>, ApiError> {
-    if response.content_length().is_some_and(|n| n > limit as u64) {
-        return Ok(None);
-    }
-    let mut buf = Vec::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| transport_error(context, e, timeout))?
-    {
-        if buf.len() + chunk.len() > limit {
-            return Ok(None);
-        }
-        buf.extend_from_slice(&chunk);
-    }
-    Ok(Some(Bytes::from(buf)))
-}
-
-/// Decode a JSON body with a typed error.
-pub(crate) fn decode_json<T: DeserializeOwned>(context: &str, bytes: &[u8]) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes).map_err(|e| ApiError::Decode {
-        context: context.to_owned(),
-        message: e.to_string(),
-    })
 }

@@ -1,5 +1,7 @@
-//! [`SandboxHost`]: places each session in a sandbox of the backend a [`BackendSelector`] picks,
-//! reuses a warm sandbox for the session's next item, and disposes of expired ones.
+//! [`SandboxHost`]: places each session in a sandbox of the backend and profile (image, limits,
+//! env) a [`BackendSelector`] picks, reuses a warm sandbox for the session's next item, and
+//! disposes of expired ones when the control plane runs its maintenance
+//! ([`SessionHost::maintain`]), along with snapshot retention.
 //!
 //! What runs inside the sandbox is decided by an [`ExecutorFactory`] (the agent toolset over the
 //! sandbox, plus custom tools); the host only manages sandboxes.
@@ -18,11 +20,12 @@ use async_trait::async_trait;
 use cma_sandbox::{Mount, Sandbox, SandboxBackend, SandboxSpec};
 use tokio::time::Instant;
 
+use super::host_builder::SandboxHostBuilder;
 use super::record::{SessionChange, StateRecorder, Status, events};
-use super::select::{BackendSelector, Placement};
+use super::select::{BackendSelector, Placement, SandboxProfile};
 use super::warm::WarmPool;
-use crate::control::snapshots::WorkspaceSnapshots;
-use crate::protocol::{Session, SessionId, Work, WorkId};
+use crate::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
+use crate::protocol::{Session, SessionId, SessionStatus, Work, WorkId};
 use crate::runner::lease::LeaseEnd;
 use crate::runner::memory::memory_mounts;
 use crate::runner::session::{HostError, SessionHost, ToolExecutor};
@@ -82,6 +85,9 @@ impl Default for SandboxHostConfig {
 #[derive(Clone)]
 struct Placed {
     backend: String,
+    /// The profile the sandbox was made with; `None` for a sandbox re-adopted after a restart
+    /// (reused by any profile of the same backend).
+    profile: Option<SandboxProfile>,
     sandbox: Arc<dyn Sandbox>,
     /// Host directories made for memory mounts, removed with the sandbox.
     host_dirs: Vec<PathBuf>,
@@ -118,6 +124,11 @@ pub struct SandboxHost {
     open: Mutex<HashMap<WorkId, Placed>>,
     state: StateRecorder,
     snapshots: Option<Arc<dyn WorkspaceSnapshots>>,
+    retention: Option<SnapshotRetention>,
+    /// When snapshot housekeeping is due next (`None`: at the first maintenance pass); locked
+    /// while a pass runs, so passes never overlap.
+    next_housekeeping: tokio::sync::Mutex<Option<Instant>>,
+    housekeeping_passes: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -134,8 +145,28 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl SandboxHost {
-    /// A host with the given backends (keyed by [`SandboxBackend::name`]), selector and factory.
-    pub fn new(
+    /// Start building a host: add backends by value, then optionally a selector, the tools, the
+    /// settings, snapshots and a state store ([`SandboxHostBuilder`]).
+    pub fn builder() -> SandboxHostBuilder {
+        SandboxHostBuilder::new()
+    }
+
+    /// A host with one backend, the official toolset and default settings: every session goes
+    /// to `backend`. [`SandboxHost::builder`] does the rest.
+    pub fn new(backend: impl SandboxBackend + 'static) -> Self {
+        let name = backend.name().to_owned();
+        Self::from_parts(
+            [Arc::new(backend) as Arc<dyn SandboxBackend>],
+            Arc::new(super::select::RuleSelector::new(name)),
+            Arc::new(super::tools::ToolsetFactory::new()),
+            SandboxHostConfig::default(),
+        )
+    }
+
+    /// A host from shared parts: backends (keyed by [`SandboxBackend::name`]), selector, factory
+    /// and settings. The builder is the friendlier way; this is for hosts that already hold
+    /// each part behind an `Arc`.
+    pub fn from_parts(
         backends: impl IntoIterator<Item = Arc<dyn SandboxBackend>>,
         selector: Arc<dyn BackendSelector>,
         factory: Arc<dyn ExecutorFactory>,
@@ -155,7 +186,64 @@ impl SandboxHost {
             open: Mutex::new(HashMap::new()),
             state: StateRecorder::default(),
             snapshots: None,
+            retention: None,
+            next_housekeeping: tokio::sync::Mutex::new(None),
+            housekeeping_passes: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Apply `policy` to the snapshot store (set with [`SandboxHost::with_snapshots`] first) on
+    /// the control plane's maintenance passes: every `policy.interval`, snapshots the policy
+    /// does not keep are deleted and then the chunks no snapshot uses any more. Refused when the
+    /// host has no snapshot store, the store cannot apply retention, or the policy is invalid.
+    pub fn with_snapshot_retention(mut self, policy: SnapshotRetention) -> Result<Self, HostError> {
+        policy.validate()?;
+        match &self.snapshots {
+            None => {
+                return Err(HostError::new(
+                    "snapshot retention needs a snapshot store (call with_snapshots first)",
+                ));
+            }
+            Some(store) if !store.supports_retention() => {
+                return Err(HostError::new(
+                    "this snapshot store does not implement retention",
+                ));
+            }
+            Some(_) => {}
+        }
+        self.retention = Some(policy);
+        Ok(self)
+    }
+
+    /// How many snapshot housekeeping passes (retention, then chunk collection) have run.
+    pub fn housekeeping_passes(&self) -> u64 {
+        self.housekeeping_passes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Run snapshot housekeeping if it is due; when it is due next.
+    async fn housekeep_if_due(&self) -> Option<Instant> {
+        let (Some(policy), Some(store)) = (&self.retention, &self.snapshots) else {
+            return None;
+        };
+        // Another pass is running (a second plane over this host): it sets the next time.
+        let mut next = self.next_housekeeping.try_lock().ok()?;
+        if let Some(due) = *next
+            && due > Instant::now()
+        {
+            return Some(due);
+        }
+        match store.housekeep(policy).await {
+            Ok(report) => tracing::info!(?report, "snapshot retention and chunk collection done"),
+            Err(e) => {
+                tracing::warn!(error = %e, "snapshot housekeeping failed; trying again at the next interval")
+            }
+        }
+        self.housekeeping_passes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let due = Instant::now() + policy.interval;
+        *next = Some(due);
+        Some(due)
     }
 
     /// Keep sessions' workspaces across sandboxes: save a snapshot when a session's work item
@@ -201,12 +289,21 @@ impl SandboxHost {
         self
     }
 
+    /// The names of the host's backends, sorted.
+    pub fn backend_names(&self) -> Vec<&str> {
+        let mut names: Vec<&str> = self.backends.keys().map(String::as_str).collect();
+        names.sort_unstable();
+        names
+    }
+
     /// Number of warm sandboxes.
     pub fn warm_count(&self) -> usize {
         lock(&self.warm).len()
     }
 
     /// Destroy warm sandboxes whose keep-warm time is over; returns how many were destroyed.
+    /// The control plane calls it through [`SessionHost::maintain`] at each sandbox's deadline
+    /// (and placement calls it too); a host without a plane calls it itself.
     pub async fn reap_expired(&self) -> usize {
         let expired = lock(&self.warm).take_expired(Instant::now().into_std());
         let n = expired.len();
@@ -229,11 +326,17 @@ impl SandboxHost {
             return;
         };
         let id = placed.sandbox.id().as_str();
-        let destroyed = match backend.destroy(placed.sandbox.id()).await {
-            Ok(()) => true,
-            Err(e) => {
+        let destroyed = match crate::runner::panics::catch(backend.destroy(placed.sandbox.id()))
+            .await
+        {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
                 tracing::warn!(sandbox = id, error = %e, "destroying a sandbox failed");
                 e.kind() == cma_sandbox::SandboxErrorKind::NotFound
+            }
+            Err(message) => {
+                tracing::error!(sandbox = id, panic = %message, "destroying a sandbox panicked");
+                false
             }
         };
         for dir in &placed.host_dirs {
@@ -276,15 +379,27 @@ impl SandboxHost {
     }
 
     /// Pick up after a restart from the state store (a no-op without one). Call it once, before the
-    /// control plane starts claiming work.
+    /// control plane starts claiming work (nothing enforces this).
     ///
-    /// Sessions recorded as placed or running lost their work item with the previous process and
-    /// are marked sleeping. Each recorded sandbox whose session still points at it (and is not
-    /// terminated) is resumed and kept warm for the session's next item, as if its item had just
-    /// ended; every other recorded sandbox is destroyed. Sandboxes that no longer exist are
-    /// forgotten. Sandboxes the store does not know are left alone (another plane may own them).
-    /// At most [`MAX_PAGE_LEN`](cma_store::state::MAX_PAGE_LEN) sandboxes per backend are handled
-    /// per call.
+    /// In this order:
+    /// 1. Every session recorded as placed or running lost its work item with the previous
+    ///    process: it is marked sleeping (event `interrupted`) and keeps its recorded sandbox.
+    /// 2. For each backend registered with this host (in name order), each sandbox the store
+    ///    records for it: when the record's session exists, is not terminated and still points at
+    ///    this sandbox on this backend, the sandbox is resumed and kept warm for the session's next
+    ///    item as if its item had just ended (session idle; past `max_warm` the oldest warm
+    ///    sandbox is destroyed). Every other recorded sandbox is destroyed. A sandbox the backend
+    ///    no longer has (or whose recorded id is invalid) is forgotten, and its session, if it
+    ///    wanted it, marked sleeping. One the backend fails to resume or destroy stays recorded and
+    ///    is tried again on the next call. Records of backends not registered here are untouched.
+    ///    Memory-mount directories of the previous process are not recorded: they stay on disk.
+    /// 3. Every sandbox a registered backend still lists that the store does not record is an
+    ///    orphan and is destroyed: also sandboxes of another control plane that shares the backend
+    ///    (the same isolate root directory, the same Docker `instance`), so give each plane its
+    ///    own. A backend whose `list` fails is skipped.
+    ///
+    /// A failure to read the store fails the call (what was done before stays done); a backend's
+    /// failures are logged and counted in [`RecoveryReport::failed`].
     #[cfg(feature = "store")]
     pub async fn recover(&self) -> Result<RecoveryReport, HostError> {
         use cma_sandbox::{SandboxErrorKind, SandboxId};
@@ -334,8 +449,7 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let records = store
-                .list_sandboxes(Some(name))
+            let records = all_sandbox_records(store.as_ref(), name)
                 .await
                 .map_err(failed("listing sandboxes"))?;
             for record in records {
@@ -361,6 +475,7 @@ impl SandboxHost {
                         Ok(sandbox) => {
                             let placed = Placed {
                                 backend: name.clone(),
+                                profile: None,
                                 sandbox,
                                 // Memory mount directories of the previous process are not
                                 // recorded; the restored session gets fresh ones on its next item.
@@ -432,13 +547,13 @@ impl SandboxHost {
         names.sort();
         for name in names {
             let backend = &self.backends[name];
-            let known: std::collections::HashSet<String> = store
-                .list_sandboxes(Some(name))
-                .await
-                .map_err(failed("listing sandboxes"))?
-                .into_iter()
-                .map(|r| r.sandbox_id)
-                .collect();
+            let known: std::collections::HashSet<String> =
+                all_sandbox_records(store.as_ref(), name)
+                    .await
+                    .map_err(failed("listing sandboxes"))?
+                    .into_iter()
+                    .map(|r| r.sandbox_id)
+                    .collect();
             let live = match backend.list().await {
                 Ok(l) => l,
                 Err(e) => {
@@ -497,14 +612,20 @@ impl SandboxHost {
     }
 
     async fn place(&self, work: &Work, session: &Session) -> Result<Placed, HostError> {
-        let name = self.selector.select(&Placement { work, session });
+        let profile = self.selector.select(&Placement { work, session });
+        let name = profile.backend.clone();
         let backend = self.backends.get(&name).ok_or_else(|| {
             HostError::new(format!("no sandbox backend named {name:?} is registered"))
         })?;
+        profile
+            .validate("the selected sandbox profile", None)
+            .map_err(|e| HostError::with_source(format!("placing session {}", session.id), e))?;
         let now = Instant::now().into_std();
         let warm = lock(&self.warm).take(&session.id, now);
         if let Some(placed) = warm {
-            if placed.backend == name {
+            let same =
+                placed.backend == name && placed.profile.as_ref().is_none_or(|p| *p == profile);
+            if same {
                 tracing::debug!(session_id = %session.id, sandbox = placed.sandbox.id().as_str(), "reusing the session's warm sandbox");
                 self.state
                     .session(SessionChange {
@@ -519,10 +640,11 @@ impl SandboxHost {
                     .await;
                 return Ok(placed);
             }
-            // The rule now picks another backend: retire the old sandbox.
+            // The rule now picks another backend or profile: retire the old sandbox.
             self.dispose(placed).await;
         }
         let mut spec = self.config.spec.clone();
+        profile.apply(&mut spec);
         spec.session_id = Some(session.id.to_string());
         spec.environment_id = Some(work.environment_id.to_string());
         spec.labels
@@ -561,6 +683,7 @@ impl SandboxHost {
             .await;
         let placed = Placed {
             backend: name,
+            profile: Some(profile),
             session_id: session.id.clone(),
             sandbox,
             host_dirs,
@@ -593,11 +716,20 @@ impl SessionHost for SandboxHost {
     ) -> Result<Arc<dyn ToolExecutor>, HostError> {
         self.reap_expired().await;
         let placed = self.place(work, session).await?;
-        let executor = match self
-            .factory
-            .executor(placed.sandbox.clone(), work, session)
-            .await
-        {
+        // A factory that panics is a factory that failed: the sandbox it was given is kept,
+        // never lost between "open" and "warm".
+        let built = crate::runner::panics::catch(self.factory.executor(
+            placed.sandbox.clone(),
+            work,
+            session,
+        ))
+        .await
+        .unwrap_or_else(|message| {
+            Err(HostError::new(format!(
+                "the tool executor factory panicked: {message}"
+            )))
+        });
+        let executor = match built {
             Ok(e) => e,
             Err(e) => {
                 // Keep the sandbox for a retry of the session rather than losing its files.
@@ -634,11 +766,28 @@ impl SessionHost for SandboxHost {
         let Some(placed) = lock(&self.open).remove(&work.id) else {
             return;
         };
+        if end.hands_over_session() || session.status == SessionStatus::Terminated {
+            // Another worker may own the session now, or it is over: its sandbox is nobody's
+            // next state, so it is neither kept warm nor saved as the newest snapshot.
+            tracing::info!(session_id = %session.id, reason = ?end, status = ?session.status, "destroying the sandbox (lease lost or session over)");
+            self.dispose(placed).await;
+            return;
+        }
         if let Some(store) = &self.snapshots {
-            match store
-                .save(session.id.as_str(), placed.sandbox.as_ref())
-                .await
-            {
+            let saved = crate::runner::panics::catch(
+                store.save(session.id.as_str(), placed.sandbox.as_ref()),
+            )
+            .await;
+            let saved = match saved {
+                Ok(saved) => saved,
+                Err(message) => {
+                    // A sandbox that panics while being read is not worth keeping.
+                    tracing::error!(session_id = %session.id, panic = %message, "saving the workspace panicked; destroying the sandbox");
+                    self.dispose(placed).await;
+                    return;
+                }
+            };
+            match saved {
                 Ok(id) => {
                     tracing::info!(session_id = %session.id, snapshot = %id, "workspace saved");
                     self.state.snapshot_saved(session.id.as_str(), &id).await;
@@ -659,5 +808,40 @@ impl SessionHost for SandboxHost {
         for p in evicted {
             self.dispose(p).await;
         }
+    }
+
+    async fn session_ended(&self, session_id: &SessionId) {
+        let warm = lock(&self.warm).remove(session_id);
+        if let Some(placed) = warm {
+            tracing::info!(session_id = %session_id, sandbox = placed.sandbox.id().as_str(), "session over; destroying its warm sandbox");
+            self.dispose(placed).await;
+        }
+    }
+
+    /// Destroy warm sandboxes whose keep-warm time is over, run snapshot housekeeping when it
+    /// is due; the next time either is due.
+    async fn maintain(&self) -> Option<Instant> {
+        self.reap_expired().await;
+        let housekeeping = self.housekeep_if_due().await;
+        let warm = lock(&self.warm).next_deadline().map(Instant::from_std);
+        warm.into_iter().chain(housekeeping).min()
+    }
+}
+
+/// Every sandbox record of `backend`, page by page.
+#[cfg(feature = "store")]
+async fn all_sandbox_records(
+    store: &dyn cma_store::state::StateStore,
+    backend: &str,
+) -> Result<Vec<cma_store::state::SandboxRecord>, cma_store::state::StateError> {
+    let mut query = cma_store::state::SandboxQuery::backend(backend);
+    let mut all = Vec::new();
+    loop {
+        let page = store.list_sandboxes(&query).await?;
+        let Some(last) = page.last() else {
+            return Ok(all);
+        };
+        query = query.after(last);
+        all.extend(page);
     }
 }

@@ -1,10 +1,18 @@
 //! The control plane's claim loop: take a concurrency permit, poll, ack, and hand each item to a
 //! [`SessionRunner`] on its own task (docs/protocol.md §5.2).
 //!
-//! Two ways to claim work: [`ControlPlane::run`] long-polls forever (the SDK worker's shape), and
-//! [`ControlPlane::drain`] claims until the queue is empty (the webhook shape: a verified webhook
-//! says "work may be waiting", the host calls `drain`). Both take a permit *before* polling, so the
+//! [`ControlPlane::run`] drives the plane until [`ControlPlane::shutdown`]. It claims work the
+//! way [`ControlPlaneConfig::claim`] says: [`ClaimMode::LongPoll`] long-polls forever (the SDK
+//! worker's shape); [`ClaimMode::Webhooks`] drains the queue when a verified webhook (or
+//! [`ControlPlane::wake`]) says work may be waiting, plus a fallback drain every
+//! `fallback_poll` in case a delivery was lost — drains are coalesced, so a
+//! webhook storm costs one drain at a time. Every claim takes a permit *before* polling, so the
 //! plane never claims work it cannot start now.
+//!
+//! The plane also runs the host's housekeeping ([`SessionHost::maintain`]: warm sandboxes
+//! released at `keep_warm`, snapshot retention and chunk collection) after every item and when
+//! the host asks, and tells the host when a session is over ([`SessionHost::session_ended`]).
+//! These duties start with the first of `run`, `drain` or `on_webhook` and stop at `shutdown`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -14,8 +22,9 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::drain::DrainGate;
 use crate::client::{ApiError, Client, Credential, EnvironmentClient, Helper, PollParams};
-use crate::protocol::{EnvironmentId, Work};
+use crate::protocol::{EnvironmentId, SessionId, Work};
 use crate::retry;
 use crate::runner::session::{
     ItemOutcome, RunnerConfig, RunnerError, RunnerObserver, SessionHost, SessionRunner,
@@ -38,6 +47,33 @@ pub struct ControlPlaneConfig {
     /// forgets the leases a previous process of the same replica left behind. Default: `cma-`
     /// and the host name.
     pub replica_id: String,
+    /// The `Anthropic-Worker-ID` every poll carries (the API counts `workers_polling` from it).
+    /// `None` (default): the client's configured worker id if it has one, else
+    /// [`default_worker_id`](super::identity::default_worker_id) — `<hostname>-<12 hex digits>`,
+    /// the official worker's default, the same for the whole process.
+    pub worker_id: Option<String>,
+    /// How [`ControlPlane::run`] claims work (default [`ClaimMode::LongPoll`]).
+    pub claim: ClaimMode,
+    /// The longest the plane waits between two calls of the host's
+    /// [`SessionHost::maintain`] (it also calls it after every item and at the time the host
+    /// asks for). Default 60 s.
+    pub maintenance_interval: Duration,
+}
+
+/// How [`ControlPlane::run`] claims work.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ClaimMode {
+    /// Long-poll without end (the SDK worker's shape); a webhook or [`ControlPlane::wake`] only
+    /// cuts the pause after an empty poll short.
+    LongPoll,
+    /// Drain the queue at start, whenever a webhook or [`ControlPlane::wake`] says work may be
+    /// waiting (coalesced: one drain at a time plus at most one queued), and every
+    /// `fallback_poll` in case a webhook was lost.
+    Webhooks {
+        /// The interval of the fallback drain.
+        fallback_poll: Duration,
+    },
 }
 
 /// The default [`ControlPlaneConfig::replica_id`].
@@ -51,6 +87,12 @@ fn default_replica_id() -> String {
     format!("cma-{host}")
 }
 
+/// The largest [`ControlPlaneConfig::concurrency`] accepted.
+pub const MAX_CONCURRENCY: usize = 65_536;
+
+/// The default [`ControlPlaneConfig::maintenance_interval`].
+pub const DEFAULT_MAINTENANCE_INTERVAL: Duration = Duration::from_secs(60);
+
 /// How long a recorded lease lasts without renewal, and how often a running item renews it.
 const LEASE_RECORD_TTL: Duration = Duration::from_secs(120);
 const LEASE_RECORD_RENEW: Duration = Duration::from_secs(40);
@@ -63,6 +105,9 @@ impl Default for ControlPlaneConfig {
             reclaim_older_than_ms: None,
             runner: RunnerConfig::default(),
             replica_id: default_replica_id(),
+            worker_id: None,
+            claim: ClaimMode::LongPoll,
+            maintenance_interval: DEFAULT_MAINTENANCE_INTERVAL,
         }
     }
 }
@@ -94,6 +139,8 @@ struct Counters {
     claimed: AtomicU64,
     finished: AtomicU64,
     failed: AtomicU64,
+    drains: AtomicU64,
+    maintenance: AtomicU64,
 }
 
 /// A snapshot of the plane's counters.
@@ -107,6 +154,10 @@ pub struct ControlPlaneStats {
     pub failed: u64,
     /// Items running now.
     pub in_flight: u64,
+    /// Drains started ([`ControlPlane::drain`], webhook-triggered and fallback drains).
+    pub drains: u64,
+    /// Calls of the host's [`SessionHost::maintain`] that finished.
+    pub maintenance_passes: u64,
 }
 
 type ReportHook = Arc<dyn Fn(&ItemReport) + Send + Sync>;
@@ -124,6 +175,15 @@ struct Inner {
     counters: Counters,
     on_item: Option<ReportHook>,
     polling: std::sync::atomic::AtomicBool,
+    /// Running and queued drains (coalesced).
+    drains: std::sync::Mutex<DrainGate>,
+    /// Kicks the maintenance loop (an item ended, a session is over).
+    maintenance: Notify,
+    /// Whether the background duties were started.
+    duties_started: std::sync::atomic::AtomicBool,
+    /// A fatal poll error of a background drain, for `run` to return.
+    fatal: std::sync::Mutex<Option<ApiError>>,
+    fatal_notify: Notify,
     /// Whether the leases of a previous process were forgotten yet.
     leases_swept: std::sync::atomic::AtomicBool,
     seen_webhooks: std::sync::Mutex<RecentIds>,
@@ -235,20 +295,47 @@ impl ControlPlaneBuilder {
 
     /// Build the plane.
     pub fn build(self) -> Result<ControlPlane, ControlPlaneError> {
-        if self.config.concurrency == 0 {
-            return Err(ControlPlaneError::Config(
-                "concurrency must be at least 1".into(),
-            ));
+        if !(1..=MAX_CONCURRENCY).contains(&self.config.concurrency) {
+            return Err(ControlPlaneError::Config(format!(
+                "concurrency must be within 1..={MAX_CONCURRENCY}"
+            )));
         }
         if !(1..=999).contains(&self.config.poll_block_ms) {
             return Err(ControlPlaneError::Config(
                 "poll_block_ms must be within 1..=999".into(),
             ));
         }
+        if self.config.maintenance_interval.is_zero() {
+            return Err(ControlPlaneError::Config(
+                "maintenance_interval must not be zero".into(),
+            ));
+        }
+        if let ClaimMode::Webhooks { fallback_poll } = self.config.claim
+            && fallback_poll.is_zero()
+        {
+            return Err(ControlPlaneError::Config(
+                "claim: the webhook fallback_poll interval must not be zero".into(),
+            ));
+        }
+        let worker_id = match &self.config.worker_id {
+            Some(id) => {
+                if id.is_empty() || http::HeaderValue::from_str(id).is_err() {
+                    return Err(ControlPlaneError::Config(
+                        "worker_id must be a non-empty, valid header value".into(),
+                    ));
+                }
+                id.clone()
+            }
+            None => match self.client.config().worker_id() {
+                Some(id) => id.to_owned(),
+                None => super::identity::default_worker_id().to_owned(),
+            },
+        };
         let queue = self
             .client
             .environment(self.environment_id.clone(), self.environment_key.clone())
-            .with_helper(Some(Helper::WorkPoller));
+            .with_helper(Some(Helper::WorkPoller))
+            .with_worker_id(Some(&worker_id));
         let mut runner = SessionRunner::new(self.client, self.environment_id, self.environment_key)
             .with_config(self.config.runner.clone());
         if let Some(o) = self.observer {
@@ -268,6 +355,11 @@ impl ControlPlaneBuilder {
                 counters: Counters::default(),
                 on_item: self.on_item,
                 polling: std::sync::atomic::AtomicBool::new(false),
+                drains: std::sync::Mutex::new(DrainGate::default()),
+                maintenance: Notify::new(),
+                duties_started: std::sync::atomic::AtomicBool::new(false),
+                fatal: std::sync::Mutex::new(None),
+                fatal_notify: Notify::new(),
                 leases_swept: std::sync::atomic::AtomicBool::new(false),
                 seen_webhooks: std::sync::Mutex::new(RecentIds::default()),
                 recorder: super::record::StateRecorder {
@@ -316,6 +408,11 @@ impl ControlPlane {
         }
     }
 
+    /// The `Anthropic-Worker-ID` this plane polls with.
+    pub fn worker_id(&self) -> &str {
+        self.inner.queue.worker_id().unwrap_or_default()
+    }
+
     /// Counters.
     pub fn stats(&self) -> ControlPlaneStats {
         let c = &self.inner.counters;
@@ -326,12 +423,21 @@ impl ControlPlane {
             finished,
             failed: c.failed.load(Ordering::Relaxed),
             in_flight: claimed.saturating_sub(finished),
+            drains: c.drains.load(Ordering::Relaxed),
+            maintenance_passes: c.maintenance.load(Ordering::Relaxed),
         }
     }
 
-    /// Nudge the long-poll loop to poll now (e.g. on a `session.*` webhook).
+    /// Work may be waiting: poll now. While [`ControlPlane::run`] long-polls, this cuts its
+    /// pause after an empty poll short; otherwise it starts a drain on a background task,
+    /// coalesced with a running one (one drain at a time, at most one queued behind it). Does
+    /// nothing after [`ControlPlane::shutdown`].
     pub fn wake(&self) {
-        self.inner.wake.notify_one();
+        if self.inner.polling.load(Ordering::SeqCst) {
+            self.inner.wake.notify_one();
+        } else {
+            self.request_drain();
+        }
     }
 
     /// React to a verified webhook (docs/protocol.md §7.3). Webhooks carry no work id; a session event
@@ -354,6 +460,7 @@ impl ControlPlane {
             return WebhookAction::Duplicate;
         }
         use WebhookEventType as T;
+        self.start_duties();
         if matches!(
             event.data.kind,
             T::SessionStatusTerminated | T::SessionDeleted
@@ -361,6 +468,15 @@ impl ControlPlane {
             self.inner
                 .recorder
                 .terminated(&event.data.id, event.data.kind.as_str())
+                .await;
+        }
+        if matches!(
+            event.data.kind,
+            T::SessionStatusTerminated | T::SessionDeleted | T::SessionArchived
+        ) {
+            self.inner
+                .host
+                .session_ended(&SessionId::from(event.data.id.clone()))
                 .await;
         }
         let wakes = matches!(
@@ -374,16 +490,7 @@ impl ControlPlane {
         if !wakes {
             return WebhookAction::Ignored;
         }
-        if self.inner.polling.load(Ordering::Relaxed) {
-            self.wake();
-        } else if !self.inner.stop_claiming.is_cancelled() {
-            let this = self.clone();
-            self.inner.tasks.spawn(async move {
-                if let Err(e) = this.drain().await {
-                    tracing::warn!(error = %e, "webhook-triggered drain failed");
-                }
-            });
-        }
+        self.wake();
         WebhookAction::Drain
     }
 
@@ -412,15 +519,37 @@ impl ControlPlane {
         fresh
     }
 
-    /// Long-poll and run items until [`ControlPlane::shutdown`]. Returns an error only when polling
-    /// fails permanently (a fatal 4xx, e.g. a wrong environment key).
+    /// Claim and run items ([`ControlPlaneConfig::claim`]) and run the background duties until
+    /// [`ControlPlane::shutdown`]. Returns an error only when polling fails permanently (a
+    /// fatal 4xx, e.g. a wrong environment key).
     pub async fn run(&self) -> Result<(), ControlPlaneError> {
-        self.inner.polling.store(true, Ordering::Relaxed);
-        let result = self
-            .claim_loop(Some(self.inner.config.poll_block_ms), false)
-            .await;
-        self.inner.polling.store(false, Ordering::Relaxed);
-        result.map(|_| ())
+        self.start_duties();
+        match self.inner.config.claim {
+            ClaimMode::LongPoll => {
+                self.inner.polling.store(true, Ordering::SeqCst);
+                let result = self
+                    .claim_loop(Some(self.inner.config.poll_block_ms), false)
+                    .await;
+                self.inner.polling.store(false, Ordering::SeqCst);
+                result.map(|_| ())
+            }
+            ClaimMode::Webhooks { .. } => {
+                // Whatever was queued while nobody listened for webhooks.
+                self.request_drain();
+                loop {
+                    let fatal = self.inner.fatal_notify.notified();
+                    tokio::pin!(fatal);
+                    fatal.as_mut().enable();
+                    if let Some(e) = lock(&self.inner.fatal).take() {
+                        return Err(ControlPlaneError::Poll(e));
+                    }
+                    tokio::select! {
+                        _ = self.inner.stop_claiming.cancelled() => return Ok(()),
+                        () = &mut fatal => {}
+                    }
+                }
+            }
+        }
     }
 
     /// The claim loop of both shapes (docs/protocol.md §5.2): transient poll failures and transient
@@ -500,13 +629,16 @@ impl ControlPlane {
     /// poll ends it with an error. Each item runs on its own task; this returns once claiming
     /// stops, not when the items finish (see [`ControlPlane::wait_idle`]).
     pub async fn drain(&self) -> Result<usize, ControlPlaneError> {
+        self.start_duties();
+        self.inner.counters.drains.fetch_add(1, Ordering::Relaxed);
         self.claim_loop(None, true).await
     }
 
     /// Wait until no item is running.
     pub async fn wait_idle(&self) {
         // Taking every permit means every item task has released its own.
-        let all = self.inner.config.concurrency as u32;
+        // `build` keeps concurrency within `MAX_CONCURRENCY`, so this never saturates.
+        let all = u32::try_from(self.inner.config.concurrency).unwrap_or(u32::MAX);
         if let Ok(p) = self.inner.permits.acquire_many(all).await {
             drop(p);
         }
@@ -578,50 +710,18 @@ impl ControlPlane {
             )
             .await;
         let this = self.clone();
-        inner.tasks.spawn(async move {
-            let _permit = permit;
-            let inner = &this.inner;
-            let owner = inner.config.replica_id.as_str();
-            let span = tracing::info_span!("work_item", work_id = %work.id, session_id = %work.data.id);
-            let result = {
-                let item = tracing::Instrument::instrument(
-                    inner.runner.handle_item(&work, inner.host.clone(), inner.cancel_items.child_token()),
-                    span,
-                );
-                tokio::pin!(item);
-                loop {
-                    tokio::select! {
-                        r = &mut item => break r,
-                        () = tokio::time::sleep(LEASE_RECORD_RENEW) => {
-                            inner.recorder.lease_renewed(work.id.as_str(), owner, LEASE_RECORD_TTL).await;
-                        }
-                    }
-                }
-            };
-            inner.recorder.lease_released(work.id.as_str(), owner).await;
-            if let Ok(ItemOutcome { session: Some(session), .. }) = &result
-                && session.status == crate::protocol::SessionStatus::Terminated
-            {
-                inner
-                    .recorder
-                    .terminated(session.id.as_str(), "work item found the session terminated")
-                    .await;
-            }
-            match &result {
-                Ok(o) => tracing::info!(work_id = %work.id, lease_end = ?o.lease_end, stopped = o.stopped, results = o.results_posted, "work item finished"),
-                Err(RunnerError::NotSessionWork { kind, .. }) => tracing::debug!(work_id = %work.id, kind, "non-session item stopped"),
-                Err(e) => {
-                    inner.counters.failed.fetch_add(1, Ordering::Relaxed);
-                    tracing::error!(work_id = %work.id, error = %e, "work item failed");
-                }
-            }
-            inner.counters.finished.fetch_add(1, Ordering::Relaxed);
-            if let Some(hook) = &inner.on_item {
-                hook(&ItemReport { work, result });
-            }
-        });
+        inner
+            .tasks
+            .spawn(async move { this.run_item(work, permit).await });
         Ok(Claim::Claimed)
     }
+}
+
+mod duties;
+mod item;
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 #[cfg(test)]

@@ -4,10 +4,68 @@
 //! [`WorkspaceSnapshots`] is what [`SandboxHost`](super::host::SandboxHost) calls; with the `store`
 //! feature, `cma_store::SnapshotStore` implements it (content-defined chunks, verified restores).
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use cma_sandbox::Sandbox;
 
 use crate::runner::session::HostError;
+
+/// Which snapshots are kept, and how often the control plane deletes the rest and collects the
+/// chunks no snapshot uses any more (see [`SandboxHost::with_snapshot_retention`](super::host::SandboxHost::with_snapshot_retention)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotRetention {
+    /// Newest snapshots kept per session (at least 1: the one the session wakes from; more
+    /// give a restore something to fall back to when the newest is damaged).
+    pub keep_last: usize,
+    /// Snapshots younger than this are kept whatever their rank.
+    pub keep_within: Duration,
+    /// How often retention and chunk collection run (the first run is at the plane's first
+    /// maintenance pass, i.e. when it starts).
+    pub interval: Duration,
+}
+
+impl Default for SnapshotRetention {
+    /// Two per session, everything from the last day, applied hourly.
+    fn default() -> Self {
+        Self {
+            keep_last: 2,
+            keep_within: Duration::from_secs(24 * 3600),
+            interval: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl SnapshotRetention {
+    /// Check the policy: `keep_last` ≥ 1 and `interval` ≥ 1 s (each error names the field).
+    pub fn validate(&self) -> Result<(), HostError> {
+        if self.keep_last == 0 {
+            return Err(HostError::new(
+                "snapshot retention keep_last must be at least 1 (the snapshot a session wakes from)",
+            ));
+        }
+        if self.interval < Duration::from_secs(1) {
+            return Err(HostError::new(
+                "snapshot retention interval must be at least 1 second",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What one retention and collection pass did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HousekeepingReport {
+    /// Snapshots kept.
+    pub snapshots_kept: usize,
+    /// Snapshots deleted by the policy.
+    pub snapshots_deleted: usize,
+    /// Stored chunks no snapshot used any more, deleted.
+    pub chunks_deleted: usize,
+    /// Stored bytes freed by deleting them.
+    pub bytes_freed: u64,
+}
 
 /// Saves and restores a session's workspace.
 #[async_trait]
@@ -23,6 +81,21 @@ pub trait WorkspaceSnapshots: Send + Sync {
         session_id: &str,
         sandbox: &dyn Sandbox,
     ) -> Result<Option<String>, HostError>;
+
+    /// Whether [`WorkspaceSnapshots::housekeep`] is implemented (a host refuses a retention
+    /// policy for a store that cannot apply it rather than ignoring it).
+    fn supports_retention(&self) -> bool {
+        false
+    }
+
+    /// Delete the snapshots `policy` does not keep, then the stored data no snapshot uses any
+    /// more. Default: refused (see [`WorkspaceSnapshots::supports_retention`]).
+    async fn housekeep(&self, policy: &SnapshotRetention) -> Result<HousekeepingReport, HostError> {
+        let _ = policy;
+        Err(HostError::new(
+            "this snapshot store does not implement retention",
+        ))
+    }
 }
 
 /// The `cma-store` snapshot store: chunked, deduplicated, verified snapshots in an object store.
@@ -44,6 +117,31 @@ impl WorkspaceSnapshots for cma_store::SnapshotStore {
             .await
             .map_err(|e| HostError::with_source(context(), e))?;
         Ok(manifest.id.as_str().to_owned())
+    }
+
+    fn supports_retention(&self) -> bool {
+        true
+    }
+
+    /// `apply_retention` then `gc` (safe while saves run, from any number of processes).
+    async fn housekeep(&self, policy: &SnapshotRetention) -> Result<HousekeepingReport, HostError> {
+        let retention = self
+            .apply_retention(cma_store::RetentionPolicy {
+                keep_last: policy.keep_last,
+                keep_within: policy.keep_within,
+            })
+            .await
+            .map_err(|e| HostError::with_source("applying snapshot retention", e))?;
+        let gc = self
+            .gc()
+            .await
+            .map_err(|e| HostError::with_source("collecting unused snapshot chunks", e))?;
+        Ok(HousekeepingReport {
+            snapshots_kept: retention.kept,
+            snapshots_deleted: retention.deleted.len(),
+            chunks_deleted: gc.chunks_deleted,
+            bytes_freed: gc.bytes_freed,
+        })
     }
 
     async fn restore_latest(

@@ -64,6 +64,11 @@ impl<K: Eq + Hash + Clone, V> WarmPool<K, V> {
         }
     }
 
+    /// Take the value kept for `key`, expired or not (its session is over).
+    pub fn remove(&mut self, key: &K) -> Option<V> {
+        self.entries.remove(key).map(|(v, _)| v)
+    }
+
     /// The value kept for `key`, expired or not, without taking it.
     pub fn peek(&self, key: &K) -> Option<&V> {
         self.entries.get(key).map(|(v, _)| v)
@@ -116,6 +121,9 @@ mod tests {
         assert_eq!(pool.take(&"s1", t0), None, "taken values leave the pool");
         pool.put("s2", 2, t0, Duration::from_secs(10));
         assert_eq!(pool.take(&"s2", t0 + Duration::from_secs(10)), None);
+        pool.put("s3", 3, t0, Duration::from_secs(1));
+        assert_eq!(pool.remove(&"s3"), Some(3), "removed even when expired");
+        assert_eq!(pool.remove(&"s3"), None);
         assert_eq!(
             pool.take_expired(t0 + Duration::from_secs(10)),
             vec![("s2", 2)]

@@ -1,5 +1,5 @@
-//! Fault injection: make the next N calls of an endpoint fail, stall, drop their stream or lose
-//! their lease.
+//! Fault injection: make the next N calls of an endpoint fail, stall, drop their stream, lose
+//! their lease, or answer with a hostile payload ([`Reply`]).
 //!
 //! Faults are matched by [`Endpoint`] in the order they were armed and consumed one call at a time.
 //! They apply after routing and before authentication, so a request that would have failed
@@ -10,6 +10,8 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+
+pub use super::hostile::{BodyPart, Reply};
 
 /// The endpoints faults can target (their names in scenario files).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -56,11 +58,25 @@ pub enum Endpoint {
     EventsSend,
     /// `GET /v1/sessions/{id}/events/stream`.
     Stream,
+    /// `GET /v1/skills/{id}/versions/{version}`.
+    SkillVersion,
+    /// `GET /v1/skills/{id}/versions/{version}/content`.
+    SkillContent,
+    /// `GET /v1/memory_stores/{id}/memories`.
+    MemoryList,
+    /// `GET /v1/memory_stores/{id}/memories/{memory_id}`.
+    MemoryGet,
+    /// `POST /v1/memory_stores/{id}/memories`.
+    MemoryCreate,
+    /// `POST /v1/memory_stores/{id}/memories/{memory_id}`.
+    MemoryUpdate,
+    /// `DELETE /v1/memory_stores/{id}/memories/{memory_id}`.
+    MemoryDelete,
 }
 
 impl Endpoint {
     /// Every endpoint, in documentation order.
-    pub const ALL: [Endpoint; 20] = [
+    pub const ALL: [Endpoint; 27] = [
         Self::Poll,
         Self::Ack,
         Self::Heartbeat,
@@ -81,6 +97,13 @@ impl Endpoint {
         Self::EventsList,
         Self::EventsSend,
         Self::Stream,
+        Self::SkillVersion,
+        Self::SkillContent,
+        Self::MemoryList,
+        Self::MemoryGet,
+        Self::MemoryCreate,
+        Self::MemoryUpdate,
+        Self::MemoryDelete,
     ];
 
     /// The name used in scenario files.
@@ -106,7 +129,65 @@ impl Endpoint {
             Self::EventsList => "events_list",
             Self::EventsSend => "events_send",
             Self::Stream => "stream",
+            Self::SkillVersion => "skill_version",
+            Self::SkillContent => "skill_content",
+            Self::MemoryList => "memory_list",
+            Self::MemoryGet => "memory_get",
+            Self::MemoryCreate => "memory_create",
+            Self::MemoryUpdate => "memory_update",
+            Self::MemoryDelete => "memory_delete",
         }
+    }
+
+    /// The endpoint a request is for, from its method and path (`None` for no endpoint).
+    pub fn classify(method: &http::Method, path: &str) -> Option<Self> {
+        use http::Method as M;
+        let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        Some(match (method, segs.as_slice()) {
+            (&M::GET, ["v1", "environments"]) => Self::EnvironmentList,
+            (&M::POST, ["v1", "environments"]) => Self::EnvironmentCreate,
+            (&M::GET, ["v1", "environments", _]) => Self::EnvironmentGet,
+            (&M::POST, ["v1", "environments", _]) => Self::EnvironmentUpdate,
+            (&M::DELETE, ["v1", "environments", _]) => Self::EnvironmentDelete,
+            (&M::POST, ["v1", "environments", _, "archive"]) => Self::EnvironmentArchive,
+            (&M::GET, ["v1", "environments", _, "work"]) => Self::WorkList,
+            (&M::GET, ["v1", "environments", _, "work", "poll"]) => Self::Poll,
+            (&M::GET, ["v1", "environments", _, "work", "stats"]) => Self::WorkStats,
+            (&M::GET, ["v1", "environments", _, "work", _]) => Self::WorkGet,
+            (&M::POST, ["v1", "environments", _, "work", _]) => Self::WorkUpdate,
+            (&M::POST, ["v1", "environments", _, "work", _, "ack"]) => Self::Ack,
+            (&M::POST, ["v1", "environments", _, "work", _, "heartbeat"]) => Self::Heartbeat,
+            (&M::POST, ["v1", "environments", _, "work", _, "stop"]) => Self::Stop,
+            (&M::POST, ["v1", "sessions"]) => Self::SessionCreate,
+            (&M::GET, ["v1", "sessions", _]) => Self::SessionGet,
+            (&M::DELETE, ["v1", "sessions", _]) => Self::SessionDelete,
+            (&M::GET, ["v1", "sessions", _, "events"]) => Self::EventsList,
+            (&M::POST, ["v1", "sessions", _, "events"]) => Self::EventsSend,
+            (&M::GET, ["v1", "sessions", _, "events", "stream"]) => Self::Stream,
+            (&M::GET, ["v1", "skills", _, "versions", _]) => Self::SkillVersion,
+            (&M::GET, ["v1", "skills", _, "versions", _, "content"]) => Self::SkillContent,
+            (&M::GET, ["v1", "memory_stores", _, "memories"]) => Self::MemoryList,
+            (&M::POST, ["v1", "memory_stores", _, "memories"]) => Self::MemoryCreate,
+            (&M::GET, ["v1", "memory_stores", _, "memories", _]) => Self::MemoryGet,
+            (&M::POST, ["v1", "memory_stores", _, "memories", _]) => Self::MemoryUpdate,
+            (&M::DELETE, ["v1", "memory_stores", _, "memories", _]) => Self::MemoryDelete,
+            _ => return None,
+        })
+    }
+
+    /// Whether the handler consumes this endpoint's faults itself (the core endpoints); the
+    /// resource endpoints (skills, memory stores) get theirs from the fault middleware.
+    pub(crate) fn handler_consumes_faults(self) -> bool {
+        !matches!(
+            self,
+            Self::SkillVersion
+                | Self::SkillContent
+                | Self::MemoryList
+                | Self::MemoryGet
+                | Self::MemoryCreate
+                | Self::MemoryUpdate
+                | Self::MemoryDelete
+        )
     }
 }
 
@@ -133,7 +214,8 @@ fn one() -> u32 {
 }
 
 /// One armed fault. All effects are optional and combine: first `delay_ms`, then `lease_lost`,
-/// then either the error `status` or (for `stream`) the `drop_after_frames` cut.
+/// then either the error `status`, a hostile [`Reply`] (any endpoint), or (for `stream`) the
+/// `drop_after_frames` cut.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Fault {
@@ -180,6 +262,10 @@ pub struct Fault {
     /// `heartbeat` only: before serving, hand the lease to a phantom worker, so the call gets 412.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub lease_lost: bool,
+    /// Answer with this payload instead of serving the call (any status, giant, malformed or
+    /// never-ending bodies): the emulator's hostile mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply: Option<Reply>,
 }
 
 impl Fault {
@@ -198,6 +284,7 @@ impl Fault {
             delay_ms: None,
             drop_after_frames: None,
             lease_lost: false,
+            reply: None,
         }
     }
 
@@ -249,6 +336,12 @@ impl Fault {
         self
     }
 
+    /// Answer with a hostile payload instead of serving the call.
+    pub fn reply(mut self, reply: Reply) -> Self {
+        self.reply = Some(reply);
+        self
+    }
+
     /// Check the combination of fields.
     pub fn validate(&self) -> Result<(), String> {
         if self.times == 0 {
@@ -265,13 +358,23 @@ impl Fault {
         if self.lease_lost && self.endpoint != Endpoint::Heartbeat {
             return Err("lease_lost only applies to the heartbeat endpoint".into());
         }
+        if let Some(reply) = &self.reply {
+            if self.status.is_some() || self.drop_after_frames.is_some() || self.lease_lost {
+                return Err(
+                    "reply replaces the answer: it does not combine with status, drop_after_frames or lease_lost"
+                        .into(),
+                );
+            }
+            reply.validate()?;
+        }
         let has_effect = self.status.is_some()
             || self.delay_ms.is_some()
             || self.drop_after_frames.is_some()
-            || self.lease_lost;
+            || self.lease_lost
+            || self.reply.is_some();
         if !has_effect {
             return Err(
-                "a fault needs status, delay_ms, drop_after_frames or lease_lost".to_owned(),
+                "a fault needs status, delay_ms, drop_after_frames, lease_lost or reply".to_owned(),
             );
         }
         if self.status.is_none()
@@ -317,6 +420,14 @@ impl FaultBook {
             self.armed.remove(idx);
         }
         Some(out)
+    }
+
+    /// Consume one use of the first fault armed for `endpoint` if it carries a [`Reply`] (a
+    /// fault of another kind armed first is left for the handler).
+    pub(crate) fn take_reply(&mut self, endpoint: Endpoint) -> Option<Fault> {
+        let (first, _) = self.armed.iter().find(|(f, _)| f.endpoint == endpoint)?;
+        first.reply.as_ref()?;
+        self.take(endpoint)
     }
 
     pub(crate) fn remaining(&self) -> usize {
@@ -379,6 +490,102 @@ mod tests {
                 .is_err()
         );
         assert!(Fault::on(Endpoint::Stop).lease_lost().validate().is_err());
+        assert!(
+            Fault::on(Endpoint::Poll)
+                .status(500)
+                .reply(Reply::new(200).text("x"))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            Fault::on(Endpoint::MemoryList)
+                .reply(Reply::new(200).text("x"))
+                .validate()
+                .is_ok()
+        );
+        assert!(
+            Fault::on(Endpoint::Poll)
+                .reply(Reply::new(99))
+                .validate()
+                .is_err()
+        );
+        assert_eq!(Endpoint::classify(&http::Method::GET, "/v1/nothing"), None);
+    }
+
+    #[test]
+    fn every_endpoint_is_classified_from_its_request() {
+        use http::Method as M;
+        let w = "/v1/environments/e/work";
+        let m = "/v1/memory_stores/s/memories";
+        let table = [
+            (M::GET, format!("{w}/poll"), Endpoint::Poll),
+            (M::POST, format!("{w}/x/ack"), Endpoint::Ack),
+            (M::POST, format!("{w}/x/heartbeat"), Endpoint::Heartbeat),
+            (M::POST, format!("{w}/x/stop"), Endpoint::Stop),
+            (M::GET, w.to_owned(), Endpoint::WorkList),
+            (M::GET, format!("{w}/x"), Endpoint::WorkGet),
+            (M::POST, format!("{w}/x"), Endpoint::WorkUpdate),
+            (M::GET, format!("{w}/stats"), Endpoint::WorkStats),
+            (
+                M::POST,
+                "/v1/environments".into(),
+                Endpoint::EnvironmentCreate,
+            ),
+            (
+                M::GET,
+                "/v1/environments/e".into(),
+                Endpoint::EnvironmentGet,
+            ),
+            (
+                M::POST,
+                "/v1/environments/e".into(),
+                Endpoint::EnvironmentUpdate,
+            ),
+            (M::GET, "/v1/environments".into(), Endpoint::EnvironmentList),
+            (
+                M::DELETE,
+                "/v1/environments/e".into(),
+                Endpoint::EnvironmentDelete,
+            ),
+            (
+                M::POST,
+                "/v1/environments/e/archive".into(),
+                Endpoint::EnvironmentArchive,
+            ),
+            (M::POST, "/v1/sessions".into(), Endpoint::SessionCreate),
+            (M::GET, "/v1/sessions/s".into(), Endpoint::SessionGet),
+            (M::DELETE, "/v1/sessions/s".into(), Endpoint::SessionDelete),
+            (M::GET, "/v1/sessions/s/events".into(), Endpoint::EventsList),
+            (
+                M::POST,
+                "/v1/sessions/s/events".into(),
+                Endpoint::EventsSend,
+            ),
+            (
+                M::GET,
+                "/v1/sessions/s/events/stream".into(),
+                Endpoint::Stream,
+            ),
+            (
+                M::GET,
+                "/v1/skills/k/versions/1".into(),
+                Endpoint::SkillVersion,
+            ),
+            (
+                M::GET,
+                "/v1/skills/k/versions/1/content".into(),
+                Endpoint::SkillContent,
+            ),
+            (M::GET, m.to_owned(), Endpoint::MemoryList),
+            (M::GET, format!("{m}/x"), Endpoint::MemoryGet),
+            (M::POST, m.to_owned(), Endpoint::MemoryCreate),
+            (M::POST, format!("{m}/x"), Endpoint::MemoryUpdate),
+            (M::DELETE, format!("{m}/x"), Endpoint::MemoryDelete),
+        ];
+        assert_eq!(table.len(), Endpoint::ALL.len());
+        for (method, path, endpoint) in table {
+            assert_eq!(Endpoint::classify(&method, &path), Some(endpoint), "{path}");
+        }
         assert!(
             Fault::on(Endpoint::Stream)
                 .drop_after_frames(0)

@@ -51,6 +51,8 @@ pub(crate) struct Shared {
     pub(crate) webhook_log: Option<DeliveryLog>,
     /// Every request received (bounded).
     pub(crate) requests: Mutex<RequestLog>,
+    /// Strict mode: reject what the real API tolerates but the official worker never does.
+    pub(crate) strict: bool,
 }
 
 impl Shared {
@@ -112,6 +114,10 @@ pub(crate) fn router(app: App, max_body: usize) -> Router {
             )
         })
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            super::hostile::fault_middleware,
+        ))
         .layer(axum::middleware::map_response(add_request_id))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -131,7 +137,7 @@ async fn add_request_id(mut resp: Response) -> Response {
 
 // -------------------------------------------------------------------- common steps
 
-fn fault_error(f: &Fault, status: u16) -> ApiError {
+pub(crate) fn fault_error(f: &Fault, status: u16) -> ApiError {
     let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let kind = f
         .error_type
@@ -382,6 +388,9 @@ fn ok_json<T: serde::Serialize>(v: &T) -> Res {
 
 // -------------------------------------------------------------------- work queue
 
+/// The 400 message of a poll without `Anthropic-Worker-ID` in strict mode.
+pub const STRICT_WORKER_ID_MESSAGE: &str = "strict mode: work/poll requires an Anthropic-Worker-ID header (the official worker always sends one, `<hostname>-<12 hex digits>`; the API counts workers_polling from it)";
+
 async fn poll(
     AxState(app): AxState<App>,
     Path(env): Path<String>,
@@ -401,7 +410,11 @@ async fn poll(
     let worker = headers
         .get("anthropic-worker-id")
         .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.trim().is_empty())
         .map(str::to_owned);
+    if app.strict && worker.is_none() {
+        return Err(ApiError::bad_request(STRICT_WORKER_ID_MESSAGE).with_code("worker_id_required"));
+    }
     let start = Instant::now();
     loop {
         let notified = app.work_notify.notified();

@@ -40,6 +40,10 @@
 //!   `work/stats` counts a polled item as `pending` until the default reclaim delay has passed,
 //!   then as `depth` again; `workers_polling` counts distinct `Anthropic-Worker-ID`s of the last
 //!   30 s. A re-queued item (lease expiry) goes to the back of the queue.
+//! * **Strict mode** ([`EmulatorConfig::strict`], scenario `"strict": true`): a poll without
+//!   `Anthropic-Worker-ID` gets 400 `invalid_request_error` with code `worker_id_required` and
+//!   [`STRICT_WORKER_ID_MESSAGE`], so a worker that would be invisible in `workers_polling` fails
+//!   loudly. Off by default: the real API serves such polls.
 //! * **Ack** moves `queued → starting`; acking an item that is not queued is a 409.
 //! * **Heartbeat** (§3.2): `NO_HEARTBEAT` claims an item that has no heartbeat yet (`starting →
 //!   active`); otherwise the value must equal the stored `last_heartbeat` exactly (microsecond
@@ -53,7 +57,8 @@
 //! * **Stop**: `{}` moves a live item to `stopping` (a queued one straight to `stopped`),
 //!   `{"force":true}` to `stopped`; a stopped item answers 409.
 //! * **Sessions**: `POST /v1/sessions` (API key) takes `{"environment_id": "env_…",
-//!   "metadata"?: {…}, "title"?: …, "emulator_script"?: {"calls": […], "end": "idle"|"terminate"}}`
+//!   "metadata"?: {…}, "title"?: …, "emulator_script"?: {"calls": […], "end": "idle"|"terminate",
+//!   "agent_id"?: "agent_…"}}`
 //!   (other fields are ignored) and queues a work item. A `user.message` sent to a session whose
 //!   work item is stopped queues a new one.
 //! * **Events**: `GET /events` supports `limit` (≤ 1000, default 100), `page`, `order`
@@ -84,6 +89,10 @@
 //! * **Request log**: every request is logged on arrival ([`Emulator::requests`]: method, path,
 //!   query, credential kind, `x-stainless-helper`, `Anthropic-Worker-ID`, the body of `stop`
 //!   calls, and the status once answered), the newest [`MAX_LOGGED_REQUESTS`] kept.
+//! * **Listener**: served by [`crate::listener::Listener`] under
+//!   [`EmulatorConfig::listener`] (a connection cap that evicts the clients waiting longest,
+//!   10 s for a request head, 2 min idle, 1 min for a body, no bound on streams), so a slow or
+//!   silent client cannot wedge it.
 //! * **Limits**: request bodies up to [`EmulatorConfig::max_body_bytes`] (413 beyond), at most
 //!   [`EmulatorConfig::max_events_per_session`] events and
 //!   [`EmulatorConfig::max_event_bytes_per_session`] bytes of events per session (oldest dropped), [`MAX_RECORDS`] recorded results and
@@ -96,7 +105,10 @@
 //! `poll, ack, heartbeat, stop, work_list, work_get, work_update, work_stats, environment_create,
 //! environment_get, environment_update, environment_list, environment_delete,
 //! environment_archive, session_create, session_get, session_delete, events_list, events_send,
-//! stream`.
+//! stream, skill_version, skill_content, memory_list, memory_get, memory_create, memory_update,
+//! memory_delete`. A fault's `reply` ([`Reply`]) serves a hostile payload instead of the answer:
+//! any status and headers, and a body made of parts (`text`, `json`, `base64`, `repeat`,
+//! `endless`) generated while it is sent, optionally followed by a `hang`.
 //!
 #![doc = concat!("```json\n", include_str!("scenario_example.json"), "```")]
 //!
@@ -117,6 +129,7 @@
 mod agent;
 mod error;
 mod faults;
+mod hostile;
 mod http;
 mod requests;
 mod resources;
@@ -136,8 +149,11 @@ use tokio_util::sync::CancellationToken;
 use crate::protocol::{SessionStatus, Work, WorkData};
 
 pub use error::EmulatorError;
-pub use faults::{Endpoint, Fault};
-pub use http::{MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT};
+pub use faults::{BodyPart, Endpoint, Fault, Reply};
+pub use http::{
+    MANAGED_AGENTS_BETA, MAX_BLOCK_MS, MAX_EVENTS_PER_SEND, MAX_LIST_LIMIT,
+    STRICT_WORKER_ID_MESSAGE,
+};
 pub use requests::{AuthKind, MAX_LOGGED_BODY_BYTES, MAX_LOGGED_REQUESTS, RequestRecord};
 pub use resources::{MemoryAttachment, SessionAttachments, SkillAttachment};
 pub use scenario::{
@@ -188,6 +204,14 @@ pub struct EmulatorConfig {
     pub workspace_id: String,
     /// Served from the start.
     pub scenario: Scenario,
+    /// Strict mode (also the scenario's `strict`): a `work/poll` without `Anthropic-Worker-ID`
+    /// is answered 400 `invalid_request_error` (code `worker_id_required`) instead of being
+    /// served. The real API serves such a poll but cannot count the worker in
+    /// `workers_polling`; the official worker always sends the header.
+    pub strict: bool,
+    /// The bounds of the HTTP listener (default [`EmulatorConfig::default_listener_limits`]:
+    /// streams may last, idle connections outlive the client's pool timeout).
+    pub listener: crate::listener::ListenerLimits,
 }
 
 impl Default for EmulatorConfig {
@@ -206,11 +230,31 @@ impl Default for EmulatorConfig {
             organization_id: "org_emulator".into(),
             workspace_id: "wrkspc_emulator".into(),
             scenario: Scenario::default(),
+            strict: false,
+            listener: Self::default_listener_limits(),
         }
     }
 }
 
 impl EmulatorConfig {
+    /// The emulator's listener bounds: 1024 connections, no bound on a request's duration (event
+    /// streams last as long as their session), two minutes idle between requests (longer than
+    /// the client's 90 s pool timeout, so a pooled connection is never closed under a request),
+    /// a minute for a request body; heads within 10 s as everywhere.
+    pub fn default_listener_limits() -> crate::listener::ListenerLimits {
+        crate::listener::ListenerLimits::default()
+            .max_connections(1024)
+            .max_request_time(None)
+            .idle_timeout(Duration::from_secs(120))
+            .body_read_timeout(Duration::from_secs(60))
+    }
+
+    /// Bound the HTTP listener with `limits`.
+    pub fn listener_limits(mut self, limits: crate::listener::ListenerLimits) -> Self {
+        self.listener = limits;
+        self
+    }
+
     /// Serve this scenario.
     pub fn scenario(mut self, scenario: Scenario) -> Self {
         self.scenario = scenario;
@@ -274,6 +318,12 @@ impl EmulatorConfig {
     /// Largest request body.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.max_body_bytes = n;
+        self
+    }
+
+    /// Strict mode (see [`EmulatorConfig::strict`]).
+    pub fn strict(mut self, on: bool) -> Self {
+        self.strict = on;
         self
     }
 }
@@ -395,7 +445,10 @@ impl Emulator {
                 .create_session(
                     &s.environment,
                     s.id.clone(),
-                    Script::new(s.calls.clone(), s.end),
+                    Script {
+                        agent_id: s.agent_id.clone(),
+                        ..Script::new(s.calls.clone(), s.end)
+                    },
                     true,
                     serde_json::json!({}),
                     Value::Null,
@@ -430,6 +483,7 @@ impl Emulator {
                 .clamp(Duration::from_millis(10), Duration::from_secs(3600)),
             webhook_log,
             requests: Mutex::default(),
+            strict: sc.strict || config.strict,
         });
         {
             let mut book = shared.fault_book();
@@ -438,13 +492,10 @@ impl Emulator {
             }
         }
         let app = http::router(shared.clone(), config.max_body_bytes);
+        let listener = crate::listener::Listener::new(listener, config.listener)
+            .map_err(|e| EmulatorError::Invalid(e.to_string()))?;
         let stop = cancel.clone();
-        let server = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(stop.cancelled_owned());
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "emulator: server failed");
-            }
-        });
+        let server = tokio::spawn(async move { listener.serve(app, stop).await });
         // Lease expiry runs on its own clock so a re-queued item is pollable without traffic.
         let sweeper_shared = shared.clone();
         tasks.push(tokio::spawn(async move {

@@ -46,6 +46,10 @@ pub struct Scenario {
     /// Memory stores the emulator serves, with their initial memories.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub memory_stores: Vec<ScenarioMemoryStore>,
+    /// Strict mode: polls without `Anthropic-Worker-ID` are rejected with a 400 (see
+    /// [`EmulatorConfig::strict`](super::EmulatorConfig::strict)).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub strict: bool,
 }
 
 /// A skill of a scenario.
@@ -101,6 +105,9 @@ pub struct ScenarioSession {
     /// What the agent does after the last call.
     #[serde(default)]
     pub end: ScriptEnd,
+    /// The id of the session's agent (`agent.id`; default `agent_emulator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
     /// Skills of the session's agent (`agent.skills[]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub skills: Vec<super::resources::SkillAttachment>,
@@ -223,12 +230,25 @@ pub struct Script {
     /// What happens after the last call.
     #[serde(default)]
     pub end: ScriptEnd,
+    /// The id of the session's agent (`agent.id`; default `agent_emulator`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 impl Script {
     /// A script with these calls, ending with `end`.
     pub fn new(calls: Vec<ScriptedCall>, end: ScriptEnd) -> Self {
-        Self { calls, end }
+        Self {
+            calls,
+            end,
+            agent_id: None,
+        }
+    }
+
+    /// The session's agent has this id (`agent.id`).
+    pub fn agent_id(mut self, id: impl Into<String>) -> Self {
+        self.agent_id = Some(id.into());
+        self
     }
 }
 

@@ -9,6 +9,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -45,6 +46,13 @@ pub enum LeaseEnd {
 }
 
 impl LeaseEnd {
+    /// Whether the lease ended because another worker may hold the item now (412, or no
+    /// successful heartbeat within the TTL): the session's sandbox is then not this worker's to
+    /// keep warm or to snapshot as the session's newest state.
+    pub fn hands_over_session(&self) -> bool {
+        matches!(self, Self::LeaseLost { .. } | Self::AssumedLost)
+    }
+
     /// Whether the worker must still force-stop the item: every reason but a lost lease (§3.4).
     pub fn should_force_stop(&self) -> bool {
         !matches!(self, Self::LeaseLost { .. } | Self::AssumedLost)
@@ -73,6 +81,8 @@ pub struct LeaseStatus {
     pub beats: u64,
     /// The TTL the server last reported (`None` until a heartbeat reports one).
     pub reported_ttl: Option<Duration>,
+    /// Heartbeats attempted so far, whatever their outcome.
+    pub attempts: u64,
 }
 
 /// Handle to a running lease: watch it, or end it.
@@ -90,6 +100,7 @@ impl LeaseHandle {
             ended: None,
             beats: 0,
             reported_ttl: None,
+            attempts: 0,
         });
         Self { rx, tx }
     }
@@ -136,6 +147,30 @@ impl LeaseHandle {
         }
     }
 
+    /// Resolves once the first heartbeat attempt has an outcome (success, failure or its
+    /// timeout) or the lease has ended. The official worker sends its first heartbeat at once,
+    /// concurrently with the session fetch (docs/protocol.md §3.3); an item that ends before
+    /// that beat went out waits for it, so the server always sees the claim before the stop.
+    pub async fn first_attempt(&self) {
+        let mut rx = self.rx.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if s.attempts > 0 || s.ended.is_some() {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn record_attempt(&self) {
+        self.tx
+            .send_modify(|s| s.attempts = s.attempts.saturating_add(1));
+    }
+
     fn record_success(&self, ttl: Option<Duration>) {
         self.tx.send_modify(|s| {
             s.beats += 1;
@@ -150,6 +185,62 @@ impl LeaseHandle {
 impl Default for LeaseHandle {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// One item's heartbeat loop on its own task, tied to the item's lifetime.
+///
+/// Dropping the guard — the item's task returned early, panicked, or its future was dropped —
+/// ends the lease ([`LeaseEnd::RunnerDone`] unless it already ended) and aborts the loop, so a
+/// lease is never kept alive for an item nobody runs any more. [`HeartbeatTask::stop`] is the
+/// orderly end.
+#[derive(Debug)]
+pub struct HeartbeatTask {
+    lease: LeaseHandle,
+    cancel: CancellationToken,
+    handle: Option<JoinHandle<LeaseEnd>>,
+}
+
+impl HeartbeatTask {
+    /// Spawn [`heartbeat_loop`] for `lease` with `beat`; `cancel` ends it as in the loop.
+    pub fn spawn<F, Fut>(lease: LeaseHandle, cancel: CancellationToken, beat: F) -> Self
+    where
+        F: FnMut(String) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<WorkHeartbeat, HeartbeatFailure>> + Send + 'static,
+    {
+        let handle = tokio::spawn({
+            let lease = lease.clone();
+            let cancel = cancel.clone();
+            async move { heartbeat_loop(&lease, &cancel, beat).await }
+        });
+        Self {
+            lease,
+            cancel,
+            handle: Some(handle),
+        }
+    }
+
+    /// End the lease with `reason` (unless it already ended), stop the loop and wait for it;
+    /// returns the reason that stands.
+    pub async fn stop(mut self, reason: LeaseEnd) -> LeaseEnd {
+        let end = self.lease.end(reason);
+        self.cancel.cancel();
+        if let Some(handle) = self.handle.take()
+            && let Err(e) = handle.await
+        {
+            tracing::error!(error = %e, "the heartbeat task failed");
+        }
+        end
+    }
+}
+
+impl Drop for HeartbeatTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            self.lease.end(LeaseEnd::RunnerDone);
+            self.cancel.cancel();
+            handle.abort();
+        }
     }
 }
 
@@ -183,12 +274,12 @@ where
         };
         let outcome = attempt
             .unwrap_or_else(|_| Err(HeartbeatFailure::Transient("heartbeat timed out".into())));
+        lease.record_attempt();
         match outcome {
             Ok(hb) => {
                 last = hb.last_heartbeat.clone();
                 last_success = Instant::now();
-                let new_ttl =
-                    (hb.ttl_seconds > 0).then(|| Duration::from_secs(hb.ttl_seconds as u64));
+                let new_ttl = retry::lease_ttl(hb.ttl_seconds);
                 if let Some(t) = new_ttl {
                     ttl = t;
                     interval = retry::heartbeat_interval(hb.ttl_seconds, interval);
@@ -304,6 +395,34 @@ mod tests {
         assert_eq!(lease.send_retry_window(), retry::SEND_RETRY_WINDOW);
         lease.record_success(Some(Duration::from_secs(60)));
         assert_eq!(lease.send_retry_window(), Duration::from_secs(60));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_heartbeat_task_ends_the_lease_and_beats_no_more() {
+        let beats = Arc::new(Mutex::new(0u32));
+        let lease = LeaseHandle::new();
+        let b = beats.clone();
+        let task = HeartbeatTask::spawn(lease.clone(), CancellationToken::new(), move |_| {
+            let b = b.clone();
+            async move {
+                *b.lock().unwrap() += 1;
+                Ok(hb("t", 4, WorkState::Active, true))
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let seen = *beats.lock().unwrap();
+        assert!(seen >= 2);
+        // The item's task died (a panic unwinding through it drops the guard the same way).
+        drop(task);
+        assert_eq!(lease.status().ended, Some(LeaseEnd::RunnerDone));
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        assert_eq!(*beats.lock().unwrap(), seen);
+        // An orderly stop reports the reason that stands.
+        let lease = LeaseHandle::new();
+        let task = HeartbeatTask::spawn(lease.clone(), CancellationToken::new(), |_| async {
+            Ok(hb("t", 60, WorkState::Active, true))
+        });
+        assert_eq!(task.stop(LeaseEnd::Cancelled).await, LeaseEnd::Cancelled);
     }
 
     #[tokio::test(start_paused = true)]

@@ -24,8 +24,11 @@
 //!   foreign is never uploaded from, and a folder wiped entirely is downloaded again.
 //!
 //! Syncs never fail the session: errors are logged and the next sync retries.
+//!
+//! `paths` checks where stores may live and which memory paths are acceptable; `sync` holds the
+//! per-store reconciliation.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -38,7 +41,12 @@ use crate::client::{
     ApiError, Client, Credential, Helper, MAX_MEMORY_CONTENT_BYTES, Memory, MemoryStoreClient,
     MemoryView,
 };
-use crate::protocol::Session;
+
+mod paths;
+mod sync;
+
+use paths::rel_of;
+pub use paths::{MemoryMount, has_memory_stores, memory_mounts};
 
 /// Default sync cadence (SDK `DEFAULT_MEMORY_SYNC_INTERVAL`).
 pub const DEFAULT_MEMORY_SYNC_INTERVAL: Duration = Duration::from_secs(15);
@@ -54,6 +62,16 @@ pub const MARKER_PATH: &str = ".anthropic-memory-store";
 pub const MAX_MEMORIES_PER_STORE: usize = 10_000;
 /// Most path segments of a memory path.
 pub const MAX_PATH_SEGMENTS: usize = 20;
+/// Longest memory path, in bytes (the server's own bound).
+pub const MAX_MEMORY_PATH_BYTES: usize = 1024;
+/// Longest segment of a memory path or a store folder name, in bytes.
+pub const MAX_SEGMENT_BYTES: usize = 255;
+/// Most memory stores one session mounts; a session with more fails with
+/// [`MemoryError::TooManyStores`].
+pub const MAX_MEMORY_STORES_PER_SESSION: usize = 16;
+/// Most directories one scan of a store folder visits; a folder with more is not synced (the
+/// scan fails, and is retried at the next sync).
+pub const MAX_SCAN_DIRS: usize = 10_000;
 /// Largest local file hashed for a sync; bigger ones are never uploaded.
 const MAX_HASHED_FILE_BYTES: u64 = 4 * 1024 * 1024;
 const MARKER_VERSION: u32 = 1;
@@ -165,6 +183,28 @@ pub enum MemoryError {
         /// The path.
         path: String,
     },
+    /// The session has more memory stores than [`MAX_MEMORY_STORES_PER_SESSION`].
+    #[error(
+        "the session has {count} memory stores attached; at most {MAX_MEMORY_STORES_PER_SESSION} are mounted, so the item was failed rather than run without some of them"
+    )]
+    TooManyStores {
+        /// How many the session has.
+        count: usize,
+    },
+    /// Two stores would share a folder, or one would sit inside the other's.
+    #[error(
+        "memory stores {first} and {second} would overlap in the sandbox ({first_root} and {second_root})"
+    )]
+    OverlappingMounts {
+        /// One store.
+        first: String,
+        /// Its folder.
+        first_root: String,
+        /// The other store.
+        second: String,
+        /// Its folder.
+        second_root: String,
+    },
     /// Something already exists at the store's path.
     #[error(
         "something already exists at the memory store's path: {path} (memory_store_id={store_id}); it must not exist (or be an empty directory) when the session starts"
@@ -207,87 +247,6 @@ pub enum MemoryError {
     AlreadyFinished,
 }
 
-/// Where one attached store lives in the sandbox.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MemoryMount {
-    /// `memstore_…`.
-    pub store_id: String,
-    /// Sandbox path of the store's folder.
-    pub root: String,
-    /// Attached `read_only`: pulled, never pushed, refused by `write`/`edit`.
-    pub read_only: bool,
-}
-
-fn clean_absolute(path: &str) -> bool {
-    path.starts_with('/') && !path.split('/').any(|p| p == "..") && !path.contains('\0')
-}
-
-fn single_component(name: &str) -> Option<&str> {
-    let n = name.trim();
-    (!n.is_empty()
-        && n != "."
-        && n != ".."
-        && !n.contains('/')
-        && !n.contains('\\')
-        && !n.contains('\0'))
-    .then_some(n)
-}
-
-/// The folders of every memory store attached to `session`, for a sandbox whose workdir is
-/// `workdir`.
-pub fn memory_mounts(session: &Session, workdir: &str) -> Result<Vec<MemoryMount>, MemoryError> {
-    let mut out = Vec::new();
-    for r in session
-        .resources
-        .iter()
-        .filter(|r| r.kind == "memory_store")
-    {
-        let store_id = r.memory_store_id.clone().unwrap_or_default();
-        let root = match r.mount_path.as_deref().filter(|p| !p.is_empty()) {
-            Some(p) if clean_absolute(p) => {
-                let t = p.trim_end_matches('/');
-                if t.is_empty() {
-                    "/".to_owned()
-                } else {
-                    t.to_owned()
-                }
-            }
-            Some(p) => {
-                return Err(MemoryError::BadMountPath {
-                    store_id,
-                    path: p.to_owned(),
-                });
-            }
-            None => {
-                let name = r
-                    .name
-                    .as_deref()
-                    .and_then(single_component)
-                    .or_else(|| single_component(&store_id))
-                    .unwrap_or("store");
-                format!("{}/memory/{name}", workdir.trim_end_matches('/'))
-            }
-        };
-        if root == "/" {
-            return Err(MemoryError::BadMountPath {
-                store_id,
-                path: root,
-            });
-        }
-        out.push(MemoryMount {
-            store_id,
-            root,
-            read_only: r.access.as_deref() == Some("read_only"),
-        });
-    }
-    Ok(out)
-}
-
-/// Whether `session` has memory stores attached.
-pub fn has_memory_stores(session: &Session) -> bool {
-    session.resources.iter().any(|r| r.kind == "memory_store")
-}
-
 fn sha_hex(data: &[u8]) -> String {
     let d = Sha256::digest(data);
     let mut s = String::with_capacity(64);
@@ -301,21 +260,6 @@ fn marker_text(store_id: &str) -> String {
     format!("version {MARKER_VERSION}\n{store_id}")
 }
 
-/// A memory path (`/a/b.md`) as a clean relative path, or `None` when it cannot be one.
-fn rel_of(path: &str) -> Option<String> {
-    let rel = path.trim_start_matches('/');
-    let parts: Vec<&str> = rel.split('/').collect();
-    if rel.is_empty()
-        || parts.len() > MAX_PATH_SEGMENTS
-        || parts
-            .iter()
-            .any(|p| p.is_empty() || *p == "." || *p == ".." || p.contains('\0'))
-    {
-        return None;
-    }
-    Some(rel.to_owned())
-}
-
 #[derive(Debug, Clone)]
 struct LocalFile {
     sha: String,
@@ -326,14 +270,6 @@ struct LocalFile {
 struct Scan {
     files: HashMap<String, LocalFile>,
     marker_ok: bool,
-}
-
-struct DeletePass {
-    mode: MemoryDeletions,
-    cap: usize,
-    waive_window: bool,
-    attempted: usize,
-    capped: usize,
 }
 
 struct Store {
@@ -572,24 +508,29 @@ impl SessionMemory {
                 path: root.clone(),
                 source: Box::new(source),
             })?;
-        let all = store
-            .client
-            .list_all(MemoryView::Full, MAX_MEMORIES_PER_STORE)
-            .await
-            .map_err(|source| MemoryError::Download {
-                store_id: store_id.clone(),
-                source,
-            })?;
-        for m in all {
-            let Some(rel) = listed_rel(&m, &store_id) else {
-                continue;
+        // Page by page: one page of contents is held at a time, whatever the store's size.
+        let mut pages = store.client.pages(MemoryView::Full, MAX_MEMORIES_PER_STORE);
+        loop {
+            let page = pages
+                .next_page()
+                .await
+                .map_err(|source| MemoryError::Download {
+                    store_id: store_id.clone(),
+                    source,
+                })?;
+            let Some(page) = page else {
+                return Ok(());
             };
-            let content = m.content.clone().unwrap_or_default();
-            if write_local(sandbox.as_ref(), &root, &rel, &content, &store_id).await {
-                store.baseline.insert(rel, m.content_sha256.clone());
+            for m in page {
+                let Some(rel) = listed_rel(&m, &store_id) else {
+                    continue;
+                };
+                let content = m.content.as_deref().unwrap_or_default();
+                if write_local(sandbox.as_ref(), &root, &rel, content, &store_id).await {
+                    store.baseline.insert(rel, m.content_sha256.clone());
+                }
             }
         }
-        Ok(())
     }
 
     async fn scan(&mut self, i: usize) -> Result<Scan, SandboxError> {
@@ -600,7 +541,17 @@ impl SessionMemory {
         let mut marker: Option<String> = None;
         let mut stack = vec![(String::new(), 0usize)];
         let mut seen_cache = HashMap::new();
+        let mut dirs_visited = 0usize;
         while let Some((dir, depth)) = stack.pop() {
+            dirs_visited += 1;
+            if dirs_visited > MAX_SCAN_DIRS {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::TooLarge,
+                    format!(
+                        "the memory folder {root} holds more than {MAX_SCAN_DIRS} directories; it is not synced"
+                    ),
+                ));
+            }
             let abs = if dir.is_empty() {
                 root.clone()
             } else {
@@ -640,8 +591,16 @@ impl SessionMemory {
                         let oversize = e.stat.size > MAX_MEMORY_CONTENT_BYTES as u64;
                         let (sha, unsendable) = if let Some(sha) = cached {
                             (sha, oversize)
-                        } else if e.stat.size > MAX_HASHED_FILE_BYTES {
-                            (format!("unhashed:{}", e.stat.size), true)
+                        } else if oversize {
+                            // Never uploaded, so never hashed: its size and time stand for it
+                            // (a change still shows), and no scan reads more than the largest
+                            // memory per file.
+                            let when = e
+                                .stat
+                                .modified
+                                .and_then(|m| m.duration_since(SystemTime::UNIX_EPOCH).ok())
+                                .map_or(0, |d| d.as_nanos());
+                            (format!("unhashed:{}:{when}", e.stat.size), true)
                         } else {
                             match sandbox.read_file(&path, Some(MAX_HASHED_FILE_BYTES)).await {
                                 Ok(data) => {
@@ -694,406 +653,6 @@ impl SessionMemory {
                 store.baseline.insert(rel, sha);
             }
         }
-    }
-
-    async fn recover(&mut self, i: usize, reason: &str) -> Result<(), String> {
-        let s = &self.stores[i];
-        tracing::warn!(memory_store_id = %s.mount.store_id, root = %s.mount.root, "{reason}; downloading the memory store folder again instead of syncing");
-        let root = s.mount.root.clone();
-        self.sandbox
-            .create_dir_all(&root)
-            .await
-            .map_err(|e| e.to_string())?;
-        self.stamp_and_pull(i).await.map_err(|e| e.to_string())
-    }
-
-    async fn sync_store(&mut self, i: usize, final_sync: bool) -> Result<(), String> {
-        let scan = self.scan(i).await.map_err(|e| e.to_string())?;
-        if !scan.marker_ok {
-            if !scan.files.is_empty() {
-                let s = &self.stores[i];
-                tracing::warn!(memory_store_id = %s.mount.store_id, root = %s.mount.root, "the memory folder's marker is gone or foreign; leaving the folder as found and not syncing");
-                return Ok(());
-            }
-            return self.recover(i, "the folder or its marker is gone").await;
-        }
-        let remote = self.remote_map(i).await.map_err(|e| e.to_string())?;
-        self.settle_sent(i, &remote);
-        if scan.files.is_empty() && self.stores[i].baseline.len() > 1 {
-            return self.recover(i, "every memory file is gone at once").await;
-        }
-        let base_len = self.stores[i].baseline.len();
-        let mut deletes = DeletePass {
-            mode: self.config.deletions,
-            cap: (base_len / 4).clamp(DELETE_CAP_FLOOR, DELETE_CAP_CEILING),
-            waive_window: final_sync,
-            attempted: 0,
-            capped: 0,
-        };
-        let paths: BTreeSet<String> = remote
-            .keys()
-            .chain(scan.files.keys())
-            .chain(self.stores[i].baseline.keys())
-            .cloned()
-            .collect();
-        let mut pulls: Vec<(String, Memory)> = Vec::new();
-        let mut baseline = HashMap::new();
-        for rel in paths {
-            let remote_item = remote.get(&rel);
-            let local = scan.files.get(&rel);
-            let base = self.stores[i].baseline.get(&rel).cloned();
-            let sha = if local.is_none()
-                && base.is_some()
-                && remote_item.is_some_and(|m| Some(&m.content_sha256) == base.as_ref())
-                && !self.stores[i].mount.read_only
-            {
-                let (Some(m), Some(b)) = (remote_item, base) else {
-                    continue;
-                };
-                self.corroborated_delete(i, &rel, m, b, &mut deletes).await
-            } else {
-                self.sync_path(i, &rel, remote_item, local, &mut pulls)
-                    .await
-            };
-            if let Some(sha) = sha {
-                baseline.insert(rel, sha);
-            }
-        }
-        self.stores[i].baseline = baseline;
-        self.pull_all(i, pulls).await;
-        if deletes.capped > 0 {
-            tracing::warn!(memory_store_id = %self.stores[i].mount.store_id, attempted = deletes.attempted, held = deletes.capped, "memory delete cap reached; the rest wait for later syncs");
-        }
-        Ok(())
-    }
-
-    async fn sync_path(
-        &mut self,
-        i: usize,
-        rel: &str,
-        remote: Option<&Memory>,
-        local: Option<&LocalFile>,
-        pulls: &mut Vec<(String, Memory)>,
-    ) -> Option<String> {
-        let read_only = self.stores[i].mount.read_only;
-        let base = self.stores[i].baseline.get(rel).cloned();
-        let mut local_sha = local.map(|l| l.sha.clone());
-        let unsendable = local.is_some_and(|l| l.unsendable);
-        if local_sha.is_some() {
-            self.stores[i].pending_deletes.remove(rel);
-        }
-        let Some(remote) = remote else {
-            let local = local_sha.clone()?;
-            if let Some(b) = &base {
-                if local == *b {
-                    match self.remove_local(i, rel, b).await {
-                        None => return None,
-                        Some(fresh) if fresh == *b => return Some(fresh),
-                        Some(fresh) => local_sha = Some(fresh),
-                    }
-                }
-                let id = &self.stores[i].mount.store_id;
-                if read_only {
-                    tracing::warn!(path = %rel, memory_store_id = %id, "memory deleted remotely but edited locally; a read-only store keeps the file unsynced");
-                } else {
-                    tracing::info!(path = %rel, memory_store_id = %id, "memory deleted remotely but edited locally; re-creating it from the file");
-                }
-            }
-            let local = local_sha?;
-            if read_only || self.stores[i].refused.get(rel) == Some(&local) {
-                return None;
-            }
-            return self.upload(i, rel, &local, unsendable, None).await;
-        };
-        let remote_sha = remote.content_sha256.clone();
-        let remote_changed = Some(&remote_sha) != base.as_ref();
-        let locally_edited = local_sha
-            .as_ref()
-            .is_some_and(|l| Some(l) != base.as_ref() && *l != remote_sha);
-        let local_changed = !read_only && locally_edited;
-        if local_sha.is_none() && base.is_some() {
-            if remote_changed {
-                tracing::warn!(path = %rel, memory_store_id = %self.stores[i].mount.store_id, "memory deleted locally but changed remotely; restoring the remote version");
-                self.stores[i].pending_deletes.remove(rel);
-                pulls.push((rel.to_owned(), remote.clone()));
-            }
-            return base;
-        }
-        if remote_changed {
-            if local_sha.as_ref() == Some(&remote_sha) {
-                return Some(remote_sha);
-            }
-            if locally_edited {
-                tracing::warn!(path = %rel, memory_store_id = %self.stores[i].mount.store_id, "memory changed both locally and remotely; keeping the remote version");
-            }
-            pulls.push((rel.to_owned(), remote.clone()));
-            return base;
-        }
-        if local_changed {
-            let local = local_sha.unwrap_or_default();
-            if self.stores[i].refused.get(rel) == Some(&local) {
-                return Some(remote_sha);
-            }
-            return self
-                .upload(i, rel, &local, unsendable, Some(remote))
-                .await
-                .or(Some(remote_sha));
-        }
-        Some(remote_sha)
-    }
-
-    /// Remove a file whose memory the server deleted, if it still holds `expect`. `None` when
-    /// the file is gone, `Some(expect)` when it must stay, `Some(fresh)` when it was edited.
-    async fn remove_local(&mut self, i: usize, rel: &str, expect: &str) -> Option<String> {
-        let path = format!("{}/{rel}", self.stores[i].mount.root);
-        let fresh = match self
-            .sandbox
-            .read_file(&path, Some(MAX_HASHED_FILE_BYTES))
-            .await
-        {
-            Ok(d) => sha_hex(&d),
-            Err(e) if e.kind() == SandboxErrorKind::NotFound => return None,
-            Err(_) => return Some(expect.to_owned()),
-        };
-        if fresh != expect {
-            return Some(fresh);
-        }
-        match self.sandbox.remove(&path, false).await {
-            Ok(()) => None,
-            Err(e) => {
-                tracing::warn!(path = %rel, error = %e, "failed to remove a memory deleted remotely");
-                Some(expect.to_owned())
-            }
-        }
-    }
-
-    async fn pull_all(&mut self, i: usize, pulls: Vec<(String, Memory)>) {
-        let sandbox = self.sandbox.clone();
-        for (rel, listed) in pulls {
-            let store = &mut self.stores[i];
-            let item = match store.client.retrieve(&listed.id, MemoryView::Full).await {
-                Ok(item) => item,
-                Err(e) if e.status() == Some(404) => continue,
-                Err(e) => {
-                    tracing::warn!(path = %rel, memory_store_id = %store.mount.store_id, error = %e, "failed to fetch memory content");
-                    continue;
-                }
-            };
-            let content = item.content.clone().unwrap_or_default();
-            if write_local(
-                sandbox.as_ref(),
-                &store.mount.root,
-                &rel,
-                &content,
-                &store.mount.store_id,
-            )
-            .await
-            {
-                store.baseline.insert(rel, item.content_sha256);
-            }
-        }
-    }
-
-    /// Push one local file; `None` keeps the old baseline so a later pass retries.
-    async fn upload(
-        &mut self,
-        i: usize,
-        rel: &str,
-        local_sha: &str,
-        unsendable: bool,
-        existing: Option<&Memory>,
-    ) -> Option<String> {
-        let store = &mut self.stores[i];
-        let id = store.mount.store_id.clone();
-        if unsendable {
-            if store
-                .refused
-                .insert(rel.to_owned(), local_sha.to_owned())
-                .as_deref()
-                != Some(local_sha)
-            {
-                tracing::warn!(path = %rel, memory_store_id = %id, "memory file is over 100 kB or not UTF-8; it stays unsynced until it changes");
-            }
-            return None;
-        }
-        let path = format!("{}/{rel}", store.mount.root);
-        let data = match self
-            .sandbox
-            .read_file(&path, Some(MAX_MEMORY_CONTENT_BYTES as u64))
-            .await
-        {
-            Ok(d) => d,
-            Err(e) if e.kind() == SandboxErrorKind::NotFound => return None,
-            Err(e) if e.kind() == SandboxErrorKind::TooLarge => {
-                store.refused.insert(rel.to_owned(), local_sha.to_owned());
-                tracing::warn!(path = %rel, memory_store_id = %id, "memory file is over 100 kB; it stays unsynced until it changes");
-                return None;
-            }
-            Err(e) => {
-                tracing::warn!(path = %rel, memory_store_id = %id, error = %e, "failed to read memory file");
-                return None;
-            }
-        };
-        let Ok(content) = std::str::from_utf8(&data) else {
-            store.refused.insert(rel.to_owned(), local_sha.to_owned());
-            tracing::warn!(path = %rel, memory_store_id = %id, "memory file is not UTF-8; it stays unsynced until it changes");
-            return None;
-        };
-        store.sent.insert(rel.to_owned(), sha_hex(&data));
-        let wire_path = format!("/{rel}");
-        let mut existing = existing.cloned();
-        loop {
-            let result = match &existing {
-                None => store.client.create(&wire_path, content).await,
-                Some(m) => {
-                    store
-                        .client
-                        .update(&m.id, content, Some(&m.content_sha256))
-                        .await
-                }
-            };
-            match result {
-                Ok(item) => {
-                    store.refused.remove(rel);
-                    store.sent.remove(rel);
-                    return Some(item.content_sha256);
-                }
-                Err(e) => {
-                    let status = e.status();
-                    if existing.is_some() && status == Some(404) {
-                        // Deleted remotely since the listing: this file is now the only copy.
-                        existing = None;
-                        continue;
-                    }
-                    if existing.is_some() && status == Some(409) {
-                        tracing::warn!(path = %rel, memory_store_id = %id, "memory changed both locally and remotely; the upload was refused and the local edit loses");
-                    } else if matches!(status, Some(400 | 413)) {
-                        store.refused.insert(rel.to_owned(), local_sha.to_owned());
-                        tracing::warn!(path = %rel, memory_store_id = %id, error = %e, "the server rejected this memory file; it stays unsynced until it changes");
-                    } else {
-                        tracing::warn!(path = %rel, memory_store_id = %id, error = %e, "failed to upload memory");
-                    }
-                    return None;
-                }
-            }
-        }
-    }
-
-    async fn corroborated_delete(
-        &mut self,
-        i: usize,
-        rel: &str,
-        remote: &Memory,
-        base: String,
-        pass: &mut DeletePass,
-    ) -> Option<String> {
-        if pass.mode == MemoryDeletions::Disabled {
-            return Some(base);
-        }
-        let first = *self.stores[i]
-            .pending_deletes
-            .entry(rel.to_owned())
-            .or_insert_with(Instant::now);
-        if !pass.waive_window && first.elapsed() < DELETE_CORROBORATION {
-            return Some(base);
-        }
-        let root = self.stores[i].mount.root.clone();
-        let marker_ok = match self
-            .sandbox
-            .read_file(&format!("{root}/{MARKER_PATH}"), Some(4096))
-            .await
-        {
-            Ok(d) => d == marker_text(&self.stores[i].mount.store_id).as_bytes(),
-            Err(_) => false,
-        };
-        if !marker_ok {
-            return Some(base);
-        }
-        match self.sandbox.lstat(&format!("{root}/{rel}")).await {
-            Err(e) if e.kind() == SandboxErrorKind::NotFound => {}
-            Ok(_) => {
-                self.stores[i].pending_deletes.remove(rel);
-                return Some(base);
-            }
-            Err(_) => return Some(base),
-        }
-        if pass.attempted >= pass.cap {
-            pass.capped += 1;
-            return Some(base);
-        }
-        pass.attempted += 1;
-        let store = &mut self.stores[i];
-        if pass.mode == MemoryDeletions::LogOnly {
-            tracing::info!(path = %rel, memory_store_id = %store.mount.store_id, "log-only: sync would delete this memory on the server");
-            return Some(base);
-        }
-        match store.client.delete(&remote.id, Some(&base)).await {
-            Ok(_) => {
-                tracing::info!(path = %rel, memory_store_id = %store.mount.store_id, "propagated local deletion");
-                store.pending_deletes.remove(rel);
-                None
-            }
-            Err(e) if e.status() == Some(404) => {
-                store.pending_deletes.remove(rel);
-                None
-            }
-            Err(e) => {
-                if matches!(e.status(), Some(409 | 412)) {
-                    tracing::warn!(path = %rel, memory_store_id = %store.mount.store_id, "memory deleted locally but changed remotely; keeping the remote version");
-                } else {
-                    tracing::warn!(path = %rel, memory_store_id = %store.mount.store_id, error = %e, "failed to delete memory");
-                }
-                Some(base)
-            }
-        }
-    }
-
-    async fn flush_store(&mut self, i: usize) -> Result<(), String> {
-        if self.stores[i].mount.read_only {
-            return Ok(());
-        }
-        let scan = self.scan(i).await.map_err(|e| e.to_string())?;
-        if !scan.marker_ok {
-            let s = &self.stores[i];
-            tracing::warn!(memory_store_id = %s.mount.store_id, root = %s.mount.root, "the memory folder's marker is gone or foreign; not uploading anything from it");
-            return Ok(());
-        }
-        let store = &self.stores[i];
-        let mut dirty: Vec<(String, LocalFile)> = scan
-            .files
-            .into_iter()
-            .filter(|(rel, f)| {
-                (store.baseline.get(rel) != Some(&f.sha) || store.sent.contains_key(rel))
-                    && store.refused.get(rel) != Some(&f.sha)
-            })
-            .collect();
-        if dirty.is_empty() {
-            return Ok(());
-        }
-        dirty.sort_by(|a, b| a.0.cmp(&b.0));
-        let remote = self.remote_map(i).await.map_err(|e| e.to_string())?;
-        self.settle_sent(i, &remote);
-        for (rel, f) in dirty {
-            let base = self.stores[i].baseline.get(&rel).cloned();
-            let existing = remote.get(&rel);
-            if base.as_ref() == Some(&f.sha) {
-                continue;
-            }
-            if let Some(m) = existing {
-                if m.content_sha256 == f.sha {
-                    self.stores[i].baseline.insert(rel, f.sha);
-                    continue;
-                }
-                if Some(&m.content_sha256) != base.as_ref() {
-                    tracing::warn!(path = %rel, memory_store_id = %self.stores[i].mount.store_id, "memory changed both locally and remotely; the flush leaves the remote version");
-                    continue;
-                }
-            }
-            if let Some(sha) = self.upload(i, &rel, &f.sha, f.unsendable, existing).await {
-                self.stores[i].baseline.insert(rel, sha);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1148,6 +707,7 @@ async fn write_local(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::Session;
     use crate::protocol::{SessionResource, SessionStatus};
 
     fn session_with(resources: Vec<SessionResource>) -> Session {

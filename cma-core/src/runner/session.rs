@@ -5,25 +5,29 @@
 //! (the control plane plugs in `cma-tools` over a sandbox). Every request goes through the typed
 //! clients of [`crate::client`].
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use tokio::sync::{Notify, mpsc};
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::lease::{LeaseEnd, LeaseHandle, heartbeat_loop};
+pub use super::dispatch::MAX_HISTORY_EVENTS;
+use super::dispatch::{dispatch_loop, idle_watchdog, stream_loop};
+use super::lease::{HeartbeatTask, LeaseEnd, LeaseHandle};
 use super::memory::{MemoryConfig, MemoryError, SessionMemory, has_memory_stores, memory_mounts};
+use super::panics;
 use super::skills::{SkillLimits, install_skills, remove_skills};
-use super::state::{Action, CallKind, RunnerState, ToolCall};
+use super::state::{RunnerState, ToolCall};
 use crate::client::{
-    ApiError, Client, Credential, EnvironmentClient, HeartbeatParams, Helper, ListEventsParams,
-    ReconnectPolicy, SessionClient, StreamItem, StreamParams,
+    ApiError, Client, Credential, EnvironmentClient, HeartbeatParams, Helper, ReconnectPolicy,
+    SessionClient,
 };
-use crate::protocol::{ContentBlock, EnvironmentId, SendEvent, Session, SessionStatus, Work};
-use crate::retry;
+use crate::protocol::{ContentBlock, EnvironmentId, Session, SessionId, SessionStatus, Work};
+
+/// How long an item that ended before its first heartbeat went out waits for it.
+const FIRST_HEARTBEAT_WAIT: Duration = Duration::from_secs(5);
 
 /// Outer bound on one tool call (§5.1 `TOOL_TIMEOUT`); strictly above bash's own 120 s default.
 pub const TOOL_TIMEOUT: Duration = Duration::from_secs(150);
@@ -101,8 +105,27 @@ pub trait SessionHost: Send + Sync {
         session: &Session,
     ) -> Result<Arc<dyn ToolExecutor>, HostError>;
 
-    /// The item's run ended (its tool calls are finished); `end` says why.
+    /// The item's run ended (its tool calls are finished); `end` says why. `session` is the
+    /// session as the item last saw it: its `status` is `terminated` when the event stream
+    /// reported it terminated or deleted. After a lost lease ([`LeaseEnd::LeaseLost`],
+    /// [`LeaseEnd::AssumedLost`]) another worker may own the session, and a terminated session
+    /// is over: a host must then neither keep the sandbox for the session's next item nor save
+    /// it as the session's newest state ([`LeaseEnd::hands_over_session`]).
     async fn close(&self, work: &Work, session: &Session, end: &LeaseEnd);
+
+    /// The session is over (terminated or deleted, seen by a work item or a webhook): release
+    /// whatever the host still keeps for it (e.g. a warm sandbox). Default: nothing.
+    async fn session_ended(&self, _session_id: &SessionId) {}
+
+    /// Housekeeping the control plane runs for the host while it runs (release warm sandboxes
+    /// whose keep-warm time is over, apply snapshot retention, …), so no duty is left to the
+    /// host's own timers. Returns when the host wants to be called next; `None` means "not
+    /// before something changes" (the plane also calls it after every item and at least every
+    /// [`ControlPlaneConfig::maintenance_interval`](crate::control::plane::ControlPlaneConfig::maintenance_interval)).
+    /// Default: nothing to do.
+    async fn maintain(&self) -> Option<tokio::time::Instant> {
+        None
+    }
 }
 
 /// A host could not place a session.
@@ -214,7 +237,7 @@ impl Default for RunnerConfig {
     }
 }
 
-/// Errors that end an item before its session runs.
+/// Errors that end an item: before its session runs, or by a panic while it runs.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RunnerError {
@@ -254,6 +277,15 @@ pub enum RunnerError {
         session_id: String,
         /// The item.
         work_id: String,
+    },
+    /// Code running for the item panicked (a tool executor, a sandbox, the host's `open`, the
+    /// runner): the session was torn down and the item force-stopped (unless its lease was lost).
+    #[error("session {session_id}: the work item's task panicked: {message}")]
+    Panicked {
+        /// The session.
+        session_id: String,
+        /// The panic message.
+        message: String,
     },
     /// A memory store could not be mounted (bad `mount_path`, something already at the path,
     /// download failure), so the item is failed rather than run without its memory.
@@ -389,56 +421,63 @@ impl SessionRunner {
             .with_helper(Some(Helper::Worker));
 
         let lease = LeaseHandle::new();
-        let hb_cancel = cancel.child_token();
+        // The heartbeat is tied to this future: whatever ends it (a return, a panic, a drop)
+        // ends the lease and stops the loop.
         let heartbeat = {
-            let lease = lease.clone();
             let env = env.clone();
             let work_id = work.id.clone();
-            let hb_cancel = hb_cancel.clone();
-            tokio::spawn(async move {
-                heartbeat_loop(&lease, &hb_cancel, |expected| {
-                    let env = env.clone();
-                    let work_id = work_id.clone();
-                    async move {
-                        env.heartbeat(&work_id, &HeartbeatParams::expecting(expected))
-                            .await
-                            .map_err(|e| e.to_heartbeat_failure())
-                    }
-                })
-                .await
+            HeartbeatTask::spawn(lease.clone(), cancel.child_token(), move |expected| {
+                let env = env.clone();
+                let work_id = work_id.clone();
+                async move {
+                    env.heartbeat(&work_id, &HeartbeatParams::expecting(expected))
+                        .await
+                        .map_err(|e| e.to_heartbeat_failure())
+                }
             })
         };
 
-        let result = self
-            .run_session(
-                work,
-                &session_id,
-                &session_client,
-                sessions_token.is_some(),
-                host,
-                &lease,
-                &cancel,
-            )
-            .await;
+        // A panic anywhere below (the host's `open`, a sandbox, the runner) ends this item like
+        // any other failure: the lease ends, the item is force-stopped, the plane goes on.
+        let result = panics::catch(self.run_session(
+            work,
+            &session_id,
+            &session_client,
+            sessions_token.is_some(),
+            host,
+            &lease,
+            &cancel,
+        ))
+        .await
+        .unwrap_or_else(|message| {
+            tracing::error!(work_id = %work.id, session_id = %session_id, panic = %message, "the work item's task panicked");
+            Err(RunnerError::Panicked {
+                session_id: session_id.to_string(),
+                message,
+            })
+        });
+        if !cancel.is_cancelled() {
+            // A run that ended at once (a terminated session, a failed fetch) still lets its
+            // first heartbeat go out before the stop, as the official worker's does.
+            let _ = tokio::time::timeout(FIRST_HEARTBEAT_WAIT, lease.first_attempt()).await;
+        }
         let (session, results_posted) = match result {
             Ok(v) => v,
             Err(e) => {
-                lease.end(LeaseEnd::RunnerDone);
-                hb_cancel.cancel();
-                let end = heartbeat.await.unwrap_or(LeaseEnd::RunnerDone);
+                let end = heartbeat.stop(LeaseEnd::RunnerDone).await;
                 if end.should_force_stop() {
                     self.force_stop(work).await;
                 }
                 return Err(e);
             }
         };
-        let end = lease.end(if cancel.is_cancelled() {
-            LeaseEnd::Cancelled
-        } else {
-            LeaseEnd::RunnerDone
-        });
-        hb_cancel.cancel();
-        let _ = heartbeat.await;
+        let end = heartbeat
+            .stop(if cancel.is_cancelled() {
+                LeaseEnd::Cancelled
+            } else {
+                LeaseEnd::RunnerDone
+            })
+            .await;
         let stopped = if end.should_force_stop() {
             self.force_stop(work).await
         } else {
@@ -491,57 +530,77 @@ impl SessionRunner {
                 session_id: session_id.to_string(),
                 source,
             })?;
-        // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat keeps
-        // the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
+        // From here on the host holds a sandbox for this item, so whatever happens — a memory
+        // error, a lost lease, a panic in a tool, a sandbox or the runner — the host gets its
+        // `close` (through the teardown) before the item ends.
         let credential = session_client.credential().clone();
-        let sandbox = executor.sandbox();
+        let mut sandbox = None;
         let mut workspace = SessionWorkspace::default();
-        let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {
-            None
-        } else {
-            tokio::select! {
-                r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
-                _ = lease.ended() => None,
-                _ = cancel.cancelled() => None,
+        let mut memory = None;
+        let phase = panics::catch(async {
+            sandbox = executor.sandbox();
+            // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat
+            // keeps the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
+            let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {
+                None
+            } else {
+                tokio::select! {
+                    r = self.prepare_workspace(&session, sandbox.clone(), &credential, memory_enabled && has_sessions_token, &mut workspace) => Some(r),
+                    _ = lease.ended() => None,
+                    _ = cancel.cancelled() => None,
+                }
+            };
+            match prepared {
+                None => return Ok(None),
+                Some(Err(source)) => return Err(source),
+                Some(Ok(())) => {}
             }
-        };
-        let interrupted = prepared.is_none();
-        if let Some(Err(source)) = prepared {
-            let end = lease.status().ended.unwrap_or(LeaseEnd::RunnerDone);
-            executor.close().await;
-            self.teardown(work, &session, sandbox, workspace, false, host, end)
-                .await;
-            return Err(RunnerError::Memory {
-                session_id: session_id.to_string(),
-                source,
-            });
-        }
-        let memory = workspace
-            .memory
-            .take()
-            .map(|m| Arc::new(tokio::sync::Mutex::new(m)));
-        let posted = if interrupted {
-            executor.close().await;
-            0
-        } else {
+            memory = workspace
+                .memory
+                .take()
+                .map(|m| Arc::new(tokio::sync::Mutex::new(m)));
             let tools_client = session_client.with_helper(Some(Helper::SessionToolRunner));
             let stop = CancellationToken::new();
             let run = self.run_tools(
                 tools_client,
-                executor,
+                executor.clone(),
                 lease.clone(),
                 stop.clone(),
                 memory.clone(),
             );
             tokio::pin!(run);
-            tokio::select! {
+            Ok(Some(tokio::select! {
                 n = &mut run => n,
                 _ = lease.ended() => { stop.cancel(); run.await }
                 _ = cancel.cancelled() => { stop.cancel(); run.await }
+            }))
+        })
+        .await;
+        let (ran, panicked) = match phase {
+            Ok(Ok(ran)) => (ran, None),
+            Ok(Err(source)) => {
+                let end = lease.status().ended.unwrap_or(LeaseEnd::RunnerDone);
+                close_executor(executor.as_ref()).await;
+                self.teardown(work, &session, sandbox, workspace, false, host, end)
+                    .await;
+                return Err(RunnerError::Memory {
+                    session_id: session_id.to_string(),
+                    source,
+                });
+            }
+            Err(message) => {
+                tracing::error!(work_id = %work.id, session_id = %session_id, panic = %message, "the session's run panicked; tearing it down");
+                (None, Some(message))
             }
         };
+        // `run_tools` closes the executor itself once its loops are done.
+        if ran.is_none() {
+            close_executor(executor.as_ref()).await;
+        }
+        let (posted, session_over) = ran.unwrap_or((0, false));
         let ended = lease.status().ended;
-        let clean_end = !interrupted && ended.is_none() && !cancel.is_cancelled();
+        let clean_end =
+            ran.is_some() && panicked.is_none() && ended.is_none() && !cancel.is_cancelled();
         let end = ended.unwrap_or(if cancel.is_cancelled() {
             LeaseEnd::Cancelled
         } else {
@@ -555,8 +614,20 @@ impl SessionRunner {
                 ),
             }
         }
+        // The host's `close` and the item's outcome see the session as it ended: a session the
+        // stream reported over is not kept warm or snapshotted as anyone's next state.
+        let mut session = session;
+        if session_over {
+            session.status = SessionStatus::Terminated;
+        }
         self.teardown(work, &session, sandbox, workspace, clean_end, host, end)
             .await;
+        if let Some(message) = panicked {
+            return Err(RunnerError::Panicked {
+                session_id: session_id.to_string(),
+                message,
+            });
+        }
         Ok((Some(session), posted))
     }
 
@@ -627,26 +698,39 @@ impl SessionRunner {
         let session = session.clone();
         let task = tokio::spawn(async move {
             let SessionWorkspace { skill_dirs, memory } = workspace;
-            if let Some(sandbox) = &sandbox {
-                remove_skills(sandbox.as_ref(), &skill_dirs).await;
+            // Each step is contained on its own: a panicking sandbox must not cost the session
+            // its final sync, nor the host its `close` (which releases the sandbox).
+            if let Some(sandbox) = &sandbox
+                && let Err(message) =
+                    panics::catch(remove_skills(sandbox.as_ref(), &skill_dirs)).await
+            {
+                tracing::error!(session_id = %session.id, panic = %message, "removing the skills panicked");
             }
             if let Some(mut memory) = memory {
-                if clean_end
-                    && tokio::time::timeout(flush_timeout, memory.finish())
+                let steps = panics::catch(async {
+                    if clean_end
+                        && tokio::time::timeout(flush_timeout, memory.finish())
+                            .await
+                            .is_err()
+                    {
+                        tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "final memory sync cut off; the flush that follows still uploads changed files");
+                    }
+                    if tokio::time::timeout(flush_timeout, memory.flush_writes())
                         .await
                         .is_err()
-                {
-                    tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "final memory sync cut off; the flush that follows still uploads changed files");
+                    {
+                        tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "memory flush cut off; changed files it had not uploaded yet are not saved");
+                    }
+                    memory.dispose().await;
+                })
+                .await;
+                if let Err(message) = steps {
+                    tracing::error!(session_id = %session.id, panic = %message, "the memory teardown panicked");
                 }
-                if tokio::time::timeout(flush_timeout, memory.flush_writes())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(session_id = %session.id, timeout_s = flush_timeout.as_secs_f64(), "memory flush cut off; changed files it had not uploaded yet are not saved");
-                }
-                memory.dispose().await;
             }
-            host.close(&work, &session, &end).await;
+            if let Err(message) = panics::catch(host.close(&work, &session, &end)).await {
+                tracing::error!(session_id = %session.id, panic = %message, "the host's close panicked");
+            }
         });
         if let Err(e) = task.await {
             tracing::error!(error = %e, "session teardown task failed");
@@ -654,6 +738,8 @@ impl SessionRunner {
     }
 
     /// The session tool runner (§5.4): stream + reconcile, dispatch one call at a time, idle rule.
+    /// Returns the results posted and whether the stream reported the session over
+    /// (`session.status_terminated` / `session.deleted`).
     async fn run_tools(
         &self,
         session: SessionClient,
@@ -661,11 +747,12 @@ impl SessionRunner {
         lease: LeaseHandle,
         stop: CancellationToken,
         memory: Option<Arc<tokio::sync::Mutex<SessionMemory>>>,
-    ) -> u64 {
+    ) -> (u64, bool) {
         let owned = executor.tool_names();
         let state = Arc::new(Mutex::new(RunnerState::new(owned)));
         let changed = Arc::new(Notify::new());
         let (tx, rx) = mpsc::channel::<(ToolCall, bool)>(DISPATCH_QUEUE);
+        let session_over = Arc::new(AtomicBool::new(false));
 
         let stream_task = stream_loop(
             session.clone(),
@@ -675,6 +762,7 @@ impl SessionRunner {
             tx,
             stop.clone(),
             self.observer.clone(),
+            session_over.clone(),
         );
         let closer = executor.clone();
         let dispatch_task = dispatch_loop(
@@ -691,254 +779,14 @@ impl SessionRunner {
         );
         let idle_task = idle_watchdog(self.config.max_idle, state, changed, stop.clone());
         let (_, posted, _) = tokio::join!(stream_task, dispatch_task, idle_task);
-        closer.close().await;
-        posted
+        close_executor(closer.as_ref()).await;
+        (posted, session_over.load(Ordering::SeqCst))
     }
 }
 
-fn now() -> std::time::Instant {
-    Instant::now().into_std()
-}
-
-fn lock(state: &Mutex<RunnerState>) -> std::sync::MutexGuard<'_, RunnerState> {
-    state
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-async fn apply(
-    actions: Vec<Action>,
-    tx: &mpsc::Sender<(ToolCall, bool)>,
-    stop: &CancellationToken,
-    observer: &Option<Arc<dyn RunnerObserver>>,
-) {
-    for action in actions {
-        match action {
-            Action::Enqueue { call, confirmed } => {
-                tokio::select! {
-                    _ = tx.send((call, confirmed)) => {}
-                    _ = stop.cancelled() => return,
-                }
-            }
-            Action::Denied(call) => {
-                tracing::info!(tool = %call.event.name, tool_use_id = %call.id(), "tool call denied; not executing");
-                if let Some(o) = observer {
-                    o.on_call(&CallReport::Denied(call));
-                }
-            }
-            Action::Stop => {
-                tracing::info!("session terminated");
-                stop.cancel();
-            }
-        }
-    }
-}
-
-async fn reconcile_history(session: &SessionClient) -> Option<Vec<crate::protocol::SessionEvent>> {
-    let mut all = Vec::new();
-    let mut pages = session.list_all_events(ListEventsParams::history());
-    while let Some(item) = pages.next().await {
-        match item {
-            Ok(ev) => all.push(ev),
-            Err(e) => {
-                tracing::warn!(error = %e, "reconcile list failed; skipping pending enqueue");
-                return None;
-            }
-        }
-    }
-    Some(all)
-}
-
-async fn stream_loop(
-    session: SessionClient,
-    policy: ReconnectPolicy,
-    state: Arc<Mutex<RunnerState>>,
-    changed: Arc<Notify>,
-    tx: mpsc::Sender<(ToolCall, bool)>,
-    stop: CancellationToken,
-    observer: Option<Arc<dyn RunnerObserver>>,
-) {
-    let mut stream = session.reconnecting_stream(StreamParams::default(), policy);
-    loop {
-        let item = tokio::select! {
-            _ = stop.cancelled() => return,
-            item = stream.next() => item,
-        };
-        let actions = match item {
-            Some(Ok(StreamItem::Connected { .. })) => {
-                let history = reconcile_history(&session).await;
-                lock(&state).reconcile(history.as_deref(), now())
-            }
-            Some(Ok(StreamItem::Event(ev))) => lock(&state).on_stream_event(&ev, now()),
-            Some(Ok(_)) => continue,
-            Some(Err(e)) => {
-                tracing::error!(error = %e, "event stream failed permanently");
-                stop.cancel();
-                return;
-            }
-            None => {
-                stop.cancel();
-                return;
-            }
-        };
-        changed.notify_one();
-        apply(actions, &tx, &stop, &observer).await;
-    }
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn dispatch_loop(
-    session: SessionClient,
-    executor: Arc<dyn ToolExecutor>,
-    tool_timeout: Duration,
-    lease: LeaseHandle,
-    state: Arc<Mutex<RunnerState>>,
-    changed: Arc<Notify>,
-    mut rx: mpsc::Receiver<(ToolCall, bool)>,
-    stop: CancellationToken,
-    observer: Option<Arc<dyn RunnerObserver>>,
-    memory: Option<Arc<tokio::sync::Mutex<SessionMemory>>>,
-) -> u64 {
-    let mut posted = 0;
-    loop {
-        let next = tokio::select! {
-            biased;
-            _ = stop.cancelled() => return posted,
-            next = rx.recv() => next,
-        };
-        let Some((call, confirmed)) = next else {
-            return posted;
-        };
-        let (run, owned) = {
-            let st = lock(&state);
-            (st.should_execute(&call), st.owns(&call.event.name))
-        };
-        if run {
-            if owned {
-                if let Some(o) = &observer {
-                    o.on_call(&CallReport::Started(call.clone()));
-                }
-                let outcome = match tokio::time::timeout(tool_timeout, executor.execute(&call))
-                    .await
-                {
-                    Ok(outcome) => outcome,
-                    Err(_) => ToolOutcome::error(format!("tool '{}' timed out", call.event.name)),
-                };
-                let terminated = lock(&state).in_terminated_thread(&call);
-                let sent = if terminated {
-                    tracing::info!(tool = %call.event.name, "thread terminated; not posting the result");
-                    false
-                } else {
-                    send_result(&session, &call, &outcome, &lease).await
-                };
-                if sent {
-                    lock(&state).mark_answered(call.id());
-                    posted += 1;
-                }
-                if let Some(o) = &observer {
-                    o.on_call(&CallReport::Finished {
-                        call: call.clone(),
-                        outcome,
-                        posted: sent,
-                    });
-                }
-            } else {
-                tracing::info!(tool = %call.event.name, tool_use_id = %call.id(), "tool not owned by this runner; leaving it pending for its owner");
-                if let Some(o) = &observer {
-                    o.on_call(&CallReport::NotOwned(call.clone()));
-                }
-            }
-        }
-        lock(&state).finished(&call, confirmed, now());
-        changed.notify_one();
-        // Memory syncs ride the call cadence (§5.3): checked after each dispatched call.
-        if let Some(m) = &memory {
-            m.lock().await.sync_if_due().await;
-        }
-    }
-}
-
-/// Post one result, retrying transient failures within the lease's retry window (§1.6).
-async fn send_result(
-    session: &SessionClient,
-    call: &ToolCall,
-    outcome: &ToolOutcome,
-    lease: &LeaseHandle,
-) -> bool {
-    let event = match call.kind {
-        CallKind::Builtin => SendEvent::ToolResult {
-            tool_use_id: call.id().clone(),
-            is_error: outcome.is_error,
-            content: outcome.content.clone(),
-        },
-        CallKind::Custom => SendEvent::CustomToolResult {
-            custom_tool_use_id: call.id().clone(),
-            is_error: Some(outcome.is_error),
-            content: outcome.content.clone(),
-        },
-    };
-    let events = [event];
-    let start = Instant::now();
-    let mut attempt: u32 = 0;
-    loop {
-        attempt += 1;
-        match session.send_events(&events).await {
-            Ok(_) => return true,
-            Err(e) if e.is_fatal() => {
-                tracing::error!(tool_use_id = %call.id(), error = %e, "tool result rejected");
-                return false;
-            }
-            Err(e) => {
-                let window = lease.send_retry_window();
-                let remaining = window.saturating_sub(start.elapsed());
-                if remaining.is_zero() {
-                    tracing::error!(tool_use_id = %call.id(), attempts = attempt, error = %e, "failed to send tool result");
-                    return false;
-                }
-                let wait = retry::send_retry_delay(attempt, retry::random_unit(), remaining);
-                tracing::warn!(tool_use_id = %call.id(), attempt, wait_ms = wait.as_millis() as u64, error = %e, "tool result send failed; retrying");
-                tokio::time::sleep(wait).await;
-            }
-        }
-    }
-}
-
-async fn idle_watchdog(
-    max_idle: Option<Duration>,
-    state: Arc<Mutex<RunnerState>>,
-    changed: Arc<Notify>,
-    stop: CancellationToken,
-) {
-    let Some(max_idle) = max_idle else {
-        stop.cancelled().await;
-        return;
-    };
-    loop {
-        let notified = changed.notified();
-        let since = lock(&state).idle_since();
-        match since {
-            None => {
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = notified => {}
-                }
-            }
-            Some(at) => {
-                if lock(&state).idle_expired(now(), max_idle) {
-                    tracing::info!(
-                        max_idle_s = max_idle.as_secs_f64(),
-                        "session idle after its turn ended; stopping"
-                    );
-                    stop.cancel();
-                    return;
-                }
-                let deadline = Instant::from_std(at + max_idle);
-                tokio::select! {
-                    _ = stop.cancelled() => return,
-                    _ = notified => {}
-                    _ = tokio::time::sleep_until(deadline) => {}
-                }
-            }
-        }
+/// The executor's `close`, with a panic in it contained (logged): the teardown still runs.
+async fn close_executor(executor: &dyn ToolExecutor) {
+    if let Err(message) = panics::catch(executor.close()).await {
+        tracing::error!(panic = %message, "the tool executor's close panicked");
     }
 }

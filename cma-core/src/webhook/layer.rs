@@ -1,14 +1,16 @@
 //! [`VerifyLayer`]: tower middleware that authenticates webhook deliveries before the handler
 //! sees them (docs/protocol.md §7.1, ECOSYSTEM.md §5).
 //!
-//! It buffers the body under a cap, verifies it with a [`Verifier`], parses the envelope and
-//! hands the inner service the same request with the buffered body. It does not deduplicate by
-//! `webhook-id` and does not time out slow clients (put a server or tower timeout in front).
+//! It buffers the body under a cap and a deadline, verifies it with a [`Verifier`], parses the
+//! envelope and hands the inner service the same request with the buffered body. It does not
+//! deduplicate by `webhook-id`. Slow or absent request heads, idle connections and connection
+//! floods are the server's to bound: serve it with [`crate::listener::Listener`].
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode, header};
@@ -18,6 +20,9 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use super::{HEADER_ID, Verifier, WebhookError};
+
+/// The default bound on reading a delivery's body (30 s).
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The default cap on a delivery's body (1 MiB). CMA payloads are thin (ids only, §7.2); the
 /// figure follows the peers' receivers (ECOSYSTEM.md §5).
@@ -37,6 +42,8 @@ pub struct WebhookId(pub String);
 ///
 /// Responses:
 /// * `413 Payload Too Large` when the body exceeds the cap (by `Content-Length` or while reading);
+/// * `408 Request Timeout` when the body does not arrive within the deadline (the layer's
+///   [`VerifyLayer::body_timeout`], or the listener's body deadline);
 /// * `401 Unauthorized` for missing or invalid headers, a timestamp outside the tolerance, or no
 ///   matching signature;
 /// * `400 Bad Request` when the body cannot be read, or is authentic but not a webhook event.
@@ -68,6 +75,7 @@ pub struct WebhookId(pub String);
 pub struct VerifyLayer {
     verifier: Arc<Verifier>,
     limit: usize,
+    timeout: Duration,
 }
 
 impl VerifyLayer {
@@ -76,12 +84,20 @@ impl VerifyLayer {
         Self {
             verifier: Arc::new(verifier),
             limit: DEFAULT_BODY_LIMIT,
+            timeout: DEFAULT_BODY_TIMEOUT,
         }
     }
 
     /// Cap bodies at `limit` bytes; larger deliveries are answered with 413 unread.
     pub fn body_limit(mut self, limit: usize) -> Self {
         self.limit = limit;
+        self
+    }
+
+    /// Answer `408 Request Timeout` when the body takes longer than `timeout` to arrive
+    /// (default [`DEFAULT_BODY_TIMEOUT`]).
+    pub fn body_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
         self
     }
 }
@@ -94,6 +110,7 @@ impl<S> Layer<S> for VerifyLayer {
             inner,
             verifier: self.verifier.clone(),
             limit: self.limit,
+            timeout: self.timeout,
         }
     }
 }
@@ -104,6 +121,7 @@ pub struct VerifyService<S> {
     inner: S,
     verifier: Arc<Verifier>,
     limit: usize,
+    timeout: Duration,
 }
 
 impl<S> VerifyService<S> {
@@ -135,9 +153,10 @@ where
         let mut inner = std::mem::replace(&mut self.inner, fresh);
         let verifier = self.verifier.clone();
         let limit = self.limit;
+        let timeout = self.timeout;
         Box::pin(async move {
             let (parts, body) = req.into_parts();
-            let bytes = match read_body(&parts.headers, body, limit).await {
+            let bytes = match read_body(&parts.headers, body, limit, timeout).await {
                 Ok(bytes) => bytes,
                 Err(rejection) => return Ok(rejection.into_response()),
             };
@@ -161,7 +180,12 @@ where
     }
 }
 
-async fn read_body<B>(headers: &HeaderMap, body: B, limit: usize) -> Result<Bytes, Rejection>
+async fn read_body<B>(
+    headers: &HeaderMap,
+    body: B,
+    limit: usize,
+    timeout: Duration,
+) -> Result<Bytes, Rejection>
 where
     B: Body,
     B::Error: Into<BoxError>,
@@ -173,15 +197,32 @@ where
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(Rejection::TooLarge { limit });
     }
-    match Limited::new(body, limit).collect().await {
+    let collected = tokio::time::timeout(timeout, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| Rejection::TimedOut { timeout })?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(err) if err.is::<LengthLimitError>() => Err(Rejection::TooLarge { limit }),
-        Err(err) => Err(Rejection::Unreadable(err.to_string())),
+        Err(err) => {
+            // The listener's deadline, however many body wrappers (axum's, …) lie between.
+            let chain = std::iter::successors(
+                Some(err.as_ref() as &(dyn std::error::Error + 'static)),
+                |e| e.source(),
+            );
+            match chain
+                .filter_map(|e| e.downcast_ref::<crate::listener::BodyTimeout>())
+                .next()
+            {
+                Some(t) => Err(Rejection::TimedOut { timeout: t.0 }),
+                None => Err(Rejection::Unreadable(err.to_string())),
+            }
+        }
     }
 }
 
 enum Rejection {
     TooLarge { limit: usize },
+    TimedOut { timeout: Duration },
     Unreadable(String),
     Webhook(WebhookError),
 }
@@ -199,6 +240,11 @@ impl Rejection {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "payload_too_large",
                 format!("webhook body exceeds {limit} bytes"),
+            ),
+            Self::TimedOut { timeout } => (
+                StatusCode::REQUEST_TIMEOUT,
+                "request_timeout",
+                format!("the webhook body did not arrive within {timeout:?}"),
             ),
             Self::Unreadable(why) => (
                 StatusCode::BAD_REQUEST,

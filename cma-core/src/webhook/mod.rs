@@ -32,7 +32,9 @@ mod sign;
 mod verify;
 
 pub use event::{WebhookEvent, WebhookEventData, WebhookEventType, parse_unverified};
-pub use layer::{DEFAULT_BODY_LIMIT, VerifyFuture, VerifyLayer, VerifyService, WebhookId};
+pub use layer::{
+    DEFAULT_BODY_LIMIT, DEFAULT_BODY_TIMEOUT, VerifyFuture, VerifyLayer, VerifyService, WebhookId,
+};
 pub use secret::{SECRET_PREFIX, SecretError, WebhookSecret};
 pub use sign::{SignError, sign, sign_headers};
 pub use verify::{DEFAULT_TOLERANCE, Verifier, WebhookError};

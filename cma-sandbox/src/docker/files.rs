@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 use tokio::io::AsyncWriteExt;
 use tokio::sync::Mutex;
 
+use super::posix;
 use super::process::{self, Started};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::ExecRequest;
@@ -25,7 +26,7 @@ use crate::file::{DirEntry, FileKind, FileStat};
 /// The helper's source.
 const HELPER: &str = include_str!("helper.py");
 /// Bound on one helper round trip (a large file read included).
-const OP_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const OP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest response header accepted.
 const MAX_HEADER: usize = 64 * 1024 * 1024;
 
@@ -37,7 +38,7 @@ struct Conn {
 
 /// One sandbox's helper connection, started lazily and restarted after a failure. When the image
 /// has no `python3` (or the helper is disabled), every operation runs as a one-shot exec of
-/// POSIX tools instead ([`shell_call`]): slower (one process start per operation), same results.
+/// POSIX tools instead ([`posix::shell_call`]): slower (one process start per operation), same results.
 pub(crate) struct Helper {
     conn: Mutex<Option<Conn>>,
     shell_only: std::sync::atomic::AtomicBool,
@@ -78,7 +79,10 @@ impl Helper {
     ) -> Result<Reply> {
         use std::sync::atomic::Ordering;
         if self.shell_only.load(Ordering::Acquire) {
-            return finish(shell_call(docker, container, &req, payload).await?, path);
+            return finish(
+                posix::shell_call(docker, container, &req, payload).await?,
+                path,
+            );
         }
         let mut slot = self.conn.lock().await;
         if slot.is_none() {
@@ -115,7 +119,10 @@ impl Helper {
                 drop(slot);
                 self.shell_only.store(true, Ordering::Release);
                 req.as_object_mut().map(|o| o.remove("n"));
-                return finish(shell_call(docker, container, &req, payload).await?, path);
+                return finish(
+                    posix::shell_call(docker, container, &req, payload).await?,
+                    path,
+                );
             }
             Ok(Err(e)) => {
                 *slot = None;
@@ -141,267 +148,13 @@ fn finish(reply: Reply, path: &str) -> Result<Reply> {
     Ok(reply)
 }
 
-/// The errno named by a tool's error message (`cat: x: No such file or directory`).
-fn errno_of(stderr: &[u8]) -> i64 {
-    let text = String::from_utf8_lossy(stderr);
-    [
-        ("No such file or directory", 2),
-        ("Not a directory", 20),
-        ("Is a directory", 21),
-        ("Permission denied", 13),
-        ("Operation not permitted", 1),
-        ("File exists", 17),
-        ("Directory not empty", 39),
-        ("Too many levels of symbolic links", 40),
-        ("Read-only file system", 30),
-        ("No space left on device", 28),
-        ("File name too long", 36),
-    ]
-    .iter()
-    .find(|(m, _)| text.contains(m))
-    .map_or(5, |(_, e)| *e)
-}
-
-async fn sh(
-    docker: &Docker,
-    container: &str,
-    script: &str,
-    args: &[&str],
-    stdin: Option<Bytes>,
-    cap: usize,
-) -> Result<crate::exec::ExecOutput> {
-    let mut argv = vec!["/bin/sh", "-c", script, "sh"];
-    argv.extend_from_slice(args);
-    let mut req = ExecRequest::argv(argv);
-    req.stdin = stdin;
-    req.timeout = OP_TIMEOUT;
-    req.max_output_bytes = cap;
-    process::run(docker, container, req, "/").await
-}
-
-fn os_err(out: &crate::exec::ExecOutput) -> Reply {
-    Reply {
-        head: json!({"e": "os", "errno": errno_of(&out.stderr), "msg": String::from_utf8_lossy(&out.stderr).trim().to_owned()}),
-        data: Bytes::new(),
-    }
-}
-
-fn ok(head: Value) -> Reply {
-    Reply {
-        head,
-        data: Bytes::new(),
-    }
-}
-
-/// Parse `stat -c '%F|%s|%Y'` output.
-fn parse_stat_line(line: &str) -> Value {
-    let mut it = line.rsplitn(3, '|');
-    let (m, s, f) = (it.next(), it.next(), it.next());
-    let k = match f.unwrap_or("") {
-        "regular file" | "regular empty file" => "f",
-        "directory" => "d",
-        "symbolic link" => "l",
-        _ => "o",
-    };
-    let secs: i64 = m.and_then(|m| m.trim().parse().ok()).unwrap_or(0);
-    json!({"k": k, "s": s.and_then(|s| s.parse::<u64>().ok()).unwrap_or(0), "m": secs.saturating_mul(1_000_000_000)})
-}
-
-/// One helper request served by POSIX tools in a one-shot exec.
-async fn shell_call(
-    docker: &Docker,
-    container: &str,
-    req: &Value,
-    payload: Bytes,
-) -> Result<Reply> {
-    let op = req.get("op").and_then(Value::as_str).unwrap_or("");
-    let p = req.get("p").and_then(Value::as_str).unwrap_or("/");
-    const SMALL: usize = 1 << 20;
-    match op {
-        "stat" => {
-            let script = if req.get("f").and_then(Value::as_bool) == Some(true) {
-                "exec stat -L -c '%F|%s|%Y' -- \"$1\""
-            } else {
-                "exec stat -c '%F|%s|%Y' -- \"$1\""
-            };
-            let out = sh(docker, container, script, &[p], None, SMALL).await?;
-            if !out.success() {
-                return Ok(os_err(&out));
-            }
-            Ok(ok(parse_stat_line(
-                String::from_utf8_lossy(&out.stdout).trim(),
-            )))
-        }
-        "readlink" => {
-            let out = sh(
-                docker,
-                container,
-                "exec readlink -- \"$1\"",
-                &[p],
-                None,
-                SMALL,
-            )
-            .await?;
-            if !out.success() {
-                let mut r = os_err(&out);
-                if out.stderr.is_empty() {
-                    r.head = json!({"e": "os", "errno": 22});
-                }
-                return Ok(r);
-            }
-            let mut t = String::from_utf8_lossy(&out.stdout).into_owned();
-            if t.ends_with('\n') {
-                t.pop();
-            }
-            Ok(ok(json!({"t": t})))
-        }
-        "read" => {
-            let st = sh(
-                docker,
-                container,
-                "exec stat -L -c '%F|%s|%Y' -- \"$1\"",
-                &[p],
-                None,
-                SMALL,
-            )
-            .await?;
-            if !st.success() {
-                return Ok(os_err(&st));
-            }
-            let head = parse_stat_line(String::from_utf8_lossy(&st.stdout).trim());
-            match head.get("k").and_then(Value::as_str) {
-                Some("d") => return Ok(ok(json!({"e": "os", "errno": 21}))),
-                Some("f") => {}
-                _ => return Ok(ok(json!({"e": "notreg"}))),
-            }
-            let size = head.get("s").and_then(Value::as_u64).unwrap_or(0);
-            if let Some(max) = req.get("max").and_then(Value::as_u64)
-                && size > max
-            {
-                return Ok(ok(json!({"e": "big", "size": size, "max": max})));
-            }
-            let off = req.get("off").and_then(Value::as_u64).unwrap_or(0);
-            let len = req.get("len").and_then(Value::as_u64);
-            let cap = usize::try_from(len.unwrap_or(size).saturating_add(1)).unwrap_or(usize::MAX);
-            let out = match len {
-                None => sh(docker, container, "exec cat -- \"$1\"", &[p], None, cap).await?,
-                Some(l) => {
-                    let (off, l) = (off.to_string(), l.to_string());
-                    sh(
-                        docker,
-                        container,
-                        "exec tail -c +$(($2 + 1)) -- \"$1\" | head -c \"$3\"",
-                        &[p, &off, &l],
-                        None,
-                        cap,
-                    )
-                    .await?
-                }
-            };
-            if !out.success() {
-                return Ok(os_err(&out));
-            }
-            Ok(Reply {
-                head: json!({"size": size}),
-                data: out.stdout,
-            })
-        }
-        "write" => {
-            let out = sh(
-                docker,
-                container,
-                "d=$(dirname -- \"$1\")\n\
-                 if [ -e \"$d\" ] && [ ! -d \"$d\" ]; then echo 'Not a directory' >&2; exit 1; fi\n\
-                 [ -d \"$d\" ] || mkdir -p -- \"$d\" || exit 1\n\
-                 if [ -d \"$1\" ]; then echo 'Is a directory' >&2; exit 1; fi\n\
-                 exec cat > \"$1\"",
-                &[p],
-                Some(payload),
-                SMALL,
-            )
-            .await?;
-            if !out.success() {
-                return Ok(os_err(&out));
-            }
-            Ok(ok(json!({})))
-        }
-        "mkdirs" => {
-            let out = sh(
-                docker,
-                container,
-                "exec mkdir -p -- \"$1\"",
-                &[p],
-                None,
-                SMALL,
-            )
-            .await?;
-            if !out.success() {
-                return Ok(os_err(&out));
-            }
-            Ok(ok(json!({})))
-        }
-        "list" => {
-            let out = sh(
-                docker,
-                container,
-                "[ -d \"$1\" ] || { [ -e \"$1\" ] && echo 'Not a directory' >&2 || echo 'No such file or directory' >&2; exit 1; }; exec find \"$1\" -mindepth 1 -maxdepth 1 -printf '%f\\0%y\\0%s\\0%T@\\0'",
-                &[p],
-                None,
-                64 << 20,
-            )
-            .await?;
-            if !out.success() {
-                return Ok(os_err(&out));
-            }
-            let fields: Vec<&[u8]> = out.stdout.split(|&b| b == 0).collect();
-            let entries: Vec<Value> = fields
-                .chunks(4)
-                .filter(|c| c.len() == 4)
-                .map(|c| {
-                    let s = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-                    let k = match &s(c[1])[..] {
-                        "f" => "f",
-                        "d" => "d",
-                        "l" => "l",
-                        _ => "o",
-                    };
-                    let secs: f64 = s(c[3]).parse().unwrap_or(0.0);
-                    json!({"name": s(c[0]), "k": k, "s": s(c[2]).parse::<u64>().unwrap_or(0), "m": (secs * 1e9) as i64})
-                })
-                .collect();
-            Ok(ok(json!({"entries": entries})))
-        }
-        "remove" => {
-            let script = if req.get("r").and_then(Value::as_bool) == Some(true) {
-                "[ -e \"$1\" ] || [ -L \"$1\" ] || { echo 'No such file or directory' >&2; exit 1; }; exec rm -rf -- \"$1\""
-            } else {
-                "if [ -d \"$1\" ] && [ ! -L \"$1\" ]; then exec rmdir -- \"$1\"; else exec rm -- \"$1\"; fi"
-            };
-            let out = sh(docker, container, script, &[p], None, SMALL).await?;
-            if !out.success() {
-                return Ok(os_err(&out));
-            }
-            Ok(ok(json!({})))
-        }
-        "id" => {
-            let out = sh(
-                docker,
-                container,
-                "echo $(id -u) $(id -g)",
-                &[],
-                None,
-                SMALL,
-            )
-            .await?;
-            let text = String::from_utf8_lossy(&out.stdout);
-            let mut it = text
-                .split_whitespace()
-                .map(|x| x.parse::<u64>().unwrap_or(0));
-            Ok(ok(
-                json!({"uid": it.next().unwrap_or(0), "gid": it.next().unwrap_or(0)}),
-            ))
-        }
-        _ => Ok(ok(json!({"e": "other", "msg": "unknown op"}))),
+/// The time `ns` nanoseconds after (negative: before) the Unix epoch.
+pub(crate) fn time_from_ns(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        SystemTime::UNIX_EPOCH + d
+    } else {
+        SystemTime::UNIX_EPOCH - d
     }
 }
 
@@ -492,7 +245,9 @@ pub(crate) fn errno_kind(errno: i64) -> SandboxErrorKind {
         39 => SandboxErrorKind::DirectoryNotEmpty,
         40 => SandboxErrorKind::SymlinkLoop,
         22 | 36 => SandboxErrorKind::InvalidInput,
-        28 | 122 => SandboxErrorKind::ResourceLimit,
+        28 => SandboxErrorKind::StorageFull,
+        122 => SandboxErrorKind::QuotaExceeded,
+        27 => SandboxErrorKind::ResourceLimit,
         _ => SandboxErrorKind::Io,
     }
 }
@@ -545,11 +300,7 @@ pub(crate) fn parse_stat(v: &Value) -> FileStat {
         Some("l") => FileKind::Symlink,
         _ => FileKind::Other,
     };
-    let modified = v
-        .get("m")
-        .and_then(Value::as_i64)
-        .and_then(|ns| u64::try_from(ns).ok())
-        .map(|ns| SystemTime::UNIX_EPOCH + Duration::from_nanos(ns));
+    let modified = v.get("m").and_then(Value::as_i64).map(time_from_ns);
     FileStat {
         kind,
         size: v.get("s").and_then(Value::as_u64).unwrap_or(0),
@@ -557,8 +308,9 @@ pub(crate) fn parse_stat(v: &Value) -> FileStat {
     }
 }
 
-/// Parse a `list` reply into sorted entries.
-pub(crate) fn parse_entries(head: &Value) -> Vec<DirEntry> {
+/// Parse a `list` reply into entries, sorted by name or (`sorted` false) in the order the
+/// helper listed them (`readdir`'s).
+pub(crate) fn parse_entries(head: &Value, sorted: bool) -> Vec<DirEntry> {
     let mut out: Vec<DirEntry> = head
         .get("entries")
         .and_then(Value::as_array)
@@ -573,7 +325,9 @@ pub(crate) fn parse_entries(head: &Value) -> Vec<DirEntry> {
                 .collect()
         })
         .unwrap_or_default();
-    out.sort_by(|a, b| a.name.cmp(&b.name));
+    if sorted {
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+    }
     out
 }
 
@@ -637,13 +391,15 @@ pub(crate) fn split_many(
     })
 }
 
-/// Split a `listmany` reply into one listing per requested path (see [`split_many`]).
+/// Split a `listmany` reply into one listing per requested path (see [`split_many`]), each
+/// sorted by name or in `readdir` order.
 pub(crate) fn split_dirs(
     reply: &Reply,
     paths: &[String],
     abs: Vec<Result<String>>,
+    sorted: bool,
 ) -> Vec<Result<Vec<DirEntry>>> {
-    per_path(reply, paths, abs, |h, _| Ok(parse_entries(h)))
+    per_path(reply, paths, abs, |h, _| Ok(parse_entries(h, sorted)))
 }
 
 /// Split a `findmany` reply into one result per requested path (see [`split_many`]).

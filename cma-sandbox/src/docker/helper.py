@@ -146,9 +146,10 @@ def findmany(r):
 
 
 def findtree(r):
-    # Walk as the grep tool does; per text file its lines holding the needle, or (no needle)
-    # its whole content; files over max reported as big. Stops past `out` bytes (done 0) and
-    # says how many regular files it went through (seen).
+    # Walk as the grep tool does (entries in scandir order, what os.walk sees); per text file
+    # its lines holding the needle, or (no needle) its whole content; files over max reported
+    # as big. Stops past `out` bytes (done 0) and says how many regular files it went
+    # through (seen).
     mx, nd, ml = r.get("max", 0), r.get("needle", "").encode(), r.get("ml", 0)
     skip, cap, budget = set(r.get("skip", [])), r.get("files", 0), r.get("out", 0)
     deadline = time.monotonic() + r.get("secs", 30)
@@ -162,7 +163,7 @@ def findtree(r):
         d = stack.pop()
         try:
             with os.scandir(d) as it:
-                es = sorted(((lossy(e.name), e) for e in it), key=lambda x: x[0])
+                es = [(lossy(e.name), e) for e in it]
         except OSError:
             continue
         subs = []

@@ -32,6 +32,13 @@
 //!   container, and the pool refills in the background. Each pool container also holds a spare
 //!   process started ahead; the sandbox's first `exec` (without stdin or its own working
 //!   directory) runs on it instead of paying for an Engine exec start.
+//! * **Spec knobs.** Each [`SandboxSpec`] field is applied or the spec is refused at `create`
+//!   (table in the `limits` module's docs): `disk_bytes` only where the storage driver enforces
+//!   a size ([`Capabilities::disk_quota`], found out at connect: overlay2 needs xfs with
+//!   `pquota`), else `create` fails with [`Unsupported`](SandboxErrorKind::Unsupported); zero
+//!   memory or process limits (unlimited to the engine) and egress endpoints a sandbox could not
+//!   reach fail with [`InvalidInput`](SandboxErrorKind::InvalidInput). A sandbox has
+//!   [`Capabilities::network`] only when its spec names an egress endpoint.
 //! * **Recovery.** Every container carries labels (managed-by, control-plane instance, session,
 //!   environment, the spec's labels); [`DockerBackend::reconcile`] finds them after a restart,
 //!   removes orphans and re-adopts the rest.
@@ -51,8 +58,10 @@
 
 mod archive;
 mod files;
+mod limits;
 mod net;
 mod pool;
+mod posix;
 mod process;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -90,6 +99,9 @@ pub const LABEL_INSTANCE: &str = "cma.control-plane";
 pub const LABEL_SESSION: &str = "cma.session-id";
 /// Label holding [`SandboxSpec::environment_id`].
 pub const LABEL_ENVIRONMENT: &str = "cma.environment-id";
+/// Label on a container whose spec named an egress endpoint (value `1`): its sandbox has
+/// [`Capabilities::network`].
+pub const LABEL_EGRESS: &str = "cma.egress";
 /// Prefix of the container labels that carry [`SandboxSpec::labels`].
 pub const LABEL_PREFIX: &str = "cma.label.";
 /// Where the egress CA bundle is written inside the container.
@@ -218,6 +230,24 @@ struct Shared {
     engine_version: String,
     images: Mutex<HashMap<String, ImageFacts>>,
     pool: pool::Pool,
+    disk: limits::DiskQuota,
+}
+
+impl Shared {
+    /// What a sandbox can do; `network` when its spec named an egress endpoint.
+    fn caps(&self, network: bool) -> Capabilities {
+        Capabilities {
+            shell_exec: true,
+            persistent_shell: true,
+            files: true,
+            symlinks: true,
+            archive: true,
+            resume: true,
+            network,
+            disk_quota: self.disk.enforced,
+            ..Default::default()
+        }
+    }
 }
 
 /// Sandboxes as Docker containers. Cheap to clone (shared state).
@@ -263,19 +293,6 @@ pub(crate) fn map_docker_err(e: bollard::errors::Error, what: &str) -> SandboxEr
         other => other.to_string(),
     };
     SandboxError::new(kind, format!("docker: {what}: {detail}")).with_source(e)
-}
-
-fn caps() -> Capabilities {
-    Capabilities {
-        shell_exec: true,
-        persistent_shell: true,
-        files: true,
-        symlinks: true,
-        archive: true,
-        resume: true,
-        network: true,
-        ..Default::default()
-    }
 }
 
 /// The socket path from `$DOCKER_HOST` or the default.
@@ -328,7 +345,11 @@ impl DockerBackend {
             .map_err(|e| unreachable(e.to_string()))?;
         let engine_version = version.version.unwrap_or_default();
         pool::check_template(&cfg)?;
+        let disk = limits::detect_disk_quota(&docker, &cfg).await;
         let gateway = net::ensure_network(&docker, &cfg).await?;
+        if cfg.prestart > 0 {
+            limits::check_spec(&cfg.pool_spec, &cfg, &disk, gateway)?;
+        }
         std::fs::create_dir_all(&cfg.state_dir).map_err(|e| {
             SandboxError::new(
                 SandboxErrorKind::Io,
@@ -356,6 +377,7 @@ impl DockerBackend {
                 resolv_conf,
                 engine_version,
                 images: Mutex::new(HashMap::new()),
+                disk,
             }),
         };
         Ok(backend)
@@ -456,13 +478,19 @@ impl DockerBackend {
         Ok(facts)
     }
 
-    fn handle(&self, id: SandboxId) -> Arc<dyn Sandbox> {
-        self.handle_with(id, None)
+    fn handle(&self, id: SandboxId, network: bool) -> Arc<dyn Sandbox> {
+        self.handle_with(id, None, network)
     }
 
-    fn handle_with(&self, id: SandboxId, spare: Option<process::Started>) -> Arc<dyn Sandbox> {
+    fn handle_with(
+        &self,
+        id: SandboxId,
+        spare: Option<process::Started>,
+        network: bool,
+    ) -> Arc<dyn Sandbox> {
         Arc::new(DockerSandbox {
             id,
+            network,
             shared: self.shared.clone(),
             stopped: AtomicBool::new(false),
             helper: Arc::new(files::Helper::new(self.shared.cfg.python_helper)),
@@ -480,8 +508,15 @@ impl DockerBackend {
         )])
     }
 
-    /// After a restart: remove every sandbox of this instance whose id is not in `keep`, and
-    /// re-adopt (start if stopped) those that are. Returns the adopted handles and removed ids.
+    /// After a restart: first remove this instance's unclaimed warm-pool containers and the
+    /// claim files of containers that are gone, and start refilling the pool in the background
+    /// (with [`DockerConfig::prestart`] > 0), as [`start_pool`](Self::start_pool) does; then
+    /// remove every sandbox of this instance (as [`list`](SandboxBackend::list) sees them)
+    /// whose id is not in `keep`, and re-adopt those that are (started again if stopped).
+    /// Returns the adopted handles and the removed ids. Ids in `keep` that are not sandboxes of
+    /// this instance are ignored. The first failure to resume or remove a sandbox ends the call
+    /// with that error; what was done before stays done (the handles adopted so far are
+    /// dropped, their containers keep running: call it again).
     pub async fn reconcile(&self, keep: &HashSet<SandboxId>) -> Result<Reconciled> {
         let mut out = Reconciled {
             adopted: Vec::new(),
@@ -577,6 +612,16 @@ impl DockerBackend {
                 )
                 .with_source(e)
             })?;
+            // A `:` would split the bind specification somewhere else.
+            if host.to_string_lossy().contains(':') {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::InvalidInput,
+                    format!(
+                        "docker: the host directory of mount {} has a ':' in its path",
+                        m.sandbox_path
+                    ),
+                ));
+            }
             binds.push(format!(
                 "{}:{}:{}",
                 host.display(),
@@ -603,6 +648,7 @@ impl DockerBackend {
             memory_swap: Some(memory),
             nano_cpus: Some((cpus * 1e9) as i64),
             pids_limit: Some(pids),
+            storage_opt: limits::storage_opt(spec),
             ..Default::default()
         };
         let body = ContainerCreateBody {
@@ -728,7 +774,7 @@ impl SandboxBackend for DockerBackend {
     }
 
     fn capabilities(&self) -> Capabilities {
-        caps()
+        self.shared.caps(false)
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
@@ -738,8 +784,15 @@ impl SandboxBackend for DockerBackend {
                 format!("docker: refusing to put the credential {k} into a sandbox"),
             ));
         }
+        limits::check_spec(
+            spec,
+            &self.shared.cfg,
+            &self.shared.disk,
+            self.shared.gateway,
+        )?;
         if let Some((id, spare)) = pool::claim(self, spec).await? {
-            return Ok(self.handle_with(id, spare));
+            // Pool containers never have an egress endpoint.
+            return Ok(self.handle_with(id, spare, false));
         }
         let id = SandboxId::parse(format!("cma-{}", uuid::Uuid::new_v4().simple()))?;
         let mut labels = self.base_labels();
@@ -752,8 +805,11 @@ impl SandboxBackend for DockerBackend {
         for (k, v) in &spec.labels {
             labels.insert(format!("{LABEL_PREFIX}{k}"), v.clone());
         }
+        if spec.egress.is_some() {
+            labels.insert(LABEL_EGRESS.into(), "1".into());
+        }
         self.make_container(id.as_str(), spec, labels).await?;
-        Ok(self.handle(id))
+        Ok(self.handle(id, spec.egress.is_some()))
     }
 
     async fn resume(&self, id: &SandboxId) -> Result<Arc<dyn Sandbox>> {
@@ -784,7 +840,8 @@ impl SandboxBackend for DockerBackend {
                 .await
                 .map_err(|e| map_docker_err(e, "start"))?;
         }
-        Ok(self.handle(id.clone()))
+        let network = labels.get(LABEL_EGRESS).map(String::as_str) == Some("1");
+        Ok(self.handle(id.clone(), network))
     }
 
     async fn list(&self) -> Result<Vec<SandboxInfo>> {
@@ -868,6 +925,8 @@ impl SandboxBackend for DockerBackend {
 /// One container.
 struct DockerSandbox {
     id: SandboxId,
+    /// Its spec named an egress endpoint.
+    network: bool,
     shared: Arc<Shared>,
     stopped: AtomicBool,
     helper: Arc<files::Helper>,
@@ -965,7 +1024,7 @@ impl Sandbox for DockerSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        caps()
+        self.shared.caps(self.network)
     }
 
     fn workdir(&self) -> &str {
@@ -1100,7 +1159,7 @@ impl Sandbox for DockerSandbox {
         let r = self
             .call(path, json!({"op": "list", "p": p}), Bytes::new())
             .await?;
-        Ok(files::parse_entries(&r.head))
+        Ok(files::parse_entries(&r.head, true))
     }
 
     async fn find_lines(
@@ -1147,11 +1206,30 @@ impl Sandbox for DockerSandbox {
 
     async fn read_dirs(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
         if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
-            return Ok(files::split_dirs(&r, paths, abs));
+            return Ok(files::split_dirs(&r, paths, abs, true));
         }
         let mut out = Vec::with_capacity(paths.len());
         for p in paths {
             out.push(self.read_dir(p).await);
+        }
+        Ok(out)
+    }
+
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        // The helper and the POSIX-tools fallback (`find`) both list in `readdir` order.
+        if let Some((r, abs)) = self.batch_call(paths, json!({"op": "listmany"})).await? {
+            return Ok(files::split_dirs(&r, paths, abs, false));
+        }
+        let mut out = Vec::with_capacity(paths.len());
+        for path in paths {
+            let listed = match self.abs(path) {
+                Ok(p) => self
+                    .call(path, json!({"op": "list", "p": p}), Bytes::new())
+                    .await
+                    .map(|r| files::parse_entries(&r.head, false)),
+                Err(e) => Err(e),
+            };
+            out.push(listed);
         }
         Ok(out)
     }

@@ -14,6 +14,7 @@ use cap_std::fs::{Dir, OpenOptions, Permissions, PermissionsExt};
 use futures::StreamExt;
 use tokio::sync::mpsc;
 
+use super::quota::{QUOTA_ENTRY_BYTES, Quota, Usage, entry_usage, missing_dirs};
 use super::workspace::{make_dirs, map_io};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::file::ByteStream;
@@ -282,9 +283,11 @@ fn make_parents(dir: &Dir, rel: &Path) -> Result<()> {
     }
 }
 
-/// Unpack a tar from `reader` into `dir` (the workspace).
-pub(crate) fn import(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
-    let result = import_inner(dir, reader);
+/// Unpack a tar from `reader` into `dir` (the workspace), within its `quota`: an entry that
+/// does not fit fails the import before it is written (entries before it stay imported).
+pub(crate) fn import(dir: &Dir, quota: Option<&Quota>, reader: &mut StreamReader) -> Result<()> {
+    let mut usage = quota.map(Quota::lock);
+    let result = import_inner(dir, usage.as_mut(), reader);
     match (result, reader.failure.take()) {
         (Err(_), Some(stream_err)) => Err(stream_err),
         (r, _) => r,
@@ -295,7 +298,57 @@ fn tar_err(e: io::Error) -> SandboxError {
     SandboxError::new(SandboxErrorKind::InvalidArchive, "malformed tar archive").with_source(e)
 }
 
-fn import_inner(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
+/// What the non-directory at `rel` costs (it is replaced by the new entry); `0` when nothing or
+/// a directory is there.
+fn replaced_usage(dir: &Dir, rel: &Path) -> u64 {
+    match dir.symlink_metadata(rel) {
+        Ok(m) if !m.is_dir() => entry_usage(&m),
+        _ => 0,
+    }
+}
+
+/// The quota bookkeeping of one entry: checked before it is written, recorded after (from what
+/// is there then, should the write have failed midway).
+struct Charge {
+    dirs: u64,
+    old: u64,
+}
+
+impl Charge {
+    fn check(usage: &Option<&mut Usage<'_>>, dir: &Dir, rel: &Path, new: u64) -> Result<Self> {
+        let Some(u) = usage else {
+            return Ok(Self { dirs: 0, old: 0 });
+        };
+        let parent = rel.parent().unwrap_or(Path::new(""));
+        let charge = Self {
+            dirs: missing_dirs(dir, parent),
+            old: replaced_usage(dir, rel),
+        };
+        u.check(
+            charge.old,
+            new + charge.dirs * QUOTA_ENTRY_BYTES,
+            &shown(rel),
+        )?;
+        Ok(charge)
+    }
+
+    fn record(self, usage: &mut Option<&mut Usage<'_>>, dir: &Dir, rel: &Path) {
+        if let Some(u) = usage {
+            let parent = rel.parent().unwrap_or(Path::new(""));
+            let made = self.dirs.saturating_sub(missing_dirs(dir, parent));
+            u.record(
+                self.old,
+                replaced_usage(dir, rel) + made * QUOTA_ENTRY_BYTES,
+            );
+        }
+    }
+}
+
+fn import_inner(
+    dir: &Dir,
+    mut usage: Option<&mut Usage<'_>>,
+    reader: &mut StreamReader,
+) -> Result<()> {
     let mut archive = tar::Archive::new(reader);
     for entry in archive.entries().map_err(tar_err)? {
         let mut entry = entry.map_err(tar_err)?;
@@ -324,20 +377,42 @@ fn import_inner(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
         }
         match kind {
             tar::EntryType::Directory => {
-                make_dirs(dir, &rel, &shown(&rel))?;
+                let missing = match &usage {
+                    Some(u) => {
+                        let n = missing_dirs(dir, &rel);
+                        u.check(0, n * QUOTA_ENTRY_BYTES, &shown(&rel))?;
+                        n
+                    }
+                    None => 0,
+                };
+                let made = make_dirs(dir, &rel, &shown(&rel));
+                if let Some(u) = &mut usage {
+                    let left = missing_dirs(dir, &rel);
+                    u.record(0, missing.saturating_sub(left) * QUOTA_ENTRY_BYTES);
+                }
+                made?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                make_parents(dir, &rel)?;
-                clear_non_dir(dir, &rel, &name)?;
-                let mut opts = OpenOptions::new();
-                opts.write(true).create_new(true);
-                let mut file = dir
-                    .open_with(&rel, &opts)
-                    .map_err(|e| map_io(e, &shown(&rel)))?;
-                io::copy(&mut entry, &mut file).map_err(tar_err)?;
-                let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
-                file.set_permissions(Permissions::from_mode(perm))
-                    .map_err(|e| map_io(e, &shown(&rel)))?;
+                // The data size, PAX overrides included.
+                let size = entry.size();
+                let charge =
+                    Charge::check(&usage, dir, &rel, QUOTA_ENTRY_BYTES.saturating_add(size))?;
+                let written = (|| {
+                    make_parents(dir, &rel)?;
+                    clear_non_dir(dir, &rel, &name)?;
+                    let mut opts = OpenOptions::new();
+                    opts.write(true).create_new(true);
+                    let mut file = dir
+                        .open_with(&rel, &opts)
+                        .map_err(|e| map_io(e, &shown(&rel)))?;
+                    // Never more than the header announced (what the quota was checked for).
+                    io::copy(&mut (&mut entry).take(size), &mut file).map_err(tar_err)?;
+                    let perm = if mode & 0o111 != 0 { 0o755 } else { 0o644 };
+                    file.set_permissions(Permissions::from_mode(perm))
+                        .map_err(|e| map_io(e, &shown(&rel)))
+                })();
+                charge.record(&mut usage, dir, &rel);
+                written?;
             }
             tar::EntryType::Symlink => {
                 let target = entry
@@ -346,10 +421,16 @@ fn import_inner(dir: &Dir, reader: &mut StreamReader) -> Result<()> {
                     .ok_or_else(|| invalid(&name, "symlink without a target"))?
                     .into_owned();
                 check_link_target(&name, &rel, &target)?;
-                make_parents(dir, &rel)?;
-                clear_non_dir(dir, &rel, &name)?;
-                dir.symlink(&target, &rel)
-                    .map_err(|e| map_io(e, &shown(&rel)))?;
+                let new = QUOTA_ENTRY_BYTES.saturating_add(target.as_os_str().len() as u64);
+                let charge = Charge::check(&usage, dir, &rel, new)?;
+                let linked = make_parents(dir, &rel)
+                    .and_then(|()| clear_non_dir(dir, &rel, &name))
+                    .and_then(|()| {
+                        dir.symlink(&target, &rel)
+                            .map_err(|e| map_io(e, &shown(&rel)))
+                    });
+                charge.record(&mut usage, dir, &rel);
+                linked?;
             }
             tar::EntryType::Link => return Err(invalid(&name, "hard links are not allowed")),
             tar::EntryType::Char | tar::EntryType::Block | tar::EntryType::Fifo => {

@@ -1,7 +1,13 @@
-//! `execute`: one JavaScript program in a fresh QuickJS runtime (rquickjs), with a heap limit,
-//! a wall-clock limit, bounded captured output, the sandbox's files as `fs.*` functions and
-//! `fetch` routed through the sandbox's [`EgressHook`]. There is no shell, no process spawning,
-//! no module loader and no other host access.
+//! `execute`'s engine: one JavaScript program in a fresh QuickJS runtime (rquickjs), with a heap
+//! limit, a wall-clock interrupt, bounded captured output, and the sandbox reached only through
+//! a [`ScriptHost`]: `fs.*` and `fetch` become [`Call`]s. There is no shell, no process
+//! spawning, no module loader and no other host access.
+//!
+//! This runs inside a worker process (see [`super::worker`]); the host answers calls over the
+//! worker's socket. The interrupt handler here is the polite stop: it lets a script that polls
+//! it end with a clean [`Outcome::Timeout`] and leaves the worker reusable. It is not the guard:
+//! some built-ins loop natively without polling it, and the backend kills the worker process at
+//! the deadline whatever the script does.
 //!
 //! The script-facing API is documented on the [module](super) (`# execute`).
 
@@ -11,35 +17,30 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
-use bytes::Bytes;
 use rquickjs::context::EvalOptions;
-use rquickjs::function::Rest;
-use rquickjs::{Context, Ctx, Exception, Function, Object, Runtime, Value};
+use rquickjs::convert::Coerced;
+use rquickjs::function::{Opt, Rest};
+use rquickjs::{Context, Ctx, Exception, FromJs, Function, Object, Persistent, Runtime, Value};
 
-use super::egress::{EgressHook, FetchRequest};
-use super::workspace::Workspace;
-use crate::error::{Result, SandboxError, SandboxErrorKind};
-use crate::exec::{ExecOutput, ExecuteRequest};
-use crate::file::FileKind;
-use crate::spec::SandboxId;
+use super::worker::ipc::{Call, Job, KIND_NAMES, Outcome, Reply};
 
-/// QuickJS's own stack limit for a script (recursion past it throws `InternalError`); well below
-/// the 2 MiB of a tokio blocking thread.
+/// QuickJS's own stack limit for a script (recursion past it throws `InternalError`); far below
+/// the worker's main-thread stack.
 pub const SCRIPT_STACK_BYTES: usize = 512 * 1024;
 /// Largest file `fs.readFile` loads, whatever the heap limit (the copy lives outside the JS heap
 /// until converted).
 pub const MAX_SCRIPT_READ_BYTES: u64 = 64 * 1024 * 1024;
+/// Heap limit while a runtime waits for its script (the script's own limit replaces it).
+const PREPARE_HEAP_BYTES: usize = 16 * 1024 * 1024;
 
-/// Everything a script can reach.
-pub(crate) struct ScriptEnv {
-    pub sandbox: SandboxId,
-    pub workspace: Arc<Workspace>,
-    pub egress: Arc<dyn EgressHook>,
-    /// Set when the caller went away; the interrupt handler then stops the script.
-    pub cancelled: Arc<AtomicBool>,
+/// Answers a script's calls on its sandbox. `Err` is a failure of the channel itself (the
+/// script sees it as a thrown error).
+pub(crate) trait ScriptHost {
+    fn call(&self, call: Call) -> Result<Reply, String>;
 }
 
 /// Bounded stdout/stderr capture. Past the cap, the first bytes are kept and `truncated` is set.
+#[derive(Default)]
 struct Capture {
     stdout: Vec<u8>,
     stderr: Vec<u8>,
@@ -89,19 +90,7 @@ const PRELUDE: &str = r#"(function (host) {
     log: print(false), info: print(false), debug: print(false),
     warn: print(true), error: print(true),
   });
-  const p = (path) => String(path);
-  globalThis.fs = Object.freeze({
-    readFile: (path) => host.readFile(p(path)),
-    writeFile: (path, text) => { host.writeFile(p(path), String(text)); },
-    readdir: (path) => host.readdir(path === undefined ? "." : p(path)),
-    exists: (path) => host.exists(p(path)),
-    stat: (path) => host.stat(p(path), true),
-    lstat: (path) => host.stat(p(path), false),
-    mkdir: (path) => { host.mkdir(p(path)); },
-    remove: (path, opts) => { host.remove(p(path), !!(opts && opts.recursive)); },
-    symlink: (target, path) => { host.symlink(String(target), p(path)); },
-    readlink: (path) => host.readlink(p(path)),
-  });
+  globalThis.fs = Object.freeze(host.fs);
   globalThis.fetch = async (input, init) => {
     init = init || {};
     const flat = [];
@@ -119,138 +108,173 @@ const PRELUDE: &str = r#"(function (host) {
   return fmt;
 })"#;
 
-fn throw(ctx: &Ctx<'_>, e: &SandboxError) -> rquickjs::Error {
-    Exception::throw_message(ctx, &e.to_string())
+fn thrown(ctx: &Ctx<'_>, message: &str) -> rquickjs::Error {
+    Exception::throw_message(ctx, message)
 }
 
-fn kind_name(kind: FileKind) -> &'static str {
-    match kind {
-        FileKind::File => "file",
-        FileKind::Dir => "dir",
-        FileKind::Symlink => "symlink",
-        FileKind::Other => "other",
+/// Make `call` and turn its reply into `Ok(reply)` or a thrown error (a `TypeError` for fetch,
+/// an `Error` otherwise).
+fn ask(ctx: &Ctx<'_>, host: &dyn ScriptHost, call: Call) -> rquickjs::Result<Reply> {
+    let is_fetch = matches!(call, Call::Fetch { .. });
+    match host.call(call) {
+        Ok(Reply::Error(m)) if is_fetch => Err(Exception::throw_type(ctx, &m)),
+        Ok(Reply::Error(m)) => Err(thrown(ctx, &m)),
+        Ok(reply) => Ok(reply),
+        Err(m) => Err(thrown(ctx, &m)),
     }
+}
+
+fn unexpected(ctx: &Ctx<'_>) -> rquickjs::Error {
+    thrown(ctx, "execute: unexpected answer from the sandbox")
+}
+
+/// `undefined` (or absent) as `"."`, anything else as `String(v)`.
+fn path_or_dot<'js>(ctx: &Ctx<'js>, v: Opt<Value<'js>>) -> rquickjs::Result<String> {
+    match v.0 {
+        None => Ok(".".into()),
+        Some(v) if v.is_undefined() => Ok(".".into()),
+        Some(v) => Coerced::<String>::from_js(ctx, v).map(|c| c.0),
+    }
+}
+
+/// `globalThis.fs`: native functions (compiling JS wrappers for each would cost every script's
+/// runtime time). Arguments are converted as `String(x)` would.
+fn fs_object<'js>(ctx: &Ctx<'js>, host: Rc<dyn ScriptHost>) -> rquickjs::Result<Object<'js>> {
+    type Path = Coerced<String>;
+    let fs = Object::new(ctx.clone())?;
+    let h = host.clone();
+    fs.set(
+        "readFile",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            match ask(&ctx, &*h, Call::ReadFile { path: path.0 })? {
+                Reply::Text(t) => Ok(t),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "writeFile",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path, text: Path| {
+            ask(
+                &ctx,
+                &*h,
+                Call::WriteFile {
+                    path: path.0,
+                    text: text.0,
+                },
+            )
+            .map(drop)
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "readdir",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Opt<Value<'js>>| {
+            let path = path_or_dot(&ctx, path)?;
+            match ask(&ctx, &*h, Call::ReadDir { path })? {
+                Reply::Names(n) => Ok(n),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "exists",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            match ask(&ctx, &*h, Call::Exists { path: path.0 })? {
+                Reply::Bool(b) => Ok(b),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    for (name, follow) in [("stat", true), ("lstat", false)] {
+        let h = host.clone();
+        fs.set(
+            name,
+            Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+                let call = Call::Stat {
+                    path: path.0,
+                    follow,
+                };
+                let Reply::Stat(st) = ask(&ctx, &*h, call)? else {
+                    return Err(unexpected(&ctx));
+                };
+                let o = Object::new(ctx.clone())?;
+                o.set("type", KIND_NAMES[usize::from(st.kind)])?;
+                o.set("size", st.size as f64)?;
+                o.set("mtimeMs", st.mtime_ms)?;
+                Ok::<_, rquickjs::Error>(o)
+            })?,
+        )?;
+    }
+    let h = host.clone();
+    fs.set(
+        "mkdir",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            ask(&ctx, &*h, Call::Mkdir { path: path.0 }).map(drop)
+        })?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "remove",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, path: Path, opts: Opt<Value<'js>>| {
+                // `!!(opts && opts.recursive)`
+                let recursive = match opts.0.as_ref().and_then(Value::as_object) {
+                    Some(o) => Coerced::<bool>::from_js(&ctx, o.get("recursive")?)?.0,
+                    None => false,
+                };
+                let call = Call::Remove {
+                    path: path.0,
+                    recursive,
+                };
+                ask(&ctx, &*h, call).map(drop)
+            },
+        )?,
+    )?;
+    let h = host.clone();
+    fs.set(
+        "symlink",
+        Function::new(
+            ctx.clone(),
+            move |ctx: Ctx<'js>, target: Path, path: Path| {
+                let call = Call::Symlink {
+                    target: target.0,
+                    path: path.0,
+                };
+                ask(&ctx, &*h, call).map(drop)
+            },
+        )?,
+    )?;
+    fs.set(
+        "readlink",
+        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: Path| {
+            match ask(&ctx, &*host, Call::ReadLink { path: path.0 })? {
+                Reply::Text(t) => Ok(t),
+                _ => Err(unexpected(&ctx)),
+            }
+        })?,
+    )?;
+    Ok(fs)
 }
 
 /// Build the host object the prelude receives (and hides from the script).
 fn host_object<'js>(
     ctx: &Ctx<'js>,
-    env: &ScriptEnv,
+    host: Rc<dyn ScriptHost>,
     capture: Rc<RefCell<Capture>>,
-    deadline: Instant,
-    read_cap: u64,
 ) -> rquickjs::Result<Object<'js>> {
-    let host = Object::new(ctx.clone())?;
-    host.set(
+    let obj = Object::new(ctx.clone())?;
+    obj.set(
         "print",
         Function::new(ctx.clone(), move |to_err: bool, text: String| {
             capture.borrow_mut().push(to_err, &text);
         })?,
     )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "readFile",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            let bytes = ws
-                .read_file(&path, Some(read_cap))
-                .map_err(|e| throw(&ctx, &e))?;
-            String::from_utf8(bytes.to_vec()).map_err(|_| {
-                Exception::throw_message(&ctx, &format!("{path}: not valid UTF-8 text"))
-            })
-        })?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "writeFile",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String, text: String| {
-                ws.write_file(&path, text.as_bytes())
-                    .map_err(|e| throw(&ctx, &e))
-            },
-        )?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "readdir",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            ws.read_dir(&path)
-                .map(|v| v.into_iter().map(|e| e.name).collect::<Vec<_>>())
-                .map_err(|e| throw(&ctx, &e))
-        })?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "exists",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            match ws.stat(&path) {
-                Ok(_) => Ok(true),
-                Err(e) if e.kind() == SandboxErrorKind::NotFound => Ok(false),
-                Err(e) => Err(throw(&ctx, &e)),
-            }
-        })?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "stat",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String, follow: bool| {
-                let st = if follow {
-                    ws.stat(&path)
-                } else {
-                    ws.lstat(&path)
-                }
-                .map_err(|e| throw(&ctx, &e))?;
-                let o = Object::new(ctx.clone())?;
-                o.set("type", kind_name(st.kind))?;
-                o.set("size", st.size as f64)?;
-                let mtime = st
-                    .modified
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map(|d| d.as_millis() as f64);
-                o.set("mtimeMs", mtime)?;
-                Ok::<_, rquickjs::Error>(o)
-            },
-        )?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "mkdir",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            ws.create_dir_all(&path).map_err(|e| throw(&ctx, &e))
-        })?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "remove",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, path: String, rec: bool| {
-                ws.remove(&path, rec).map_err(|e| throw(&ctx, &e))
-            },
-        )?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "symlink",
-        Function::new(
-            ctx.clone(),
-            move |ctx: Ctx<'js>, target: String, path: String| {
-                ws.symlink(&target, &path).map_err(|e| throw(&ctx, &e))
-            },
-        )?,
-    )?;
-    let ws = env.workspace.clone();
-    host.set(
-        "readlink",
-        Function::new(ctx.clone(), move |ctx: Ctx<'js>, path: String| {
-            ws.read_link(&path).map_err(|e| throw(&ctx, &e))
-        })?,
-    )?;
-    let egress = env.egress.clone();
-    let sandbox = env.sandbox.clone();
-    host.set(
+    obj.set("fs", fs_object(ctx, host.clone())?)?;
+    obj.set(
         "fetch",
         Function::new(
             ctx.clone(),
@@ -264,180 +288,179 @@ fn host_object<'js>(
                     .chunks_exact(2)
                     .map(|kv| (kv[0].clone(), kv[1].clone()))
                     .collect();
-                let request = FetchRequest {
-                    sandbox: sandbox.clone(),
+                let call = Call::Fetch {
                     url,
                     method,
+                    body,
                     headers,
-                    body: body.map(Bytes::from),
-                    timeout: deadline.saturating_duration_since(Instant::now()),
                 };
-                let resp = egress
-                    .fetch(request)
-                    .map_err(|e| Exception::throw_type(&ctx, &e.message))?;
+                let Reply::Fetch {
+                    status,
+                    headers,
+                    body,
+                } = ask(&ctx, &*host, call)?
+                else {
+                    return Err(unexpected(&ctx));
+                };
                 let o = Object::new(ctx.clone())?;
-                o.set("status", resp.status)?;
-                let flat: Vec<String> =
-                    resp.headers.into_iter().flat_map(|(k, v)| [k, v]).collect();
+                o.set("status", status)?;
+                let flat: Vec<String> = headers.into_iter().flat_map(|(k, v)| [k, v]).collect();
                 o.set("headers", flat)?;
-                o.set("body", String::from_utf8_lossy(&resp.body).into_owned())?;
+                o.set("body", body)?;
                 Ok::<_, rquickjs::Error>(o)
             },
         )?,
     )?;
-    Ok(host)
+    Ok(obj)
 }
 
-/// How a script ended, before mapping to the public result.
+/// Use once what the engine and the C library initialise lazily from files, so that scripts
+/// never need a file: local time makes the C library read its time zone data.
+pub(crate) fn warm_up() {
+    if let Ok(rt) = Runtime::new()
+        && let Ok(ctx) = Context::full(&rt)
+    {
+        ctx.with(|ctx| {
+            let _ =
+                ctx.eval::<Value, _>("new Date(0).getTimezoneOffset() + new Date(0).toString()");
+        });
+    }
+}
+
+/// How a script ended, before mapping to an [`Outcome`].
 enum Ending {
     Done,
     Thrown(String),
     OutOfMemory,
 }
 
-/// Run one script to completion on the current (blocking) thread.
-pub(crate) fn run(req: &ExecuteRequest, env: &ScriptEnv) -> Result<ExecOutput> {
-    let start = Instant::now();
-    let deadline = start + req.timeout;
-    let engine_err = |e: rquickjs::Error| {
-        SandboxError::new(
-            SandboxErrorKind::Backend,
-            "execute: JavaScript engine failure",
-        )
-        .with_source(e)
-    };
-    let rt = Runtime::new().map_err(engine_err)?;
-    rt.set_memory_limit(req.memory_limit);
-    rt.set_max_stack_size(SCRIPT_STACK_BYTES);
-    let timed_out = Arc::new(AtomicBool::new(false));
-    {
-        let timed_out = timed_out.clone();
-        let cancelled = env.cancelled.clone();
-        rt.set_interrupt_handler(Some(Box::new(move || {
-            if cancelled.load(Ordering::Relaxed) {
-                return true;
-            }
-            if Instant::now() >= deadline {
-                timed_out.store(true, Ordering::Relaxed);
-                return true;
-            }
-            false
-        })));
-    }
-    let ctx = match Context::full(&rt) {
-        Ok(c) => c,
-        Err(rquickjs::Error::Allocation) => return Err(out_of_memory(req)),
-        Err(e) => return Err(engine_err(e)),
-    };
-    let capture = Rc::new(RefCell::new(Capture {
-        stdout: Vec::new(),
-        stderr: Vec::new(),
-        cap: req.max_output_bytes,
-        truncated: false,
-    }));
-    let read_cap = (req.memory_limit as u64).min(MAX_SCRIPT_READ_BYTES);
-
-    let ending = ctx.with(|ctx| -> Result<Ending> {
-        let fmt: Function = {
-            let host =
-                host_object(&ctx, env, capture.clone(), deadline, read_cap).map_err(engine_err)?;
-            let prelude: Function = ctx.eval(PRELUDE).map_err(engine_err)?;
-            prelude.call((host,)).map_err(engine_err)?
-        };
-        let mut opts = EvalOptions::default();
-        opts.strict = false;
-        opts.backtrace_barrier = true;
-        opts.filename = Some("execute.js".into());
-        let outcome = (|| -> rquickjs::Result<Value<'_>> {
-            let mut v: Value = ctx.eval_with_options(req.code.as_bytes().to_vec(), opts)?;
-            if let Some(f) = v.as_function() {
-                v = f.call(())?;
-            }
-            if let Some(p) = v.as_promise() {
-                v = p.finish()?;
-            }
-            Ok(v)
-        })();
-        match outcome {
-            Ok(v) => {
-                if !v.is_undefined() {
-                    let text: String = fmt.call((v,)).map_err(engine_err)?;
-                    capture.borrow_mut().push(false, &text);
-                }
-                Ok(Ending::Done)
-            }
-            Err(rquickjs::Error::Allocation) => Ok(Ending::OutOfMemory),
-            Err(rquickjs::Error::WouldBlock) => Ok(Ending::Thrown(
-                "Error: the script's promise never settled (no pending work left)".into(),
-            )),
-            Err(rquickjs::Error::Exception) => {
-                let exc = ctx.catch();
-                if is_oom(&exc) {
-                    return Ok(Ending::OutOfMemory);
-                }
-                let text = fmt
-                    .call::<_, String>((exc,))
-                    .unwrap_or_else(|_| "exception".into());
-                Ok(Ending::Thrown(text))
-            }
-            Err(e) => Ok(Ending::Thrown(e.to_string())),
-        }
-    });
-    // Interrupts surface as uncatchable exceptions; the flags say which limit it was.
-    if timed_out.load(Ordering::Relaxed) {
-        return Err(SandboxError::new(
-            SandboxErrorKind::Timeout,
-            format!("execute: script timed out after {:?}", req.timeout),
-        ));
-    }
-    if env.cancelled.load(Ordering::Relaxed) {
-        return Err(SandboxError::new(
-            SandboxErrorKind::Timeout,
-            "execute: cancelled by the caller",
-        ));
-    }
-    let ending = match ending {
-        Ok(e) => e,
-        Err(e) if e.kind() == SandboxErrorKind::Backend && rt_over(&rt, req) => Ending::OutOfMemory,
-        Err(e) => return Err(e),
-    };
-    let exit_code = match ending {
-        Ending::Done => 0,
-        Ending::OutOfMemory => return Err(out_of_memory(req)),
-        Ending::Thrown(text) => {
-            capture.borrow_mut().push(true, &format!("Uncaught {text}"));
-            1
-        }
-    };
-    drop(ctx);
-    drop(rt);
-    let cap = Rc::try_unwrap(capture)
-        .map(RefCell::into_inner)
-        .unwrap_or_else(|rc| {
-            let c = rc.borrow();
-            Capture {
-                stdout: c.stdout.clone(),
-                stderr: c.stderr.clone(),
-                cap: c.cap,
-                truncated: c.truncated,
-            }
-        });
-    Ok(ExecOutput {
-        exit_code: Some(exit_code),
-        stdout: Bytes::from(cap.stdout),
-        stderr: Bytes::from(cap.stderr),
-        truncated: cap.truncated,
-    })
+/// A fresh runtime with the prelude installed, waiting for its one script. Made ahead of time
+/// (while the worker is idle), so a script's latency excludes building it.
+pub(crate) struct Prepared {
+    // Field order is drop order: the saved formatter and the context go before the runtime.
+    fmt: Persistent<Function<'static>>,
+    ctx: Context,
+    capture: Rc<RefCell<Capture>>,
+    rt: Runtime,
 }
 
-fn out_of_memory(req: &ExecuteRequest) -> SandboxError {
-    SandboxError::new(
-        SandboxErrorKind::ResourceLimit,
-        format!(
-            "execute: script exceeded its memory limit of {} bytes",
-            req.memory_limit
-        ),
-    )
+impl Prepared {
+    /// A runtime whose `fs.*` and `fetch` go to `host`.
+    pub(crate) fn new(host: Rc<dyn ScriptHost>) -> Result<Self, String> {
+        let rt = Runtime::new().map_err(|e| e.to_string())?;
+        rt.set_memory_limit(PREPARE_HEAP_BYTES);
+        rt.set_max_stack_size(SCRIPT_STACK_BYTES);
+        let ctx = Context::full(&rt).map_err(|e| e.to_string())?;
+        let capture = Rc::new(RefCell::new(Capture::default()));
+        let fmt = ctx
+            .with(|ctx| -> rquickjs::Result<_> {
+                let obj = host_object(&ctx, host, capture.clone())?;
+                let prelude: Function = ctx.eval(PRELUDE)?;
+                let fmt: Function = prelude.call((obj,))?;
+                Ok(Persistent::save(&ctx, fmt))
+            })
+            .map_err(|e| e.to_string())?;
+        Ok(Self {
+            fmt,
+            ctx,
+            capture,
+            rt,
+        })
+    }
+
+    /// Run `job` to completion (or its interrupt) on this thread, consuming the runtime.
+    pub(crate) fn run(self, job: &Job) -> Outcome {
+        let Self {
+            fmt,
+            ctx,
+            capture,
+            rt,
+        } = self;
+        let memory_limit = usize::try_from(job.memory_limit).unwrap_or(usize::MAX);
+        capture.borrow_mut().cap = usize::try_from(job.max_output_bytes).unwrap_or(usize::MAX);
+        let deadline = Instant::now().checked_add(job.timeout);
+        let timed_out = Arc::new(AtomicBool::new(false));
+        {
+            let timed_out = timed_out.clone();
+            rt.set_interrupt_handler(Some(Box::new(move || {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    timed_out.store(true, Ordering::Relaxed);
+                    return true;
+                }
+                false
+            })));
+        }
+        rt.set_memory_limit(memory_limit);
+        let ending = ctx.with(|ctx| -> rquickjs::Result<Ending> {
+            let fmt = fmt.restore(&ctx)?;
+            let mut opts = EvalOptions::default();
+            opts.strict = false;
+            opts.backtrace_barrier = true;
+            opts.filename = Some("execute.js".into());
+            let outcome = (|| -> rquickjs::Result<Value<'_>> {
+                let mut v: Value = ctx.eval_with_options(job.code.as_bytes().to_vec(), opts)?;
+                if let Some(f) = v.as_function() {
+                    v = f.call(())?;
+                }
+                if let Some(p) = v.as_promise() {
+                    v = p.finish()?;
+                }
+                Ok(v)
+            })();
+            Ok(match outcome {
+                Ok(v) => {
+                    if !v.is_undefined() {
+                        let text: String = fmt.call((v,))?;
+                        capture.borrow_mut().push(false, &text);
+                    }
+                    Ending::Done
+                }
+                Err(rquickjs::Error::Allocation) => Ending::OutOfMemory,
+                Err(rquickjs::Error::WouldBlock) => Ending::Thrown(
+                    "Error: the script's promise never settled (no pending work left)".into(),
+                ),
+                Err(rquickjs::Error::Exception) => {
+                    let exc = ctx.catch();
+                    if is_oom(&exc) {
+                        Ending::OutOfMemory
+                    } else {
+                        Ending::Thrown(
+                            fmt.call::<_, String>((exc,))
+                                .unwrap_or_else(|_| "exception".into()),
+                        )
+                    }
+                }
+                Err(e) => Ending::Thrown(e.to_string()),
+            })
+        });
+        // Interrupts surface as uncatchable exceptions; the flag says it was the deadline.
+        if timed_out.load(Ordering::Relaxed) {
+            return Outcome::Timeout;
+        }
+        let ending = match ending {
+            Ok(e) => e,
+            Err(_) if rt_over(&rt, memory_limit) => Ending::OutOfMemory,
+            Err(rquickjs::Error::Allocation) => Ending::OutOfMemory,
+            Err(e) => return Outcome::Engine(e.to_string()),
+        };
+        let exit_code = match ending {
+            Ending::Done => 0,
+            Ending::OutOfMemory => return Outcome::OutOfMemory,
+            Ending::Thrown(text) => {
+                capture.borrow_mut().push(true, &format!("Uncaught {text}"));
+                1
+            }
+        };
+        drop(ctx);
+        drop(rt);
+        let cap = std::mem::take(&mut *capture.borrow_mut());
+        Outcome::Finished {
+            exit_code,
+            stdout: cap.stdout,
+            stderr: cap.stderr,
+            truncated: cap.truncated,
+        }
+    }
 }
 
 /// QuickJS reports heap exhaustion as `InternalError: out of memory`, or, when even that
@@ -451,7 +474,7 @@ fn is_oom(exc: &Value<'_>) -> bool {
         .is_some_and(|m| m == "out of memory")
 }
 
-fn rt_over(rt: &Runtime, req: &ExecuteRequest) -> bool {
+fn rt_over(rt: &Runtime, limit: usize) -> bool {
     let used = rt.memory_usage().malloc_size;
-    used >= 0 && (used as u64) * 10 >= (req.memory_limit as u64) * 9
+    used >= 0 && (used as u64) * 10 >= (limit as u64) * 9
 }

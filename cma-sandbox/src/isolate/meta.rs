@@ -23,6 +23,8 @@ pub(crate) struct Meta {
     pub mounts: Vec<Mount>,
     /// Heap cap for `execute` (from `SandboxSpec::memory_bytes`).
     pub memory_bytes: Option<u64>,
+    /// Workspace quota (from `SandboxSpec::disk_bytes`).
+    pub disk_bytes: Option<u64>,
 }
 
 fn escape(s: &str) -> String {
@@ -70,6 +72,7 @@ impl Meta {
             labels: spec.labels.clone(),
             mounts,
             memory_bytes: spec.memory_bytes,
+            disk_bytes: spec.disk_bytes,
         }
     }
 
@@ -88,6 +91,9 @@ impl Meta {
         }
         if let Some(m) = self.memory_bytes {
             out.push_str(&format!("memory {m}\n"));
+        }
+        if let Some(d) = self.disk_bytes {
+            out.push_str(&format!("disk {d}\n"));
         }
         for (k, v) in &self.labels {
             out.push_str(&format!("label {} {}\n", escape(k), escape(v)));
@@ -124,6 +130,7 @@ impl Meta {
                     meta.created = UNIX_EPOCH.checked_add(Duration::from_secs(secs));
                 }
                 ["memory", n] => meta.memory_bytes = Some(n.parse().map_err(|_| bad())?),
+                ["disk", n] => meta.disk_bytes = Some(n.parse().map_err(|_| bad())?),
                 ["session", v] => meta.session_id = Some(unescape(v).ok_or_else(bad)?),
                 ["environment", v] => meta.environment_id = Some(unescape(v).ok_or_else(bad)?),
                 ["label", k, v] => {
@@ -163,6 +170,7 @@ mod tests {
             labels,
             mounts: vec![Mount::read_only("/memory/notes", "/srv/mem ory/é")],
             memory_bytes: Some(1 << 20),
+            disk_bytes: Some(5 << 20),
         };
         let back = Meta::decode(&meta.encode().unwrap()).unwrap();
         assert_eq!(back, meta);

@@ -1,6 +1,7 @@
 //! The isolate backend: one confined directory per sandbox, native file operations, and
-//! JavaScript `execute` in a fresh QuickJS runtime per call. No shell, no processes, no VM:
-//! a sandbox costs a directory and a file descriptor, and starts in microseconds.
+//! JavaScript `execute` in a fresh QuickJS runtime per call, inside a pre-started worker
+//! process that is killed at the script's deadline. No shell, no VM: a sandbox costs a
+//! directory and a file descriptor, and starts in microseconds.
 //!
 //! # Layout and confinement
 //! [`IsolateBackend::new`] opens `root_dir` (the only use of ambient authority besides the host
@@ -23,7 +24,14 @@
 //! Bounded operations (metadata, single-entry changes, reads and writes up to
 //! [`INLINE_IO_BYTES`]) run inline on the calling task: they are a few system calls on a local
 //! directory, cheaper than a hand-off to a thread. Larger reads and writes, listings, recursive
-//! removal, archives and `execute` run on tokio's blocking pool.
+//! removal and archives run on tokio's blocking pool. `execute` scripts run in worker
+//! processes (Linux only; see [`WorkerConfig`]): each script in a fresh runtime of a worker that
+//! has no file system or network of its own, a system-call filter, and address-space and CPU
+//! limits; its `fs.*` calls and `fetch` are requests answered here, by the sandbox's workspace
+//! and [`EgressHook`]. At the deadline, or when the `execute` future is dropped, the worker is
+//! killed and reaped, whatever the script is doing (even in a built-in that never polls
+//! QuickJS's interrupt handler). A few idle workers are kept started so a call does not pay
+//! for a process start.
 //!
 //! # `execute`: the script's world
 //! The code runs as a classic (non-module, sloppy-mode) script. Its completion value is the
@@ -47,8 +55,11 @@
 //!   (`headers` is a plain object with lower-case names); refused requests reject with a
 //!   `TypeError` such as `egress denied: GET https://…: …`.
 //!
-//! Limits: [`ExecuteRequest::timeout`](crate::ExecuteRequest::timeout) (wall clock, enforced by
-//! QuickJS's interrupt handler, also when the caller drops the future),
+//! Local time is UTC.
+//!
+//! Limits: [`ExecuteRequest::timeout`](crate::ExecuteRequest::timeout) (wall clock: QuickJS's
+//! interrupt handler stops a script that polls it, and the worker process is killed shortly
+//! after the deadline in any case; also when the caller drops the future),
 //! [`ExecuteRequest::memory_limit`](crate::ExecuteRequest::memory_limit) (heap; capped further by
 //! the spec's `memory_bytes`), [`SCRIPT_STACK_BYTES`] (recursion), and
 //! [`ExecuteRequest::max_output_bytes`](crate::ExecuteRequest::max_output_bytes) per stream.
@@ -56,14 +67,30 @@
 //! # Runtime
 //! The backend must be used from within a tokio runtime (it uses the blocking pool).
 //!
+//! # The spec's knobs
+//! - `memory_bytes`: caps the heap of `execute` scripts (a request's own
+//!   [`memory_limit`](crate::ExecuteRequest::memory_limit) can only lower it); `0` is refused.
+//! - `disk_bytes`: a quota on the workspace, enforced on every write path (file writes,
+//!   `execute`'s `fs.*`, archive imports); see [`QUOTA_ENTRY_BYTES`] for what counts. A write
+//!   that would pass it fails with [`QuotaExceeded`](crate::SandboxErrorKind::QuotaExceeded)
+//!   and leaves what was there intact. Resumed sandboxes count what their workspace holds.
+//! - `pids`: honoured trivially: a script runs in one worker process and cannot start others.
+//! - `mounts`, `labels`, `session_id`, `environment_id`: applied and recorded.
+//! - `image`, `cpus`, `env` and `egress` are refused with
+//!   [`Unsupported`](crate::SandboxErrorKind::Unsupported): there is no image, no CPU limit, no
+//!   command that could read an environment, and outbound `fetch` goes through the backend's
+//!   [`EgressHook`] ([`IsolateBackend::with_egress`]) rather than a proxy endpoint.
+//!
 //! # Not supported
-//! [`exec`](crate::Sandbox::exec) (no shell: use `execute`), and the spec's `image`, `cpus`,
-//! `pids`, `disk_bytes` and `env` (ignored). `memory_bytes` caps the heap of `execute` scripts.
+//! [`exec`](crate::Sandbox::exec) and [`open_interactive`](crate::Sandbox::open_interactive)
+//! (no shell: use `execute`).
 
 mod archive;
 mod egress;
 mod js;
 mod meta;
+mod quota;
+mod worker;
 mod workspace;
 
 use std::collections::HashMap;
@@ -82,9 +109,12 @@ use tokio::sync::mpsc;
 
 pub use egress::{DenyAllEgress, EgressHook, FetchError, FetchRequest, FetchResponse};
 pub use js::{MAX_SCRIPT_READ_BYTES, SCRIPT_STACK_BYTES};
+pub use quota::QUOTA_ENTRY_BYTES;
+pub use worker::{MAX_RUNS_PER_WORKER, MAX_SCRIPT_BYTES, WorkerConfig, worker_entry_linked};
 pub use workspace::{MAX_DIR_ENTRIES, MAX_NAME_BYTES, MAX_PATH_BYTES};
 
 use self::meta::{MAX_META_BYTES, Meta};
+use self::quota::Quota;
 use self::workspace::{MountPoint, Workspace, map_io, normalize, read_bounded};
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
@@ -111,6 +141,22 @@ const EXPORT_CHANNEL_CHUNKS: usize = 4;
 pub struct IsolateBackend {
     inner: Arc<Inner>,
     egress: Arc<dyn EgressHook>,
+    workers: Arc<Workers>,
+}
+
+/// Where `execute` scripts run.
+#[cfg(target_os = "linux")]
+type Workers = worker::Pool;
+/// Where `execute` scripts run: nowhere (worker processes need Linux).
+#[cfg(not(target_os = "linux"))]
+#[derive(Debug)]
+struct Workers;
+
+#[cfg(not(target_os = "linux"))]
+impl Workers {
+    fn new(_: WorkerConfig) -> Self {
+        Workers
+    }
 }
 
 struct Inner {
@@ -169,7 +215,17 @@ impl IsolateBackend {
                 counter: AtomicU64::new(0),
             }),
             egress: Arc::new(DenyAllEgress),
+            workers: Arc::new(Workers::new(WorkerConfig::new())),
         })
+    }
+
+    /// Run `execute` scripts in worker processes configured by `config` (see
+    /// [`WorkerConfig`]). Applies to sandboxes created or resumed through the returned backend;
+    /// the workers of the previous configuration are stopped once no sandbox uses them.
+    #[must_use]
+    pub fn with_workers(mut self, config: WorkerConfig) -> Self {
+        self.workers = Arc::new(Workers::new(config));
+        self
     }
 
     /// Route every script `fetch` through `hook` (for example one applying the session's
@@ -196,6 +252,7 @@ impl IsolateBackend {
             path: WORKDIR.to_string(),
             dir,
             read_only: false,
+            quota: None,
         }];
         Ok(Arc::new(IsolateSandbox {
             id,
@@ -203,7 +260,9 @@ impl IsolateBackend {
             stopped,
             backend: self.inner.clone(),
             egress: self.egress.clone(),
+            workers: self.workers.clone(),
             memory_cap: None,
+            managed: false,
         }))
     }
 
@@ -260,12 +319,20 @@ impl IsolateBackend {
                 path,
                 dir,
                 read_only: m.read_only,
+                quota: None,
             });
         }
         Ok(out)
     }
 
-    fn open_sandbox(&self, id: SandboxId, meta: &Meta) -> Result<Arc<dyn Sandbox>> {
+    /// Open a sandbox's mounts and workspace. With a quota, `fresh` says the workspace is
+    /// known to be empty; otherwise what it holds is measured first.
+    async fn open_sandbox(
+        &self,
+        id: SandboxId,
+        meta: &Meta,
+        fresh: bool,
+    ) -> Result<Arc<dyn Sandbox>> {
         let mut mounts = Self::open_mounts(&meta.mounts)?;
         let ws_rel = format!("{id}/{WORKSPACE_DIR}");
         let dir = self
@@ -273,10 +340,22 @@ impl IsolateBackend {
             .root
             .open_dir(&ws_rel)
             .map_err(|e| map_io(e, WORKDIR))?;
+        let (dir, quota) = match meta.disk_bytes {
+            None => (dir, None),
+            Some(limit) if fresh => (dir, Some(Quota::new(limit, 0))),
+            Some(limit) => {
+                blocking(move || {
+                    let used = quota::measure(&dir, Path::new(""), WORKDIR)?;
+                    Ok((dir, Some(Quota::new(limit, used))))
+                })
+                .await?
+            }
+        };
         mounts.push(MountPoint {
             path: WORKDIR.to_string(),
             dir,
             read_only: false,
+            quota,
         });
         let stopped = self.register(&id);
         Ok(Arc::new(IsolateSandbox {
@@ -285,7 +364,9 @@ impl IsolateBackend {
             stopped,
             backend: self.inner.clone(),
             egress: self.egress.clone(),
+            workers: self.workers.clone(),
             memory_cap: meta.memory_bytes,
+            managed: true,
         }))
     }
 
@@ -322,8 +403,43 @@ impl IsolateBackend {
             archive: true,
             resume: true,
             network: egress.allows_network(),
+            disk_quota: true,
             ..Capabilities::default()
         }
+    }
+
+    /// Refuse the spec's knobs this backend cannot honour (see the module docs).
+    fn check_spec(spec: &SandboxSpec) -> Result<()> {
+        let unsupported = |knob: &str, why: &str| {
+            Err(SandboxError::unsupported(format!(
+                "isolate backend: SandboxSpec::{knob} cannot be honoured: {why}"
+            )))
+        };
+        if spec.image.is_some() {
+            return unsupported("image", "an isolate sandbox runs no container image");
+        }
+        if spec.cpus.is_some() {
+            return unsupported("cpus", "the isolate backend has no CPU limit");
+        }
+        if !spec.env.is_empty() {
+            return unsupported(
+                "env",
+                "an isolate sandbox runs no command that could read environment variables",
+            );
+        }
+        if spec.egress.is_some() {
+            return unsupported(
+                "egress",
+                "scripts reach the network only through the backend's EgressHook (IsolateBackend::with_egress)",
+            );
+        }
+        if spec.memory_bytes == Some(0) {
+            return Err(SandboxError::new(
+                SandboxErrorKind::InvalidInput,
+                "isolate backend: SandboxSpec::memory_bytes must be greater than 0",
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -338,7 +454,8 @@ impl SandboxBackend for IsolateBackend {
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<Arc<dyn Sandbox>> {
-        // Validate mounts before touching the root.
+        // Validate the spec and its mounts before touching the root.
+        Self::check_spec(spec)?;
         drop(Self::open_mounts(&spec.mounts)?);
         let meta = Meta::from_spec(spec, spec.mounts.clone());
         let encoded = meta.encode()?;
@@ -369,7 +486,7 @@ impl SandboxBackend for IsolateBackend {
                 "isolate backend: cannot set up the sandbox directory",
             ));
         }
-        match self.open_sandbox(id.clone(), &meta) {
+        match self.open_sandbox(id.clone(), &meta, true).await {
             Ok(s) => Ok(s),
             Err(e) => {
                 let _ = root.remove_dir_all(id.as_str());
@@ -385,7 +502,7 @@ impl SandboxBackend for IsolateBackend {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(map_io(e, WORKDIR)),
         }
-        self.open_sandbox(id.clone(), &meta)
+        self.open_sandbox(id.clone(), &meta, false).await
     }
 
     async fn list(&self) -> Result<Vec<SandboxInfo>> {
@@ -478,7 +595,11 @@ pub struct IsolateSandbox {
     stopped: Arc<AtomicBool>,
     backend: Arc<Inner>,
     egress: Arc<dyn EgressHook>,
+    workers: Arc<Workers>,
     memory_cap: Option<u64>,
+    /// Made by `create`/`resume` (under the backend's root), not `open_directory`: it can be
+    /// resumed by id.
+    managed: bool,
 }
 
 impl fmt::Debug for IsolateSandbox {
@@ -486,15 +607,6 @@ impl fmt::Debug for IsolateSandbox {
         f.debug_struct("IsolateSandbox")
             .field("id", &self.id)
             .finish_non_exhaustive()
-    }
-}
-
-/// Sets a flag when dropped: tells a script's interrupt handler that its caller went away.
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 
@@ -518,7 +630,10 @@ impl Sandbox for IsolateSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        IsolateBackend::capabilities_of(&*self.egress)
+        let mut caps = IsolateBackend::capabilities_of(&*self.egress);
+        // A directory opened in place is not the backend's: `resume` cannot find it.
+        caps.resume = self.managed;
+        caps
     }
 
     fn workdir(&self) -> &str {
@@ -553,7 +668,8 @@ impl Sandbox for IsolateSandbox {
 
     async fn write_file(&self, path: &str, data: Bytes) -> Result<()> {
         let ws = self.live()?;
-        if data.len() as u64 <= INLINE_IO_BYTES {
+        // With a quota, writes wait for each other's lock: never on a runtime thread.
+        if data.len() as u64 <= INLINE_IO_BYTES && !ws.has_quota() {
             ws.write_file(path, &data)
         } else {
             let ws = ws.clone();
@@ -563,7 +679,13 @@ impl Sandbox for IsolateSandbox {
     }
 
     async fn create_dir_all(&self, path: &str) -> Result<()> {
-        self.live()?.create_dir_all(path)
+        let ws = self.live()?;
+        if !ws.has_quota() {
+            return ws.create_dir_all(path);
+        }
+        let ws = ws.clone();
+        let path = path.to_string();
+        blocking(move || ws.create_dir_all(&path)).await
     }
 
     async fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
@@ -572,9 +694,15 @@ impl Sandbox for IsolateSandbox {
         blocking(move || ws.read_dir(&path)).await
     }
 
+    async fn read_dirs_unsorted(&self, paths: &[String]) -> Result<Vec<Result<Vec<DirEntry>>>> {
+        let ws = self.live()?.clone();
+        let paths = paths.to_vec();
+        blocking(move || Ok(paths.iter().map(|p| ws.read_dir_unsorted(p)).collect())).await
+    }
+
     async fn remove(&self, path: &str, recursive: bool) -> Result<()> {
         let ws = self.live()?;
-        if recursive {
+        if recursive || ws.has_quota() {
             let ws = ws.clone();
             let path = path.to_string();
             blocking(move || ws.remove(&path, true)).await
@@ -596,18 +724,15 @@ impl Sandbox for IsolateSandbox {
                 .memory_limit
                 .min(usize::try_from(cap).unwrap_or(usize::MAX));
         }
-        let cancel = CancelOnDrop(Arc::new(AtomicBool::new(false)));
-        let env = js::ScriptEnv {
-            sandbox: self.id.clone(),
-            workspace: ws,
-            egress: self.egress.clone(),
-            cancelled: cancel.0.clone(),
-        };
-        let out = blocking(move || js::run(&req, &env)).await;
-        // Completed normally: the flag no longer matters, but keep the guard alive until here so
-        // a dropped future interrupts the script.
-        drop(cancel);
-        out
+        #[cfg(target_os = "linux")]
+        return worker::execute(&self.workers, &self.id, &ws, &self.egress, req).await;
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = (ws, req, &self.workers);
+            Err(SandboxError::unsupported(
+                "execute: the isolate backend runs scripts in worker processes, which need Linux",
+            ))
+        }
     }
 
     fn local_workspace(&self) -> Option<std::fs::File> {
@@ -643,11 +768,11 @@ impl Sandbox for IsolateSandbox {
             .with_source(e)
         })?;
         blocking(move || {
-            let dir = ws.workspace_dir().ok_or_else(|| {
+            let mount = ws.workspace_mount().ok_or_else(|| {
                 SandboxError::new(SandboxErrorKind::Backend, "workspace mount missing")
             })?;
             let mut reader = archive::StreamReader::new(tar, handle);
-            archive::import(dir, &mut reader)
+            archive::import(&mount.dir, mount.quota.as_ref(), &mut reader)
         })
         .await
     }

@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use cap_std::fs::{Dir, Metadata};
 
+use super::quota::{QUOTA_ENTRY_BYTES, Quota, file_usage, measure, missing_dirs};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::file::{DirEntry, FileKind, FileStat};
 
@@ -41,6 +42,8 @@ pub(crate) struct MountPoint {
     pub path: String,
     pub dir: Dir,
     pub read_only: bool,
+    /// The disk quota of this mount (the workspace of a sandbox whose spec set `disk_bytes`).
+    pub quota: Option<Quota>,
 }
 
 /// The sandbox's view of the file system: the workspace and extra mounts.
@@ -142,9 +145,9 @@ pub(crate) fn map_io(e: io::Error, shown: &str) -> SandboxError {
         K::AlreadyExists => SandboxErrorKind::AlreadyExists,
         K::PermissionDenied | K::ReadOnlyFilesystem => SandboxErrorKind::PermissionDenied,
         K::InvalidFilename | K::InvalidInput => SandboxErrorKind::InvalidInput,
-        K::StorageFull | K::QuotaExceeded | K::FileTooLarge | K::OutOfMemory => {
-            SandboxErrorKind::ResourceLimit
-        }
+        K::QuotaExceeded => SandboxErrorKind::QuotaExceeded,
+        K::StorageFull => SandboxErrorKind::StorageFull,
+        K::FileTooLarge | K::OutOfMemory => SandboxErrorKind::ResourceLimit,
         _ => SandboxErrorKind::Io,
     };
     let context = if kind == SandboxErrorKind::OutsideSandbox {
@@ -239,10 +242,17 @@ impl Workspace {
 
     /// The mount holding the workspace.
     pub fn workspace_dir(&self) -> Option<&Dir> {
-        self.mounts
-            .iter()
-            .find(|m| m.path == self.workdir)
-            .map(|m| &m.dir)
+        self.workspace_mount().map(|m| &m.dir)
+    }
+
+    /// The mount holding the workspace, with its quota.
+    pub fn workspace_mount(&self) -> Option<&MountPoint> {
+        self.mounts.iter().find(|m| m.path == self.workdir)
+    }
+
+    /// Whether the workspace has a disk quota (its changes then take the quota's lock).
+    pub fn has_quota(&self) -> bool {
+        self.workspace_mount().is_some_and(|m| m.quota.is_some())
     }
 
     /// Lexical mapping of a sandbox path to its mount.
@@ -407,18 +417,47 @@ impl Workspace {
                 r.shown,
             ));
         }
-        if let Some(parent) = r.rel.parent().filter(|p| !p.as_os_str().is_empty()) {
-            make_dirs(&r.mount.dir, parent, &r.shown)?;
+        let dir = &r.mount.dir;
+        let parent = r.rel.parent().filter(|p| !p.as_os_str().is_empty());
+        let missing = || parent.map_or(0, |p| missing_dirs(dir, p));
+        let mut usage = r.mount.quota.as_ref().map(Quota::lock);
+        let new = QUOTA_ENTRY_BYTES.saturating_add(data.len() as u64);
+        let (mut old, mut dirs) = (0, 0);
+        if let Some(u) = &usage {
+            if dir.metadata(&r.rel).is_ok_and(|m| m.is_dir()) {
+                return Err(SandboxError::at_path(
+                    SandboxErrorKind::IsADirectory,
+                    r.shown,
+                ));
+            }
+            old = file_usage(dir, &r.rel);
+            dirs = missing();
+            u.check(old, new + dirs * QUOTA_ENTRY_BYTES, &r.shown)?;
         }
-        // Overwrite in place and then cut to length, instead of `O_TRUNC`: on ext4 a truncate to
-        // zero followed by a rewrite triggers a flush at close (`auto_da_alloc`), which made
-        // every overwrite cost milliseconds.
-        let mut opts = cap_std::fs::OpenOptions::new();
-        opts.write(true).create(true);
-        let mut file = r.mount.dir.open_with(&r.rel, &opts).map_err(|e| r.err(e))?;
-        file.write_all(data)
-            .and_then(|()| file.set_len(data.len() as u64))
-            .map_err(|e| r.err(e))
+        let written = (|| {
+            if let Some(parent) = parent {
+                make_dirs(dir, parent, &r.shown)?;
+            }
+            // Overwrite in place and then cut to length, instead of `O_TRUNC`: on ext4 a
+            // truncate to zero followed by a rewrite triggers a flush at close
+            // (`auto_da_alloc`), which made every overwrite cost milliseconds.
+            let mut opts = cap_std::fs::OpenOptions::new();
+            opts.write(true).create(true);
+            let mut file = dir.open_with(&r.rel, &opts).map_err(|e| r.err(e))?;
+            file.write_all(data)
+                .and_then(|()| file.set_len(data.len() as u64))
+                .map_err(|e| r.err(e))
+        })();
+        if let Some(u) = &mut usage {
+            let made = dirs.saturating_sub(missing()) * QUOTA_ENTRY_BYTES;
+            let now = if written.is_ok() {
+                new
+            } else {
+                file_usage(dir, &r.rel)
+            };
+            u.record(old, now + made);
+        }
+        written
     }
 
     pub fn create_dir_all(&self, path: &str) -> Result<()> {
@@ -427,10 +466,28 @@ impl Workspace {
         if r.is_root() {
             return Ok(());
         }
-        make_dirs(&r.mount.dir, &r.rel, &r.shown)
+        let Some(quota) = &r.mount.quota else {
+            return make_dirs(&r.mount.dir, &r.rel, &r.shown);
+        };
+        let mut usage = quota.lock();
+        let missing = missing_dirs(&r.mount.dir, &r.rel);
+        usage.check(0, missing * QUOTA_ENTRY_BYTES, &r.shown)?;
+        let made = make_dirs(&r.mount.dir, &r.rel, &r.shown);
+        let left = missing_dirs(&r.mount.dir, &r.rel);
+        usage.record(0, missing.saturating_sub(left) * QUOTA_ENTRY_BYTES);
+        made
     }
 
+    /// The entries of a directory sorted by name.
     pub fn read_dir(&self, path: &str) -> Result<Vec<DirEntry>> {
+        let mut out = self.read_dir_unsorted(path)?;
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(out)
+    }
+
+    /// The entries of a directory in the order the file system lists them (virtual
+    /// directories: by name).
+    pub fn read_dir_unsorted(&self, path: &str) -> Result<Vec<DirEntry>> {
         let r = match self.resolve_or_virtual(path)? {
             Ok(r) => r,
             Err(children) => {
@@ -465,7 +522,6 @@ impl Workspace {
                 Err(e) => return Err(r.err(e)),
             }
         }
-        out.sort_by(|a, b| a.name.cmp(&b.name));
         Ok(out)
     }
 
@@ -481,6 +537,11 @@ impl Workspace {
         }
         let meta = r.mount.dir.symlink_metadata(&r.rel).map_err(|e| r.err(e))?;
         let dir = &r.mount.dir;
+        let mut usage = r.mount.quota.as_ref().map(Quota::lock);
+        let before = match usage {
+            Some(_) => measure(dir, &r.rel, &r.shown)?,
+            None => 0,
+        };
         let res = if meta.is_dir() {
             if recursive {
                 dir.remove_dir_all(&r.rel)
@@ -490,6 +551,14 @@ impl Workspace {
         } else {
             dir.remove_file(&r.rel)
         };
+        if let Some(u) = &mut usage {
+            // A recursive removal that failed midway removed part of the tree.
+            let after = match res {
+                Ok(()) => 0,
+                Err(_) => measure(dir, &r.rel, &r.shown).unwrap_or(before),
+            };
+            u.record(before, after);
+        }
         res.map_err(|e| r.err(e))
     }
 
@@ -518,10 +587,19 @@ impl Workspace {
                 r.shown,
             ));
         }
+        let mut usage = r.mount.quota.as_ref().map(Quota::lock);
+        let new = QUOTA_ENTRY_BYTES.saturating_add(target.len() as u64);
+        if let Some(u) = &usage {
+            u.check(0, new, &r.shown)?;
+        }
         r.mount
             .dir
             .symlink(Path::new(target), &r.rel)
-            .map_err(|e| r.err(e))
+            .map_err(|e| r.err(e))?;
+        if let Some(u) = &mut usage {
+            u.record(0, new);
+        }
+        Ok(())
     }
 }
 

@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use cma_sandbox::Capabilities;
 use cma_sandbox::docker::{DockerBackend, DockerConfig, LABEL_INSTANCE, LABEL_MANAGED};
 
 /// The test image (built by `scripts/docker-image.sh`).
@@ -37,6 +38,44 @@ pub async fn connect(cfg: DockerConfig) -> (DockerBackend, Cleanup) {
         );
     }
     (backend, Cleanup { instance })
+}
+
+/// The engine's storage driver and the file system under it, as `docker info` reports them.
+pub async fn storage(docker: &bollard::Docker) -> (String, String) {
+    let info = docker.info().await.expect("docker info");
+    let backing = info
+        .driver_status
+        .unwrap_or_default()
+        .into_iter()
+        .find(|kv| kv.first().map(String::as_str) == Some("Backing Filesystem"))
+        .and_then(|kv| kv.get(1).cloned())
+        .unwrap_or_default();
+    (info.driver.unwrap_or_default(), backing)
+}
+
+/// What the Docker backend's sandboxes (from the empty spec) must be able to do, pinned for the
+/// conformance suite. `disk_quota` depends on the engine's storage: overlay2 enforces a size
+/// only on xfs with `pquota`; this project's machines run overlay2 on ext4 (no quota). Any other
+/// storage setup must be pinned here before the suite runs on it.
+pub async fn expected_capabilities(backend: &DockerBackend) -> Capabilities {
+    let (driver, backing) = storage(backend.client()).await;
+    assert!(
+        driver == "overlay2" && backing != "xfs",
+        "storage driver {driver} on {backing:?}: pin whether it enforces disk_bytes in \
+         docker_support::expected_capabilities"
+    );
+    let mut c = Capabilities::default();
+    c.shell_exec = true;
+    c.persistent_shell = true;
+    c.files = true;
+    c.symlinks = true;
+    c.archive = true;
+    c.resume = true;
+    // No JavaScript engine in the backend; no network without an egress endpoint in the spec.
+    c.execute_js = false;
+    c.network = false;
+    c.disk_quota = false;
+    c
 }
 
 /// Removes every container of the instance when dropped.

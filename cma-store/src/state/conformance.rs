@@ -15,8 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::{
-    EgressPolicyRecord, LeaseClaim, MAX_ID_BYTES, Precondition, SandboxRecord, SecretMetadata,
-    SessionQuery, SessionRecord, SessionStatus, StateError, StateErrorKind, StateStore,
+    EgressPolicyRecord, LeaseClaim, MAX_ID_BYTES, Precondition, SandboxQuery, SandboxRecord,
+    SecretMetadata, SessionQuery, SessionRecord, SessionStatus, StateError, StateErrorKind,
+    StateStore,
 };
 use crate::SnapshotId;
 
@@ -496,7 +497,10 @@ pub async fn sandboxes(store: &dyn StateStore) {
         store.put_sandbox(r).await.unwrap();
     }
     assert_eq!(
-        store.list_sandboxes(Some("conf_docker")).await.unwrap(),
+        store
+            .list_sandboxes(&SandboxQuery::backend("conf_docker"))
+            .await
+            .unwrap(),
         [two.clone(), one.clone()],
         "{check}: by backend, ordered by id"
     );
@@ -507,8 +511,51 @@ pub async fn sandboxes(store: &dyn StateStore) {
         Some(one.clone()),
         "{check}: update"
     );
+    // Paging: pages of one, each after the previous page's last record, in order, across the
+    // backend boundary, and the backend filter applies to later pages too.
+    let mut paged = Vec::new();
+    let mut query = SandboxQuery {
+        limit: 1,
+        ..SandboxQuery::default()
+    };
+    loop {
+        let page = store.list_sandboxes(&query).await.unwrap();
+        assert!(page.len() <= 1, "{check}: a page holds at most `limit`");
+        let Some(last) = page.last() else { break };
+        query = query.after(last);
+        paged.extend(page);
+    }
+    let paged: Vec<_> = paged
+        .into_iter()
+        .filter(|s| s.backend.starts_with("conf_"))
+        .collect();
+    assert_eq!(
+        paged,
+        [two.clone(), one.clone(), three.clone()],
+        "{check}: paged one by one"
+    );
+    let after_first = SandboxQuery {
+        limit: 10,
+        ..SandboxQuery::backend("conf_docker")
+    }
+    .after(&two);
+    assert_eq!(
+        store.list_sandboxes(&after_first).await.unwrap(),
+        [one.clone()],
+        "{check}: the backend's next page"
+    );
+    assert!(
+        store
+            .list_sandboxes(&SandboxQuery {
+                limit: 0,
+                ..SandboxQuery::default()
+            })
+            .await
+            .is_err(),
+        "{check}: a zero limit is refused"
+    );
     let ours: Vec<_> = store
-        .list_sandboxes(None)
+        .list_sandboxes(&SandboxQuery::default())
         .await
         .unwrap()
         .into_iter()

@@ -13,7 +13,7 @@ use super::record::{
     truncate_millis, validate_transition,
 };
 use super::{
-    EgressPolicyRecord, Lease, LeaseClaim, MAX_PAGE_LEN, Precondition, SandboxRecord,
+    EgressPolicyRecord, Lease, LeaseClaim, MAX_PAGE_LEN, Precondition, SandboxQuery, SandboxRecord,
     SecretMetadata, SessionQuery, SessionRecord, StateError, StateStore, Transition,
 };
 
@@ -290,17 +290,19 @@ impl StateStore for MemoryStateStore {
             .cloned())
     }
 
-    async fn list_sandboxes(
-        &self,
-        backend: Option<&str>,
-    ) -> Result<Vec<SandboxRecord>, StateError> {
-        check_opt_id("backend", backend)?;
+    async fn list_sandboxes(&self, query: &SandboxQuery) -> Result<Vec<SandboxRecord>, StateError> {
+        let limit = query.validate()?;
         let inner = self.lock();
+        let from = match &query.after {
+            Some(last) => std::ops::Bound::Excluded(last.clone()),
+            None => std::ops::Bound::Unbounded,
+        };
         Ok(inner
             .sandboxes
-            .values()
-            .filter(|s| backend.is_none_or(|b| s.backend == b))
-            .take(MAX_PAGE_LEN as usize)
+            .range((from, std::ops::Bound::Unbounded))
+            .map(|(_, s)| s)
+            .filter(|s| query.backend.as_deref().is_none_or(|b| s.backend == b))
+            .take(limit as usize)
             .cloned()
             .collect())
     }

@@ -65,8 +65,8 @@ pub use memory::MemoryStateStore;
 pub use postgres::{PostgresOptions, PostgresStateStore};
 pub use record::{
     EgressPolicyRecord, Lease, LeaseClaim, MAX_DETAIL_BYTES, MAX_EVENT_BYTES, MAX_ID_BYTES,
-    MAX_LEASE_TTL, MAX_PAGE_LEN, Precondition, SandboxRecord, SecretMetadata, SessionQuery,
-    SessionRecord, SessionStatus, Transition,
+    MAX_LEASE_TTL, MAX_PAGE_LEN, Precondition, SandboxQuery, SandboxRecord, SecretMetadata,
+    SessionQuery, SessionRecord, SessionStatus, Transition,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStateStore;
@@ -178,10 +178,10 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
         sandbox_id: &str,
     ) -> Result<Option<SandboxRecord>, StateError>;
 
-    /// The sandboxes known on `backend` (or on every backend when `None`), ordered by backend and id,
-    /// at most [`MAX_PAGE_LEN`].
-    async fn list_sandboxes(&self, backend: Option<&str>)
-    -> Result<Vec<SandboxRecord>, StateError>;
+    /// One page of the sandboxes known on `query.backend` (or on every backend when `None`),
+    /// ordered by backend and id, after `query.after`, at most `query.limit` (capped at
+    /// [`MAX_PAGE_LEN`]). An empty page means there are no more.
+    async fn list_sandboxes(&self, query: &SandboxQuery) -> Result<Vec<SandboxRecord>, StateError>;
 
     /// Forget a sandbox (it was destroyed); `false` if it was not known.
     async fn remove_sandbox(&self, backend: &str, sandbox_id: &str) -> Result<bool, StateError>;

@@ -163,6 +163,57 @@ impl SessionQuery {
     }
 }
 
+/// Which sandbox records [`StateStore::list_sandboxes`](super::StateStore::list_sandboxes)
+/// returns: one page, ordered by backend and sandbox id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxQuery {
+    /// Only sandboxes of this backend; `None` for every backend.
+    pub backend: Option<String>,
+    /// Resume after this `(backend, sandbox_id)` (the last record of the previous page).
+    pub after: Option<(String, String)>,
+    /// The most records to return (capped at [`MAX_PAGE_LEN`]).
+    pub limit: u32,
+}
+
+impl Default for SandboxQuery {
+    fn default() -> Self {
+        Self {
+            backend: None,
+            after: None,
+            limit: MAX_PAGE_LEN,
+        }
+    }
+}
+
+impl SandboxQuery {
+    /// The first page of `backend`'s sandboxes.
+    pub fn backend(backend: impl Into<String>) -> Self {
+        Self {
+            backend: Some(backend.into()),
+            ..Self::default()
+        }
+    }
+
+    /// The page after `last` (the last record of this page).
+    #[must_use]
+    pub fn after(mut self, last: &SandboxRecord) -> Self {
+        self.after = Some((last.backend.clone(), last.sandbox_id.clone()));
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<u32, StateError> {
+        check_opt_id("backend", self.backend.as_deref())?;
+        if let Some((backend, id)) = &self.after {
+            check_id("after.backend", backend)?;
+            check_id("after.sandbox_id", id)?;
+        }
+        if self.limit == 0 {
+            return Err(StateError::invalid("limit", "must be at least 1"));
+        }
+        Ok(self.limit.min(MAX_PAGE_LEN))
+    }
+}
+
 /// One entry of a session's append-only transition log: what happened, when.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Transition {

@@ -584,31 +584,26 @@ macro_rules! sql_state_store {
 
             async fn list_sandboxes(
                 &self,
-                backend: Option<&str>,
+                query: &$crate::state::SandboxQuery,
             ) -> Result<Vec<$crate::state::SandboxRecord>, $crate::state::StateError> {
-                $crate::state::record::check_opt_id("backend", backend)?;
-                let limit = i64::from($crate::state::MAX_PAGE_LEN);
-                let rows = match backend {
-                    Some(backend) => {
-                        sqlx::query(
-                            "SELECT backend, sandbox_id, session_id, created_at FROM cma_sandboxes \
-                             WHERE backend = $1 ORDER BY backend, sandbox_id LIMIT $2",
-                        )
-                        .bind(backend)
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await
-                    }
-                    None => {
-                        sqlx::query(
-                            "SELECT backend, sandbox_id, session_id, created_at FROM cma_sandboxes \
-                             ORDER BY backend, sandbox_id LIMIT $1",
-                        )
-                        .bind(limit)
-                        .fetch_all(&self.pool)
-                        .await
-                    }
-                }
+                let limit = i64::from(query.validate()?);
+                // One statement for every combination: a NULL parameter disables its filter.
+                let (after_backend, after_id) = match &query.after {
+                    Some((b, id)) => (Some(b.as_str()), Some(id.as_str())),
+                    None => (None, None),
+                };
+                let rows = sqlx::query(
+                    "SELECT backend, sandbox_id, session_id, created_at FROM cma_sandboxes \
+                     WHERE ($1 IS NULL OR backend = $1) \
+                     AND ($2 IS NULL OR backend > $2 OR (backend = $2 AND sandbox_id > $3)) \
+                     ORDER BY backend, sandbox_id LIMIT $4",
+                )
+                .bind(query.backend.as_deref())
+                .bind(after_backend)
+                .bind(after_id)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
                 .map_err(|e| $crate::state::sql::map_err("list_sandboxes", e))?;
                 collect(rows, sandbox_from_row)
             }

@@ -5,14 +5,21 @@
 //! every directory below it without entering symlinked directories, a trailing `/` keeps only
 //! directories. At most 50 000 matches are collected, those whose canonical path leaves the
 //! search root are dropped, the rest are sorted newest-mtime first and the first 200 printed as
-//! absolute sandbox paths.
+//! absolute sandbox paths. The mtime is compared as Python's `st_mtime` float (seconds plus
+//! nanoseconds × 1e-9, so times less than ~0.2 µs apart can be equal), and equal mtimes keep
+//! the walk's order.
 //!
 //! `grep` is the official built-in walker (this crate never runs `rg`): a Rust `regex` instead of
 //! Python `re`. Python spellings the `regex` crate reads differently are rewritten first (a
 //! literal `{`, `{,n}`, `\Z`, `[` and `&&` inside a class); look-around and backreferences are
-//! not supported, and the text after `grep: invalid regex: ` differs from Python's. Directories are walked depth-first with
-//! a directory's files before its subdirectories, entries in name order (Python's order is the
-//! file system's).
+//! not supported, and the text after `grep: invalid regex: ` differs from Python's. Directories
+//! are walked depth-first with a directory's files before its subdirectories.
+//!
+//! Both walk each directory's entries in the order its file system lists them
+//! ([`Sandbox::read_dirs_unsorted`](cma_sandbox::Sandbox::read_dirs_unsorted)), which is the
+//! order Python's `os.scandir` gives the official tools: on the same files the two print the
+//! same lines in the same order, also for entries written in the same instant (equal mtimes).
+//! A sandbox without a file-system order (in memory) lists by name.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -129,10 +136,7 @@ impl Tool for GlobTool {
                 continue;
             }
             let mtime = match ctx.sandbox.stat(&m).await {
-                Ok(st) => st
-                    .modified
-                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-                    .map_or(0.0, |d| d.as_secs_f64()),
+                Ok(st) => st.modified.map_or(0.0, py_mtime),
                 Err(_) => 0.0,
             };
             kept.push((m, mtime));
@@ -254,6 +258,30 @@ fn fnmatch_to_regex(pat: &str) -> String {
     out
 }
 
+/// A time as Python's `os.stat_result.st_mtime`: `sec + nsec * 1e-9` in doubles, with `nsec`
+/// in `0..1e9` also before the epoch. Rust's `Duration::as_secs_f64` divides instead and can
+/// round to a neighbouring double, which reorders files less than a microsecond apart.
+fn py_mtime(t: std::time::SystemTime) -> f64 {
+    let ns: i128 = match t.duration_since(std::time::UNIX_EPOCH) {
+        Ok(d) => d.as_nanos() as i128,
+        Err(e) => -(e.duration().as_nanos() as i128),
+    };
+    let sec = ns.div_euclid(1_000_000_000);
+    let nsec = ns.rem_euclid(1_000_000_000);
+    sec as f64 + nsec as f64 * 1e-9
+}
+
+/// A directory's entries in the order its file system lists them (what Python's `os.scandir`
+/// gives the official tools); `None` when it cannot be listed.
+async fn list_dir(ctx: &ToolContext, dir: &str) -> Option<Vec<DirEntry>> {
+    ctx.sandbox
+        .read_dirs_unsorted(&[dir.to_owned()])
+        .await
+        .ok()?
+        .pop()?
+        .ok()
+}
+
 async fn is_dir(ctx: &ToolContext, path: &str) -> bool {
     ctx.sandbox.stat(path).await.is_ok_and(|s| s.is_dir())
 }
@@ -294,7 +322,7 @@ fn select<'a>(
                 }
             }
             Segment::Wildcard(rx) => {
-                let Ok(entries) = ctx.sandbox.read_dir(&parent).await else {
+                let Some(entries) = list_dir(ctx, &parent).await else {
                     return;
                 };
                 for e in entries {
@@ -332,7 +360,7 @@ fn select<'a>(
                             out.push(p);
                         }
                     }
-                    if let Ok(entries) = ctx.sandbox.read_dir(&dir).await {
+                    if let Some(entries) = list_dir(ctx, &dir).await {
                         for e in entries.iter().rev() {
                             if e.stat.is_dir() {
                                 stack.push(join(&dir, &e.name));
@@ -549,7 +577,7 @@ impl Walk {
         // anything else is looked at the way `stat` sees it.
         let first = ctx
             .sandbox
-            .read_dirs(&[search.to_owned()])
+            .read_dirs_unsorted(&[search.to_owned()])
             .await
             .ok()
             .and_then(|mut r| r.pop());
@@ -595,7 +623,7 @@ impl Walk {
                             .take(LIST_BATCH - 1)
                             .cloned(),
                     );
-                    match ctx.sandbox.read_dirs(&batch).await {
+                    match ctx.sandbox.read_dirs_unsorted(&batch).await {
                         Ok(results) => {
                             let mut all = batch.into_iter().zip(results);
                             let first = all.next().and_then(|(_, r)| r.ok());
@@ -604,7 +632,7 @@ impl Walk {
                             }
                             first
                         }
-                        Err(_) => ctx.sandbox.read_dir(&dir).await.ok(),
+                        Err(_) => list_dir(ctx, &dir).await,
                     }
                 }
             };
@@ -933,6 +961,23 @@ mod tests {
 
     fn m(pat: &str, name: &str) -> bool {
         Regex::new(&fnmatch_to_regex(pat)).unwrap().is_match(name)
+    }
+
+    #[test]
+    fn mtimes_are_the_floats_python_compares() {
+        use std::time::{Duration, UNIX_EPOCH};
+        // `3 * 1e-9` is one ulp above `3 / 1e9`: Python's `st_mtime` is the former.
+        let t = UNIX_EPOCH + Duration::from_nanos(3);
+        assert_eq!(py_mtime(t).to_bits(), (3.0f64 * 1e-9).to_bits());
+        assert_ne!(py_mtime(t), Duration::from_nanos(3).as_secs_f64());
+        // Before the epoch: floor'd seconds plus positive nanoseconds, as `os.stat` has them.
+        assert_eq!(py_mtime(UNIX_EPOCH - Duration::from_millis(1500)), -1.5);
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        assert_eq!(py_mtime(t), 1_700_000_000f64 + 123_456_789f64 * 1e-9);
+        // ~0.24 µs is one double at today's dates: 100 ns apart can compare equal, as in Python.
+        let a = UNIX_EPOCH + Duration::new(1_700_000_000, 10);
+        let b = UNIX_EPOCH + Duration::new(1_700_000_000, 110);
+        assert_eq!(py_mtime(a), py_mtime(b));
     }
 
     #[test]

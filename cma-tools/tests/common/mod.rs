@@ -13,6 +13,8 @@ use cma_sandbox::{
     FileReader, FileStat, Result, Sandbox, SandboxError, SandboxErrorKind, SandboxId,
     SandboxStatus,
 };
+use cma_tools::PostedResult;
+use cma_vectors::{Field as _, Value};
 
 /// A sandbox over a host directory without confinement (tests only): sandbox path = host path.
 pub struct HostSandbox {
@@ -188,23 +190,76 @@ impl Sandbox for HostSandbox {
     }
 }
 
-/// Expand the vectors' `x…x` / `xxxx…x` shorthand for "50 x" (rows C3/C4 say so).
-pub fn expand_ellipsis(s: &str) -> String {
-    let mut out = String::new();
-    let mut rest = s;
-    while let Some(i) = rest.find('…') {
-        let before = rest[..i].trim_end_matches('x');
-        out.push_str(before);
-        out.push_str(&"x".repeat(50));
-        rest = rest[i + '…'.len_utf8()..].trim_start_matches('x');
-    }
-    out.push_str(rest);
-    out
+/// One tool case of the vectors' `tool_results` section, as a check against a posted result.
+pub struct ToolCase<'a> {
+    pub id: &'a str,
+    pub tool: &'a str,
+    pub input: &'a Value,
+    pub is_error: bool,
+    /// The posted content, the `/W` placeholder replaced by the working directory.
+    pub content: Value,
 }
 
-/// The expected text of a row: first code span, escapes interpreted, `/W` replaced.
-pub fn expected_text(code: &str, workdir: &str) -> String {
-    expand_ellipsis(&cma_vectors::unescape(code)).replace("/W", workdir)
+impl<'a> ToolCase<'a> {
+    pub fn new(case: &'a Value, workdir: &str) -> Self {
+        Self {
+            id: case.req_str("id"),
+            tool: case.req_str("tool"),
+            input: case.req("input"),
+            is_error: case.req_bool("is_error"),
+            content: cma_vectors::expand_placeholders(case.req("content"), "/W", workdir),
+        }
+    }
+
+    /// A mismatch description, or `None` when `got` is what the SDK posted.
+    pub fn check(&self, got: &PostedResult) -> Option<String> {
+        let got_content = serde_json::to_value(&got.content).unwrap();
+        (got.is_error != self.is_error || got_content != self.content).then(|| {
+            format!(
+                "{}: want is_error={} {}, got is_error={} {got_content}",
+                self.id, self.is_error, self.content, got.is_error
+            )
+        })
+    }
+}
+
+/// The cases of group `group` of the vectors' `tool_results` section, in the order they ran.
+pub fn tool_cases(group: &str) -> &'static [Value] {
+    cma_vectors::Vectors::load()
+        .section("tool_results")
+        .req(group)
+        .req_array("cases")
+}
+
+/// Compare a shell's output and exit code with an X case: the whole output, or (for long
+/// outputs) its head, tail and length in characters.
+pub fn check_exec(case: &Value, output: &str, exit_code: i32) -> Vec<String> {
+    let id = case.id();
+    let mut failures = Vec::new();
+    if i64::from(exit_code) != case.req_i64("exit_code") {
+        failures.push(format!(
+            "{id}: exit {exit_code} != {}",
+            case.req("exit_code")
+        ));
+    }
+    match case.opt_str("output") {
+        Some(want) if output != want => failures.push(format!("{id}: {output:?} != {want:?}")),
+        Some(_) => {}
+        None => {
+            let (head, tail) = (case.req_str("output_head"), case.req_str("output_tail"));
+            let chars = output.chars().count() as u64;
+            if !output.starts_with(head)
+                || !output.ends_with(tail)
+                || chars != case.req_u64("output_chars")
+            {
+                failures.push(format!(
+                    "{id}: {chars} chars, {:?}…",
+                    &output[..30.min(output.len())]
+                ));
+            }
+        }
+    }
+    failures
 }
 
 /// Copy a host directory tree (files, directories, symlinks as stored, mtimes) into a memory

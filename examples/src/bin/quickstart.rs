@@ -118,7 +118,7 @@ async fn run(args: Args) -> Result<bool, Box<dyn std::error::Error>> {
         "sandboxes   isolate backend under {}",
         root.path().display()
     );
-    let host = SandboxHost::new(
+    let host = SandboxHost::from_parts(
         [backend],
         Arc::new(RuleSelector::new("isolate")),
         Arc::new(ToolsetFactory::new()),

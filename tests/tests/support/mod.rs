@@ -123,7 +123,7 @@ impl Harness {
 
     /// A `SandboxHost` over the isolate backend with the official toolset (plus `factory`'s tools).
     pub fn host_with(&self, factory: ToolsetFactory) -> Arc<SandboxHost> {
-        Arc::new(SandboxHost::new(
+        Arc::new(SandboxHost::from_parts(
             [self.isolate()],
             Arc::new(|_: &Placement<'_>| "isolate".to_owned()),
             Arc::new(factory),

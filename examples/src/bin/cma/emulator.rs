@@ -36,6 +36,10 @@ pub struct Args {
     /// Lease TTL in seconds reported by heartbeats, unless the scenario sets one.
     #[arg(long, default_value_t = 60)]
     lease_ttl: u64,
+    /// Strict mode: answer a poll without `Anthropic-Worker-ID` with 400 (also the scenario's
+    /// `"strict": true`).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Run `cma emulator`.
@@ -68,6 +72,7 @@ async fn serve(args: Args, scenario: Scenario) -> ExitCode {
     let mut config = EmulatorConfig::default()
         .bind(SocketAddr::new(args.bind, args.port))
         .lease_ttl_seconds(args.lease_ttl)
+        .strict(args.strict)
         .scenario(scenario);
     if let Some(r) = &args.record {
         config = config.record(r.clone());

@@ -18,15 +18,35 @@
 //!   "max_idle_seconds": 60,
 //!   "memory_sync_interval_seconds": 15,
 //!   "memory_sync_deletions": "enabled",
-//!   "webhook": { "listen": "127.0.0.1:8080", "secret_env": "CMA_WEBHOOK_SECRET" }
+//!   "snapshot_keep_last": 2,
+//!   "snapshot_keep_within_seconds": 86400,
+//!   "snapshot_retention_interval_seconds": 3600,
+//!   "placement": {
+//!     "profiles": { "big": { "backend": "docker", "image": "cma-sandbox:full", "cpus": 4 } },
+//!     "rules": [ { "agent_ids": ["agent_01Build"], "profile": "big" } ]
+//!   },
+//!   "webhook": { "listen": "127.0.0.1:8080", "secret_env": "CMA_WEBHOOK_SECRET",
+//!                "fallback_poll_seconds": 30 }
 //! }
 //! ```
 //!
 //! Only `environment_id` is required. Secrets never live in the file: the environment key is read
 //! from the variable `environment_key_env` names (default `ANTHROPIC_ENVIRONMENT_KEY`), the webhook
 //! secret from `webhook.secret_env`. `base_url` defaults to `ANTHROPIC_BASE_URL` or the public
-//! API. With `webhook`, verified deliveries (Standard Webhooks, `POST /webhooks`) wake the poll
-//! loop. Sessions' skills are downloaded into their sandboxes and memory stores mounted and
+//! API. Polls carry `Anthropic-Worker-ID`: `worker_id`, else `<hostname>-<12 hex digits>` (the
+//! official worker's default, one per process). Without `webhook` the plane long-polls; with it,
+//! the plane drains the queue at start, on every verified delivery (Standard Webhooks, `POST
+//! /webhooks`; deliveries during a drain coalesce into one more drain) and every
+//! `webhook.fallback_poll_seconds` (default 30) in case a delivery was lost. The webhook listener
+//! bounds its clients (`cma_core::listener`): at most `webhook.max_connections` (default 256)
+//! connections, request heads within 10 s, bodies (1 MiB at most) within 30 s, 60 s idle
+//! between requests — a slow or silent client cannot hold the process. Snapshots are
+//! pruned every `snapshot_retention_interval_seconds` (default 3600): per session the newest
+//! `snapshot_keep_last` (default 2; 0 keeps everything and turns retention off) and those
+//! younger than `snapshot_keep_within_seconds` (default 86400) are kept, then unused chunks are
+//! collected. `placement` maps agents to backends and sandbox profiles (image, cpus,
+//! memory_bytes, disk_bytes, pids, env; see `cma_core::control::rules`); sessions no rule
+//! matches go to `backend`. Warm sandboxes are released `keep_warm_seconds` after their item. Sessions' skills are downloaded into their sandboxes and memory stores mounted and
 //! synced every `memory_sync_interval_seconds` (at least 5; 0 disables memory) with local deletes
 //! per `memory_sync_deletions` (`enabled`, `log_only`, `disabled`); memory folders outside the
 //! workspace are backed by directories under `data_dir/memory`. Ctrl-C or SIGTERM stops claiming, gives running items 30 s, then releases them.
@@ -39,10 +59,11 @@ use std::time::Duration;
 
 use cma_core::client::{Client, ClientConfig, Credential};
 use cma_core::control::host::{SandboxHost, SandboxHostConfig};
-use cma_core::control::plane::{ControlPlane, ControlPlaneConfig};
-use cma_core::control::select::RuleSelector;
-use cma_core::control::snapshots::WorkspaceSnapshots;
+use cma_core::control::plane::{ClaimMode, ControlPlane, ControlPlaneConfig};
+use cma_core::control::select::{PlacementRules, RuleSelector};
+use cma_core::control::snapshots::{SnapshotRetention, WorkspaceSnapshots};
 use cma_core::control::tools::ToolsetFactory;
+use cma_core::listener::{Listener, ListenerLimits};
 use cma_core::runner::memory::{MemoryConfig, MemoryDeletions};
 use cma_core::runner::session::RunnerConfig;
 use cma_core::webhook::{Verifier, VerifyLayer, WebhookEvent, WebhookSecret};
@@ -51,6 +72,7 @@ use cma_sandbox::isolate::IsolateBackend;
 use cma_store::state::{SqliteStateStore, StateStore};
 use cma_store::{SnapshotConfig, SnapshotStore};
 use serde::Deserialize;
+use tokio_util::sync::CancellationToken;
 
 /// How long running items get to finish on shutdown.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
@@ -126,6 +148,21 @@ pub struct RunConfig {
     /// Whether a memory file deleted locally deletes its memory: `enabled`, `log_only`, `disabled`.
     #[serde(default = "default_memory_deletions")]
     pub memory_sync_deletions: String,
+    /// `Anthropic-Worker-ID` of polls (default `<hostname>-<12 hex digits>`, one per process).
+    #[serde(default)]
+    pub worker_id: Option<String>,
+    /// Newest snapshots kept per session; 0 keeps every snapshot (no retention).
+    #[serde(default = "default_keep_last")]
+    pub snapshot_keep_last: usize,
+    /// Snapshots younger than this are kept whatever their rank.
+    #[serde(default = "default_keep_within")]
+    pub snapshot_keep_within_seconds: u64,
+    /// How often retention and chunk collection run (at least 1).
+    #[serde(default = "default_retention_interval")]
+    pub snapshot_retention_interval_seconds: u64,
+    /// Agents → backends and sandbox profiles.
+    #[serde(default)]
+    pub placement: Option<PlacementRules>,
 }
 
 /// The webhook listener.
@@ -137,6 +174,17 @@ pub struct WebhookListen {
     /// The variable holding the signing secret (`whsec_…`).
     #[serde(default = "default_secret_env")]
     pub secret_env: String,
+    /// The fallback drain's interval, in case a delivery is lost (at least 1).
+    #[serde(default = "default_fallback_poll")]
+    pub fallback_poll_seconds: u64,
+    /// Connections open at once (default 256; at the cap a new connection replaces the one that
+    /// has waited on its client the longest).
+    #[serde(default = "default_webhook_connections")]
+    pub max_connections: usize,
+}
+
+fn default_webhook_connections() -> usize {
+    256
 }
 
 fn default_key_env() -> String {
@@ -179,6 +227,57 @@ fn memory_config(config: &RunConfig) -> Result<MemoryConfig, String> {
 fn default_max_idle() -> u64 {
     60
 }
+fn default_keep_last() -> usize {
+    SnapshotRetention::default().keep_last
+}
+fn default_keep_within() -> u64 {
+    SnapshotRetention::default().keep_within.as_secs()
+}
+fn default_retention_interval() -> u64 {
+    SnapshotRetention::default().interval.as_secs()
+}
+fn default_fallback_poll() -> u64 {
+    30
+}
+
+/// The backends this build can run.
+fn available_backends() -> &'static [&'static str] {
+    if cfg!(feature = "docker") {
+        &["isolate", "docker"]
+    } else {
+        &["isolate"]
+    }
+}
+
+/// The snapshot retention policy, `None` when `snapshot_keep_last` is 0.
+fn retention(config: &RunConfig) -> Result<Option<SnapshotRetention>, String> {
+    if config.snapshot_keep_last == 0 {
+        return Ok(None);
+    }
+    if config.snapshot_retention_interval_seconds == 0 {
+        return Err("snapshot_retention_interval_seconds must be at least 1".into());
+    }
+    let policy = SnapshotRetention {
+        keep_last: config.snapshot_keep_last,
+        keep_within: Duration::from_secs(config.snapshot_keep_within_seconds),
+        interval: Duration::from_secs(config.snapshot_retention_interval_seconds),
+    };
+    policy.validate().map_err(|e| e.to_string())?;
+    Ok(Some(policy))
+}
+
+/// The backends the configuration uses: `backend` and every placement profile's.
+fn used_backends(config: &RunConfig) -> Vec<String> {
+    let mut names = vec![config.backend.clone()];
+    if let Some(p) = &config.placement {
+        for profile in p.profiles.values() {
+            if !names.contains(&profile.backend) {
+                names.push(profile.backend.clone());
+            }
+        }
+    }
+    names
+}
 fn default_secret_env() -> String {
     "CMA_WEBHOOK_SECRET".into()
 }
@@ -204,6 +303,38 @@ impl RunConfig {
             ));
         }
         memory_config(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+        retention(&config).map_err(|e| format!("{}: {e}", path.display()))?;
+        if let Some(rules) = &config.placement {
+            rules
+                .validate(available_backends())
+                .map_err(|e| format!("{}: placement.{e}", path.display()))?;
+        }
+        if !available_backends().contains(&config.backend.as_str()) {
+            return Err(format!(
+                "{}: unknown backend {:?} (available: {})",
+                path.display(),
+                config.backend,
+                available_backends().join(", ")
+            ));
+        }
+        if config
+            .webhook
+            .as_ref()
+            .is_some_and(|w| w.fallback_poll_seconds == 0)
+        {
+            return Err(format!(
+                "{}: webhook.fallback_poll_seconds must be at least 1",
+                path.display()
+            ));
+        }
+        if let Some(id) = &config.worker_id
+            && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(format!(
+                "{}: worker_id must be non-empty visible ASCII",
+                path.display()
+            ));
+        }
         Ok(config)
     }
 }
@@ -269,43 +400,43 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     let dir = data_dir(&config);
     #[cfg(feature = "docker")]
     let mut docker_backend: Option<Arc<cma_sandbox::docker::DockerBackend>> = None;
-    let backend: Arc<dyn SandboxBackend> = match config.backend.as_str() {
-        "isolate" => Arc::new(
-            IsolateBackend::new(dir.join("isolate"))
-                .map_err(|e| format!("isolate backend under {}: {e}", dir.display()))?,
-        ),
-        #[cfg(feature = "docker")]
-        "docker" => {
-            let image = config
-                .docker_image
-                .clone()
-                .ok_or("backend docker: set docker_image (a local image)")?;
-            let mut docker = cma_sandbox::docker::DockerConfig::new(image);
-            if let Some(instance) = &config.docker_instance {
-                docker.instance = instance.clone();
+    let mut backends: Vec<Arc<dyn SandboxBackend>> = Vec::new();
+    for name in used_backends(&config) {
+        let backend: Arc<dyn SandboxBackend> = match name.as_str() {
+            "isolate" => Arc::new(
+                IsolateBackend::new(dir.join("isolate"))
+                    .map_err(|e| format!("isolate backend under {}: {e}", dir.display()))?,
+            ),
+            #[cfg(feature = "docker")]
+            "docker" => {
+                let image = config
+                    .docker_image
+                    .clone()
+                    .ok_or("backend docker: set docker_image (a local image)")?;
+                let mut docker = cma_sandbox::docker::DockerConfig::new(image);
+                if let Some(instance) = &config.docker_instance {
+                    docker.instance = instance.clone();
+                }
+                // Kept across restarts: pool claims live here.
+                docker.state_dir = dir.join("docker");
+                docker.prestart = config.docker_prestart;
+                let b = Arc::new(
+                    cma_sandbox::docker::DockerBackend::connect(docker)
+                        .await
+                        .map_err(|e| format!("docker backend: {e}"))?,
+                );
+                docker_backend = Some(b.clone());
+                b
             }
-            // Kept across restarts: pool claims live here.
-            docker.state_dir = dir.join("docker");
-            docker.prestart = config.docker_prestart;
-            let b = Arc::new(
-                cma_sandbox::docker::DockerBackend::connect(docker)
-                    .await
-                    .map_err(|e| format!("docker backend: {e}"))?,
-            );
-            docker_backend = Some(b.clone());
-            b
-        }
-        other => {
-            let available = if cfg!(feature = "docker") {
-                "isolate, docker"
-            } else {
-                "isolate (docker needs the `docker` feature)"
-            };
-            return Err(format!(
-                "unknown backend {other:?} (available: {available})"
-            ));
-        }
-    };
+            other => {
+                return Err(format!(
+                    "unknown backend {other:?} (available: {})",
+                    available_backends().join(", ")
+                ));
+            }
+        };
+        backends.push(backend);
+    }
     let state_path = config
         .state_db
         .clone()
@@ -334,9 +465,15 @@ async fn serve(config: RunConfig) -> Result<(), String> {
                 .map_err(|e| format!("snapshot store under {}: {e}", dir.display()))?,
         )),
     };
-    let mut host = SandboxHost::new(
-        [backend],
-        Arc::new(RuleSelector::new(config.backend.clone())),
+    let mut selector = RuleSelector::new(config.backend.clone());
+    if let Some(rules) = &config.placement {
+        selector = selector
+            .with_rules(rules, available_backends())
+            .map_err(|e| format!("placement.{e}"))?;
+    }
+    let mut host = SandboxHost::from_parts(
+        backends,
+        Arc::new(selector),
         Arc::new(ToolsetFactory::new()),
         SandboxHostConfig {
             keep_warm: Duration::from_secs(config.keep_warm_seconds),
@@ -347,6 +484,11 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     .state_store(state.clone());
     if let Some(snapshots) = snapshots {
         host = host.with_snapshots(snapshots);
+        if let Some(policy) = retention(&config)? {
+            host = host
+                .with_snapshot_retention(policy)
+                .map_err(|e| format!("snapshot retention: {e}"))?;
+        }
     }
     let host = Arc::new(host);
     let recovered = host.recover().await.map_err(|e| e.to_string())?;
@@ -378,6 +520,13 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             memory: memory_config(&config)?,
             ..RunnerConfig::default()
         },
+        worker_id: config.worker_id.clone(),
+        claim: match &config.webhook {
+            None => ClaimMode::LongPoll,
+            Some(w) => ClaimMode::Webhooks {
+                fallback_poll: Duration::from_secs(w.fallback_poll_seconds),
+            },
+        },
         ..ControlPlaneConfig::default()
     };
     let plane = ControlPlane::builder(
@@ -395,15 +544,17 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     .build()
     .map_err(|e| e.to_string())?;
     eprintln!(
-        "cma run: environment {} at {base_url}, backend {} under {}, concurrency {}",
+        "cma run: environment {} at {base_url}, backend {} under {}, concurrency {}, worker id {}",
         config.environment_id,
         config.backend,
         dir.display(),
-        config.concurrency
+        config.concurrency,
+        plane.worker_id()
     );
 
+    let stop_listening = CancellationToken::new();
     let listener = match &config.webhook {
-        Some(w) => Some(webhook_server(w, plane.clone()).await?),
+        Some(w) => Some(webhook_server(w, plane.clone(), stop_listening.clone()).await?),
         None => None,
     };
 
@@ -414,9 +565,12 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             Ok(())
         }
     };
+    stop_listening.cancel();
     plane.shutdown(SHUTDOWN_GRACE).await;
-    if let Some(task) = listener {
-        task.abort();
+    if let Some(task) = listener
+        && let Err(e) = task.await
+    {
+        tracing::error!(error = %e, "the webhook listener task failed");
     }
     #[cfg(feature = "docker")]
     if let Some(docker) = &docker_backend
@@ -436,6 +590,7 @@ async fn serve(config: RunConfig) -> Result<(), String> {
 async fn webhook_server(
     w: &WebhookListen,
     plane: ControlPlane,
+    shutdown: CancellationToken,
 ) -> Result<tokio::task::JoinHandle<()>, String> {
     use axum::routing::post;
     use axum::{Extension, Router};
@@ -458,12 +613,11 @@ async fn webhook_server(
     let socket = tokio::net::TcpListener::bind(w.listen)
         .await
         .map_err(|e| format!("webhook listener {}: {e}", w.listen))?;
+    let limits = ListenerLimits::default().max_connections(w.max_connections);
+    let listener = Listener::new(socket, limits).map_err(|e| format!("webhook listener: {e}"))?;
     eprintln!("cma run: webhooks on http://{}/webhooks", w.listen);
-    Ok(tokio::spawn(async move {
-        if let Err(e) = axum::serve(socket, app).await {
-            tracing::error!(error = %e, "webhook listener stopped");
-        }
-    }))
+    let stop = shutdown.clone();
+    Ok(tokio::spawn(async move { listener.serve(app, stop).await }))
 }
 
 async fn shutdown_signal() {

@@ -3,12 +3,18 @@
 //! Each check creates its own sandbox(es) from an empty [`SandboxSpec`], exercises part of the
 //! [`Sandbox`]/[`SandboxBackend`] contract with assertions (panicking on a violation, like a
 //! test), and destroys what it created. Checks consult [`Capabilities`] and assert
-//! [`SandboxErrorKind::Unsupported`] for what a backend declares it cannot do. Run everything
-//! with [`run_all`]:
+//! [`SandboxErrorKind::Unsupported`] for what a backend declares it cannot do. So that a
+//! capability switched off by mistake cannot make those checks pass vacuously, the caller
+//! states the capabilities it expects and [`run_all`] first asserts the backend reports
+//! exactly those ([`capabilities`]):
 //!
 //! ```no_run
 //! # async fn demo(backend: &dyn cma_sandbox::SandboxBackend) {
-//! cma_sandbox::conformance::run_all(backend).await;
+//! use cma_sandbox::Capabilities;
+//! let mut expected = Capabilities::default();
+//! expected.files = true;
+//! expected.archive = true;
+//! cma_sandbox::conformance::run_all(backend, expected).await;
 //! # }
 //! ```
 //!
@@ -26,8 +32,14 @@ use crate::{
     SandboxBackend, SandboxErrorKind, SandboxSpec, SandboxStatus,
 };
 
-/// Run every check in order.
-pub async fn run_all(backend: &dyn SandboxBackend) {
+mod limits;
+
+pub use limits::{capabilities, disk_quota};
+
+/// Run every check in order, after asserting that the backend reports exactly the `expected`
+/// capabilities (see [`capabilities`]).
+pub async fn run_all(backend: &dyn SandboxBackend, expected: Capabilities) {
+    capabilities(backend, expected).await;
     lifecycle(backend).await;
     file_round_trip(backend).await;
     directories(backend).await;
@@ -38,6 +50,7 @@ pub async fn run_all(backend: &dyn SandboxBackend) {
     symlinks(backend).await;
     exec(backend).await;
     execute(backend).await;
+    disk_quota(backend).await;
 }
 
 async fn fresh(backend: &dyn SandboxBackend) -> Arc<dyn Sandbox> {
@@ -304,6 +317,20 @@ pub async fn batches(backend: &dyn SandboxBackend) {
         Some(SandboxErrorKind::NotADirectory)
     );
     assert_eq!(names(&got[3]), ["e"]);
+    // The same listings in the file system's order: the same entries, the same failures.
+    let unsorted = sb.read_dirs_unsorted(&dirs).await.unwrap();
+    assert_eq!(unsorted.len(), dirs.len());
+    for ((u, s), d) in unsorted.iter().zip(&got).zip(&dirs) {
+        match (u, s) {
+            (Ok(u), Ok(s)) => {
+                let mut u = u.clone();
+                u.sort_by(|a, b| a.name.cmp(&b.name));
+                assert_eq!(&u, s, "read_dirs_unsorted({d}) lists other entries");
+            }
+            (Err(a), Err(b)) => assert_eq!(a.kind(), b.kind(), "{d}"),
+            _ => panic!("read_dirs_unsorted({d}) and read_dirs disagree: {u:?} / {s:?}"),
+        }
+    }
     cleanup(backend, &sb).await;
 }
 
