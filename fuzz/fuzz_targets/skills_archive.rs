@@ -2,12 +2,19 @@
 //! sizes, offsets, CRCs, flags, Unix modes), tar and gzip-compressed tar, built structurally or
 //! given as raw bytes; plus the skill directory name chosen from API identifiers.
 //!
-//! Checked: no panic; an accepted archive yields only clean relative paths and respects its
-//! limits; a directory name is always one safe path component.
+//! Checked: no panic; an accepted archive yields only clean relative paths within the path
+//! bounds (depth, component and path length, no control characters), no path twice and no file
+//! where a directory is needed, and respects its limits; a directory name is always one safe
+//! path component.
 #![no_main]
 
 use arbitrary::{Arbitrary, Unstructured};
-use cma_core::runner::skills::{SkillLimits, extract_archive, safe_member_name, skill_dir_name};
+use std::collections::HashSet;
+
+use cma_core::runner::skill_archive::{MAX_COMPONENT_BYTES, MAX_PATH_BYTES, MAX_PATH_DEPTH};
+use cma_core::runner::skills::{
+    SkillLimits, extract_archive, is_single_component, safe_member_name, skill_dir_name,
+};
 use cma_fuzz::tar::{header, pad};
 use libfuzzer_sys::fuzz_target;
 
@@ -231,13 +238,20 @@ fn clean(path: &str) {
     assert!(!path.is_empty(), "empty extracted path");
     assert!(!path.starts_with('/'), "absolute extracted path {path:?}");
     assert!(
-        !path.contains('\\') && !path.contains('\0'),
+        !path.contains('\\') && !path.chars().any(char::is_control),
         "unclean extracted path {path:?}"
     );
-    for c in path.split('/') {
+    assert!(path.len() <= MAX_PATH_BYTES, "extracted path too long");
+    let comps: Vec<&str> = path.split('/').collect();
+    assert!(comps.len() <= MAX_PATH_DEPTH, "extracted path too deep");
+    for c in comps {
         assert!(
             !matches!(c, "" | "." | ".."),
             "unclean extracted path {path:?}"
+        );
+        assert!(
+            c.len() <= MAX_COMPONENT_BYTES,
+            "extracted component too long"
         );
     }
 }
@@ -247,9 +261,14 @@ fn check_dir_name(name: &str, id: &str) {
         return;
     };
     assert!(
-        !d.is_empty() && d != "." && d != ".." && !d.contains(['/', '\\', '\0']),
+        !d.is_empty()
+            && d != "."
+            && d != ".."
+            && !d.contains(['/', '\\'])
+            && !d.chars().any(char::is_control),
         "skill directory name {d:?} (from name {name:?}, id {id:?}) is not one safe component"
     );
+    assert!(is_single_component(&d), "{d:?} fails is_single_component");
 }
 
 #[derive(Debug)]
@@ -311,7 +330,29 @@ fuzz_target!(|input: Input| {
     for d in &x.dirs {
         clean(d);
     }
+    // No file twice, and no file where a directory is (a directory member, or the parent of
+    // any member). A directory listed twice is harmless.
+    let mut files = HashSet::new();
     for f in &x.files {
+        assert!(
+            files.insert(f.path.as_str()),
+            "{:?} extracted twice",
+            f.path
+        );
+    }
+    let needed: HashSet<&str> = x
+        .dirs
+        .iter()
+        .chain(x.files.iter().map(|f| &f.path))
+        .flat_map(|p| p.match_indices('/').map(move |(i, _)| &p[..i]))
+        .chain(x.dirs.iter().map(String::as_str))
+        .collect();
+    for f in &x.files {
+        assert!(
+            !needed.contains(f.path.as_str()),
+            "file {:?} where a directory is needed",
+            f.path
+        );
         clean(&f.path);
         assert!(
             f.data.len() as u64 <= limits.max_file_bytes,
