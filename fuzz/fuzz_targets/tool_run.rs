@@ -339,16 +339,45 @@ async fn call(tool: &dyn Tool, ctx: &ToolContext, input: Value) -> PostedResult 
     r
 }
 
+/// How many paths a `glob` output holds. Names may contain newlines, so a line only starts a
+/// new path once the text gathered so far names an existing entry of the workspace.
+fn glob_paths(text: &str) -> usize {
+    let ws = Scratch::get().workspace_path();
+    let exists = |p: &str| {
+        p.strip_prefix("/workspace").is_some_and(|rest| {
+            ws.join(rest.trim_start_matches('/'))
+                .symlink_metadata()
+                .is_ok()
+        })
+    };
+    let mut count = 0;
+    let mut current: Option<String> = None;
+    for line in text.split('\n') {
+        current = Some(match current {
+            Some(c) if !exists(&c) => c + "\n" + line,
+            Some(_) => {
+                count += 1;
+                line.to_owned()
+            }
+            None => line.to_owned(),
+        });
+    }
+    count + usize::from(current.is_some_and(|c| !c.is_empty()))
+}
+
 fn check_caps(name: &str, r: &PostedResult) {
     if r.is_error {
         return;
     }
     let Some(text) = r.text() else { return };
     match name {
-        "glob" => assert!(
-            text.lines().count() <= GLOB_RESULT_LIMIT,
-            "glob printed more than {GLOB_RESULT_LIMIT} paths"
-        ),
+        "glob" => {
+            let n = glob_paths(text);
+            assert!(
+                n <= GLOB_RESULT_LIMIT,
+                "glob printed {n} paths, more than {GLOB_RESULT_LIMIT}"
+            );
+        }
         "grep" => assert!(
             text.chars().count() <= GREP_OUTPUT_LIMIT + 1024,
             "grep output of {} chars exceeds its budget",
