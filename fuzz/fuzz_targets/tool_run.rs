@@ -545,7 +545,23 @@ async fn run_call(c: &Call, tools: &[Arc<dyn Tool>], ctx: &ToolContext, known: &
                 let binary = [".png", ".jpg", ".jpeg", ".gif", ".webp", ".pdf"]
                     .iter()
                     .any(|e| lower.ends_with(e));
-                if !binary {
+                // `read` picks binary blocks by the extension of the path it resolved, so a
+                // write through a symlink to `x.png` reads back as an image block: then the
+                // block's base64 must be as long as the content's.
+                let block = back.content.first().filter(|b| {
+                    matches!(
+                        b.get("type").and_then(Value::as_str),
+                        Some("image" | "document")
+                    )
+                });
+                if let Some(b) = block {
+                    let data = b["source"]["data"].as_str().unwrap_or_default();
+                    assert_eq!(
+                        data.len(),
+                        content.len().div_ceil(3) * 4,
+                        "binary read after write differs in size"
+                    );
+                } else if !binary {
                     assert!(!back.is_error, "read after write failed: {back:?}");
                     assert_eq!(
                         back.text(),
