@@ -13,7 +13,7 @@
 # CMA_FUZZ_TIMEOUT (seconds one input may take, default 20), CMA_FUZZ_RSS_MB (default 2048),
 # CMA_FUZZ_TOOLCHAIN (default nightly; e.g. nightly-2026-05-20 to pin one),
 # CMA_FUZZ_CODEGEN_UNITS (default cargo-fuzz's 1: fastest targets, slowest build; CI's short run
-# uses 16, which builds several times faster on two cores and runs somewhat slower).
+# uses 16, which builds faster on two cores and runs somewhat slower).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
