@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Build the Docker backend's test image without any registry: a small root file system assembled
 # from this host's own binaries (bash, coreutils, grep, findutils, sed, gawk or mawk, procps,
-# python3) and
+# curl, iproute2, python3) and
 # their shared libraries, plus a non-root user `sandbox` (uid 1000) owning /workspace, imported
 # with `docker import`.
 #
-# Usage: scripts/docker-image.sh [TAG]      (default: $CMA_DOCKER_IMAGE or cma-sandbox-test:1)
+# Usage: scripts/docker-image.sh [TAG]      (default: $CMA_DOCKER_IMAGE or cma-sandbox-test:2)
 # Idempotent: skips the build when TAG exists and carries this script's hash as its
 # `cma.image-hash` label. Prints the tag on success.
 set -euo pipefail
 
-TAG="${1:-${CMA_DOCKER_IMAGE:-cma-sandbox-test:1}}"
+TAG="${1:-${CMA_DOCKER_IMAGE:-cma-sandbox-test:2}}"
 SELF="$(readlink -f "${BASH_SOURCE[0]}")"
 HASH="$(sha256sum "$SELF" | cut -c1-16)"
 
@@ -31,7 +31,8 @@ ln -s usr/lib "$ROOT/lib"
 ln -s usr/lib64 "$ROOT/lib64"
 
 # Binaries of these packages (their /usr/bin and /bin entries), plus python3 when present.
-PACKAGES=(bash coreutils grep findutils sed gawk mawk procps)
+# curl and iproute2 are what the egress tests run inside sandboxes (HTTP/2, proxies, `ip`).
+PACKAGES=(bash coreutils grep findutils sed gawk mawk procps curl iproute2)
 BINS=()
 for pkg in "${PACKAGES[@]}"; do
     # Packages missing on this host are skipped (e.g. gawk where only mawk is installed).

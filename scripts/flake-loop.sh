@@ -20,7 +20,7 @@ mkdir -p "$LOG_DIR"
 # Build every test binary once and list them with the folder of their package (cargo runs a
 # test binary in its package's folder; some tests read files relative to it).
 mapfile -t BINARIES < <(
-    cargo test --workspace --all-features --no-run --message-format=json 2>/dev/null |
+    cargo test --workspace --all-features --no-run --message-format=json |
         python3 -c '
 import json, os, sys
 for line in sys.stdin:
@@ -31,12 +31,18 @@ for line in sys.stdin:
     exe = msg.get("executable")
     if msg.get("reason") == "compiler-artifact" and exe and msg.get("profile", {}).get("test"):
         pkg_dir = os.path.dirname(msg["manifest_path"])
-        print(f"{exe}\t{pkg_dir}\t{msg[\"target\"][\"name\"]}")
+        name = msg["target"]["name"]
+        print(f"{exe}\t{pkg_dir}\t{name}")
 '
 )
 
+if [ "${#BINARIES[@]}" -eq 0 ]; then
+    echo "flake-loop: no test binary was built (see cargo's output above)" >&2
+    exit 2
+fi
+
 total_fail=0
-declare -a REPORT
+declare -a REPORT=()
 for entry in "${BINARIES[@]}"; do
     IFS=$'\t' read -r exe dir name <<<"$entry"
     if [ -n "$FILTER" ] && [[ "$name" != *"$FILTER"* ]]; then

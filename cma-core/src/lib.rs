@@ -119,6 +119,8 @@ pub mod runner;
 pub mod sse;
 pub mod webhook;
 
+#[cfg(feature = "egress")]
+pub use cma_egress as egress;
 pub use cma_sandbox as sandbox;
 #[cfg(feature = "store")]
 pub use cma_store as store;

@@ -130,7 +130,15 @@ fn percentile_report(p: &mut Paths) {
         "https direct",
         "https proxy+inject",
     ];
-    println!("\nlatency per request, keep-alive, {PER_PATH} samples per path (µs):");
+    // Tails on a shared machine follow its load: print it with the figures.
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    println!(
+        "\nlatency per request, keep-alive, {PER_PATH} samples per path (µs); load average {}:",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     for (name, s) in names.iter().zip(&samples) {
         println!(
             "  {name:<20} p50 {:>8.1}  p99 {:>8.1}",

@@ -58,7 +58,7 @@ impl AddressClass {
             Self::Multicast => "multicast address",
             Self::Unspecified => "unspecified address",
             Self::Reserved => "reserved address",
-            Self::HostLocal => "address of the proxy host",
+            Self::HostLocal => "host-local address (the proxy host's own)",
         }
     }
 }
@@ -151,10 +151,39 @@ fn classify_v6(ip: Ipv6Addr) -> AddressClass {
     AddressClass::Global
 }
 
-/// The address check: range classification plus the host's own addresses.
+/// The address check: range classification plus the host's own addresses, and the networks an
+/// operator declared reachable ([`AddressGuard::permit_network`]).
 #[derive(Debug, Default)]
 pub struct AddressGuard {
     host_local: RwLock<HashSet<IpAddr>>,
+    permitted: RwLock<Vec<(IpAddr, u8)>>,
+}
+
+/// Classes no operator exemption can make reachable: the host itself, the cloud metadata
+/// range, and addresses that are not unicast destinations.
+fn never_permitted(class: AddressClass) -> bool {
+    matches!(
+        class,
+        AddressClass::Loopback
+            | AddressClass::LinkLocal
+            | AddressClass::Unspecified
+            | AddressClass::Multicast
+            | AddressClass::HostLocal
+    )
+}
+
+fn in_network(ip: IpAddr, (net, prefix): (IpAddr, u8)) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
 }
 
 impl AddressGuard {
@@ -184,19 +213,60 @@ impl AddressGuard {
         set.extend(addrs.into_iter().map(crate::host::canonical_ip));
     }
 
-    /// Classify `ip`, reporting [`AddressClass::HostLocal`] for the host's own addresses.
+    /// Treat `network/prefix` as reachable although its range is refused by default: a
+    /// package mirror or API in a private range that `allow` rules may then name like any
+    /// public host (a `route` rule is the narrower way: one host, one upstream). Loopback,
+    /// link-local (cloud metadata), unspecified and multicast addresses and the host's own
+    /// addresses stay refused whatever is permitted, and networks wider than /16 (IPv4) or /48
+    /// (IPv6), or starting in such a range, are refused with
+    /// [`EgressErrorKind::Config`](crate::EgressErrorKind::Config).
+    pub fn permit_network(&self, network: IpAddr, prefix: u8) -> crate::Result<()> {
+        let network = crate::host::canonical_ip(network);
+        let (min, max) = match network {
+            IpAddr::V4(_) => (16, 32),
+            IpAddr::V6(_) => (48, 128),
+        };
+        let bad = |why: String| {
+            crate::EgressError::new(
+                crate::EgressErrorKind::Config,
+                format!("cannot permit {network}/{prefix}: {why}"),
+            )
+        };
+        if !(min..=max).contains(&prefix) {
+            return Err(bad(format!("the prefix must be between {min} and {max}")));
+        }
+        let class = classify(network);
+        if never_permitted(class) {
+            return Err(bad(format!("a {} is never reachable", class.phrase())));
+        }
+        self.permitted
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((network, prefix));
+        Ok(())
+    }
+
+    /// Classify `ip`, reporting [`AddressClass::HostLocal`] for the host's own addresses and
+    /// [`AddressClass::Global`] for addresses in permitted networks.
     pub fn check(&self, ip: IpAddr) -> AddressClass {
         let ip = crate::host::canonical_ip(ip);
-        match classify(ip) {
-            AddressClass::Global => {
-                let local = self.host_local.read().unwrap_or_else(|p| p.into_inner());
-                if local.contains(&ip) {
-                    AddressClass::HostLocal
-                } else {
+        let class = match classify(ip) {
+            AddressClass::Global => AddressClass::Global,
+            other if never_permitted(other) => return other,
+            other => {
+                let permitted = self.permitted.read().unwrap_or_else(|p| p.into_inner());
+                if permitted.iter().any(|n| in_network(ip, *n)) {
                     AddressClass::Global
+                } else {
+                    return other;
                 }
             }
-            other => other,
+        };
+        let local = self.host_local.read().unwrap_or_else(|p| p.into_inner());
+        if local.contains(&ip) {
+            AddressClass::HostLocal
+        } else {
+            class
         }
     }
 }
@@ -274,6 +344,41 @@ mod tests {
             AddressClass::HostLocal
         );
         assert!(AddressClass::HostLocal.is_refused());
+    }
+
+    #[test]
+    fn permitted_networks_are_reachable_but_never_loopback_or_metadata() {
+        let guard = AddressGuard::default();
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap() };
+        assert_eq!(guard.check(ip("10.1.2.3")), AddressClass::Private);
+        guard.permit_network(ip("10.1.0.0"), 16).unwrap();
+        assert_eq!(guard.check(ip("10.1.2.3")), AddressClass::Global);
+        assert_eq!(guard.check(ip("::ffff:10.1.2.3")), AddressClass::Global);
+        assert_eq!(guard.check(ip("10.2.0.1")), AddressClass::Private);
+        guard.add_host_addresses([ip("10.1.0.1")]);
+        assert_eq!(guard.check(ip("10.1.0.1")), AddressClass::HostLocal);
+        guard.permit_network(ip("198.18.7.0"), 24).unwrap();
+        assert_eq!(guard.check(ip("198.18.7.9")), AddressClass::Global);
+        assert_eq!(guard.check(ip("198.18.8.9")), AddressClass::Reserved);
+        for (net, prefix) in [
+            ("127.0.0.0", 16),
+            ("169.254.0.0", 16),
+            ("0.0.0.0", 16),
+            ("224.0.0.0", 16),
+            ("10.0.0.0", 8),
+            ("10.0.0.0", 33),
+            ("fe80::", 64),
+            ("::", 64),
+            ("fd00::", 32),
+        ] {
+            let e = guard.permit_network(ip(net), prefix).unwrap_err();
+            assert_eq!(e.kind(), crate::EgressErrorKind::Config, "{net}/{prefix}");
+        }
+        guard.permit_network(ip("fd00:77::"), 64).unwrap();
+        assert_eq!(guard.check(ip("fd00:77::2")), AddressClass::Global);
+        assert_eq!(guard.check(ip("fd00:78::2")), AddressClass::UniqueLocal);
+        assert_eq!(guard.check(ip("169.254.169.254")), AddressClass::LinkLocal);
+        assert_eq!(guard.check(ip("127.0.0.1")), AddressClass::Loopback);
     }
 
     #[test]

@@ -3,8 +3,8 @@
 //! What a record never holds: secret values (only the *names* of injected headers), query
 //! strings (they often carry keys: `?api_key=…`; the record says whether one was present), and
 //! request or response bodies. Paths are cut at [`MAX_AUDIT_PATH_LEN`] bytes. The default sink
-//! logs through `tracing`; [`MemoryAuditSink`] collects records (tests, dashboards), and a
-//! StateStore-backed sink implements the same trait.
+//! logs through `tracing`; [`MemoryAuditSink`] collects records (tests, dashboards), and
+//! `cma-core`'s `StateAuditSink` writes them to the control plane's state store.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;

@@ -5,8 +5,8 @@
 //! ([`SecretName`]); a [`SecretStore`] turns a name into a value at request time, so rotating a
 //! secret takes effect on the next request. Stores here: [`EnvSecretStore`] (environment
 //! variables), [`FileSecretStore`] (one file per secret), [`MemorySecretStore`] and
-//! [`SecretStores`] (first store that knows the name wins). A StateStore-backed table implements
-//! the same trait.
+//! [`SecretStores`] (first store that knows the name wins). A host with a vault implements the
+//! same trait; the control plane's state store keeps secret *metadata* only, never values.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -166,31 +166,24 @@ impl FileSecretStore {
 #[async_trait]
 impl SecretStore for FileSecretStore {
     async fn get(&self, name: &SecretName) -> Result<Option<Secret>> {
-        use tokio::io::AsyncReadExt;
         // The name's character set rules out separators and `..`: the path stays in `dir`.
         let path = self.dir.join(name.as_str());
-        let file = match tokio::fs::File::open(&path).await {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => {
-                return Err(EgressError::new(
-                    EgressErrorKind::SecretUnavailable,
-                    format!("secret {name} could not be read"),
-                )
-                .with_source(e));
-            }
+        // One blocking task for open + read (tokio::fs would hand each call, and each read, to
+        // the blocking pool separately: several thread wake-ups on every injected request).
+        let read = tokio::task::spawn_blocking(move || read_secret_file(&path)).await;
+        let unreadable = |e: std::io::Error| {
+            EgressError::new(
+                EgressErrorKind::SecretUnavailable,
+                format!("secret {name} could not be read"),
+            )
+            .with_source(e)
         };
-        let mut buf = Zeroizing::new(Vec::new());
-        file.take(MAX_SECRET_BYTES as u64 + 1)
-            .read_to_end(&mut buf)
-            .await
-            .map_err(|e| {
-                EgressError::new(
-                    EgressErrorKind::SecretUnavailable,
-                    format!("secret {name} could not be read"),
-                )
-                .with_source(e)
-            })?;
+        let mut buf = match read {
+            Ok(Ok(Some(buf))) => buf,
+            Ok(Ok(None)) => return Ok(None),
+            Ok(Err(e)) => return Err(unreadable(e)),
+            Err(join) => return Err(unreadable(std::io::Error::other(join.to_string()))),
+        };
         if buf.len() > MAX_SECRET_BYTES {
             return Err(too_large(name));
         }
@@ -202,6 +195,24 @@ impl SecretStore for FileSecretStore {
         }
         Ok(Some(Secret(buf)))
     }
+}
+
+/// At most `MAX_SECRET_BYTES + 1` bytes of `path` (one more tells the caller it is too large);
+/// `None` when the file does not exist.
+fn read_secret_file(path: &std::path::Path) -> std::io::Result<Option<Zeroizing<Vec<u8>>>> {
+    use std::io::Read as _;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Sized up front so the value is not left behind, unzeroed, in a buffer `read_to_end`
+    // outgrew and freed.
+    let limit = MAX_SECRET_BYTES as u64 + 1;
+    let len = file.metadata().map_or(0, |m| m.len().min(limit));
+    let mut buf = Zeroizing::new(Vec::with_capacity(len as usize + 1));
+    file.take(limit).read_to_end(&mut buf)?;
+    Ok(Some(buf))
 }
 
 /// Secrets held in memory (tests, or values handed over by an operator at start-up).

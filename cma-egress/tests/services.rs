@@ -276,6 +276,39 @@ async fn every_resolution_failure_refuses() {
         assert!(e.kind().is_refusal(), "{what}");
         assert_eq!(e.kind().http_status(), 403, "{what}");
     }
+    // The name resolution the proxy does itself: a name that does not resolve, and one that
+    // resolves to an address the guard refuses (the upstream's own loopback address), refuse
+    // too; neither falls back to anything.
+    let resolver = || {
+        let r = cma_egress::resolve::StaticResolver::new();
+        r.insert("rebound.test", vec![up.addr.ip()]);
+        r
+    };
+    let public = json!([{"type": "allow",
+        "host": format!("unresolvable.test, rebound.test:{}", up.addr.port())}]);
+    for (what, url, kind) in [
+        (
+            "name does not resolve",
+            "http://unresolvable.test/echo",
+            EgressErrorKind::Resolve,
+        ),
+        (
+            "name resolves to a refused address",
+            &*format!("http://rebound.test:{}/echo", up.addr.port()),
+            EgressErrorKind::ForbiddenAddress,
+        ),
+    ] {
+        let proxy = cma_egress::EgressProxy::builder(policy(public.clone()))
+            .resolver(resolver())
+            .build()
+            .unwrap();
+        let e = proxy
+            .in_process(SandboxIdentity::new("sbx", SessionContext::new("s")))
+            .send(request("GET", url, &[]))
+            .await
+            .expect_err(what);
+        assert_eq!(e.kind(), kind, "{what}: {e}");
+    }
     assert_eq!(up.hits(), 0);
     // The same policy with everything available goes through.
     let ok = cma_egress::EgressProxy::builder(policy(json!([])))

@@ -24,7 +24,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use futures::StreamExt;
 
 fn image() -> String {
-    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:1".into())
+    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:2".into())
 }
 
 fn docker_cli(args: &[&str]) {

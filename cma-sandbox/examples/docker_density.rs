@@ -48,7 +48,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(20);
-    let image = std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:1".into());
+    let image = std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:2".into());
     let mut cfg = DockerConfig::new(image);
     cfg.instance = "density".into();
     let backend = DockerBackend::connect(cfg).await?;

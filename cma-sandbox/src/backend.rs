@@ -19,7 +19,9 @@ use crate::error::SandboxError;
 use crate::exec::{
     ExecEvent, ExecExit, ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess,
 };
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch};
+use crate::file::{
+    ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch, WorkspaceEntry,
+};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 /// A kind of sandbox (isolate, Docker, Cloudflare): creates and finds sandboxes.
@@ -213,12 +215,29 @@ pub trait Sandbox: Send + Sync {
     async fn export_workspace(&self) -> Result<ByteStream>;
 
     /// Unpack a tar stream (as made by [`export_workspace`](Sandbox::export_workspace)) into the
-    /// workspace. Entries that would escape the workspace (absolute names, `..`, symlinks whose
-    /// targets leave it, hard links, device nodes) fail the import with
+    /// workspace. Entries that would escape the workspace (absolute names, `..`, entries beneath
+    /// a symlink of the archive, hard links, device nodes) fail the import with
     /// [`InvalidArchive`](crate::SandboxErrorKind::InvalidArchive) or
     /// [`OutsideSandbox`](crate::SandboxErrorKind::OutsideSandbox); nothing is ever written
-    /// outside the workspace.
+    /// outside the workspace. A symlink's target is link text, restored as it is whatever it
+    /// says (absolute, outside the workspace, dangling), as an export writes it; writing it
+    /// never follows it.
     async fn import_workspace(&self, tar: ByteStream) -> Result<()>;
+
+    /// Every entry of the workspace (the [`workdir`](Sandbox::workdir) tree, not extra mounts)
+    /// with its metadata, in one call: depth first, each directory's entries in byte order of
+    /// their names, a directory before its contents; symlinks listed, not followed; special
+    /// files left out. Incremental snapshots of sandboxes whose workspace is not on this host
+    /// compare it with the previous snapshot's and read only what changed. A tree deeper than
+    /// the backend walks fails with [`TooLarge`](crate::SandboxErrorKind::TooLarge); backends
+    /// that cannot list it in one call fail with
+    /// [`Unsupported`](crate::SandboxErrorKind::Unsupported) (the default), and snapshots then
+    /// read the whole [`export_workspace`](Sandbox::export_workspace).
+    async fn workspace_entries(&self) -> Result<Vec<WorkspaceEntry>> {
+        Err(SandboxError::unsupported(
+            "workspace_entries: this sandbox cannot list its workspace in one call",
+        ))
+    }
 
     /// An open handle on the host directory that holds the workspace, for backends that keep
     /// it on this host (the isolate backend); `None` (the default) otherwise. Snapshots use it
@@ -227,6 +246,15 @@ pub trait Sandbox: Send + Sync {
     /// with `cap_std::fs::Dir::from_std_file`) and expect files to change while it reads.
     fn local_workspace(&self) -> Option<std::fs::File> {
         None
+    }
+
+    /// The address this sandbox's outbound connections come from on the network it shares with
+    /// its egress proxy (a Docker container's address on the sandbox network), so the proxy can
+    /// tell sandboxes apart by the peer address alone. `None` (the default) for sandboxes
+    /// without such a network (the isolate backend's `fetch` goes through a hook instead). It
+    /// can change when a stopped sandbox is started again: read it after every resume.
+    async fn network_address(&self) -> Result<Option<std::net::IpAddr>> {
+        Ok(None)
     }
 
     /// Its current state.

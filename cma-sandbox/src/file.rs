@@ -204,6 +204,32 @@ pub struct TreeFound {
     pub files_seen: usize,
 }
 
+/// One entry of the workspace as [`Sandbox::workspace_entries`](crate::Sandbox::workspace_entries)
+/// lists it: the metadata an incremental snapshot compares to decide that a file is unchanged
+/// without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkspaceEntry {
+    /// Its path relative to the workspace, `/`-separated, as raw bytes (names need not be
+    /// UTF-8).
+    pub path: Vec<u8>,
+    /// A directory, regular file or symlink (special files are not listed).
+    pub kind: FileKind,
+    /// `st_mode` (type and permission bits).
+    pub mode: u32,
+    /// Size in bytes (regular files; 0 otherwise).
+    pub size: u64,
+    /// Last modification, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Last status change, nanoseconds since the Unix epoch (moves on every write and
+    /// metadata change; cannot be set by a user).
+    pub ctime_ns: i64,
+    /// Inode number.
+    pub inode: u64,
+    /// A symlink's target, as stored.
+    pub link_target: Option<Vec<u8>>,
+}
+
 /// A streaming reader over a file's bytes, from [`Sandbox::open_read`](crate::Sandbox::open_read).
 pub type FileReader = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 

@@ -71,7 +71,7 @@ pub use exec::{
 };
 pub use file::{
     ByteStream, DirEntry, FileKind, FileReader, FileStat, FoundLines, LineMatch, TreeFound,
-    TreeMatch, TreeSearch,
+    TreeMatch, TreeSearch, WorkspaceEntry,
 };
 pub use spec::{
     Capabilities, EgressEndpoint, MAX_SANDBOX_ID_LEN, Mount, SandboxId, SandboxInfo, SandboxSpec,

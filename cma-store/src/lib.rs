@@ -23,6 +23,9 @@
 //! store.restore(&saved.id, sandbox).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! [`SnapshotStore::wake`] restores without making the caller wait for the whole workspace: it
+//! returns a [`WakingSandbox`] whose operations wait only for the files they touch.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -31,7 +34,7 @@ pub mod state;
 
 pub use snapshot::{
     GcConfig, GcReport, RetentionPolicy, RetentionReport, SnapshotConfig, SnapshotInfo,
-    SnapshotManifest, SnapshotStore,
+    SnapshotManifest, SnapshotStore, WakingSandbox, Woken,
 };
 
 /// Identifies one stored workspace snapshot (the SHA-256 of its stored manifest, hex encoded).

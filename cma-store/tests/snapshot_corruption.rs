@@ -16,6 +16,7 @@ use object_store::{ObjectStore, ObjectStoreExt};
 struct Fixture {
     _tmp: tempfile::TempDir,
     iso: Isolate,
+    src: TestSandbox,
     store: SnapshotStore,
     id: SnapshotId,
     dst: TestSandbox,
@@ -24,7 +25,10 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let iso = Isolate::new(&tmp.path().join("sandboxes"));
-    let store = SnapshotStore::in_memory(config()).unwrap();
+    // Small packs: several of them, so every kind of damage lands somewhere.
+    let mut cfg = config();
+    cfg.pack_bytes = 64 * 1024;
+    let store = SnapshotStore::in_memory(cfg).unwrap();
     let src = iso.sandbox().await;
     fill_random(&src.host, 5, 80);
     let id = store
@@ -38,6 +42,7 @@ async fn fixture() -> Fixture {
     Fixture {
         _tmp: tmp,
         iso,
+        src,
         store,
         id,
         dst,
@@ -70,11 +75,22 @@ async fn put(store: &Arc<dyn ObjectStore>, key: &Path, data: Vec<u8>) {
     store.put(key, Bytes::from(data).into()).await.unwrap();
 }
 
+impl Fixture {
+    /// Another handle on the same store, as a new process would open it (nothing cached).
+    fn reopened(&self) -> SnapshotStore {
+        SnapshotStore::new(
+            self.store.object_store().clone(),
+            self.store.config().clone(),
+        )
+        .unwrap()
+    }
+}
+
 /// Restore must fail with `kind` and leave the sandbox as it was; `verify` must fail too.
 async fn assert_refused(f: &Fixture, id: &SnapshotId, kind: ErrorKind) {
     let before = listing(&f.dst.host);
     let e = f
-        .store
+        .reopened()
         .restore(id, f.dst.sandbox.as_ref())
         .await
         .unwrap_err();
@@ -84,15 +100,27 @@ async fn assert_refused(f: &Fixture, id: &SnapshotId, kind: ErrorKind) {
     assert_eq!(f.store.verify(id).await.unwrap_err().kind(), kind);
 }
 
+/// Where a pack's chunk data ends and its trailer (the listing, for checks and rebuilds)
+/// begins: 40 bytes per chunk, then `u32` count, 32-byte checksum, 8-byte magic.
+fn pack_data_end(pack: &[u8]) -> usize {
+    let n = pack.len();
+    let count = u32::from_le_bytes(pack[n - 44..n - 40].try_into().unwrap()) as usize;
+    n - 44 - 40 * count
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_byte_in_any_chunk_is_detected() {
+async fn a_flipped_byte_anywhere_in_a_pack_or_an_index_object_is_detected() {
     let f = fixture().await;
     let os = f.store.object_store().clone();
-    let chunks = keys(&os, "chunks").await;
-    assert!(chunks.len() > 3);
+    let packs = keys(&os, "packs").await;
+    let indexes = keys(&os, "index").await;
+    assert!(packs.len() > 3, "{} packs", packs.len());
+    assert_eq!(indexes.len(), 1);
+    let want = listing(&f.src.host);
     let mut rng = seeded(1);
-    for key in &chunks {
+    for key in packs.iter().chain(&indexes) {
         let good = get(&os, key).await;
+        let is_pack = key.as_ref().starts_with("packs/");
         for pos in [
             0,
             good.len() / 2,
@@ -102,7 +130,28 @@ async fn a_flipped_byte_in_any_chunk_is_detected() {
             let mut bad = good.clone();
             bad[pos] ^= 0x10;
             put(&os, key, bad).await;
-            assert_refused(&f, &f.id, ErrorKind::Corrupt).await;
+            // `verify` reads every pack whole: any flipped byte is reported.
+            let e = f.store.verify(&f.id).await.unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "{key} byte {pos}: {e}");
+            if is_pack && pos >= pack_data_end(&good) {
+                // Only the trailer, which restores do not read: the restore is exact.
+                let fresh = f.iso.sandbox().await;
+                f.reopened()
+                    .restore(&f.id, fresh.sandbox.as_ref())
+                    .await
+                    .unwrap();
+                assert_eq!(listing(&fresh.host), want, "{key} byte {pos}");
+            } else {
+                let before = listing(&f.dst.host);
+                let e = f
+                    .reopened()
+                    .restore(&f.id, f.dst.sandbox.as_ref())
+                    .await
+                    .unwrap_err();
+                assert_eq!(e.kind(), ErrorKind::Corrupt, "{key} byte {pos}: {e}");
+                assert!(!e.is_retryable());
+                assert_eq!(listing(&f.dst.host), before, "{key} byte {pos}");
+            }
         }
         put(&os, key, good).await;
     }
@@ -112,6 +161,8 @@ async fn a_flipped_byte_in_any_chunk_is_detected() {
         .restore(&f.id, fresh.sandbox.as_ref())
         .await
         .unwrap();
+    assert_eq!(listing(&fresh.host), want);
+    f.store.verify(&f.id).await.unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -144,8 +195,8 @@ async fn a_flipped_byte_in_the_manifest_is_detected() {
 async fn a_missing_or_truncated_chunk_is_detected() {
     let f = fixture().await;
     let os = f.store.object_store().clone();
-    let chunks = keys(&os, "chunks").await;
-    let key = &chunks[chunks.len() / 2];
+    let packs = keys(&os, "packs").await;
+    let key = &packs[packs.len() / 2];
     let good = get(&os, key).await;
 
     os.delete(key).await.unwrap();
@@ -162,10 +213,28 @@ async fn a_missing_or_truncated_chunk_is_detected() {
     assert_eq!(e.kind(), ErrorKind::Corrupt);
     assert_eq!(listing(&f.dst.host), before);
 
-    for len in [0, 1, good.len() / 2, good.len() - 1] {
+    for len in [0, 1, good.len() / 2, pack_data_end(&good) - 1] {
         put(&os, key, good[..len].to_vec()).await;
         assert_refused(&f, &f.id, ErrorKind::Corrupt).await;
     }
+    put(&os, key, good.clone()).await;
+
+    // The index object gone: no chunk can be found.
+    let [ikey] = &keys(&os, "index").await[..] else {
+        panic!("one index object")
+    };
+    let igood = get(&os, ikey).await;
+    os.delete(ikey).await.unwrap();
+    let e = f
+        .reopened()
+        .restore(&f.id, f.dst.sandbox.as_ref())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, cma_store::snapshot::Error::MissingChunk { .. }),
+        "{e}"
+    );
+    put(&os, ikey, igood).await;
     // The manifest itself truncated.
     let [mkey] = &keys(&os, "manifests").await[..] else {
         panic!()
@@ -176,82 +245,108 @@ async fn a_missing_or_truncated_chunk_is_detected() {
     assert_refused(&f, &f.id, ErrorKind::Corrupt).await;
 }
 
+/// Every entry a restore refuses is refused by the save first (a save never stores what a
+/// restore refuses); a store that holds one anyway (forged by hand) is refused by the restore
+/// before anything is written.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_unsafe_entry_is_refused_before_anything_is_written() {
     use tar::EntryType as T;
     let f = fixture().await;
     let good: RawEntry<'_> = (b"good.txt", T::Regular, 0o644, b"", b"written only if safe");
-    let cases: Vec<(&str, RawEntry<'_>)> = vec![
-        ("parent dir", (b"../evil", T::Regular, 0o644, b"", b"x")),
+    let cases: Vec<(&str, Vec<RawEntry<'_>>)> = vec![
+        (
+            "parent dir",
+            vec![(b"../evil", T::Regular, 0o644, b"", b"x")],
+        ),
         (
             "nested parent dir",
-            (b"a/../../evil", T::Regular, 0o644, b"", b"x"),
+            vec![(b"a/../../evil", T::Regular, 0o644, b"", b"x")],
         ),
         (
             "absolute path",
-            (b"/tmp/evil", T::Regular, 0o644, b"", b"x"),
+            vec![(b"/tmp/evil", T::Regular, 0o644, b"", b"x")],
+        ),
+        ("hard link", vec![(b"hl", T::Link, 0o644, b"good.txt", b"")]),
+        ("char device", vec![(b"dev", T::Char, 0o644, b"", b"")]),
+        ("block device", vec![(b"blk", T::Block, 0o644, b"", b"")]),
+        ("fifo", vec![(b"fifo", T::Fifo, 0o644, b"", b"")]),
+        ("setuid", vec![(b"suid", T::Regular, 0o4755, b"", b"x")]),
+        ("setgid", vec![(b"sgid", T::Regular, 0o2755, b"", b"x")]),
+        ("sticky dir", vec![(b"tmp", T::Directory, 0o1777, b"", b"")]),
+        (
+            "write through an inward symlink",
+            vec![
+                (b"s", T::Symlink, 0o777, b".", b""),
+                (b"s/through", T::Regular, 0o644, b"", b"x"),
+            ],
         ),
         (
-            "symlink out",
-            (b"link", T::Symlink, 0o777, b"../outside", b""),
+            "write through an outward symlink",
+            vec![
+                (b"out", T::Symlink, 0o777, b"/etc", b""),
+                (b"out/passwd", T::Regular, 0o644, b"", b"x"),
+            ],
         ),
-        (
-            "deep symlink out",
-            (b"a/link", T::Symlink, 0o777, b"b/../../../x", b""),
-        ),
-        (
-            "absolute symlink",
-            (b"link", T::Symlink, 0o777, b"/etc/passwd", b""),
-        ),
-        ("hard link", (b"hl", T::Link, 0o644, b"good.txt", b"")),
-        ("char device", (b"dev", T::Char, 0o644, b"", b"")),
-        ("block device", (b"blk", T::Block, 0o644, b"", b"")),
-        ("fifo", (b"fifo", T::Fifo, 0o644, b"", b"")),
-        ("setuid", (b"suid", T::Regular, 0o4755, b"", b"x")),
-        ("setgid", (b"sgid", T::Regular, 0o2755, b"", b"x")),
-        ("sticky dir", (b"tmp", T::Directory, 0o1777, b"", b"")),
+        ("empty symlink", vec![(b"e", T::Symlink, 0o777, b"", b"")]),
     ];
     for (what, bad) in cases {
-        let tar = raw_tar(&[good, bad]);
-        let m = f
+        let tar = raw_tar(&[&[good][..], &bad[..]].concat());
+        // The save refuses it and stores no snapshot.
+        let e = f
             .store
-            .save_archive("sesn_evil", byte_stream(tar), None)
+            .save_archive("sesn_evil", byte_stream(tar.clone()), None)
             .await
-            .unwrap();
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::UnsafeEntry, "{what}: {e}");
+        assert!(
+            f.store.list("sesn_evil").await.unwrap().is_empty(),
+            "{what}"
+        );
+        // Forged into the store anyway: the restore refuses it, the sandbox untouched.
+        let id = forge_archive_snapshot(&f.store, "sesn_forged", &tar).await;
         let before = listing(&f.dst.host);
         let e = f
             .store
-            .restore(&m.id, f.dst.sandbox.as_ref())
+            .restore(&id, f.dst.sandbox.as_ref())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::UnsafeEntry, "{what}: {e}");
         assert_eq!(listing(&f.dst.host), before, "{what}");
         assert!(!f.dst.host.join("good.txt").exists(), "{what}");
     }
-    // Writing through a symlink that is itself inward.
+
+    // Symlinks are link text, whatever they point at: saved, and restored exactly.
     let tar = raw_tar(&[
-        (b"s", T::Symlink, 0o777, b".", b""),
-        (b"s/through", T::Regular, 0o644, b"", b"x"),
+        good,
+        (b"a/link", T::Symlink, 0o777, b"../good.txt", b""),
+        (b"out", T::Symlink, 0o777, b"../outside", b""),
+        (b"a/deep", T::Symlink, 0o777, b"b/../../../x", b""),
+        (b"abs", T::Symlink, 0o777, b"/etc/passwd", b""),
     ]);
     let m = f
         .store
-        .save_archive("sesn_evil", byte_stream(tar), None)
+        .save_archive("sesn_links", byte_stream(tar), None)
         .await
         .unwrap();
-    assert_refused(&f, &m.id, ErrorKind::UnsafeEntry).await;
-
-    // The same entries made safe restore fine (the check is not refusing everything).
-    let tar = raw_tar(&[good, (b"a/link", T::Symlink, 0o777, b"../good.txt", b"")]);
-    let m = f
-        .store
-        .save_archive("sesn_evil", byte_stream(tar), None)
-        .await
-        .unwrap();
+    let fresh = f.iso.sandbox().await;
     f.store
-        .restore(&m.id, f.dst.sandbox.as_ref())
+        .restore(&m.id, fresh.sandbox.as_ref())
         .await
         .unwrap();
-    assert!(f.dst.host.join("good.txt").exists());
+    let got = listing(&fresh.host);
+    for (name, target) in [
+        ("a/link", "../good.txt"),
+        ("out", "../outside"),
+        ("a/deep", "b/../../../x"),
+        ("abs", "/etc/passwd"),
+    ] {
+        assert_eq!(
+            got.get(name.as_bytes()),
+            Some(&Entry::Symlink(target.as_bytes().to_vec())),
+            "{name}"
+        );
+    }
+    assert!(fresh.host.join("good.txt").is_file());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

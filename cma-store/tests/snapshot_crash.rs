@@ -23,7 +23,9 @@ const ROUNDS: usize = 50;
 
 fn crash_config() -> SnapshotConfig {
     let mut c = config();
-    // Small chunks: more objects, more places to be killed in.
+    // Small chunks and packs: more objects, more places to be killed in, and packs that
+    // garbage collection rewrites.
+    c.pack_bytes = 64 * 1024;
     c.chunker.min_size = 4 * 1024;
     c.chunker.avg_size = 16 * 1024;
     c.chunker.max_size = 64 * 1024;

@@ -1,5 +1,7 @@
 //! Garbage collection while saves run: the two dangerous interleavings are forced with a store
 //! wrapper that pauses one call, then a randomized concurrent run checks every snapshot.
+//! Repacking: mostly-dead packs are rewritten, and a collection stopped after any one of its
+//! writes or deletes (what a kill leaves) loses nothing.
 
 mod common;
 
@@ -22,7 +24,6 @@ use tokio::sync::{Notify, Semaphore};
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op {
-    Head,
     List,
 }
 
@@ -36,18 +37,45 @@ struct Ctl {
 struct Gate {
     inner: Arc<InMemory>,
     ctl: Arc<Ctl>,
+    /// Puts and deletes allowed before every further one fails (`None`: no limit).
+    writes_left: Mutex<Option<usize>>,
 }
 
 impl Gate {
     fn new() -> Arc<Self> {
+        Self::over(InMemory::new())
+    }
+
+    fn over(inner: InMemory) -> Arc<Self> {
         Arc::new(Self {
-            inner: Arc::new(InMemory::new()),
+            inner: Arc::new(inner),
             ctl: Arc::new(Ctl {
                 rule: Mutex::new(None),
                 reached: Notify::new(),
                 release: Semaphore::new(0),
             }),
+            writes_left: Mutex::new(None),
         })
+    }
+
+    /// Let `n` more puts and deletes through, then fail every one (a process killed there).
+    fn stop_after(&self, n: usize) {
+        *self.writes_left.lock().unwrap() = Some(n);
+    }
+
+    fn write_allowed(&self) -> object_store::Result<()> {
+        let mut left = self.writes_left.lock().unwrap();
+        match left.as_mut() {
+            None => Ok(()),
+            Some(0) => Err(object_store::Error::Generic {
+                store: "gate",
+                source: "stopped here".into(),
+            }),
+            Some(n) => {
+                *n -= 1;
+                Ok(())
+            }
+        }
     }
 
     fn arm(&self, op: Op, prefix: &str) {
@@ -98,6 +126,7 @@ impl ObjectStore for Gate {
         payload: PutPayload,
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
+        self.write_allowed()?;
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -114,9 +143,6 @@ impl ObjectStore for Gate {
         location: &Path,
         options: GetOptions,
     ) -> object_store::Result<GetResult> {
-        if options.head && self.matches(Op::Head, location.as_ref()) {
-            self.ctl.release.acquire().await.unwrap().forget();
-        }
         self.inner.get_opts(location, options).await
     }
 
@@ -124,6 +150,9 @@ impl ObjectStore for Gate {
         &self,
         locations: BoxStream<'static, object_store::Result<Path>>,
     ) -> BoxStream<'static, object_store::Result<Path>> {
+        if let Err(e) = self.write_allowed() {
+            return Box::pin(futures::stream::once(async move { Err(e) }));
+        }
         self.inner.delete_stream(locations)
     }
 
@@ -180,8 +209,8 @@ async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
     fill_random(&src.host, 3, 60);
     let old = orphaned_chunks(&store, &src).await;
 
-    // The save has named its data chunks and is about to find them already stored...
-    gate.arm(Op::Head, "chunks/");
+    // The save has named its data chunks and is about to look for them in the store...
+    gate.arm(Op::List, "gc");
     let saving = {
         let (store, sandbox) = (store.clone(), src.sandbox.clone());
         tokio::spawn(async move { store.save("sesn_new", sandbox.as_ref(), None).await })
@@ -197,8 +226,9 @@ async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
     assert!(report.chunks_live > 0);
     gate.release();
     let m = saving.await.unwrap().unwrap();
+    // At most the tables, in a pack with its listing, and an index object.
     assert!(
-        m.uploaded_bytes <= stored(&m.table) + stored(&m.files),
+        m.uploaded_bytes <= stored(&m.table) + stored(&m.files) + 4096,
         "the save reused the stored data chunks: uploaded {}",
         m.uploaded_bytes
     );
@@ -318,4 +348,155 @@ async fn saves_retention_and_gc_running_together_never_break_a_snapshot() {
             .unwrap();
         assert_eq!(listing(&dst.host), listing(&src.host));
     }
+}
+
+fn repack_config() -> cma_store::SnapshotConfig {
+    let mut c = config();
+    c.pack_bytes = 64 * 1024;
+    c.chunker.min_size = 4 * 1024;
+    c.chunker.avg_size = 16 * 1024;
+    c.chunker.max_size = 64 * 1024;
+    c
+}
+
+/// Three generations of a workspace where each rewrites a third of the files; retention then
+/// keeps the last: the first two generations' own chunks are dead, spread over packs that
+/// still hold live ones. Returns the kept snapshot and the workspace it holds.
+async fn three_generations(
+    store: &SnapshotStore,
+    iso: &Isolate,
+) -> (SnapshotManifest, std::collections::BTreeMap<Vec<u8>, Entry>) {
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 9, 90);
+    let mut parent = None;
+    for g in 0..3u64 {
+        if g > 0 {
+            let mut rng = seeded(g);
+            for (i, e) in walk_files(&src.host).into_iter().enumerate() {
+                if i % 3 == g as usize % 3 {
+                    let mut data = vec![0u8; rand::Rng::random_range(&mut rng, 1..40_000)];
+                    rand::RngCore::fill_bytes(&mut rng, &mut data);
+                    std::fs::write(e, data).unwrap();
+                }
+            }
+        }
+        let m = store
+            .save("sesn_gen", src.sandbox.as_ref(), parent.as_ref())
+            .await
+            .unwrap();
+        parent = Some(m.id);
+    }
+    store
+        .apply_retention(RetentionPolicy {
+            keep_last: 1,
+            keep_within: Duration::ZERO,
+        })
+        .await
+        .unwrap();
+    let kept = store.latest("sesn_gen").await.unwrap().unwrap();
+    (kept, listing(&src.host))
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        if m.is_dir() {
+            out.extend(walk_files(&p));
+        } else if m.is_file() {
+            out.push(p);
+        }
+    }
+    out.sort();
+    out
+}
+
+async fn restores_exactly(
+    store: &SnapshotStore,
+    iso: &Isolate,
+    m: &SnapshotManifest,
+    want: &std::collections::BTreeMap<Vec<u8>, Entry>,
+) {
+    store.verify(&m.id).await.unwrap();
+    let dst = iso.sandbox().await;
+    store.restore(&m.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(&listing(&dst.host), want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mostly_dead_packs_are_repacked_and_the_store_shrinks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let store = SnapshotStore::in_memory(repack_config()).unwrap();
+    let (kept, want) = three_generations(&store, &iso).await;
+    let (packs_before, bytes_before) = objects(&store, "packs").await;
+    let (indexes_before, _) = objects(&store, "index").await;
+    assert_eq!(indexes_before, 3, "one index object per save");
+
+    let report = store.gc().await.unwrap();
+    assert!(!report.incomplete, "{report:?}");
+    assert!(report.packs_repacked > 0, "{report:?}");
+    assert!(report.packs_written > 0, "{report:?}");
+    assert_eq!(report.index_objects_written, 1, "{report:?}");
+    assert_eq!(report.index_objects_deleted, 3, "{report:?}");
+    let (packs_after, bytes_after) = objects(&store, "packs").await;
+    assert!(
+        bytes_after < bytes_before,
+        "{bytes_after} of {bytes_before}"
+    );
+    assert!(
+        packs_after < packs_before,
+        "{packs_after} of {packs_before}"
+    );
+    assert_eq!(bytes_before - bytes_after, report.bytes_freed, "{report:?}");
+    restores_exactly(&store, &iso, &kept, &want).await;
+
+    // Nothing left to do: a second run changes nothing.
+    let again = store.gc().await.unwrap();
+    assert_eq!(
+        (
+            again.packs_deleted,
+            again.packs_written,
+            again.index_objects_written
+        ),
+        (0, 0, 0),
+        "{again:?}"
+    );
+    assert_eq!(objects(&store, "packs").await, (packs_after, bytes_after));
+
+    // Once the last snapshot goes, everything goes.
+    store.delete(&kept.id).await.unwrap();
+    store.gc().await.unwrap();
+    assert_eq!(objects(&store, "packs").await, (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collection_stopped_after_any_write_or_delete_loses_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let base = Gate::new();
+    let store = SnapshotStore::new(base.clone(), repack_config()).unwrap();
+    let (kept, want) = three_generations(&store, &iso).await;
+    let mut stopped_at = 0;
+    for n in 0.. {
+        // The same starting state each time, stopped after its n-th put or delete.
+        let gate = Gate::over(base.inner.fork());
+        gate.stop_after(n);
+        let store = SnapshotStore::new(gate.clone(), repack_config()).unwrap();
+        let finished = store.gc().await.is_ok();
+        gate.writes_left.lock().unwrap().take();
+        // A new process: the kept snapshot is whole...
+        let store = SnapshotStore::new(gate.clone(), repack_config()).unwrap();
+        restores_exactly(&store, &iso, &kept, &want).await;
+        // ...and the next collection finishes the work and still keeps it.
+        let report = store.gc().await.unwrap();
+        assert!(!report.incomplete, "{report:?}");
+        restores_exactly(&store, &iso, &kept, &want).await;
+        if finished {
+            stopped_at = n;
+            break;
+        }
+    }
+    assert!(stopped_at > 5, "a repack takes several steps: {stopped_at}");
 }

@@ -69,8 +69,16 @@ async fn snapshots_round_trip_through_s3() {
         "{again:?}"
     );
 
-    // A corrupt chunk is caught on S3 as well.
-    let chunk = futures::TryStreamExt::try_collect::<Vec<_>>(os.list(Some(&Path::from("chunks"))))
+    // A snapshot is a few objects: packs, an index object per save, tables inside packs.
+    let (packs, _) = objects(&store, "packs").await;
+    let (indexes, _) = objects(&store, "index").await;
+    assert!(
+        packs <= 4 && indexes == 2,
+        "{packs} packs, {indexes} index objects"
+    );
+
+    // A corrupt chunk in a pack is caught on S3 as well.
+    let chunk = futures::TryStreamExt::try_collect::<Vec<_>>(os.list(Some(&Path::from("packs"))))
         .await
         .unwrap()
         .into_iter()
@@ -103,5 +111,9 @@ async fn snapshots_round_trip_through_s3() {
     assert_eq!(r.deleted, vec![first.id.clone()]);
     let report = store.gc().await.unwrap();
     assert!(!report.incomplete);
+    assert_eq!(report.index_objects_written, 1, "{report:?}");
     store.verify(&next.id).await.unwrap();
+    let dst = iso.sandbox().await;
+    store.restore(&next.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
 }

@@ -70,7 +70,8 @@ async fn two_stores_opening_a_fresh_file_together_both_migrate_it_once() {
         .fetch_one(&mut conn)
         .await
         .unwrap();
-    assert_eq!(applied, 1);
+    // Each of the two migrations (initial schema, egress audit log) ran once.
+    assert_eq!(applied, 2);
 }
 
 #[tokio::test]

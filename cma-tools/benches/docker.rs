@@ -46,7 +46,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let image = std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:1".into());
+    let image = std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:2".into());
     let mut cfg = DockerConfig::new(image);
     cfg.instance = "bench-tools".into();
     let backend = rt

@@ -15,7 +15,7 @@ use cma_store::state::{SandboxQuery, SqliteStateStore, StateStore};
 use serde_json::json;
 
 fn image() -> String {
-    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:1".into())
+    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:2".into())
 }
 
 fn call(name: &str, input: serde_json::Value) -> ScriptedCall {

@@ -361,6 +361,65 @@ async fn a_terminated_session_stays_terminated_and_its_sandbox_is_not_readopted(
     );
 }
 
+/// A sandbox whose workspace was being restored from a snapshot when the process stopped
+/// (its restore marker still there) is not re-adopted half-written: recovery destroys it, and
+/// the session's next item restores afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sandbox_left_with_an_unfinished_restore_is_destroyed_not_readopted() {
+    let h = Harness::new().await;
+    let backend = h.isolate();
+    let store = open_store(&h).await;
+    let first = host(backend.clone(), store.clone());
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let plane = ControlPlane::builder(h.client.clone(), h.env.id.clone(), h.key(), first.clone())
+        .config(ControlPlaneConfig {
+            concurrency: 1,
+            runner: runner_config(),
+            ..ControlPlaneConfig::default()
+        })
+        .state_store(store.clone())
+        .on_item(move |_: &ItemReport| {
+            let _ = tx.send(());
+        })
+        .build()
+        .expect("plane");
+    h.session(vec![write("a.txt", "a")], ScriptEnd::Idle);
+    assert_eq!(plane.drain().await.expect("drain"), 1);
+    tokio::time::timeout(WAIT, rx.recv())
+        .await
+        .expect("the item finished in time")
+        .expect("report");
+    assert_eq!(first.warm_count(), 1);
+    // What a restore the process was killed in would have left.
+    let [info] = &backend.list().await.unwrap()[..] else {
+        panic!("one sandbox")
+    };
+    let sandbox = backend.resume(&info.id).await.unwrap();
+    sandbox
+        .write_file(
+            &format!("/workspace/{}", cma_store::snapshot::RESTORE_MARKER),
+            bytes::Bytes::from_static(b"a snapshot id"),
+        )
+        .await
+        .unwrap();
+    plane.shutdown(Duration::from_secs(5)).await;
+    drop(plane);
+    drop(first);
+
+    let second = host(h.isolate(), store.clone());
+    let report = second.recover().await.expect("recovery");
+    assert_eq!((report.readopted, report.destroyed), (0, 1), "{report:?}");
+    assert_eq!(second.warm_count(), 0);
+    assert!(backend.list().await.unwrap().is_empty());
+    assert!(
+        store
+            .list_sandboxes(&SandboxQuery::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
 /// More sandbox records than one page of the state store holds: recovery reads every page, so
 /// each warm session's sandbox is re-adopted and none is mistaken for an orphan.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

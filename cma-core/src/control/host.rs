@@ -129,6 +129,9 @@ pub struct SandboxHost {
     /// while a pass runs, so passes never overlap.
     next_housekeeping: tokio::sync::Mutex<Option<Instant>>,
     housekeeping_passes: std::sync::atomic::AtomicU64,
+    /// Wires each sandbox to the egress proxy (feature `egress`).
+    #[cfg(feature = "egress")]
+    egress: Option<Arc<super::egress::SessionEgress>>,
 }
 
 impl std::fmt::Debug for SandboxHost {
@@ -189,7 +192,21 @@ impl SandboxHost {
             retention: None,
             next_housekeeping: tokio::sync::Mutex::new(None),
             housekeeping_passes: std::sync::atomic::AtomicU64::new(0),
+            #[cfg(feature = "egress")]
+            egress: None,
         }
+    }
+
+    /// Give each session's sandbox egress through `egress` (feature `egress`): the backends it
+    /// serves get their endpoint (or in-process hook) at placement, the session's policy is
+    /// resolved then, and the sandbox is detached before it is destroyed. A re-adopted sandbox
+    /// of such a backend (after a restart) is replaced rather than reused: its CA and endpoint
+    /// were the previous process's.
+    #[cfg(feature = "egress")]
+    #[must_use]
+    pub fn with_egress(mut self, egress: Arc<super::egress::SessionEgress>) -> Self {
+        self.egress = Some(egress);
+        self
     }
 
     /// Apply `policy` to the snapshot store (set with [`SandboxHost::with_snapshots`] first) on
@@ -326,6 +343,11 @@ impl SandboxHost {
             return;
         };
         let id = placed.sandbox.id().as_str();
+        // Before the container goes: its address may be handed to the next sandbox.
+        #[cfg(feature = "egress")]
+        if let Some(egress) = &self.egress {
+            egress.detach(id);
+        }
         let destroyed = match crate::runner::panics::catch(backend.destroy(placed.sandbox.id()))
             .await
         {
@@ -472,6 +494,29 @@ impl SandboxHost {
                 };
                 match wanted {
                     Some(session) => match backend.resume(&id).await {
+                        // Its workspace was being restored when the previous process stopped:
+                        // never reuse it half-written; the session restores afresh.
+                        Ok(sandbox)
+                            if cma_store::snapshot::restore_unfinished(sandbox.as_ref())
+                                .await
+                                .unwrap_or(false) =>
+                        {
+                            tracing::warn!(backend = %name, sandbox = id.as_str(), "a recorded sandbox holds an unfinished restore; destroying it");
+                            match backend.destroy(&id).await {
+                                Ok(()) => {
+                                    self.state.sandbox_gone(name, id.as_str()).await;
+                                    report.destroyed += 1;
+                                }
+                                Err(e) if e.kind() == SandboxErrorKind::NotFound => {
+                                    self.state.sandbox_gone(name, id.as_str()).await;
+                                    report.missing += 1;
+                                }
+                                Err(e) => {
+                                    tracing::warn!(backend = %name, sandbox = id.as_str(), error = %e, "destroying a recorded sandbox failed; trying again on the next start");
+                                    report.failed += 1;
+                                }
+                            }
+                        }
                         Ok(sandbox) => {
                             let placed = Placed {
                                 backend: name.clone(),
@@ -625,6 +670,16 @@ impl SandboxHost {
         if let Some(placed) = warm {
             let same =
                 placed.backend == name && placed.profile.as_ref().is_none_or(|p| *p == profile);
+            #[cfg(feature = "egress")]
+            let same = same
+                && match &self.egress {
+                    Some(egress) => {
+                        egress
+                            .refresh(&name, placed.sandbox.as_ref(), session)
+                            .await
+                    }
+                    None => true,
+                };
             if same {
                 tracing::debug!(session_id = %session.id, sandbox = placed.sandbox.id().as_str(), "reusing the session's warm sandbox");
                 self.state
@@ -652,6 +707,11 @@ impl SandboxHost {
         spec.labels
             .insert(LABEL_ENVIRONMENT.into(), work.environment_id.to_string());
         spec.labels.insert(LABEL_MANAGED.into(), "true".into());
+        #[cfg(feature = "egress")]
+        let prepared = match &self.egress {
+            Some(egress) => egress.prepare(&name, session, &mut spec)?,
+            None => None,
+        };
         let (mounts, host_dirs) = self.memory_mounts(session).await?;
         spec.mounts.extend(mounts);
         let sandbox = match backend.create(&spec).await {
@@ -681,20 +741,29 @@ impl SandboxHost {
                 detail: sandbox.id().as_str(),
             })
             .await;
-        let placed = Placed {
+        let mut placed = Placed {
             backend: name,
             profile: Some(profile),
             session_id: session.id.clone(),
             sandbox,
             host_dirs,
         };
+        // Registered before the first command runs in it (nothing has yet: only `create`).
+        #[cfg(feature = "egress")]
+        if let (Some(egress), Some(prepared)) = (&self.egress, prepared)
+            && let Err(e) = egress.attach(prepared, placed.sandbox.as_ref()).await
+        {
+            self.dispose(placed).await;
+            return Err(e);
+        }
         if let Some(store) = &self.snapshots {
             match store
-                .restore_latest(session.id.as_str(), placed.sandbox.as_ref())
+                .wake_latest(session.id.as_str(), placed.sandbox.clone())
                 .await
             {
-                Ok(Some(id)) => {
-                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace restored")
+                Ok(Some((id, sandbox))) => {
+                    tracing::info!(session_id = %session.id, snapshot = %id, "workspace restored (the rest of it in the background)");
+                    placed.sandbox = sandbox;
                 }
                 Ok(None) => {}
                 Err(e) => {
@@ -808,6 +877,17 @@ impl SessionHost for SandboxHost {
         for p in evicted {
             self.dispose(p).await;
         }
+    }
+
+    async fn on_webhook(&self, event: &crate::webhook::WebhookEvent) {
+        #[cfg(feature = "egress")]
+        if let (Some(egress), Some(session_id)) = (&self.egress, event.data.session_id())
+            && let Ok(serde_json::Value::Object(data)) = serde_json::to_value(&event.data)
+        {
+            egress.observe_webhook(session_id.as_str(), data).await;
+        }
+        #[cfg(not(feature = "egress"))]
+        let _ = event;
     }
 
     async fn session_ended(&self, session_id: &SessionId) {

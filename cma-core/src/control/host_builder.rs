@@ -41,6 +41,8 @@ pub struct SandboxHostBuilder {
     snapshots: Option<Arc<dyn WorkspaceSnapshots>>,
     #[cfg(feature = "store")]
     state: Option<Arc<dyn cma_store::state::StateStore>>,
+    #[cfg(feature = "egress")]
+    egress: Option<Arc<super::egress::SessionEgress>>,
 }
 
 impl std::fmt::Debug for SandboxHostBuilder {
@@ -66,6 +68,8 @@ impl SandboxHostBuilder {
             snapshots: None,
             #[cfg(feature = "store")]
             state: None,
+            #[cfg(feature = "egress")]
+            egress: None,
         }
     }
 
@@ -115,6 +119,13 @@ impl SandboxHostBuilder {
         self
     }
 
+    /// Wire each session's sandbox to an egress proxy (see [`SandboxHost::with_egress`]).
+    #[cfg(feature = "egress")]
+    pub fn egress(mut self, egress: Arc<super::egress::SessionEgress>) -> Self {
+        self.egress = Some(egress);
+        self
+    }
+
     /// The host. Fails without a backend, with two backends of the same name, or with several
     /// backends and no selector.
     pub fn build(self) -> Result<SandboxHost, HostError> {
@@ -147,6 +158,10 @@ impl SandboxHostBuilder {
         #[cfg(feature = "store")]
         if let Some(state) = self.state {
             host = host.state_store(state);
+        }
+        #[cfg(feature = "egress")]
+        if let Some(egress) = self.egress {
+            host = host.with_egress(egress);
         }
         Ok(host)
     }

@@ -461,6 +461,7 @@ impl ControlPlane {
         }
         use WebhookEventType as T;
         self.start_duties();
+        self.inner.host.on_webhook(event).await;
         if matches!(
             event.data.kind,
             T::SessionStatusTerminated | T::SessionDeleted

@@ -4,6 +4,7 @@
 //! [`WorkspaceSnapshots`] is what [`SandboxHost`](super::host::SandboxHost) calls; with the `store`
 //! feature, `cma_store::SnapshotStore` implements it (content-defined chunks, verified restores).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -82,6 +83,21 @@ pub trait WorkspaceSnapshots: Send + Sync {
         sandbox: &dyn Sandbox,
     ) -> Result<Option<String>, HostError>;
 
+    /// Like [`restore_latest`](WorkspaceSnapshots::restore_latest), but may return before the
+    /// whole workspace is written: with the snapshot's id, the sandbox to use from then on (a
+    /// wrapper around `sandbox` whose operations wait for what they touch while the restore
+    /// finishes in the background). The default restores whole and returns `sandbox` itself.
+    async fn wake_latest(
+        &self,
+        session_id: &str,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> Result<Option<(String, Arc<dyn Sandbox>)>, HostError> {
+        Ok(self
+            .restore_latest(session_id, sandbox.as_ref())
+            .await?
+            .map(|id| (id, sandbox)))
+    }
+
     /// Whether [`WorkspaceSnapshots::housekeep`] is implemented (a host refuses a retention
     /// policy for a store that cannot apply it rather than ignoring it).
     fn supports_retention(&self) -> bool {
@@ -156,6 +172,51 @@ impl WorkspaceSnapshots for cma_store::SnapshotStore {
         for info in snapshots.iter().rev() {
             match self.restore(&info.id, sandbox).await {
                 Ok(manifest) => return Ok(Some(manifest.id.as_str().to_owned())),
+                Err(e) if e.is_retryable() => {
+                    return Err(HostError::with_source(
+                        format!(
+                            "restoring snapshot {} of session {session_id}",
+                            info.id.as_str()
+                        ),
+                        e,
+                    ));
+                }
+                Err(e) => {
+                    tracing::warn!(session_id, snapshot = info.id.as_str(), error = %e, "a snapshot does not restore; trying the one before it");
+                    last_error = Some(e);
+                }
+            }
+        }
+        match last_error {
+            None => Ok(None),
+            Some(e) => Err(HostError::with_source(
+                format!(
+                    "none of the {} snapshots of session {session_id} restores",
+                    snapshots.len()
+                ),
+                e,
+            )),
+        }
+    }
+
+    /// The newest snapshot that passes its checks (manifest, tables, every pack present) wakes
+    /// the session at once; the workspace is written in the background, and each tool call
+    /// waits for the files it touches (`cma_store::WakingSandbox`). Fallback and error handling
+    /// as for `restore_latest`.
+    async fn wake_latest(
+        &self,
+        session_id: &str,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> Result<Option<(String, Arc<dyn Sandbox>)>, HostError> {
+        let snapshots = self.list(session_id).await.map_err(|e| {
+            HostError::with_source(format!("listing the snapshots of session {session_id}"), e)
+        })?;
+        let mut last_error = None;
+        for info in snapshots.iter().rev() {
+            match self.wake(&info.id, sandbox.clone()).await {
+                Ok(woken) => {
+                    return Ok(Some((woken.manifest.id.as_str().to_owned(), woken.sandbox)));
+                }
                 Err(e) if e.is_retryable() => {
                     return Err(HostError::with_source(
                         format!(

@@ -128,6 +128,14 @@ impl ToolsetFactory {
         self
     }
 
+    /// Also offer the `call_service` tool: named private services through each session's
+    /// egress policy (see [`call_service`](crate::control::call_service)).
+    #[cfg(feature = "egress")]
+    #[must_use]
+    pub fn with_call_service(self, egress: Arc<crate::control::egress::SessionEgress>) -> Self {
+        self.with_tool(crate::control::call_service::call_service_tool(egress))
+    }
+
     /// Let the file tools reach these mounts (read-only ones refuse `write`/`edit`). Use the
     /// same list as the sandbox spec's `mounts`.
     #[must_use]

@@ -83,6 +83,8 @@ pub struct LeaseStatus {
     pub reported_ttl: Option<Duration>,
     /// Heartbeats attempted so far, whatever their outcome.
     pub attempts: u64,
+    /// A heartbeat has been sent and its outcome is not known yet.
+    pub in_flight: bool,
 }
 
 /// Handle to a running lease: watch it, or end it.
@@ -101,6 +103,7 @@ impl LeaseHandle {
             beats: 0,
             reported_ttl: None,
             attempts: 0,
+            in_flight: false,
         });
         Self { rx, tx }
     }
@@ -166,9 +169,34 @@ impl LeaseHandle {
         }
     }
 
+    /// Resolves once no heartbeat is in flight or the lease has ended. A runner that is about to
+    /// start work after a long pause (placement can take a container's start-up time) waits here
+    /// so that it does not start tools on a lease the server refused a moment ago while the
+    /// answer was still on its way. The wait is bounded by the heartbeat's own timeout.
+    pub async fn settled(&self) {
+        let mut rx = self.rx.clone();
+        loop {
+            {
+                let s = rx.borrow_and_update();
+                if !s.in_flight || s.ended.is_some() {
+                    return;
+                }
+            }
+            if rx.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn record_sent(&self) {
+        self.tx.send_modify(|s| s.in_flight = true);
+    }
+
     fn record_attempt(&self) {
-        self.tx
-            .send_modify(|s| s.attempts = s.attempts.saturating_add(1));
+        self.tx.send_modify(|s| {
+            s.attempts = s.attempts.saturating_add(1);
+            s.in_flight = false;
+        });
     }
 
     fn record_success(&self, ttl: Option<Duration>) {
@@ -266,6 +294,7 @@ where
         if let Some(end) = lease.status().ended {
             return end;
         }
+        lease.record_sent();
         let attempt = tokio::select! {
             biased;
             _ = cancel.cancelled() => return lease.end(LeaseEnd::Cancelled),
@@ -423,6 +452,44 @@ mod tests {
             Ok(hb("t", 60, WorkState::Active, true))
         });
         assert_eq!(task.stop(LeaseEnd::Cancelled).await, LeaseEnd::Cancelled);
+    }
+
+    #[tokio::test]
+    async fn settled_waits_for_the_answer_of_a_heartbeat_in_flight() {
+        use futures::FutureExt;
+        let lease = LeaseHandle::new();
+        assert!(lease.settled().now_or_never().is_some(), "nothing sent yet");
+        let (answer, answered) = tokio::sync::oneshot::channel::<()>();
+        let answered = Arc::new(tokio::sync::Mutex::new(Some(answered)));
+        let (sent_tx, sent) = tokio::sync::oneshot::channel::<()>();
+        let sent_tx = Arc::new(Mutex::new(Some(sent_tx)));
+        let task = HeartbeatTask::spawn(lease.clone(), CancellationToken::new(), move |_| {
+            let (answered, sent_tx) = (answered.clone(), sent_tx.clone());
+            async move {
+                if let Some(tx) = sent_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                if let Some(rx) = answered.lock().await.take() {
+                    let _ = rx.await;
+                }
+                Err(HeartbeatFailure::PreconditionFailed(None))
+            }
+        });
+        sent.await.unwrap();
+        assert!(lease.status().in_flight);
+        let settled = lease.settled();
+        tokio::pin!(settled);
+        assert!(
+            (&mut settled).now_or_never().is_none(),
+            "the answer is not in"
+        );
+        answer.send(()).unwrap();
+        settled.await;
+        assert!(matches!(
+            lease.status().ended,
+            Some(LeaseEnd::LeaseLost { .. })
+        ));
+        drop(task);
     }
 
     #[tokio::test(start_paused = true)]

@@ -117,6 +117,11 @@ pub trait SessionHost: Send + Sync {
     /// whatever the host still keeps for it (e.g. a warm sandbox). Default: nothing.
     async fn session_ended(&self, _session_id: &SessionId) {}
 
+    /// A verified, new webhook arrived (the control plane calls this for each before acting on
+    /// it): hosts that choose per-session settings from webhook data (egress policies select
+    /// on `webhook.<key>`) keep what they need. Default: nothing.
+    async fn on_webhook(&self, _event: &crate::webhook::WebhookEvent) {}
+
     /// Housekeeping the control plane runs for the host while it runs (release warm sandboxes
     /// whose keep-warm time is over, apply snapshot retention, …), so no duty is left to the
     /// host's own timers. Returns when the host wants to be called next; `None` means "not
@@ -539,6 +544,12 @@ impl SessionRunner {
         let mut memory = None;
         let phase = panics::catch(async {
             sandbox = executor.sandbox();
+            // A heartbeat sent while the sandbox was being placed may have been refused: know
+            // its answer before anything runs on the lease.
+            tokio::select! {
+                _ = lease.settled() => {}
+                _ = cancel.cancelled() => {}
+            }
             // Skills and memory go into the sandbox before any tool runs (§5.3); the heartbeat
             // keeps the lease meanwhile, and a lost lease or a cancel interrupts the downloads.
             let prepared = if lease.status().ended.is_some() || cancel.is_cancelled() {

@@ -393,6 +393,12 @@ impl EgressProxy {
         &self.shared.registry
     }
 
+    /// Where the proxy looks up each session's policy (the control plane resolves a session's
+    /// policy through it at placement, to record which policy and fingerprint apply).
+    pub fn policies(&self) -> &Arc<dyn PolicySource> {
+        &self.shared.policies
+    }
+
     /// Listen on `addr` (port 0 picks one) and serve registered sandboxes until
     /// [`EgressProxy::shutdown`]. Connections from unregistered peers are closed.
     pub async fn listen(&self, addr: SocketAddr) -> Result<ListeningProxy> {

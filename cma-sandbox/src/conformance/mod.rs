@@ -477,7 +477,8 @@ fn tar_with(entries: &[(&str, tar::EntryType, &str)]) -> Vec<u8> {
     builder.into_inner().unwrap()
 }
 
-/// Imports with `..`, absolute names, escaping symlinks or hard links fail with a typed error.
+/// Imports with `..`, absolute names, entries beneath a symlink of the archive or hard links
+/// fail with a typed error; symlinks themselves are link text, imported whatever they point at.
 pub async fn archive_refuses_escapes(backend: &dyn SandboxBackend) {
     let sb = fresh(backend).await;
     if !sb.capabilities().archive {
@@ -485,11 +486,18 @@ pub async fn archive_refuses_escapes(backend: &dyn SandboxBackend) {
         return;
     }
     use tar::EntryType as T;
-    let cases: [&[(&str, T, &str)]; 5] = [
+    let cases: [&[(&str, T, &str)]; 6] = [
         &[("../escape.txt", T::Regular, "x")],
         &[("/tmp/escape.txt", T::Regular, "x")],
-        &[("link", T::Symlink, "/etc/passwd")],
-        &[("sub/link", T::Symlink, "../../outside")],
+        &[
+            ("link", T::Symlink, "/etc"),
+            ("link/passwd", T::Regular, "x"),
+        ],
+        &[
+            ("sub/link", T::Symlink, "../../outside"),
+            ("sub/link/f", T::Regular, "x"),
+        ],
+        &[("inward", T::Symlink, "."), ("inward/f", T::Regular, "x")],
         &[("hard", T::Link, "/etc/passwd")],
     ];
     for case in cases {
@@ -511,6 +519,22 @@ pub async fn archive_refuses_escapes(backend: &dyn SandboxBackend) {
         .await
         .unwrap_err();
     assert_eq!(err.kind(), SandboxErrorKind::InvalidArchive, "{err}");
+    // The links alone are link text: kept exactly as they were exported.
+    let links = [
+        ("abs", "/etc/passwd"),
+        ("sub/out", "../../outside"),
+        ("dangling", "no/such/file"),
+    ];
+    let entries: Vec<(&str, T, &str)> = links.iter().map(|(n, t)| (*n, T::Symlink, *t)).collect();
+    let with_dir: Vec<(&str, T, &str)> = std::iter::once(("sub/", T::Directory, ""))
+        .chain(entries)
+        .collect();
+    sb.import_workspace(tar_stream(tar_with(&with_dir)))
+        .await
+        .unwrap();
+    for (name, target) in links {
+        assert_eq!(sb.read_link(&p(&sb, name)).await.unwrap(), target, "{name}");
+    }
     cleanup(backend, &sb).await;
 }
 

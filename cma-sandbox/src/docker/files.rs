@@ -273,6 +273,8 @@ pub(crate) fn reply_error(kind: &str, head: &Value, path: &str) -> SandboxError 
         }
         "notreg" => SandboxError::new(SandboxErrorKind::PermissionDenied, "not a regular file")
             .with_path(path),
+        "deep" => SandboxError::new(SandboxErrorKind::TooLarge, "directory nesting too deep")
+            .with_path(path),
         "big" => {
             let size = head.get("size").and_then(Value::as_u64).unwrap_or(0);
             SandboxError::too_large(

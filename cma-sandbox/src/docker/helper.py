@@ -1,4 +1,4 @@
-import os, sys, json, stat, shutil, time
+import os, sys, json, stat, shutil, time, struct
 I = sys.stdin.buffer
 O = sys.stdout.buffer
 
@@ -249,6 +249,41 @@ def listmany(r):
     out({"r": rs})
 
 
+def tree(r):
+    # Every entry under p, depth first, names in byte order, a directory before its contents:
+    # per entry <H path len> path <B kind 0 dir 1 file 2 link> <I mode> <Q size> <q mtime ns>
+    # <q ctime ns> <Q inode> <H link len> link, little-endian. Special files are left out.
+    top, maxd = os.fsencode(r.get("p")), r.get("depth", 128)
+    deadline = time.monotonic() + r.get("secs", 50)
+    recs, stack = [], [(top, b"", iter(sorted(os.listdir(top))))]
+    while stack:
+        if time.monotonic() > deadline:
+            return out({"e": "timeout"})
+        d, rel, it = stack[-1]
+        name = next(it, None)
+        if name is None:
+            stack.pop()
+            continue
+        full, p = d + b"/" + name, rel + name
+        try:
+            s = os.lstat(full)
+        except FileNotFoundError:
+            continue
+        m = s.st_mode
+        k = 0 if stat.S_ISDIR(m) else 1 if stat.S_ISREG(m) else 2 if stat.S_ISLNK(m) else -1
+        if k < 0:
+            continue
+        link = os.readlink(full) if k == 2 else b""
+        recs.append(struct.pack("<H", len(p)) + p + struct.pack(
+            "<BIQqqQH", k, m, s.st_size if k == 1 else 0, s.st_mtime_ns, s.st_ctime_ns,
+            s.st_ino, len(link)) + link)
+        if k == 0:
+            if len(stack) > maxd:
+                return out({"e": "deep"})
+            stack.append((full, p + b"/", iter(sorted(os.listdir(full)))))
+    out({"count": len(recs)}, b"".join(recs))
+
+
 def remove(p, rec):
     s = os.lstat(p)
     if stat.S_ISDIR(s.st_mode):
@@ -293,6 +328,8 @@ while True:
             listmany(r)
         elif op == "remove":
             remove(p, r.get("r"))
+        elif op == "tree":
+            tree(r)
         elif op == "id":
             out({"uid": os.getuid(), "gid": os.getgid()})
         else:

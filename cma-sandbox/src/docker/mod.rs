@@ -23,8 +23,10 @@
 //!   network still routes to the host's bridge address, so the backend also installs host
 //!   `iptables` rules (when [`DockerConfig::host_firewall`] is on, the default): from the
 //!   sandbox bridge only the egress endpoint's port on the gateway is accepted.
-//!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY` and installs its CA certificate in a bundle the
-//!   usual variables point at.
+//!   [`SandboxSpec::egress`] sets `HTTP(S)_PROXY`/`NO_PROXY` (both cases) and installs its CA
+//!   certificate where common clients look (the system bundle, a bundle the usual variables
+//!   point at, pip and git configuration; the `egress` module lists them); the container's
+//!   address for the proxy's registry is [`Sandbox::network_address`].
 //! * **Warm pool (opt-in).** With [`DockerConfig::prestart`] > 0, started and fully isolated
 //!   containers wait unassigned; `create` for a spec compatible with
 //!   [`DockerConfig::pool_spec`] claims one (its name is the sandbox id; the identity is
@@ -48,7 +50,7 @@
 //! use cma_sandbox::docker::{DockerBackend, DockerConfig};
 //! use cma_sandbox::{ExecRequest, SandboxBackend, SandboxSpec};
 //!
-//! let backend = DockerBackend::connect(DockerConfig::new("cma-sandbox-test:1")).await?;
+//! let backend = DockerBackend::connect(DockerConfig::new("cma-sandbox-test:2")).await?;
 //! let sandbox = backend.create(&SandboxSpec::new()).await?;
 //! let out = sandbox.exec(ExecRequest::shell("echo hi")).await?;
 //! assert_eq!(&out.stdout[..], b"hi\n");
@@ -57,6 +59,8 @@
 //! ```
 
 mod archive;
+mod egress;
+mod entries;
 mod files;
 mod limits;
 mod net;
@@ -86,7 +90,9 @@ use tokio::sync::Mutex;
 use crate::backend::{Sandbox, SandboxBackend};
 use crate::error::{Result, SandboxError, SandboxErrorKind};
 use crate::exec::{ExecOutput, ExecRequest, ExecStream, ExecuteRequest, InteractiveProcess};
-use crate::file::{ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch};
+use crate::file::{
+    ByteStream, DirEntry, FileReader, FileStat, FoundLines, TreeFound, TreeSearch, WorkspaceEntry,
+};
 use crate::spec::{Capabilities, SandboxId, SandboxInfo, SandboxSpec, SandboxStatus};
 
 pub use pool::{LABEL_POOL, PoolStats};
@@ -574,24 +580,7 @@ impl DockerBackend {
         let facts = self.image_facts(&image).await?;
         let mut env: BTreeMap<String, String> = spec.env.clone();
         if let Some(egress) = &spec.egress {
-            for k in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] {
-                env.insert(k.into(), egress.proxy_url.clone());
-            }
-            for k in ["NO_PROXY", "no_proxy"] {
-                env.insert(k.into(), "localhost,127.0.0.1,::1".into());
-            }
-            if egress.ca_cert_pem.is_some() {
-                for k in [
-                    "SSL_CERT_FILE",
-                    "REQUESTS_CA_BUNDLE",
-                    "CURL_CA_BUNDLE",
-                    "NODE_EXTRA_CA_CERTS",
-                    "GIT_SSL_CAINFO",
-                    "PIP_CERT",
-                ] {
-                    env.insert(k.into(), CA_BUNDLE_PATH.into());
-                }
-            }
+            egress::proxy_env(egress, &mut env);
         }
 
         let mut binds = vec![format!(
@@ -683,7 +672,7 @@ impl DockerBackend {
                 self.put_archive(name, "/", tar).await?;
             }
             if let Some(ca) = spec.egress.as_ref().and_then(|e| e.ca_cert_pem.as_deref()) {
-                self.install_ca(name, ca).await?;
+                egress::install_ca(&self.shared.docker, name, ca).await?;
             }
             if cfg.host_firewall
                 && let Some(egress) = &spec.egress
@@ -711,53 +700,6 @@ impl DockerBackend {
                 container,
                 Some(UploadToContainerOptions {
                     path: dir.to_owned(),
-                    ..Default::default()
-                }),
-                bollard::body_full(Bytes::from(tar)),
-            )
-            .await
-            .map_err(|e| map_docker_err(e, "upload"))
-    }
-
-    /// Install the egress CA in the created (not yet started) container: the image's bundle
-    /// (if any) plus the CA, at [`CA_BUNDLE_PATH`].
-    async fn install_ca(&self, container: &str, ca_pem: &str) -> Result<()> {
-        let mut bundle = Vec::new();
-        let mut s = self.shared.docker.download_from_container(
-            container,
-            Some(DownloadFromContainerOptions {
-                path: "/etc/ssl/certs/ca-certificates.crt".into(),
-            }),
-        );
-        let mut tar_bytes = Vec::new();
-        let mut ok = true;
-        while let Some(chunk) = s.next().await {
-            match chunk {
-                Ok(c) => tar_bytes.extend_from_slice(&c),
-                Err(_) => {
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if ok && let Some(data) = archive::first_file(&tar_bytes) {
-            bundle = data;
-            if !bundle.ends_with(b"\n") {
-                bundle.push(b'\n');
-            }
-        }
-        bundle.extend_from_slice(ca_pem.as_bytes());
-        if !bundle.ends_with(b"\n") {
-            bundle.push(b'\n');
-        }
-        let tar = archive::single_file_tar("etc/cma/ca-bundle.pem", &bundle, 0o644)?;
-        // Owned by root: the sandbox user must not be able to swap the trust anchors.
-        self.shared
-            .docker
-            .upload_to_container(
-                container,
-                Some(UploadToContainerOptions {
-                    path: "/".into(),
                     ..Default::default()
                 }),
                 bollard::body_full(Bytes::from(tar)),
@@ -1319,6 +1261,24 @@ impl Sandbox for DockerSandbox {
         ))
     }
 
+    async fn workspace_entries(&self) -> Result<Vec<WorkspaceEntry>> {
+        if self.helper.is_shell_only() {
+            return Err(SandboxError::unsupported(
+                "workspace_entries: no helper process in this sandbox",
+            ));
+        }
+        let wd = self.shared.cfg.workdir.clone();
+        let r = self
+            .call(
+                &wd,
+                json!({"op": "tree", "p": wd, "depth": entries::MAX_DEPTH, "secs": 50}),
+                Bytes::new(),
+            )
+            .await?;
+        let count = r.head.get("count").and_then(|c| c.as_u64()).unwrap_or(0);
+        entries::parse(&r.data, count)
+    }
+
     async fn import_workspace(&self, mut tar: ByteStream) -> Result<()> {
         self.check_running()?;
         let max = self.shared.cfg.max_import_bytes;
@@ -1337,13 +1297,48 @@ impl Sandbox for DockerSandbox {
             .call(self.workdir(), json!({"op": "id"}), Bytes::new())
             .await?;
         let num = |k: &str| id.head.get(k).and_then(|v| v.as_u64()).unwrap_or(0);
-        let buf = archive::check_import(&buf, &self.shared.cfg.workdir, (num("uid"), num("gid")))?;
+        let checked = archive::check_import(&buf, (num("uid"), num("gid")))?;
+        drop(buf);
         let backend = DockerBackend {
             shared: self.shared.clone(),
         };
         backend
-            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, buf)
-            .await
+            .put_archive(self.id.as_str(), &self.shared.cfg.workdir, checked.tar)
+            .await?;
+        // Links the daemon refuses to unpack, made as the sandbox user (a few per call).
+        for batch in checked.later_links.chunks(256) {
+            let mut argv = vec![
+                "sh".to_owned(),
+                "-c".to_owned(),
+                archive::LINK_SCRIPT.to_owned(),
+                "sh".to_owned(),
+            ];
+            for (name, target) in batch {
+                argv.push(target.clone());
+                argv.push(name.clone());
+            }
+            let out = self.exec(ExecRequest::argv(argv)).await?;
+            if out.exit_code != Some(0) {
+                return Err(SandboxError::new(
+                    SandboxErrorKind::Backend,
+                    format!(
+                        "making symlinks that leave the workspace failed: {}",
+                        String::from_utf8_lossy(&out.stderr).trim()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    async fn network_address(&self) -> Result<Option<IpAddr>> {
+        self.check_running()?;
+        egress::container_address(
+            &self.shared.docker,
+            self.id.as_str(),
+            &self.shared.cfg.network,
+        )
+        .await
     }
 
     async fn status(&self) -> Result<SandboxStatus> {

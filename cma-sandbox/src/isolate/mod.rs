@@ -11,7 +11,8 @@
 //! [`resume`](crate::SandboxBackend::resume)) and, while stopped, a `stopped` marker.
 //! Every file operation goes through a `cap_std::fs::Dir` of the workspace or a mount, so no
 //! path, `..` or symlink (absolute, relative or chained) can leave them. Symlinks must be
-//! relative to be followable; absolute targets are refused at creation and fail at use with
+//! relative to be followable; absolute targets are refused at creation by the file operations
+//! (a workspace import restores them as link text, as exported) and fail at use with
 //! [`OutsideSandbox`](crate::SandboxErrorKind::OutsideSandbox).
 //!
 //! The sandbox namespace also has *virtual* directories: `/` and every ancestor of a mount

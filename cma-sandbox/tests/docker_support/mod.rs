@@ -10,7 +10,7 @@ use cma_sandbox::docker::{DockerBackend, DockerConfig, LABEL_INSTANCE, LABEL_MAN
 
 /// The test image (built by `scripts/docker-image.sh`).
 pub fn image() -> String {
-    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:1".into())
+    std::env::var("CMA_DOCKER_IMAGE").unwrap_or_else(|_| "cma-sandbox-test:2".into())
 }
 
 /// A config for one test: unique instance label.

@@ -1,6 +1,7 @@
 //! Cutting the workspace archive into content-defined chunks, and a chunk's stored form.
 //!
-//! Stored form of a chunk (object `chunks/<first two hex digits>/<sha256 hex>`): a tag byte,
+//! Stored form of a chunk (inside a pack, or for manifest format 2 the whole object
+//! `chunks/<first two hex digits>/<sha256 hex>`): a tag byte,
 //! then either the bytes as they are (data zstd cannot shrink) or a zstd frame followed by the
 //! SHA-256 of that frame. The trailer covers every stored byte of a frame (a flipped bit that
 //! zstd would decode to the same data is still caught); the key covers the content.
@@ -14,6 +15,15 @@ use super::manifest::{ChunkHash, ChunkerParams};
 
 const TRAILER: usize = 32;
 
+/// Largest chunk content any chunker writes (FastCDC's own bound on a chunk), and so the
+/// largest a reader believes: a record claiming more is damage, refused before anything is
+/// allocated for it.
+pub(crate) const MAX_CHUNK_BYTES: u32 = fastcdc::v2020::MAXIMUM_MAX as u32;
+/// Largest stored form of a chunk: [`encode`] stores raw whenever zstd does not shrink the
+/// data, so a stored form is at most the content plus its tag byte (a frame plus its trailer is
+/// smaller than that).
+pub(crate) const MAX_STORED_CHUNK_BYTES: u32 = MAX_CHUNK_BYTES + 1 + TRAILER as u32;
+
 /// Cuts a byte stream into chunks as data arrives; holds at most `max_size` plus one input
 /// piece.
 pub(crate) struct Chunker {
@@ -24,12 +34,7 @@ pub(crate) struct Chunker {
 
 impl Chunker {
     pub fn new(params: ChunkerParams) -> Self {
-        let level = match params.normalization {
-            0 => Normalization::Level0,
-            1 => Normalization::Level1,
-            2 => Normalization::Level2,
-            _ => Normalization::Level3,
-        };
+        let level = level_of(&params);
         Self {
             params,
             level,
@@ -55,16 +60,40 @@ impl Chunker {
     }
 
     fn cut(&self) -> usize {
-        let p = &self.params;
-        let cdc = FastCDC::with_level(
-            &self.buf,
-            p.min_size as usize,
-            p.avg_size as usize,
-            p.max_size as usize,
-            self.level,
-        );
-        let (_, end) = cdc.cut(0, self.buf.len());
-        end.clamp(1, self.buf.len())
+        cut_point(&self.params, self.level, &self.buf)
+    }
+}
+
+fn level_of(params: &ChunkerParams) -> Normalization {
+    match params.normalization {
+        0 => Normalization::Level0,
+        1 => Normalization::Level1,
+        2 => Normalization::Level2,
+        _ => Normalization::Level3,
+    }
+}
+
+/// Where the first chunk of `data` ends.
+fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
+    let cdc = FastCDC::with_level(
+        data,
+        p.min_size as usize,
+        p.avg_size as usize,
+        p.max_size as usize,
+        level,
+    );
+    let (_, end) = cdc.cut(0, data.len());
+    end.clamp(1, data.len())
+}
+
+/// Cut a whole input at once, without copying it: the same chunks [`Chunker`] makes from it.
+pub(crate) fn cut_all(params: &ChunkerParams, data: Bytes, out: &mut Vec<Bytes>) {
+    let level = level_of(params);
+    let mut at = 0;
+    while at < data.len() {
+        let n = cut_point(params, level, &data[at..]);
+        out.push(data.slice(at..at + n));
+        at += n;
     }
 }
 
@@ -108,12 +137,27 @@ pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Check a stored chunk against the manifest's hash and size and return its content.
-pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u8>> {
+/// Check a stored chunk against the manifest's hash and size and return its content (a slice
+/// of `stored` when it was stored raw).
+pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes> {
     let what = || format!("chunk {}", hash.to_hex());
-    let data = match stored.split_first() {
-        Some((&RAW, data)) => data.to_vec(),
-        Some((&ZSTD, rest)) => {
+    // The claimed size sizes the decompression buffer: bound it before anything is allocated.
+    if size > MAX_CHUNK_BYTES {
+        return Err(Error::corrupt(
+            what(),
+            format!("claims {size} bytes, more than any chunk ({MAX_CHUNK_BYTES})"),
+        ));
+    }
+    if stored.len() > MAX_STORED_CHUNK_BYTES as usize {
+        return Err(Error::corrupt(
+            what(),
+            format!("{} stored bytes, more than any chunk", stored.len()),
+        ));
+    }
+    let data = match stored.first() {
+        Some(&RAW) => stored.slice(1..),
+        Some(&ZSTD) => {
+            let rest = &stored[1..];
             if rest.len() < TRAILER {
                 return Err(Error::corrupt(what(), "truncated"));
             }
@@ -121,8 +165,23 @@ pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u
             if Sha256::digest(frame).as_slice() != trailer {
                 return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
             }
-            zstd::bulk::decompress(frame, size as usize)
-                .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?
+            // A frame that records its content size must record the claimed one (every frame
+            // `encode` writes does); one that records none decompresses into at most `size`.
+            match zstd::zstd_safe::get_frame_content_size(frame) {
+                Ok(Some(n)) if n == u64::from(size) => {}
+                Ok(None) => {}
+                Ok(Some(n)) => {
+                    return Err(Error::corrupt(
+                        what(),
+                        format!("frame holds {n} bytes, expected {size}"),
+                    ));
+                }
+                Err(_) => return Err(Error::corrupt(what(), "not a zstd frame")),
+            }
+            Bytes::from(
+                decompress(frame, size as usize)
+                    .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
+            )
         }
         Some(_) => return Err(Error::corrupt(what(), "unknown stored form")),
         None => return Err(Error::corrupt(what(), "empty")),
@@ -139,69 +198,39 @@ pub(crate) fn decode(stored: &[u8], hash: &ChunkHash, size: u32) -> Result<Vec<u
     Ok(data)
 }
 
-/// Follows tar headers through a stream to count regular files and their bytes (for the
-/// manifest) without parsing the archive twice.
-#[derive(Default)]
-pub(crate) struct TarCounter {
-    header: Vec<u8>,
-    skip: u64,
-    /// Regular files seen.
-    pub files: u64,
-    /// Their bytes.
-    pub bytes: u64,
+/// Decompress zstd data that must come to at most `limit` bytes, holding only what it actually
+/// decompresses to (plus growth slack), never `limit` up front: for objects whose size is not
+/// known in advance (manifests).
+pub(crate) fn decompress_bounded(data: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    zstd::stream::read::Decoder::with_buffer(data)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)?;
+    if out.len() > limit {
+        return Err(std::io::Error::other(format!(
+            "decompresses to more than {limit} bytes"
+        )));
+    }
+    Ok(out)
 }
 
-impl TarCounter {
-    pub fn feed(&mut self, mut data: &[u8]) {
-        while !data.is_empty() {
-            if self.skip > 0 {
-                let n = (self.skip.min(data.len() as u64)) as usize;
-                self.skip -= n as u64;
-                data = &data[n..];
-                continue;
-            }
-            let n = (512 - self.header.len()).min(data.len());
-            self.header.extend_from_slice(&data[..n]);
-            data = &data[n..];
-            if self.header.len() == 512 {
-                self.parse();
-                self.header.clear();
-            }
-        }
+/// Decompress one frame of at most `capacity` bytes with this thread's context.
+fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
+    thread_local! {
+        static CONTEXT: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> =
+            const { std::cell::RefCell::new(None) };
     }
-
-    fn parse(&mut self) {
-        let h = &self.header;
-        if h.iter().all(|&b| b == 0) {
-            return;
+    CONTEXT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.is_none() {
+            *slot = Some(zstd::bulk::Decompressor::new()?);
         }
-        let size = tar_size(&h[124..136]);
-        self.skip = size.div_ceil(512) * 512;
-        if matches!(h[156], b'0' | 0 | b'7') {
-            self.files += 1;
-            self.bytes += size;
+        match slot.as_mut() {
+            Some(d) => d.decompress(frame, capacity),
+            None => Err(std::io::Error::other("no decompression context")),
         }
-    }
-}
-
-/// A tar numeric field: octal text, or GNU base-256 when the high bit is set.
-fn tar_size(field: &[u8]) -> u64 {
-    if field[0] & 0x80 != 0 {
-        let mut v = u64::from(field[0] & 0x7f);
-        for &b in &field[1..] {
-            v = (v << 8) | u64::from(b);
-        }
-        return v;
-    }
-    let mut v = 0u64;
-    for &b in field {
-        match b {
-            b'0'..=b'7' => v = (v << 3) | u64::from(b - b'0'),
-            b' ' | 0 if v > 0 => break,
-            _ => {}
-        }
-    }
-    v
+    })
 }
 
 #[cfg(test)]
@@ -236,6 +265,9 @@ mod tests {
         again.push(&data, &mut out2);
         again.finish(&mut out2);
         assert_eq!(out, out2);
+        let mut whole = Vec::new();
+        cut_all(&params, Bytes::from(data), &mut whole);
+        assert_eq!(out, whole);
     }
 
     #[test]
@@ -254,39 +286,17 @@ mod tests {
             let hash = ChunkHash::of(&data);
             let stored = encode(&data, 1).unwrap();
             assert_eq!(stored[0], tag);
-            assert_eq!(decode(&stored, &hash, data.len() as u32).unwrap(), data);
+            let n = data.len() as u32;
+            let back = decode(Bytes::from(stored.clone()), &hash, n).unwrap();
+            assert_eq!(back, data);
             for i in 0..stored.len() {
                 let mut bad = stored.clone();
                 bad[i] ^= 1;
-                assert!(decode(&bad, &hash, data.len() as u32).is_err(), "byte {i}");
+                assert!(decode(Bytes::from(bad), &hash, n).is_err(), "byte {i}");
             }
-            assert!(decode(&stored[..stored.len() / 2], &hash, data.len() as u32).is_err());
-            assert!(decode(&[], &hash, data.len() as u32).is_err());
+            let half = Bytes::copy_from_slice(&stored[..stored.len() / 2]);
+            assert!(decode(half, &hash, n).is_err());
+            assert!(decode(Bytes::new(), &hash, n).is_err());
         }
-    }
-
-    #[test]
-    fn tar_counter_counts_regular_files() {
-        let mut b = tar::Builder::new(Vec::new());
-        for (name, len) in [("a", 10usize), ("d/b", 1000), ("e", 0)] {
-            let mut h = tar::Header::new_gnu();
-            h.set_size(len as u64);
-            h.set_mode(0o644);
-            b.append_data(&mut h, name, &vec![7u8; len][..]).unwrap();
-        }
-        let mut h = tar::Header::new_gnu();
-        h.set_entry_type(tar::EntryType::Directory);
-        h.set_size(0);
-        b.append_data(&mut h, "dir", std::io::empty()).unwrap();
-        let long = "x".repeat(300);
-        let mut h = tar::Header::new_gnu();
-        h.set_size(5);
-        b.append_data(&mut h, &long, &b"12345"[..]).unwrap();
-        let bytes = b.into_inner().unwrap();
-        let mut c = TarCounter::default();
-        for piece in bytes.chunks(100) {
-            c.feed(piece);
-        }
-        assert_eq!((c.files, c.bytes), (4, 1015));
     }
 }

@@ -16,14 +16,19 @@ use sha2::{Digest, Sha256};
 use super::error::{Error, Result};
 use crate::SnapshotId;
 
-/// The manifest format this crate writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
-/// Largest stored manifest accepted (decompressed), against a hostile or corrupt store.
-pub const MAX_MANIFEST_BYTES: usize = 256 * 1024 * 1024;
+/// The manifest format this crate writes: chunks in packs, found through the index.
+pub const FORMAT_VERSION: u32 = 3;
+/// The oldest manifest format this crate reads: 2, chunks stored one object each under
+/// `chunks/` (they stay there and restore as before; new saves never write there).
+pub const OLDEST_FORMAT_VERSION: u32 = 2;
+/// Largest stored manifest accepted (decompressed), against a hostile or corrupt store. A
+/// manifest names its tables' chunks, not every chunk, so a real one is kilobytes to a few
+/// megabytes; memory grows with what is actually decompressed, never to this up front.
+pub const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 const MAGIC: &str = "cma-snapshot-manifest";
 
 /// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkHash(pub [u8; 32]);
 
 impl ChunkHash {
@@ -150,11 +155,16 @@ pub struct SnapshotManifest {
     pub file_count: u64,
     /// Bytes in those files.
     pub content_bytes: u64,
+    /// Sockets, FIFOs and device nodes the save found in the workspace and left out (a
+    /// snapshot holds files, directories and symlinks only); 0 where the save could not see
+    /// them (a listing or export that leaves them out itself).
+    pub skipped_entries: u64,
     /// Size of the workspace archive (tar).
     pub archive_bytes: u64,
     /// Sum of the stored sizes of the chunks the archive is made of (counting repeats).
     pub stored_bytes: u64,
-    /// Bytes this save actually uploaded (new chunks, the manifest not included).
+    /// Bytes this save actually uploaded: its packs and its index object (the manifest not
+    /// included).
     pub uploaded_bytes: u64,
     /// How the archive was cut.
     pub chunker: ChunkerParams,
@@ -174,6 +184,9 @@ struct Wire {
     parent: Option<String>,
     file_count: u64,
     content_bytes: u64,
+    /// Absent from manifests written before it was recorded.
+    #[serde(default)]
+    skipped_entries: u64,
     archive_bytes: u64,
     stored_bytes: u64,
     uploaded_bytes: u64,
@@ -214,6 +227,7 @@ impl SnapshotManifest {
             parent: self.parent.as_ref().map(|p| p.as_str().to_owned()),
             file_count: self.file_count,
             content_bytes: self.content_bytes,
+            skipped_entries: self.skipped_entries,
             archive_bytes: self.archive_bytes,
             stored_bytes: self.stored_bytes,
             uploaded_bytes: self.uploaded_bytes,
@@ -226,7 +240,7 @@ impl SnapshotManifest {
             message: format!("manifest does not serialize: {e}"),
         })?;
         let digest = hex(&Sha256::digest(&json));
-        let mut plain = format!("{MAGIC} {FORMAT_VERSION} {digest}\n").into_bytes();
+        let mut plain = format!("{MAGIC} {} {digest}\n", self.format_version).into_bytes();
         plain.extend_from_slice(&json);
         let stored =
             zstd::bulk::compress(&plain, 3).map_err(|e| Error::io("compress manifest", e))?;
@@ -246,7 +260,7 @@ impl SnapshotManifest {
         {
             return Err(Error::corrupt(what(), "does not hash to its id"));
         }
-        let plain = zstd::bulk::decompress(stored, MAX_MANIFEST_BYTES)
+        let plain = super::chunk::decompress_bounded(stored, MAX_MANIFEST_BYTES)
             .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?;
         let nl = plain
             .iter()
@@ -261,21 +275,27 @@ impl SnapshotManifest {
         else {
             return Err(Error::corrupt(what(), "bad header line"));
         };
-        if version != FORMAT_VERSION.to_string() {
-            return Err(Error::corrupt(
-                what(),
-                format!("unsupported format version {version}"),
-            ));
-        }
+        let version: u32 = match version.parse() {
+            Ok(v) if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&v) => v,
+            _ => {
+                return Err(Error::corrupt(
+                    what(),
+                    format!("unsupported format version {version}"),
+                ));
+            }
+        };
         let actual = hex(&Sha256::digest(json));
         if actual != digest {
             return Err(Error::corrupt(what(), "checksum mismatch"));
         }
         let wire: Wire = serde_json::from_slice(json)
             .map_err(|e| Error::corrupt(what(), format!("bad JSON: {e}")))?;
-        if wire.format_version != FORMAT_VERSION || wire.compression != "zstd" {
+        if wire.format_version != version || wire.compression != "zstd" {
             return Err(Error::corrupt(what(), "unsupported format or compression"));
         }
+        wire.chunker
+            .validate()
+            .map_err(|_| Error::corrupt(what(), "chunker parameters out of range"))?;
         let table = parse_refs(wire.table, &what)?;
         let files = parse_refs(wire.files, &what)?;
         let parent = match wire.parent {
@@ -292,6 +312,7 @@ impl SnapshotManifest {
             parent,
             file_count: wire.file_count,
             content_bytes: wire.content_bytes,
+            skipped_entries: wire.skipped_entries,
             archive_bytes: wire.archive_bytes,
             stored_bytes: wire.stored_bytes,
             uploaded_bytes: wire.uploaded_bytes,
@@ -305,6 +326,19 @@ impl SnapshotManifest {
     /// Set the chunk list read from the chunk table, checking it against the sizes the manifest
     /// claims.
     pub(crate) fn set_chunks(&mut self, chunks: Vec<ChunkRef>) -> Result<()> {
+        // No chunk is larger than the chunker that cut it allows: a record claiming more is
+        // damage (and would size a decompression buffer), refused before any chunk is read.
+        if let Some(c) = chunks.iter().find(|c| c.size > self.chunker.max_size) {
+            return Err(Error::corrupt(
+                format!("manifest {}", self.id.as_str()),
+                format!(
+                    "chunk {} claims {} bytes, more than its chunker's largest ({})",
+                    c.hash.to_hex(),
+                    c.size,
+                    self.chunker.max_size
+                ),
+            ));
+        }
         let total: u64 = chunks.iter().map(|c| u64::from(c.size)).sum();
         let stored: u64 = chunks.iter().map(|c| u64::from(c.stored_size)).sum();
         if total != self.archive_bytes || stored != self.stored_bytes {
@@ -331,6 +365,7 @@ mod tests {
             parent: None,
             file_count: 1,
             content_bytes: 3,
+            skipped_entries: 1,
             archive_bytes: 7,
             stored_bytes: 9,
             uploaded_bytes: 9,

@@ -1,58 +1,85 @@
 //! Workspace snapshots: [`SnapshotStore`] saves a sandbox's workspace archive as content-defined,
-//! SHA-256-addressed, zstd-compressed chunks plus a manifest, in any `object_store` backend, and
-//! restores it verified.
+//! SHA-256-named, zstd-compressed chunks packed into pack objects, plus a manifest, in any
+//! `object_store` backend, and restores it verified.
 //!
 //! # Saving
 //! A sandbox whose workspace is a directory on this host ([`Sandbox::local_workspace`], the
 //! isolate backend) is read directly: the archive is cut at file boundaries into units (a big
 //! file, or a pack of small entries), and a unit whose entries' metadata is unchanged since the
-//! parent snapshot is not read again: its chunks are the parent's. Other sandboxes are saved
-//! from their export stream ([`Sandbox::export_workspace`]), cut into chunks as it comes. Both
-//! give the same archive, and restore the same way.
+//! parent snapshot is not read again: its chunks are the parent's. A sandbox that lists its
+//! workspace in one call ([`Sandbox::workspace_entries`], the Docker backend) is saved the same
+//! way from the listing, reading only the files of changed units (see the `remote` module).
+//! Other sandboxes are saved from their export stream ([`Sandbox::export_workspace`]), cut into
+//! chunks as it comes. All give the same kind of archive, and restore the same way. Reading, cutting, hashing, compressing and
+//! uploading overlap (see the `pipeline` module), so both cores stay busy.
 //!
 //! # Layout in the store
-//! - `chunks/<2 hex>/<sha256>`: one chunk (see the `chunk` module for its stored form), written
-//!   once whatever the number of snapshots that use it. Besides the archive's chunks, each
-//!   snapshot's chunk list and file table are stored as chunks too (see the `index` module).
+//! - `packs/<2 hex>/<sha256>`: many chunks in one object (see the `pack` module), named by the
+//!   hash of the whole object. A snapshot is a few packs, not one object per chunk.
+//! - `index/<sha256>`: which pack holds each chunk, where (see the `chunk_index` module). Each
+//!   save adds one; garbage collection merges them.
 //! - `manifests/<session>/<created µs, 20 digits>-<snapshot id>`: a manifest (see
 //!   [`SnapshotManifest`]); listing a session's prefix lists its snapshots in time order.
+//!   Manifests name chunks by hash only, so packs can be rewritten without touching them.
+//!   Besides the archive's chunks, each snapshot's chunk list and file table are chunks too
+//!   (see the `tables` module).
 //! - `ids/<snapshot id>`: the key of the manifest, so a snapshot can be found by id alone.
 //! - `inflight/<save>/<n>`: the chunks a running save is about to use (see *Garbage collection*).
 //! - `gc/<run>`: present while a garbage collection runs.
+//! - `chunks/<2 hex>/<sha256>`: one chunk per object, as manifest format 2 stored them. Such
+//!   snapshots still restore (a chunk the index does not list is looked for there), their chunks
+//!   stay until no manifest uses them, and new saves never write there.
 //!
 //! # Crash safety
-//! A save uploads its chunks first, then `ids/<id>` and then the manifest, each with
-//! `PutMode::Create`. A manifest therefore exists only once every chunk it lists is in the
-//! store; a crash at any point leaves at most unreferenced chunks, a dangling `ids/` entry or
-//! stale `inflight/` records, which garbage collection removes.
+//! A save uploads its packs first, then its index object, then `ids/<id>` and then the
+//! manifest (the last two with `PutMode::Create`). A manifest therefore exists only once every
+//! chunk it lists is stored and indexed; a crash at any point leaves at most packs no index
+//! lists, a dangling `ids/` entry or stale `inflight/` records, which garbage collection
+//! removes once they are older than [`GcConfig::inflight_ttl`].
 //!
 //! # Garbage collection while saves run
-//! A save names each batch of chunks in an `inflight/` record *before* it checks whether they
-//! exist, then waits until no garbage collection that started earlier is still running, and only
-//! then checks the store (or, for chunks of the parent snapshot, that the parent manifest still
-//! exists). A collection lists chunks, then live `inflight/` records, then manifests, and deletes
-//! only chunks named by none of them. A collection that started after the save's record was
-//! written sees the record and keeps those chunks; one that started before is still running when
-//! the save looks (and the save waits for it) or has finished (and the save sees what it deleted,
-//! and uploads again what it needs). A manifest, once written, keeps its chunks alive. Both
-//! sides bound their own duration ([`GcConfig`]) so a crashed process's marker or records expire.
+//! A save names each batch of chunks in an `inflight/` record *before* it looks at the store,
+//! then waits until no garbage collection that started earlier is still running, and only then
+//! reloads the index (or, for chunks of the parent snapshot, checks that the parent manifest
+//! still exists) and packs what the store lacks. A collection lists packs, then live
+//! `inflight/` records, then manifests, then reads the index, and drops only chunks named by
+//! none of them. A collection that started after the save's record was written sees the record
+//! and keeps those chunks; one that started before is still running when the save looks (and
+//! the save waits for it) or has finished (and the save sees what it dropped, and stores again
+//! what it needs). A manifest, once written, keeps its chunks alive. Both sides bound their own
+//! duration ([`GcConfig`]) so a crashed process's marker or records expire. How packs are
+//! rewritten without losing anything to a kill is in the `gc` module.
 //!
 //! # Restore
-//! Chunks are downloaded in parallel, each checked (stored bytes, size, SHA-256), and written in
-//! order to a spool file (zero runs become holes); the whole archive is then checked entry by
-//! entry (no `..`, absolute paths, outward symlinks, hard links, devices, FIFOs or
-//! setuid/setgid/sticky bits). Only then is it streamed into
-//! [`Sandbox::import_workspace`]: a snapshot that fails any check leaves the sandbox untouched.
+//! Chunks are read from their packs in ranges, several at once, each checked (stored form, size,
+//! SHA-256). Into a sandbox whose workspace is on this host, a snapshot with a file table is
+//! written directly, many files at once, into a hidden directory moved into place at the end
+//! (see the `unpack` module). Otherwise the chunks are written at their place in a spool file
+//! (zero runs become holes), the whole archive is checked entry by entry (no `..`, absolute
+//! names, entries beneath a symlink, hard links, devices, FIFOs or setuid/setgid/sticky bits;
+//! symlink targets are link text, kept whatever they say), and only
+//! then streamed into [`Sandbox::import_workspace`]. Either way a snapshot that fails any check
+//! leaves the sandbox as it was.
 
 mod chunk;
+mod chunk_index;
 mod error;
-mod index;
+mod fetch;
+mod gate;
 mod manifest;
+mod marker;
+mod pack;
+mod pipeline;
+mod remote;
 mod safety;
+mod tables;
+mod tar_scan;
+mod unpack;
+mod wake;
 mod walk;
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom};
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -67,21 +94,29 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use tokio::sync::mpsc;
 
 pub use error::{Error, ErrorKind, Result};
-pub use manifest::{ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, SnapshotManifest};
+pub use gate::WakingSandbox;
+pub use manifest::{
+    ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SnapshotManifest,
+};
+pub use marker::{RESTORE_MARKER, restore_unfinished};
+pub use wake::Woken;
 
-use self::chunk::{Chunker, TarCounter};
-use self::index::Unit;
+use self::chunk::Chunker;
+use self::tables::Unit;
+use self::tar_scan::TarScan;
 use self::walk::{Counts, ParentUnits, Work};
 use crate::SnapshotId;
 
-/// New chunks named per `inflight/` record (and processed together).
-const BATCH_CHUNKS: usize = 64;
-/// Most chunks (new or reused) in one batch.
-const MAX_BATCH_PIECES: usize = 4096;
+/// Chunks per message from an export stream's reader.
+const BATCH_CHUNKS: usize = 16;
 /// Messages between the reader of a save and its uploader.
 const WORK_QUEUE: usize = 16;
 /// Largest chunk or file table accepted, against a hostile or corrupt store.
 const MAX_TABLE_BYTES: u64 = 1 << 30;
+/// Largest `ids/` record read (it holds one manifest key).
+const MAX_ID_RECORD: u64 = 4096;
+/// Largest `inflight/` record read (a save's records name at most a few thousand chunks).
+const MAX_INFLIGHT_RECORD: u64 = 64 << 20;
 /// Size of the pieces a restore streams into the sandbox.
 const IMPORT_PIECE_BYTES: usize = 256 * 1024;
 /// A block of zeros, for finding holes cheaply.
@@ -103,6 +138,9 @@ pub struct GcConfig {
     pub gc_deadline: Duration,
     /// How long a save waits for a running collection before failing with [`Error::Busy`].
     pub max_wait: Duration,
+    /// A pack whose live chunks fill less than this percentage of it is rewritten with only
+    /// them (0 never rewrites; 100 rewrites every pack holding a dead chunk).
+    pub repack_live_percent: u8,
 }
 
 impl Default for GcConfig {
@@ -112,6 +150,7 @@ impl Default for GcConfig {
             inflight_ttl: Duration::from_secs(6 * 3600),
             gc_deadline: Duration::from_secs(120),
             max_wait: Duration::from_secs(300),
+            repack_live_percent: 50,
         }
     }
 }
@@ -124,9 +163,11 @@ pub struct SnapshotConfig {
     pub chunker: ChunkerParams,
     /// zstd level for chunks.
     pub zstd_level: i32,
-    /// Chunk uploads (and existence checks) in flight at once.
+    /// Target size of a pack (stored bytes of chunks); a pack is sealed once it reaches this.
+    pub pack_bytes: usize,
+    /// Pack uploads in flight at once.
     pub upload_concurrency: usize,
-    /// Chunk downloads in flight at once.
+    /// Ranged reads of packs in flight at once.
     pub download_concurrency: usize,
     /// Limit on every single store call.
     pub op_timeout: Duration,
@@ -146,7 +187,8 @@ impl Default for SnapshotConfig {
         Self {
             chunker: ChunkerParams::default(),
             zstd_level: 1,
-            upload_concurrency: 8,
+            pack_bytes: 16 << 20,
+            upload_concurrency: 4,
             download_concurrency: 8,
             op_timeout: Duration::from_secs(60),
             spool_dir: None,
@@ -191,20 +233,33 @@ pub struct RetentionReport {
 
 /// What [`SnapshotStore::gc`] did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct GcReport {
-    /// Chunks in the store when the run started.
-    pub chunks_scanned: usize,
     /// Chunks referenced by a manifest or a running save.
     pub chunks_live: usize,
-    /// Chunks deleted.
+    /// Chunks no longer kept: dropped from the index, and old-format chunk objects deleted.
     pub chunks_deleted: usize,
-    /// Stored bytes freed.
+    /// Packs in the store when the run started.
+    pub packs_scanned: usize,
+    /// Packs deleted (dead, left by a crashed save, or repacked).
+    pub packs_deleted: usize,
+    /// Packs whose live chunks were copied into new packs.
+    pub packs_repacked: usize,
+    /// New packs written by repacking.
+    pub packs_written: usize,
+    /// Index objects written (the whole index, rewritten when anything changed).
+    pub index_objects_written: usize,
+    /// Index objects deleted (replaced by the new ones).
+    pub index_objects_deleted: usize,
+    /// Stored bytes freed (deleted minus written).
     pub bytes_freed: u64,
+    /// Bytes of new packs written.
+    pub bytes_written: u64,
     /// Manifests read.
     pub manifests: usize,
     /// Records of crashed saves and dangling id entries removed.
     pub stale_records_deleted: usize,
-    /// The run hit [`GcConfig::gc_deadline`] before deleting everything it could.
+    /// The run hit [`GcConfig::gc_deadline`] before doing everything it could.
     pub incomplete: bool,
 }
 
@@ -213,6 +268,7 @@ pub struct GcReport {
 pub struct SnapshotStore {
     store: Arc<dyn ObjectStore>,
     config: Arc<SnapshotConfig>,
+    index: Arc<chunk_index::IndexCache>,
 }
 
 impl std::fmt::Debug for SnapshotStore {
@@ -297,6 +353,10 @@ fn is_not_found(e: &object_store::Error) -> bool {
     matches!(e, object_store::Error::NotFound { .. })
 }
 
+fn joined(e: tokio::task::JoinError) -> Error {
+    Error::io("worker thread", std::io::Error::other(e.to_string()))
+}
+
 impl SnapshotStore {
     /// A store over any `object_store` backend.
     pub fn new(store: Arc<dyn ObjectStore>, config: SnapshotConfig) -> Result<Self> {
@@ -306,9 +366,18 @@ impl SnapshotStore {
                 message: "concurrency limits must be at least 1".into(),
             });
         }
+        if !(64 * 1024..=1 << 30).contains(&config.pack_bytes) {
+            return Err(Error::InvalidInput {
+                message: format!(
+                    "pack size {} must be between 64 KiB and 1 GiB",
+                    config.pack_bytes
+                ),
+            });
+        }
         Ok(Self {
             store,
             config: Arc::new(config),
+            index: Arc::default(),
         })
     }
 
@@ -385,13 +454,82 @@ impl SnapshotStore {
         }
     }
 
-    async fn get_bytes(&self, key: &Path) -> Result<Bytes> {
+    /// Read a whole object of at most `limit` bytes: a larger one (as its size says, or as its
+    /// body turns out) is [`Error::TooLarge`] after holding at most `limit` bytes of it.
+    async fn get_bytes(&self, key: &Path, limit: u64) -> Result<Bytes> {
+        self.get_bounded(key, None, limit).await
+    }
+
+    /// Read `range` of an object: exactly its bytes, or an error; a store that answers with
+    /// more is not believed past the range's length.
+    async fn get_range(&self, key: &Path, range: std::ops::Range<u64>) -> Result<Bytes> {
+        let want = range.end.saturating_sub(range.start);
+        let data = self.get_bounded(key, Some(range.clone()), want).await?;
+        if data.len() as u64 != want {
+            return Err(Error::corrupt(
+                format!("object {key}"),
+                format!(
+                    "bytes {}..{} came back as {} bytes",
+                    range.start,
+                    range.end,
+                    data.len()
+                ),
+            ));
+        }
+        Ok(data)
+    }
+
+    async fn get_bounded(
+        &self,
+        key: &Path,
+        range: Option<std::ops::Range<u64>>,
+        limit: u64,
+    ) -> Result<Bytes> {
         let store = self.store.clone();
         let k = key.clone();
-        self.timed(|| format!("get {key}"), async move {
-            store.get(&k).await?.bytes().await
+        let opts = object_store::GetOptions {
+            range: range.clone().map(object_store::GetRange::Bounded),
+            ..Default::default()
+        };
+        let what = || match &range {
+            Some(r) => format!("get {key} bytes {}..{}", r.start, r.end),
+            None => format!("get {key}"),
+        };
+        let got = self
+            .timed(what, async move {
+                let got = store.get_opts(&k, opts).await?;
+                let claimed = got.range.end.saturating_sub(got.range.start);
+                if claimed > limit {
+                    return Ok(Err(claimed));
+                }
+                if let object_store::GetResultPayload::File(..) = got.payload {
+                    // A file on this host: its length is what the file system says.
+                    return got.bytes().await.map(Ok);
+                }
+                // A body from the network: count it as it comes, whatever it announced.
+                let mut body = got.into_stream();
+                let mut pieces: Vec<Bytes> = Vec::new();
+                let mut held = 0u64;
+                while let Some(piece) = body.next().await {
+                    let piece = piece?;
+                    held += piece.len() as u64;
+                    if held > limit {
+                        return Ok(Err(held));
+                    }
+                    pieces.push(piece);
+                }
+                Ok(Ok(match pieces.len() {
+                    0 => Bytes::new(),
+                    1 => pieces.swap_remove(0),
+                    _ => Bytes::from(pieces.concat()),
+                }))
+            })
+            .await?;
+        got.map_err(|size| Error::TooLarge {
+            what: format!("object {key}"),
+            size,
+            limit,
         })
-        .await
     }
 
     async fn put(&self, key: &Path, data: Bytes, mode: PutMode) -> Result<()> {
@@ -440,7 +578,7 @@ impl SnapshotStore {
     // ---- reading manifests ----
 
     async fn manifest_key_of(&self, id: &SnapshotId) -> Result<Path> {
-        let raw = match self.get_bytes(&id_key(id)).await {
+        let raw = match self.get_bytes(&id_key(id), MAX_ID_RECORD).await {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 return Err(Error::NotFound {
@@ -460,7 +598,21 @@ impl SnapshotStore {
     }
 
     async fn read_manifest_at(&self, key: &Path, id: &SnapshotId) -> Result<SnapshotManifest> {
-        let stored = match self.get_bytes(key).await {
+        let fetcher = fetch::Fetcher::new(self).await?;
+        self.read_manifest_with(&fetcher, key, id).await
+    }
+
+    /// [`read_manifest_at`](Self::read_manifest_at) with a fetcher of the caller's.
+    async fn read_manifest_with(
+        &self,
+        fetcher: &fetch::Fetcher,
+        key: &Path,
+        id: &SnapshotId,
+    ) -> Result<SnapshotManifest> {
+        let stored = match self
+            .get_bytes(key, manifest::MAX_MANIFEST_BYTES as u64)
+            .await
+        {
             Ok(b) => b,
             Err(Error::Store { source, .. }) if is_not_found(&source) => {
                 return Err(Error::NotFound {
@@ -479,14 +631,19 @@ impl SnapshotStore {
                 ));
             }
         }
-        let table = self.load_table(id, &m.table).await?;
-        let chunks = index::decode_chunks(&table, &format!("manifest {}", id.as_str()))?;
+        let table = self.load_table(fetcher, id, &m.table).await?;
+        let chunks = tables::decode_chunks(&table, &format!("manifest {}", id.as_str()))?;
         m.set_chunks(chunks)?;
         Ok(m)
     }
 
     /// Fetch, verify and join the chunks of a table.
-    async fn load_table(&self, id: &SnapshotId, refs: &[ChunkRef]) -> Result<Vec<u8>> {
+    async fn load_table(
+        &self,
+        fetcher: &fetch::Fetcher,
+        id: &SnapshotId,
+        refs: &[ChunkRef],
+    ) -> Result<Vec<u8>> {
         let total: u64 = refs.iter().map(|c| u64::from(c.size)).sum();
         if total > MAX_TABLE_BYTES {
             return Err(Error::TooLarge {
@@ -495,12 +652,10 @@ impl SnapshotStore {
                 limit: MAX_TABLE_BYTES,
             });
         }
-        let mut out = Vec::with_capacity(total as usize);
-        let mut parts = futures::stream::iter(refs.iter().copied())
-            .map(|c| self.fetch_chunk(id, c))
-            .buffered(self.config.download_concurrency);
-        while let Some(part) = parts.next().await {
-            out.extend_from_slice(&part?);
+        // Sized by what arrives (each part verified), not by what the manifest claims.
+        let mut out = Vec::new();
+        for part in fetcher.fetch(id, refs).await? {
+            out.extend_from_slice(&part);
         }
         Ok(out)
     }

@@ -1,30 +1,14 @@
-//! Saving: export (or walk) → content-defined chunks → hash → name in an `inflight/` record →
-//! check or upload → chunk table and file table → manifest. Memory stays bounded: the work
-//! queue, one batch being stored (`BATCH_CHUNKS × max_size` at worst) and the tables (a few
-//! dozen bytes per chunk and per file).
+//! Saving: export (or walk) → content-defined chunks → the store pipeline (see `pipeline`) →
+//! chunk table and file table → index object → manifest.
 
+use std::collections::HashSet;
+use std::pin::Pin;
+
+use futures::stream::FuturesOrdered;
+
+use super::pipeline::{Hashed, Hint, Job, MAX_JOBS, SaveState, hash_job};
+use super::tables::EntryKey;
 use super::*;
-
-struct ParentInfo {
-    key: Path,
-    chunks: HashMap<ChunkHash, u32>,
-}
-
-struct SaveState {
-    save_id: uuid::Uuid,
-    seq: u32,
-    first_record: Option<Instant>,
-    /// Chunks confirmed in the store during this save, with their stored sizes.
-    known: HashMap<ChunkHash, u32>,
-    parent: Option<ParentInfo>,
-    uploaded_bytes: u64,
-}
-
-/// One chunk of what is being saved: new bytes, or a chunk the parent snapshot has.
-enum Piece {
-    Data(Bytes),
-    Known(ChunkRef),
-}
 
 /// What a save produced before its manifest.
 struct Saved {
@@ -33,50 +17,43 @@ struct Saved {
     counts: Counts,
 }
 
-/// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
-/// handful of sizes) are hashed once per size.
-fn hash_chunk(data: &[u8]) -> ChunkHash {
-    static ZERO_HASHES: std::sync::Mutex<Vec<(usize, ChunkHash)>> =
-        std::sync::Mutex::new(Vec::new());
-    if !data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()]) {
-        return ChunkHash::of(data);
-    }
-    let mut memo = ZERO_HASHES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, h)) = memo.iter().find(|(n, _)| *n == data.len()) {
-        return *h;
-    }
-    let h = ChunkHash::of(data);
-    if memo.len() < 16 {
-        memo.push((data.len(), h));
-    }
-    h
+/// One step of the pipeline, in archive order.
+enum Item {
+    /// Hashed chunks, and the archive bytes their job held.
+    Pieces(Vec<Hashed>, u64),
+    UnitEnd {
+        racy: bool,
+        entries: Vec<EntryKey>,
+    },
 }
 
-fn joined(e: tokio::task::JoinError) -> Error {
-    Error::io("worker thread", std::io::Error::other(e.to_string()))
-}
+type Pending = Pin<Box<dyn Future<Output = Result<Item>> + Send>>;
 
-fn stored_len(n: u64, hash: &ChunkHash) -> Result<u32> {
-    u32::try_from(n).map_err(|_| Error::corrupt(format!("chunk {}", hash.to_hex()), "too large"))
-}
+/// Most archive bytes held by hashing jobs in flight.
+const MAX_HELD_BYTES: u64 = 64 << 20;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
     mut stream: ByteStream,
     params: ChunkerParams,
-    tx: mpsc::Sender<Result<Work>>,
+    tx: mpsc::Sender<Result<Vec<Work>>>,
 ) -> Counts {
     let mut chunker = Chunker::new(params);
-    let mut counter = TarCounter::default();
+    let mut counter = TarScan::default();
     let mut out = Vec::new();
-    let counts = |c: &TarCounter| Counts {
+    let counts = |c: &TarScan| Counts {
         files: c.files,
         bytes: c.bytes,
+        skipped: 0,
     };
     loop {
         match stream.next().await {
             Some(Ok(piece)) => {
                 counter.feed(&piece);
+                if let Some((name, why)) = counter.refused.take() {
+                    let _ = tx.send(Err(Error::unsafe_entry(name, why))).await;
+                    return counts(&counter);
+                }
                 chunker.push(&piece, &mut out);
             }
             Some(Err(e)) => {
@@ -87,15 +64,20 @@ async fn produce(
         }
         if out.len() >= BATCH_CHUNKS
             && tx
-                .send(Ok(Work::Chunks(std::mem::take(&mut out))))
+                .send(Ok(vec![Work::Chunks(std::mem::take(&mut out))]))
                 .await
                 .is_err()
         {
             return counts(&counter);
         }
     }
+    counter.finish();
+    if let Some((name, why)) = counter.refused.take() {
+        let _ = tx.send(Err(Error::unsafe_entry(name, why))).await;
+        return counts(&counter);
+    }
     chunker.finish(&mut out);
-    let _ = tx.send(Ok(Work::Chunks(out))).await;
+    let _ = tx.send(Ok(vec![Work::Chunks(out)])).await;
     counts(&counter)
 }
 
@@ -105,7 +87,8 @@ impl SnapshotStore {
     /// without checking each one, and, when the sandbox's workspace is a directory on this
     /// host ([`Sandbox::local_workspace`]), files whose metadata did not change since the
     /// parent are not even read. Only chunks the store lacks are uploaded; the manifest is
-    /// written last. Returns the new snapshot's manifest (its id in `.id`).
+    /// written last. Returns the new snapshot's manifest (its id in `.id`). A workspace whose
+    /// restore did not finish ([`RESTORE_MARKER`]) is refused with [`Error::InvalidInput`].
     pub async fn save(
         &self,
         session_id: &str,
@@ -113,6 +96,8 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
+        // (A sandbox still restoring in the background makes this wait for the restore.)
+        marker::refuse_partial(sandbox).await?;
         if let Some(dir) = sandbox.local_workspace() {
             match self.save_dir(session_id, dir, parent).await {
                 Err(Error::InvalidInput { message }) if message == walk::TOO_DEEP => {
@@ -121,11 +106,61 @@ impl SnapshotStore {
                 r => return r,
             }
         }
+        match sandbox.workspace_entries().await {
+            Ok(entries) => match self.save_listed(session_id, sandbox, entries, parent).await {
+                Err(Error::InvalidInput { message }) if message == remote::UNREADABLE_NAME => {
+                    tracing::debug!(
+                        session_id,
+                        "a name cannot be read by itself; saving the export"
+                    );
+                }
+                r => return r,
+            },
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    SandboxErrorKind::Unsupported | SandboxErrorKind::TooLarge
+                ) => {}
+            Err(e) => return Err(Error::sandbox("workspace_entries", e)),
+        }
         let stream = sandbox
             .export_workspace()
             .await
             .map_err(|e| Error::sandbox("export_workspace", e))?;
         self.save_archive(session_id, stream, parent).await
+    }
+
+    /// [`save`](Self::save) from a listing of the workspace
+    /// ([`Sandbox::workspace_entries`]): files unchanged since the parent are not read.
+    async fn save_listed(
+        &self,
+        session_id: &str,
+        sandbox: &dyn Sandbox,
+        entries: Vec<cma_sandbox::WorkspaceEntry>,
+        parent: Option<&SnapshotId>,
+    ) -> Result<SnapshotManifest> {
+        let created_at = Utc::now();
+        let started = std::time::SystemTime::now();
+        let parent_m = self.load_parent(parent).await?;
+        let units = self.parent_units(parent_m.as_ref()).await;
+        let (tx, rx) = mpsc::channel(WORK_QUEUE);
+        let producer = Box::pin(remote::walk_listed(
+            sandbox,
+            entries,
+            self.config.chunker,
+            units.as_ref(),
+            started,
+            tx,
+        ));
+        self.run_save(
+            session_id,
+            created_at,
+            parent,
+            parent_m.as_ref(),
+            rx,
+            producer,
+        )
+        .await
     }
 
     /// [`save`](Self::save) with the session's newest readable snapshot as parent (none if it
@@ -180,16 +215,7 @@ impl SnapshotStore {
         let created_at = Utc::now();
         let started = std::time::SystemTime::now();
         let parent_m = self.load_parent(parent).await?;
-        let units = match &parent_m {
-            Some(m) if !m.files.is_empty() => match self.load_units(m).await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::warn!(error = %e, "parent file table unreadable; reading every file");
-                    None
-                }
-            },
-            _ => None,
-        };
+        let units = self.parent_units(parent_m.as_ref()).await;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let params = self.config.chunker;
         let walker = tokio::task::spawn_blocking(move || {
@@ -217,80 +243,95 @@ impl SnapshotStore {
         }
     }
 
-    /// The parent's units paired with its chunks; `None` if its file table does not parse.
-    async fn load_units(&self, m: &SnapshotManifest) -> Result<Option<ParentUnits>> {
-        let bytes = self.load_table(&m.id, &m.files).await?;
-        Ok(index::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks)))
+    /// The parent's units for reuse; `None` (read everything) without a usable file table.
+    async fn parent_units(&self, parent: Option<&SnapshotManifest>) -> Option<ParentUnits> {
+        match parent {
+            Some(m) if !m.files.is_empty() => match self.load_units(m).await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::warn!(error = %e, "parent file table unreadable; reading every file");
+                    None
+                }
+            },
+            _ => None,
+        }
     }
 
-    /// Drive a save: store what the producer sends, then the tables and the manifest.
+    /// The parent's units paired with its chunks; `None` if its file table does not parse.
+    async fn load_units(&self, m: &SnapshotManifest) -> Result<Option<ParentUnits>> {
+        let fetcher = fetch::Fetcher::new(self).await?;
+        let bytes = self.load_table(&fetcher, &m.id, &m.files).await?;
+        Ok(tables::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks)))
+    }
+
+    /// Drive a save: hash what the producer sends (several jobs at once), store it in order,
+    /// then the tables, the index object and the manifest.
     async fn run_save(
         &self,
         session_id: &str,
         created_at: DateTime<Utc>,
         parent: Option<&SnapshotId>,
         parent_m: Option<&SnapshotManifest>,
-        mut rx: mpsc::Receiver<Result<Work>>,
+        rx: mpsc::Receiver<Result<Vec<Work>>>,
         producer: impl Future<Output = Result<Counts>>,
     ) -> Result<SnapshotManifest> {
-        let mut st = SaveState {
-            save_id: uuid::Uuid::new_v4(),
-            seq: 0,
-            first_record: None,
-            known: HashMap::new(),
-            parent: None,
-            uploaded_bytes: 0,
-        };
-        if let (Some(id), Some(m)) = (parent, parent_m)
-            && self.config.trust_parent_chunks
-        {
-            let key = self.manifest_key_of(id).await?;
-            let chunks = m
-                .chunks
-                .iter()
-                .chain(&m.table)
-                .chain(&m.files)
-                .map(|c| (c.hash, c.stored_size))
-                .collect();
-            st.parent = Some(ParentInfo { key, chunks });
-        }
-        let stored = async {
+        let index = self.load_index().await?;
+        let mut st = self.save_state(parent.zip(parent_m), index.clone()).await?;
+        let hint = Arc::new(Hint {
+            parent: parent_m
+                .map(|m| m.chunks.iter().map(|c| c.hash).collect::<HashSet<_>>())
+                .unwrap_or_default(),
+            index,
+        });
+        // Owns the receiver: when storing fails, the producer's next send fails and it stops.
+        // (Boxed, as is the producer: both are large state machines.)
+        let stored = Box::pin(async {
+            let mut rx = rx;
             let mut refs = Vec::new();
             let mut units = Vec::new();
-            let mut pending: Vec<Piece> = Vec::new();
-            let mut pending_data = 0usize;
             let mut unit_start = 0usize;
-            while let Some(work) = rx.recv().await {
-                match work? {
-                    Work::Chunks(c) => {
-                        pending_data += c.len();
-                        pending.extend(c.into_iter().map(Piece::Data));
-                    }
-                    Work::Reused(r) => pending.extend(r.into_iter().map(Piece::Known)),
-                    Work::UnitEnd { racy, entries } => {
-                        let total = refs.len() + pending.len();
-                        units.push(Unit {
-                            chunk_count: u32::try_from(total - unit_start).unwrap_or(u32::MAX),
-                            racy,
-                            entries,
-                        });
-                        unit_start = total;
-                    }
-                }
-                if pending_data >= BATCH_CHUNKS || pending.len() >= MAX_BATCH_PIECES {
-                    refs.extend(
-                        self.store_batch(&mut st, std::mem::take(&mut pending))
-                            .await?,
-                    );
-                    pending_data = 0;
+            let mut ordered: FuturesOrdered<Pending> = FuturesOrdered::new();
+            let mut open = true;
+            // Archive bytes held by jobs in flight (bounded, as is their number).
+            let mut held = 0u64;
+            loop {
+                let room = ordered.len() < MAX_JOBS && held < MAX_HELD_BYTES;
+                tokio::select! {
+                    work = rx.recv(), if open && room => match work {
+                        Some(batch) => {
+                            for work in batch? {
+                                held += work.bytes();
+                                ordered.push_back(self.job(work, &hint));
+                            }
+                        }
+                        None => open = false,
+                    },
+                    item = ordered.next(), if !ordered.is_empty() => match item {
+                        Some(Ok(Item::Pieces(p, n))) => {
+                            held = held.saturating_sub(n);
+                            self.accept(&mut st, p, &mut refs).await?
+                        }
+                        Some(Ok(Item::UnitEnd { racy, entries })) => {
+                            let total = refs.len() + SnapshotStore::pending(&st);
+                            units.push(Unit {
+                                chunk_count: u32::try_from(total - unit_start)
+                                    .unwrap_or(u32::MAX),
+                                racy,
+                                entries,
+                            });
+                            unit_start = total;
+                        }
+                        Some(Err(e)) => return Err(e),
+                        None => {}
+                    },
+                    else => break,
                 }
             }
-            refs.extend(self.store_batch(&mut st, pending).await?);
+            self.flush(&mut st, &mut refs).await?;
             Ok::<_, Error>((refs, units))
-        }
-        .await;
-        drop(rx);
-        let counts = producer.await;
+        });
+        // The producer runs alongside (it may borrow the sandbox, so it is not a task).
+        let (stored, counts) = tokio::join!(stored, producer);
         let result = match (stored, counts) {
             (Ok((refs, units)), Ok(counts)) => {
                 let saved = Saved {
@@ -307,17 +348,50 @@ impl SnapshotStore {
         result
     }
 
+    /// Start hashing one piece of work (on the blocking pool, at once); the future yields it
+    /// when done.
+    fn job(&self, work: Work, hint: &Arc<Hint>) -> Pending {
+        let held = work.bytes();
+        let job = match work {
+            Work::Chunks(c) => Job::Cut(c),
+            Work::Whole(b) => Job::Whole(b),
+            Work::Files { root, pack } => Job::Files(root, pack),
+            Work::Reused(r) => {
+                let pieces = r
+                    .into_iter()
+                    .map(|c| Hashed {
+                        hash: c.hash,
+                        size: c.size,
+                        data: None,
+                        blob: None,
+                    })
+                    .collect();
+                return Box::pin(std::future::ready(Ok(Item::Pieces(pieces, 0))));
+            }
+            Work::UnitEnd { racy, entries } => {
+                return Box::pin(std::future::ready(Ok(Item::UnitEnd { racy, entries })));
+            }
+        };
+        let (hint, params, level) = (hint.clone(), self.config.chunker, self.config.zstd_level);
+        let handle = tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level));
+        Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??, held)) })
+    }
+
     /// Store a table as chunks; returns their refs.
-    async fn store_table(&self, st: &mut SaveState, bytes: &[u8]) -> Result<Vec<ChunkRef>> {
-        let mut chunker = Chunker::new(index::TABLE_CHUNKER);
-        let mut pieces = Vec::new();
-        chunker.push(bytes, &mut pieces);
-        chunker.finish(&mut pieces);
+    async fn store_table(&self, st: &mut SaveState, bytes: Vec<u8>) -> Result<Vec<ChunkRef>> {
+        let hint = Hint {
+            parent: HashSet::new(),
+            index: Arc::new(Default::default()),
+        };
+        let (params, level) = (tables::TABLE_CHUNKER, self.config.zstd_level);
+        let pieces = tokio::task::spawn_blocking(move || {
+            hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level)
+        })
+        .await
+        .map_err(joined)??;
         let mut refs = Vec::with_capacity(pieces.len());
-        for batch in pieces.chunks(MAX_BATCH_PIECES) {
-            let batch = batch.iter().cloned().map(Piece::Data).collect();
-            refs.extend(self.store_batch(st, batch).await?);
-        }
+        self.accept(st, pieces, &mut refs).await?;
+        self.flush(st, &mut refs).await?;
         Ok(refs)
     }
 
@@ -330,14 +404,22 @@ impl SnapshotStore {
         saved: Saved,
     ) -> Result<SnapshotManifest> {
         let table = self
-            .store_table(st, &index::encode_chunks(&saved.refs))
+            .store_table(st, tables::encode_chunks(&saved.refs))
             .await?;
         let files = if saved.units.is_empty() {
             Vec::new()
         } else {
-            self.store_table(st, &index::encode_units(&saved.units))
+            self.store_table(st, tables::encode_units(&saved.units))
                 .await?
         };
+        self.finish_uploads(st).await?;
+        if !st.records.is_empty() {
+            let records = std::mem::take(&mut st.records);
+            let (name, bytes) = chunk_index::encode(&records);
+            st.uploaded_bytes += bytes.len() as u64;
+            self.put(&chunk_index::index_key(&name), bytes, PutMode::Overwrite)
+                .await?;
+        }
         let limit = self.config.gc.inflight_ttl / 2;
         if let Some(first) = st.first_record
             && first.elapsed() > limit
@@ -355,6 +437,7 @@ impl SnapshotStore {
             parent: parent.cloned(),
             file_count: saved.counts.files,
             content_bytes: saved.counts.bytes,
+            skipped_entries: saved.counts.skipped,
             archive_bytes: saved.refs.iter().map(|c| u64::from(c.size)).sum(),
             stored_bytes: saved.refs.iter().map(|c| u64::from(c.stored_size)).sum(),
             uploaded_bytes: st.uploaded_bytes,
@@ -380,20 +463,8 @@ impl SnapshotStore {
         Ok(m)
     }
 
-    async fn drop_records(&self, st: &SaveState) {
-        if st.seq == 0 {
-            return;
-        }
-        for seq in 0..st.seq {
-            let key = Path::from(format!("inflight/{}/{seq:08}", st.save_id));
-            if let Err(e) = self.delete_key(&key).await {
-                tracing::warn!(error = %e, "could not remove a save record; gc removes it later");
-            }
-        }
-    }
-
     /// Wait until no garbage collection that may predate our records is running.
-    async fn wait_for_gc(&self) -> Result<()> {
+    pub(super) async fn wait_for_gc(&self) -> Result<()> {
         let start = Instant::now();
         let stale_after = self.config.gc.gc_deadline * 2;
         let mut delay = Duration::from_millis(20);
@@ -418,122 +489,6 @@ impl SnapshotStore {
             }
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_secs(1));
-        }
-    }
-
-    /// Store one batch: hash new data, name every chunk in an `inflight/` record, then check or
-    /// upload what the store may lack. Returns the refs in order.
-    async fn store_batch(&self, st: &mut SaveState, batch: Vec<Piece>) -> Result<Vec<ChunkRef>> {
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
-        let hashed: Vec<(ChunkHash, u32, Option<Bytes>)> = futures::stream::iter(batch)
-            .map(|piece| async move {
-                match piece {
-                    Piece::Known(c) => Ok::<_, Error>((c.hash, c.size, None)),
-                    Piece::Data(data) => {
-                        let d = data.clone();
-                        let h = tokio::task::spawn_blocking(move || hash_chunk(&d))
-                            .await
-                            .map_err(joined)?;
-                        Ok((h, stored_len(data.len() as u64, &h)?, Some(data)))
-                    }
-                }
-            })
-            .buffered(self.config.upload_concurrency.max(2))
-            .try_collect()
-            .await?;
-        let mut seen = HashSet::new();
-        let todo: Vec<(ChunkHash, Option<Bytes>)> = hashed
-            .iter()
-            .filter(|(h, _, _)| !st.known.contains_key(h) && seen.insert(*h))
-            .map(|(h, _, d)| (*h, d.clone()))
-            .collect();
-        if !todo.is_empty() {
-            // Name the chunks before looking at the store (see the module docs).
-            if st.first_record.is_none() {
-                st.first_record = Some(Instant::now());
-            }
-            let body: String = todo.iter().map(|(h, _)| h.to_hex() + "\n").collect();
-            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
-            st.seq += 1;
-            self.put(&key, Bytes::from(body), PutMode::Overwrite)
-                .await?;
-            self.wait_for_gc().await?;
-
-            let mut trusted: HashMap<ChunkHash, u32> = HashMap::new();
-            if let Some(p) = &st.parent
-                && todo.iter().any(|(h, _)| p.chunks.contains_key(h))
-            {
-                if self.head(&p.key).await?.is_some() {
-                    for (h, _) in &todo {
-                        if let Some(s) = p.chunks.get(h) {
-                            trusted.insert(*h, *s);
-                        }
-                    }
-                } else {
-                    st.parent = None;
-                }
-            }
-            let level = self.config.zstd_level;
-            let results: Vec<(ChunkHash, u32, u64)> =
-                futures::stream::iter(todo.into_iter().filter(|(h, _)| !trusted.contains_key(h)))
-                    .map(|(h, data)| async move {
-                        let key = chunk_key(&h);
-                        if let Some(meta) = self.head(&key).await? {
-                            return Ok((h, stored_len(meta.size, &h)?, 0));
-                        }
-                        let Some(data) = data else {
-                            return Err(Error::corrupt(
-                                format!("chunk {}", h.to_hex()),
-                                "the parent snapshot's chunk is gone from the store",
-                            ));
-                        };
-                        let stored =
-                            tokio::task::spawn_blocking(move || chunk::encode(&data, level))
-                                .await
-                                .map_err(joined)??;
-                        let n = stored.len() as u64;
-                        self.put(&key, Bytes::from(stored), PutMode::Overwrite)
-                            .await?;
-                        Ok::<_, Error>((h, stored_len(n, &h)?, n))
-                    })
-                    .buffer_unordered(self.config.upload_concurrency)
-                    .try_collect()
-                    .await?;
-            st.known.extend(trusted);
-            for (h, s, up) in results {
-                st.known.insert(h, s);
-                st.uploaded_bytes += up;
-            }
-        }
-        hashed
-            .into_iter()
-            .map(|(h, size, _)| {
-                Ok(ChunkRef {
-                    hash: h,
-                    size,
-                    stored_size: st.known.get(&h).copied().unwrap_or(0),
-                })
-            })
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn zero_chunks_hash_like_any_other() {
-        for n in [0usize, 1, 4096, 65536, 65537, 300_000, 4096] {
-            let zeros = vec![0u8; n];
-            assert_eq!(hash_chunk(&zeros), ChunkHash::of(&zeros), "{n}");
-            let mut one = zeros.clone();
-            if let Some(last) = one.last_mut() {
-                *last = 1;
-                assert_eq!(hash_chunk(&one), ChunkHash::of(&one), "{n}");
-            }
         }
     }
 }

@@ -22,6 +22,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path as FsPath, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -31,8 +32,8 @@ use tokio::sync::mpsc;
 
 use super::chunk::Chunker;
 use super::error::{Error, Result};
-use super::index::{EntryKey, Kind, Unit};
 use super::manifest::{ChunkRef, ChunkerParams};
+use super::tables::{EntryKey, Kind, Unit};
 
 /// Files at least this big are units by themselves.
 pub(crate) const BIG_FILE: u64 = 256 * 1024;
@@ -47,11 +48,22 @@ pub(crate) const MAX_DEPTH: usize = 128;
 pub(crate) const TOO_DEEP: &str = "directory nesting too deep for the directory walk";
 /// Read size for big files.
 const READ_BLOCK: usize = 1 << 20;
+/// Most pieces of work per message to the saver (each message costs a thread wake-up).
+const SEND_BATCH: usize = 256;
+/// Files up to this size are read by the job that hashes them (in memory whole), not by the
+/// walk itself: the walk's own reading is the one part of a save on a single core.
+const READ_ELSEWHERE: u64 = 32 << 20;
 
 /// What the walk sends to the saver, in archive order.
 pub(crate) enum Work {
     /// New archive bytes, already cut into chunks.
     Chunks(Vec<Bytes>),
+    /// New archive bytes forming a whole unit, to be cut into chunks by whoever hashes them
+    /// (so the cutting runs on another core than the walk).
+    Whole(Bytes),
+    /// A whole unit of small entries whose files are still to be read (see [`pack_bytes`]),
+    /// by whoever hashes them: reading, cutting and hashing run beside the walk.
+    Files { root: Arc<Dir>, pack: Vec<Found> },
     /// Chunks taken from the parent unchanged.
     Reused(Vec<ChunkRef>),
     /// The unit whose chunks were just sent is complete.
@@ -63,6 +75,8 @@ pub(crate) enum Work {
 pub(crate) struct Counts {
     pub files: u64,
     pub bytes: u64,
+    /// Sockets, FIFOs and device nodes left out.
+    pub skipped: u64,
 }
 
 /// The parent snapshot's units, for reuse.
@@ -90,21 +104,34 @@ impl ParentUnits {
         (at == chunks.len()).then_some(Self { by_first })
     }
 
-    fn reusable(&self, entries: &[EntryKey]) -> Option<&[ChunkRef]> {
+    /// The parent's chunks for a unit of exactly these entries, if it had one.
+    pub fn reusable(&self, entries: &[EntryKey]) -> Option<&[ChunkRef]> {
         let (keys, refs) = self.by_first.get(&entries.first()?.path)?;
         (keys.as_slice() == entries).then_some(refs.as_slice())
     }
 }
 
 /// One entry found by the walk.
-struct Found {
-    key: EntryKey,
+pub(crate) struct Found {
+    pub key: EntryKey,
     /// Its tar header (with any long-name records before it).
-    header: Vec<u8>,
+    pub header: Vec<u8>,
+}
+
+impl Work {
+    /// Bytes of archive this work holds in memory once read.
+    pub fn bytes(&self) -> u64 {
+        match self {
+            Work::Chunks(c) => c.iter().map(|b| b.len() as u64).sum(),
+            Work::Whole(b) => b.len() as u64,
+            Work::Files { pack, .. } => pack.iter().map(Found::archive_len).sum(),
+            Work::Reused(_) | Work::UnitEnd { .. } => 0,
+        }
+    }
 }
 
 impl Found {
-    fn archive_len(&self) -> u64 {
+    pub fn archive_len(&self) -> u64 {
         let data = if self.key.kind == Kind::File {
             self.key.size.div_ceil(512) * 512
         } else {
@@ -126,9 +153,13 @@ struct Walker<'a> {
     params: ChunkerParams,
     parent: Option<&'a ParentUnits>,
     racy_after: i128,
-    tx: &'a mpsc::Sender<Result<Work>>,
+    tx: &'a mpsc::Sender<Result<Vec<Work>>>,
+    /// Work not sent yet: sent in batches, not one message per unit.
+    out: Vec<Work>,
     /// Directories open along the current path (index 0 is the workspace).
     dirs: Vec<Dir>,
+    /// The workspace, for whoever reads files of the walk.
+    root: Arc<Dir>,
     pack: Vec<Found>,
     pack_bytes: u64,
     counts: Counts,
@@ -140,6 +171,105 @@ fn path_hash(p: &[u8]) -> u64 {
     p.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
         (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
     })
+}
+
+/// Whether a pack of small entries ends after `path`, `pack_bytes` of archive in: at the
+/// maximum chunk size, or past the minimum where the path's hash says so (so inserting an
+/// entry changes only its own pack).
+pub(crate) fn ends_pack(params: &ChunkerParams, pack_bytes: u64, path: &[u8]) -> bool {
+    pack_bytes >= u64::from(params.max_size)
+        || (pack_bytes >= u64::from(params.min_size) && path_hash(path).is_multiple_of(8))
+}
+
+/// Times at or after this (ns since the epoch) are too recent to trust next time.
+pub(crate) fn racy_after(started: SystemTime) -> i128 {
+    started
+        .checked_sub(RACY_WINDOW)
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_nanos() as i128)
+}
+
+/// Whether an entry changed too recently to be trusted next time.
+pub(crate) fn is_racy(k: &EntryKey, racy_after: i128) -> bool {
+    i128::from(k.mtime_ns) >= racy_after || i128::from(k.ctime_ns) >= racy_after
+}
+
+/// An entry's tar header as the isolate export writes it (data is written separately).
+pub(crate) fn tar_header(
+    builder: &mut tar::Builder<Vec<u8>>,
+    path: &FsPath,
+    key: &EntryKey,
+    link: Option<&FsPath>,
+) -> io::Result<Vec<u8>> {
+    let mut h = tar::Header::new_gnu();
+    h.set_mtime(u64::try_from(key.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
+    match (key.kind, link) {
+        (Kind::Symlink, Some(target)) => {
+            h.set_entry_type(tar::EntryType::Symlink);
+            h.set_mode(0o777);
+            h.set_size(0);
+            builder.append_link(&mut h, path, target)?;
+        }
+        (Kind::Symlink, None) => return Err(io::Error::other("symlink without a target")),
+        (Kind::Dir, _) => {
+            h.set_entry_type(tar::EntryType::Directory);
+            h.set_mode(0o755);
+            h.set_size(0);
+            builder.append_data(&mut h, path, io::empty())?;
+        }
+        (Kind::File, _) => {
+            h.set_entry_type(tar::EntryType::Regular);
+            h.set_mode(if key.mode & 0o111 != 0 { 0o755 } else { 0o644 });
+            h.set_size(key.size);
+            builder.append_data(&mut h, path, io::empty())?;
+        }
+    }
+    Ok(std::mem::take(builder.get_mut()))
+}
+
+/// Tar padding after `size` bytes of data.
+pub(crate) fn padding(size: u64) -> usize {
+    (512 - (size % 512) as usize) % 512
+}
+
+/// Open a regular file of the walk for reading, by its path from the workspace root
+/// (`cap_std` resolves it beneath the root; the last component is never followed and a FIFO
+/// swapped in meanwhile does not block).
+fn open_in(root: &Dir, key: &EntryKey) -> Result<cap_std::fs::File> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut opts = OpenOptions::new();
+    opts.read(true)
+        .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
+    root.open_with(std::ffi::OsStr::from_bytes(&key.path), &opts)
+        .map_err(|e| Error::io(shown(key), e))
+}
+
+/// The archive bytes of a unit of small entries: each header, then each file's data read as
+/// exactly the size it was found with (a short file padded with zeros, a grown one cut, a
+/// vanished one zeros) and the tar padding.
+pub(crate) fn pack_bytes(root: &Dir, pack: &[Found]) -> Result<Vec<u8>> {
+    let len = pack.iter().map(Found::archive_len).sum::<u64>();
+    let mut out = Vec::with_capacity(len as usize);
+    for f in pack {
+        out.extend_from_slice(&f.header);
+        if f.key.kind != Kind::File {
+            continue;
+        }
+        let size = f.key.size;
+        match open_in(root, &f.key) {
+            Ok(file) => {
+                let mut r = file.take(size).chain(io::repeat(0)).take(size);
+                r.read_to_end(&mut out)
+                    .map_err(|e| Error::io(shown(&f.key), e))?;
+            }
+            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
+                out.resize(out.len() + size as usize, 0);
+            }
+            Err(e) => return Err(e),
+        }
+        out.resize(out.len() + padding(size), 0);
+    }
+    Ok(out)
 }
 
 fn ns(secs: i64, nsec: u64) -> i64 {
@@ -154,18 +284,19 @@ pub(crate) fn walk(
     params: ChunkerParams,
     parent: Option<&ParentUnits>,
     started: SystemTime,
-    tx: &mpsc::Sender<Result<Work>>,
+    tx: &mpsc::Sender<Result<Vec<Work>>>,
 ) -> Result<Counts> {
-    let racy_after = started
-        .checked_sub(RACY_WINDOW)
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_nanos() as i128);
+    let shared = root
+        .try_clone()
+        .map_err(|e| Error::io("reading /workspace", e))?;
     let mut w = Walker {
+        root: Arc::new(shared),
         params,
         parent,
-        racy_after,
+        racy_after: racy_after(started),
         tx,
         dirs: vec![root],
+        out: Vec::new(),
         pack: Vec::new(),
         pack_bytes: 0,
         counts: Counts::default(),
@@ -179,12 +310,27 @@ pub(crate) fn walk(
         racy: false,
         entries: Vec::new(),
     })?;
+    w.flush_out()?;
     Ok(w.counts)
 }
 
 impl Walker<'_> {
-    fn send(&self, work: Work) -> Result<()> {
-        self.tx.blocking_send(Ok(work)).map_err(|_| Error::Busy {
+    /// Queue work; send the batch when it holds data (a job can start on it) or is long.
+    fn send(&mut self, work: Work) -> Result<()> {
+        let data = work.bytes() > 0;
+        self.out.push(work);
+        if data || self.out.len() >= SEND_BATCH {
+            self.flush_out()?;
+        }
+        Ok(())
+    }
+
+    fn flush_out(&mut self) -> Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.out);
+        self.tx.blocking_send(Ok(batch)).map_err(|_| Error::Busy {
             message: "save cancelled".into(),
         })
     }
@@ -213,8 +359,13 @@ impl Walker<'_> {
                 FileType::RegularFile => Kind::File,
                 FileType::Directory => Kind::Dir,
                 FileType::Symlink => Kind::Symlink,
-                // Sockets, FIFOs and devices are not part of a workspace snapshot.
-                _ => continue,
+                // Sockets, FIFOs and devices are not part of a workspace snapshot (no restore
+                // could make them mean the same): left out, and counted in the manifest.
+                _ => {
+                    tracing::debug!(path = %path.display(), "snapshot save skips a special file");
+                    self.counts.skipped += 1;
+                    continue;
+                }
             };
             let key = EntryKey {
                 path: path.as_os_str().as_encoded_bytes().to_vec(),
@@ -262,38 +413,19 @@ impl Walker<'_> {
         dir: usize,
         name: &std::ffi::OsStr,
     ) -> Result<Vec<u8>> {
-        let mut h = tar::Header::new_gnu();
-        h.set_mtime(u64::try_from(key.mtime_ns.div_euclid(1_000_000_000)).unwrap_or(0));
-        let out = match key.kind {
-            Kind::Symlink => {
-                let target = self.dirs[dir]
+        let target = match key.kind {
+            Kind::Symlink => Some(
+                self.dirs[dir]
                     .read_link_contents(name)
-                    .map_err(io_err(path))?;
-                h.set_entry_type(tar::EntryType::Symlink);
-                h.set_mode(0o777);
-                h.set_size(0);
-                self.builder.append_link(&mut h, path, &target)
-            }
-            Kind::Dir => {
-                h.set_entry_type(tar::EntryType::Directory);
-                h.set_mode(0o755);
-                h.set_size(0);
-                self.builder.append_data(&mut h, path, io::empty())
-            }
-            Kind::File => {
-                h.set_entry_type(tar::EntryType::Regular);
-                h.set_mode(if key.mode & 0o111 != 0 { 0o755 } else { 0o644 });
-                h.set_size(key.size);
-                // The data is written separately; only the header bytes are wanted here.
-                self.builder.append_data(&mut h, path, io::empty())
-            }
+                    .map_err(io_err(path))?,
+            ),
+            _ => None,
         };
-        out.map_err(io_err(path))?;
-        Ok(std::mem::take(self.builder.get_mut()))
+        tar_header(&mut self.builder, path, key, target.as_deref()).map_err(io_err(path))
     }
 
     fn racy(&self, k: &EntryKey) -> bool {
-        i128::from(k.mtime_ns) >= self.racy_after || i128::from(k.ctime_ns) >= self.racy_after
+        is_racy(k, self.racy_after)
     }
 
     fn count(&mut self, f: &Found) {
@@ -305,44 +437,13 @@ impl Walker<'_> {
 
     fn add_to_pack(&mut self, f: Found) -> Result<()> {
         self.pack_bytes += f.archive_len();
-        let cut = self.pack_bytes >= u64::from(self.params.max_size)
-            || (self.pack_bytes >= u64::from(self.params.min_size)
-                && path_hash(&f.key.path).is_multiple_of(8));
+        let cut = ends_pack(&self.params, self.pack_bytes, &f.key.path);
         self.pack.push(f);
         if cut { self.flush_pack() } else { Ok(()) }
     }
 
-    /// Open a regular file of the walk for reading, by its path from the workspace root
-    /// (`cap_std` resolves it beneath the root; the last component is never followed and a
-    /// FIFO swapped in meanwhile does not block).
     fn open(&self, f: &Found) -> Result<cap_std::fs::File> {
-        use std::os::unix::ffi::OsStrExt;
-        let mut opts = OpenOptions::new();
-        opts.read(true)
-            .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
-        self.dirs[0]
-            .open_with(std::ffi::OsStr::from_bytes(&f.key.path), &opts)
-            .map_err(|e| Error::io(shown(&f.key), e))
-    }
-
-    /// Read exactly `size` bytes of a file into `out` (a short file padded with zeros, a grown
-    /// one cut), then the tar padding. A file that vanished reads as zeros.
-    fn append_data(&self, f: &Found, out: &mut Vec<u8>) -> Result<()> {
-        let size = f.key.size;
-        match self.open(f) {
-            Ok(file) => {
-                let mut r = file.take(size).chain(io::repeat(0)).take(size);
-                r.read_to_end(out)
-                    .map_err(|e| Error::io(shown(&f.key), e))?;
-            }
-            Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                out.resize(out.len() + size as usize, 0);
-            }
-            Err(e) => return Err(e),
-        }
-        let pad = (512 - (size % 512) as usize) % 512;
-        out.resize(out.len() + pad, 0);
-        Ok(())
+        open_in(&self.root, &f.key)
     }
 
     fn flush_pack(&mut self) -> Result<()> {
@@ -359,18 +460,10 @@ impl Walker<'_> {
         if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
             self.send(Work::Reused(refs.to_vec()))?;
         } else {
-            let mut bytes = Vec::new();
-            for f in &pack {
-                bytes.extend_from_slice(&f.header);
-                if f.key.kind == Kind::File {
-                    self.append_data(f, &mut bytes)?;
-                }
-            }
-            let mut chunker = Chunker::new(self.params);
-            let mut out = Vec::new();
-            chunker.push(&bytes, &mut out);
-            chunker.finish(&mut out);
-            self.send(Work::Chunks(out))?;
+            self.send(Work::Files {
+                root: self.root.clone(),
+                pack,
+            })?;
         }
         self.send(Work::UnitEnd { racy, entries })
     }
@@ -383,6 +476,15 @@ impl Walker<'_> {
             self.send(Work::Reused(refs.to_vec()))?;
             return self.send(Work::UnitEnd { racy, entries });
         }
+        if f.key.size <= READ_ELSEWHERE {
+            // Read, cut and hashed whole by a job on another core.
+            self.send(Work::Files {
+                root: self.root.clone(),
+                pack: vec![f],
+            })?;
+            return self.send(Work::UnitEnd { racy, entries });
+        }
+        // Bigger files are streamed here, cut as they are read.
         let mut chunker = Chunker::new(self.params);
         let mut out = Vec::new();
         chunker.push(&f.header, &mut out);
@@ -407,8 +509,7 @@ impl Walker<'_> {
                 self.send(Work::Chunks(std::mem::take(&mut out)))?;
             }
         }
-        let pad = (512 - (size % 512) as usize) % 512;
-        chunker.push(&[0u8; 512][..pad], &mut out);
+        chunker.push(&[0u8; 512][..padding(size)], &mut out);
         chunker.finish(&mut out);
         self.send(Work::Chunks(out))?;
         self.send(Work::UnitEnd { racy, entries })

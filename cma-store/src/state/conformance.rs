@@ -15,9 +15,9 @@ use std::time::Duration;
 use chrono::{DateTime, TimeZone, Utc};
 
 use super::{
-    EgressPolicyRecord, LeaseClaim, MAX_ID_BYTES, Precondition, SandboxQuery, SandboxRecord,
-    SecretMetadata, SessionQuery, SessionRecord, SessionStatus, StateError, StateErrorKind,
-    StateStore,
+    EgressAuditEntry, EgressPolicyRecord, LeaseClaim, MAX_ID_BYTES, Precondition, SandboxQuery,
+    SandboxRecord, SecretMetadata, SessionQuery, SessionRecord, SessionStatus, StateError,
+    StateErrorKind, StateStore,
 };
 use crate::SnapshotId;
 
@@ -34,6 +34,7 @@ where
     leases(store.as_ref()).await;
     sandboxes(store.as_ref()).await;
     egress_policies_and_secrets(store.as_ref()).await;
+    egress_audit(store.as_ref()).await;
     bad_input(store.as_ref()).await;
     let other = open().await.expect("conformance: open a second handle");
     lease_race(store.clone(), other).await;
@@ -575,6 +576,79 @@ pub async fn sandboxes(store: &dyn StateStore) {
         "{check}: remove twice"
     );
     assert_eq!(store.get_sandbox("conf_isolate", "c1").await.unwrap(), None);
+}
+
+/// The egress audit log: append in order, list per session and after a sequence number,
+/// prune by time, refuse oversized records.
+pub async fn egress_audit(store: &dyn StateStore) {
+    let check = "egress_audit";
+    let entry = |secs: i64, session: Option<&str>, host: &str, allowed: bool| EgressAuditEntry {
+        seq: 0,
+        at: at(secs, 250),
+        session_id: session.map(str::to_owned),
+        sandbox_id: session.map(|s| format!("{s}_sbx")),
+        host: host.to_owned(),
+        allowed,
+        record: format!(r#"{{"host":"{host}","n":{secs}}}"#),
+    };
+    let a = store
+        .append_egress_audit(&entry(100, Some("conf_audit_a"), "pypi.org", true))
+        .await
+        .unwrap();
+    let b = store
+        .append_egress_audit(&entry(101, None, "conf-unknown.test", false))
+        .await
+        .unwrap();
+    let c = store
+        .append_egress_audit(&entry(102, Some("conf_audit_a"), "evil.test", false))
+        .await
+        .unwrap();
+    assert!(
+        a < b && b < c,
+        "{check}: sequence numbers increase ({a}, {b}, {c})"
+    );
+    let mine = store
+        .list_egress_audit(Some("conf_audit_a"), 0, 100)
+        .await
+        .unwrap();
+    let hosts: Vec<(&str, bool)> = mine.iter().map(|e| (e.host.as_str(), e.allowed)).collect();
+    assert_eq!(
+        hosts,
+        [("pypi.org", true), ("evil.test", false)],
+        "{check}: per session, in order"
+    );
+    let mut want = entry(102, Some("conf_audit_a"), "evil.test", false);
+    want.seq = c;
+    assert_eq!(mine[1], want, "{check}: round trip");
+    let after = store
+        .list_egress_audit(Some("conf_audit_a"), a, 100)
+        .await
+        .unwrap();
+    assert_eq!(after.len(), 1, "{check}: after a sequence number");
+    let all = store.list_egress_audit(None, a, 100).await.unwrap();
+    assert!(
+        all.iter().any(|e| e.seq == b && e.session_id.is_none()),
+        "{check}: unidentified peers are listed too"
+    );
+    assert_eq!(
+        store.list_egress_audit(None, 0, 1).await.unwrap().len(),
+        1,
+        "{check}: limit"
+    );
+    let pruned = store.prune_egress_audit(at(101, 250)).await.unwrap();
+    assert!(pruned >= 1, "{check}: prune");
+    let left = store
+        .list_egress_audit(Some("conf_audit_a"), 0, 100)
+        .await
+        .unwrap();
+    assert_eq!(left.len(), 1, "{check}: the entry before the cut is gone");
+    let mut big = entry(103, Some("conf_audit_a"), "x.test", true);
+    big.record = "x".repeat(super::MAX_DETAIL_BYTES + 1);
+    assert_eq!(
+        kind(check, store.append_egress_audit(&big).await),
+        StateErrorKind::InvalidInput,
+        "{check}: oversized record"
+    );
 }
 
 /// Egress policy records and secret metadata: upsert, list, remove.

@@ -13,8 +13,9 @@ use super::record::{
     truncate_millis, validate_transition,
 };
 use super::{
-    EgressPolicyRecord, Lease, LeaseClaim, MAX_PAGE_LEN, Precondition, SandboxQuery, SandboxRecord,
-    SecretMetadata, SessionQuery, SessionRecord, StateError, StateStore, Transition,
+    EgressAuditEntry, EgressPolicyRecord, Lease, LeaseClaim, MAX_PAGE_LEN, Precondition,
+    SandboxQuery, SandboxRecord, SecretMetadata, SessionQuery, SessionRecord, StateError,
+    StateStore, Transition,
 };
 
 /// A [`StateStore`] held in memory. Clones share the same data, so two clones behave like two
@@ -34,6 +35,8 @@ struct Inner {
     sandboxes: BTreeMap<(String, String), SandboxRecord>,
     policies: BTreeMap<String, EgressPolicyRecord>,
     secrets: BTreeMap<String, SecretMetadata>,
+    audit: BTreeMap<u64, EgressAuditEntry>,
+    next_audit_seq: u64,
 }
 
 impl MemoryStateStore {
@@ -376,5 +379,43 @@ impl StateStore for MemoryStateStore {
     async fn remove_secret_metadata(&self, name: &str) -> Result<bool, StateError> {
         check_id("name", name)?;
         Ok(self.lock().secrets.remove(name).is_some())
+    }
+
+    async fn append_egress_audit(&self, entry: &EgressAuditEntry) -> Result<u64, StateError> {
+        entry.validate()?;
+        let mut inner = self.lock();
+        inner.next_audit_seq += 1;
+        let seq = inner.next_audit_seq;
+        let mut stored = entry.clone();
+        stored.seq = seq;
+        stored.at = truncate_millis(entry.at);
+        inner.audit.insert(seq, stored);
+        Ok(seq)
+    }
+
+    async fn list_egress_audit(
+        &self,
+        session_id: Option<&str>,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<EgressAuditEntry>, StateError> {
+        check_opt_id("session_id", session_id)?;
+        let inner = self.lock();
+        Ok(inner
+            .audit
+            .range(after_seq.saturating_add(1)..)
+            .map(|(_, e)| e)
+            .filter(|e| session_id.is_none_or(|s| e.session_id.as_deref() == Some(s)))
+            .take(page(limit))
+            .cloned()
+            .collect())
+    }
+
+    async fn prune_egress_audit(&self, before: DateTime<Utc>) -> Result<u64, StateError> {
+        let before = truncate_millis(before);
+        let mut inner = self.lock();
+        let len = inner.audit.len();
+        inner.audit.retain(|_, e| e.at >= before);
+        Ok((len - inner.audit.len()) as u64)
     }
 }

@@ -1,8 +1,9 @@
 //! The control plane's durable record: [`StateStore`].
 //!
 //! A control plane writes here every time a session moves (placed, running, idle, sleeping,
-//! terminated), every sandbox it creates or destroys, every webhook id it has handled, and every
-//! work-item lease it holds. On start it reads it back to re-adopt or destroy the sandboxes it knows,
+//! terminated), every sandbox it creates or destroys, every webhook id it has handled, every
+//! work-item lease it holds, the egress policy each session runs under, and (optionally) the
+//! egress proxy's audit log. On start it reads it back to re-adopt or destroy the sandboxes it knows,
 //! ignore webhooks it already handled, and take over leases whose holder died.
 //!
 //! Backends: [`MemoryStateStore`] (tests, examples), [`SqliteStateStore`] (feature `sqlite`, the
@@ -64,9 +65,9 @@ pub use memory::MemoryStateStore;
 #[cfg(feature = "postgres")]
 pub use postgres::{PostgresOptions, PostgresStateStore};
 pub use record::{
-    EgressPolicyRecord, Lease, LeaseClaim, MAX_DETAIL_BYTES, MAX_EVENT_BYTES, MAX_ID_BYTES,
-    MAX_LEASE_TTL, MAX_PAGE_LEN, Precondition, SandboxQuery, SandboxRecord, SecretMetadata,
-    SessionQuery, SessionRecord, SessionStatus, Transition,
+    EgressAuditEntry, EgressPolicyRecord, Lease, LeaseClaim, MAX_DETAIL_BYTES, MAX_EVENT_BYTES,
+    MAX_ID_BYTES, MAX_LEASE_TTL, MAX_PAGE_LEN, Precondition, SandboxQuery, SandboxRecord,
+    SecretMetadata, SessionQuery, SessionRecord, SessionStatus, Transition,
 };
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteStateStore;
@@ -216,4 +217,21 @@ pub trait StateStore: Send + Sync + std::fmt::Debug {
 
     /// Forget a secret's metadata; `false` if it was not known.
     async fn remove_secret_metadata(&self, name: &str) -> Result<bool, StateError>;
+
+    // ---- egress audit log ----
+
+    /// Append one egress audit entry (its `seq` is ignored) and return its sequence number.
+    async fn append_egress_audit(&self, entry: &EgressAuditEntry) -> Result<u64, StateError>;
+
+    /// Audit entries with a sequence number above `after_seq`, oldest first, of one session (or
+    /// of all when `None`), at most `limit` (capped at [`MAX_PAGE_LEN`]).
+    async fn list_egress_audit(
+        &self,
+        session_id: Option<&str>,
+        after_seq: u64,
+        limit: u32,
+    ) -> Result<Vec<EgressAuditEntry>, StateError>;
+
+    /// Forget audit entries from before `before`; returns how many were forgotten.
+    async fn prune_egress_audit(&self, before: DateTime<Utc>) -> Result<u64, StateError>;
 }

@@ -14,10 +14,16 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use super::StateError;
 use super::sql::{MIGRATIONS_TABLE, Migration, map_err, pending, sql_state_store};
 
-static MIGRATIONS: [Migration; 1] = [Migration {
-    version: 1,
-    sql: include_str!("migrations/postgres/0001_initial.sql"),
-}];
+static MIGRATIONS: [Migration; 2] = [
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/postgres/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/postgres/0002_egress_audit.sql"),
+    },
+];
 
 /// The advisory lock key held while migrating (an arbitrary constant: "cmastate" in ASCII).
 const MIGRATION_LOCK_KEY: i64 = 0x636d_6173_7461_7465;

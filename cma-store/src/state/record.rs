@@ -353,6 +353,37 @@ impl SecretMetadata {
     }
 }
 
+/// One request the egress proxy decided, as its audit log keeps it: a few columns to filter on,
+/// and the whole record as JSON (which never holds a secret value or a query string).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EgressAuditEntry {
+    /// Position in the store's audit log, strictly increasing in append order (set by the store;
+    /// ignored on input).
+    pub seq: u64,
+    /// When the request arrived (millisecond precision).
+    pub at: DateTime<Utc>,
+    /// The session, when the proxy identified it.
+    pub session_id: Option<String>,
+    /// The sandbox, when the proxy identified it.
+    pub sandbox_id: Option<String>,
+    /// The destination host (at most [`MAX_ID_BYTES`]).
+    pub host: String,
+    /// Whether the request was let through.
+    pub allowed: bool,
+    /// The full record as JSON, at most [`MAX_DETAIL_BYTES`].
+    pub record: String,
+}
+
+impl EgressAuditEntry {
+    pub(crate) fn validate(&self) -> Result<(), StateError> {
+        check_time("at", self.at)?;
+        check_opt_id("session_id", self.session_id.as_deref())?;
+        check_opt_id("sandbox_id", self.sandbox_id.as_deref())?;
+        check_text("host", &self.host, MAX_ID_BYTES, true)?;
+        check_text("record", &self.record, MAX_DETAIL_BYTES, false)
+    }
+}
+
 pub(crate) fn check_id(field: &'static str, id: &str) -> Result<(), StateError> {
     check_text(field, id, MAX_ID_BYTES, false)
 }

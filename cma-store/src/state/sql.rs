@@ -191,6 +191,21 @@ macro_rules! sql_state_store {
             })
         }
 
+        fn audit_from_row(row: &DbRow) -> Result<$crate::state::EgressAuditEntry, $crate::state::StateError> {
+            use sqlx::Row as _;
+            let get = |e| $crate::state::sql::map_err("read egress audit entry", e);
+            let allowed: i64 = row.try_get("allowed").map_err(get)?;
+            Ok($crate::state::EgressAuditEntry {
+                seq: $crate::state::record::u64_from_db("seq", row.try_get("seq").map_err(get)?)?,
+                at: $crate::state::record::from_millis("at", row.try_get("at").map_err(get)?)?,
+                session_id: row.try_get("session_id").map_err(get)?,
+                sandbox_id: row.try_get("sandbox_id").map_err(get)?,
+                host: row.try_get("host").map_err(get)?,
+                allowed: allowed != 0,
+                record: row.try_get("record").map_err(get)?,
+            })
+        }
+
         fn collect<T>(
             rows: Vec<DbRow>,
             f: fn(&DbRow) -> Result<T, $crate::state::StateError>,
@@ -740,6 +755,71 @@ macro_rules! sql_state_store {
                     .await
                     .map_err(|e| $crate::state::sql::map_err("remove_secret_metadata", e))?;
                 Ok(done.rows_affected() == 1)
+            }
+
+            async fn append_egress_audit(
+                &self,
+                entry: &$crate::state::EgressAuditEntry,
+            ) -> Result<u64, $crate::state::StateError> {
+                entry.validate()?;
+                let seq: i64 = sqlx::query_scalar(
+                    "INSERT INTO cma_egress_audit (at, session_id, sandbox_id, host, allowed, record) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING seq",
+                )
+                .bind($crate::state::record::to_millis(entry.at))
+                .bind(entry.session_id.as_deref())
+                .bind(entry.sandbox_id.as_deref())
+                .bind(&entry.host)
+                .bind(i64::from(entry.allowed))
+                .bind(&entry.record)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(|e| $crate::state::sql::map_err("append_egress_audit", e))?;
+                $crate::state::record::u64_from_db("seq", seq)
+            }
+
+            async fn list_egress_audit(
+                &self,
+                session_id: Option<&str>,
+                after_seq: u64,
+                limit: u32,
+            ) -> Result<Vec<$crate::state::EgressAuditEntry>, $crate::state::StateError> {
+                $crate::state::record::check_opt_id("session_id", session_id)?;
+                let limit = limit.min($crate::state::MAX_PAGE_LEN);
+                let after = i64::try_from(after_seq).unwrap_or(i64::MAX);
+                let rows = match session_id {
+                    Some(session_id) => sqlx::query(
+                        "SELECT seq, at, session_id, sandbox_id, host, allowed, record \
+                         FROM cma_egress_audit WHERE session_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    )
+                    .bind(session_id)
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await,
+                    None => sqlx::query(
+                        "SELECT seq, at, session_id, sandbox_id, host, allowed, record \
+                         FROM cma_egress_audit WHERE seq > $1 ORDER BY seq LIMIT $2",
+                    )
+                    .bind(after)
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await,
+                }
+                .map_err(|e| $crate::state::sql::map_err("list_egress_audit", e))?;
+                collect(rows, audit_from_row)
+            }
+
+            async fn prune_egress_audit(
+                &self,
+                before: chrono::DateTime<chrono::Utc>,
+            ) -> Result<u64, $crate::state::StateError> {
+                let done = sqlx::query("DELETE FROM cma_egress_audit WHERE at < $1")
+                    .bind($crate::state::record::to_millis(before))
+                    .execute(&self.pool)
+                    .await
+                    .map_err(|e| $crate::state::sql::map_err("prune_egress_audit", e))?;
+                Ok(done.rows_affected())
             }
         }
     };

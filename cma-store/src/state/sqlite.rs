@@ -15,10 +15,16 @@ use sqlx::sqlite::{
 use super::StateError;
 use super::sql::{MIGRATIONS_TABLE, Migration, map_err, pending, sql_state_store};
 
-static MIGRATIONS: [Migration; 1] = [Migration {
-    version: 1,
-    sql: include_str!("migrations/sqlite/0001_initial.sql"),
-}];
+static MIGRATIONS: [Migration; 2] = [
+    Migration {
+        version: 1,
+        sql: include_str!("migrations/sqlite/0001_initial.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("migrations/sqlite/0002_egress_audit.sql"),
+    },
+];
 
 /// How long a statement waits for another connection's write lock before failing with a
 /// retryable [`StateErrorKind::Unavailable`](super::StateErrorKind::Unavailable).

@@ -183,6 +183,18 @@ pub fn stored(refs: &[cma_store::snapshot::ChunkRef]) -> u64 {
     refs.iter().map(|c| u64::from(c.stored_size)).sum()
 }
 
+/// How many objects are stored under `prefix`, and their bytes.
+pub async fn objects(store: &SnapshotStore, prefix: &str) -> (u64, u64) {
+    use futures::TryStreamExt;
+    let metas: Vec<object_store::ObjectMeta> = store
+        .object_store()
+        .list(Some(&object_store::path::Path::from(prefix)))
+        .try_collect()
+        .await
+        .unwrap();
+    (metas.len() as u64, metas.iter().map(|m| m.size).sum())
+}
+
 pub fn config() -> SnapshotConfig {
     let mut c = SnapshotConfig::default();
     c.gc.chunk_grace = std::time::Duration::ZERO;
@@ -265,4 +277,100 @@ pub fn byte_stream(data: Vec<u8>) -> cma_sandbox::ByteStream {
 
 pub fn seeded(seed: u64) -> StdRng {
     StdRng::seed_from_u64(seed)
+}
+
+/// Store by hand, as a hostile store could hold it, a snapshot of session `session` whose
+/// archive is `archive` (one raw chunk under `chunks/`, as format 2 stored chunks), bypassing
+/// every check a save makes; returns its id.
+pub async fn forge_archive_snapshot(
+    store: &SnapshotStore,
+    session: &str,
+    archive: &[u8],
+) -> cma_store::SnapshotId {
+    let (mut files, mut bytes) = (0u64, 0u64);
+    let mut a = tar::Archive::new(archive);
+    for e in a.entries().unwrap().flatten() {
+        if e.header().entry_type().is_file() {
+            files += 1;
+            bytes += e.size();
+        }
+    }
+    let hash: [u8; 32] = Sha256::digest(archive).into();
+    let stored = [&[0u8][..], archive].concat();
+    forge_snapshot(
+        store,
+        session,
+        (hash, archive.len() as u32, stored),
+        (files, bytes),
+    )
+    .await
+}
+
+/// Store by hand a snapshot whose archive is one chunk under `chunks/`: `(hash, claimed size,
+/// stored bytes)`, with `(files, bytes)` as the manifest's counts; returns its id.
+pub async fn forge_snapshot(
+    store: &SnapshotStore,
+    session: &str,
+    (hash, size, stored): ([u8; 32], u32, Vec<u8>),
+    (files, bytes): (u64, u64),
+) -> cma_store::SnapshotId {
+    use object_store::ObjectStoreExt;
+    use object_store::path::Path as Key;
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+    let os = store.object_store().clone();
+    let put = |key: String, data: Vec<u8>| {
+        let os = os.clone();
+        async move {
+            os.put(&Key::from(key), bytes::Bytes::from(data).into())
+                .await
+                .unwrap();
+        }
+    };
+    let stored_len = stored.len() as u32;
+    put(
+        format!("chunks/{}/{}", &hex(&hash)[..2], hex(&hash)),
+        stored,
+    )
+    .await;
+    let mut table = hash.to_vec();
+    table.extend_from_slice(&size.to_le_bytes());
+    table.extend_from_slice(&stored_len.to_le_bytes());
+    let th = hex(&Sha256::digest(&table));
+    put(
+        format!("chunks/{}/{th}", &th[..2]),
+        [&[0u8][..], &table].concat(),
+    )
+    .await;
+    let archive_len = u64::from(size);
+    let format = cma_store::snapshot::FORMAT_VERSION;
+    let wire = serde_json::json!({
+        "format_version": format,
+        "session_id": session,
+        "created_at": "2026-05-01T00:00:00Z",
+        "parent": null,
+        "file_count": files,
+        "content_bytes": bytes,
+        "archive_bytes": archive_len,
+        "stored_bytes": stored_len,
+        "uploaded_bytes": 0,
+        "chunker": {"min_size": 16384, "avg_size": 65536, "max_size": 262144, "normalization": 1},
+        "compression": "zstd",
+        "table": [[th, table.len(), table.len() + 1]],
+        "files": [],
+    });
+    let body = serde_json::to_vec(&wire).unwrap();
+    let mut plain = format!(
+        "cma-snapshot-manifest {format} {}\n",
+        hex(&Sha256::digest(&body))
+    )
+    .into_bytes();
+    plain.extend_from_slice(&body);
+    let manifest = zstd::bulk::compress(&plain, 1).unwrap();
+    let id = hex(&Sha256::digest(&manifest));
+    let key = format!("manifests/{session}/{:020}-{id}", 1_700_000_000_000_000u64);
+    put(format!("ids/{id}"), key.clone().into_bytes()).await;
+    put(key, manifest).await;
+    cma_store::SnapshotId::from_hex(&id).unwrap()
 }

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod egress;
 mod emulator;
 mod run;
 mod tool;
@@ -36,12 +37,19 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Log lines (one per egress request among them) are written by a dedicated thread: a slow
+    // stderr reader must not stall the runtime's workers on the request path. Not lossy: when
+    // its queue is full, logging waits rather than dropping audit lines. The guard flushes the
+    // queue when `main` returns.
+    let (writer, _flush_on_exit) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .init();
     let cli = Cli::parse();
     match cli.command {

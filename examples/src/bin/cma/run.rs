@@ -26,7 +26,9 @@
 //!     "rules": [ { "agent_ids": ["agent_01Build"], "profile": "big" } ]
 //!   },
 //!   "webhook": { "listen": "127.0.0.1:8080", "secret_env": "CMA_WEBHOOK_SECRET",
-//!                "fallback_poll_seconds": 30 }
+//!                "fallback_poll_seconds": 30 },
+//!   "egress": { "policies": "/etc/cma/egress.json", "default": "deny",
+//!               "secrets": { "env": ["GITHUB_TOKEN"], "dir": "/run/secrets/cma" } }
 //! }
 //! ```
 //!
@@ -49,7 +51,9 @@
 //! matches go to `backend`. Warm sandboxes are released `keep_warm_seconds` after their item. Sessions' skills are downloaded into their sandboxes and memory stores mounted and
 //! synced every `memory_sync_interval_seconds` (at least 5; 0 disables memory) with local deletes
 //! per `memory_sync_deletions` (`enabled`, `log_only`, `disabled`); memory folders outside the
-//! workspace are backed by directories under `data_dir/memory`. Ctrl-C or SIGTERM stops claiming, gives running items 30 s, then releases them.
+//! workspace are backed by directories under `data_dir/memory`. `egress` gives sandboxes network
+//! through the egress proxy under per-session policies (see the `egress` module); without it they
+//! have none. Ctrl-C or SIGTERM stops claiming, gives running items 30 s, then releases them.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -163,6 +167,9 @@ pub struct RunConfig {
     /// Agents → backends and sandbox profiles.
     #[serde(default)]
     pub placement: Option<PlacementRules>,
+    /// What sandboxes may reach (default: nothing).
+    #[serde(default)]
+    pub egress: Option<crate::egress::EgressConfig>,
 }
 
 /// The webhook listener.
@@ -327,6 +334,15 @@ impl RunConfig {
                 path.display()
             ));
         }
+        if let Some(egress) = &config.egress {
+            let mut reserved = vec![config.environment_key_env.as_str()];
+            if let Some(w) = &config.webhook {
+                reserved.push(w.secret_env.as_str());
+            }
+            egress
+                .validate(&reserved)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
+        }
         if let Some(id) = &config.worker_id
             && (id.is_empty() || !id.bytes().all(|b| b.is_ascii_graphic()))
         {
@@ -398,15 +414,40 @@ async fn serve(config: RunConfig) -> Result<(), String> {
     let client = Client::new(client_config).map_err(|e| e.to_string())?;
 
     let dir = data_dir(&config);
+    let state_path = config
+        .state_db
+        .clone()
+        .unwrap_or_else(|| dir.join("state.sqlite"));
+    if let Some(parent) = state_path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| format!("state directory {}: {e}", parent.display()))?;
+    }
+    let state: Arc<dyn StateStore> = Arc::new(
+        SqliteStateStore::open(&state_path)
+            .await
+            .map_err(|e| format!("state store {}: {e}", state_path.display()))?,
+    );
+    let egress = config
+        .egress
+        .as_ref()
+        .map(|c| crate::egress::Egress::start(c, state.clone()))
+        .transpose()?;
     #[cfg(feature = "docker")]
     let mut docker_backend: Option<Arc<cma_sandbox::docker::DockerBackend>> = None;
+    #[cfg(feature = "docker")]
+    let mut egress_port: Option<u16> = None;
     let mut backends: Vec<Arc<dyn SandboxBackend>> = Vec::new();
     for name in used_backends(&config) {
         let backend: Arc<dyn SandboxBackend> = match name.as_str() {
-            "isolate" => Arc::new(
-                IsolateBackend::new(dir.join("isolate"))
-                    .map_err(|e| format!("isolate backend under {}: {e}", dir.display()))?,
-            ),
+            "isolate" => {
+                let mut isolate = IsolateBackend::new(dir.join("isolate"))
+                    .map_err(|e| format!("isolate backend under {}: {e}", dir.display()))?;
+                if let Some(egress) = &egress {
+                    egress.wiring.in_process_for("isolate");
+                    isolate = isolate.with_egress(egress.wiring.isolate_hook());
+                }
+                Arc::new(isolate)
+            }
             #[cfg(feature = "docker")]
             "docker" => {
                 let image = config
@@ -425,6 +466,24 @@ async fn serve(config: RunConfig) -> Result<(), String> {
                         .await
                         .map_err(|e| format!("docker backend: {e}"))?,
                 );
+                if let Some(egress) = &egress {
+                    let gateway = b.gateway().ok_or(
+                        "docker backend: the sandbox network has no gateway for the egress proxy",
+                    )?;
+                    let bound = egress
+                        .wiring
+                        .listen_for(
+                            "docker",
+                            SocketAddr::new(
+                                gateway,
+                                config.egress.as_ref().map_or(0, |e| e.docker_port),
+                            ),
+                        )
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    egress_port = Some(bound.port());
+                    tracing::info!(%bound, "egress proxy listening for docker sandboxes");
+                }
                 docker_backend = Some(b.clone());
                 b
             }
@@ -437,19 +496,6 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         };
         backends.push(backend);
     }
-    let state_path = config
-        .state_db
-        .clone()
-        .unwrap_or_else(|| dir.join("state.sqlite"));
-    if let Some(parent) = state_path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| format!("state directory {}: {e}", parent.display()))?;
-    }
-    let state: Arc<dyn StateStore> = Arc::new(
-        SqliteStateStore::open(&state_path)
-            .await
-            .map_err(|e| format!("state store {}: {e}", state_path.display()))?,
-    );
     let snapshots: Option<Arc<dyn WorkspaceSnapshots>> = match config.snapshots.as_deref() {
         Some("off") => None,
         Some(url) => Some(Arc::new(
@@ -471,10 +517,16 @@ async fn serve(config: RunConfig) -> Result<(), String> {
             .with_rules(rules, available_backends())
             .map_err(|e| format!("placement.{e}"))?;
     }
+    let mut tools = ToolsetFactory::new();
+    if let (Some(e), Some(c)) = (&egress, &config.egress)
+        && c.call_service
+    {
+        tools = tools.with_call_service(e.wiring.clone());
+    }
     let mut host = SandboxHost::from_parts(
         backends,
         Arc::new(selector),
-        Arc::new(ToolsetFactory::new()),
+        Arc::new(tools),
         SandboxHostConfig {
             keep_warm: Duration::from_secs(config.keep_warm_seconds),
             memory_dir: Some(dir.join("memory")),
@@ -482,6 +534,9 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         },
     )
     .state_store(state.clone());
+    if let Some(egress) = &egress {
+        host = host.with_egress(egress.wiring.clone());
+    }
     if let Some(snapshots) = snapshots {
         host = host.with_snapshots(snapshots);
         if let Some(policy) = retention(&config)? {
@@ -578,6 +633,15 @@ async fn serve(config: RunConfig) -> Result<(), String> {
         && let Err(e) = docker.close_pool().await
     {
         tracing::warn!(error = %e, "removing the docker warm pool failed; the next start removes it");
+    }
+    if let Some(egress) = &egress {
+        egress.shutdown();
+    }
+    #[cfg(feature = "docker")]
+    if let (Some(docker), Some(port)) = (&docker_backend, egress_port)
+        && let Err(e) = docker.close_egress_port(port).await
+    {
+        tracing::warn!(error = %e, "closing the egress port in the host firewall failed");
     }
     let stats = plane.stats();
     eprintln!(

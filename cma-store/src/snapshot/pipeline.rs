@@ -1,0 +1,421 @@
+//! The store side of a save, as a pipeline that keeps both cores busy: chunks are hashed (and
+//! new ones compressed) on the blocking pool, several jobs at once, while the walk reads ahead
+//! and finished packs upload; the results are taken back in archive order, named in
+//! `inflight/` records batch by batch (see the module docs of `snapshot` for why), and new
+//! chunks are appended to a pack that is sealed and uploaded once it reaches
+//! [`SnapshotConfig::pack_bytes`]. Memory stays bounded: the walk's queue, [`MAX_JOBS`] jobs of
+//! at most a few MiB, one batch, the pack being filled and the packs uploading.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::task::JoinSet;
+
+use super::chunk::{self, cut_all};
+use super::chunk_index::{ChunkIndex, IndexRecord, Location};
+use super::pack::{PackBuilder, pack_key};
+use super::*;
+
+/// Hashing jobs in flight at once (each a unit of small files or about 1 MiB of a big file).
+pub(super) const MAX_JOBS: usize = 8;
+/// Most chunks named by one `inflight/` record.
+const MAX_BATCH_PIECES: usize = 4096;
+
+/// What a save already knows about the store when it starts, to skip compressing chunks it
+/// will not upload. A hint only: each batch checks again after naming its chunks.
+pub(super) struct Hint {
+    pub parent: HashSet<ChunkHash>,
+    pub index: Arc<ChunkIndex>,
+}
+
+impl Hint {
+    fn known(&self, h: &ChunkHash) -> bool {
+        self.parent.contains(h) || self.index.stored_len(h).is_some()
+    }
+}
+
+/// One chunk after hashing.
+pub(super) struct Hashed {
+    pub hash: ChunkHash,
+    pub size: u32,
+    /// Its content, while it may still need compressing (it was expected to be stored).
+    pub data: Option<Bytes>,
+    /// Its stored form, when it was expected to be new. Neither `data` nor `blob`: a chunk of
+    /// the parent snapshot taken as is, unread.
+    pub blob: Option<Vec<u8>>,
+}
+
+/// A piece of work for the blocking pool.
+pub(super) enum Job {
+    /// Chunks already cut.
+    Cut(Vec<Bytes>),
+    /// A whole unit, to cut first.
+    Whole(Bytes),
+    /// A whole unit of small entries, to read first (see `walk::pack_bytes`).
+    Files(Arc<cap_std::fs::Dir>, Vec<super::walk::Found>),
+}
+
+/// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
+/// handful of sizes) are hashed once per size.
+pub(super) fn hash_chunk(data: &[u8]) -> ChunkHash {
+    static ZERO_HASHES: std::sync::Mutex<Vec<(usize, ChunkHash)>> =
+        std::sync::Mutex::new(Vec::new());
+    if !data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()]) {
+        return ChunkHash::of(data);
+    }
+    let mut memo = ZERO_HASHES.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((_, h)) = memo.iter().find(|(n, _)| *n == data.len()) {
+        return *h;
+    }
+    let h = ChunkHash::of(data);
+    if memo.len() < 16 {
+        memo.push((data.len(), h));
+    }
+    h
+}
+
+fn chunk_len(n: usize) -> Result<u32> {
+    u32::try_from(n).map_err(|_| Error::TooLarge {
+        what: "chunk".into(),
+        size: n as u64,
+        limit: u64::from(u32::MAX),
+    })
+}
+
+/// Cut (if needed), hash and compress: runs on the blocking pool.
+pub(super) fn hash_job(
+    job: Job,
+    hint: &Hint,
+    params: &ChunkerParams,
+    level: i32,
+) -> Result<Vec<Hashed>> {
+    let chunks = match job {
+        Job::Cut(c) => c,
+        Job::Whole(b) => {
+            let mut out = Vec::new();
+            cut_all(params, b, &mut out);
+            out
+        }
+        Job::Files(root, pack) => {
+            let mut out = Vec::new();
+            cut_all(
+                params,
+                Bytes::from(super::walk::pack_bytes(&root, &pack)?),
+                &mut out,
+            );
+            out
+        }
+    };
+    chunks
+        .into_iter()
+        .map(|data| {
+            let hash = hash_chunk(&data);
+            let size = chunk_len(data.len())?;
+            Ok(if hint.known(&hash) {
+                Hashed {
+                    hash,
+                    size,
+                    data: Some(data),
+                    blob: None,
+                }
+            } else {
+                Hashed {
+                    hash,
+                    size,
+                    blob: Some(chunk::encode(&data, level)?),
+                    data: None,
+                }
+            })
+        })
+        .collect()
+}
+
+/// A pack uploaded: its size, its index records, its buffer if it can be reused.
+type Uploaded = (u64, Vec<IndexRecord>, Option<Vec<u8>>);
+
+struct ParentInfo {
+    key: Path,
+    chunks: HashMap<ChunkHash, u32>,
+}
+
+/// The state of one save's store side.
+pub(super) struct SaveState {
+    pub save_id: uuid::Uuid,
+    seq: u32,
+    pub first_record: Option<Instant>,
+    /// Chunks known to be in the store (or in a pack of this save), with their stored sizes.
+    confirmed: HashMap<ChunkHash, u32>,
+    parent: Option<ParentInfo>,
+    index: Arc<ChunkIndex>,
+    pack: PackBuilder,
+    uploads: JoinSet<Result<Uploaded>>,
+    /// Buffers of uploaded packs, for the next ones.
+    spare: Vec<Vec<u8>>,
+    /// Index records of the packs uploaded so far.
+    pub records: Vec<IndexRecord>,
+    /// Bytes of packs uploaded so far.
+    pub uploaded_bytes: u64,
+    batch: Vec<Hashed>,
+    batch_bytes: usize,
+}
+
+impl SnapshotStore {
+    /// A save's store side, with the parent's chunks trusted if configured.
+    pub(super) async fn save_state(
+        &self,
+        parent: Option<(&SnapshotId, &SnapshotManifest)>,
+        index: Arc<ChunkIndex>,
+    ) -> Result<SaveState> {
+        let parent = match parent {
+            Some((id, m)) if self.config.trust_parent_chunks => Some(ParentInfo {
+                key: self.manifest_key_of(id).await?,
+                chunks: m
+                    .chunks
+                    .iter()
+                    .chain(&m.table)
+                    .chain(&m.files)
+                    .map(|c| (c.hash, c.stored_size))
+                    .collect(),
+            }),
+            _ => None,
+        };
+        Ok(SaveState {
+            save_id: uuid::Uuid::new_v4(),
+            seq: 0,
+            first_record: None,
+            confirmed: HashMap::new(),
+            parent,
+            index,
+            pack: PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
+            uploads: JoinSet::new(),
+            spare: Vec::new(),
+            records: Vec::new(),
+            uploaded_bytes: 0,
+            batch: Vec::new(),
+            batch_bytes: 0,
+        })
+    }
+
+    /// Take hashed chunks in archive order; returns their refs once their batch is stored
+    /// (possibly later: see [`flush`](Self::flush)).
+    pub(super) async fn accept(
+        &self,
+        st: &mut SaveState,
+        pieces: Vec<Hashed>,
+        refs: &mut Vec<ChunkRef>,
+    ) -> Result<()> {
+        for p in pieces {
+            // New data fills packs; chunks taken from the parent only fill the record.
+            if p.data.is_some() || p.blob.is_some() {
+                st.batch_bytes += p.size as usize;
+            }
+            st.batch.push(p);
+            if st.batch_bytes >= self.config.pack_bytes || st.batch.len() >= MAX_BATCH_PIECES {
+                self.flush(st, refs).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Chunks accepted but not yet stored.
+    pub(super) fn pending(st: &SaveState) -> usize {
+        st.batch.len()
+    }
+
+    /// Store the current batch: name its chunks in an `inflight/` record, wait for any
+    /// collection that may predate the record, look at the store again, then pack what it
+    /// lacks. Appends the batch's refs, in order.
+    pub(super) async fn flush(&self, st: &mut SaveState, refs: &mut Vec<ChunkRef>) -> Result<()> {
+        let batch = std::mem::take(&mut st.batch);
+        st.batch_bytes = 0;
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let mut seen = HashSet::new();
+        let named: Vec<ChunkHash> = batch
+            .iter()
+            .map(|p| p.hash)
+            .filter(|h| !st.confirmed.contains_key(h) && seen.insert(*h))
+            .collect();
+        let mut trusted = false;
+        if !named.is_empty() {
+            if st.first_record.is_none() {
+                st.first_record = Some(Instant::now());
+            }
+            let body: String = named.iter().map(|h| h.to_hex() + "\n").collect();
+            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
+            st.seq += 1;
+            self.put(&key, Bytes::from(body), PutMode::Overwrite)
+                .await?;
+            self.wait_for_gc().await?;
+            st.index = self.load_index().await?;
+            if let Some(p) = &st.parent
+                && named.iter().any(|h| p.chunks.contains_key(h))
+            {
+                trusted = self.head(&p.key).await?.is_some();
+                if !trusted {
+                    st.parent = None;
+                }
+            }
+        }
+        for p in batch {
+            let stored = match st.confirmed.get(&p.hash) {
+                Some(s) => *s,
+                None => match self.place(st, p.hash, p.size, p.data, p.blob, trusted)? {
+                    Some(s) => s,
+                    // A chunk of a snapshot saved before packs, with the parent not trusted.
+                    None => match self.head(&chunk_key(&p.hash)).await? {
+                        Some(meta) => {
+                            let s = chunk_len(meta.size as usize)?;
+                            st.confirmed.insert(p.hash, s);
+                            s
+                        }
+                        None => return Err(gone(&p.hash)),
+                    },
+                },
+            };
+            refs.push(ChunkRef {
+                hash: p.hash,
+                size: p.size,
+                stored_size: stored,
+            });
+            if st.pack.len() >= self.config.pack_bytes {
+                self.seal(st).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Where an unconfirmed chunk is: already stored (the parent's, or listed in the index),
+    /// or appended to the pack now. `None` if it has no data and is not stored.
+    fn place(
+        &self,
+        st: &mut SaveState,
+        hash: ChunkHash,
+        size: u32,
+        data: Option<Bytes>,
+        blob: Option<Vec<u8>>,
+        trusted: bool,
+    ) -> Result<Option<u32>> {
+        let parent = st
+            .parent
+            .as_ref()
+            .filter(|_| trusted)
+            .and_then(|p| p.chunks.get(&hash).copied());
+        if let Some(s) = parent.or_else(|| st.index.stored_len(&hash)) {
+            st.confirmed.insert(hash, s);
+            return Ok(Some(s));
+        }
+        let blob = match (blob, data) {
+            (Some(b), _) => b,
+            // Expected to be stored, but it is not (a collection removed it): compress now.
+            (None, Some(d)) => chunk::encode(&d, self.config.zstd_level)?,
+            (None, None) => return Ok(None),
+        };
+        let n = chunk_len(blob.len())?;
+        st.pack.push(hash, size, &blob)?;
+        st.confirmed.insert(hash, n);
+        Ok(Some(n))
+    }
+
+    /// Seal the pack being filled and start its upload (waiting if enough are uploading).
+    pub(super) async fn seal(&self, st: &mut SaveState) -> Result<()> {
+        if st.pack.is_empty() {
+            return Ok(());
+        }
+        while st.uploads.len() >= self.config.upload_concurrency {
+            self.finish_one(st).await?;
+        }
+        let next = match st.spare.pop() {
+            Some(buf) => PackBuilder::with_buffer(buf),
+            None => PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
+        };
+        let pack = std::mem::replace(&mut st.pack, next);
+        let store = self.clone();
+        st.uploads.spawn(async move {
+            let sealed = tokio::task::spawn_blocking(move || pack.seal())
+                .await
+                .map_err(joined)?;
+            let n = sealed.bytes.len() as u64;
+            store
+                .put(
+                    &pack_key(&sealed.id),
+                    sealed.bytes.clone(),
+                    PutMode::Overwrite,
+                )
+                .await?;
+            let buffer = sealed.bytes.try_into_mut().ok().map(Vec::from);
+            let records = sealed
+                .entries
+                .iter()
+                .map(|e| IndexRecord {
+                    hash: e.hash,
+                    size: e.size,
+                    at: Location {
+                        pack: sealed.id,
+                        offset: e.offset,
+                        len: e.len,
+                    },
+                })
+                .collect();
+            Ok((n, records, buffer))
+        });
+        Ok(())
+    }
+
+    async fn finish_one(&self, st: &mut SaveState) -> Result<()> {
+        if let Some(done) = st.uploads.join_next().await {
+            let (n, records, buffer) = done.map_err(joined)??;
+            st.uploaded_bytes += n;
+            st.records.extend(records);
+            st.spare.extend(buffer);
+        }
+        Ok(())
+    }
+
+    /// Seal the last pack and wait for every upload.
+    pub(super) async fn finish_uploads(&self, st: &mut SaveState) -> Result<()> {
+        self.seal(st).await?;
+        while !st.uploads.is_empty() {
+            self.finish_one(st).await?;
+        }
+        Ok(())
+    }
+
+    /// Remove the save's `inflight/` records (best effort: stale ones are collected later).
+    pub(super) async fn drop_records(&self, st: &SaveState) {
+        for seq in 0..st.seq {
+            let key = Path::from(format!("inflight/{}/{seq:08}", st.save_id));
+            if let Err(e) = self.delete_key(&key).await {
+                tracing::warn!(error = %e, "could not remove a save record; gc removes it later");
+            }
+        }
+    }
+}
+
+fn gone(hash: &ChunkHash) -> Error {
+    Error::corrupt(
+        format!("chunk {}", hash.to_hex()),
+        "the parent snapshot's chunk is gone from the store",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_chunks_hash_like_any_other() {
+        for n in [0usize, 1, 4096, 65536, 65537, 300_000, 4096] {
+            let zeros = vec![0u8; n];
+            assert_eq!(hash_chunk(&zeros), ChunkHash::of(&zeros), "{n}");
+            let mut one = zeros.clone();
+            if let Some(last) = one.last_mut() {
+                *last = 1;
+                assert_eq!(hash_chunk(&one), ChunkHash::of(&one), "{n}");
+            }
+        }
+    }
+}
