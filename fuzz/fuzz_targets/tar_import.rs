@@ -4,8 +4,9 @@
 //! or failing midway, and raw bytes.
 //!
 //! Checked after every input: no panic; nothing appeared outside the workspace (the scratch
-//! root and a sentinel next to it are unchanged); the workspace holds no special file, no
-//! setuid/setgid file and no symlink whose target leaves it.
+//! root and a sentinel next to it are unchanged); the workspace holds no special file and no
+//! setuid/setgid file. Symlink targets are link text and may be absolute or leave the
+//! workspace (the import keeps them verbatim, as snapshots do); they are never followed.
 #![no_main]
 
 use std::path::Path;
@@ -219,8 +220,12 @@ fn build(entries: &[Entry]) -> Vec<u8> {
     out
 }
 
-/// Every symlink in the workspace must resolve (lexically, from its directory) inside it.
-fn check_links(dir: &Path, depth: usize) {
+/// Every entry of the workspace is a regular file, a directory or a symlink, and none is
+/// setuid or setgid. Symlink targets are link text (absolute, escaping and dangling ones are
+/// kept verbatim, as snapshots and exports write them) and are never followed here: what a
+/// link could reach is covered by [`Scratch::check_contained`].
+fn check_kinds(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt;
     let Ok(entries) = std::fs::read_dir(dir) else {
         return;
     };
@@ -229,32 +234,22 @@ fn check_links(dir: &Path, depth: usize) {
         let Ok(m) = std::fs::symlink_metadata(&p) else {
             continue;
         };
-        if m.file_type().is_symlink() {
-            let target = std::fs::read_link(&p).expect("readlink");
-            assert!(
-                !target.has_root(),
-                "absolute symlink imported: {} -> {}",
-                p.display(),
-                target.display()
+        let t = m.file_type();
+        assert!(
+            t.is_file() || t.is_dir() || t.is_symlink(),
+            "special file imported: {}",
+            p.display()
+        );
+        if !t.is_symlink() {
+            assert_eq!(
+                m.permissions().mode() & 0o6000,
+                0,
+                "setuid/setgid entry imported: {}",
+                p.display()
             );
-            let mut d = depth as isize;
-            for c in target.components() {
-                match c {
-                    std::path::Component::ParentDir => {
-                        d -= 1;
-                        assert!(
-                            d >= 0,
-                            "escaping symlink imported: {} -> {}",
-                            p.display(),
-                            target.display()
-                        );
-                    }
-                    std::path::Component::Normal(_) => d += 1,
-                    _ => {}
-                }
-            }
-        } else if m.is_dir() {
-            check_links(&p, depth + 1);
+        }
+        if t.is_dir() {
+            check_kinds(&p);
         }
     }
 }
@@ -295,5 +290,5 @@ fuzz_target!(|input: Input| {
         let _ = e.kind();
     }
     scratch.check_contained();
-    check_links(scratch.workspace_path(), 0);
+    check_kinds(scratch.workspace_path());
 });
