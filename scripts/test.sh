@@ -23,3 +23,14 @@ cargo test --workspace --all-features
 # Each library crate with its default features and with none (the sets users build).
 bash scripts/feature-sets.sh
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+
+# A short run of every fuzz target in fuzz/ (its own workspace, built with nightly and
+# cargo-fuzz, which scripts/fuzz.sh installs when missing); fails on any crash, hang or
+# out-of-memory, and replays every saved regression input first. CMA_FUZZ_SECONDS sets the
+# seconds per target (default 15; 0 skips the step; `scripts/fuzz.sh 600` is a long run).
+# The targets build with 16 codegen units here (a faster build on two cores than
+# cargo-fuzz's default of 1); CMA_FUZZ_CODEGEN_UNITS overrides it.
+FUZZ_SECONDS="${CMA_FUZZ_SECONDS:-15}"
+if [ "$FUZZ_SECONDS" != 0 ]; then
+    CMA_FUZZ_CODEGEN_UNITS="${CMA_FUZZ_CODEGEN_UNITS:-16}" bash scripts/fuzz.sh "$FUZZ_SECONDS"
+fi

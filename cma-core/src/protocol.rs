@@ -965,6 +965,9 @@ pub struct ErrorBody {
     /// Request id, when the server sent one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub request_id: Option<String>,
+    /// Fields this version does not model.
+    #[serde(flatten)]
+    pub extra: Extra,
 }
 
 impl ErrorBody {
@@ -979,6 +982,7 @@ impl ErrorBody {
                 extra: Extra::new(),
             },
             request_id: None,
+            extra: Extra::new(),
         }
     }
 }
@@ -1010,6 +1014,16 @@ mod tests {
         assert_eq!(w.state, WorkState::Other("hibernating".into()));
         assert!(w.data.session_id().is_none());
         assert_eq!(serde_json::to_value(&w).unwrap(), v);
+    }
+
+    // Fuzz finding (protocol_json): the error body had no `extra` map, so unknown top-level
+    // fields were dropped on a round trip.
+    #[test]
+    fn error_bodies_keep_unknown_fields() {
+        let v = json!({"type": "error", "error": {"type": "x", "message": "m"}, "": true, "trace": [1]});
+        let b: ErrorBody = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(b.extra["trace"], json!([1]));
+        assert_eq!(serde_json::to_value(&b).unwrap(), v);
     }
 
     #[test]

@@ -159,7 +159,8 @@ impl SseParser {
             return Err(e.clone());
         }
         let mut rest = chunk;
-        if self.pending_cr {
+        // An empty chunk must not end a pending `\r\n` pair: only the next byte can.
+        if self.pending_cr && !rest.is_empty() {
             self.pending_cr = false;
             if let Some((&b'\n', tail)) = rest.split_first() {
                 rest = tail;
@@ -331,6 +332,19 @@ mod tests {
         let f = p.feed(b"\n\r\n").unwrap();
         assert_eq!(f.len(), 1);
         assert_eq!(f[0].data, "x");
+    }
+
+    // Fuzz finding (sse, differential): an empty chunk between a chunk ending in `\r` and one
+    // starting with `\n` made them two line ends, splitting the frame in two.
+    #[test]
+    fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+        let mut p = SseParser::new();
+        let mut out = Vec::new();
+        for chunk in [&b"data: x\r"[..], b"", b"\ndata: y\n\n"] {
+            p.feed_into(chunk, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].data, "x\ny");
     }
 
     #[test]
