@@ -20,6 +20,10 @@
 //!   ([`ListenerLimits::max_requests_per_connection`], then `Connection: close`), and bounded
 //!   request heads ([`ListenerLimits::max_header_bytes`], [`ListenerLimits::max_headers`]).
 //!
+//! A connection's descriptor counts against the cap until its task has closed it: an evicted
+//! connection's socket is closed before the newcomer is served, so a flood of connections never
+//! holds more than `max_connections + 1` sockets at once.
+//!
 //! Connections are tasks on the caller's runtime, never threads. Accept errors (such as running
 //! out of descriptors) pause accepting briefly instead of spinning.
 //!
@@ -52,6 +56,9 @@ pub use body::{BodyTimeout, ListenerBody, TrackedBody};
 use conn::ConnState;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long a new connection waits for an evicted one to close its socket before it is refused.
+const EVICTION_WAIT: Duration = Duration::from_secs(1);
 
 /// The smallest request-head buffer hyper accepts.
 pub const MIN_HEADER_BYTES: usize = 8192;
@@ -240,6 +247,8 @@ struct Shared {
     shutdown: CancellationToken,
     stats: Counters,
     conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    /// One permit per open connection socket, released when its task has dropped the socket.
+    sockets: Arc<tokio::sync::Semaphore>,
 }
 
 impl Shared {
@@ -289,6 +298,7 @@ impl Listener {
                 shutdown: CancellationToken::new(),
                 stats: Counters::default(),
                 conns: Mutex::new(HashMap::new()),
+                sockets: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
             }),
         })
     }
@@ -358,13 +368,34 @@ impl Listener {
                 }
                 conns.insert(state.id, state.clone());
             }
+            // The evicted connection closes its socket as soon as it sees its cancel: wait for
+            // that (briefly) so the sockets held never exceed the cap, however fast clients come.
+            let permit = match shared.sockets.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    let wait =
+                        tokio::time::timeout(EVICTION_WAIT, shared.sockets.clone().acquire_owned());
+                    let got = tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        r = wait => r,
+                    };
+                    match got {
+                        Ok(Ok(permit)) => permit,
+                        _ => {
+                            shared.forget(state.id);
+                            shared.stats.refused.fetch_add(1, Ordering::Relaxed);
+                            drop(stream);
+                            continue;
+                        }
+                    }
+                }
+            };
             let _ = stream.set_nodelay(true);
-            tasks.spawn(conn::serve_connection(
-                stream,
-                state,
-                service.clone(),
-                shared.clone(),
-            ));
+            let (service, conn_shared) = (service.clone(), shared.clone());
+            tasks.spawn(async move {
+                conn::serve_connection(stream, state, service, conn_shared).await;
+                drop(permit);
+            });
         }
         drop(self.tcp);
         shared.shutdown.cancel();
