@@ -4,6 +4,8 @@
 //! (torn down, force-stopped, its heartbeat stopped), while the same control plane, with a single
 //! concurrency permit, goes on to serve the next session.
 
+// The same harness as cma-core's adversarial tests (one copy).
+#[path = "../../cma-core/tests/adversarial/mod.rs"]
 mod adversarial;
 mod support;
 

@@ -6,6 +6,8 @@
 //! paths and looping cursors. Each hostile item ends with a result or a typed error, and the
 //! ordinary session queued behind them is still served.
 
+// The same harness as cma-core's adversarial tests (one copy).
+#[path = "../../cma-core/tests/adversarial/mod.rs"]
 mod adversarial;
 mod support;
 
