@@ -5,6 +5,8 @@
 # Usage: scripts/flake-loop.sh [RUNS] [FILTER]
 #   RUNS    how many times each test binary runs (default 20)
 #   FILTER  only binaries whose name contains FILTER (default: all)
+# FLAKE_SKIP (environment): names of binaries to leave out, separated by spaces (for example the
+# ones a previous loop already ran).
 # Environment: what `.ci/run` exports for the tests (CMA_SDK_PYTHON, the S3/Postgres/Docker
 # variables from .ci/setup.d); CARGO_TARGET_DIR as for the tests. Logs of failed runs go to
 # $FLAKE_LOG_DIR (default: a temporary folder, printed at the end).
@@ -48,7 +50,11 @@ for entry in "${BINARIES[@]}"; do
     if [ -n "$FILTER" ] && [[ "$name" != *"$FILTER"* ]]; then
         continue
     fi
+    if [[ " ${FLAKE_SKIP:-} " == *" $name "* ]]; then
+        continue
+    fi
     fails=0
+    started=$SECONDS
     for ((i = 1; i <= RUNS; i++)); do
         log="$LOG_DIR/$name.$i.log"
         if (cd "$dir" && "$exe" >"$log" 2>&1); then
@@ -57,7 +63,7 @@ for entry in "${BINARIES[@]}"; do
             fails=$((fails + 1))
         fi
     done
-    REPORT+=("$(printf '%-32s %3d/%d failed' "$name" "$fails" "$RUNS")")
+    REPORT+=("$(printf '%-32s %3d/%d failed  (%d s)' "$name" "$fails" "$RUNS" $((SECONDS - started)))")
     echo "${REPORT[-1]}"
     total_fail=$((total_fail + fails))
 done
