@@ -86,8 +86,15 @@ fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
     end.clamp(1, data.len())
 }
 
-/// Cut a whole input at once, without copying it: the same chunks [`Chunker`] makes from it.
+/// Cut a whole unit (see the `walk` module) at once, without copying it. A unit no longer
+/// than `max_size` is one chunk: units are reused whole when unchanged, so cutting one that
+/// small buys no deduplication and costs a rolling hash over its bytes (a tenth of a save's
+/// CPU time when it was done). Longer units are cut as [`Chunker`] cuts them.
 pub(crate) fn cut_all(params: &ChunkerParams, data: Bytes, out: &mut Vec<Bytes>) {
+    if !data.is_empty() && data.len() <= params.max_size as usize {
+        out.push(data);
+        return;
+    }
     let level = level_of(params);
     let mut at = 0;
     while at < data.len() {
@@ -105,36 +112,67 @@ const ZSTD: u8 = 1;
 /// when zstd saves less than 1/32, `RAW` and the bytes as they are (then the content hash
 /// covers every stored byte).
 pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    if !encode_into(data, level, &mut out)? {
+        append_raw(data, &mut out);
+    }
+    Ok(out)
+}
+
+/// Append the raw stored form of `data` to `out`.
+pub(crate) fn append_raw(data: &[u8], out: &mut Vec<u8>) {
+    out.reserve(1 + data.len());
+    out.push(RAW);
+    out.extend_from_slice(data);
+}
+
+/// Length of the raw stored form of `len` bytes.
+pub(crate) fn raw_len(len: usize) -> usize {
+    1 + len
+}
+
+/// Append the compressed stored form of `data` to `out` and return `true`; or, when zstd does
+/// not shrink it enough (see [`encode`]), leave `out` as it was and return `false`: the chunk
+/// is to be stored raw ([`append_raw`]). No allocation when `out` has room: zstd writes
+/// straight into it.
+pub(crate) fn encode_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> Result<bool> {
     thread_local! {
         /// One compression context per thread and level, reused: setting one up costs about as
         /// much as compressing a small chunk.
         static CONTEXT: std::cell::RefCell<Option<(i32, zstd::bulk::Compressor<'static>)>> =
             const { std::cell::RefCell::new(None) };
     }
-    let frame = CONTEXT
-        .with(|slot| {
-            let mut slot = slot.borrow_mut();
-            if slot.as_ref().is_none_or(|(l, _)| *l != level) {
-                *slot = Some((level, zstd::bulk::Compressor::new(level)?));
-            }
-            match slot.as_mut() {
-                Some((_, c)) => c.compress(data),
-                None => Err(std::io::Error::other("no compression context")),
-            }
-        })
-        .map_err(|e| Error::io("compress chunk", e))?;
-    if frame.len() + TRAILER >= data.len() - data.len() / 32 {
-        let mut out = Vec::with_capacity(data.len() + 1);
-        out.push(RAW);
-        out.extend_from_slice(data);
-        return Ok(out);
-    }
-    let mut out = Vec::with_capacity(frame.len() + 1 + TRAILER);
+    let start = out.len();
+    let bound = zstd::zstd_safe::compress_bound(data.len()).max(data.len());
+    out.reserve(1 + bound + TRAILER);
     out.push(ZSTD);
-    out.extend_from_slice(&frame);
-    let trailer: [u8; TRAILER] = Sha256::digest(&frame).into();
+    let frame_len = CONTEXT.with(|slot| {
+        let mut slot = slot.borrow_mut();
+        if slot.as_ref().is_none_or(|(l, _)| *l != level) {
+            *slot = Some((level, zstd::bulk::Compressor::new(level)?));
+        }
+        let mut at = std::io::Cursor::new(&mut *out);
+        at.set_position((start + 1) as u64);
+        match slot.as_mut() {
+            Some((_, c)) => c.compress_to_buffer(data, &mut at),
+            None => Err(std::io::Error::other("no compression context")),
+        }
+    });
+    let frame_len = match frame_len {
+        Ok(n) => n,
+        Err(e) => {
+            out.truncate(start);
+            return Err(Error::io("compress chunk", e));
+        }
+    };
+    if frame_len + TRAILER >= data.len() - data.len() / 32 {
+        out.truncate(start);
+        return Ok(false);
+    }
+    out.truncate(start + 1 + frame_len);
+    let trailer: [u8; TRAILER] = Sha256::digest(&out[start + 1..]).into();
     out.extend_from_slice(&trailer);
-    Ok(out)
+    Ok(true)
 }
 
 /// Check a stored chunk against the manifest's hash and size and return its content (a slice

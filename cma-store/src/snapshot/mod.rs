@@ -61,6 +61,7 @@
 //! then streamed into [`Sandbox::import_workspace`]. Either way a snapshot that fails any check
 //! leaves the sandbox as it was.
 
+mod buffers;
 mod chunk;
 mod chunk_index;
 mod error;

@@ -100,25 +100,43 @@ impl PackBuilder {
         self.entries.is_empty()
     }
 
-    /// Append a chunk's stored form.
-    pub fn push(&mut self, hash: ChunkHash, size: u32, stored: &[u8]) -> Result<()> {
+    /// Append a chunk's stored form; returns its length.
+    pub fn push(&mut self, hash: ChunkHash, size: u32, stored: &[u8]) -> Result<u32> {
+        let len = self.entry(hash, size, stored.len())?;
+        self.buf.extend_from_slice(stored);
+        Ok(len)
+    }
+
+    /// Append the raw stored form of a chunk's content (see `chunk::append_raw`); returns its
+    /// length.
+    pub fn push_raw(&mut self, hash: ChunkHash, size: u32, data: &[u8]) -> Result<u32> {
+        let len = self.entry(hash, size, super::chunk::raw_len(data.len()))?;
+        super::chunk::append_raw(data, &mut self.buf);
+        Ok(len)
+    }
+
+    /// List a chunk of `len` stored bytes that starts at the current end.
+    fn entry(&mut self, hash: ChunkHash, size: u32, len: usize) -> Result<u32> {
         let offset = u32::try_from(self.buf.len()).ok();
-        let len = u32::try_from(stored.len()).ok();
-        let (Some(offset), Some(len)) = (offset, len) else {
+        let end = self
+            .buf
+            .len()
+            .checked_add(len)
+            .filter(|e| u32::try_from(*e).is_ok());
+        let (Some(offset), Some(_), Ok(len)) = (offset, end, u32::try_from(len)) else {
             return Err(Error::TooLarge {
                 what: "pack".into(),
-                size: (self.buf.len() + stored.len()) as u64,
+                size: (self.buf.len() as u64).saturating_add(len as u64),
                 limit: MAX_PACK_BYTES,
             });
         };
-        self.buf.extend_from_slice(stored);
         self.entries.push(PackEntry {
             hash,
             size,
             offset,
             len,
         });
-        Ok(())
+        Ok(len)
     }
 
     /// Add the trailer and name the pack.

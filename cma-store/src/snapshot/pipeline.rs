@@ -13,6 +13,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use tokio::task::JoinSet;
 
+use super::buffers::BufferPool;
 use super::chunk::{self, cut_all};
 use super::chunk_index::{ChunkIndex, IndexRecord, Location};
 use super::pack::{PackBuilder, pack_key};
@@ -40,11 +41,27 @@ impl Hint {
 pub(super) struct Hashed {
     pub hash: ChunkHash,
     pub size: u32,
-    /// Its content, while it may still need compressing (it was expected to be stored).
-    pub data: Option<Bytes>,
-    /// Its stored form, when it was expected to be new. Neither `data` nor `blob`: a chunk of
-    /// the parent snapshot taken as is, unread.
-    pub blob: Option<Vec<u8>>,
+    pub payload: Payload,
+}
+
+/// What a hashed chunk carries to the pack.
+pub(super) enum Payload {
+    /// Nothing: a chunk of the parent snapshot taken as is, unread.
+    Parent,
+    /// Its content: it was expected to be stored already (compressed only if it is not).
+    Known(Bytes),
+    /// New, and zstd shrinks it: its stored form (a slice of its job's output buffer).
+    Encoded(Bytes),
+    /// New, and zstd does not shrink it: its content, stored as it is (no copy until the
+    /// pack).
+    Raw(Bytes),
+}
+
+impl Payload {
+    /// Whether it brings data a pack may take.
+    fn has_data(&self) -> bool {
+        !matches!(self, Payload::Parent)
+    }
 }
 
 /// A piece of work for the blocking pool.
@@ -84,12 +101,15 @@ fn chunk_len(n: usize) -> Result<u32> {
     })
 }
 
-/// Cut (if needed), hash and compress: runs on the blocking pool.
+/// Cut (if needed), hash and compress: runs on the blocking pool. Units are read into, and
+/// stored forms written into, buffers of `pool` (one each per job), which come back to it when
+/// the chunks are dropped.
 pub(super) fn hash_job(
     job: Job,
     hint: &Hint,
     params: &ChunkerParams,
     level: i32,
+    pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
     let chunks = match job {
         Job::Cut(c) => c,
@@ -99,37 +119,58 @@ pub(super) fn hash_job(
             out
         }
         Job::Files(root, pack) => {
+            let len = pack
+                .iter()
+                .map(super::walk::Found::archive_len)
+                .sum::<u64>();
+            let mut buf = pool.take(usize::try_from(len).unwrap_or(usize::MAX));
+            if let Err(e) = super::walk::read_unit(&root, &pack, &mut buf) {
+                pool.give(buf);
+                return Err(e);
+            }
             let mut out = Vec::new();
-            cut_all(
-                params,
-                Bytes::from(super::walk::pack_bytes(&root, &pack)?),
-                &mut out,
-            );
+            cut_all(params, pool.freeze(buf), &mut out);
             out
         }
     };
-    chunks
-        .into_iter()
-        .map(|data| {
-            let hash = hash_chunk(&data);
-            let size = chunk_len(data.len())?;
-            Ok(if hint.known(&hash) {
-                Hashed {
-                    hash,
-                    size,
-                    data: Some(data),
-                    blob: None,
-                }
+    // Room for every new chunk's stored form, so zstd writes straight into one buffer.
+    let room: usize = chunks
+        .iter()
+        .map(|c| zstd::zstd_safe::compress_bound(c.len()).max(c.len()) + 1 + 32)
+        .sum();
+    let mut stored = pool.take(room);
+    let mut hashed = Vec::with_capacity(chunks.len());
+    let mut spans = Vec::new();
+    for data in chunks {
+        let hash = hash_chunk(&data);
+        let size = chunk_len(data.len())?;
+        let payload = if hint.known(&hash) {
+            Payload::Known(data)
+        } else {
+            let at = stored.len();
+            if chunk::encode_into(&data, level, &mut stored)? {
+                spans.push((hashed.len(), at..stored.len()));
+                // Filled in below, once the buffer is frozen.
+                Payload::Parent
             } else {
-                Hashed {
-                    hash,
-                    size,
-                    blob: Some(chunk::encode(&data, level)?),
-                    data: None,
-                }
-            })
-        })
-        .collect()
+                Payload::Raw(data)
+            }
+        };
+        hashed.push(Hashed {
+            hash,
+            size,
+            payload,
+        });
+    }
+    if spans.is_empty() {
+        pool.give(stored);
+    } else {
+        let stored = pool.freeze(stored);
+        for (i, span) in spans {
+            hashed[i].payload = Payload::Encoded(stored.slice(span));
+        }
+    }
+    Ok(hashed)
 }
 
 /// A pack uploaded: its size, its index records, its buffer if it can be reused.
@@ -208,7 +249,7 @@ impl SnapshotStore {
     ) -> Result<()> {
         for p in pieces {
             // New data fills packs; chunks taken from the parent only fill the record.
-            if p.data.is_some() || p.blob.is_some() {
+            if p.payload.has_data() {
                 st.batch_bytes += p.size as usize;
             }
             st.batch.push(p);
@@ -263,7 +304,7 @@ impl SnapshotStore {
         for p in batch {
             let stored = match st.confirmed.get(&p.hash) {
                 Some(s) => *s,
-                None => match self.place(st, p.hash, p.size, p.data, p.blob, trusted)? {
+                None => match self.place(st, p.hash, p.size, p.payload, trusted)? {
                     Some(s) => s,
                     // A chunk of a snapshot saved before packs, with the parent not trusted.
                     None => match self.head(&chunk_key(&p.hash)).await? {
@@ -295,8 +336,7 @@ impl SnapshotStore {
         st: &mut SaveState,
         hash: ChunkHash,
         size: u32,
-        data: Option<Bytes>,
-        blob: Option<Vec<u8>>,
+        payload: Payload,
         trusted: bool,
     ) -> Result<Option<u32>> {
         let parent = st
@@ -308,14 +348,16 @@ impl SnapshotStore {
             st.confirmed.insert(hash, s);
             return Ok(Some(s));
         }
-        let blob = match (blob, data) {
-            (Some(b), _) => b,
+        let n = match payload {
+            Payload::Encoded(blob) => st.pack.push(hash, size, &blob)?,
+            Payload::Raw(data) => st.pack.push_raw(hash, size, &data)?,
             // Expected to be stored, but it is not (a collection removed it): compress now.
-            (None, Some(d)) => chunk::encode(&d, self.config.zstd_level)?,
-            (None, None) => return Ok(None),
+            Payload::Known(data) => {
+                st.pack
+                    .push(hash, size, &chunk::encode(&data, self.config.zstd_level)?)?
+            }
+            Payload::Parent => return Ok(None),
         };
-        let n = chunk_len(blob.len())?;
-        st.pack.push(hash, size, &blob)?;
         st.confirmed.insert(hash, n);
         Ok(Some(n))
     }
@@ -324,6 +366,11 @@ impl SnapshotStore {
     pub(super) async fn seal(&self, st: &mut SaveState) -> Result<()> {
         if st.pack.is_empty() {
             return Ok(());
+        }
+        // Collect the uploads already done first: their buffers serve the next packs (a new
+        // buffer costs a page fault per 4 KiB written into it).
+        while let Some(done) = st.uploads.try_join_next() {
+            Self::finished(st, done)?;
         }
         while st.uploads.len() >= self.config.upload_concurrency {
             self.finish_one(st).await?;
@@ -367,11 +414,19 @@ impl SnapshotStore {
 
     async fn finish_one(&self, st: &mut SaveState) -> Result<()> {
         if let Some(done) = st.uploads.join_next().await {
-            let (n, records, buffer) = done.map_err(joined)??;
-            st.uploaded_bytes += n;
-            st.records.extend(records);
-            st.spare.extend(buffer);
+            Self::finished(st, done)?;
         }
+        Ok(())
+    }
+
+    fn finished(
+        st: &mut SaveState,
+        done: std::result::Result<Result<Uploaded>, tokio::task::JoinError>,
+    ) -> Result<()> {
+        let (n, records, buffer) = done.map_err(joined)??;
+        st.uploaded_bytes += n;
+        st.records.extend(records);
+        st.spare.extend(buffer);
         Ok(())
     }
 

@@ -6,7 +6,8 @@ use std::pin::Pin;
 
 use futures::stream::FuturesOrdered;
 
-use super::pipeline::{Hashed, Hint, Job, MAX_JOBS, SaveState, hash_job};
+use super::buffers::BufferPool;
+use super::pipeline::{Hashed, Hint, Job, MAX_JOBS, Payload, SaveState, hash_job};
 use super::tables::EntryKey;
 use super::*;
 
@@ -30,7 +31,7 @@ enum Item {
 type Pending = Pin<Box<dyn Future<Output = Result<Item>> + Send>>;
 
 /// Most archive bytes held by hashing jobs in flight.
-const MAX_HELD_BYTES: u64 = 64 << 20;
+const MAX_HELD_BYTES: u64 = 32 << 20;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -283,6 +284,7 @@ impl SnapshotStore {
                 .unwrap_or_default(),
             index,
         });
+        let pool = BufferPool::default();
         // Owns the receiver: when storing fails, the producer's next send fails and it stops.
         // (Boxed, as is the producer: both are large state machines.)
         let stored = Box::pin(async {
@@ -301,7 +303,7 @@ impl SnapshotStore {
                         Some(batch) => {
                             for work in batch? {
                                 held += work.bytes();
-                                ordered.push_back(self.job(work, &hint));
+                                ordered.push_back(self.job(work, &hint, &pool));
                             }
                         }
                         None => open = false,
@@ -350,7 +352,7 @@ impl SnapshotStore {
 
     /// Start hashing one piece of work (on the blocking pool, at once); the future yields it
     /// when done.
-    fn job(&self, work: Work, hint: &Arc<Hint>) -> Pending {
+    fn job(&self, work: Work, hint: &Arc<Hint>, pool: &BufferPool) -> Pending {
         let held = work.bytes();
         let job = match work {
             Work::Chunks(c) => Job::Cut(c),
@@ -362,8 +364,7 @@ impl SnapshotStore {
                     .map(|c| Hashed {
                         hash: c.hash,
                         size: c.size,
-                        data: None,
-                        blob: None,
+                        payload: Payload::Parent,
                     })
                     .collect();
                 return Box::pin(std::future::ready(Ok(Item::Pieces(pieces, 0))));
@@ -373,7 +374,9 @@ impl SnapshotStore {
             }
         };
         let (hint, params, level) = (hint.clone(), self.config.chunker, self.config.zstd_level);
-        let handle = tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level));
+        let pool = pool.clone();
+        let handle =
+            tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level, &pool));
         Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??, held)) })
     }
 
@@ -385,7 +388,8 @@ impl SnapshotStore {
         };
         let (params, level) = (tables::TABLE_CHUNKER, self.config.zstd_level);
         let pieces = tokio::task::spawn_blocking(move || {
-            hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level)
+            let pool = BufferPool::default();
+            hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level, &pool)
         })
         .await
         .map_err(joined)??;

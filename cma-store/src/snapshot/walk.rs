@@ -244,32 +244,46 @@ fn open_in(root: &Dir, key: &EntryKey) -> Result<cap_std::fs::File> {
         .map_err(|e| Error::io(shown(key), e))
 }
 
-/// The archive bytes of a unit of small entries: each header, then each file's data read as
-/// exactly the size it was found with (a short file padded with zeros, a grown one cut, a
-/// vanished one zeros) and the tar padding.
-pub(crate) fn pack_bytes(root: &Dir, pack: &[Found]) -> Result<Vec<u8>> {
+/// The archive bytes of a unit of small entries, appended to `out`: each header, then each
+/// file's data read as exactly the size it was found with (a short file padded with zeros, a
+/// grown one cut, a vanished one zeros) and the tar padding. Reads straight into `out`'s spare
+/// room (no zeroing first).
+pub(crate) fn read_unit(root: &Dir, pack: &[Found], out: &mut Vec<u8>) -> Result<()> {
     let len = pack.iter().map(Found::archive_len).sum::<u64>();
-    let mut out = Vec::with_capacity(len as usize);
+    out.reserve(usize::try_from(len).map_err(|_| Error::TooLarge {
+        what: "unit".into(),
+        size: len,
+        limit: usize::MAX as u64,
+    })?);
     for f in pack {
         out.extend_from_slice(&f.header);
         if f.key.kind != Kind::File {
             continue;
         }
-        let size = f.key.size;
+        let size = f.key.size as usize;
+        let end = out.len() + size;
         match open_in(root, &f.key) {
             Ok(file) => {
-                let mut r = file.take(size).chain(io::repeat(0)).take(size);
-                r.read_to_end(&mut out)
-                    .map_err(|e| Error::io(shown(&f.key), e))?;
+                while out.len() < end {
+                    out.reserve(end - out.len());
+                    match rustix::io::read(&file, rustix::buffer::spare_capacity(out)) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(rustix::io::Errno::INTR) => {}
+                        Err(e) => return Err(Error::io(shown(&f.key), e.into())),
+                    }
+                }
+                // Grown since the walk: cut; shrunk: zeros.
+                out.resize(end, 0);
             }
             Err(Error::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
-                out.resize(out.len() + size as usize, 0);
+                out.resize(end, 0);
             }
             Err(e) => return Err(e),
         }
-        out.resize(out.len() + padding(size), 0);
+        out.resize(out.len() + padding(size as u64), 0);
     }
-    Ok(out)
+    Ok(())
 }
 
 fn ns(secs: i64, nsec: u64) -> i64 {
