@@ -67,6 +67,7 @@ mod chunk_index;
 mod error;
 mod fetch;
 mod gate;
+mod lister;
 mod manifest;
 mod marker;
 mod pack;

@@ -1,10 +1,12 @@
 //! The store side of a save, as a pipeline that keeps both cores busy: chunks are hashed (and
 //! new ones compressed) on the blocking pool, several jobs at once, while the walk reads ahead
 //! and finished packs upload; the results are taken back in archive order, named in
-//! `inflight/` records batch by batch (see the module docs of `snapshot` for why), and new
-//! chunks are appended to a pack that is sealed and uploaded once it reaches
-//! [`SnapshotConfig::pack_bytes`]. Memory stays bounded: the walk's queue, [`MAX_JOBS`] jobs of
-//! at most a few MiB, one batch, the pack being filled and the packs uploading.
+//! `inflight/` records batch by batch (see the module docs of `snapshot` for why). New chunks
+//! are copied into the pack being filled as soon as they are taken back (so the buffers of
+//! their job return to the save's pool at once, see the `buffers` module), and a pack is sealed
+//! and uploaded once it reaches [`SnapshotConfig::pack_bytes`], always after the record that
+//! names every chunk in it. Memory stays bounded: the walk's queue, [`MAX_JOBS`] jobs of at
+//! most a few MiB, one batch's chunk list, the pack being filled and the packs uploading.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -198,8 +200,32 @@ pub(super) struct SaveState {
     pub records: Vec<IndexRecord>,
     /// Bytes of packs uploaded so far.
     pub uploaded_bytes: u64,
-    batch: Vec<Hashed>,
+    /// New chunks already in the pack being filled (or an earlier one), with their stored
+    /// sizes: a chunk met twice is packed once.
+    appended: HashMap<ChunkHash, u32>,
+    batch: Vec<Batched>,
     batch_bytes: usize,
+}
+
+/// A chunk accepted, waiting for its batch's record.
+struct Batched {
+    hash: ChunkHash,
+    size: u32,
+    held: Held,
+}
+
+enum Held {
+    /// Taken from the parent, unread.
+    Parent,
+    /// Expected to be stored already: its content, in case it is not.
+    Known(Bytes),
+    /// New: its stored form is in the pack being filled already (copied there when accepted,
+    /// so the job's buffer goes back to the pool at once). The pack is uploaded only after the
+    /// record naming it, so a collection never sees it unnamed.
+    Appended(u32),
+    /// Stored form ready, but the store (or the parent) may have it already: packed only if
+    /// it still lacks it once the batch is named.
+    Ready(Payload),
 }
 
 impl SnapshotStore {
@@ -234,6 +260,7 @@ impl SnapshotStore {
             spare: Vec::new(),
             records: Vec::new(),
             uploaded_bytes: 0,
+            appended: HashMap::new(),
             batch: Vec::new(),
             batch_bytes: 0,
         })
@@ -252,8 +279,41 @@ impl SnapshotStore {
             if p.payload.has_data() {
                 st.batch_bytes += p.size as usize;
             }
-            st.batch.push(p);
-            if st.batch_bytes >= self.config.pack_bytes || st.batch.len() >= MAX_BATCH_PIECES {
+            let held = match p.payload {
+                Payload::Parent => Held::Parent,
+                Payload::Known(data) => Held::Known(data),
+                Payload::Encoded(_) | Payload::Raw(_)
+                    if st.confirmed.contains_key(&p.hash) || st.appended.contains_key(&p.hash) =>
+                {
+                    // Met before in this save: placed (or to be placed) once.
+                    Held::Parent
+                }
+                payload
+                    if st.index.stored_len(&p.hash).is_some()
+                        || st.parent.as_ref().is_some_and(|x| x.chunks.contains_key(&p.hash)) =>
+                {
+                    Held::Ready(payload)
+                }
+                Payload::Encoded(blob) => {
+                    let n = st.pack.push(p.hash, p.size, &blob)?;
+                    st.appended.insert(p.hash, n);
+                    Held::Appended(n)
+                }
+                Payload::Raw(data) => {
+                    let n = st.pack.push_raw(p.hash, p.size, &data)?;
+                    st.appended.insert(p.hash, n);
+                    Held::Appended(n)
+                }
+            };
+            st.batch.push(Batched {
+                hash: p.hash,
+                size: p.size,
+                held,
+            });
+            if st.batch_bytes >= self.config.pack_bytes
+                || st.pack.len() >= self.config.pack_bytes
+                || st.batch.len() >= MAX_BATCH_PIECES
+            {
                 self.flush(st, refs).await?;
             }
         }
@@ -304,7 +364,7 @@ impl SnapshotStore {
         for p in batch {
             let stored = match st.confirmed.get(&p.hash) {
                 Some(s) => *s,
-                None => match self.place(st, p.hash, p.size, p.payload, trusted)? {
+                None => match self.place(st, p.hash, p.size, p.held, trusted)? {
                     Some(s) => s,
                     // A chunk of a snapshot saved before packs, with the parent not trusted.
                     None => match self.head(&chunk_key(&p.hash)).await? {
@@ -336,7 +396,7 @@ impl SnapshotStore {
         st: &mut SaveState,
         hash: ChunkHash,
         size: u32,
-        payload: Payload,
+        held: Held,
         trusted: bool,
     ) -> Result<Option<u32>> {
         let parent = st
@@ -348,15 +408,36 @@ impl SnapshotStore {
             st.confirmed.insert(hash, s);
             return Ok(Some(s));
         }
-        let n = match payload {
-            Payload::Encoded(blob) => st.pack.push(hash, size, &blob)?,
-            Payload::Raw(data) => st.pack.push_raw(hash, size, &data)?,
+        let n = match (st.appended.get(&hash), held) {
+            // In a pack of this save already (met earlier, or accepted with this batch).
+            (Some(n), _) => *n,
+            (None, Held::Appended(n)) => n,
             // Expected to be stored, but it is not (a collection removed it): compress now.
-            Payload::Known(data) => {
-                st.pack
-                    .push(hash, size, &chunk::encode(&data, self.config.zstd_level)?)?
+            (None, Held::Known(data)) => {
+                let n = st
+                    .pack
+                    .push(hash, size, &chunk::encode(&data, self.config.zstd_level)?)?;
+                st.appended.insert(hash, n);
+                n
             }
-            Payload::Parent => return Ok(None),
+            (None, Held::Ready(Payload::Encoded(blob))) => {
+                let n = st.pack.push(hash, size, &blob)?;
+                st.appended.insert(hash, n);
+                n
+            }
+            (None, Held::Ready(Payload::Raw(data))) => {
+                let n = st.pack.push_raw(hash, size, &data)?;
+                st.appended.insert(hash, n);
+                n
+            }
+            (None, Held::Ready(Payload::Known(data))) => {
+                let n = st
+                    .pack
+                    .push(hash, size, &chunk::encode(&data, self.config.zstd_level)?)?;
+                st.appended.insert(hash, n);
+                n
+            }
+            (None, Held::Parent | Held::Ready(Payload::Parent)) => return Ok(None),
         };
         st.confirmed.insert(hash, n);
         Ok(Some(n))

@@ -15,9 +15,10 @@
 //! again without its times moving (coarse timestamps), so its unit is marked racy and is always
 //! read next time.
 //!
-//! The tree is read through `cap_std` and `statat` with `AT_SYMLINK_NOFOLLOW` on one name at a
-//! time, so nothing outside the workspace is ever read, and files that change during the walk
-//! still give a well-formed archive (a file is read as exactly the size it was stat'ed with).
+//! The tree is listed through `cap_std` and `statat` with `AT_SYMLINK_NOFOLLOW` on one name at a
+//! time (by worker threads, ahead of the walk: see the `lister` module), so nothing outside the
+//! workspace is ever read, and files that change during the walk still give a well-formed
+//! archive (a file is read as exactly the size it was stat'ed with).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -27,11 +28,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use cap_std::fs::{Dir, OpenOptions, OpenOptionsExt};
-use rustix::fs::{AtFlags, FileType, OFlags};
+use rustix::fs::OFlags;
 use tokio::sync::mpsc;
 
 use super::chunk::Chunker;
 use super::error::{Error, Result};
+use super::lister::{Lister, with_lister};
 use super::manifest::{ChunkRef, ChunkerParams};
 use super::tables::{EntryKey, Kind, Unit};
 
@@ -39,8 +41,8 @@ use super::tables::{EntryKey, Kind, Unit};
 pub(crate) const BIG_FILE: u64 = 256 * 1024;
 /// Entries changed this close to the save's start are not trusted next time.
 pub(crate) const RACY_WINDOW: Duration = Duration::from_secs(2);
-/// Deepest nesting walked: one directory handle stays open per level, so this bounds the
-/// descriptors a save holds. Deeper trees are saved from the export stream instead (see
+/// Deepest nesting walked: a queued directory holds its parent's handle open, so this (with
+/// the lister's read-ahead bound) bounds the descriptors a save holds. Deeper trees are saved from the export stream instead (see
 /// [`TOO_DEEP`]).
 pub(crate) const MAX_DEPTH: usize = 128;
 
@@ -156,8 +158,8 @@ struct Walker<'a> {
     tx: &'a mpsc::Sender<Result<Vec<Work>>>,
     /// Work not sent yet: sent in batches, not one message per unit.
     out: Vec<Work>,
-    /// Directories open along the current path (index 0 is the workspace).
-    dirs: Vec<Dir>,
+    /// Directory listings, read ahead.
+    lister: &'a Lister,
     /// The workspace, for whoever reads files of the walk.
     root: Arc<Dir>,
     pack: Vec<Found>,
@@ -303,29 +305,31 @@ pub(crate) fn walk(
     let shared = root
         .try_clone()
         .map_err(|e| Error::io("reading /workspace", e))?;
-    let mut w = Walker {
-        root: Arc::new(shared),
-        params,
-        parent,
-        racy_after: racy_after(started),
-        tx,
-        dirs: vec![root],
-        out: Vec::new(),
-        pack: Vec::new(),
-        pack_bytes: 0,
-        counts: Counts::default(),
-        builder: tar::Builder::new(Vec::new()),
-    };
-    w.walk_dir(PathBuf::new(), 0)?;
-    w.flush_pack()?;
-    // End of archive: two zero blocks, a unit of its own with no entries.
-    w.send(Work::Chunks(vec![Bytes::from_static(&[0u8; 1024])]))?;
-    w.send(Work::UnitEnd {
-        racy: false,
-        entries: Vec::new(),
-    })?;
-    w.flush_out()?;
-    Ok(w.counts)
+    with_lister(root, |lister| {
+        let mut w = Walker {
+            root: Arc::new(shared),
+            params,
+            parent,
+            racy_after: racy_after(started),
+            tx,
+            lister,
+            out: Vec::new(),
+            pack: Vec::new(),
+            pack_bytes: 0,
+            counts: Counts::default(),
+            builder: tar::Builder::new(Vec::new()),
+        };
+        w.walk_dir(PathBuf::new(), 0)?;
+        w.flush_pack()?;
+        // End of archive: two zero blocks, a unit of its own with no entries.
+        w.send(Work::Chunks(vec![Bytes::from_static(&[0u8; 1024])]))?;
+        w.send(Work::UnitEnd {
+            racy: false,
+            entries: Vec::new(),
+        })?;
+        w.flush_out()?;
+        Ok(w.counts)
+    })
 }
 
 impl Walker<'_> {
@@ -355,87 +359,38 @@ impl Walker<'_> {
                 message: TOO_DEEP.to_owned(),
             });
         }
-        let dir_idx = self.dirs.len() - 1;
-        let mut names = Vec::new();
-        for entry in self.dirs[dir_idx].entries().map_err(io_err(&rel))? {
-            names.push(entry.map_err(io_err(&rel))?.file_name());
-        }
-        names.sort();
-        for name in names {
-            let path = rel.join(&name);
-            let st = match rustix::fs::statat(&self.dirs[dir_idx], &name, AtFlags::SYMLINK_NOFOLLOW)
-            {
-                Ok(st) => st,
-                Err(rustix::io::Errno::NOENT) => continue,
-                Err(e) => return Err(io_err(&path)(e.into())),
-            };
-            let kind = match FileType::from_raw_mode(st.st_mode as _) {
-                FileType::RegularFile => Kind::File,
-                FileType::Directory => Kind::Dir,
-                FileType::Symlink => Kind::Symlink,
-                // Sockets, FIFOs and devices are not part of a workspace snapshot (no restore
-                // could make them mean the same): left out, and counted in the manifest.
-                _ => {
-                    tracing::debug!(path = %path.display(), "snapshot save skips a special file");
-                    self.counts.skipped += 1;
-                    continue;
-                }
-            };
+        // `None`: the directory vanished since its parent was listed.
+        let Some(listing) = self.lister.take(&rel)? else {
+            return Ok(());
+        };
+        self.counts.skipped += listing.skipped;
+        for e in listing.entries {
+            let path = rel.join(&e.name);
             let key = EntryKey {
                 path: path.as_os_str().as_encoded_bytes().to_vec(),
-                kind,
-                mode: st.st_mode as u32,
-                size: if kind == Kind::File {
-                    st.st_size as u64
-                } else {
-                    0
-                },
-                mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as u64),
-                ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as u64),
-                ino: st.st_ino as u64,
+                kind: e.kind,
+                mode: e.mode,
+                size: e.size,
+                mtime_ns: ns(e.mtime.0, e.mtime.1),
+                ctime_ns: ns(e.ctime.0, e.ctime.1),
+                ino: e.ino,
             };
-            let header = self.header(&path, &key, dir_idx, &name)?;
+            let header = tar_header(&mut self.builder, &path, &key, e.target.as_deref())
+                .map_err(io_err(&path))?;
             let found = Found { key, header };
-            match kind {
+            match e.kind {
                 Kind::File if found.key.size >= BIG_FILE => {
                     self.flush_pack()?;
                     self.big_file(found)?;
                 }
                 Kind::Dir => {
                     self.add_to_pack(found)?;
-                    let sub = match self.dirs[dir_idx].open_dir(&name) {
-                        Ok(d) => d,
-                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                        Err(e) => return Err(io_err(&path)(e)),
-                    };
-                    self.dirs.push(sub);
-                    let r = self.walk_dir(path, depth + 1);
-                    self.dirs.pop();
-                    r?;
+                    self.walk_dir(path, depth + 1)?;
                 }
                 _ => self.add_to_pack(found)?,
             }
         }
         Ok(())
-    }
-
-    /// The entry's tar header, as the isolate export writes it.
-    fn header(
-        &mut self,
-        path: &FsPath,
-        key: &EntryKey,
-        dir: usize,
-        name: &std::ffi::OsStr,
-    ) -> Result<Vec<u8>> {
-        let target = match key.kind {
-            Kind::Symlink => Some(
-                self.dirs[dir]
-                    .read_link_contents(name)
-                    .map_err(io_err(path))?,
-            ),
-            _ => None,
-        };
-        tar_header(&mut self.builder, path, key, target.as_deref()).map_err(io_err(path))
     }
 
     fn racy(&self, k: &EntryKey) -> bool {
