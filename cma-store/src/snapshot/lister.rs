@@ -10,18 +10,21 @@
 //! roughly in the walk's depth-first order); at most [`READY_AHEAD`] listings wait for the walk,
 //! and past that the workers list only the directory the walk is waiting for, so memory and
 //! open directory handles stay bounded (each queued directory holds its parent's handle).
-//! Directories are opened beneath their parent's handle without following symlinks
-//! (`cap_std`), entries are `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`: nothing outside the
+//! Directories are opened by name beneath their parent's descriptor without following symlinks
+//! (see `list`), entries are `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`: nothing outside the
 //! workspace is ever looked at.
 
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsString;
 use std::io;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStringExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 use cap_std::fs::Dir;
-use rustix::fs::{AtFlags, FileType};
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+use rustix::io::Errno;
 
 use super::error::{Error, Result};
 use super::tables::Kind;
@@ -61,8 +64,8 @@ struct Queued {
 }
 
 enum Place {
-    Root(Dir),
-    Child(Arc<Dir>, OsString),
+    Root(OwnedFd),
+    Child(Arc<OwnedFd>, OsString),
 }
 
 /// `None`: the directory vanished before it could be opened.
@@ -101,7 +104,7 @@ pub(crate) fn with_lister<T>(root: Dir, walk: impl FnOnce(&Lister) -> T) -> T {
     shared.lock().queue.push_back(Queued {
         rel: PathBuf::new(),
         depth: 0,
-        at: Place::Root(root),
+        at: Place::Root(root.into()),
     });
     let lister = Lister {
         shared: shared.clone(),
@@ -189,6 +192,11 @@ fn io_err(rel: &std::path::Path) -> impl Fn(io::Error) -> Error + '_ {
 }
 
 /// Open and list one directory; its subdirectories, to list next.
+///
+/// A subdirectory is opened by its name (one component, as `getdents` gave it; `.` and `..`
+/// are skipped) relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`: a symlink
+/// swapped in is refused, never followed, so the walk cannot leave the workspace. Two system
+/// calls fewer per directory than `cap_std`'s `open_dir` then `entries` (which reopens `.`).
 fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
     let Queued { rel, depth, at } = item;
     if depth > MAX_DEPTH {
@@ -196,29 +204,43 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
             message: TOO_DEEP.to_owned(),
         });
     }
-    let dir = match at {
-        Place::Root(d) => d,
-        Place::Child(parent, name) => match parent.open_dir(&name) {
-            Ok(d) => d,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_err(&rel)(e)),
-        },
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let fd = match at {
+        // The workspace's handle may be an `O_PATH` one, which cannot be read: reopen it.
+        Place::Root(fd) => rustix::fs::openat(&fd, ".", flags, Mode::empty())
+            .map_err(|e| io_err(&rel)(e.into()))?,
+        Place::Child(parent, name) => {
+            match rustix::fs::openat(&*parent, name.as_os_str(), flags, Mode::empty()) {
+                Ok(fd) => fd,
+                Err(Errno::NOENT) => return Ok(None),
+                Err(e) => return Err(io_err(&rel)(e.into())),
+            }
+        }
     };
     let mut names = Vec::new();
-    for entry in dir.entries().map_err(io_err(&rel))? {
-        names.push(entry.map_err(io_err(&rel))?.file_name());
+    {
+        // Read through a duplicate: the stream owns (and closes) its descriptor.
+        let dup = rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|e| io_err(&rel)(e.into()))?;
+        let mut stream = rustix::fs::Dir::new(dup).map_err(|e| io_err(&rel)(e.into()))?;
+        while let Some(entry) = stream.read() {
+            let entry = entry.map_err(|e| io_err(&rel)(e.into()))?;
+            let name = entry.file_name().to_bytes();
+            if name != b"." && name != b".." {
+                names.push(OsString::from_vec(name.to_vec()));
+            }
+        }
     }
     names.sort();
-    let dir = Arc::new(dir);
+    let fd = Arc::new(fd);
     let mut listing = Listing {
         entries: Vec::with_capacity(names.len()),
         skipped: 0,
     };
     let mut subdirs = Vec::new();
     for name in names {
-        let st = match rustix::fs::statat(&*dir, &name, AtFlags::SYMLINK_NOFOLLOW) {
+        let st = match rustix::fs::statat(&*fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
-            Err(rustix::io::Errno::NOENT) => continue,
+            Err(Errno::NOENT) => continue,
             Err(e) => return Err(io_err(&rel.join(&name))(e.into())),
         };
         let kind = match FileType::from_raw_mode(st.st_mode as _) {
@@ -234,17 +256,18 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
             }
         };
         let target = match kind {
-            Kind::Symlink => Some(
-                dir.read_link_contents(&name)
-                    .map_err(io_err(&rel.join(&name)))?,
-            ),
+            Kind::Symlink => {
+                let t = rustix::fs::readlinkat(&*fd, name.as_os_str(), Vec::new())
+                    .map_err(|e| io_err(&rel.join(&name))(e.into()))?;
+                Some(PathBuf::from(OsString::from_vec(t.into_bytes())))
+            }
             _ => None,
         };
         if kind == Kind::Dir {
             subdirs.push(Queued {
                 rel: rel.join(&name),
                 depth: depth + 1,
-                at: Place::Child(dir.clone(), name.clone()),
+                at: Place::Child(fd.clone(), name.clone()),
             });
         }
         listing.entries.push(Listed {

@@ -290,7 +290,10 @@ impl SnapshotStore {
                 }
                 payload
                     if st.index.stored_len(&p.hash).is_some()
-                        || st.parent.as_ref().is_some_and(|x| x.chunks.contains_key(&p.hash)) =>
+                        || st
+                            .parent
+                            .as_ref()
+                            .is_some_and(|x| x.chunks.contains_key(&p.hash)) =>
                 {
                     Held::Ready(payload)
                 }
