@@ -26,7 +26,7 @@ pub(crate) struct BufferPool {
 
 impl BufferPool {
     /// Most spare capacity kept, in bytes (a buffer that would take the pool past it is freed).
-    pub const KEEP_BYTES: usize = 128 << 20;
+    pub const KEEP_BYTES: usize = 64 << 20;
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest spare one that is
     /// big enough, else a new one (growing a spare one would copy what it held).
