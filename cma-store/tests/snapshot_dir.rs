@@ -161,3 +161,29 @@ async fn a_tree_deeper_than_the_walk_allows_is_saved_from_the_export() {
     store.restore(&m.id, dst.sandbox.as_ref()).await.unwrap();
     assert_eq!(listing(&dst.host), listing(&src.host));
 }
+
+/// A sparse file claiming far more than the store accepts (the sandbox can create one in an
+/// instant) is refused when the walk meets it, not streamed as zeros for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workspace_past_the_archive_limit_is_refused_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let mut c = config();
+    c.max_archive_bytes = 64 << 20;
+    let store = cma_store::SnapshotStore::local(tmp.path().join("store"), c).unwrap();
+    let src = iso.sandbox().await;
+    std::fs::write(src.host.join("small.txt"), b"hello").unwrap();
+    let f = std::fs::File::create(src.host.join("huge.img")).unwrap();
+    f.set_len(1 << 40).unwrap();
+    drop(f);
+    // (A guard against the old behaviour, which never ended: not a speed goal.)
+    let err = tokio::time::timeout(
+        Duration::from_secs(300),
+        store.save("sesn_huge", src.sandbox.as_ref(), None),
+    )
+    .await
+    .expect("the save ends")
+    .unwrap_err();
+    assert_eq!(err.kind(), cma_store::snapshot::ErrorKind::TooLarge, "{err}");
+    assert!(store.list("sesn_huge").await.unwrap().is_empty());
+}

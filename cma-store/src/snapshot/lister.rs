@@ -75,6 +75,8 @@ type Outcome = Result<Option<Listing>>;
 struct State {
     queue: VecDeque<Queued>,
     ready: HashMap<PathBuf, Outcome>,
+    /// Directories being listed now.
+    busy: Vec<PathBuf>,
     /// The directory the walk waits for.
     wanted: Option<PathBuf>,
     stop: bool,
@@ -110,12 +112,13 @@ pub(crate) fn with_lister<T>(root: Dir, walk: impl FnOnce(&Lister) -> T) -> T {
         shared: shared.clone(),
     };
     std::thread::scope(|s| {
+        // Stops the workers however this ends (`walk` returning or unwinding, or a worker that
+        // could not be started), so the scope can join them.
+        let _stop = StopOnDrop(&shared);
         for _ in 0..WORKERS {
             let shared = shared.clone();
             s.spawn(move || work(&shared));
         }
-        // Stops the workers however `walk` ends (even by unwinding), so the scope can join them.
-        let _stop = StopOnDrop(&shared);
         walk(&lister)
     })
 }
@@ -143,6 +146,15 @@ impl Lister {
                 self.shared.changed.notify_all();
                 return out;
             }
+            // Neither listed, nor being listed, nor queued: it never will be (taken twice, or
+            // not a directory its parent's listing named). An error, never a wait forever.
+            if !st.busy.iter().any(|b| b == rel) && !st.queue.iter().any(|q| q.rel == rel) {
+                st.wanted = None;
+                return Err(Error::io(
+                    format!("reading /workspace/{}", rel.display()),
+                    io::Error::other("directory not listed (changed during the walk)"),
+                ));
+            }
             st = self
                 .shared
                 .changed
@@ -167,13 +179,23 @@ fn work(shared: &Shared) {
                     wanted.and_then(|w| st.queue.iter().position(|q| q.rel == w))
                 };
                 if let Some(at) = next.and_then(|i| st.queue.remove(i)) {
+                    st.busy.push(at.rel.clone());
                     break at;
                 }
                 st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
             }
         };
         let rel = item.rel.clone();
-        let (outcome, subdirs) = match list(item) {
+        // A panic while listing becomes this directory's error (the walk would wait for it
+        // forever otherwise).
+        let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(item)))
+            .unwrap_or_else(|_| {
+                Err(Error::io(
+                    format!("reading /workspace/{}", rel.display()),
+                    io::Error::other("listing the directory panicked"),
+                ))
+            });
+        let (outcome, subdirs) = match listed {
             Ok(Some((listing, subdirs))) => (Ok(Some(listing)), subdirs),
             Ok(None) => (Ok(None), Vec::new()),
             Err(e) => (Err(e), Vec::new()),
@@ -182,6 +204,7 @@ fn work(shared: &Shared) {
         for q in subdirs.into_iter().rev() {
             st.queue.push_front(q);
         }
+        st.busy.retain(|b| *b != rel);
         st.ready.insert(rel, outcome);
         shared.changed.notify_all();
     }
@@ -230,7 +253,9 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
             }
         }
     }
+    // A directory renamed while it is read can come back twice from `getdents`: list it once.
     names.sort();
+    names.dedup();
     let fd = Arc::new(fd);
     let mut listing = Listing {
         entries: Vec::with_capacity(names.len()),
@@ -382,6 +407,22 @@ mod tests {
             with_lister(open(tmp.path()), |_| panic!("the walk failed"))
         });
         assert!(caught.is_err());
+    }
+
+    #[test]
+    fn a_directory_taken_twice_is_an_error_not_a_hang() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("a")).unwrap();
+        let (first, second, unknown) = with_lister(open(tmp.path()), |l| {
+            l.take(Path::new("")).unwrap();
+            let first = l.take(Path::new("a")).map(|o| o.is_some());
+            let second = l.take(Path::new("a")).map(|o| o.is_some());
+            let unknown = l.take(Path::new("nope")).map(|o| o.is_some());
+            (first, second, unknown)
+        });
+        assert!(first.unwrap());
+        assert!(second.is_err());
+        assert!(unknown.is_err());
     }
 
     #[test]

@@ -175,7 +175,8 @@ pub struct SnapshotConfig {
     pub op_timeout: Duration,
     /// Where restores spool the verified archive (default: the system temp dir).
     pub spool_dir: Option<PathBuf>,
-    /// Largest archive a restore or verify accepts.
+    /// Largest archive a save, restore or verify accepts (a save refuses a workspace whose files
+    /// add up to more, before reading past the limit).
     pub max_archive_bytes: u64,
     /// Trust that chunks listed by the parent manifest exist while that manifest exists, instead
     /// of checking each one (one request per batch instead of one per chunk).

@@ -113,6 +113,8 @@ pub(super) fn hash_job(
     level: i32,
     pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
+    // Capacity of the pooled buffer the chunks are slices of, if they are.
+    let mut pooled_input = 0usize;
     let chunks = match job {
         Job::Cut(c) => c,
         Job::Whole(b) => {
@@ -130,6 +132,7 @@ pub(super) fn hash_job(
                 pool.give(buf);
                 return Err(e);
             }
+            pooled_input = buf.capacity();
             let mut out = Vec::new();
             cut_all(params, pool.freeze(buf), &mut out);
             out
@@ -172,7 +175,36 @@ pub(super) fn hash_job(
             hashed[i].payload = Payload::Encoded(stored.slice(span));
         }
     }
+    // Known chunks wait for their batch (up to `pack_bytes` of data) holding their content: a
+    // few small ones must not keep a whole pooled buffer (256 KiB at least) out of the pool
+    // that long, so little content is copied out of a big buffer.
+    let known: usize = hashed
+        .iter()
+        .map(|h| match &h.payload {
+            Payload::Known(d) => d.len(),
+            _ => 0,
+        })
+        .sum();
+    if known > 0 && known.saturating_mul(4) < pooled_input {
+        for h in &mut hashed {
+            if let Payload::Known(d) = &h.payload {
+                h.payload = Payload::Known(Bytes::copy_from_slice(d));
+            }
+        }
+    }
     Ok(hashed)
+}
+
+impl Payload {
+    /// The same payload in memory of its own (not a slice of a pooled buffer).
+    fn detached(self) -> Payload {
+        match self {
+            Payload::Parent => Payload::Parent,
+            Payload::Known(d) => Payload::Known(Bytes::copy_from_slice(&d)),
+            Payload::Encoded(b) => Payload::Encoded(Bytes::copy_from_slice(&b)),
+            Payload::Raw(d) => Payload::Raw(Bytes::copy_from_slice(&d)),
+        }
+    }
 }
 
 /// A pack uploaded: its size, its index records, its buffer if it can be reused.
@@ -295,7 +327,9 @@ impl SnapshotStore {
                             .as_ref()
                             .is_some_and(|x| x.chunks.contains_key(&p.hash)) =>
                 {
-                    Held::Ready(payload)
+                    // Rare outside tables (the hashing job's view of the store said new). Held
+                    // in memory of its own, not keeping a pooled buffer until the flush.
+                    Held::Ready(payload.detached())
                 }
                 Payload::Encoded(blob) => {
                     let n = st.pack.push(p.hash, p.size, &blob)?;

@@ -218,10 +218,10 @@ impl SnapshotStore {
         let parent_m = self.load_parent(parent).await?;
         let units = self.parent_units(parent_m.as_ref()).await;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
-        let params = self.config.chunker;
+        let (params, max_bytes) = (self.config.chunker, self.config.max_archive_bytes);
         let walker = tokio::task::spawn_blocking(move || {
             let root = cap_std::fs::Dir::from_std_file(dir);
-            walk::walk(root, params, units.as_ref(), started, &tx)
+            walk::walk(root, params, units.as_ref(), started, &tx, max_bytes)
         });
         self.run_save(
             session_id,
@@ -380,23 +380,39 @@ impl SnapshotStore {
         Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??, held)) })
     }
 
-    /// Store a table as chunks; returns their refs.
-    async fn store_table(&self, st: &mut SaveState, bytes: Vec<u8>) -> Result<Vec<ChunkRef>> {
-        let hint = Hint {
-            parent: HashSet::new(),
-            index: Arc::new(Default::default()),
-        };
+    /// Store tables as chunks, hashed side by side and named in one record; returns the refs of
+    /// each, in order.
+    async fn store_tables(
+        &self,
+        st: &mut SaveState,
+        tables: Vec<Vec<u8>>,
+    ) -> Result<Vec<Vec<ChunkRef>>> {
         let (params, level) = (tables::TABLE_CHUNKER, self.config.zstd_level);
-        let pieces = tokio::task::spawn_blocking(move || {
-            let pool = BufferPool::default();
-            hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level, &pool)
-        })
-        .await
-        .map_err(joined)??;
-        let mut refs = Vec::with_capacity(pieces.len());
-        self.accept(st, pieces, &mut refs).await?;
+        let jobs = tables.into_iter().map(|bytes| {
+            let hint = Hint {
+                parent: HashSet::new(),
+                index: Arc::new(Default::default()),
+            };
+            tokio::task::spawn_blocking(move || {
+                let pool = BufferPool::default();
+                hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level, &pool)
+            })
+        });
+        let hashed = futures::future::join_all(jobs).await;
+        let mut counts = Vec::with_capacity(hashed.len());
+        let mut refs = Vec::new();
+        for pieces in hashed {
+            let pieces = pieces.map_err(joined)??;
+            counts.push(pieces.len());
+            self.accept(st, pieces, &mut refs).await?;
+        }
         self.flush(st, &mut refs).await?;
-        Ok(refs)
+        let mut out = Vec::with_capacity(counts.len());
+        let mut rest = refs.into_iter();
+        for n in counts {
+            out.push(rest.by_ref().take(n).collect());
+        }
+        Ok(out)
     }
 
     async fn commit(
@@ -407,15 +423,13 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
         saved: Saved,
     ) -> Result<SnapshotManifest> {
-        let table = self
-            .store_table(st, tables::encode_chunks(&saved.refs))
-            .await?;
-        let files = if saved.units.is_empty() {
-            Vec::new()
-        } else {
-            self.store_table(st, tables::encode_units(&saved.units))
-                .await?
-        };
+        let mut encoded = vec![tables::encode_chunks(&saved.refs)];
+        if !saved.units.is_empty() {
+            encoded.push(tables::encode_units(&saved.units));
+        }
+        let mut stored = self.store_tables(st, encoded).await?.into_iter();
+        let table = stored.next().unwrap_or_default();
+        let files = stored.next().unwrap_or_default();
         self.finish_uploads(st).await?;
         if !st.records.is_empty() {
             let records = std::mem::take(&mut st.records);

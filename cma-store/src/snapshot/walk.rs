@@ -160,6 +160,8 @@ struct Walker<'a> {
     out: Vec<Work>,
     /// Directory listings, read ahead.
     lister: &'a Lister,
+    /// Most file bytes a save takes (`SnapshotConfig::max_archive_bytes`).
+    max_bytes: u64,
     /// The workspace, for whoever reads files of the walk.
     root: Arc<Dir>,
     pack: Vec<Found>,
@@ -301,6 +303,7 @@ pub(crate) fn walk(
     parent: Option<&ParentUnits>,
     started: SystemTime,
     tx: &mpsc::Sender<Result<Vec<Work>>>,
+    max_bytes: u64,
 ) -> Result<Counts> {
     let shared = root
         .try_clone()
@@ -313,6 +316,7 @@ pub(crate) fn walk(
             racy_after: racy_after(started),
             tx,
             lister,
+            max_bytes,
             out: Vec::new(),
             pack: Vec::new(),
             pack_bytes: 0,
@@ -397,11 +401,21 @@ impl Walker<'_> {
         is_racy(k, self.racy_after)
     }
 
-    fn count(&mut self, f: &Found) {
+    /// Count a file; refuses a workspace whose files add up to more than the store accepts
+    /// (a sparse file claiming exabytes would otherwise be streamed as zeros for ever).
+    fn count(&mut self, f: &Found) -> Result<()> {
         if f.key.kind == Kind::File {
             self.counts.files += 1;
-            self.counts.bytes += f.key.size;
+            self.counts.bytes = self.counts.bytes.saturating_add(f.key.size);
+            if self.counts.bytes > self.max_bytes {
+                return Err(Error::TooLarge {
+                    what: "workspace".into(),
+                    size: self.counts.bytes,
+                    limit: self.max_bytes,
+                });
+            }
         }
+        Ok(())
     }
 
     fn add_to_pack(&mut self, f: Found) -> Result<()> {
@@ -424,7 +438,7 @@ impl Walker<'_> {
         let racy = pack.iter().any(|f| self.racy(&f.key));
         let entries: Vec<EntryKey> = pack.iter().map(|f| f.key.clone()).collect();
         for f in &pack {
-            self.count(f);
+            self.count(f)?;
         }
         if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
             self.send(Work::Reused(refs.to_vec()))?;
@@ -438,7 +452,7 @@ impl Walker<'_> {
     }
 
     fn big_file(&mut self, f: Found) -> Result<()> {
-        self.count(&f);
+        self.count(&f)?;
         let racy = self.racy(&f.key);
         let entries = vec![f.key.clone()];
         if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
