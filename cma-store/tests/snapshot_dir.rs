@@ -184,6 +184,10 @@ async fn a_workspace_past_the_archive_limit_is_refused_at_once() {
     .await
     .expect("the save ends")
     .unwrap_err();
-    assert_eq!(err.kind(), cma_store::snapshot::ErrorKind::TooLarge, "{err}");
+    assert_eq!(
+        err.kind(),
+        cma_store::snapshot::ErrorKind::TooLarge,
+        "{err}"
+    );
     assert!(store.list("sesn_huge").await.unwrap().is_empty());
 }

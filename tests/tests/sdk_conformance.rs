@@ -5,9 +5,10 @@
 //! * Three tests start the emulator in this process (`cma_core::emulator`) so they can inspect
 //!   its state afterwards (work items, session status, consumed faults); one runs the real `cma`
 //!   binary (`cma emulator --record OUT.jsonl --exit-when-done`) and reads the record file. The
-//!   binary is built once per test process with `cargo build -p cma-examples --bin cma` (or taken
-//!   from `CMA_BIN`): a test in this package cannot use `CARGO_BIN_EXE_cma`, which only exists
-//!   for the binary's own package, and building it here keeps it fresh however the tests start.
+//!   binary is built once per test process with `cargo build --workspace --all-features --bin
+//!   cma` (or taken from `CMA_BIN`): a test in this package cannot use `CARGO_BIN_EXE_cma`, which
+//!   only exists for the binary's own package, and building it here keeps it fresh however the
+//!   tests start.
 //! * The worker is `tests/sdk/worker.py` run by the Python in `CMA_SDK_PYTHON` (default
 //!   `/root/.cache/cma-venv/bin/python`, which `.ci/run` prepares). A missing interpreter or SDK
 //!   fails the test: this check must never pass silently.
@@ -79,6 +80,11 @@ fn sdk_python() -> PathBuf {
 }
 
 /// The `cma` binary: `CMA_BIN`, else built (once per process) with the cargo running the tests.
+///
+/// Built for the whole workspace with every feature, as `.ci/run`'s `cargo test --workspace
+/// --all-features` builds it: there this is a no-op, and elsewhere it never replaces the shared
+/// `target/debug/cma` with one that lacks a feature other tests spawn it for (the Docker
+/// backend of `examples/tests/crash_docker.rs` failed every run after this built a default one).
 fn cma_binary() -> &'static Path {
     static BIN: OnceLock<PathBuf> = OnceLock::new();
     BIN.get_or_init(|| {
@@ -90,8 +96,8 @@ fn cma_binary() -> &'static Path {
             .current_dir(workspace_root())
             .args([
                 "build",
-                "-p",
-                "cma-examples",
+                "--workspace",
+                "--all-features",
                 "--bin",
                 "cma",
                 "--message-format=json-render-diagnostics",
@@ -101,7 +107,7 @@ fn cma_binary() -> &'static Path {
             .expect("run cargo build for the cma binary");
         assert!(
             out.status.success(),
-            "cargo build -p cma-examples --bin cma failed"
+            "cargo build --workspace --all-features --bin cma failed"
         );
         String::from_utf8_lossy(&out.stdout)
             .lines()
