@@ -11,6 +11,8 @@ impl SandboxHost {
     /// Destroy warm sandboxes whose keep-warm time is over; returns how many were destroyed.
     /// The control plane calls it through [`SessionHost::maintain`] at each sandbox's deadline
     /// (and placement calls it too); a host without a plane calls it itself.
+    ///
+    /// [`SessionHost::maintain`]: crate::runner::session::SessionHost::maintain
     pub async fn reap_expired(&self) -> usize {
         let expired = lock(&self.warm).take_expired(Instant::now().into_std());
         let n = expired.len();
