@@ -74,6 +74,25 @@ async fn two_stores_opening_a_fresh_file_together_both_migrate_it_once() {
     assert_eq!(applied, 2);
 }
 
+/// Switching a fresh file to WAL needs an exclusive lock; two connections that both read the file
+/// and then both ask for it deadlock, and SQLite answers one of them `SQLITE_BUSY` at once, without
+/// the busy timeout. Many stores opening fresh files together must all open, not fail by luck.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn many_stores_opening_fresh_files_together_all_open() {
+    let dir = tempfile::tempdir().unwrap();
+    for file in 0..20 {
+        let path = dir.path().join(format!("state-{file}.db"));
+        let opens = (0..6).map(|_| {
+            let path = path.clone();
+            tokio::spawn(async move { SqliteStateStore::open(&path).await })
+        });
+        for open in futures::future::join_all(opens).await {
+            let store = open.unwrap().unwrap_or_else(|e| panic!("file {file}: {e}"));
+            store.close().await;
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_file_that_is_not_a_database_is_reported_corrupt_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();

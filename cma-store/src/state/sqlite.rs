@@ -6,11 +6,12 @@
 //! from the SQL embedded in this crate (`migrations/sqlite`).
 
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, Connection};
 
 use super::StateError;
 use super::sql::{MIGRATIONS_TABLE, Migration, map_err, pending, sql_state_store};
@@ -44,13 +45,15 @@ impl SqliteStateStore {
     /// [`StateErrorKind::Corrupt`](super::StateErrorKind::Corrupt) and is left untouched.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, StateError> {
         let path = path.as_ref().to_path_buf();
+        // No `journal_mode` here: WAL is a property of the file, set once by `enter_wal`, which can
+        // wait for the exclusive lock that switching needs (the busy timeout cannot).
         let options = SqliteConnectOptions::new()
             .filename(&path)
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(false);
+        enter_wal(&options).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(SQLITE_BUSY_TIMEOUT + Duration::from_secs(5))
@@ -110,3 +113,45 @@ impl SqliteStateStore {
 }
 
 sql_state_store!(SqliteStateStore, sqlx::Sqlite);
+
+/// Put the file at `options` in WAL mode (a no-op when it already is), waiting up to
+/// [`SQLITE_BUSY_TIMEOUT`] for the other connections that hold it.
+///
+/// Switching a file into WAL needs an exclusive lock, and SQLite answers `SQLITE_BUSY` at once
+/// instead of calling the busy handler, so two processes opening a fresh file together would see
+/// "database is locked". Here the switch is retried with a short, growing pause until the deadline.
+async fn enter_wal(options: &SqliteConnectOptions) -> Result<(), StateError> {
+    let op = "open";
+    let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
+    let mut pause = Duration::from_millis(2);
+    loop {
+        let attempt = async {
+            let mut conn: SqliteConnection = options.connect().await?;
+            let mode: Result<String, sqlx::Error> = sqlx::query_scalar("PRAGMA journal_mode = WAL")
+                .fetch_one(&mut conn)
+                .await;
+            // Closing cleanly matters less than the answer; a failed close drops the handle.
+            let _ = conn.close().await;
+            mode
+        };
+        let busy = match attempt.await {
+            Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
+            // SQLite reports the mode it kept when it could not take the lock.
+            Ok(_) => None,
+            Err(e) => match map_err(op, e) {
+                err @ StateError::Unavailable { .. } => Some(err),
+                err => return Err(err),
+            },
+        };
+        if Instant::now() + pause > deadline {
+            return Err(busy.unwrap_or_else(|| StateError::Unavailable {
+                op,
+                source: "the database file could not be switched to WAL mode before the busy \
+                         timeout (another connection held it)"
+                    .into(),
+            }));
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(100));
+    }
+}
