@@ -86,22 +86,84 @@ fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
     end.clamp(1, data.len())
 }
 
+/// Units at least this long are cut on two threads (see [`cut_ends_parallel`]).
+const PARALLEL_CUT_BYTES: usize = 4 << 20;
+
 /// Cut a whole unit (see the `walk` module) at once, without copying it. A unit no longer
 /// than `max_size` is one chunk: units are reused whole when unchanged, so cutting one that
 /// small buys no deduplication and costs a rolling hash over its bytes (a tenth of a save's
-/// CPU time when it was done). Longer units are cut as [`Chunker`] cuts them.
+/// CPU time when it was done). Longer units are cut as [`Chunker`] cuts them (long ones on two
+/// threads, to the same chunks).
 pub(crate) fn cut_all(params: &ChunkerParams, data: Bytes, out: &mut Vec<Bytes>) {
     if !data.is_empty() && data.len() <= params.max_size as usize {
         out.push(data);
         return;
     }
     let level = level_of(params);
+    let ends = if data.len() >= PARALLEL_CUT_BYTES {
+        cut_ends_parallel(params, level, &data)
+    } else {
+        cut_ends(params, level, &data, 0, data.len())
+    };
     let mut at = 0;
-    while at < data.len() {
-        let n = cut_point(params, level, &data[at..]);
-        out.push(data.slice(at..at + n));
-        at += n;
+    for end in ends {
+        out.push(data.slice(at..end));
+        at = end;
     }
+}
+
+/// Where each chunk of `data[from..]` ends, cutting from `from`, until a chunk ends at or past
+/// `until` (that one included).
+fn cut_ends(
+    params: &ChunkerParams,
+    level: Normalization,
+    data: &[u8],
+    from: usize,
+    until: usize,
+) -> Vec<usize> {
+    let mut ends = Vec::new();
+    let mut at = from;
+    while at < until.min(data.len()) {
+        at += cut_point(params, level, &data[at..]);
+        ends.push(at);
+    }
+    ends
+}
+
+/// The chunk ends [`cut_ends`] finds over all of `data`, found on two threads: one cuts from
+/// the start, the other from the middle. Where a chunk ends depends only on where it starts and
+/// on the bytes that follow, so once the first thread's cuts meet a point where the second's
+/// chunks start, every later cut is the second's. If they never meet (data with no
+/// content-defined cut, such as a long run of zeros), the first thread cuts on to the end
+/// itself: the result is the same either way, only the time differs.
+fn cut_ends_parallel(params: &ChunkerParams, level: Normalization, data: &[u8]) -> Vec<usize> {
+    let mid = data.len() / 2;
+    std::thread::scope(|s| {
+        let second = s.spawn(|| cut_ends(params, level, data, mid, data.len()));
+        let mut ends = cut_ends(params, level, data, 0, mid);
+        // (A panic there, which cutting has no reason for, only costs the speed-up.)
+        let theirs = second.join().unwrap_or_default();
+        let mut at = ends.last().copied().unwrap_or(0);
+        let mut next = 0;
+        while at < data.len() {
+            // `mid` is where the second thread's first chunk starts, each of its ends where
+            // another does.
+            if at == mid {
+                ends.extend_from_slice(&theirs);
+                return ends;
+            }
+            while next < theirs.len() && theirs[next] < at {
+                next += 1;
+            }
+            if theirs.get(next) == Some(&at) {
+                ends.extend_from_slice(&theirs[next + 1..]);
+                return ends;
+            }
+            at += cut_point(params, level, &data[at..]);
+            ends.push(at);
+        }
+        ends
+    })
 }
 
 /// Stored form tags: the first byte of every stored chunk.
@@ -306,6 +368,49 @@ mod tests {
         let mut whole = Vec::new();
         cut_all(&params, Bytes::from(data), &mut whole);
         assert_eq!(out, whole);
+    }
+
+    #[test]
+    fn cutting_on_two_threads_finds_the_same_chunks() {
+        let params = ChunkerParams {
+            min_size: 1024,
+            avg_size: 4096,
+            max_size: 16384,
+            normalization: 2,
+        };
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let noise: Vec<u8> = (0..300_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        // Zeros never cut by content, so the two threads never meet; zeros with text every
+        // 40 KB meet at the text; noise meets at once.
+        let mut sparse = vec![0u8; 300_000];
+        for k in (0..sparse.len()).step_by(40_000) {
+            sparse[k..k + 512].copy_from_slice(&noise[k..k + 512]);
+        }
+        for data in [
+            noise.clone(),
+            vec![0u8; 300_000],
+            sparse,
+            noise[..16385].to_vec(),
+        ] {
+            for normalization in 0..=3 {
+                let p = ChunkerParams {
+                    normalization,
+                    ..params
+                };
+                let level = level_of(&p);
+                let one = cut_ends(&p, level, &data, 0, data.len());
+                assert_eq!(one.last(), Some(&data.len()));
+                assert_eq!(cut_ends_parallel(&p, level, &data), one, "{normalization}");
+            }
+        }
+        assert!(cut_ends_parallel(&params, level_of(&params), &[]).is_empty());
     }
 
     #[test]

@@ -138,6 +138,72 @@ pub(super) fn hash_job(
             out
         }
     };
+    let mut hashed = hash_split(chunks, hint, level, pool)?;
+    // Known chunks wait for their batch (up to `pack_bytes` of data) holding their content: a
+    // few small ones must not keep a whole pooled buffer (256 KiB at least) out of the pool
+    // that long, so little content is copied out of a big buffer.
+    let known: usize = hashed
+        .iter()
+        .map(|h| match &h.payload {
+            Payload::Known(d) => d.len(),
+            _ => 0,
+        })
+        .sum();
+    if known > 0 && known.saturating_mul(4) < pooled_input {
+        for h in &mut hashed {
+            if let Payload::Known(d) = &h.payload {
+                h.payload = Payload::Known(Bytes::copy_from_slice(d));
+            }
+        }
+    }
+    Ok(hashed)
+}
+
+/// Units at least this big are hashed (and compressed) on two threads: a big file is often the
+/// only work of an incremental save, and one core would otherwise wait for the other.
+const SPLIT_JOB_BYTES: usize = 4 << 20;
+
+/// Hash and compress `chunks` in order: on two threads (each half of the bytes) when they are
+/// many bytes, else on this one.
+fn hash_split(
+    mut chunks: Vec<Bytes>,
+    hint: &Hint,
+    level: i32,
+    pool: &BufferPool,
+) -> Result<Vec<Hashed>> {
+    let total: usize = chunks.iter().map(Bytes::len).sum();
+    if total < SPLIT_JOB_BYTES || chunks.len() < 2 {
+        return hash_chunks(chunks, hint, level, pool);
+    }
+    let mut first = 0usize;
+    let split = chunks
+        .iter()
+        .position(|c| {
+            first += c.len();
+            first >= total / 2
+        })
+        .map_or(chunks.len() - 1, |i| (i + 1).min(chunks.len() - 1));
+    let second = chunks.split_off(split);
+    let (a, b) = std::thread::scope(|s| {
+        let other = s.spawn(|| hash_chunks(second, hint, level, pool));
+        let a = hash_chunks(chunks, hint, level, pool);
+        let b = other
+            .join()
+            .unwrap_or_else(|_| Err(Error::io("hash chunks", std::io::Error::other("panicked"))));
+        (a, b)
+    });
+    let mut a = a?;
+    a.extend(b?);
+    Ok(a)
+}
+
+/// Hash `chunks` and compress the ones the store lacks (into one pooled buffer).
+fn hash_chunks(
+    chunks: Vec<Bytes>,
+    hint: &Hint,
+    level: i32,
+    pool: &BufferPool,
+) -> Result<Vec<Hashed>> {
     // Room for every new chunk's stored form, so zstd writes straight into one buffer.
     let room: usize = chunks
         .iter()
@@ -173,23 +239,6 @@ pub(super) fn hash_job(
         let stored = pool.freeze(stored);
         for (i, span) in spans {
             hashed[i].payload = Payload::Encoded(stored.slice(span));
-        }
-    }
-    // Known chunks wait for their batch (up to `pack_bytes` of data) holding their content: a
-    // few small ones must not keep a whole pooled buffer (256 KiB at least) out of the pool
-    // that long, so little content is copied out of a big buffer.
-    let known: usize = hashed
-        .iter()
-        .map(|h| match &h.payload {
-            Payload::Known(d) => d.len(),
-            _ => 0,
-        })
-        .sum();
-    if known > 0 && known.saturating_mul(4) < pooled_input {
-        for h in &mut hashed {
-            if let Payload::Known(d) = &h.payload {
-                h.payload = Payload::Known(Bytes::copy_from_slice(d));
-            }
         }
     }
     Ok(hashed)
