@@ -1,14 +1,20 @@
-//! Buffers a save reuses: the memory a hashing job reads a unit into and writes its chunks'
-//! stored forms into comes back to the save once the last chunk cut from it is dropped, so a
-//! save faults fresh pages in only for its first few jobs (a profile of a 256 MiB save showed
-//! an eighth of its CPU time in page faults on buffers allocated once and thrown away).
+//! Buffers saves reuse: the memory a hashing job reads a unit into and writes its chunks'
+//! stored forms into, and the packs' memory, come back to the pool once done with (for job
+//! buffers: when the last chunk cut from one is dropped), so saves fault fresh pages in only
+//! while the pool warms up. (A profile of a 256 MiB save showed an eighth of its CPU time in
+//! page faults on buffers allocated once and thrown away; with a pool per save, a third of the
+//! faults were still each save's first pack and read buffers.)
 //!
-//! A [`BufferPool`] belongs to one save and keeps at most [`BufferPool::KEEP_BYTES`] of spare
-//! capacity; a buffer handed out is turned into [`Bytes`] by [`BufferPool::freeze`], whose
-//! slices keep it alive, and returns to the pool when the last of them is dropped (or is freed,
-//! when the pool is full or gone).
+//! [`BufferPool::shared`] is the pool every save of the process uses. It keeps at most
+//! [`BufferPool::KEEP_BYTES`] of spare capacity, and lets it all go once no save has run for
+//! [`BufferPool::IDLE_RELEASE`] (see [`BufferPool::save_started`]), so an idle host holds none.
+//! A buffer handed out is turned into [`Bytes`] by [`BufferPool::freeze`], whose slices keep it
+//! alive, and returns to the pool when the last of them is dropped (or is freed, when the pool
+//! is full or gone).
 
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, Weak};
+use std::time::Duration;
 
 use bytes::Bytes;
 
@@ -18,15 +24,83 @@ struct Spare {
     bytes: usize,
 }
 
-/// Spare buffers of one save.
+/// Spare buffers, for saves.
 #[derive(Clone, Default)]
 pub(crate) struct BufferPool {
     spare: Arc<Mutex<Spare>>,
+    activity: Arc<Activity>,
+}
+
+/// Saves running, and how many have started (to tell whether one ran meanwhile).
+#[derive(Default)]
+struct Activity {
+    running: AtomicUsize,
+    started: AtomicU64,
+}
+
+static SHARED: LazyLock<BufferPool> = LazyLock::new(BufferPool::default);
+
+/// Marks a save as running on a pool, until dropped (see [`BufferPool::save_started`]).
+pub(crate) struct SaveRunning {
+    pool: BufferPool,
+}
+
+impl Drop for SaveRunning {
+    fn drop(&mut self) {
+        if self.pool.activity.running.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        // The last save running: release the spare buffers unless another starts soon.
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            self.pool.clear();
+            return;
+        };
+        let started = self.pool.activity.started.load(Ordering::Acquire);
+        let pool = self.pool.clone();
+        rt.spawn(async move {
+            tokio::time::sleep(BufferPool::IDLE_RELEASE).await;
+            pool.release_if_idle_since(started);
+        });
+    }
 }
 
 impl BufferPool {
-    /// Most spare capacity kept, in bytes (a buffer that would take the pool past it is freed).
-    pub const KEEP_BYTES: usize = 64 << 20;
+    /// Most spare capacity kept, in bytes (a buffer that would take the pool past it is freed):
+    /// about what one save has in use at its peak (the jobs' input and output buffers, the pack
+    /// being filled and one uploading).
+    pub const KEEP_BYTES: usize = 96 << 20;
+    /// How long the spare buffers outlive the last save that ran.
+    pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
+
+    /// The pool every save of this process uses.
+    pub fn shared() -> BufferPool {
+        SHARED.clone()
+    }
+
+    /// Note a save starting; when the last running one ends (the guard is dropped) and none
+    /// starts within [`IDLE_RELEASE`](Self::IDLE_RELEASE), the spare buffers are freed (at once
+    /// outside a Tokio runtime).
+    pub fn save_started(&self) -> SaveRunning {
+        self.activity.started.fetch_add(1, Ordering::AcqRel);
+        self.activity.running.fetch_add(1, Ordering::AcqRel);
+        SaveRunning { pool: self.clone() }
+    }
+
+    /// Free the spare buffers if no save is running and none started since the count was
+    /// `started`.
+    fn release_if_idle_since(&self, started: u64) {
+        // Under the lock, so a save starting now finds either all spare buffers or none.
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        if self.activity.running.load(Ordering::Acquire) == 0
+            && self.activity.started.load(Ordering::Acquire) == started
+        {
+            *spare = Spare::default();
+        }
+    }
+
+    fn clear(&self) {
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Spare::default();
+    }
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest spare one that is
     /// big enough, else a new one (growing a spare one would copy what it held).
@@ -166,6 +240,30 @@ mod tests {
         assert_eq!(size_class(usize::MAX), usize::MAX);
         let pool = BufferPool::default();
         assert!(pool.take(70_000).capacity() >= 256 << 10);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn spare_buffers_are_freed_once_no_save_ran_for_a_while() {
+        let pool = BufferPool::default();
+        let first = pool.save_started();
+        pool.give(Vec::with_capacity(1 << 20));
+        drop(first);
+        // A save starting before the release keeps them.
+        tokio::time::sleep(BufferPool::IDLE_RELEASE / 2).await;
+        let second = pool.save_started();
+        tokio::time::sleep(BufferPool::IDLE_RELEASE).await;
+        assert!(pool.spare_bytes() >= 1 << 20, "kept while a save runs");
+        drop(second);
+        tokio::time::sleep(BufferPool::IDLE_RELEASE / 2).await;
+        assert!(pool.spare_bytes() >= 1 << 20, "kept for a while after it");
+        tokio::time::sleep(BufferPool::IDLE_RELEASE).await;
+        assert_eq!(pool.spare_bytes(), 0, "freed once idle");
+        // Outside a runtime, the last save's end frees them at once.
+        let pool = BufferPool::default();
+        let save = pool.save_started();
+        pool.give(Vec::with_capacity(1 << 20));
+        std::thread::spawn(move || drop(save)).join().unwrap();
+        assert_eq!(pool.spare_bytes(), 0);
     }
 
     #[test]

@@ -275,8 +275,8 @@ pub(super) struct SaveState {
     index: Arc<ChunkIndex>,
     pack: PackBuilder,
     uploads: JoinSet<Result<Uploaded>>,
-    /// Buffers of uploaded packs, for the next ones.
-    spare: Vec<Vec<u8>>,
+    /// Where packs' buffers come from and go back to once uploaded.
+    pool: BufferPool,
     /// Index records of the packs uploaded so far.
     pub records: Vec<IndexRecord>,
     /// Bytes of packs uploaded so far.
@@ -315,6 +315,7 @@ impl SnapshotStore {
         &self,
         parent: Option<(&SnapshotId, &SnapshotManifest)>,
         index: Arc<ChunkIndex>,
+        pool: BufferPool,
     ) -> Result<SaveState> {
         let parent = match parent {
             Some((id, m)) if self.config.trust_parent_chunks => Some(ParentInfo {
@@ -336,9 +337,9 @@ impl SnapshotStore {
             confirmed: HashMap::new(),
             parent,
             index,
-            pack: PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
+            pack: PackBuilder::with_buffer(pool.take(self.pack_capacity())),
             uploads: JoinSet::new(),
-            spare: Vec::new(),
+            pool,
             records: Vec::new(),
             uploaded_bytes: 0,
             appended: HashMap::new(),
@@ -529,6 +530,12 @@ impl SnapshotStore {
         Ok(Some(n))
     }
 
+    /// Room a pack's buffer starts with: the target size, and the one chunk (at most 256 KiB
+    /// stored) and, in most packs, the trailer a pack may run over it by.
+    fn pack_capacity(&self) -> usize {
+        self.config.pack_bytes.saturating_add(1 << 20)
+    }
+
     /// Seal the pack being filled and start its upload (waiting if enough are uploading).
     pub(super) async fn seal(&self, st: &mut SaveState) -> Result<()> {
         if st.pack.is_empty() {
@@ -542,10 +549,7 @@ impl SnapshotStore {
         while st.uploads.len() >= self.config.upload_concurrency {
             self.finish_one(st).await?;
         }
-        let next = match st.spare.pop() {
-            Some(buf) => PackBuilder::with_buffer(buf),
-            None => PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
-        };
+        let next = PackBuilder::with_buffer(st.pool.take(self.pack_capacity()));
         let pack = std::mem::replace(&mut st.pack, next);
         let store = self.clone();
         st.uploads.spawn(async move {
@@ -593,7 +597,9 @@ impl SnapshotStore {
         let (n, records, buffer) = done.map_err(joined)??;
         st.uploaded_bytes += n;
         st.records.extend(records);
-        st.spare.extend(buffer);
+        if let Some(buffer) = buffer {
+            st.pool.give(buffer);
+        }
         Ok(())
     }
 

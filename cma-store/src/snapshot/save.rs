@@ -276,15 +276,18 @@ impl SnapshotStore {
         rx: mpsc::Receiver<Result<Vec<Work>>>,
         producer: impl Future<Output = Result<Counts>>,
     ) -> Result<SnapshotManifest> {
+        let pool = BufferPool::shared();
+        let _running = pool.save_started();
         let index = self.load_index().await?;
-        let mut st = self.save_state(parent.zip(parent_m), index.clone()).await?;
+        let mut st = self
+            .save_state(parent.zip(parent_m), index.clone(), pool.clone())
+            .await?;
         let hint = Arc::new(Hint {
             parent: parent_m
                 .map(|m| m.chunks.iter().map(|c| c.hash).collect::<HashSet<_>>())
                 .unwrap_or_default(),
             index,
         });
-        let pool = BufferPool::default();
         // Owns the receiver: when storing fails, the producer's next send fails and it stops.
         // (Boxed, as is the producer: both are large state machines.)
         let stored = Box::pin(async {
@@ -394,7 +397,7 @@ impl SnapshotStore {
                 index: Arc::new(Default::default()),
             };
             tokio::task::spawn_blocking(move || {
-                let pool = BufferPool::default();
+                let pool = BufferPool::shared();
                 hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level, &pool)
             })
         });
