@@ -1,10 +1,10 @@
 //! Saving: export (or walk) → content-defined chunks → the store pipeline (see `pipeline`) →
 //! chunk table and file table → index object → manifest.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::pin::Pin;
 
-use futures::stream::FuturesOrdered;
+use futures::stream::FuturesUnordered;
 
 use super::buffers::BufferPool;
 use super::pipeline::{Hashed, Hint, Job, MAX_JOBS, Payload, SaveState, hash_job};
@@ -29,9 +29,21 @@ enum Item {
 }
 
 type Pending = Pin<Box<dyn Future<Output = Result<Item>> + Send>>;
+/// A job running, with its place in the archive.
+type Sequenced = Pin<Box<dyn Future<Output = (u64, Result<Item>)> + Send>>;
 
-/// Most archive bytes held by hashing jobs in flight.
+/// What [`SnapshotStore::job`] started.
+enum Started {
+    /// Nothing to hash: the item itself.
+    Ready(Item),
+    /// A job hashing on the blocking pool.
+    Running(Pending),
+}
+
+/// Most archive bytes held by hashing jobs running or done and waiting to be taken.
 const MAX_HELD_BYTES: u64 = 32 << 20;
+/// Most items done and waiting for an earlier one to be taken (each unit's end is one).
+const MAX_WAITING: usize = 1024;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -295,28 +307,54 @@ impl SnapshotStore {
             let mut refs = Vec::new();
             let mut units = Vec::new();
             let mut unit_start = 0usize;
-            let mut ordered: FuturesOrdered<Pending> = FuturesOrdered::new();
+            // Jobs hashing now, each with its place in the archive; what is done waits in
+            // `done` until everything before it is taken (results are taken in archive order,
+            // but a slow job does not keep the ones after it from starting).
+            let mut running: FuturesUnordered<Sequenced> = FuturesUnordered::new();
+            let mut done: BTreeMap<u64, Item> = BTreeMap::new();
+            let (mut next_seq, mut take_seq) = (0u64, 0u64);
             let mut open = true;
-            // Archive bytes held by jobs in flight (bounded, as is their number).
+            // Archive bytes held by jobs running or waiting to be taken (bounded, as is the
+            // number running and waiting).
             let mut held = 0u64;
             loop {
-                let room = ordered.len() < MAX_JOBS && held < MAX_HELD_BYTES;
+                let room = running.len() < MAX_JOBS
+                    && done.len() < MAX_WAITING
+                    && held < MAX_HELD_BYTES;
                 tokio::select! {
                     work = rx.recv(), if open && room => match work {
                         Some(batch) => {
                             for work in batch? {
                                 held += work.bytes();
-                                ordered.push_back(self.job(work, &hint, &pool));
+                                match self.job(work, &hint, &pool) {
+                                    Started::Ready(item) => {
+                                        done.insert(next_seq, item);
+                                    }
+                                    Started::Running(job) => {
+                                        let seq = next_seq;
+                                        running.push(Box::pin(async move { (seq, job.await) }));
+                                    }
+                                }
+                                next_seq += 1;
                             }
                         }
                         None => open = false,
                     },
-                    item = ordered.next(), if !ordered.is_empty() => match item {
-                        Some(Ok(Item::Pieces(p, n))) => {
+                    finished = running.next(), if !running.is_empty() => {
+                        if let Some((seq, item)) = finished {
+                            done.insert(seq, item?);
+                        }
+                    },
+                    else => break,
+                }
+                while let Some(item) = done.remove(&take_seq) {
+                    take_seq += 1;
+                    match item {
+                        Item::Pieces(p, n) => {
                             held = held.saturating_sub(n);
                             self.accept(&mut st, p, &mut refs).await?
                         }
-                        Some(Ok(Item::UnitEnd { racy, entries })) => {
+                        Item::UnitEnd { racy, entries } => {
                             let total = refs.len() + SnapshotStore::pending(&st);
                             units.push(Unit {
                                 chunk_count: u32::try_from(total - unit_start)
@@ -326,11 +364,11 @@ impl SnapshotStore {
                             });
                             unit_start = total;
                         }
-                        Some(Err(e)) => return Err(e),
-                        None => {}
-                    },
-                    else => break,
+                    }
                 }
+            }
+            if !done.is_empty() {
+                return Err(Error::corrupt("save", "a piece of work was never taken"));
             }
             self.flush(&mut st, &mut refs).await?;
             Ok::<_, Error>((refs, units))
@@ -353,9 +391,9 @@ impl SnapshotStore {
         result
     }
 
-    /// Start hashing one piece of work (on the blocking pool, at once); the future yields it
-    /// when done.
-    fn job(&self, work: Work, hint: &Arc<Hint>, pool: &BufferPool) -> Pending {
+    /// Start hashing one piece of work (on the blocking pool, at once), or, for work with
+    /// nothing to hash, its item now.
+    fn job(&self, work: Work, hint: &Arc<Hint>, pool: &BufferPool) -> Started {
         let held = work.bytes();
         let job = match work {
             Work::Chunks(c) => Job::Cut(c),
@@ -370,17 +408,19 @@ impl SnapshotStore {
                         payload: Payload::Parent,
                     })
                     .collect();
-                return Box::pin(std::future::ready(Ok(Item::Pieces(pieces, 0))));
+                return Started::Ready(Item::Pieces(pieces, 0));
             }
             Work::UnitEnd { racy, entries } => {
-                return Box::pin(std::future::ready(Ok(Item::UnitEnd { racy, entries })));
+                return Started::Ready(Item::UnitEnd { racy, entries });
             }
         };
         let (hint, params, level) = (hint.clone(), self.config.chunker, self.config.zstd_level);
         let pool = pool.clone();
         let handle =
             tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level, &pool));
-        Box::pin(async move { Ok(Item::Pieces(handle.await.map_err(joined)??, held)) })
+        Started::Running(Box::pin(async move {
+            Ok(Item::Pieces(handle.await.map_err(joined)??, held))
+        }))
     }
 
     /// Store tables as chunks, hashed side by side and named in one record; returns the refs of
