@@ -12,7 +12,8 @@
 //! `save` prints the new snapshot's id and the time taken; `restore` restores into a new
 //! directory (it must not exist) and prints the time. `inc` saves the workspace in full, then
 //! `rounds` times overwrites 1 MiB of `data/part-000.bin` and saves incrementally, with one store
-//! in one process as the benchmark does (so its caches are warm), printing each time. `full`
+//! in one process as the benchmark does (so its caches are warm), printing each time (`same`:
+//! the same without changing anything, so only the walk and the commit remain). `full`
 //! saves the workspace `rounds` times into new stores (removed after each) in one process, as the
 //! benchmark does, printing each save's time, CPU time and page faults.
 
@@ -27,7 +28,7 @@ mod mixed;
 
 fn usage() -> ! {
     eprintln!(
-        "usage: snapshot_profile gen <dir> <MiB> | save <dir> <store> [<parent>] | restore <store> <id> <dir> | inc|full <dir> <store> <rounds>"
+        "usage: snapshot_profile gen <dir> <MiB> | save <dir> <store> [<parent>] | restore <store> <id> <dir> | inc|same|full <dir> <store> <rounds>"
     );
     std::process::exit(2)
 }
@@ -73,7 +74,7 @@ fn main() {
                 .expect("restore");
             println!("restored in {:?}", t.elapsed());
         }
-        ["inc", dir, store, rounds] => {
+        [mode @ ("inc" | "same"), dir, store, rounds] => {
             use rand::{Rng, RngCore, SeedableRng};
             let rounds: u32 = rounds.parse().unwrap_or_else(|_| usage());
             let store = SnapshotStore::local(store, SnapshotConfig::default()).expect("store");
@@ -86,18 +87,26 @@ fn main() {
             let mut rng = rand::rngs::StdRng::seed_from_u64(2);
             let path = PathBuf::from(dir).join("data/part-000.bin");
             for _ in 0..rounds {
-                let mut data = std::fs::read(&path).expect("read the data file");
-                let off = rng.random_range(0..data.len() - (1 << 20));
-                rng.fill_bytes(&mut data[off..off + (1 << 20)]);
-                std::fs::write(&path, &data).expect("write the data file");
+                if mode == "inc" {
+                    let mut data = std::fs::read(&path).expect("read the data file");
+                    let off = rng.random_range(0..data.len() - (1 << 20));
+                    rng.fill_bytes(&mut data[off..off + (1 << 20)]);
+                    std::fs::write(&path, &data).expect("write the data file");
+                    // As the benchmark does: no dirty pages left to write back during the save.
+                    let _ = std::process::Command::new("sync").status();
+                }
+                let (cpu, faults) = usage_now();
                 let t = Instant::now();
                 let m = rt
                     .block_on(store.save("sesn_profile", sandbox.as_ref(), Some(&last.id)))
                     .expect("save");
+                let wall = t.elapsed();
+                let (cpu2, faults2) = usage_now();
                 println!(
-                    "incremental save in {:?}: {} bytes uploaded",
-                    t.elapsed(),
-                    m.uploaded_bytes
+                    "incremental save in {wall:?}: {} bytes uploaded, {} ms CPU, {} page faults",
+                    m.uploaded_bytes,
+                    (cpu2 - cpu) * 10,
+                    faults2 - faults
                 );
                 last = m;
             }

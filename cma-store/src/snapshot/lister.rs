@@ -117,7 +117,13 @@ pub(crate) fn with_lister<T>(root: Dir, walk: impl FnOnce(&Lister) -> T) -> T {
         let _stop = StopOnDrop(&shared);
         for _ in 0..WORKERS {
             let shared = shared.clone();
-            s.spawn(move || work(&shared));
+            // Named, for profilers and debuggers. A thread the system refuses is a panic, as
+            // with `spawn`: the walk's task fails (its error is the save's) and `_stop` ends
+            // the other workers.
+            std::thread::Builder::new()
+                .name("cma-snap-list".into())
+                .spawn_scoped(s, move || work(&shared))
+                .expect("a thread to list directories");
         }
         walk(&lister)
     })
@@ -210,6 +216,40 @@ fn work(shared: &Shared) {
     }
 }
 
+/// The names in the open directory `fd`, without `.` and `..`, in the order `getdents` gives.
+#[cfg(target_os = "linux")]
+fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+    // Straight from `getdents` on the descriptor itself: no duplicate to open and close.
+    let mut buf = Vec::with_capacity(16 << 10);
+    let mut dir = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
+    let mut names = Vec::new();
+    while let Some(entry) = dir.next() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    Ok(names)
+}
+
+/// The names in the open directory `fd`, without `.` and `..`.
+#[cfg(not(target_os = "linux"))]
+fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+    // Read through a duplicate: the stream owns (and closes) its descriptor.
+    let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0)?;
+    let mut stream = rustix::fs::Dir::new(dup)?;
+    let mut names = Vec::new();
+    while let Some(entry) = stream.read() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." {
+            names.push(OsString::from_vec(name.to_vec()));
+        }
+    }
+    Ok(names)
+}
+
 fn io_err(rel: &std::path::Path) -> impl Fn(io::Error) -> Error + '_ {
     move |e| Error::io(format!("reading /workspace/{}", rel.display()), e)
 }
@@ -240,19 +280,7 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
             }
         }
     };
-    let mut names = Vec::new();
-    {
-        // Read through a duplicate: the stream owns (and closes) its descriptor.
-        let dup = rustix::io::fcntl_dupfd_cloexec(&fd, 0).map_err(|e| io_err(&rel)(e.into()))?;
-        let mut stream = rustix::fs::Dir::new(dup).map_err(|e| io_err(&rel)(e.into()))?;
-        while let Some(entry) = stream.read() {
-            let entry = entry.map_err(|e| io_err(&rel)(e.into()))?;
-            let name = entry.file_name().to_bytes();
-            if name != b"." && name != b".." {
-                names.push(OsString::from_vec(name.to_vec()));
-            }
-        }
-    }
+    let mut names = read_names(&fd).map_err(|e| io_err(&rel)(e.into()))?;
     // A directory renamed while it is read can come back twice from `getdents`: list it once.
     names.sort();
     names.dedup();

@@ -272,7 +272,7 @@ pub(super) struct SaveState {
     /// Chunks known to be in the store (or in a pack of this save), with their stored sizes.
     confirmed: HashMap<ChunkHash, u32>,
     parent: Option<ParentInfo>,
-    index: Arc<ChunkIndex>,
+    pub index: Arc<ChunkIndex>,
     pack: PackBuilder,
     uploads: JoinSet<Result<Uploaded>>,
     /// Where packs' buffers come from and go back to once uploaded.

@@ -16,6 +16,9 @@ struct Saved {
     refs: Vec<ChunkRef>,
     units: Vec<Unit>,
     counts: Counts,
+    /// The parent's table chunks: most of a new table's chunks are among them (tables are cut
+    /// by content), and those are hashed but not compressed again.
+    parent_tables: HashSet<ChunkHash>,
 }
 
 /// One step of the pipeline, in archive order.
@@ -42,8 +45,11 @@ enum Started {
 
 /// Most archive bytes held by hashing jobs running or done and waiting to be taken.
 const MAX_HELD_BYTES: u64 = 32 << 20;
-/// Most items done and waiting for an earlier one to be taken (each unit's end is one).
-const MAX_WAITING: usize = 1024;
+/// Most items done and waiting for an earlier one to be taken (each unit's end is one, and each
+/// unit reused from the parent): enough that the walk goes on past a big file being hashed.
+/// Their memory is the file table's, which the save keeps whole anyway; job results among
+/// them are bounded by [`MAX_HELD_BYTES`].
+const MAX_WAITING: usize = 8192;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -318,9 +324,8 @@ impl SnapshotStore {
             // number running and waiting).
             let mut held = 0u64;
             loop {
-                let room = running.len() < MAX_JOBS
-                    && done.len() < MAX_WAITING
-                    && held < MAX_HELD_BYTES;
+                let room =
+                    running.len() < MAX_JOBS && done.len() < MAX_WAITING && held < MAX_HELD_BYTES;
                 tokio::select! {
                     work = rx.recv(), if open && room => match work {
                         Some(batch) => {
@@ -357,8 +362,7 @@ impl SnapshotStore {
                         Item::UnitEnd { racy, entries } => {
                             let total = refs.len() + SnapshotStore::pending(&st);
                             units.push(Unit {
-                                chunk_count: u32::try_from(total - unit_start)
-                                    .unwrap_or(u32::MAX),
+                                chunk_count: u32::try_from(total - unit_start).unwrap_or(u32::MAX),
                                 racy,
                                 entries,
                             });
@@ -381,6 +385,9 @@ impl SnapshotStore {
                     refs,
                     units,
                     counts,
+                    parent_tables: parent_m
+                        .map(|m| m.table.iter().chain(&m.files).map(|c| c.hash).collect())
+                        .unwrap_or_default(),
                 };
                 self.commit(&mut st, session_id, created_at, parent, saved)
                     .await
@@ -429,13 +436,15 @@ impl SnapshotStore {
         &self,
         st: &mut SaveState,
         tables: Vec<Vec<u8>>,
+        parent_tables: HashSet<ChunkHash>,
     ) -> Result<Vec<Vec<ChunkRef>>> {
         let (params, level) = (tables::TABLE_CHUNKER, self.config.zstd_level);
+        let hint = Arc::new(Hint {
+            parent: parent_tables,
+            index: st.index.clone(),
+        });
         let jobs = tables.into_iter().map(|bytes| {
-            let hint = Hint {
-                parent: HashSet::new(),
-                index: Arc::new(Default::default()),
-            };
+            let hint = hint.clone();
             tokio::task::spawn_blocking(move || {
                 let pool = BufferPool::shared();
                 hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level, &pool)
@@ -470,7 +479,10 @@ impl SnapshotStore {
         if !saved.units.is_empty() {
             encoded.push(tables::encode_units(&saved.units));
         }
-        let mut stored = self.store_tables(st, encoded).await?.into_iter();
+        let mut stored = self
+            .store_tables(st, encoded, saved.parent_tables)
+            .await?
+            .into_iter();
         let table = stored.next().unwrap_or_default();
         let files = stored.next().unwrap_or_default();
         self.finish_uploads(st).await?;
