@@ -89,8 +89,9 @@ fn main() {
             for _ in 0..rounds {
                 if mode == "inc" {
                     let mut data = std::fs::read(&path).expect("read the data file");
-                    let off = rng.random_range(0..data.len() - (1 << 20));
-                    rng.fill_bytes(&mut data[off..off + (1 << 20)]);
+                    let n = data.len().min(1 << 20);
+                    let off = rng.random_range(0..=data.len() - n);
+                    rng.fill_bytes(&mut data[off..off + n]);
                     std::fs::write(&path, &data).expect("write the data file");
                     // As the benchmark does: no dirty pages left to write back during the save.
                     let _ = std::process::Command::new("sync").status();

@@ -94,6 +94,19 @@ async fn many_stores_opening_fresh_files_together_all_open() {
 }
 
 #[tokio::test]
+async fn a_database_that_cannot_use_wal_is_refused_at_once_not_retried() {
+    // SQLite keeps an in-memory database out of WAL mode for good: not a lock to wait for.
+    let started = std::time::Instant::now();
+    let err = SqliteStateStore::open(":memory:").await.unwrap_err();
+    assert_eq!(err.kind(), StateErrorKind::Backend, "{err}");
+    assert!(!err.is_retryable());
+    assert!(
+        started.elapsed() < cma_store::state::SQLITE_BUSY_TIMEOUT / 2,
+        "refused without waiting out the busy timeout"
+    );
+}
+
+#[tokio::test]
 async fn a_file_that_is_not_a_database_is_reported_corrupt_and_left_alone() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");

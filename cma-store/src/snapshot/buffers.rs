@@ -22,6 +22,9 @@ use bytes::Bytes;
 struct Spare {
     buffers: Vec<Vec<u8>>,
     bytes: usize,
+    /// Released for being idle: buffers given back now (by a job of a save that failed and
+    /// returned before its jobs ended) are freed, until a save starts.
+    idle: bool,
 }
 
 /// Spare buffers, for saves.
@@ -55,12 +58,29 @@ impl Drop for SaveRunning {
             self.pool.clear();
             return;
         };
-        let started = self.pool.activity.started.load(Ordering::Acquire);
-        let pool = self.pool.clone();
+        // Released when the timer fires, or when the task is dropped unrun (the runtime shut
+        // down first): either way no spare buffer outlives an idle pool.
+        let release = ReleaseOnDrop {
+            pool: self.pool.clone(),
+            started: self.pool.activity.started.load(Ordering::Acquire),
+        };
         rt.spawn(async move {
             tokio::time::sleep(BufferPool::IDLE_RELEASE).await;
-            pool.release_if_idle_since(started);
+            drop(release);
         });
+    }
+}
+
+/// Releases the pool's spare buffers when dropped, if it is still idle (see
+/// [`BufferPool::release_if_idle_since`]).
+struct ReleaseOnDrop {
+    pool: BufferPool,
+    started: u64,
+}
+
+impl Drop for ReleaseOnDrop {
+    fn drop(&mut self) {
+        self.pool.release_if_idle_since(self.started);
     }
 }
 
@@ -81,6 +101,8 @@ impl BufferPool {
     /// starts within [`IDLE_RELEASE`](Self::IDLE_RELEASE), the spare buffers are freed (at once
     /// outside a Tokio runtime).
     pub fn save_started(&self) -> SaveRunning {
+        let mut spare = self.spare.lock().unwrap_or_else(|e| e.into_inner());
+        spare.idle = false;
         self.activity.started.fetch_add(1, Ordering::AcqRel);
         self.activity.running.fetch_add(1, Ordering::AcqRel);
         SaveRunning { pool: self.clone() }
@@ -94,12 +116,18 @@ impl BufferPool {
         if self.activity.running.load(Ordering::Acquire) == 0
             && self.activity.started.load(Ordering::Acquire) == started
         {
-            *spare = Spare::default();
+            *spare = Spare {
+                idle: true,
+                ..Spare::default()
+            };
         }
     }
 
     fn clear(&self) {
-        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Spare::default();
+        *self.spare.lock().unwrap_or_else(|e| e.into_inner()) = Spare {
+            idle: true,
+            ..Spare::default()
+        };
     }
 
     /// An empty buffer with room for at least `capacity` bytes: the smallest spare one that is
@@ -167,6 +195,9 @@ fn give(home: &Mutex<Spare>, buf: Vec<u8>) {
         return;
     }
     let mut spare = home.lock().unwrap_or_else(|e| e.into_inner());
+    if spare.idle {
+        return;
+    }
     // Full: the smallest spare buffers make room for a bigger one (big ones are the costly
     // ones to fault in again), else this one is freed.
     while spare.bytes + buf.capacity() > BufferPool::KEEP_BYTES {
@@ -258,12 +289,36 @@ mod tests {
         assert!(pool.spare_bytes() >= 1 << 20, "kept for a while after it");
         tokio::time::sleep(BufferPool::IDLE_RELEASE).await;
         assert_eq!(pool.spare_bytes(), 0, "freed once idle");
+        // A job of a failed save that gives its buffers back after the release: freed too.
+        pool.give(Vec::with_capacity(1 << 20));
+        assert_eq!(pool.spare_bytes(), 0, "not kept while idle");
+        let third = pool.save_started();
+        pool.give(Vec::with_capacity(1 << 20));
+        assert!(pool.spare_bytes() >= 1 << 20, "kept again once a save runs");
+        drop(third);
         // Outside a runtime, the last save's end frees them at once.
         let pool = BufferPool::default();
         let save = pool.save_started();
         pool.give(Vec::with_capacity(1 << 20));
         std::thread::spawn(move || drop(save)).join().unwrap();
         assert_eq!(pool.spare_bytes(), 0);
+    }
+
+    #[test]
+    fn a_runtime_shutting_down_before_the_release_still_releases() {
+        let pool = BufferPool::default();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let save = pool.save_started();
+            pool.give(Vec::with_capacity(1 << 20));
+            drop(save);
+        });
+        assert!(pool.spare_bytes() >= 1 << 20, "the release waits");
+        drop(rt);
+        assert_eq!(pool.spare_bytes(), 0, "released when its timer was dropped");
     }
 
     #[test]

@@ -139,10 +139,13 @@ fn cut_ends(
 fn cut_ends_parallel(params: &ChunkerParams, level: Normalization, data: &[u8]) -> Vec<usize> {
     let mid = data.len() / 2;
     std::thread::scope(|s| {
-        let second = s.spawn(|| cut_ends(params, level, data, mid, data.len()));
+        // A thread the system refuses, or a panic in it (cutting has no reason for one), only
+        // costs the speed-up: this thread then cuts on to the end.
+        let second = std::thread::Builder::new()
+            .spawn_scoped(s, || cut_ends(params, level, data, mid, data.len()))
+            .ok();
         let mut ends = cut_ends(params, level, data, 0, mid);
-        // (A panic there, which cutting has no reason for, only costs the speed-up.)
-        let theirs = second.join().unwrap_or_default();
+        let theirs = second.and_then(|t| t.join().ok()).unwrap_or_default();
         let mut at = ends.last().copied().unwrap_or(0);
         let mut next = 0;
         while at < data.len() {

@@ -224,7 +224,13 @@ fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
     let mut dir = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
     let mut names = Vec::new();
     while let Some(entry) = dir.next() {
-        let entry = entry?;
+        let entry = match entry {
+            Ok(entry) => entry,
+            Err(Errno::INTR) => continue,
+            // Removed since it was opened: what was read is all there is (as `Dir` reads it).
+            Err(Errno::NOENT) => break,
+            Err(e) => return Err(e),
+        };
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
             names.push(OsString::from_vec(name.to_vec()));
@@ -435,6 +441,17 @@ mod tests {
             with_lister(open(tmp.path()), |_| panic!("the walk failed"))
         });
         assert!(caught.is_err());
+    }
+
+    #[test]
+    fn a_directory_removed_after_it_was_opened_lists_as_empty() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sub = tmp.path().join("gone");
+        std::fs::create_dir(&sub).unwrap();
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(rustix::fs::CWD, &sub, flags, Mode::empty()).unwrap();
+        std::fs::remove_dir(&sub).unwrap();
+        assert!(read_names(&fd).unwrap().is_empty());
     }
 
     #[test]

@@ -183,13 +183,32 @@ fn hash_split(
             first >= total / 2
         })
         .map_or(chunks.len() - 1, |i| (i + 1).min(chunks.len() - 1));
-    let second = chunks.split_off(split);
+    // The second half goes to a thread of its own if the system gives one, else it is hashed
+    // here after the first (so it waits where both can reach it).
+    let second = std::sync::Mutex::new(Some(chunks.split_off(split)));
     let (a, b) = std::thread::scope(|s| {
-        let other = s.spawn(|| hash_chunks(second, hint, level, pool));
+        let other = std::thread::Builder::new()
+            .spawn_scoped(s, || {
+                let mine = second.lock().ok().and_then(|mut g| g.take());
+                mine.map(|c| hash_chunks(c, hint, level, pool))
+            })
+            .ok();
         let a = hash_chunks(chunks, hint, level, pool);
-        let b = other
-            .join()
-            .unwrap_or_else(|_| Err(Error::io("hash chunks", std::io::Error::other("panicked"))));
+        let b = match other.map(|t| t.join()) {
+            Some(Ok(Some(b))) => b,
+            Some(Err(_)) => Err(Error::io(
+                "hash chunks",
+                std::io::Error::other("hashing thread panicked"),
+            )),
+            // No thread: the half is still here.
+            Some(Ok(None)) | None => match second.lock().ok().and_then(|mut g| g.take()) {
+                Some(c) => hash_chunks(c, hint, level, pool),
+                None => Err(Error::io(
+                    "hash chunks",
+                    std::io::Error::other("half of a job went missing"),
+                )),
+            },
+        };
         (a, b)
     });
     let mut a = a?;

@@ -47,9 +47,12 @@ enum Started {
 const MAX_HELD_BYTES: u64 = 32 << 20;
 /// Most items done and waiting for an earlier one to be taken (each unit's end is one, and each
 /// unit reused from the parent): enough that the walk goes on past a big file being hashed.
-/// Their memory is the file table's, which the save keeps whole anyway; job results among
-/// them are bounded by [`MAX_HELD_BYTES`].
+/// Their memory is the file table's, which the save keeps whole anyway.
 const MAX_WAITING: usize = 8192;
+/// Most jobs started and not yet taken (running, or done and waiting): each holds pooled
+/// buffers of at least 256 KiB, whatever its size, so their number is bounded too, not only
+/// their archive bytes.
+const MAX_JOBS_OUT: usize = 4 * MAX_JOBS;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -317,15 +320,19 @@ impl SnapshotStore {
             // `done` until everything before it is taken (results are taken in archive order,
             // but a slow job does not keep the ones after it from starting).
             let mut running: FuturesUnordered<Sequenced> = FuturesUnordered::new();
-            let mut done: BTreeMap<u64, Item> = BTreeMap::new();
+            // (With whether it is a job's result.)
+            let mut done: BTreeMap<u64, (Item, bool)> = BTreeMap::new();
+            let mut jobs_out = 0usize;
             let (mut next_seq, mut take_seq) = (0u64, 0u64);
             let mut open = true;
             // Archive bytes held by jobs running or waiting to be taken (bounded, as is the
             // number running and waiting).
             let mut held = 0u64;
             loop {
-                let room =
-                    running.len() < MAX_JOBS && done.len() < MAX_WAITING && held < MAX_HELD_BYTES;
+                let room = running.len() < MAX_JOBS
+                    && jobs_out < MAX_JOBS_OUT
+                    && done.len() < MAX_WAITING
+                    && held < MAX_HELD_BYTES;
                 tokio::select! {
                     work = rx.recv(), if open && room => match work {
                         Some(batch) => {
@@ -333,9 +340,10 @@ impl SnapshotStore {
                                 held += work.bytes();
                                 match self.job(work, &hint, &pool) {
                                     Started::Ready(item) => {
-                                        done.insert(next_seq, item);
+                                        done.insert(next_seq, (item, false));
                                     }
                                     Started::Running(job) => {
+                                        jobs_out += 1;
                                         let seq = next_seq;
                                         running.push(Box::pin(async move { (seq, job.await) }));
                                     }
@@ -347,13 +355,14 @@ impl SnapshotStore {
                     },
                     finished = running.next(), if !running.is_empty() => {
                         if let Some((seq, item)) = finished {
-                            done.insert(seq, item?);
+                            done.insert(seq, (item?, true));
                         }
                     },
                     else => break,
                 }
-                while let Some(item) = done.remove(&take_seq) {
+                while let Some((item, was_job)) = done.remove(&take_seq) {
                     take_seq += 1;
+                    jobs_out -= usize::from(was_job);
                     match item {
                         Item::Pieces(p, n) => {
                             held = held.saturating_sub(n);

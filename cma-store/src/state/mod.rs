@@ -70,7 +70,7 @@ pub use record::{
     SecretMetadata, SessionQuery, SessionRecord, SessionStatus, Transition,
 };
 #[cfg(feature = "sqlite")]
-pub use sqlite::SqliteStateStore;
+pub use sqlite::{SQLITE_BUSY_TIMEOUT, SqliteStateStore};
 
 /// The control plane's durable record of sessions, sandboxes, webhook ids, leases, egress policies
 /// and secret metadata.

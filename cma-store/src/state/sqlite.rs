@@ -53,7 +53,7 @@ impl SqliteStateStore {
             .synchronous(SqliteSynchronous::Normal)
             .busy_timeout(SQLITE_BUSY_TIMEOUT)
             .foreign_keys(false);
-        enter_wal(&options).await?;
+        enter_wal(options.clone().busy_timeout(WAL_ATTEMPT_WAIT)).await?;
         let pool = SqlitePoolOptions::new()
             .max_connections(4)
             .acquire_timeout(SQLITE_BUSY_TIMEOUT + Duration::from_secs(5))
@@ -114,13 +114,17 @@ impl SqliteStateStore {
 
 sql_state_store!(SqliteStateStore, sqlx::Sqlite);
 
+/// Longest one attempt to switch a file to WAL waits for a lock, so that `enter_wal` keeps to
+/// its deadline.
+const WAL_ATTEMPT_WAIT: Duration = Duration::from_millis(200);
+
 /// Put the file at `options` in WAL mode (a no-op when it already is), waiting up to
 /// [`SQLITE_BUSY_TIMEOUT`] for the other connections that hold it.
 ///
 /// Switching a file into WAL needs an exclusive lock, and SQLite answers `SQLITE_BUSY` at once
 /// instead of calling the busy handler, so two processes opening a fresh file together would see
 /// "database is locked". Here the switch is retried with a short, growing pause until the deadline.
-async fn enter_wal(options: &SqliteConnectOptions) -> Result<(), StateError> {
+async fn enter_wal(options: SqliteConnectOptions) -> Result<(), StateError> {
     let op = "open";
     let deadline = Instant::now() + SQLITE_BUSY_TIMEOUT;
     let mut pause = Duration::from_millis(2);
@@ -136,20 +140,25 @@ async fn enter_wal(options: &SqliteConnectOptions) -> Result<(), StateError> {
         };
         let busy = match attempt.await {
             Ok(mode) if mode.eq_ignore_ascii_case("wal") => return Ok(()),
-            // SQLite reports the mode it kept when it could not take the lock.
-            Ok(_) => None,
+            // A lock it could not take is an error; an answer naming another mode is for good
+            // (an in-memory or temporary database, a file system without shared memory).
+            Ok(mode) => {
+                return Err(StateError::Backend {
+                    op,
+                    source: format!(
+                        "the database stays in journal mode {mode:?}: the state store needs WAL \
+                         (a database file on a local file system)"
+                    )
+                    .into(),
+                });
+            }
             Err(e) => match map_err(op, e) {
-                err @ StateError::Unavailable { .. } => Some(err),
+                err @ StateError::Unavailable { .. } => err,
                 err => return Err(err),
             },
         };
         if Instant::now() + pause > deadline {
-            return Err(busy.unwrap_or_else(|| StateError::Unavailable {
-                op,
-                source: "the database file could not be switched to WAL mode before the busy \
-                         timeout (another connection held it)"
-                    .into(),
-            }));
+            return Err(busy);
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_millis(100));
