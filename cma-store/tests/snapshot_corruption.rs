@@ -108,6 +108,21 @@ fn pack_data_end(pack: &[u8]) -> usize {
     n - 44 - 40 * count
 }
 
+/// The hash of the chunk whose stored form holds byte `pos` of a pack (from the pack's own
+/// listing: stored forms lie one after another from offset 0).
+fn pack_chunk_at(pack: &[u8], pos: usize) -> Option<[u8; 32]> {
+    let end = pack_data_end(pack);
+    let mut at = 0usize;
+    for entry in pack[end..pack.len() - 44].chunks(40) {
+        let len = u32::from_le_bytes(entry[36..40].try_into().unwrap()) as usize;
+        if pos < at + len {
+            return Some(entry[..32].try_into().unwrap());
+        }
+        at += len;
+    }
+    None
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_anywhere_in_a_pack_or_an_index_object_is_detected() {
     let f = fixture().await;
@@ -117,6 +132,17 @@ async fn a_flipped_byte_anywhere_in_a_pack_or_an_index_object_is_detected() {
     assert!(packs.len() > 3, "{} packs", packs.len());
     assert_eq!(indexes.len(), 1);
     let want = listing(&f.src.host);
+    // The one chunk a restore has no need to read: the end-of-archive marker (two zero blocks,
+    // a unit with no entries). Damage there is for `verify` (the position drawn below lands in
+    // it in some runs, as the file table's timestamps move the packs' layout).
+    let m = f.store.manifest(&f.id).await.unwrap();
+    let unread: Vec<[u8; 32]> = m
+        .chunks
+        .last()
+        .filter(|c| c.size == 1024)
+        .map(|c| c.hash.0)
+        .into_iter()
+        .collect();
     let mut rng = seeded(1);
     for key in packs.iter().chain(&indexes) {
         let good = get(&os, key).await;
@@ -133,8 +159,10 @@ async fn a_flipped_byte_anywhere_in_a_pack_or_an_index_object_is_detected() {
             // `verify` reads every pack whole: any flipped byte is reported.
             let e = f.store.verify(&f.id).await.unwrap_err();
             assert_eq!(e.kind(), ErrorKind::Corrupt, "{key} byte {pos}: {e}");
-            if is_pack && pos >= pack_data_end(&good) {
-                // Only the trailer, which restores do not read: the restore is exact.
+            let in_unread_chunk =
+                is_pack && pack_chunk_at(&good, pos).is_some_and(|h| unread.contains(&h));
+            if is_pack && (pos >= pack_data_end(&good) || in_unread_chunk) {
+                // Only the trailer or a chunk restores do not read: the restore is exact.
                 let fresh = f.iso.sandbox().await;
                 f.reopened()
                     .restore(&f.id, fresh.sandbox.as_ref())
