@@ -42,10 +42,29 @@ impl Chunker {
         }
     }
 
-    /// Add data; returns the chunks that are now complete.
+    /// Add data; returns the chunks that are now complete (a chunk is complete once at least
+    /// `max_size` bytes from its start are known: its end cannot move any more).
     pub fn push(&mut self, data: &[u8], out: &mut Vec<Bytes>) {
         self.buf.extend_from_slice(data);
-        while self.buf.len() >= self.params.max_size as usize {
+        let max = self.params.max_size as usize;
+        if self.buf.len() >= PARALLEL_CUT_BYTES {
+            // The same cuts, found on two threads (see `cut_ends_parallel`); the chunks taken
+            // are exactly the ones the loop below would take.
+            let ends = cut_ends_parallel(&self.params, self.level, &self.buf);
+            let mut start = 0;
+            let mut taken = Vec::new();
+            for end in ends {
+                if self.buf.len() - start < max {
+                    break;
+                }
+                taken.push(end - start);
+                start = end;
+            }
+            for n in taken {
+                out.push(self.buf.split_to(n).freeze());
+            }
+        }
+        while self.buf.len() >= max {
             let n = self.cut();
             out.push(self.buf.split_to(n).freeze());
         }
@@ -414,6 +433,40 @@ mod tests {
             }
         }
         assert!(cut_ends_parallel(&params, level_of(&params), &[]).is_empty());
+    }
+
+    #[test]
+    fn a_stream_cut_on_two_threads_gives_the_chunks_of_one() {
+        let params = ChunkerParams::default();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut data: Vec<u8> = (0..(PARALLEL_CUT_BYTES * 5 / 2))
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect();
+        // A stretch of zeros (cut only at the maximum size) in the middle.
+        let third = data.len() / 3;
+        data[third..2 * third].fill(0);
+        let one = cut_ends(&params, level_of(&params), &data, 0, data.len());
+        // Pieces big enough for the two-thread path, and not a multiple of anything.
+        let mut chunker = Chunker::new(params);
+        let mut out = Vec::new();
+        for piece in data.chunks(PARALLEL_CUT_BYTES + 12_345) {
+            chunker.push(piece, &mut out);
+        }
+        chunker.finish(&mut out);
+        let mut at = 0;
+        let streamed: Vec<usize> = out
+            .iter()
+            .map(|c| {
+                at += c.len();
+                at
+            })
+            .collect();
+        assert_eq!(streamed, one);
     }
 
     #[test]

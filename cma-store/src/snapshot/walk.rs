@@ -48,8 +48,9 @@ pub(crate) const MAX_DEPTH: usize = 128;
 
 /// The walk met a tree deeper than [`MAX_DEPTH`].
 pub(crate) const TOO_DEEP: &str = "directory nesting too deep for the directory walk";
-/// Read size for big files.
-const READ_BLOCK: usize = 1 << 20;
+/// Read size for files streamed by the walk (past [`READ_ELSEWHERE`]): big enough that each
+/// block is cut on two threads (see `chunk::Chunker::push`).
+const READ_BLOCK: usize = 8 << 20;
 /// Most pieces of work per message to the saver (each message costs a thread wake-up).
 const SEND_BATCH: usize = 256;
 /// Files up to this size are read by the job that hashes them (in memory whole), not by the
