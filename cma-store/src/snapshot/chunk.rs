@@ -359,6 +359,19 @@ fn decompress(frame: &[u8], capacity: usize) -> std::io::Result<Vec<u8>> {
 mod tests {
     use super::*;
 
+    /// `n` bytes of xorshift noise from `seed`: incompressible, and the same on every run.
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                (x >> 24) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn chunks_cover_the_input_in_order_and_respect_the_bounds() {
         let params = ChunkerParams {
@@ -400,15 +413,7 @@ mod tests {
             max_size: 16384,
             normalization: 2,
         };
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let noise: Vec<u8> = (0..300_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let noise = noise(0x2545_f491_4f6c_dd1d, 300_000);
         // Zeros never cut by content, so the two threads never meet; zeros with text every
         // 40 KB meet at the text; noise meets at once.
         let mut sparse = vec![0u8; 300_000];
@@ -438,15 +443,7 @@ mod tests {
     #[test]
     fn a_stream_cut_on_two_threads_gives_the_chunks_of_one() {
         let params = ChunkerParams::default();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut data: Vec<u8> = (0..(PARALLEL_CUT_BYTES * 5 / 2))
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let mut data = noise(0x9e37_79b9_7f4a_7c15, PARALLEL_CUT_BYTES * 5 / 2);
         // A stretch of zeros (cut only at the maximum size) in the middle.
         let third = data.len() / 3;
         data[third..2 * third].fill(0);
@@ -472,15 +469,7 @@ mod tests {
     #[test]
     fn stored_chunks_verify_every_byte() {
         let text = b"hello hello hello hello".repeat(100);
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let noise: Vec<u8> = (0..3000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 7;
-                x ^= x << 17;
-                (x >> 24) as u8
-            })
-            .collect();
+        let noise = noise(0x9e37_79b9_7f4a_7c15, 3000);
         for (data, tag) in [(text, ZSTD), (noise, RAW)] {
             let hash = ChunkHash::of(&data);
             let stored = encode(&data, 1).unwrap();

@@ -166,14 +166,14 @@ const SPLIT_JOB_BYTES: usize = 4 << 20;
 /// Hash and compress `chunks` in order: on two threads (each half of the bytes) when they are
 /// many bytes, else on this one.
 fn hash_split(
-    mut chunks: Vec<Bytes>,
+    chunks: Vec<Bytes>,
     hint: &Hint,
     level: i32,
     pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
     let total: usize = chunks.iter().map(Bytes::len).sum();
     if total < SPLIT_JOB_BYTES || chunks.len() < 2 {
-        return hash_chunks(chunks, hint, level, pool);
+        return hash_chunks(&chunks, hint, level, pool);
     }
     let mut first = 0usize;
     let split = chunks
@@ -183,31 +183,22 @@ fn hash_split(
             first >= total / 2
         })
         .map_or(chunks.len() - 1, |i| (i + 1).min(chunks.len() - 1));
-    // The second half goes to a thread of its own if the system gives one, else it is hashed
-    // here after the first (so it waits where both can reach it).
-    let second = std::sync::Mutex::new(Some(chunks.split_off(split)));
+    let (first, second) = chunks.split_at(split);
     let (a, b) = std::thread::scope(|s| {
+        // The second half goes to a thread of its own if the system gives one, else it is
+        // hashed here after the first.
         let other = std::thread::Builder::new()
-            .spawn_scoped(s, || {
-                let mine = second.lock().ok().and_then(|mut g| g.take());
-                mine.map(|c| hash_chunks(c, hint, level, pool))
-            })
+            .spawn_scoped(s, || hash_chunks(second, hint, level, pool))
             .ok();
-        let a = hash_chunks(chunks, hint, level, pool);
-        let b = match other.map(|t| t.join()) {
-            Some(Ok(Some(b))) => b,
-            Some(Err(_)) => Err(Error::io(
-                "hash chunks",
-                std::io::Error::other("hashing thread panicked"),
-            )),
-            // No thread: the half is still here.
-            Some(Ok(None)) | None => match second.lock().ok().and_then(|mut g| g.take()) {
-                Some(c) => hash_chunks(c, hint, level, pool),
-                None => Err(Error::io(
+        let a = hash_chunks(first, hint, level, pool);
+        let b = match other {
+            Some(t) => t.join().unwrap_or_else(|_| {
+                Err(Error::io(
                     "hash chunks",
-                    std::io::Error::other("half of a job went missing"),
-                )),
-            },
+                    std::io::Error::other("hashing thread panicked"),
+                ))
+            }),
+            None => hash_chunks(second, hint, level, pool),
         };
         (a, b)
     });
@@ -218,7 +209,7 @@ fn hash_split(
 
 /// Hash `chunks` and compress the ones the store lacks (into one pooled buffer).
 fn hash_chunks(
-    chunks: Vec<Bytes>,
+    chunks: &[Bytes],
     hint: &Hint,
     level: i32,
     pool: &BufferPool,
@@ -231,7 +222,7 @@ fn hash_chunks(
     let mut stored = pool.take(room);
     let mut hashed = Vec::with_capacity(chunks.len());
     let mut spans = Vec::new();
-    for data in chunks {
+    for data in chunks.iter().cloned() {
         let hash = hash_chunk(&data);
         let size = chunk_len(data.len())?;
         let payload = if hint.known(&hash) {
