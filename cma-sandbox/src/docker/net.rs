@@ -16,9 +16,20 @@ use crate::error::{Result, SandboxError, SandboxErrorKind};
 /// The host chain holding the sandbox bridge's input rules.
 const CHAIN: &str = "CMA-SANDBOX-IN";
 
+/// How long a backend waits for a network another one is creating (see [`ensure_network`]).
+const CREATE_RACE_WAIT: Duration = Duration::from_secs(5);
+
 /// Create the network if missing; return its gateway (the host's address on it).
+///
+/// Backends connecting at once may all find it missing and all create it. The engine takes one
+/// create; how the others fail depends on its version (409 on recent ones; engines before 23 do
+/// not check names, and fail a losing create on the bridge name the winner took, before the
+/// winner's network can be found by name). So a failed create is followed by more lookups,
+/// for up to [`CREATE_RACE_WAIT`], and reported only if the network never appears.
 pub(crate) async fn ensure_network(docker: &Docker, cfg: &DockerConfig) -> Result<Option<IpAddr>> {
-    for attempt in 0..2 {
+    let started = tokio::time::Instant::now();
+    let mut create_failed = None;
+    loop {
         match docker.inspect_network(&cfg.network, None).await {
             Ok(n) => {
                 if n.internal != Some(true) {
@@ -39,45 +50,48 @@ pub(crate) async fn ensure_network(docker: &Docker, cfg: &DockerConfig) -> Resul
             }
             Err(bollard::errors::Error::DockerResponseServerError {
                 status_code: 404, ..
-            }) if attempt == 0 => {
-                let req = NetworkCreateRequest {
-                    name: cfg.network.clone(),
-                    driver: Some("bridge".into()),
-                    internal: Some(true),
-                    attachable: Some(false),
-                    options: Some(HashMap::from([
-                        (
-                            "com.docker.network.bridge.enable_icc".to_owned(),
-                            "false".to_owned(),
-                        ),
-                        (
-                            "com.docker.network.bridge.name".to_owned(),
-                            cfg.bridge.clone(),
-                        ),
-                    ])),
-                    labels: Some(HashMap::from([
-                        (LABEL_MANAGED.to_owned(), "1".to_owned()),
-                        (LABEL_INSTANCE.to_owned(), cfg.instance.clone()),
-                    ])),
-                    ..Default::default()
-                };
-                match docker.create_network(req).await {
+            }) => {
+                if let Some(e) = create_failed.take() {
+                    if started.elapsed() >= CREATE_RACE_WAIT {
+                        return Err(map_docker_err(e, "create network"));
+                    }
+                    create_failed = Some(e);
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                match docker.create_network(network_request(cfg)).await {
                     Ok(_) => {}
-                    // Created concurrently by another backend: inspect again.
-                    Err(bollard::errors::Error::DockerResponseServerError {
-                        status_code: 409,
-                        ..
-                    }) => {}
-                    Err(e) => return Err(map_docker_err(e, "create network")),
+                    Err(e) => create_failed = Some(e),
                 }
             }
             Err(e) => return Err(map_docker_err(e, "inspect network")),
         }
     }
-    Err(SandboxError::new(
-        SandboxErrorKind::Backend,
-        format!("docker: network {:?} could not be created", cfg.network),
-    ))
+}
+
+/// The sandbox network as [`ensure_network`] creates it.
+fn network_request(cfg: &DockerConfig) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: cfg.network.clone(),
+        driver: Some("bridge".into()),
+        internal: Some(true),
+        attachable: Some(false),
+        options: Some(HashMap::from([
+            (
+                "com.docker.network.bridge.enable_icc".to_owned(),
+                "false".to_owned(),
+            ),
+            (
+                "com.docker.network.bridge.name".to_owned(),
+                cfg.bridge.clone(),
+            ),
+        ])),
+        labels: Some(HashMap::from([
+            (LABEL_MANAGED.to_owned(), "1".to_owned()),
+            (LABEL_INSTANCE.to_owned(), cfg.instance.clone()),
+        ])),
+        ..Default::default()
+    }
 }
 
 /// The TCP port of `proxy_url` when its host is the gateway (the proxy listens on the host).
