@@ -96,18 +96,16 @@ fn main() {
                     // As the benchmark does: no dirty pages left to write back during the save.
                     let _ = std::process::Command::new("sync").status();
                 }
-                let (cpu, faults) = usage_now();
+                let before = usage_now();
                 let t = Instant::now();
                 let m = rt
                     .block_on(store.save("sesn_profile", sandbox.as_ref(), Some(&last.id)))
                     .expect("save");
                 let wall = t.elapsed();
-                let (cpu2, faults2) = usage_now();
                 println!(
-                    "incremental save in {wall:?}: {} bytes uploaded, {} ms CPU, {} page faults",
+                    "incremental save in {wall:?}: {} bytes uploaded, {}",
                     m.uploaded_bytes,
-                    (cpu2 - cpu) * 10,
-                    faults2 - faults
+                    usage_now().since(&before)
                 );
                 last = m;
             }
@@ -118,17 +116,14 @@ fn main() {
             for round in 0..rounds {
                 let at = PathBuf::from(store).join(round.to_string());
                 let store = SnapshotStore::local(&at, SnapshotConfig::default()).expect("store");
-                let (cpu, faults) = usage_now();
+                // As the benchmark does: no dirty pages left to write back during the save.
+                let _ = std::process::Command::new("sync").status();
+                let before = usage_now();
                 let t = Instant::now();
                 rt.block_on(store.save("sesn_profile", sandbox.as_ref(), None))
                     .expect("save");
                 let wall = t.elapsed();
-                let (cpu2, faults2) = usage_now();
-                println!(
-                    "full save in {wall:?}: {} ms CPU, {} page faults",
-                    (cpu2 - cpu) * 10,
-                    faults2 - faults
-                );
+                println!("full save in {wall:?}: {}", usage_now().since(&before));
                 drop(store);
                 std::fs::remove_dir_all(&at).expect("remove the store");
             }
@@ -137,8 +132,28 @@ fn main() {
     }
 }
 
-/// CPU time (in 10 ms ticks) and minor page faults of this process so far (Linux).
-fn usage_now() -> (u64, u64) {
+/// CPU time of this process so far, in user space and in the kernel (in 10 ms ticks), and its
+/// minor page faults (Linux).
+struct Usage {
+    user: u64,
+    system: u64,
+    faults: u64,
+}
+
+impl Usage {
+    /// What was used from `before` to this reading, for printing.
+    fn since(&self, before: &Usage) -> String {
+        format!(
+            "{} ms CPU ({} user, {} kernel), {} page faults",
+            (self.user + self.system - before.user - before.system) * 10,
+            (self.user - before.user) * 10,
+            (self.system - before.system) * 10,
+            self.faults - before.faults
+        )
+    }
+}
+
+fn usage_now() -> Usage {
     let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
     // Fields after the parenthesized command name: minflt is the 10th field, utime and stime
     // the 14th and 15th.
@@ -148,5 +163,9 @@ fn usage_now() -> (u64, u64) {
         .map(|x| x.parse().unwrap_or(0))
         .collect();
     let at = |i: usize| f.get(i - 3).copied().unwrap_or(0);
-    (at(14) + at(15), at(10))
+    Usage {
+        user: at(14),
+        system: at(15),
+        faults: at(10),
+    }
 }

@@ -68,6 +68,7 @@ mod error;
 mod fetch;
 mod gate;
 mod lister;
+mod local_store;
 mod manifest;
 mod marker;
 mod pack;
@@ -384,7 +385,10 @@ impl SnapshotStore {
         })
     }
 
-    /// A store in a local directory (created if missing).
+    /// A store in a local directory (created if missing). Large objects (packs) are written
+    /// around the page cache where the file system allows (`O_DIRECT` on Linux): they are
+    /// rarely read back, and through the page cache they would cost a fresh page per 4 KiB
+    /// and evict what sandboxes use (see `local_store`).
     pub fn local(dir: impl AsRef<FsPath>, config: SnapshotConfig) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir)
@@ -392,7 +396,7 @@ impl SnapshotStore {
         let fs = object_store::local::LocalFileSystem::new_with_prefix(dir)
             .map_err(|e| Error::store(format!("open {}", dir.display()), e))?
             .with_automatic_cleanup(true);
-        Self::new(Arc::new(fs), config)
+        Self::new(Arc::new(local_store::LocalStore::new(fs)), config)
     }
 
     /// A store under [`default_data_dir`].
