@@ -273,23 +273,15 @@ mod direct {
             let _ = std::fs::remove_file(&staging_path);
             e
         };
-        let Some(mut buf) = take(padded) else {
-            // No memory for an aligned copy: the page cache's way, then.
-            drop(staged);
-            let _ = std::fs::remove_file(&staging_path);
-            return Ok(None);
+        let written = match write_direct(&staged, payload, len, padded) {
+            Some(w) => w,
+            None => {
+                // No memory for an aligned copy: the page cache's way, then.
+                drop(staged);
+                let _ = std::fs::remove_file(&staging_path);
+                return Ok(None);
+            }
         };
-        let out = buf.aligned(padded);
-        let mut at = 0;
-        for part in payload.iter() {
-            out[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        // The padding is zeros (a kept buffer may hold an earlier object's bytes there); the
-        // file is cut back to `len` after.
-        out[len..padded].fill(0);
-        let written = write_all_at(&staged, &out[..padded]);
-        give(buf);
         match written {
             Ok(()) => {}
             Err(e) if refused(&e) => {
@@ -329,9 +321,49 @@ mod direct {
         }))
     }
 
-    fn write_all_at(file: &std::fs::File, mut data: &[u8]) -> std::io::Result<()> {
+    /// Write `payload` (`len` bytes) to the start of `file`, `padded` bytes in all (zeros
+    /// after the payload; the caller cuts the file back to `len`). A payload of one page-aligned
+    /// piece (a pack, see `pack::PackBuilder`) is written from where it is, but for its last
+    /// partial page; any other is copied into an aligned buffer first. `None`: no memory for
+    /// that buffer.
+    fn write_direct(
+        file: &std::fs::File,
+        payload: &PutPayload,
+        len: usize,
+        padded: usize,
+    ) -> Option<std::io::Result<()>> {
+        let mut parts = payload.iter();
+        if let (Some(only), None) = (parts.next(), parts.next())
+            && only.as_ptr().align_offset(ALIGN) == 0
+        {
+            let whole = len - len % ALIGN;
+            if let Err(e) = write_all_at(file, &only[..whole], 0) {
+                return Some(Err(e));
+            }
+            if whole == len {
+                return Some(Ok(()));
+            }
+            let mut tail = Aligned::new(ALIGN)?;
+            let out = tail.aligned(ALIGN);
+            out[..len - whole].copy_from_slice(&only[whole..]);
+            return Some(write_all_at(file, out, whole as u64));
+        }
+        let mut buf = take(padded)?;
+        let out = buf.aligned(padded);
+        let mut at = 0;
+        for part in payload.iter() {
+            out[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        // The padding is zeros (a kept buffer may hold an earlier object's bytes there).
+        out[len..].fill(0);
+        let written = write_all_at(file, out, 0);
+        give(buf);
+        Some(written)
+    }
+
+    fn write_all_at(file: &std::fs::File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut offset = 0u64;
         while !data.is_empty() {
             match file.write_at(data, offset) {
                 Ok(0) => return Err(ErrorKind::WriteZero.into()),
@@ -379,7 +411,7 @@ mod tests {
         #[cfg(target_os = "linux")]
         let before = direct::WRITTEN.load(std::sync::atomic::Ordering::Relaxed);
         // Sizes around the alignment and the threshold, in several parts (a payload of many
-        // pieces is written as one).
+        // pieces is written as one), or in one page-aligned piece (0).
         let cases = [
             (DIRECT_MIN, 1),
             (DIRECT_MIN + 1, 2),
@@ -387,16 +419,26 @@ mod tests {
             (5 * DIRECT_MIN + 123, 7),
             (DIRECT_MIN - 1, 1),
             (10, 1),
+            (2 * DIRECT_MIN + 777, 0),
+            (2 * DIRECT_MIN, 0),
         ];
         for (k, (n, parts)) in cases.into_iter().enumerate() {
             let data = body(n, k as u8);
-            let step = n.div_ceil(parts);
-            let payload: PutPayload = data
-                .chunks(step)
-                .map(Bytes::copy_from_slice)
-                .collect::<Vec<_>>()
-                .into_iter()
-                .collect();
+            let payload: PutPayload = if parts == 0 {
+                // One piece at a page boundary (as packs are): written from where it is.
+                let mut buf = vec![0u8; n + 4096];
+                let at = buf.as_ptr().align_offset(4096);
+                buf[at..at + n].copy_from_slice(&data);
+                let piece = Bytes::from(buf).slice(at..at + n);
+                assert_eq!(piece.as_ptr().align_offset(4096), 0);
+                PutPayload::from(piece)
+            } else {
+                data.chunks(n.div_ceil(parts))
+                    .map(Bytes::copy_from_slice)
+                    .collect::<Vec<_>>()
+                    .into_iter()
+                    .collect()
+            };
             let key = Path::from(format!("packs/a{k}/obj"));
             let put = store.put(&key, payload).await.unwrap();
             let got = plain.get(&key).await.unwrap();

@@ -62,17 +62,26 @@ pub(crate) fn parse_pack_key(key: &Path) -> Option<PackId> {
     (parts.next().is_none() && dir.as_ref() == &id.to_hex()[..2]).then_some(id)
 }
 
+/// Alignment a pack's bytes start at in its buffer when there is room (a page): a local store
+/// writes such a pack around the page cache without copying it first (see `local_store`).
+const ALIGN: usize = 4096;
+
 /// Collects stored chunks into a pack.
 #[derive(Default)]
 pub(crate) struct PackBuilder {
     buf: Vec<u8>,
+    /// Where the pack starts in `buf` (the bytes before are padding, never uploaded).
+    start: usize,
     entries: Vec<PackEntry>,
 }
 
 /// A finished pack, ready to upload.
 pub(crate) struct SealedPack {
     pub id: PackId,
+    /// The pack.
     pub bytes: Bytes,
+    /// The whole buffer `bytes` is a slice of (for reuse once `bytes` is dropped).
+    pub buffer: Bytes,
     pub entries: Vec<PackEntry>,
 }
 
@@ -82,18 +91,27 @@ impl PackBuilder {
     }
 
     /// A builder writing into `buf` (cleared): a buffer of an uploaded pack, reused so its
-    /// pages need not be faulted in again.
+    /// pages need not be faulted in again. The pack starts at the first page boundary in it
+    /// if it has room for that.
     pub fn with_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
+        let start = buf.as_ptr().align_offset(ALIGN);
+        let start = if start < ALIGN && start < buf.capacity() / 2 {
+            buf.resize(start, 0);
+            start
+        } else {
+            0
+        };
         Self {
             buf,
+            start,
             entries: Vec::new(),
         }
     }
 
     /// Bytes of chunks so far.
     pub fn len(&self) -> usize {
-        self.buf.len()
+        self.buf.len() - self.start
     }
 
     pub fn is_empty(&self) -> bool {
@@ -117,16 +135,13 @@ impl PackBuilder {
 
     /// List a chunk of `len` stored bytes that starts at the current end.
     fn entry(&mut self, hash: ChunkHash, size: u32, len: usize) -> Result<u32> {
-        let offset = u32::try_from(self.buf.len()).ok();
-        let end = self
-            .buf
-            .len()
-            .checked_add(len)
-            .filter(|e| u32::try_from(*e).is_ok());
+        let at = self.len();
+        let offset = u32::try_from(at).ok();
+        let end = at.checked_add(len).filter(|e| u32::try_from(*e).is_ok());
         let (Some(offset), Some(_), Ok(len)) = (offset, end, u32::try_from(len)) else {
             return Err(Error::TooLarge {
                 what: "pack".into(),
-                size: (self.buf.len() as u64).saturating_add(len as u64),
+                size: (at as u64).saturating_add(len as u64),
                 limit: MAX_PACK_BYTES,
             });
         };
@@ -157,9 +172,11 @@ impl PackBuilder {
         id[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         id[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
         let id = ChunkHash(id);
+        let buffer = Bytes::from(self.buf);
         SealedPack {
             id,
-            bytes: Bytes::from(self.buf),
+            bytes: buffer.slice(self.start..),
+            buffer,
             entries: self.entries,
         }
     }

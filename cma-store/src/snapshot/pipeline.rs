@@ -568,13 +568,9 @@ impl SnapshotStore {
                 .map_err(joined)?;
             let n = sealed.bytes.len() as u64;
             store
-                .put(
-                    &pack_key(&sealed.id),
-                    sealed.bytes.clone(),
-                    PutMode::Overwrite,
-                )
+                .put(&pack_key(&sealed.id), sealed.bytes, PutMode::Overwrite)
                 .await?;
-            let buffer = sealed.bytes.try_into_mut().ok().map(Vec::from);
+            let buffer = sealed.buffer.try_into_mut().ok().map(Vec::from);
             let records = sealed
                 .entries
                 .iter()
