@@ -94,6 +94,47 @@ fn level_of(params: &ChunkerParams) -> Normalization {
 
 /// Where the first chunk of `data` ends.
 fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
+    // A run of zeros (sparse files, zeroed images) cuts where any run of zeros does, found
+    // by comparing instead of hashing each byte.
+    let (min, max) = (p.min_size as usize, p.max_size as usize);
+    if data.len() >= max && min < max {
+        let end = zero_cut(p, level);
+        if data[min..end]
+            .chunks(super::ZEROS.len())
+            .all(|c| c == &super::ZEROS[..c.len()])
+        {
+            return end;
+        }
+    }
+    fastcdc_cut(p, level, data)
+}
+
+/// Where the first chunk of `max_size` or more zeros ends: where the rolling hash over zeros
+/// from `min_size` on first matches, else at `max_size`. Its decision at each position depends
+/// only on the bytes from `min_size` to there, so any data whose bytes from `min_size` to this
+/// point are zeros is cut here too. Computed once per chunker setting.
+fn zero_cut(p: &ChunkerParams, level: Normalization) -> usize {
+    type Memo = Vec<((u32, u32, u32, u8), usize)>;
+    static MEMO: std::sync::Mutex<Memo> = std::sync::Mutex::new(Vec::new());
+    let key = (p.min_size, p.avg_size, p.max_size, p.normalization);
+    if let Some((_, end)) = MEMO
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(k, _)| *k == key)
+    {
+        return *end;
+    }
+    let end = fastcdc_cut(p, level, &vec![0u8; p.max_size as usize]);
+    let mut memo = MEMO.lock().unwrap_or_else(|e| e.into_inner());
+    if memo.len() < 16 {
+        memo.push((key, end));
+    }
+    end
+}
+
+/// Where FastCDC ends the first chunk of `data`.
+fn fastcdc_cut(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
     let cdc = FastCDC::with_level(
         data,
         p.min_size as usize,
@@ -438,6 +479,50 @@ mod tests {
             }
         }
         assert!(cut_ends_parallel(&params, level_of(&params), &[]).is_empty());
+    }
+
+    #[test]
+    fn runs_of_zeros_are_cut_exactly_where_fastcdc_cuts_them() {
+        let small = ChunkerParams {
+            min_size: 64,
+            avg_size: 256,
+            max_size: 1024,
+            normalization: 0,
+        };
+        for base in [ChunkerParams::default(), small] {
+            for normalization in 0..=3 {
+                let p = ChunkerParams {
+                    normalization,
+                    ..base
+                };
+                let level = level_of(&p);
+                let (min, max) = (p.min_size as usize, p.max_size as usize);
+                let end = zero_cut(&p, level);
+                assert!((min..=max).contains(&end), "{p:?}: {end}");
+                // A nonzero byte before, at and after every position that decides.
+                let mut spots: Vec<usize> = vec![0, min - 1, min, min + 1, end - 1, end, max - 1];
+                spots.extend((min..end).step_by((end - min) / 16 + 1));
+                for len in [max - 1, max, max + 1, 2 * max] {
+                    let mut cases = vec![vec![0u8; len], noise(len as u64, len)];
+                    for &at in spots.iter().filter(|&&at| at < len) {
+                        let mut one = vec![0u8; len];
+                        one[at] = 1;
+                        cases.push(one);
+                        // Noise up to `at`, zeros after.
+                        let mut prefix = noise(at as u64 + 7, len);
+                        prefix[at..].fill(0);
+                        cases.push(prefix);
+                    }
+                    for (i, data) in cases.iter().enumerate() {
+                        assert_eq!(
+                            cut_point(&p, level, data),
+                            fastcdc_cut(&p, level, data),
+                            "{p:?}, {len} bytes, case {i}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
