@@ -171,6 +171,9 @@ mod direct {
 
     /// Objects written with `O_DIRECT` so far (for tests).
     pub(crate) static WRITTEN: AtomicU64 = AtomicU64::new(0);
+    /// The files written with `O_DIRECT` (tests).
+    #[cfg(test)]
+    pub(crate) static WRITTEN_TO: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
     /// A buffer with room for `room` bytes at a page-aligned address inside it.
     struct Aligned {
@@ -314,6 +317,11 @@ mod direct {
             }
         }
         WRITTEN.fetch_add(1, Ordering::Relaxed);
+        #[cfg(test)]
+        WRITTEN_TO
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(file.to_owned());
         Ok(Some(PutResult {
             e_tag: Some(e_tag(&meta)),
             version: None,
@@ -391,6 +399,54 @@ mod direct {
     }
 }
 
+/// Objects written around the page cache so far, by every store of this process (tests).
+#[cfg(test)]
+pub(crate) fn direct_writes() -> u64 {
+    #[cfg(target_os = "linux")]
+    return direct::WRITTEN.load(std::sync::atomic::Ordering::Relaxed);
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Whether `file` was written around the page cache (tests).
+#[cfg(test)]
+pub(crate) fn written_directly(file: &std::path::Path) -> bool {
+    #[cfg(target_os = "linux")]
+    return direct::WRITTEN_TO
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .any(|f| f == file);
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = file;
+        false
+    }
+}
+
+/// Whether the file system of `dir` takes `O_DIRECT` (tmpfs does not) (tests).
+#[cfg(test)]
+pub(crate) fn takes_direct(dir: &std::path::Path) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let probe = dir.join(".direct-probe");
+        let ok = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
+            .open(&probe)
+            .is_ok();
+        let _ = std::fs::remove_file(&probe);
+        ok
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = dir;
+        false
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -408,8 +464,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
         let store = LocalStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        #[cfg(target_os = "linux")]
-        let before = direct::WRITTEN.load(std::sync::atomic::Ordering::Relaxed);
+        let before = direct_writes();
         // Sizes around the alignment and the threshold, in several parts (a payload of many
         // pieces is written as one), or in one page-aligned piece (0).
         let cases = [
@@ -453,29 +508,14 @@ mod tests {
                 .unwrap();
             assert_eq!(store.get(&key).await.unwrap().bytes().await.unwrap(), again);
         }
-        #[cfg(target_os = "linux")]
-        {
-            let direct = direct::WRITTEN.load(std::sync::atomic::Ordering::Relaxed) - before;
-            // Tests run in parallel and share the counter: at least this test's large puts
-            // (unless the file system refuses O_DIRECT, as tmpfs does).
-            let supported = {
-                use std::os::unix::fs::OpenOptionsExt;
-                let probe = dir.path().join("probe");
-                let ok = std::fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-                    .open(&probe)
-                    .is_ok();
-                let _ = std::fs::remove_file(&probe);
-                ok
-            };
-            if supported {
-                assert!(
-                    direct >= 8,
-                    "{direct} objects written around the page cache"
-                );
-            }
+        // Tests run in parallel and share the counter: at least this test's large puts
+        // (unless the file system refuses O_DIRECT, as tmpfs does).
+        if takes_direct(dir.path()) {
+            let direct = direct_writes() - before;
+            assert!(
+                direct >= 12,
+                "{direct} objects written around the page cache"
+            );
         }
         // No staging file is left behind; listing shows exactly the objects.
         let mut listed: Vec<String> = store

@@ -412,7 +412,8 @@ impl SnapshotStore {
         Self::new(Arc::new(InMemory::new()), config)
     }
 
-    /// A store from a URL: `file:///dir`, `memory:///`, and with the matching feature
+    /// A store from a URL: `file:///dir` (as [`local`](Self::local) writes it, but the
+    /// directory is not created until something is stored), `memory:///`, and with the matching feature
     /// `s3://bucket/prefix` (`s3`), `gs://bucket/prefix` (`gcs`), `az://container/prefix`
     /// (`azure`). `options` are the backend's configuration keys (for S3, e.g.
     /// `aws_endpoint`, `aws_region`, `aws_access_key_id`, `aws_secret_access_key`,
@@ -428,6 +429,15 @@ impl SnapshotStore {
         })?;
         let (store, prefix) = object_store::parse_url_opts(&parsed, options)
             .map_err(|e| Error::store(format!("open {url}"), e))?;
+        // A `file` URL is the file system's root and a prefix: the same root, with large objects
+        // written around the page cache as in `local`.
+        let store: Box<dyn ObjectStore> = if parsed.scheme() == "file" {
+            Box::new(local_store::LocalStore::new(
+                object_store::local::LocalFileSystem::new(),
+            ))
+        } else {
+            store
+        };
         let store: Arc<dyn ObjectStore> = if prefix.as_ref().is_empty() {
             Arc::from(store)
         } else {
@@ -759,6 +769,39 @@ mod tests {
         let t = Utc.timestamp_micros(1_700_000_000_123_456).unwrap();
         let key = manifest_key("sesn_1", t, &id);
         assert_eq!(parse_manifest_key(&key), Some(("sesn_1".into(), t, id)));
+    }
+
+    #[tokio::test]
+    async fn a_file_url_store_is_the_local_store_under_that_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("snaps");
+        let url = format!("file://{}", root.display());
+        let store =
+            SnapshotStore::from_url(&url, std::iter::empty::<(&str, &str)>(), Default::default())
+                .unwrap();
+        // A large object (written around the page cache) and a small one land as files.
+        let big = vec![7u8; local_store::DIRECT_MIN + 3];
+        for (key, body) in [("packs/ab/big", big.clone()), ("ids/small", b"x".to_vec())] {
+            store
+                .object_store()
+                .put(&Path::from(key), PutPayload::from(body.clone()))
+                .await
+                .unwrap();
+            assert_eq!(std::fs::read(root.join(key)).unwrap(), body, "{key}");
+        }
+        if local_store::takes_direct(&root) {
+            assert!(
+                local_store::written_directly(&root.join("packs/ab/big")),
+                "not written around the page cache"
+            );
+        }
+        let local = SnapshotStore::local(&root, SnapshotConfig::default()).unwrap();
+        let got = local
+            .object_store()
+            .get(&Path::from("packs/ab/big"))
+            .await
+            .unwrap();
+        assert_eq!(got.bytes().await.unwrap(), big);
     }
 
     #[test]
