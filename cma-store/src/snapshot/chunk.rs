@@ -99,7 +99,9 @@ fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
     let (min, max) = (p.min_size as usize, p.max_size as usize);
     if data.len() >= max && min < max {
         let end = zero_cut(p, level);
-        if data[min..end]
+        // The bytes FastCDC reads to cut there: from `min_size` (rounded down to even: it
+        // reads two at a time) through the byte at the cut, which its hash includes.
+        if data[min & !1..(end + 1).min(max)]
             .chunks(super::ZEROS.len())
             .all(|c| c == &super::ZEROS[..c.len()])
         {
@@ -111,8 +113,8 @@ fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
 
 /// Where the first chunk of `max_size` or more zeros ends: where the rolling hash over zeros
 /// from `min_size` on first matches, else at `max_size`. Its decision at each position depends
-/// only on the bytes from `min_size` to there, so any data whose bytes from `min_size` to this
-/// point are zeros is cut here too. Computed once per chunker setting.
+/// only on the bytes from `min_size` through that position, so any data whose bytes from
+/// `min_size` through this point are zeros is cut here too. Computed once per chunker setting.
 fn zero_cut(p: &ChunkerParams, level: Normalization) -> usize {
     type Memo = Vec<((u32, u32, u32, u8), usize)>;
     static MEMO: std::sync::Mutex<Memo> = std::sync::Mutex::new(Vec::new());
@@ -489,7 +491,17 @@ mod tests {
             max_size: 1024,
             normalization: 0,
         };
-        for base in [ChunkerParams::default(), small] {
+        let odd = ChunkerParams {
+            min_size: 65,
+            ..small
+        };
+        let wide = ChunkerParams {
+            min_size: 512,
+            avg_size: 512,
+            max_size: 2048,
+            normalization: 1,
+        };
+        for base in [ChunkerParams::default(), small, odd, wide] {
             for normalization in 0..=3 {
                 let p = ChunkerParams {
                     normalization,
@@ -500,14 +512,26 @@ mod tests {
                 let end = zero_cut(&p, level);
                 assert!((min..=max).contains(&end), "{p:?}: {end}");
                 // A nonzero byte before, at and after every position that decides.
-                let mut spots: Vec<usize> = vec![0, min - 1, min, min + 1, end - 1, end, max - 1];
+                let mut spots: Vec<usize> = vec![
+                    0,
+                    min - 2,
+                    min - 1,
+                    min,
+                    min + 1,
+                    end - 1,
+                    end,
+                    end + 1,
+                    max - 1,
+                ];
                 spots.extend((min..end).step_by((end - min) / 16 + 1));
                 for len in [max - 1, max, max + 1, 2 * max] {
                     let mut cases = vec![vec![0u8; len], noise(len as u64, len)];
                     for &at in spots.iter().filter(|&&at| at < len) {
-                        let mut one = vec![0u8; len];
-                        one[at] = 1;
-                        cases.push(one);
+                        for byte in [1u8, 2, 255] {
+                            let mut one = vec![0u8; len];
+                            one[at] = byte;
+                            cases.push(one);
+                        }
                         // Noise up to `at`, zeros after.
                         let mut prefix = noise(at as u64 + 7, len);
                         prefix[at..].fill(0);

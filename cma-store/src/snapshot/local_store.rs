@@ -13,9 +13,13 @@
 //! The layout and the semantics are `LocalFileSystem`'s own: an object is the file its key
 //! names under the root, written to a staging file `<file>#<n>` beside it and renamed
 //! (overwrite) or hard-linked (create) into place, so either one reads, lists and deletes what
-//! the other wrote. Objects smaller than [`DIRECT_MIN`], puts with options `O_DIRECT` cannot
-//! honour the same way (attributes, conditional updates), and file systems that refuse
-//! `O_DIRECT` (tmpfs) take `LocalFileSystem`'s own path.
+//! the other wrote. Only a payload of one piece that starts at a page boundary and holds at
+//! least [`DIRECT_MIN`] bytes goes around the page cache (a pack: see `pack::PackBuilder`), from
+//! where it is, but for its last partial page; everything else, puts with options `O_DIRECT`
+//! cannot honour the same way (attributes, conditional updates), and every put after the file
+//! system refused `O_DIRECT` once (some do: ramfs, FUSE) take `LocalFileSystem`'s own path. The
+//! inner store is always built without `fsync` (as `LocalFileSystem` is by default), which
+//! this path matches: neither syncs.
 
 use std::fmt;
 use std::ops::Range;
@@ -38,12 +42,16 @@ pub(crate) const DIRECT_MIN: usize = 1 << 20;
 #[derive(Debug)]
 pub(crate) struct LocalStore {
     inner: Arc<LocalFileSystem>,
+    /// The file system refused `O_DIRECT` once: it is not tried again.
+    refused: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LocalStore {
+    /// `inner` must be built without `fsync` (see the module docs).
     pub fn new(inner: LocalFileSystem) -> Self {
         Self {
             inner: Arc::new(inner),
+            refused: Arc::default(),
         }
     }
 }
@@ -63,20 +71,24 @@ impl ObjectStore for LocalStore {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         #[cfg(target_os = "linux")]
-        if payload.content_length() >= DIRECT_MIN
+        if let Some(piece) = direct::eligible(&payload)
             && opts.attributes.is_empty()
             && matches!(opts.mode, PutMode::Overwrite | PutMode::Create)
+            && !self.refused.load(std::sync::atomic::Ordering::Relaxed)
         {
             let file = self.inner.path_to_filesystem(location)?;
-            let (mode, body) = (opts.mode.clone(), payload.clone());
-            let written = tokio::task::spawn_blocking(move || direct::put(&file, &body, &mode))
+            let mode = opts.mode.clone();
+            let written = tokio::task::spawn_blocking(move || direct::put(&file, &piece, &mode))
                 .await
                 .map_err(|e| object_store::Error::Generic {
                     store: "LocalStore",
                     source: Box::new(e),
                 })??;
-            if let Some(done) = written {
-                return Ok(done);
+            match written {
+                Some(done) => return Ok(done),
+                None => self
+                    .refused
+                    .store(true, std::sync::atomic::Ordering::Relaxed),
             }
         }
         self.inner.put_opts(location, payload, opts).await
@@ -153,70 +165,36 @@ mod direct {
     //! The `O_DIRECT` write, on a blocking thread.
 
     use std::io::ErrorKind;
-    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+    use std::os::unix::fs::MetadataExt;
     use std::path::{Path as FsPath, PathBuf};
-    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
 
+    use bytes::Bytes;
     use object_store::{PutMode, PutPayload, PutResult};
     use rustix::fs::OFlags;
 
     /// Alignment `O_DIRECT` asks of buffers, offsets and lengths (a page: enough for any
     /// logical block size up to 4 KiB).
     const ALIGN: usize = 4096;
-    /// Aligned buffers kept for the next writes (one per upload running at once, normally).
-    const KEEP: usize = 4;
-    /// Largest buffer kept: a pack of the largest default size, with room.
-    const KEEP_MAX: usize = 64 << 20;
 
     /// Objects written with `O_DIRECT` so far (for tests).
     pub(crate) static WRITTEN: AtomicU64 = AtomicU64::new(0);
     /// The files written with `O_DIRECT` (tests).
     #[cfg(test)]
-    pub(crate) static WRITTEN_TO: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+    pub(crate) static WRITTEN_TO: std::sync::Mutex<Vec<PathBuf>> =
+        std::sync::Mutex::new(Vec::new());
 
-    /// A buffer with room for `room` bytes at a page-aligned address inside it.
-    struct Aligned {
-        buf: Vec<u8>,
-        room: usize,
-    }
-
-    impl Aligned {
-        fn new(room: usize) -> Option<Self> {
-            let mut buf = Vec::new();
-            buf.try_reserve_exact(room.checked_add(ALIGN)?).ok()?;
-            buf.resize(room + ALIGN, 0);
-            Some(Self { buf, room })
-        }
-
-        /// The first `len` (at most `room`) bytes at the aligned address.
-        fn aligned(&mut self, len: usize) -> &mut [u8] {
-            let at = self.buf.as_ptr().align_offset(ALIGN);
-            &mut self.buf[at..at + len]
-        }
-    }
-
-    /// Buffers kept between writes: a new one costs a page fault per 4 KiB, which is what
-    /// writing around the page cache saves.
-    static KEPT: Mutex<Vec<Aligned>> = Mutex::new(Vec::new());
-
-    fn take(len: usize) -> Option<Aligned> {
-        let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-        match kept.iter().position(|b| b.room >= len) {
-            Some(i) => Some(kept.swap_remove(i)),
-            None => {
-                drop(kept);
-                Aligned::new(len)
+    /// The payload's one piece, if it can be written around the page cache from where it is:
+    /// at least `DIRECT_MIN` bytes starting at a page boundary.
+    pub(super) fn eligible(payload: &PutPayload) -> Option<Bytes> {
+        let mut parts = payload.iter();
+        match (parts.next(), parts.next()) {
+            (Some(only), None)
+                if only.len() >= super::DIRECT_MIN && only.as_ptr().align_offset(ALIGN) == 0 =>
+            {
+                Some(only.clone())
             }
-        }
-    }
-
-    fn give(buf: Aligned) {
-        if buf.room <= KEEP_MAX {
-            let mut kept = KEPT.lock().unwrap_or_else(|e| e.into_inner());
-            if kept.len() < KEEP {
-                kept.push(buf);
-            }
+            _ => None,
         }
     }
 
@@ -227,67 +205,57 @@ mod direct {
         }
     }
 
-    /// Whether an error says the file system (or this buffer) does not do `O_DIRECT`.
+    /// Whether an error says the file system does not do `O_DIRECT`.
     fn refused(e: &std::io::Error) -> bool {
         e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
     }
 
     /// A new staging file beside `file` (`<file>#<n>`, as `LocalFileSystem` names them),
-    /// opened for `O_DIRECT` writes; `None` if the file system refuses `O_DIRECT`.
-    fn staging(file: &FsPath) -> object_store::Result<Option<(std::fs::File, PathBuf)>> {
+    /// created as `LocalFileSystem` creates them and then switched to `O_DIRECT` (a file system
+    /// that refuses `O_DIRECT` at open would still have created the file).
+    fn staging(file: &FsPath) -> object_store::Result<(std::fs::File, PathBuf)> {
         let mut n = 1u32;
         loop {
             let mut name = file.as_os_str().to_owned();
             name.push(format!("#{n}"));
             let path = PathBuf::from(name);
-            let opened = std::fs::OpenOptions::new()
+            match std::fs::OpenOptions::new()
                 .write(true)
                 .create_new(true)
-                .custom_flags(OFlags::DIRECT.bits() as i32)
-                .open(&path);
-            match opened {
-                Ok(f) => return Ok(Some((f, path))),
+                .open(&path)
+            {
+                Ok(f) => return Ok((f, path)),
                 Err(e) if e.kind() == ErrorKind::AlreadyExists => n = n.saturating_add(1),
                 Err(e) if e.kind() == ErrorKind::NotFound => {
                     let parent = file.parent().ok_or_else(|| generic(e))?;
                     std::fs::create_dir_all(parent).map_err(generic)?;
                 }
-                Err(e) if refused(&e) => return Ok(None),
                 Err(e) => return Err(generic(e)),
             }
         }
     }
 
-    /// Write `payload` to `file` around the page cache and publish it as `mode` says.
-    /// `Ok(None)`: the file system refuses `O_DIRECT`; nothing was left behind.
+    /// Write `piece` (see [`eligible`]) to `file` around the page cache and publish it as
+    /// `mode` says. `Ok(None)`: the file system refuses `O_DIRECT`; nothing was left behind.
     pub(super) fn put(
         file: &FsPath,
-        payload: &PutPayload,
+        piece: &Bytes,
         mode: &PutMode,
     ) -> object_store::Result<Option<PutResult>> {
-        let len = payload.content_length();
-        let padded = len
-            .checked_next_multiple_of(ALIGN)
-            .ok_or_else(|| generic("object too large"))?;
-        let Some((staged, staging_path)) = staging(file)? else {
-            return Ok(None);
-        };
+        let len = piece.len();
+        let (staged, staging_path) = staging(file)?;
         let remove = |e: object_store::Error| {
             let _ = std::fs::remove_file(&staging_path);
             e
         };
-        let written = match write_direct(&staged, payload, len, padded) {
-            Some(w) => w,
-            None => {
-                // No memory for an aligned copy: the page cache's way, then.
-                drop(staged);
-                let _ = std::fs::remove_file(&staging_path);
-                return Ok(None);
-            }
-        };
+        let written = rustix::fs::fcntl_getfl(&staged)
+            .and_then(|flags| rustix::fs::fcntl_setfl(&staged, flags | OFlags::DIRECT))
+            .map_err(std::io::Error::from)
+            .and_then(|()| write_piece(&staged, piece));
         match written {
             Ok(()) => {}
             Err(e) if refused(&e) => {
+                // Ours (created exclusively above), and holding nothing anyone reads.
                 drop(staged);
                 let _ = std::fs::remove_file(&staging_path);
                 return Ok(None);
@@ -329,45 +297,20 @@ mod direct {
         }))
     }
 
-    /// Write `payload` (`len` bytes) to the start of `file`, `padded` bytes in all (zeros
-    /// after the payload; the caller cuts the file back to `len`). A payload of one page-aligned
-    /// piece (a pack, see `pack::PackBuilder`) is written from where it is, but for its last
-    /// partial page; any other is copied into an aligned buffer first. `None`: no memory for
-    /// that buffer.
-    fn write_direct(
-        file: &std::fs::File,
-        payload: &PutPayload,
-        len: usize,
-        padded: usize,
-    ) -> Option<std::io::Result<()>> {
-        let mut parts = payload.iter();
-        if let (Some(only), None) = (parts.next(), parts.next())
-            && only.as_ptr().align_offset(ALIGN) == 0
-        {
-            let whole = len - len % ALIGN;
-            if let Err(e) = write_all_at(file, &only[..whole], 0) {
-                return Some(Err(e));
-            }
-            if whole == len {
-                return Some(Ok(()));
-            }
-            let mut tail = Aligned::new(ALIGN)?;
-            let out = tail.aligned(ALIGN);
-            out[..len - whole].copy_from_slice(&only[whole..]);
-            return Some(write_all_at(file, out, whole as u64));
+    /// Write the page-aligned `piece` to the start of `file` (opened `O_DIRECT`): its whole
+    /// pages from where it is, its last partial page (if any) copied into a page of its own
+    /// and padded with zeros (the caller cuts the file back to the piece's length).
+    fn write_piece(file: &std::fs::File, piece: &[u8]) -> std::io::Result<()> {
+        let whole = piece.len() - piece.len() % ALIGN;
+        write_all_at(file, &piece[..whole], 0)?;
+        if whole < piece.len() {
+            let mut page = vec![0u8; 2 * ALIGN];
+            let at = page.as_ptr().align_offset(ALIGN);
+            let out = &mut page[at..at + ALIGN];
+            out[..piece.len() - whole].copy_from_slice(&piece[whole..]);
+            write_all_at(file, out, whole as u64)?;
         }
-        let mut buf = take(padded)?;
-        let out = buf.aligned(padded);
-        let mut at = 0;
-        for part in payload.iter() {
-            out[at..at + part.len()].copy_from_slice(part);
-            at += part.len();
-        }
-        // The padding is zeros (a kept buffer may hold an earlier object's bytes there).
-        out[len..].fill(0);
-        let written = write_all_at(file, out, 0);
-        give(buf);
-        Some(written)
+        Ok(())
     }
 
     fn write_all_at(file: &std::fs::File, mut data: &[u8], mut offset: u64) -> std::io::Result<()> {
@@ -399,15 +342,6 @@ mod direct {
     }
 }
 
-/// Objects written around the page cache so far, by every store of this process (tests).
-#[cfg(test)]
-pub(crate) fn direct_writes() -> u64 {
-    #[cfg(target_os = "linux")]
-    return direct::WRITTEN.load(std::sync::atomic::Ordering::Relaxed);
-    #[cfg(not(target_os = "linux"))]
-    0
-}
-
 /// Whether `file` was written around the page cache (tests).
 #[cfg(test)]
 pub(crate) fn written_directly(file: &std::path::Path) -> bool {
@@ -422,6 +356,15 @@ pub(crate) fn written_directly(file: &std::path::Path) -> bool {
         let _ = file;
         false
     }
+}
+
+/// `data` in one piece at a page boundary, as a pack is (tests).
+#[cfg(test)]
+pub(crate) fn page_aligned(data: &[u8]) -> Bytes {
+    let mut buf = vec![0u8; data.len() + 4096];
+    let at = buf.as_ptr().align_offset(4096);
+    buf[at..at + data.len()].copy_from_slice(data);
+    Bytes::from(buf).slice(at..at + data.len())
 }
 
 /// Whether the file system of `dir` takes `O_DIRECT` (tmpfs does not) (tests).
@@ -464,7 +407,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let plain = LocalFileSystem::new_with_prefix(dir.path()).unwrap();
         let store = LocalStore::new(LocalFileSystem::new_with_prefix(dir.path()).unwrap());
-        let before = direct_writes();
         // Sizes around the alignment and the threshold, in several parts (a payload of many
         // pieces is written as one), or in one page-aligned piece (0).
         let cases = [
@@ -481,10 +423,7 @@ mod tests {
             let data = body(n, k as u8);
             let payload: PutPayload = if parts == 0 {
                 // One piece at a page boundary (as packs are): written from where it is.
-                let mut buf = vec![0u8; n + 4096];
-                let at = buf.as_ptr().align_offset(4096);
-                buf[at..at + n].copy_from_slice(&data);
-                let piece = Bytes::from(buf).slice(at..at + n);
+                let piece = page_aligned(&data);
                 assert_eq!(piece.as_ptr().align_offset(4096), 0);
                 PutPayload::from(piece)
             } else {
@@ -496,6 +435,14 @@ mod tests {
             };
             let key = Path::from(format!("packs/a{k}/obj"));
             let put = store.put(&key, payload).await.unwrap();
+            // Only a large page-aligned piece goes around the page cache (where it can).
+            if takes_direct(dir.path()) {
+                assert_eq!(
+                    written_directly(&dir.path().join(format!("packs/a{k}/obj"))),
+                    parts == 0 && n >= DIRECT_MIN,
+                    "case {k}"
+                );
+            }
             let got = plain.get(&key).await.unwrap();
             assert_eq!(got.meta.size, n as u64, "case {k}");
             assert_eq!(put.e_tag, got.meta.e_tag, "case {k}: the same entity tag");
@@ -507,15 +454,6 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(store.get(&key).await.unwrap().bytes().await.unwrap(), again);
-        }
-        // Tests run in parallel and share the counter: at least this test's large puts
-        // (unless the file system refuses O_DIRECT, as tmpfs does).
-        if takes_direct(dir.path()) {
-            let direct = direct_writes() - before;
-            assert!(
-                direct >= 12,
-                "{direct} objects written around the page cache"
-            );
         }
         // No staging file is left behind; listing shows exactly the objects.
         let mut listed: Vec<String> = store
@@ -555,11 +493,15 @@ mod tests {
             ..PutOptions::default()
         };
         store
-            .put_opts(&key, PutPayload::from(first.clone()), create())
+            .put_opts(&key, PutPayload::from(page_aligned(&first)), create())
             .await
             .unwrap();
         let err = store
-            .put_opts(&key, PutPayload::from(body(2 * DIRECT_MIN, 9)), create())
+            .put_opts(
+                &key,
+                PutPayload::from(page_aligned(&body(2 * DIRECT_MIN, 9))),
+                create(),
+            )
             .await
             .unwrap_err();
         assert!(

@@ -784,7 +784,10 @@ mod tests {
         for (key, body) in [("packs/ab/big", big.clone()), ("ids/small", b"x".to_vec())] {
             store
                 .object_store()
-                .put(&Path::from(key), PutPayload::from(body.clone()))
+                .put(
+                    &Path::from(key),
+                    PutPayload::from(local_store::page_aligned(&body)),
+                )
                 .await
                 .unwrap();
             assert_eq!(std::fs::read(root.join(key)).unwrap(), body, "{key}");
