@@ -491,17 +491,13 @@ mod tests {
             max_size: 1024,
             normalization: 0,
         };
-        let odd = ChunkerParams {
-            min_size: 65,
-            ..small
-        };
         let wide = ChunkerParams {
             min_size: 512,
             avg_size: 512,
             max_size: 2048,
             normalization: 1,
         };
-        for base in [ChunkerParams::default(), small, odd, wide] {
+        for base in [ChunkerParams::default(), small, wide] {
             for normalization in 0..=3 {
                 let p = ChunkerParams {
                     normalization,

@@ -365,6 +365,18 @@ impl SnapshotStore {
     /// A store over any `object_store` backend.
     pub fn new(store: Arc<dyn ObjectStore>, config: SnapshotConfig) -> Result<Self> {
         config.chunker.validate()?;
+        // FastCDC reads two bytes at a time and asks for even sizes (an odd one shifts its
+        // boundaries by a byte, and a debug build of it panics). Snapshots written with odd
+        // sizes still read: only new saves are refused.
+        let c = &config.chunker;
+        if [c.min_size, c.avg_size, c.max_size]
+            .iter()
+            .any(|n| n % 2 != 0)
+        {
+            return Err(Error::InvalidInput {
+                message: format!("chunk sizes must be even: {c:?}"),
+            });
+        }
         if config.upload_concurrency == 0 || config.download_concurrency == 0 {
             return Err(Error::InvalidInput {
                 message: "concurrency limits must be at least 1".into(),
@@ -805,6 +817,32 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got.bytes().await.unwrap(), big);
+    }
+
+    #[test]
+    fn odd_chunk_sizes_are_refused_for_saving() {
+        for odd in [
+            ChunkerParams {
+                min_size: 16 * 1024 + 1,
+                ..ChunkerParams::default()
+            },
+            ChunkerParams {
+                avg_size: 64 * 1024 - 1,
+                ..ChunkerParams::default()
+            },
+            ChunkerParams {
+                max_size: 256 * 1024 + 1,
+                ..ChunkerParams::default()
+            },
+        ] {
+            let config = SnapshotConfig {
+                chunker: odd,
+                ..SnapshotConfig::default()
+            };
+            let err = SnapshotStore::in_memory(config).unwrap_err();
+            assert!(matches!(err, Error::InvalidInput { .. }), "{err}");
+        }
+        assert!(SnapshotStore::in_memory(SnapshotConfig::default()).is_ok());
     }
 
     #[test]

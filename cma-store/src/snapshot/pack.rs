@@ -18,6 +18,7 @@ use object_store::path::Path;
 use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
+use super::local_store::ALIGN;
 use super::manifest::ChunkHash;
 
 /// The name of a pack: 32 random bytes.
@@ -62,10 +63,6 @@ pub(crate) fn parse_pack_key(key: &Path) -> Option<PackId> {
     (parts.next().is_none() && dir.as_ref() == &id.to_hex()[..2]).then_some(id)
 }
 
-/// Alignment a pack's bytes start at in its buffer when there is room (a page): a local store
-/// writes such a pack around the page cache without copying it first (see `local_store`).
-const ALIGN: usize = 4096;
-
 /// Collects stored chunks into a pack.
 #[derive(Default)]
 pub(crate) struct PackBuilder {
@@ -92,7 +89,8 @@ impl PackBuilder {
 
     /// A builder writing into `buf` (cleared): a buffer of an uploaded pack, reused so its
     /// pages need not be faulted in again. The pack starts at the first page boundary in it
-    /// if it has room for that.
+    /// if it has room for that: a local store then writes it around the page cache without
+    /// copying it (see `local_store`).
     pub fn with_buffer(mut buf: Vec<u8>) -> Self {
         buf.clear();
         let start = buf.as_ptr().align_offset(ALIGN);
@@ -260,6 +258,21 @@ mod tests {
             assert!(verify(&sealed.id, &Bytes::from(bad)).is_err(), "byte {i}");
         }
         assert_eq!(parse_pack_key(&pack_key(&sealed.id)), Some(sealed.id));
+        // A builder with room starts its pack at a page boundary; the pack reads the same and
+        // its whole buffer comes back for reuse once the pack is dropped.
+        let mut b = PackBuilder::with_capacity(1 << 20);
+        for data in contents {
+            let blob = super::super::chunk::encode(data, 1).unwrap();
+            b.push(ChunkHash::of(data), data.len() as u32, &blob)
+                .unwrap();
+        }
+        let aligned = b.seal();
+        assert_eq!(aligned.bytes.as_ptr().align_offset(ALIGN), 0);
+        assert_eq!(parse(&aligned.id, &aligned.bytes).unwrap(), sealed.entries);
+        assert_eq!(&aligned.bytes[..], &sealed.bytes[..]);
+        drop(aligned.bytes);
+        let back = Vec::from(aligned.buffer.try_into_mut().unwrap());
+        assert!(back.capacity() >= 1 << 20);
         assert_eq!(parse_pack_key(&Path::from("packs/zz/abc")), None);
     }
 }
