@@ -101,10 +101,7 @@ fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
         let end = zero_cut(p, level);
         // The bytes FastCDC reads to cut there: from `min_size` (rounded down to even: it
         // reads two at a time) through the byte at the cut, which its hash includes.
-        if data[min & !1..(end + 1).min(max)]
-            .chunks(super::ZEROS.len())
-            .all(|c| c == &super::ZEROS[..c.len()])
-        {
+        if super::is_zeros(&data[min & !1..(end + 1).min(max)]) {
             return end;
         }
     }

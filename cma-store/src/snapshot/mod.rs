@@ -125,6 +125,11 @@ const IMPORT_PIECE_BYTES: usize = 256 * 1024;
 /// A block of zeros, for finding holes cheaply.
 static ZEROS: [u8; 64 * 1024] = [0; 64 * 1024];
 
+/// Whether `data` is all zeros (compared a block at a time, at memory speed).
+fn is_zeros(data: &[u8]) -> bool {
+    data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()])
+}
+
 /// Timing bounds of the garbage-collection protocol (see the module docs).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]

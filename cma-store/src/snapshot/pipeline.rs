@@ -81,7 +81,7 @@ pub(super) enum Job {
 pub(super) fn hash_chunk(data: &[u8]) -> ChunkHash {
     static ZERO_HASHES: std::sync::Mutex<Vec<(usize, ChunkHash)>> =
         std::sync::Mutex::new(Vec::new());
-    if !data.chunks(ZEROS.len()).all(|c| c == &ZEROS[..c.len()]) {
+    if !is_zeros(data) {
         return ChunkHash::of(data);
     }
     let mut memo = ZERO_HASHES.lock().unwrap_or_else(|e| e.into_inner());

@@ -20,7 +20,7 @@ pub(super) fn write_or_hole(
     data: &[u8],
 ) -> std::io::Result<()> {
     for piece in data.chunks(ZEROS.len()) {
-        if piece != &ZEROS[..piece.len()] {
+        if !is_zeros(piece) {
             f.write_all_at(piece, offset)?;
         }
         offset += piece.len() as u64;

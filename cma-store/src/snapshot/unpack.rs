@@ -36,7 +36,7 @@ use super::manifest::{ChunkRef, SnapshotManifest};
 use super::marker::RESTORE_MARKER;
 use super::restore::SEGMENT_BYTES;
 use super::tables::{EntryKey, Kind, Unit};
-use super::{ZEROS, joined};
+use super::{ZEROS, is_zeros, joined};
 use crate::SnapshotId;
 
 /// Archive bytes of small units restored by one task.
@@ -387,7 +387,7 @@ fn copy_through(
             ));
         }
         for piece in buf[..n].chunks(ZEROS.len()) {
-            if piece == &ZEROS[..piece.len()] {
+            if is_zeros(piece) {
                 dst.seek(SeekFrom::Current(piece.len() as i64))?;
                 hole = true;
             } else {
