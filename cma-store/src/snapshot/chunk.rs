@@ -92,6 +92,12 @@ fn level_of(params: &ChunkerParams) -> Normalization {
     }
 }
 
+/// Where the first chunk of `data` ends, `data` being the rest of a unit longer than
+/// `max_size` from a chunk's start: as [`cut_all`] cuts there.
+pub(crate) fn next_cut(params: &ChunkerParams, data: &[u8]) -> usize {
+    cut_point(params, level_of(params), data)
+}
+
 /// Where the first chunk of `data` ends.
 fn cut_point(p: &ChunkerParams, level: Normalization, data: &[u8]) -> usize {
     // A run of zeros (sparse files, zeroed images) cuts where any run of zeros does, found

@@ -67,6 +67,7 @@ mod chunk_index;
 mod error;
 mod fetch;
 mod gate;
+mod hinted;
 mod lister;
 mod local_store;
 mod manifest;

@@ -18,7 +18,9 @@ use tokio::task::JoinSet;
 use super::buffers::BufferPool;
 use super::chunk::{self, cut_all};
 use super::chunk_index::{ChunkIndex, IndexRecord, Location};
+use super::hinted::{self, Check};
 use super::pack::{PackBuilder, pack_key};
+use super::walk::Checks;
 use super::*;
 
 /// Hashing jobs in flight at once (each a unit of small files or about 1 MiB of a big file).
@@ -44,6 +46,8 @@ pub(super) struct Hashed {
     pub hash: ChunkHash,
     pub size: u32,
     pub payload: Payload,
+    /// Its check, for a big file's unit (see the `hinted` module).
+    pub check: Option<Check>,
 }
 
 /// What a hashed chunk carries to the pack.
@@ -72,8 +76,9 @@ pub(super) enum Job {
     Cut(Vec<Bytes>),
     /// A whole unit, to cut first.
     Whole(Bytes),
-    /// A whole unit of small entries, to read first (see `walk::pack_bytes`).
-    Files(Arc<cap_std::fs::Dir>, Vec<super::walk::Found>),
+    /// A whole unit of entries, to read first (see `walk::read_unit`), and what to do about
+    /// its checks.
+    Files(Arc<cap_std::fs::Dir>, Vec<super::walk::Found>, Checks),
 }
 
 /// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
@@ -115,14 +120,14 @@ pub(super) fn hash_job(
 ) -> Result<Vec<Hashed>> {
     // Capacity of the pooled buffer the chunks are slices of, if they are.
     let mut pooled_input = 0usize;
-    let chunks = match job {
-        Job::Cut(c) => c,
+    let mut hashed = match job {
+        Job::Cut(c) => hash_split(c, hint, level, pool)?,
         Job::Whole(b) => {
             let mut out = Vec::new();
             cut_all(params, b, &mut out);
-            out
+            hash_split(out, hint, level, pool)?
         }
-        Job::Files(root, pack) => {
+        Job::Files(root, pack, checks) => {
             let len = pack
                 .iter()
                 .map(super::walk::Found::archive_len)
@@ -133,12 +138,33 @@ pub(super) fn hash_job(
                 return Err(e);
             }
             pooled_input = buf.capacity();
-            let mut out = Vec::new();
-            cut_all(params, pool.freeze(buf), &mut out);
-            out
+            let data = pool.freeze(buf);
+            let head = pack.first().map_or(0, |f| f.header.len());
+            match checks {
+                Checks::Hinted(h) if data.len() > params.max_size as usize => {
+                    hash_hinted(params, data, head, &h, hint, level, pool)?
+                }
+                checks => {
+                    let mut out = Vec::new();
+                    cut_all(params, data, &mut out);
+                    let sums = match checks {
+                        Checks::None => None,
+                        Checks::Compute | Checks::Hinted(_) => {
+                            let slices: Vec<&[u8]> = out.iter().map(|c| &c[..]).collect();
+                            Some(hinted::checks_of(&slices, 0, head))
+                        }
+                    };
+                    let mut hashed = hash_split(out, hint, level, pool)?;
+                    if let Some(sums) = sums {
+                        for (h, c) in hashed.iter_mut().zip(sums) {
+                            h.check = Some(c);
+                        }
+                    }
+                    hashed
+                }
+            }
         }
     };
-    let mut hashed = hash_split(chunks, hint, level, pool)?;
     // Known chunks wait for their batch (up to `pack_bytes` of data) holding their content: a
     // few small ones must not keep a whole pooled buffer (256 KiB at least) out of the pool
     // that long, so little content is copied out of a big buffer.
@@ -157,6 +183,63 @@ pub(super) fn hash_job(
         }
     }
     Ok(hashed)
+}
+
+/// A changed big file's unit, cut and hashed where it differs from the parent's chunks (see
+/// the `hinted` module): the parent's chunks it still holds are taken unread, with their
+/// checks; the others are hashed (and compressed) as any, and checked.
+fn hash_hinted(
+    params: &ChunkerParams,
+    data: Bytes,
+    head: usize,
+    hints: &hinted::Hints,
+    hint: &Hint,
+    level: i32,
+    pool: &BufferPool,
+) -> Result<Vec<Hashed>> {
+    let cuts = hinted::cuts(params, &data, head, hints);
+    let mut fresh = Vec::new();
+    let mut fresh_at = Vec::new();
+    let mut start = 0;
+    for (i, c) in cuts.iter().enumerate() {
+        if c.same_as.is_none() {
+            fresh.push(data.slice(start..c.end));
+            fresh_at.push(i);
+        }
+        start = c.end;
+    }
+    let slices: Vec<&[u8]> = fresh.iter().map(|c| &c[..]).collect();
+    let sums: Vec<Check> = fresh_at
+        .iter()
+        .zip(&slices)
+        .map(|(&i, c)| hinted::check_of(i, c, head))
+        .collect();
+    drop(slices);
+    let mut fresh = hash_split(fresh, hint, level, pool)?
+        .into_iter()
+        .zip(sums)
+        .map(|(mut h, c)| {
+            h.check = Some(c);
+            h
+        });
+    let mut out = Vec::with_capacity(cuts.len());
+    for c in &cuts {
+        match c.same_as {
+            Some(k) => {
+                let r = &hints.refs[k];
+                out.push(Hashed {
+                    hash: r.hash,
+                    size: r.size,
+                    payload: Payload::Parent,
+                    check: Some(hints.checks[k]),
+                });
+            }
+            None => out.push(fresh.next().ok_or_else(|| {
+                Error::corrupt("save", "a hashed chunk went missing")
+            })?),
+        }
+    }
+    Ok(out)
 }
 
 /// Units at least this big are hashed (and compressed) on two threads: a big file is often the
@@ -241,6 +324,7 @@ fn hash_chunks(
             hash,
             size,
             payload,
+            check: None,
         });
     }
     if spans.is_empty() {

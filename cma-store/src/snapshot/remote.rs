@@ -22,6 +22,7 @@ use tokio::sync::mpsc;
 
 use super::chunk::Chunker;
 use super::error::{Error, Result};
+use super::hinted::Check;
 use super::manifest::{ChunkRef, ChunkerParams};
 use super::tables::{EntryKey, Kind};
 use super::walk::{
@@ -43,8 +44,8 @@ struct Planned {
     entries: Vec<Found>,
     big: bool,
     racy: bool,
-    /// The parent's chunks for it, if it can be taken unread.
-    reuse: Option<Vec<ChunkRef>>,
+    /// The parent's chunks (and their checks) for it, if it can be taken unread.
+    reuse: Option<(Vec<ChunkRef>, Vec<Check>)>,
 }
 
 fn key_of(e: &WorkspaceEntry) -> Option<EntryKey> {
@@ -101,7 +102,7 @@ fn plan(
             .then(|| {
                 parent
                     .and_then(|p| p.reusable(&keys))
-                    .map(<[ChunkRef]>::to_vec)
+                    .map(|(refs, checks)| (refs.to_vec(), checks.to_vec()))
             })
             .flatten();
         units.push(Planned {
@@ -242,8 +243,8 @@ pub(crate) async fn walk_listed(
     };
     for (i, unit) in units.iter().enumerate() {
         let keys: Vec<EntryKey> = unit.entries.iter().map(|f| f.key.clone()).collect();
-        if let Some(refs) = &unit.reuse {
-            send(&tx, Work::Reused(refs.clone())).await?;
+        if let Some((refs, checks)) = &unit.reuse {
+            send(&tx, Work::Reused(refs.clone(), checks.clone())).await?;
         } else if unit.big {
             let f = &unit.entries[0];
             big_file(&reader, f, &params, &tx).await?;

@@ -283,7 +283,8 @@ impl SnapshotStore {
     async fn load_units(&self, m: &SnapshotManifest) -> Result<Option<ParentUnits>> {
         let fetcher = fetch::Fetcher::new(self).await?;
         let bytes = self.load_table(&fetcher, &m.id, &m.files).await?;
-        Ok(tables::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks)))
+        let same_cuts = m.chunker == self.config.chunker;
+        Ok(tables::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks, same_cuts)))
     }
 
     /// Drive a save: hash what the producer sends (several jobs at once), store it in order,
@@ -316,6 +317,8 @@ impl SnapshotStore {
             let mut refs = Vec::new();
             let mut units = Vec::new();
             let mut unit_start = 0usize;
+            // The checks of the unit's chunks so far, while every chunk has one.
+            let mut unit_checks = Some(Vec::new());
             // Jobs hashing now, each with its place in the archive; what is done waits in
             // `done` until everything before it is taken (results are taken in archive order,
             // but a slow job does not keep the ones after it from starting).
@@ -366,14 +369,26 @@ impl SnapshotStore {
                     match item {
                         Item::Pieces(p, n) => {
                             held = held.saturating_sub(n);
+                            for piece in &p {
+                                match (&mut unit_checks, piece.check) {
+                                    (Some(all), Some(c)) => all.push(c),
+                                    (all, _) => *all = None,
+                                }
+                            }
                             self.accept(&mut st, p, &mut refs).await?
                         }
                         Item::UnitEnd { racy, entries } => {
                             let total = refs.len() + SnapshotStore::pending(&st);
+                            let chunk_count = total - unit_start;
+                            let checks = unit_checks
+                                .replace(Vec::new())
+                                .filter(|c| c.len() == chunk_count)
+                                .unwrap_or_default();
                             units.push(Unit {
-                                chunk_count: u32::try_from(total - unit_start).unwrap_or(u32::MAX),
+                                chunk_count: u32::try_from(chunk_count).unwrap_or(u32::MAX),
                                 racy,
                                 entries,
+                                checks,
                             });
                             unit_start = total;
                         }
@@ -414,14 +429,16 @@ impl SnapshotStore {
         let job = match work {
             Work::Chunks(c) => Job::Cut(c),
             Work::Whole(b) => Job::Whole(b),
-            Work::Files { root, pack } => Job::Files(root, pack),
-            Work::Reused(r) => {
+            Work::Files { root, pack, checks } => Job::Files(root, pack, checks),
+            Work::Reused(r, checks) => {
                 let pieces = r
                     .into_iter()
-                    .map(|c| Hashed {
+                    .enumerate()
+                    .map(|(i, c)| Hashed {
                         hash: c.hash,
                         size: c.size,
                         payload: Payload::Parent,
+                        check: checks.get(i).copied(),
                     })
                     .collect();
                 return Started::Ready(Item::Pieces(pieces, 0));

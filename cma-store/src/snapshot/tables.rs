@@ -7,12 +7,14 @@
 //!   every entry in each unit, so the next save can reuse a unit whose entries are unchanged
 //!   without reading them. It is a cache: a save that cannot use it reads everything.
 //!
-//! Unit record: `u32` chunk count, `u8` flags (bit 0: racy, never reuse), `u32` entry count,
-//! then per entry: `u16` path length, path bytes, `u8` kind, `u32` mode, `u64` size, `i64`
-//! mtime ns, `i64` ctime ns, `u64` inode. All little-endian. A unit's chunks follow the
+//! Unit record: `u32` chunk count, `u8` flags (bit 0: racy, never reuse; bit 1: checks
+//! follow), `u32` entry count, then per entry: `u16` path length, path bytes, `u8` kind, `u32`
+//! mode, `u64` size, `i64` mtime ns, `i64` ctime ns, `u64` inode; then, with bit 1, one 32-byte
+//! check per chunk (see the `hinted` module). All little-endian. A unit's chunks follow the
 //! previous unit's in the chunk table, so changing one unit changes only its own record.
 
 use super::error::{Error, Result};
+use super::hinted::Check;
 use super::manifest::{ChunkHash, ChunkRef, ChunkerParams};
 
 /// Bytes per chunk-table record.
@@ -88,14 +90,22 @@ pub(crate) struct Unit {
     /// Changed too recently to trust its times next time (see `walk`).
     pub racy: bool,
     pub entries: Vec<EntryKey>,
+    /// One check per chunk (see the `hinted` module), or none.
+    pub checks: Vec<Check>,
 }
+
+const RACY: u8 = 1;
+const CHECKED: u8 = 2;
 
 /// Serialize units.
 pub(crate) fn encode_units(units: &[Unit]) -> Vec<u8> {
     let mut out = Vec::new();
     for u in units {
+        // Checks that do not match the chunks one to one are left out (a save that cannot use
+        // them reads the file whole).
+        let checked = !u.checks.is_empty() && u.checks.len() == u.chunk_count as usize;
         out.extend_from_slice(&u.chunk_count.to_le_bytes());
-        out.push(u8::from(u.racy));
+        out.push(if u.racy { RACY } else { 0 } | if checked { CHECKED } else { 0 });
         out.extend_from_slice(&(u.entries.len() as u32).to_le_bytes());
         for e in &u.entries {
             // Paths longer than u16::MAX cannot exist on Linux (PATH_MAX is 4096).
@@ -108,6 +118,11 @@ pub(crate) fn encode_units(units: &[Unit]) -> Vec<u8> {
             out.extend_from_slice(&e.mtime_ns.to_le_bytes());
             out.extend_from_slice(&e.ctime_ns.to_le_bytes());
             out.extend_from_slice(&e.ino.to_le_bytes());
+        }
+        if checked {
+            for c in &u.checks {
+                out.extend_from_slice(c);
+            }
         }
     }
     out
@@ -137,11 +152,10 @@ pub(crate) fn decode_units(data: &[u8]) -> Option<Vec<Unit>> {
     let mut units = Vec::new();
     while !r.data.is_empty() {
         let chunk_count = u32::from_le_bytes(r.array()?);
-        let racy = match r.array::<1>()?[0] {
-            0 => false,
-            1 => true,
-            _ => return None,
-        };
+        let flags = r.array::<1>()?[0];
+        if flags & !(RACY | CHECKED) != 0 {
+            return None;
+        }
         let n = u32::from_le_bytes(r.array()?) as usize;
         // Each entry takes at least 39 bytes: bound the allocation by what is there.
         let mut entries = Vec::with_capacity(n.min(r.data.len() / 39));
@@ -164,10 +178,20 @@ pub(crate) fn decode_units(data: &[u8]) -> Option<Vec<Unit>> {
                 ino: u64::from_le_bytes(r.array()?),
             });
         }
+        let checks = if flags & CHECKED != 0 {
+            let n = (chunk_count as usize).checked_mul(32)?;
+            r.take(n)?
+                .chunks_exact(32)
+                .map(|c| c.try_into().ok())
+                .collect::<Option<Vec<Check>>>()?
+        } else {
+            Vec::new()
+        };
         units.push(Unit {
             chunk_count,
-            racy,
+            racy: flags & RACY != 0,
             entries,
+            checks,
         });
     }
     Some(units)
@@ -215,11 +239,19 @@ mod tests {
                 chunk_count: 3,
                 racy: false,
                 entries: vec![key("a", 1), key("dir/\u{e9}", 0)],
+                checks: Vec::new(),
             },
             Unit {
                 chunk_count: 0,
                 racy: true,
                 entries: vec![],
+                checks: Vec::new(),
+            },
+            Unit {
+                chunk_count: 2,
+                racy: true,
+                entries: vec![key("big", 1 << 20)],
+                checks: vec![[7; 32], [9; 32]],
             },
         ];
         let bytes = encode_units(&units);
@@ -233,5 +265,26 @@ mod tests {
         let mut bad = bytes.clone();
         bad[4] = 7; // flags
         assert!(decode_units(&bad).is_none());
+    }
+
+    #[test]
+    fn checks_that_do_not_match_the_chunks_are_left_out() {
+        let unit = Unit {
+            chunk_count: 3,
+            racy: false,
+            entries: vec![key("big", 1 << 20)],
+            checks: vec![[1; 32]; 2],
+        };
+        let back = decode_units(&encode_units(std::slice::from_ref(&unit))).unwrap();
+        assert!(back[0].checks.is_empty());
+        assert_eq!(back[0].entries, unit.entries);
+        // A record claiming checks for more chunks than its bytes hold is refused.
+        let mut bytes = encode_units(&[Unit {
+            chunk_count: 1,
+            checks: vec![[1; 32]],
+            ..unit
+        }]);
+        bytes[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(decode_units(&bytes).is_none());
     }
 }

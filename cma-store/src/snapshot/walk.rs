@@ -33,6 +33,7 @@ use tokio::sync::mpsc;
 
 use super::chunk::Chunker;
 use super::error::{Error, Result};
+use super::hinted::{Check, Hints};
 use super::lister::{Lister, with_lister};
 use super::manifest::{ChunkRef, ChunkerParams};
 use super::tables::{EntryKey, Kind, Unit};
@@ -64,13 +65,27 @@ pub(crate) enum Work {
     /// New archive bytes forming a whole unit, to be cut into chunks by whoever hashes them
     /// (so the cutting runs on another core than the walk).
     Whole(Bytes),
-    /// A whole unit of small entries whose files are still to be read (see [`pack_bytes`]),
-    /// by whoever hashes them: reading, cutting and hashing run beside the walk.
-    Files { root: Arc<Dir>, pack: Vec<Found> },
-    /// Chunks taken from the parent unchanged.
-    Reused(Vec<ChunkRef>),
+    /// A whole unit of entries whose files are still to be read (see [`read_unit`]), by
+    /// whoever hashes them: reading, cutting and hashing run beside the walk.
+    Files {
+        root: Arc<Dir>,
+        pack: Vec<Found>,
+        checks: Checks,
+    },
+    /// Chunks taken from the parent unchanged, with their checks if it had them.
+    Reused(Vec<ChunkRef>, Vec<Check>),
     /// The unit whose chunks were just sent is complete.
     UnitEnd { racy: bool, entries: Vec<EntryKey> },
+}
+
+/// What a unit's reader does about checks (see the `hinted` module).
+pub(crate) enum Checks {
+    /// None are computed (small entries, or a save without a parent).
+    None,
+    /// Computed for every chunk.
+    Compute,
+    /// Computed, and the parent's used to cut and hash only what changed.
+    Hinted(Box<Hints>),
 }
 
 /// Counts for the manifest.
@@ -84,33 +99,70 @@ pub(crate) struct Counts {
 
 /// The parent snapshot's units, for reuse.
 pub(crate) struct ParentUnits {
-    /// First path of each unit → (its entries, its chunks).
-    by_first: HashMap<Vec<u8>, (Vec<EntryKey>, Vec<ChunkRef>)>,
+    /// First path of each unit → the unit.
+    by_first: HashMap<Vec<u8>, ParentUnit>,
+    /// Whether the parent was cut with this save's chunker setting (else its chunks are no
+    /// hints for cutting).
+    same_cuts: bool,
+}
+
+struct ParentUnit {
+    entries: Vec<EntryKey>,
+    refs: Vec<ChunkRef>,
+    checks: Vec<Check>,
+    racy: bool,
 }
 
 impl ParentUnits {
-    /// Pair the parent's units with its chunk list; `None` if they do not add up.
-    pub fn new(units: Vec<Unit>, chunks: &[ChunkRef]) -> Option<Self> {
+    /// Pair the parent's units with its chunk list; `None` if they do not add up. `same_cuts`:
+    /// whether the parent was cut with this save's chunker setting.
+    pub fn new(units: Vec<Unit>, chunks: &[ChunkRef], same_cuts: bool) -> Option<Self> {
         let mut by_first = HashMap::with_capacity(units.len());
         let mut at = 0usize;
         for u in units {
             let end = at.checked_add(u.chunk_count as usize)?;
             let refs = chunks.get(at..end)?.to_vec();
             at = end;
-            if u.racy {
-                continue;
-            }
             if let Some(first) = u.entries.first() {
-                by_first.insert(first.path.clone(), (u.entries, refs));
+                let checks = if u.checks.len() == refs.len() {
+                    u.checks
+                } else {
+                    Vec::new()
+                };
+                by_first.insert(
+                    first.path.clone(),
+                    ParentUnit {
+                        entries: u.entries,
+                        refs,
+                        checks,
+                        racy: u.racy,
+                    },
+                );
             }
         }
-        (at == chunks.len()).then_some(Self { by_first })
+        (at == chunks.len()).then_some(Self {
+            by_first,
+            same_cuts,
+        })
     }
 
-    /// The parent's chunks for a unit of exactly these entries, if it had one.
-    pub fn reusable(&self, entries: &[EntryKey]) -> Option<&[ChunkRef]> {
-        let (keys, refs) = self.by_first.get(&entries.first()?.path)?;
-        (keys.as_slice() == entries).then_some(refs.as_slice())
+    /// The parent's chunks (and their checks) for a unit of exactly these entries, if it had
+    /// one whose times can be trusted.
+    pub fn reusable(&self, entries: &[EntryKey]) -> Option<(&[ChunkRef], &[Check])> {
+        let u = self.by_first.get(&entries.first()?.path)?;
+        (!u.racy && u.entries.as_slice() == entries).then_some((&u.refs, &u.checks))
+    }
+
+    /// The parent's chunks and checks of the big file `key` names, as hints to cut and hash
+    /// its new content (see the `hinted` module): its times do not matter, every byte is
+    /// checked.
+    pub fn hints(&self, key: &EntryKey) -> Option<Hints> {
+        let u = self.by_first.get(&key.path)?;
+        let file = matches!(u.entries.as_slice(), [e] if e.kind == Kind::File);
+        (self.same_cuts && file && !u.checks.is_empty()).then(|| Hints {
+            refs: u.refs.clone(),
+            checks: u.checks.clone(),
+        })
     }
 }
 
@@ -128,7 +180,7 @@ impl Work {
             Work::Chunks(c) => c.iter().map(|b| b.len() as u64).sum(),
             Work::Whole(b) => b.len() as u64,
             Work::Files { pack, .. } => pack.iter().map(Found::archive_len).sum(),
-            Work::Reused(_) | Work::UnitEnd { .. } => 0,
+            Work::Reused(..) | Work::UnitEnd { .. } => 0,
         }
     }
 }
@@ -441,12 +493,13 @@ impl Walker<'_> {
         for f in &pack {
             self.count(f)?;
         }
-        if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
-            self.send(Work::Reused(refs.to_vec()))?;
+        if !racy && let Some((refs, checks)) = self.parent.and_then(|p| p.reusable(&entries)) {
+            self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
         } else {
             self.send(Work::Files {
                 root: self.root.clone(),
                 pack,
+                checks: Checks::None,
             })?;
         }
         self.send(Work::UnitEnd { racy, entries })
@@ -456,15 +509,23 @@ impl Walker<'_> {
         self.count(&f)?;
         let racy = self.racy(&f.key);
         let entries = vec![f.key.clone()];
-        if !racy && let Some(refs) = self.parent.and_then(|p| p.reusable(&entries)) {
-            self.send(Work::Reused(refs.to_vec()))?;
+        if !racy && let Some((refs, checks)) = self.parent.and_then(|p| p.reusable(&entries)) {
+            self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
             return self.send(Work::UnitEnd { racy, entries });
         }
         if f.key.size <= READ_ELSEWHERE {
-            // Read, cut and hashed whole by a job on another core.
+            // Read, cut and hashed whole by a job on another core; with checks in a save with
+            // a parent (see the `hinted` module).
+            let checks = match self.parent {
+                Some(p) => p
+                    .hints(&f.key)
+                    .map_or(Checks::Compute, |h| Checks::Hinted(Box::new(h))),
+                None => Checks::None,
+            };
             self.send(Work::Files {
                 root: self.root.clone(),
                 pack: vec![f],
+                checks,
             })?;
             return self.send(Work::UnitEnd { racy, entries });
         }
