@@ -84,7 +84,11 @@ fn main() {
                 .block_on(store.save("sesn_profile", sandbox.as_ref(), None))
                 .expect("save");
             println!("full save in {:?}", t.elapsed());
-            let mut rng = rand::rngs::StdRng::seed_from_u64(2);
+            // A new seed each run: the same edits again would change nothing.
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(2, |d| d.as_nanos() as u64);
+            let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
             let path = PathBuf::from(dir).join("data/part-000.bin");
             for _ in 0..rounds {
                 if mode == "inc" {

@@ -4,12 +4,15 @@
 //! open per directory, an `fstatat` per entry (a profile of an incremental save of a 256 MiB
 //! workspace: four fifths of the walk in the kernel). They run here, on [`WORKERS`] threads,
 //! for several directories at once, while the walk (which must visit entries in archive order)
-//! takes each directory's listing when it reaches it.
+//! takes each directory's listing when it reaches it. The walk lists a directory itself when
+//! no worker has started on it, and lists others while a worker finishes the one it wants:
+//! threads sleep only with nothing to do, and are woken only for something to do (each
+//! wake-up is a context switch; waiting for each directory cost a sixth of a save's CPU time).
 //!
 //! Order and bounds: a listed directory's subdirectories are queued first (so listings come
 //! roughly in the walk's depth-first order); at most [`READY_AHEAD`] listings wait for the walk,
-//! and past that the workers list only the directory the walk is waiting for, so memory and
-//! open directory handles stay bounded (each queued directory holds its parent's handle).
+//! and past that only the walk lists (what it needs next), so memory and open directory handles
+//! stay bounded (each queued directory holds its parent's handle).
 //! Directories are opened by name beneath their parent's descriptor without following symlinks
 //! (see `list`), entries are `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`: nothing outside the
 //! workspace is ever looked at.
@@ -77,20 +80,51 @@ struct State {
     ready: HashMap<PathBuf, Outcome>,
     /// Directories being listed now.
     busy: Vec<PathBuf>,
-    /// The directory the walk waits for.
+    /// The directory the walk waits for (being listed by a worker).
     wanted: Option<PathBuf>,
+    /// Workers waiting for something to do.
+    idle: usize,
     stop: bool,
 }
 
+impl State {
+    /// Whether a worker has something to do: list ahead of the walk. (What the walk waits
+    /// for is being listed already: it lists a queued directory it wants itself.)
+    fn has_work(&self) -> bool {
+        !self.queue.is_empty() && self.ready.len() < READY_AHEAD
+    }
+
+    /// Queue a listed directory's subdirectories first, so listings come in about the walk's
+    /// order.
+    fn queue_first(&mut self, subdirs: Vec<Queued>) {
+        for q in subdirs.into_iter().rev() {
+            self.queue.push_front(q);
+        }
+    }
+}
+
+/// Threads wait only when there is nothing for them to do, and are woken only when there is
+/// (a wake-up costs both cores a context switch, and a save makes one per directory
+/// otherwise).
 #[derive(Default)]
 struct Shared {
     state: Mutex<State>,
-    changed: Condvar,
+    /// Workers wait here for work.
+    work: Condvar,
+    /// The walk waits here for a listing a worker is making.
+    listed: Condvar,
 }
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Wake a waiting worker if there is one and it has something to do.
+    fn wake_worker(&self, st: &State) {
+        if st.idle > 0 && st.has_work() {
+            self.work.notify_one();
+        }
     }
 }
 
@@ -134,85 +168,115 @@ struct StopOnDrop<'a>(&'a Shared);
 impl Drop for StopOnDrop<'_> {
     fn drop(&mut self) {
         self.0.lock().stop = true;
-        self.0.changed.notify_all();
+        self.0.work.notify_all();
     }
 }
 
 impl Lister {
     /// The listing of the directory `rel` (the workspace is the empty path), once listed;
     /// `None` if it vanished first. Each directory is taken once, after its parent.
+    ///
+    /// The walk lists a directory itself when no worker has started on it, and while a worker
+    /// lists the one it wants it lists the next queued one, so it waits only when there is
+    /// nothing else to do.
     pub fn take(&self, rel: &std::path::Path) -> Outcome {
-        let mut st = self.shared.lock();
-        st.wanted = Some(rel.to_owned());
-        self.shared.changed.notify_all();
+        let shared = &*self.shared;
+        let mut st = shared.lock();
         loop {
             if let Some(out) = st.ready.remove(rel) {
-                st.wanted = None;
-                // A slot freed up: workers may run ahead again.
-                self.shared.changed.notify_all();
+                // A slot freed up: a worker may run ahead again.
+                shared.wake_worker(&st);
                 return out;
+            }
+            if let Some(i) = st.queue.iter().position(|q| q.rel == rel) {
+                let item = st.queue.remove(i).expect("a queued directory");
+                drop(st);
+                let (outcome, subdirs) = list_caught(item);
+                let mut st = shared.lock();
+                st.queue_first(subdirs);
+                shared.wake_worker(&st);
+                return outcome;
             }
             // Neither listed, nor being listed, nor queued: it never will be (taken twice, or
             // not a directory its parent's listing named). An error, never a wait forever.
-            if !st.busy.iter().any(|b| b == rel) && !st.queue.iter().any(|q| q.rel == rel) {
-                st.wanted = None;
+            if !st.busy.iter().any(|b| b == rel) {
                 return Err(Error::io(
                     format!("reading /workspace/{}", rel.display()),
                     io::Error::other("directory not listed (changed during the walk)"),
                 ));
             }
-            st = self
-                .shared
-                .changed
-                .wait(st)
-                .unwrap_or_else(|e| e.into_inner());
+            // A worker is listing it: list another meanwhile, if any may be read ahead.
+            if st.has_work()
+                && let Some(item) = st.queue.pop_front()
+            {
+                st.busy.push(item.rel.clone());
+                drop(st);
+                st = finish(shared, item);
+                continue;
+            }
+            st.wanted = Some(rel.to_owned());
+            st = shared.listed.wait(st).unwrap_or_else(|e| e.into_inner());
+            st.wanted = None;
         }
     }
 }
 
+/// List `item` (marked busy), catching a panic as its error (the walk would wait for it
+/// forever otherwise); its outcome, and its subdirectories to list next.
+fn list_caught(item: Queued) -> (Outcome, Vec<Queued>) {
+    let rel = item.rel.clone();
+    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(item)))
+        .unwrap_or_else(|_| {
+            Err(Error::io(
+                format!("reading /workspace/{}", rel.display()),
+                io::Error::other("listing the directory panicked"),
+            ))
+        });
+    match listed {
+        Ok(Some((listing, subdirs))) => (Ok(Some(listing)), subdirs),
+        Ok(None) => (Ok(None), Vec::new()),
+        Err(e) => (Err(e), Vec::new()),
+    }
+}
+
+/// List `item` (marked busy) for the walk to take later; the state after.
+fn finish(shared: &Shared, item: Queued) -> MutexGuard<'_, State> {
+    let rel = item.rel.clone();
+    let (outcome, subdirs) = list_caught(item);
+    let mut st = shared.lock();
+    st.queue_first(subdirs);
+    st.busy.retain(|b| *b != rel);
+    if st.wanted.as_ref() == Some(&rel) {
+        shared.listed.notify_one();
+    }
+    st.ready.insert(rel, outcome);
+    shared.wake_worker(&st);
+    st
+}
+
 fn work(shared: &Shared) {
+    let mut st = shared.lock();
     loop {
-        let item = {
-            let mut st = shared.lock();
-            loop {
-                if st.stop {
-                    return;
-                }
-                let next = if st.ready.len() < READY_AHEAD && !st.queue.is_empty() {
-                    Some(0)
-                } else {
-                    let wanted = st.wanted.as_deref();
-                    wanted.and_then(|w| st.queue.iter().position(|q| q.rel == w))
-                };
-                if let Some(at) = next.and_then(|i| st.queue.remove(i)) {
-                    st.busy.push(at.rel.clone());
-                    break at;
-                }
-                st = shared.changed.wait(st).unwrap_or_else(|e| e.into_inner());
-            }
-        };
-        let rel = item.rel.clone();
-        // A panic while listing becomes this directory's error (the walk would wait for it
-        // forever otherwise).
-        let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(item)))
-            .unwrap_or_else(|_| {
-                Err(Error::io(
-                    format!("reading /workspace/{}", rel.display()),
-                    io::Error::other("listing the directory panicked"),
-                ))
-            });
-        let (outcome, subdirs) = match listed {
-            Ok(Some((listing, subdirs))) => (Ok(Some(listing)), subdirs),
-            Ok(None) => (Ok(None), Vec::new()),
-            Err(e) => (Err(e), Vec::new()),
-        };
-        let mut st = shared.lock();
-        for q in subdirs.into_iter().rev() {
-            st.queue.push_front(q);
+        if st.stop {
+            return;
         }
-        st.busy.retain(|b| *b != rel);
-        st.ready.insert(rel, outcome);
-        shared.changed.notify_all();
+        let next = if st.has_work() {
+            st.queue.pop_front()
+        } else {
+            None
+        };
+        match next {
+            Some(item) => {
+                st.busy.push(item.rel.clone());
+                drop(st);
+                st = finish(shared, item);
+            }
+            None => {
+                st.idle += 1;
+                st = shared.work.wait(st).unwrap_or_else(|e| e.into_inner());
+                st.idle -= 1;
+            }
+        }
     }
 }
 

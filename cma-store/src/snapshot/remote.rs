@@ -125,7 +125,7 @@ fn plan(
             counts.files += 1;
             counts.bytes += key.size;
         }
-        let found = Found { key, header };
+        let found = Found::built(key, header);
         if found.key.kind == Kind::File && found.key.size >= BIG_FILE {
             finish(std::mem::take(&mut pack), false, &mut units);
             pack_bytes = 0;

@@ -153,6 +153,14 @@ impl ParentUnits {
         (!u.racy && u.entries.as_slice() == entries).then_some((&u.refs, &u.checks))
     }
 
+    /// [`reusable`](Self::reusable) for the entries of `found`, without copying their keys.
+    pub fn reusable_found(&self, found: &[Found]) -> Option<(&[ChunkRef], &[Check])> {
+        let u = self.by_first.get(&found.first()?.key.path)?;
+        let same = u.entries.len() == found.len()
+            && u.entries.iter().zip(found).all(|(e, f)| *e == f.key);
+        (!u.racy && same).then_some((&u.refs, &u.checks))
+    }
+
     /// The parent's chunks and checks of the big file `key` names, as hints to cut and hash
     /// its new content (see the `hinted` module): its times do not matter, every byte is
     /// checked.
@@ -169,8 +177,11 @@ impl ParentUnits {
 /// One entry found by the walk.
 pub(crate) struct Found {
     pub key: EntryKey,
-    /// Its tar header (with any long-name records before it).
+    /// Its tar header (with any long-name records before it); built only for entries that
+    /// are read (see [`Found::lazy`]), empty until then.
     pub header: Vec<u8>,
+    /// The header's length, known before it is built.
+    pub head_len: u64,
 }
 
 impl Work {
@@ -186,14 +197,59 @@ impl Work {
 }
 
 impl Found {
+    /// An entry with its header built.
+    pub fn built(key: EntryKey, header: Vec<u8>) -> Self {
+        let head_len = header.len() as u64;
+        Self {
+            key,
+            header,
+            head_len,
+        }
+    }
+
+    /// An entry whose header is built only if it is read ([`Found::build`]): a file's or a
+    /// directory's path of at most 100 bytes fits the header's name field, so the header is one
+    /// block (the tar crate writes a long-name record before it only for a longer path). Any
+    /// other entry (a symlink, a long path) is built now.
+    pub fn lazy(
+        builder: &mut tar::Builder<Vec<u8>>,
+        key: EntryKey,
+        link: Option<&FsPath>,
+    ) -> io::Result<Self> {
+        if key.kind != Kind::Symlink && key.path.len() <= 100 {
+            return Ok(Self {
+                key,
+                header: Vec::new(),
+                head_len: 512,
+            });
+        }
+        let header = tar_header(builder, key_path(&key), &key, link)?;
+        Ok(Self::built(key, header))
+    }
+
+    /// Build the header of an entry made by [`Found::lazy`], if it is not yet.
+    pub fn build(&mut self, builder: &mut tar::Builder<Vec<u8>>) -> io::Result<()> {
+        if self.header.is_empty() {
+            self.header = tar_header(builder, key_path(&self.key), &self.key, None)?;
+            debug_assert_eq!(self.header.len() as u64, self.head_len);
+        }
+        Ok(())
+    }
+
     pub fn archive_len(&self) -> u64 {
         let data = if self.key.kind == Kind::File {
             self.key.size.div_ceil(512) * 512
         } else {
             0
         };
-        self.header.len() as u64 + data
+        self.head_len + data
     }
+}
+
+/// An entry's path, as a path.
+fn key_path(key: &EntryKey) -> &FsPath {
+    use std::os::unix::ffi::OsStrExt;
+    FsPath::new(std::ffi::OsStr::from_bytes(&key.path))
 }
 
 fn shown(k: &EntryKey) -> String {
@@ -421,10 +477,17 @@ impl Walker<'_> {
             return Ok(());
         };
         self.counts.skipped += listing.skipped;
+        let rel_bytes = rel.as_os_str().as_encoded_bytes();
         for e in listing.entries {
-            let path = rel.join(&e.name);
+            let name = e.name.as_encoded_bytes();
+            let mut path = Vec::with_capacity(rel_bytes.len() + 1 + name.len());
+            if !rel_bytes.is_empty() {
+                path.extend_from_slice(rel_bytes);
+                path.push(b'/');
+            }
+            path.extend_from_slice(name);
             let key = EntryKey {
-                path: path.as_os_str().as_encoded_bytes().to_vec(),
+                path,
                 kind: e.kind,
                 mode: e.mode,
                 size: e.size,
@@ -432,15 +495,15 @@ impl Walker<'_> {
                 ctime_ns: ns(e.ctime.0, e.ctime.1),
                 ino: e.ino,
             };
-            let header = tar_header(&mut self.builder, &path, &key, e.target.as_deref())
-                .map_err(io_err(&path))?;
-            let found = Found { key, header };
+            let found = Found::lazy(&mut self.builder, key, e.target.as_deref())
+                .map_err(|err| io_err(&rel.join(&e.name))(err))?;
             match e.kind {
                 Kind::File if found.key.size >= BIG_FILE => {
                     self.flush_pack()?;
                     self.big_file(found)?;
                 }
                 Kind::Dir => {
+                    let path = rel.join(&e.name);
                     self.add_to_pack(found)?;
                     self.walk_dir(path, depth + 1)?;
                 }
@@ -486,26 +549,34 @@ impl Walker<'_> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let pack = std::mem::take(&mut self.pack);
+        let mut pack = std::mem::take(&mut self.pack);
         self.pack_bytes = 0;
         let racy = pack.iter().any(|f| self.racy(&f.key));
-        let entries: Vec<EntryKey> = pack.iter().map(|f| f.key.clone()).collect();
         for f in &pack {
             self.count(f)?;
         }
-        if !racy && let Some((refs, checks)) = self.parent.and_then(|p| p.reusable(&entries)) {
+        let reused = (!racy)
+            .then(|| self.parent.and_then(|p| p.reusable_found(&pack)))
+            .flatten();
+        let entries = if let Some((refs, checks)) = reused {
             self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
+            pack.into_iter().map(|f| f.key).collect()
         } else {
+            let entries = pack.iter().map(|f| f.key.clone()).collect();
+            for f in &mut pack {
+                f.build(&mut self.builder).map_err(|e| Error::io(shown(&f.key), e))?;
+            }
             self.send(Work::Files {
                 root: self.root.clone(),
                 pack,
                 checks: Checks::None,
             })?;
-        }
+            entries
+        };
         self.send(Work::UnitEnd { racy, entries })
     }
 
-    fn big_file(&mut self, f: Found) -> Result<()> {
+    fn big_file(&mut self, mut f: Found) -> Result<()> {
         self.count(&f)?;
         let racy = self.racy(&f.key);
         let entries = vec![f.key.clone()];
@@ -513,6 +584,8 @@ impl Walker<'_> {
             self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
             return self.send(Work::UnitEnd { racy, entries });
         }
+        f.build(&mut self.builder)
+            .map_err(|e| Error::io(shown(&f.key), e))?;
         if f.key.size <= READ_ELSEWHERE {
             // Read, cut and hashed whole by a job on another core; with checks in a save with
             // a parent (see the `hinted` module).
