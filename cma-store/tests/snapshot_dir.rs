@@ -1,6 +1,8 @@
 //! Saving straight from the workspace directory (the isolate backend's `local_workspace`):
-//! the archive matches the export path's, and an incremental save that skips unchanged files
-//! still sees every change, including ones that keep a file's size and mtime.
+//! the archive matches the export path's, an incremental save that skips unchanged files
+//! still sees every change, including ones that keep a file's size and mtime, and a big file
+//! edited between saves (cut along its parent's chunks) is stored exactly as a full save would
+//! store it.
 
 mod common;
 
@@ -136,6 +138,72 @@ async fn an_incremental_save_skips_unchanged_files_and_sees_every_change() {
         "{data} of {}",
         first.uploaded_bytes
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_big_file_edited_between_saves_is_stored_as_a_full_save_stores_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 21, 40);
+    let path = src.host.join("db/big.bin");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    let mut rng = seeded(21);
+    let mut big = vec![0u8; 3 << 20];
+    rand::RngCore::fill_bytes(&mut rng, &mut big);
+    // A run of zeros too (cut without a content match).
+    big[1 << 20..(1 << 20) + 600_000].fill(0);
+    std::fs::write(&path, &big).unwrap();
+    let mut last = store
+        .save("sesn_edit", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    let random = |rng: &mut rand::rngs::StdRng, n: usize| {
+        let mut v = vec![0u8; n];
+        rand::RngCore::fill_bytes(rng, &mut v);
+        v
+    };
+    // Each edit, then a save with the previous snapshot as parent: the first reads the file
+    // whole and records its chunks' checks, the later ones cut it along them.
+    for round in 0..10 {
+        match round % 5 {
+            0 | 1 => {
+                let at = 4096 + round * 200_000;
+                let fresh = random(&mut rng, 70_000);
+                big[at..at + fresh.len()].copy_from_slice(&fresh);
+            }
+            2 => {
+                let fresh = random(&mut rng, 5_000);
+                big.splice(300_000..300_000, fresh);
+            }
+            3 => big.truncate(big.len() - 123_457),
+            _ => big.extend(random(&mut rng, 500_001)),
+        }
+        std::fs::write(&path, &big).unwrap();
+        let next = store
+            .save("sesn_edit", src.sandbox.as_ref(), Some(&last.id))
+            .await
+            .unwrap();
+        // The chunks a save into an empty store cuts from the same workspace.
+        let fresh_store = local_store(&tmp.path().join(format!("fresh-{round}")));
+        let full = fresh_store
+            .save("sesn_edit", src.sandbox.as_ref(), None)
+            .await
+            .unwrap();
+        assert_eq!(next.chunks, full.chunks, "round {round}");
+        let dst = iso.sandbox().await;
+        store.restore(&next.id, dst.sandbox.as_ref()).await.unwrap();
+        assert_eq!(listing(&dst.host), listing(&src.host), "round {round}");
+        if round % 5 < 2 {
+            // An edit in place uploads about what changed, and the tables.
+            let data = next
+                .uploaded_bytes
+                .saturating_sub(stored(&next.table) + stored(&next.files));
+            assert!(data < 600_000, "round {round}: {data}");
+        }
+        last = next;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -633,3 +633,42 @@ impl Walker<'_> {
         self.send(Work::UnitEnd { racy, entries })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_header_built_later_is_as_long_as_said_before() {
+        let mut builder = tar::Builder::new(Vec::new());
+        for len in 1..=300usize {
+            for kind in [Kind::File, Kind::Dir, Kind::Symlink] {
+                // Components of up to 50 bytes, some of them two-byte characters.
+                let name: String = (0..len)
+                    .map(|i| match i % 51 {
+                        50 => '/',
+                        7 if len % 2 == 0 => 'é',
+                        _ => 'a',
+                    })
+                    .collect();
+                let path = name.trim_end_matches('/').as_bytes().to_vec();
+                let key = EntryKey {
+                    path,
+                    kind,
+                    mode: 0o100644,
+                    size: 3,
+                    mtime_ns: 1_700_000_000_000_000_000,
+                    ctime_ns: 0,
+                    ino: 1,
+                };
+                let link = (kind == Kind::Symlink).then(|| FsPath::new("../t"));
+                let mut found = Found::lazy(&mut builder, key.clone(), link).unwrap();
+                let said = found.head_len;
+                found.build(&mut builder).unwrap();
+                let built = tar_header(&mut builder, key_path(&key), &key, link).unwrap();
+                assert_eq!(found.header, built, "{len} {kind:?}");
+                assert_eq!(said, built.len() as u64, "{len} {kind:?}");
+            }
+        }
+    }
+}
