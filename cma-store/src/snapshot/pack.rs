@@ -108,6 +108,11 @@ impl PackBuilder {
     }
 
     /// Bytes of chunks so far.
+    /// The buffer back, for a pack that will not be sealed (its content is dropped).
+    pub fn into_buffer(self) -> Vec<u8> {
+        self.buf
+    }
+
     pub fn len(&self) -> usize {
         self.buf.len() - self.start
     }

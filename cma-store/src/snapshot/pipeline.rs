@@ -382,6 +382,16 @@ pub(super) struct SaveState {
     batch_bytes: usize,
 }
 
+impl Drop for SaveState {
+    /// The buffer of the pack being filled goes back to the pool (after a save, the empty pack
+    /// that would have followed the last one holds a whole pack's buffer: dropped, each save
+    /// would fault a new one in).
+    fn drop(&mut self) {
+        let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(Vec::new()));
+        self.pool.give(pack.into_buffer());
+    }
+}
+
 /// A chunk accepted, waiting for its batch's record.
 struct Batched {
     hash: ChunkHash,
