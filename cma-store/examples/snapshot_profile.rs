@@ -136,23 +136,51 @@ fn main() {
     }
 }
 
-/// CPU time of this process so far, in user space and in the kernel (in 10 ms ticks), and its
-/// minor page faults (Linux).
+/// Counts heap allocations, so a run can report how many a save makes.
+struct Counting;
+
+static ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged; only a counter is added.
+unsafe impl std::alloc::GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: the caller's contract is the system allocator's.
+        unsafe { std::alloc::System.alloc(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        // SAFETY: as above.
+        unsafe { std::alloc::System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { std::alloc::System.realloc(ptr, layout, size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+/// CPU time of this process so far, in user space and in the kernel (in 10 ms ticks), its
+/// minor page faults (Linux) and its heap allocations.
 struct Usage {
     user: u64,
     system: u64,
     faults: u64,
+    allocations: u64,
 }
 
 impl Usage {
     /// What was used from `before` to this reading, for printing.
     fn since(&self, before: &Usage) -> String {
         format!(
-            "{} ms CPU ({} user, {} kernel), {} page faults",
+            "{} ms CPU ({} user, {} kernel), {} page faults, {} allocations",
             (self.user + self.system - before.user - before.system) * 10,
             (self.user - before.user) * 10,
             (self.system - before.system) * 10,
-            self.faults - before.faults
+            self.faults - before.faults,
+            self.allocations - before.allocations
         )
     }
 }
@@ -171,5 +199,6 @@ fn usage_now() -> Usage {
         user: at(14),
         system: at(15),
         faults: at(10),
+        allocations: ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed),
     }
 }

@@ -18,10 +18,10 @@
 //! workspace is ever looked at.
 
 use std::collections::{HashMap, VecDeque};
-use std::ffi::OsString;
+use std::ffi::{CStr, OsStr, OsString};
 use std::io;
 use std::os::fd::OwnedFd;
-use std::os::unix::ffi::OsStringExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
@@ -40,7 +40,8 @@ pub(crate) const READY_AHEAD: usize = 32;
 
 /// One entry of a directory, as `fstatat` found it.
 pub(crate) struct Listed {
-    pub name: OsString,
+    /// Where its name is in [`Listing::names`] (see [`Listing::name`]).
+    pub name: std::ops::Range<usize>,
     pub kind: Kind,
     pub mode: u32,
     pub size: u64,
@@ -56,6 +57,62 @@ pub(crate) struct Listed {
 pub(crate) struct Listing {
     pub entries: Vec<Listed>,
     pub skipped: u64,
+    /// The entries' names, one after another, each followed by a NUL (one allocation per
+    /// directory, not one per name).
+    pub names: Vec<u8>,
+}
+
+impl Listing {
+    /// The name of `entry`, one of this listing's.
+    pub fn name(&self, entry: &Listed) -> &OsStr {
+        OsStr::from_bytes(&self.names[entry.name.clone()])
+    }
+}
+
+/// The names `getdents` gave, each followed by a NUL in `buf`: `spans` says where (without the
+/// NUL).
+struct Names {
+    buf: Vec<u8>,
+    spans: Vec<std::ops::Range<usize>>,
+}
+
+impl Names {
+    fn new() -> Self {
+        Self {
+            buf: Vec::new(),
+            spans: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, name: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(name);
+        self.spans.push(start..self.buf.len());
+        self.buf.push(0);
+    }
+
+    fn bytes(&self, span: &std::ops::Range<usize>) -> &[u8] {
+        &self.buf[span.clone()]
+    }
+
+    fn os_str(&self, span: &std::ops::Range<usize>) -> &OsStr {
+        OsStr::from_bytes(self.bytes(span))
+    }
+
+    /// A name, NUL-terminated for a system call (no copy). (A name cannot hold a NUL; if one
+    /// did, the empty name would fail the call.)
+    fn c_str(&self, span: &std::ops::Range<usize>) -> &CStr {
+        CStr::from_bytes_with_nul(&self.buf[span.start..=span.end]).unwrap_or_default()
+    }
+
+    /// In name order, once each (a directory renamed while it is read can come back twice
+    /// from `getdents`).
+    fn sort(&mut self) {
+        let mut spans = std::mem::take(&mut self.spans);
+        spans.sort_unstable_by(|a, b| self.bytes(a).cmp(self.bytes(b)));
+        spans.dedup_by(|a, b| self.bytes(a) == self.bytes(b));
+        self.spans = spans;
+    }
 }
 
 /// A directory to list: by its parent's handle and its name (the workspace itself: its own
@@ -191,7 +248,7 @@ impl Lister {
             if let Some(i) = st.queue.iter().position(|q| q.rel == rel) {
                 let item = st.queue.remove(i).expect("a queued directory");
                 drop(st);
-                let (outcome, subdirs) = list_caught(item);
+                let (_, outcome, subdirs) = list_caught(item);
                 let mut st = shared.lock();
                 st.queue_first(subdirs);
                 shared.wake_worker(&st);
@@ -221,11 +278,11 @@ impl Lister {
     }
 }
 
-/// List `item` (marked busy), catching a panic as its error (the walk would wait for it
-/// forever otherwise); its outcome, and its subdirectories to list next.
-fn list_caught(item: Queued) -> (Outcome, Vec<Queued>) {
-    let rel = item.rel.clone();
-    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(item)))
+/// List `item`, catching a panic as its error (the walk would wait for it forever otherwise);
+/// its path, its outcome, and its subdirectories to list next.
+fn list_caught(item: Queued) -> (PathBuf, Outcome, Vec<Queued>) {
+    let Queued { rel, depth, at } = item;
+    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(&rel, depth, at)))
         .unwrap_or_else(|_| {
             Err(Error::io(
                 format!("reading /workspace/{}", rel.display()),
@@ -233,16 +290,15 @@ fn list_caught(item: Queued) -> (Outcome, Vec<Queued>) {
             ))
         });
     match listed {
-        Ok(Some((listing, subdirs))) => (Ok(Some(listing)), subdirs),
-        Ok(None) => (Ok(None), Vec::new()),
-        Err(e) => (Err(e), Vec::new()),
+        Ok(Some((listing, subdirs))) => (rel, Ok(Some(listing)), subdirs),
+        Ok(None) => (rel, Ok(None), Vec::new()),
+        Err(e) => (rel, Err(e), Vec::new()),
     }
 }
 
 /// List `item` (marked busy) for the walk to take later; the state after.
 fn finish(shared: &Shared, item: Queued) -> MutexGuard<'_, State> {
-    let rel = item.rel.clone();
-    let (outcome, subdirs) = list_caught(item);
+    let (rel, outcome, subdirs) = list_caught(item);
     let mut st = shared.lock();
     st.queue_first(subdirs);
     st.busy.retain(|b| *b != rel);
@@ -282,11 +338,11 @@ fn work(shared: &Shared) {
 
 /// The names in the open directory `fd`, without `.` and `..`, in the order `getdents` gives.
 #[cfg(target_os = "linux")]
-fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+fn read_names(fd: &OwnedFd) -> rustix::io::Result<Names> {
     // Straight from `getdents` on the descriptor itself: no duplicate to open and close.
     let mut buf = Vec::with_capacity(16 << 10);
     let mut dir = rustix::fs::RawDir::new(fd, buf.spare_capacity_mut());
-    let mut names = Vec::new();
+    let mut names = Names::new();
     while let Some(entry) = dir.next() {
         let entry = match entry {
             Ok(entry) => entry,
@@ -297,7 +353,7 @@ fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
         };
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
+            names.add(name);
         }
     }
     Ok(names)
@@ -305,16 +361,16 @@ fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
 
 /// The names in the open directory `fd`, without `.` and `..`.
 #[cfg(not(target_os = "linux"))]
-fn read_names(fd: &OwnedFd) -> rustix::io::Result<Vec<OsString>> {
+fn read_names(fd: &OwnedFd) -> rustix::io::Result<Names> {
     // Read through a duplicate: the stream owns (and closes) its descriptor.
     let dup = rustix::io::fcntl_dupfd_cloexec(fd, 0)?;
     let mut stream = rustix::fs::Dir::new(dup)?;
-    let mut names = Vec::new();
+    let mut names = Names::new();
     while let Some(entry) = stream.read() {
         let entry = entry?;
         let name = entry.file_name().to_bytes();
         if name != b"." && name != b".." {
-            names.push(OsString::from_vec(name.to_vec()));
+            names.add(name);
         }
     }
     Ok(names)
@@ -330,8 +386,7 @@ fn io_err(rel: &std::path::Path) -> impl Fn(io::Error) -> Error + '_ {
 /// are skipped) relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`: a symlink
 /// swapped in is refused, never followed, so the walk cannot leave the workspace. Two system
 /// calls fewer per directory than `cap_std`'s `open_dir` then `entries` (which reopens `.`).
-fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
-    let Queued { rel, depth, at } = item;
+fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listing, Vec<Queued>)>> {
     if depth > MAX_DEPTH {
         return Err(Error::InvalidInput {
             message: TOO_DEEP.to_owned(),
@@ -351,20 +406,20 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
         }
     };
     let mut names = read_names(&fd).map_err(|e| io_err(&rel)(e.into()))?;
-    // A directory renamed while it is read can come back twice from `getdents`: list it once.
     names.sort();
-    names.dedup();
     let fd = Arc::new(fd);
     let mut listing = Listing {
-        entries: Vec::with_capacity(names.len()),
+        entries: Vec::with_capacity(names.spans.len()),
         skipped: 0,
+        names: Vec::new(),
     };
     let mut subdirs = Vec::new();
-    for name in names {
-        let st = match rustix::fs::statat(&*fd, name.as_os_str(), AtFlags::SYMLINK_NOFOLLOW) {
+    for span in &names.spans {
+        let name = names.os_str(span);
+        let st = match rustix::fs::statat(&*fd, names.c_str(span), AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => continue,
-            Err(e) => return Err(io_err(&rel.join(&name))(e.into())),
+            Err(e) => return Err(io_err(&rel.join(name))(e.into())),
         };
         let kind = match FileType::from_raw_mode(st.st_mode as _) {
             FileType::RegularFile => Kind::File,
@@ -373,28 +428,28 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
             // Sockets, FIFOs and devices are not part of a workspace snapshot (no restore
             // could make them mean the same): left out, and counted in the manifest.
             _ => {
-                tracing::debug!(path = %rel.join(&name).display(), "snapshot save skips a special file");
+                tracing::debug!(path = %rel.join(name).display(), "snapshot save skips a special file");
                 listing.skipped += 1;
                 continue;
             }
         };
         let target = match kind {
             Kind::Symlink => {
-                let t = rustix::fs::readlinkat(&*fd, name.as_os_str(), Vec::new())
-                    .map_err(|e| io_err(&rel.join(&name))(e.into()))?;
+                let t = rustix::fs::readlinkat(&*fd, names.c_str(span), Vec::new())
+                    .map_err(|e| io_err(&rel.join(name))(e.into()))?;
                 Some(PathBuf::from(OsString::from_vec(t.into_bytes())))
             }
             _ => None,
         };
         if kind == Kind::Dir {
             subdirs.push(Queued {
-                rel: rel.join(&name),
+                rel: rel.join(name),
                 depth: depth + 1,
-                at: Place::Child(fd.clone(), name.clone()),
+                at: Place::Child(fd.clone(), name.to_owned()),
             });
         }
         listing.entries.push(Listed {
-            name,
+            name: span.clone(),
             kind,
             mode: st.st_mode as u32,
             size: if kind == Kind::File {
@@ -408,6 +463,7 @@ fn list(item: Queued) -> Result<Option<(Listing, Vec<Queued>)>> {
             target,
         });
     }
+    listing.names = names.buf;
     Ok(Some((listing, subdirs)))
 }
 
@@ -426,8 +482,8 @@ mod tests {
         let Some(listing) = l.take(rel)? else {
             return Ok(());
         };
-        for e in listing.entries {
-            let p = rel.join(&e.name);
+        for e in &listing.entries {
+            let p = rel.join(listing.name(e));
             out.push(p.display().to_string());
             if e.kind == Kind::Dir {
                 walk(l, &p, out)?;
@@ -515,7 +571,7 @@ mod tests {
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
         let fd = rustix::fs::openat(rustix::fs::CWD, &sub, flags, Mode::empty()).unwrap();
         std::fs::remove_dir(&sub).unwrap();
-        assert!(read_names(&fd).unwrap().is_empty());
+        assert!(read_names(&fd).unwrap().spans.is_empty());
     }
 
     #[test]

@@ -536,7 +536,11 @@ impl SnapshotStore {
             if st.first_record.is_none() {
                 st.first_record = Some(Instant::now());
             }
-            let body: String = named.iter().map(|h| h.to_hex() + "\n").collect();
+            let mut body = String::with_capacity(named.len() * 65);
+            for h in &named {
+                super::manifest::push_hex(&mut body, &h.0);
+                body.push('\n');
+            }
             let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
             st.seq += 1;
             self.put(&key, Bytes::from(body), PutMode::Overwrite)

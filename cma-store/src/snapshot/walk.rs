@@ -478,14 +478,15 @@ impl Walker<'_> {
         };
         self.counts.skipped += listing.skipped;
         let rel_bytes = rel.as_os_str().as_encoded_bytes();
-        for e in listing.entries {
-            let name = e.name.as_encoded_bytes();
-            let mut path = Vec::with_capacity(rel_bytes.len() + 1 + name.len());
+        for e in &listing.entries {
+            let name = listing.name(e);
+            let name_bytes = name.as_encoded_bytes();
+            let mut path = Vec::with_capacity(rel_bytes.len() + 1 + name_bytes.len());
             if !rel_bytes.is_empty() {
                 path.extend_from_slice(rel_bytes);
                 path.push(b'/');
             }
-            path.extend_from_slice(name);
+            path.extend_from_slice(name_bytes);
             let key = EntryKey {
                 path,
                 kind: e.kind,
@@ -496,14 +497,14 @@ impl Walker<'_> {
                 ino: e.ino,
             };
             let found = Found::lazy(&mut self.builder, key, e.target.as_deref())
-                .map_err(|err| io_err(&rel.join(&e.name))(err))?;
+                .map_err(|err| io_err(&rel.join(name))(err))?;
             match e.kind {
                 Kind::File if found.key.size >= BIG_FILE => {
                     self.flush_pack()?;
                     self.big_file(found)?;
                 }
                 Kind::Dir => {
-                    let path = rel.join(&e.name);
+                    let path = rel.join(name);
                     self.add_to_pack(found)?;
                     self.walk_dir(path, depth + 1)?;
                 }
