@@ -241,7 +241,11 @@ mod tests {
         let (old_chunks, hints) = saved(old, head);
         let got = cuts(&P, new, head, &hints);
         let got_ends: Vec<usize> = got.iter().map(|c| c.end).collect();
-        assert_eq!(got_ends, ends(&full_cut(new)), "cuts differ from a full cut");
+        assert_eq!(
+            got_ends,
+            ends(&full_cut(new)),
+            "cuts differ from a full cut"
+        );
         let mut start = 0;
         let mut reused = 0;
         for c in &got {

@@ -36,7 +36,7 @@ use object_store::{
 };
 
 /// Objects at least this big are written with `O_DIRECT`.
-pub(crate) const DIRECT_MIN: usize = 1 << 20;
+pub(crate) const DIRECT_MIN: usize = 8 << 20;
 /// Alignment `O_DIRECT` asks of buffers, offsets and lengths (a page: enough for any logical
 /// block size up to 4 KiB); packs start at such an address in their buffer.
 pub(crate) const ALIGN: usize = 4096;

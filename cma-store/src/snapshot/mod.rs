@@ -74,6 +74,7 @@ mod manifest;
 mod marker;
 mod pack;
 mod pipeline;
+mod recent;
 mod remote;
 mod safety;
 mod tables;
@@ -279,6 +280,8 @@ pub struct SnapshotStore {
     store: Arc<dyn ObjectStore>,
     config: Arc<SnapshotConfig>,
     index: Arc<chunk_index::IndexCache>,
+    /// The last snapshot saved, for the next save (see the `recent` module).
+    recent: Arc<recent::RecentCache>,
 }
 
 impl std::fmt::Debug for SnapshotStore {
@@ -400,6 +403,7 @@ impl SnapshotStore {
             store,
             config: Arc::new(config),
             index: Arc::default(),
+            recent: Arc::default(),
         })
     }
 

@@ -234,9 +234,11 @@ fn hash_hinted(
                     check: Some(hints.checks[k]),
                 });
             }
-            None => out.push(fresh.next().ok_or_else(|| {
-                Error::corrupt("save", "a hashed chunk went missing")
-            })?),
+            None => out.push(
+                fresh
+                    .next()
+                    .ok_or_else(|| Error::corrupt("save", "a hashed chunk went missing"))?,
+            ),
         }
     }
     Ok(out)
@@ -414,16 +416,17 @@ enum Held {
 }
 
 impl SnapshotStore {
-    /// A save's store side, with the parent's chunks trusted if configured.
+    /// A save's store side, with the parent's chunks trusted if configured (the parent's
+    /// manifest, and where it is).
     pub(super) async fn save_state(
         &self,
-        parent: Option<(&SnapshotId, &SnapshotManifest)>,
+        parent: Option<(&SnapshotManifest, &Path)>,
         index: Arc<ChunkIndex>,
         pool: BufferPool,
     ) -> Result<SaveState> {
         let parent = match parent {
-            Some((id, m)) if self.config.trust_parent_chunks => Some(ParentInfo {
-                key: self.manifest_key_of(id).await?,
+            Some((m, key)) if self.config.trust_parent_chunks => Some(ParentInfo {
+                key: key.clone(),
                 chunks: m
                     .chunks
                     .iter()

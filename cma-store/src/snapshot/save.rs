@@ -163,8 +163,7 @@ impl SnapshotStore {
     ) -> Result<SnapshotManifest> {
         let created_at = Utc::now();
         let started = std::time::SystemTime::now();
-        let parent_m = self.load_parent(parent).await?;
-        let units = self.parent_units(parent_m.as_ref()).await;
+        let (parent_m, units) = self.parent_with_units(parent).await?;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let producer = Box::pin(remote::walk_listed(
             sandbox,
@@ -178,7 +177,7 @@ impl SnapshotStore {
             session_id,
             created_at,
             parent,
-            parent_m.as_ref(),
+            parent_m.as_ref().map(|(m, k)| (m, k)),
             rx,
             producer,
         )
@@ -217,7 +216,7 @@ impl SnapshotStore {
             session_id,
             created_at,
             parent,
-            parent_m.as_ref(),
+            parent_m.as_ref().map(|(m, k)| (m, k)),
             rx,
             async move { producer.await.map_err(joined) },
         )
@@ -236,8 +235,7 @@ impl SnapshotStore {
         check_session_id(session_id)?;
         let created_at = Utc::now();
         let started = std::time::SystemTime::now();
-        let parent_m = self.load_parent(parent).await?;
-        let units = self.parent_units(parent_m.as_ref()).await;
+        let (parent_m, units) = self.parent_with_units(parent).await?;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let (params, max_bytes) = (self.config.chunker, self.config.max_archive_bytes);
         let walker = tokio::task::spawn_blocking(move || {
@@ -248,21 +246,42 @@ impl SnapshotStore {
             session_id,
             created_at,
             parent,
-            parent_m.as_ref(),
+            parent_m.as_ref().map(|(m, k)| (m, k)),
             rx,
             async move { walker.await.map_err(joined)? },
         )
         .await
     }
 
-    async fn load_parent(&self, parent: Option<&SnapshotId>) -> Result<Option<SnapshotManifest>> {
+    /// The parent's manifest and where it is.
+    async fn load_parent(
+        &self,
+        parent: Option<&SnapshotId>,
+    ) -> Result<Option<(SnapshotManifest, Path)>> {
         match parent {
             Some(id) => {
                 let key = self.manifest_key_of(id).await?;
-                Ok(Some(self.read_manifest_at(&key, id).await?))
+                let m = self.read_manifest_at(&key, id).await?;
+                Ok(Some((m, key)))
             }
             None => Ok(None),
         }
+    }
+
+    /// The parent's manifest, where it is, and its units for reuse: kept in memory if it is
+    /// the snapshot this store saved last (see the `recent` module), else read.
+    async fn parent_with_units(
+        &self,
+        parent: Option<&SnapshotId>,
+    ) -> Result<(Option<(SnapshotManifest, Path)>, Option<ParentUnits>)> {
+        if let Some(r) = parent.and_then(|id| self.recent.take(id)) {
+            let same_cuts = r.manifest.chunker == self.config.chunker;
+            let units = ParentUnits::new(r.units, &r.manifest.chunks, same_cuts);
+            return Ok((Some((r.manifest, r.key)), units));
+        }
+        let parent_m = self.load_parent(parent).await?;
+        let units = self.parent_units(parent_m.as_ref().map(|(m, _)| m)).await;
+        Ok((parent_m, units))
     }
 
     /// The parent's units for reuse; `None` (read everything) without a usable file table.
@@ -294,15 +313,16 @@ impl SnapshotStore {
         session_id: &str,
         created_at: DateTime<Utc>,
         parent: Option<&SnapshotId>,
-        parent_m: Option<&SnapshotManifest>,
+        parent_at: Option<(&SnapshotManifest, &Path)>,
         rx: mpsc::Receiver<Result<Vec<Work>>>,
         producer: impl Future<Output = Result<Counts>>,
     ) -> Result<SnapshotManifest> {
+        let parent_m = parent_at.map(|(m, _)| m);
         let pool = BufferPool::shared();
         let _running = pool.save_started();
         let index = self.load_index().await?;
         let mut st = self
-            .save_state(parent.zip(parent_m), index.clone(), pool.clone())
+            .save_state(parent_at, index.clone(), pool.clone())
             .await?;
         let hint = Arc::new(Hint {
             parent: parent_m
@@ -558,6 +578,14 @@ impl SnapshotStore {
                 }) => {} // same id, same content: an identical snapshot is already there
                 r => r?,
             }
+        }
+        // The next save of the session most likely names this one as parent.
+        if !saved.units.is_empty() {
+            self.recent.keep(recent::Recent {
+                key,
+                manifest: m.clone(),
+                units: saved.units,
+            });
         }
         Ok(m)
     }

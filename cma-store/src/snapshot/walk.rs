@@ -156,8 +156,8 @@ impl ParentUnits {
     /// [`reusable`](Self::reusable) for the entries of `found`, without copying their keys.
     pub fn reusable_found(&self, found: &[Found]) -> Option<(&[ChunkRef], &[Check])> {
         let u = self.by_first.get(&found.first()?.key.path)?;
-        let same = u.entries.len() == found.len()
-            && u.entries.iter().zip(found).all(|(e, f)| *e == f.key);
+        let same =
+            u.entries.len() == found.len() && u.entries.iter().zip(found).all(|(e, f)| *e == f.key);
         (!u.racy && same).then_some((&u.refs, &u.checks))
     }
 
@@ -565,7 +565,8 @@ impl Walker<'_> {
         } else {
             let entries = pack.iter().map(|f| f.key.clone()).collect();
             for f in &mut pack {
-                f.build(&mut self.builder).map_err(|e| Error::io(shown(&f.key), e))?;
+                f.build(&mut self.builder)
+                    .map_err(|e| Error::io(shown(&f.key), e))?;
             }
             self.send(Work::Files {
                 root: self.root.clone(),

@@ -1,0 +1,115 @@
+//! The last snapshot a store saved, kept in memory for the next save that names it as parent.
+//!
+//! A session saves again and again, each save with the previous one as parent, and each save
+//! starts by reading its parent: the manifest, the chunk table and the file table, decoded
+//! into units. On a local store that is a few milliseconds of a save that otherwise takes
+//! twenty when little changed. The saving process had all of it in memory a moment before, so
+//! a store keeps its last saved snapshot (one, of a bounded size) and the next save taking it
+//! as parent takes it from here instead. A snapshot never changes once saved (its id is the
+//! hash of its manifest), so what is kept cannot go stale; whether the parent still exists
+//! is checked again when its chunks are named, exactly as when it is read from the store.
+
+use std::sync::Mutex;
+
+use object_store::path::Path;
+
+use super::manifest::SnapshotManifest;
+use super::tables::Unit;
+use crate::SnapshotId;
+
+/// Largest file table kept, in entries (about 100 bytes of memory each).
+const MAX_ENTRIES: usize = 200_000;
+
+/// A snapshot just saved, as its next save needs it.
+pub(crate) struct Recent {
+    /// Where its manifest is.
+    pub key: Path,
+    pub manifest: SnapshotManifest,
+    /// Its file table.
+    pub units: Vec<Unit>,
+}
+
+/// At most one [`Recent`], shared by a store's clones.
+#[derive(Default)]
+pub(crate) struct RecentCache(Mutex<Option<Recent>>);
+
+impl RecentCache {
+    /// Keep `recent` (in place of any other), unless its file table is too big to hold.
+    pub fn keep(&self, recent: Recent) {
+        let entries: usize = recent.units.iter().map(|u| u.entries.len()).sum();
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        *slot = (entries <= MAX_ENTRIES).then_some(recent);
+    }
+
+    /// The snapshot `id`, if it is the one kept (it is given out once).
+    pub fn take(&self, id: &SnapshotId) -> Option<Recent> {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.as_ref().is_some_and(|r| r.manifest.id == *id) {
+            slot.take()
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::snapshot::tables::{EntryKey, Kind};
+
+    fn recent(id: u8, entries: usize) -> Recent {
+        let manifest = SnapshotManifest {
+            id: SnapshotId::from_hex(&format!("{id:02x}").repeat(32)).unwrap(),
+            format_version: crate::snapshot::FORMAT_VERSION,
+            session_id: "sesn_1".into(),
+            created_at: chrono::Utc::now(),
+            parent: None,
+            file_count: 1,
+            content_bytes: 1,
+            skipped_entries: 0,
+            archive_bytes: 0,
+            stored_bytes: 0,
+            uploaded_bytes: 0,
+            chunker: Default::default(),
+            chunks: Vec::new(),
+            table: Vec::new(),
+            files: Vec::new(),
+        };
+        let key = EntryKey {
+            path: b"f".to_vec(),
+            kind: Kind::File,
+            mode: 0o100644,
+            size: 1,
+            mtime_ns: 0,
+            ctime_ns: 0,
+            ino: 1,
+        };
+        Recent {
+            key: Path::from("manifests/x"),
+            manifest,
+            units: vec![Unit {
+                chunk_count: 0,
+                racy: false,
+                entries: vec![key; entries],
+                checks: Vec::new(),
+            }],
+        }
+    }
+
+    #[test]
+    fn the_last_snapshot_is_given_once_and_only_for_its_id() {
+        let cache = RecentCache::default();
+        cache.keep(recent(1, 3));
+        cache.keep(recent(2, 3));
+        let one = SnapshotId::from_hex(&"01".repeat(32)).unwrap();
+        let two = SnapshotId::from_hex(&"02".repeat(32)).unwrap();
+        assert!(cache.take(&one).is_none());
+        assert!(cache.take(&two).is_some());
+        assert!(cache.take(&two).is_none());
+        // Too big to keep: nothing is, not even the one before.
+        cache.keep(recent(1, 3));
+        cache.keep(recent(2, MAX_ENTRIES + 1));
+        assert!(cache.take(&one).is_none());
+        assert!(cache.take(&two).is_none());
+    }
+}
