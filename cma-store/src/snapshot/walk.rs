@@ -550,7 +550,7 @@ impl Walker<'_> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let mut pack = std::mem::take(&mut self.pack);
+        let mut pack = std::mem::replace(&mut self.pack, Vec::with_capacity(16));
         self.pack_bytes = 0;
         let racy = pack.iter().any(|f| self.racy(&f.key));
         for f in &pack {
