@@ -363,7 +363,7 @@ struct ParentInfo {
 /// The state of one save's store side.
 pub(super) struct SaveState {
     pub save_id: uuid::Uuid,
-    seq: u32,
+    pub seq: u32,
     pub first_record: Option<Instant>,
     /// Chunks known to be in the store (or in a pack of this save), with their stored sizes.
     confirmed: HashMap<ChunkHash, u32>,
@@ -441,7 +441,9 @@ impl SnapshotStore {
             save_id: uuid::Uuid::new_v4(),
             seq: 0,
             first_record: None,
-            confirmed: HashMap::new(),
+            confirmed: HashMap::with_capacity(
+                parent.as_ref().map_or(0, |p: &ParentInfo| p.chunks.len()),
+            ),
             parent,
             index,
             pack: PackBuilder::with_buffer(pool.take(self.pack_capacity())),
@@ -720,9 +722,9 @@ impl SnapshotStore {
     }
 
     /// Remove the save's `inflight/` records (best effort: stale ones are collected later).
-    pub(super) async fn drop_records(&self, st: &SaveState) {
-        for seq in 0..st.seq {
-            let key = Path::from(format!("inflight/{}/{seq:08}", st.save_id));
+    pub(super) async fn drop_records(&self, save_id: uuid::Uuid, records: u32) {
+        for seq in 0..records {
+            let key = Path::from(format!("inflight/{save_id}/{seq:08}"));
             if let Err(e) = self.delete_key(&key).await {
                 tracing::warn!(error = %e, "could not remove a save record; gc removes it later");
             }

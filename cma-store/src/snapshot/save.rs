@@ -334,7 +334,7 @@ impl SnapshotStore {
         // (Boxed, as is the producer: both are large state machines.)
         let stored = Box::pin(async {
             let mut rx = rx;
-            let mut refs = Vec::new();
+            let mut refs = Vec::with_capacity(parent_m.map_or(0, |m| m.chunks.len()));
             let mut units = Vec::new();
             let mut unit_start = 0usize;
             // The checks of the unit's chunks so far, while every chunk has one.
@@ -438,7 +438,10 @@ impl SnapshotStore {
             }
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
         };
-        self.drop_records(&st).await;
+        // Best effort, and nothing waits for it: a record left behind is removed by a
+        // collection once stale.
+        let (store, save_id, records) = (self.clone(), st.save_id, st.seq);
+        tokio::spawn(async move { store.drop_records(save_id, records).await });
         result
     }
 
