@@ -14,12 +14,16 @@ use super::*;
 /// What a save produced before its manifest.
 struct Saved {
     refs: Vec<ChunkRef>,
-    units: Vec<Unit>,
     counts: Counts,
-    /// The parent's table chunks: most of a new table's chunks are among them (tables are cut
-    /// by content), and those are hashed but not compressed again.
-    parent_tables: HashSet<ChunkHash>,
+    /// The file table, being encoded and hashed (see [`SnapshotStore::hash_table`]); it gives
+    /// back the units.
+    files: TableJob<Vec<Unit>>,
+    /// What tables are hashed against (see [`SnapshotStore::hash_table`]).
+    table_hint: Arc<Hint>,
 }
+
+/// A table being hashed on the blocking pool: what it was made of, and its chunks.
+type TableJob<T> = tokio::task::JoinHandle<(T, Result<Vec<Hashed>>)>;
 
 /// One step of the pipeline, in archive order.
 enum Item {
@@ -418,20 +422,27 @@ impl SnapshotStore {
             if !done.is_empty() {
                 return Err(Error::corrupt("save", "a piece of work was never taken"));
             }
+            // The file table is known now: it is encoded and hashed while the last batch is
+            // named (the chunk table waits for that).
+            let table_hint = Arc::new(Hint {
+                parent: parent_m
+                    .map(|m| m.table.iter().chain(&m.files).map(|c| c.hash).collect())
+                    .unwrap_or_default(),
+                index: st.index.clone(),
+            });
+            let files = self.hash_table(units, table_hint.clone(), |u| tables::encode_units(u));
             self.flush(&mut st, &mut refs).await?;
-            Ok::<_, Error>((refs, units))
+            Ok::<_, Error>((refs, files, table_hint))
         });
         // The producer runs alongside (it may borrow the sandbox, so it is not a task).
         let (stored, counts) = tokio::join!(stored, producer);
         let result = match (stored, counts) {
-            (Ok((refs, units)), Ok(counts)) => {
+            (Ok((refs, files, table_hint)), Ok(counts)) => {
                 let saved = Saved {
                     refs,
-                    units,
                     counts,
-                    parent_tables: parent_m
-                        .map(|m| m.table.iter().chain(&m.files).map(|c| c.hash).collect())
-                        .unwrap_or_default(),
+                    files,
+                    table_hint,
                 };
                 self.commit(&mut st, session_id, created_at, parent, saved)
                     .await
@@ -479,31 +490,42 @@ impl SnapshotStore {
         }))
     }
 
-    /// Store tables as chunks, hashed side by side and named in one record; returns the refs of
-    /// each, in order.
+    /// Encode a table from `of` with `encode` and hash it (on the blocking pool); `of` comes
+    /// back with the chunks. `hint`: the parent's table chunks (most of a new table's chunks
+    /// are among them: tables are cut by content, and those are hashed but not compressed
+    /// again) and the index.
+    fn hash_table<T: Send + 'static>(
+        &self,
+        of: T,
+        hint: Arc<Hint>,
+        encode: fn(&T) -> Vec<u8>,
+    ) -> TableJob<T> {
+        let level = self.config.zstd_level;
+        tokio::task::spawn_blocking(move || {
+            let bytes = Bytes::from(encode(&of));
+            let pool = BufferPool::shared();
+            let hashed = hash_job(
+                Job::Whole(bytes),
+                &hint,
+                &tables::TABLE_CHUNKER,
+                level,
+                &pool,
+            );
+            (of, hashed)
+        })
+    }
+
+    /// Store tables (hashed, in order) as chunks named in one record; returns the refs of each,
+    /// in order.
     async fn store_tables(
         &self,
         st: &mut SaveState,
-        tables: Vec<Vec<u8>>,
-        parent_tables: HashSet<ChunkHash>,
+        tables: Vec<Result<Vec<Hashed>>>,
     ) -> Result<Vec<Vec<ChunkRef>>> {
-        let (params, level) = (tables::TABLE_CHUNKER, self.config.zstd_level);
-        let hint = Arc::new(Hint {
-            parent: parent_tables,
-            index: st.index.clone(),
-        });
-        let jobs = tables.into_iter().map(|bytes| {
-            let hint = hint.clone();
-            tokio::task::spawn_blocking(move || {
-                let pool = BufferPool::shared();
-                hash_job(Job::Whole(Bytes::from(bytes)), &hint, &params, level, &pool)
-            })
-        });
-        let hashed = futures::future::join_all(jobs).await;
-        let mut counts = Vec::with_capacity(hashed.len());
+        let mut counts = Vec::with_capacity(tables.len());
         let mut refs = Vec::new();
-        for pieces in hashed {
-            let pieces = pieces.map_err(joined)??;
+        for pieces in tables {
+            let pieces = pieces?;
             counts.push(pieces.len());
             self.accept(st, pieces, &mut refs).await?;
         }
@@ -524,14 +546,16 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
         saved: Saved,
     ) -> Result<SnapshotManifest> {
-        let mut encoded = vec![tables::encode_chunks(&saved.refs)];
-        if !saved.units.is_empty() {
-            encoded.push(tables::encode_units(&saved.units));
+        let (refs, chunk_table) = self
+            .hash_table(saved.refs, saved.table_hint, |r| tables::encode_chunks(r))
+            .await
+            .map_err(joined)?;
+        let (units, file_table) = saved.files.await.map_err(joined)?;
+        let mut hashed = vec![chunk_table];
+        if !units.is_empty() {
+            hashed.push(file_table);
         }
-        let mut stored = self
-            .store_tables(st, encoded, saved.parent_tables)
-            .await?
-            .into_iter();
+        let mut stored = self.store_tables(st, hashed).await?.into_iter();
         let table = stored.next().unwrap_or_default();
         let files = stored.next().unwrap_or_default();
         self.finish_uploads(st).await?;
@@ -560,11 +584,11 @@ impl SnapshotStore {
             file_count: saved.counts.files,
             content_bytes: saved.counts.bytes,
             skipped_entries: saved.counts.skipped,
-            archive_bytes: saved.refs.iter().map(|c| u64::from(c.size)).sum(),
-            stored_bytes: saved.refs.iter().map(|c| u64::from(c.stored_size)).sum(),
+            archive_bytes: refs.iter().map(|c| u64::from(c.size)).sum(),
+            stored_bytes: refs.iter().map(|c| u64::from(c.stored_size)).sum(),
             uploaded_bytes: st.uploaded_bytes,
             chunker: self.config.chunker,
-            chunks: saved.refs,
+            chunks: refs,
             table,
             files,
         };
@@ -583,11 +607,11 @@ impl SnapshotStore {
             }
         }
         // The next save of the session most likely names this one as parent.
-        if !saved.units.is_empty() {
+        if !units.is_empty() {
             self.recent.keep(recent::Recent {
                 key,
                 manifest: m.clone(),
-                units: saved.units,
+                units,
             });
         }
         Ok(m)
