@@ -550,12 +550,32 @@ impl SnapshotStore {
             st.seq += 1;
             self.put(&key, Bytes::from(body), PutMode::Overwrite)
                 .await?;
-            self.wait_for_gc().await?;
-            st.index = self.load_index().await?;
-            if let Some(p) = &st.parent
-                && named.iter().any(|h| p.chunks.contains_key(h))
-            {
-                trusted = self.head(&p.key).await?.is_some();
+            // Now: no collection that predates the record may still run (one that starts
+            // later sees the record); then the index, and whether the parent (whose chunks are
+            // taken unread) still exists. The three are read at once; the index and the
+            // parent's are read again if a collection had to be waited for.
+            let parent_key = st
+                .parent
+                .as_ref()
+                .filter(|p| named.iter().any(|h| p.chunks.contains_key(h)))
+                .map(|p| p.key.clone());
+            let head_parent = || async {
+                match &parent_key {
+                    Some(k) => self.head(k).await.map(|h| Some(h.is_some())),
+                    None => Ok(None),
+                }
+            };
+            let (gc, index, parent_there) =
+                tokio::join!(self.gc_running(), self.load_index(), head_parent());
+            let (index, parent_there) = if gc? {
+                self.wait_for_gc().await?;
+                (self.load_index().await, head_parent().await)
+            } else {
+                (index, parent_there)
+            };
+            st.index = index?;
+            if let Some(there) = parent_there? {
+                trusted = there;
                 if !trusted {
                     st.parent = None;
                 }

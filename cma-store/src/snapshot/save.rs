@@ -617,20 +617,24 @@ impl SnapshotStore {
         Ok(m)
     }
 
+    /// Whether a garbage collection may be running now (one look at its markers).
+    pub(super) async fn gc_running(&self) -> Result<bool> {
+        let stale_after = self.config.gc.gc_deadline * 2;
+        let markers = self.list_all("gc").await?;
+        let now = Utc::now();
+        Ok(markers.iter().any(|m| {
+            now.signed_duration_since(m.last_modified)
+                .to_std()
+                .map_or(true, |age| age < stale_after)
+        }))
+    }
+
     /// Wait until no garbage collection that may predate our records is running.
     pub(super) async fn wait_for_gc(&self) -> Result<()> {
         let start = Instant::now();
-        let stale_after = self.config.gc.gc_deadline * 2;
         let mut delay = Duration::from_millis(20);
         loop {
-            let markers = self.list_all("gc").await?;
-            let now = Utc::now();
-            let live = markers.iter().any(|m| {
-                now.signed_duration_since(m.last_modified)
-                    .to_std()
-                    .map_or(true, |age| age < stale_after)
-            });
-            if !live {
+            if !self.gc_running().await? {
                 return Ok(());
             }
             if start.elapsed() >= self.config.gc.max_wait {
