@@ -8,13 +8,18 @@
 //! as parent takes it from here instead. A snapshot never changes once saved (its id is the
 //! hash of its manifest), so what is kept cannot go stale; whether the parent still exists
 //! is checked again when its chunks are named, exactly as when it is read from the store.
+//!
+//! The units are paired with their chunks (see `walk::ParentUnits`) on the blocking pool after
+//! the save returns, not while it runs: a save that comes sooner reads its parent as any.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use object_store::path::Path;
 
 use super::manifest::SnapshotManifest;
 use super::tables::Unit;
+use super::walk::ParentUnits;
 use crate::SnapshotId;
 
 /// Largest file table kept, in entries (about 100 bytes of memory each).
@@ -25,27 +30,43 @@ pub(crate) struct Recent {
     /// Where its manifest is.
     pub key: Path,
     pub manifest: SnapshotManifest,
-    /// Its file table.
-    pub units: Vec<Unit>,
+    /// Its file table, paired with its chunks (`None` if they did not add up).
+    pub units: Option<ParentUnits>,
+}
+
+/// Whether a file table is small enough to keep.
+pub(crate) fn worth_keeping(units: &[Unit]) -> bool {
+    units.iter().map(|u| u.entries.len()).sum::<usize>() <= MAX_ENTRIES
 }
 
 /// At most one [`Recent`], shared by a store's clones.
 #[derive(Default)]
-pub(crate) struct RecentCache(Mutex<Option<Recent>>);
+pub(crate) struct RecentCache {
+    /// The one kept, with its ticket.
+    slot: Mutex<(u64, Option<Recent>)>,
+    tickets: AtomicU64,
+}
 
 impl RecentCache {
-    /// Keep `recent` (in place of any other), unless its file table is too big to hold.
-    pub fn keep(&self, recent: Recent) {
-        let entries: usize = recent.units.iter().map(|u| u.entries.len()).sum();
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        *slot = (entries <= MAX_ENTRIES).then_some(recent);
+    /// A ticket for a snapshot just saved: of two kept, the one with the later ticket stays
+    /// (they are kept in whatever order their units are ready).
+    pub fn ticket(&self) -> u64 {
+        self.tickets.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    /// Keep `recent` in place of any other with an earlier ticket.
+    pub fn keep(&self, ticket: u64, recent: Recent) {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if ticket > slot.0 {
+            *slot = (ticket, Some(recent));
+        }
     }
 
     /// The snapshot `id`, if it is the one kept (it is given out once).
     pub fn take(&self, id: &SnapshotId) -> Option<Recent> {
-        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        if slot.as_ref().is_some_and(|r| r.manifest.id == *id) {
-            slot.take()
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.1.as_ref().is_some_and(|r| r.manifest.id == *id) {
+            slot.1.take()
         } else {
             None
         }
@@ -57,7 +78,7 @@ mod tests {
     use super::*;
     use crate::snapshot::tables::{EntryKey, Kind};
 
-    fn recent(id: u8, entries: usize) -> Recent {
+    fn recent(id: u8) -> Recent {
         let manifest = SnapshotManifest {
             id: SnapshotId::from_hex(&format!("{id:02x}").repeat(32)).unwrap(),
             format_version: crate::snapshot::FORMAT_VERSION,
@@ -75,6 +96,14 @@ mod tests {
             table: Vec::new(),
             files: Vec::new(),
         };
+        Recent {
+            key: Path::from("manifests/x"),
+            manifest,
+            units: None,
+        }
+    }
+
+    fn units(entries: usize) -> Vec<Unit> {
         let key = EntryKey {
             path: b"f".to_vec(),
             kind: Kind::File,
@@ -84,32 +113,27 @@ mod tests {
             ctime_ns: 0,
             ino: 1,
         };
-        Recent {
-            key: Path::from("manifests/x"),
-            manifest,
-            units: vec![Unit {
-                chunk_count: 0,
-                racy: false,
-                entries: vec![key; entries],
-                checks: Vec::new(),
-            }],
-        }
+        vec![Unit {
+            chunk_count: 0,
+            racy: false,
+            entries: vec![key; entries],
+            checks: Vec::new(),
+        }]
     }
 
     #[test]
     fn the_last_snapshot_is_given_once_and_only_for_its_id() {
         let cache = RecentCache::default();
-        cache.keep(recent(1, 3));
-        cache.keep(recent(2, 3));
+        let (first, second) = (cache.ticket(), cache.ticket());
+        // Kept in the wrong order: the later ticket stays.
+        cache.keep(second, recent(2));
+        cache.keep(first, recent(1));
         let one = SnapshotId::from_hex(&"01".repeat(32)).unwrap();
         let two = SnapshotId::from_hex(&"02".repeat(32)).unwrap();
         assert!(cache.take(&one).is_none());
         assert!(cache.take(&two).is_some());
         assert!(cache.take(&two).is_none());
-        // Too big to keep: nothing is, not even the one before.
-        cache.keep(recent(1, 3));
-        cache.keep(recent(2, MAX_ENTRIES + 1));
-        assert!(cache.take(&one).is_none());
-        assert!(cache.take(&two).is_none());
+        assert!(worth_keeping(&units(3)));
+        assert!(!worth_keeping(&units(MAX_ENTRIES + 1)));
     }
 }

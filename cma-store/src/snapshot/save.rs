@@ -279,9 +279,7 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
     ) -> Result<(Option<(SnapshotManifest, Path)>, Option<ParentUnits>)> {
         if let Some(r) = parent.and_then(|id| self.recent.take(id)) {
-            let same_cuts = r.manifest.chunker == self.config.chunker;
-            let units = ParentUnits::new(r.units, &r.manifest.chunks, same_cuts);
-            return Ok((Some((r.manifest, r.key)), units));
+            return Ok((Some((r.manifest, r.key)), r.units));
         }
         let parent_m = self.load_parent(parent).await?;
         let units = self.parent_units(parent_m.as_ref().map(|(m, _)| m)).await;
@@ -607,12 +605,22 @@ impl SnapshotStore {
             }
         }
         // The next save of the session most likely names this one as parent.
-        if !units.is_empty() {
-            self.recent.keep(recent::Recent {
-                key,
-                manifest: m.clone(),
-                units,
-            });
+        if !units.is_empty() && recent::worth_keeping(&units) {
+            let (cache, ticket) = (self.recent.clone(), self.recent.ticket());
+            let manifest = m.clone();
+            let same_cuts = manifest.chunker == self.config.chunker;
+            // (Dropped unrun if the runtime is shutting down: then nothing is kept.)
+            drop(tokio::task::spawn_blocking(move || {
+                let units = ParentUnits::new(units, &manifest.chunks, same_cuts);
+                cache.keep(
+                    ticket,
+                    recent::Recent {
+                        key,
+                        manifest,
+                        units,
+                    },
+                );
+            }));
         }
         Ok(m)
     }
