@@ -415,16 +415,16 @@ fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listin
     let fd = match at {
         // The workspace's handle may be an `O_PATH` one, which cannot be read: reopen it.
         Place::Root(fd) => rustix::fs::openat(&fd, ".", flags, Mode::empty())
-            .map_err(|e| io_err(&rel)(e.into()))?,
+            .map_err(|e| io_err(rel)(e.into()))?,
         Place::Child(parent, name) => {
             match rustix::fs::openat(&*parent, name.as_os_str(), flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => return Ok(None),
-                Err(e) => return Err(io_err(&rel)(e.into())),
+                Err(e) => return Err(io_err(rel)(e.into())),
             }
         }
     };
-    let mut names = read_names(&fd).map_err(|e| io_err(&rel)(e.into()))?;
+    let mut names = read_names(&fd).map_err(|e| io_err(rel)(e.into()))?;
     names.sort();
     let fd = Arc::new(fd);
     let mut listing = Listing {
