@@ -207,6 +207,36 @@ async fn a_big_file_edited_between_saves_is_stored_as_a_full_save_stores_it() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_snapshot_is_no_parent_even_just_after_it_was_saved() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 31, 20);
+    let first = store
+        .save("sesn_gone", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    // The store keeps what it just saved for the next save; the deletion still counts.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.delete(&first.id).await.unwrap();
+    let err = store
+        .save("sesn_gone", src.sandbox.as_ref(), Some(&first.id))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.kind(),
+        cma_store::snapshot::ErrorKind::NotFound,
+        "{err}"
+    );
+    // A save without it works.
+    store
+        .save("sesn_gone", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tree_deeper_than_the_walk_allows_is_saved_from_the_export() {
     let tmp = tempfile::tempdir().unwrap();
     let iso = Isolate::new(&tmp.path().join("sandboxes"));

@@ -344,7 +344,8 @@ fn read_names(fd: &OwnedFd) -> rustix::io::Result<Names> {
     use std::cell::RefCell;
     use std::mem::MaybeUninit;
     // The `getdents` buffer of this thread, kept between directories (a fresh 16 KiB for each
-    // one was a large share of a save's allocator time).
+    // one was a large share of a save's allocator time) and for the thread's life: 16 KiB for
+    // each thread that ever listed.
     thread_local! {
         static BUF: RefCell<Box<[MaybeUninit<u8>]>> =
             RefCell::new(vec![MaybeUninit::uninit(); 16 << 10].into_boxed_slice());
@@ -414,8 +415,9 @@ fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listin
     let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     let fd = match at {
         // The workspace's handle may be an `O_PATH` one, which cannot be read: reopen it.
-        Place::Root(fd) => rustix::fs::openat(&fd, ".", flags, Mode::empty())
-            .map_err(|e| io_err(rel)(e.into()))?,
+        Place::Root(fd) => {
+            rustix::fs::openat(&fd, ".", flags, Mode::empty()).map_err(|e| io_err(rel)(e.into()))?
+        }
         Place::Child(parent, name) => {
             match rustix::fs::openat(&*parent, name.as_os_str(), flags, Mode::empty()) {
                 Ok(fd) => fd,

@@ -14,7 +14,7 @@
 //! names under the root, written to a staging file `<file>#<n>` beside it and renamed
 //! (overwrite) or hard-linked (create) into place, so either one reads, lists and deletes what
 //! the other wrote. Only a payload of one piece that starts at a page boundary and holds at
-//! least [`DIRECT_MIN`] bytes goes around the page cache (a pack: see `pack::PackBuilder`), from
+//! least [`DIRECT_MIN`] bytes goes around the page cache (a full pack: see `pack::PackBuilder`), from
 //! where it is, but for its last partial page; everything else, puts with options `O_DIRECT`
 //! cannot honour the same way (attributes, conditional updates), and every put after the file
 //! system refused `O_DIRECT` once (some do: ramfs, FUSE) take `LocalFileSystem`'s own path. The
@@ -35,7 +35,10 @@ use object_store::{
     PutMode, PutMultipartOptions, PutOptions, PutPayload, PutResult, RenameOptions,
 };
 
-/// Objects at least this big are written with `O_DIRECT`.
+/// Objects at least this big are written with `O_DIRECT`: a full save's packs (16 MiB by
+/// default). The small pack an incremental save ends with goes through the page cache: a
+/// direct write of it waited for the disk on the save's critical path, and the next save
+/// reads its tables back from that pack.
 pub(crate) const DIRECT_MIN: usize = 8 << 20;
 /// Alignment `O_DIRECT` asks of buffers, offsets and lengths (a page: enough for any logical
 /// block size up to 4 KiB); packs start at such an address in their buffer.

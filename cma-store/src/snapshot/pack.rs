@@ -107,12 +107,12 @@ impl PackBuilder {
         }
     }
 
-    /// Bytes of chunks so far.
     /// The buffer back, for a pack that will not be sealed (its content is dropped).
     pub fn into_buffer(self) -> Vec<u8> {
         self.buf
     }
 
+    /// Bytes of chunks so far.
     pub fn len(&self) -> usize {
         self.buf.len() - self.start
     }

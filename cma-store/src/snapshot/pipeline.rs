@@ -550,10 +550,11 @@ impl SnapshotStore {
             st.seq += 1;
             self.put(&key, Bytes::from(body), PutMode::Overwrite)
                 .await?;
-            // Now: no collection that predates the record may still run (one that starts
-            // later sees the record); then the index, and whether the parent (whose chunks are
-            // taken unread) still exists. The three are read at once; the index and the
-            // parent's are read again if a collection had to be waited for.
+            // First: no collection that predates the record may still run (one that starts
+            // later sees the record). Only then the index and whether the parent (whose
+            // chunks are taken unread) still exists, read side by side: read before the last
+            // such collection is seen to have ended, either could predate its deletions.
+            self.wait_for_gc().await?;
             let parent_key = st
                 .parent
                 .as_ref()
@@ -565,14 +566,7 @@ impl SnapshotStore {
                     None => Ok(None),
                 }
             };
-            let (gc, index, parent_there) =
-                tokio::join!(self.gc_running(), self.load_index(), head_parent());
-            let (index, parent_there) = if gc? {
-                self.wait_for_gc().await?;
-                (self.load_index().await, head_parent().await)
-            } else {
-                (index, parent_there)
-            };
+            let (index, parent_there) = tokio::join!(self.load_index(), head_parent());
             st.index = index?;
             if let Some(there) = parent_there? {
                 trusted = there;

@@ -6,8 +6,9 @@
 //! twenty when little changed. The saving process had all of it in memory a moment before, so
 //! a store keeps its last saved snapshot (one, of a bounded size) and the next save taking it
 //! as parent takes it from here instead. A snapshot never changes once saved (its id is the
-//! hash of its manifest), so what is kept cannot go stale; whether the parent still exists
-//! is checked again when its chunks are named, exactly as when it is read from the store.
+//! hash of its manifest), so what is kept cannot go stale; whether it still exists is asked
+//! of the store when the save starts (a deleted snapshot is no parent, as when it is read
+//! from the store) and again when its chunks are named.
 //!
 //! The units are paired with their chunks (see `walk::ParentUnits`) on the blocking pool after
 //! the save returns, not while it runs: a save that comes sooner reads its parent as any.
@@ -34,9 +35,13 @@ pub(crate) struct Recent {
     pub units: Option<ParentUnits>,
 }
 
-/// Whether a file table is small enough to keep.
-pub(crate) fn worth_keeping(units: &[Unit]) -> bool {
-    units.iter().map(|u| u.entries.len()).sum::<usize>() <= MAX_ENTRIES
+/// Most chunks of a snapshot kept (its chunk list is held twice: in the manifest and with
+/// the units, 40 bytes a chunk each).
+const MAX_CHUNKS: usize = 500_000;
+
+/// Whether a snapshot of this file table and this many chunks is small enough to keep.
+pub(crate) fn worth_keeping(units: &[Unit], chunks: usize) -> bool {
+    chunks <= MAX_CHUNKS && units.iter().map(|u| u.entries.len()).sum::<usize>() <= MAX_ENTRIES
 }
 
 /// At most one [`Recent`], shared by a store's clones.
@@ -133,7 +138,8 @@ mod tests {
         assert!(cache.take(&one).is_none());
         assert!(cache.take(&two).is_some());
         assert!(cache.take(&two).is_none());
-        assert!(worth_keeping(&units(3)));
-        assert!(!worth_keeping(&units(MAX_ENTRIES + 1)));
+        assert!(worth_keeping(&units(3), 10));
+        assert!(!worth_keeping(&units(MAX_ENTRIES + 1), 10));
+        assert!(!worth_keeping(&units(3), MAX_CHUNKS + 1));
     }
 }

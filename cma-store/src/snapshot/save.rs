@@ -322,7 +322,21 @@ impl SnapshotStore {
         let parent_m = parent_at.map(|(m, _)| m);
         let pool = BufferPool::shared();
         let _running = pool.save_started();
-        let index = self.load_index().await?;
+        // The parent may come from memory (see `recent`): it must still be in the store, as
+        // when it is read from there (a snapshot deleted since is no parent).
+        let parent_there = async {
+            match parent_at {
+                Some((_, key)) => self.head(key).await.map(|h| h.is_some()),
+                None => Ok(true),
+            }
+        };
+        let (index, there) = tokio::join!(self.load_index(), parent_there);
+        let index = index?;
+        if !there? {
+            return Err(Error::NotFound {
+                what: parent.map(|p| p.as_str().to_owned()).unwrap_or_default(),
+            });
+        }
         let mut st = self
             .save_state(parent_at, index.clone(), pool.clone())
             .await?;
@@ -605,7 +619,7 @@ impl SnapshotStore {
             }
         }
         // The next save of the session most likely names this one as parent.
-        if !units.is_empty() && recent::worth_keeping(&units) {
+        if !units.is_empty() && recent::worth_keeping(&units, m.chunks.len()) {
             let (cache, ticket) = (self.recent.clone(), self.recent.ticket());
             let manifest = m.clone();
             let same_cuts = manifest.chunker == self.config.chunker;
@@ -625,24 +639,20 @@ impl SnapshotStore {
         Ok(m)
     }
 
-    /// Whether a garbage collection may be running now (one look at its markers).
-    pub(super) async fn gc_running(&self) -> Result<bool> {
-        let stale_after = self.config.gc.gc_deadline * 2;
-        let markers = self.list_all("gc").await?;
-        let now = Utc::now();
-        Ok(markers.iter().any(|m| {
-            now.signed_duration_since(m.last_modified)
-                .to_std()
-                .map_or(true, |age| age < stale_after)
-        }))
-    }
-
     /// Wait until no garbage collection that may predate our records is running.
     pub(super) async fn wait_for_gc(&self) -> Result<()> {
         let start = Instant::now();
+        let stale_after = self.config.gc.gc_deadline * 2;
         let mut delay = Duration::from_millis(20);
         loop {
-            if !self.gc_running().await? {
+            let markers = self.list_all("gc").await?;
+            let now = Utc::now();
+            let live = markers.iter().any(|m| {
+                now.signed_duration_since(m.last_modified)
+                    .to_std()
+                    .map_or(true, |age| age < stale_after)
+            });
+            if !live {
                 return Ok(());
             }
             if start.elapsed() >= self.config.gc.max_wait {

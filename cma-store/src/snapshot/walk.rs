@@ -124,7 +124,9 @@ impl ParentUnits {
             let refs = chunks.get(at..end)?.to_vec();
             at = end;
             if let Some(first) = u.entries.first() {
-                let checks = if u.checks.len() == refs.len() {
+                // Checks of chunks cut with another setting are no hints for this one; nor are
+                // they passed on by a unit reused as it is.
+                let checks = if same_cuts && u.checks.len() == refs.len() {
                     u.checks
                 } else {
                     Vec::new()
