@@ -521,6 +521,66 @@ impl SnapshotStore {
         st.batch.len()
     }
 
+    /// Name the chunks `named` in an `inflight/` record, wait for any collection that may
+    /// predate it, then read the index and whether the parent still exists. Returns whether
+    /// the parent's chunks may be taken unread (some are named and its manifest is there).
+    async fn name(&self, st: &mut SaveState, named: &[ChunkHash]) -> Result<bool> {
+        if st.first_record.is_none() {
+            st.first_record = Some(Instant::now());
+        }
+        let mut body = String::with_capacity(named.len() * 65);
+        for h in named {
+            super::manifest::push_hex(&mut body, &h.0);
+            body.push('\n');
+        }
+        let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
+        st.seq += 1;
+        self.put(&key, Bytes::from(body), PutMode::Overwrite)
+            .await?;
+        // First: no collection that predates the record may still run (one that starts
+        // later sees the record). Only then the index and whether the parent (whose chunks
+        // are taken unread) still exists, read side by side: read before the last such
+        // collection is seen to have ended, either could predate its deletions.
+        self.wait_for_gc().await?;
+        let parent_key = st
+            .parent
+            .as_ref()
+            .filter(|p| named.iter().any(|h| p.chunks.contains_key(h)))
+            .map(|p| p.key.clone());
+        let head_parent = async {
+            match &parent_key {
+                Some(k) => self.head(k).await.map(|h| Some(h.is_some())),
+                None => Ok(None),
+            }
+        };
+        let (index, parent_there) = tokio::join!(self.load_index(), head_parent);
+        st.index = index?;
+        let mut trusted = false;
+        if let Some(there) = parent_there? {
+            trusted = there;
+            if !trusted {
+                st.parent = None;
+            }
+        }
+        Ok(trusted)
+    }
+
+    /// Name every chunk of the parent when a save starts, beside the walk rather than after
+    /// it: if the parent is still there they are all confirmed, and the batches then name only
+    /// the chunks that are new.
+    pub(super) async fn name_parent(&self, st: &mut SaveState) -> Result<()> {
+        let hashes: Vec<ChunkHash> = match &st.parent {
+            Some(p) if !p.chunks.is_empty() => p.chunks.keys().copied().collect(),
+            _ => return Ok(()),
+        };
+        if self.name(st, &hashes).await?
+            && let Some(p) = &st.parent
+        {
+            st.confirmed.extend(p.chunks.iter().map(|(h, s)| (*h, *s)));
+        }
+        Ok(())
+    }
+
     /// Store the current batch: name its chunks in an `inflight/` record, wait for any
     /// collection that may predate the record, look at the store again, then pack what it
     /// lacks. Appends the batch's refs, in order.
@@ -536,45 +596,7 @@ impl SnapshotStore {
             .map(|p| p.hash)
             .filter(|h| !st.confirmed.contains_key(h) && seen.insert(*h))
             .collect();
-        let mut trusted = false;
-        if !named.is_empty() {
-            if st.first_record.is_none() {
-                st.first_record = Some(Instant::now());
-            }
-            let mut body = String::with_capacity(named.len() * 65);
-            for h in &named {
-                super::manifest::push_hex(&mut body, &h.0);
-                body.push('\n');
-            }
-            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
-            st.seq += 1;
-            self.put(&key, Bytes::from(body), PutMode::Overwrite)
-                .await?;
-            // First: no collection that predates the record may still run (one that starts
-            // later sees the record). Only then the index and whether the parent (whose
-            // chunks are taken unread) still exists, read side by side: read before the last
-            // such collection is seen to have ended, either could predate its deletions.
-            self.wait_for_gc().await?;
-            let parent_key = st
-                .parent
-                .as_ref()
-                .filter(|p| named.iter().any(|h| p.chunks.contains_key(h)))
-                .map(|p| p.key.clone());
-            let head_parent = || async {
-                match &parent_key {
-                    Some(k) => self.head(k).await.map(|h| Some(h.is_some())),
-                    None => Ok(None),
-                }
-            };
-            let (index, parent_there) = tokio::join!(self.load_index(), head_parent());
-            st.index = index?;
-            if let Some(there) = parent_there? {
-                trusted = there;
-                if !trusted {
-                    st.parent = None;
-                }
-            }
-        }
+        let trusted = !named.is_empty() && self.name(st, &named).await?;
         for p in batch {
             let stored = match st.confirmed.get(&p.hash) {
                 Some(s) => *s,

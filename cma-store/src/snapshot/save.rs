@@ -349,6 +349,8 @@ impl SnapshotStore {
         // Owns the receiver: when storing fails, the producer's next send fails and it stops.
         // (Boxed, as is the producer: both are large state machines.)
         let stored = Box::pin(async {
+            // While the walk runs: the parent's chunks named and confirmed at once.
+            self.name_parent(&mut st).await?;
             let mut rx = rx;
             let mut refs = Vec::with_capacity(parent_m.map_or(0, |m| m.chunks.len()));
             let mut units = Vec::new();
