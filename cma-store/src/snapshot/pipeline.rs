@@ -528,15 +528,18 @@ impl SnapshotStore {
         if st.first_record.is_none() {
             st.first_record = Some(Instant::now());
         }
-        let mut body = String::with_capacity(named.len() * 65);
-        for h in named {
-            super::manifest::push_hex(&mut body, &h.0);
-            body.push('\n');
+        // At most a batch's worth of names per record, however many there are.
+        for part in named.chunks(MAX_BATCH_PIECES) {
+            let mut body = String::with_capacity(part.len() * 65);
+            for h in part {
+                super::manifest::push_hex(&mut body, &h.0);
+                body.push('\n');
+            }
+            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
+            st.seq += 1;
+            self.put(&key, Bytes::from(body), PutMode::Overwrite)
+                .await?;
         }
-        let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
-        st.seq += 1;
-        self.put(&key, Bytes::from(body), PutMode::Overwrite)
-            .await?;
         // First: no collection that predates the record may still run (one that starts
         // later sees the record). Only then the index and whether the parent (whose chunks
         // are taken unread) still exists, read side by side: read before the last such
