@@ -151,15 +151,25 @@ impl ParentUnits {
     /// The parent's chunks (and their checks) for a unit of exactly these entries, if it had
     /// one whose times can be trusted.
     pub fn reusable(&self, entries: &[EntryKey]) -> Option<(&[ChunkRef], &[Check])> {
-        let u = self.by_first.get(&entries.first()?.path)?;
-        (!u.racy && u.entries.as_slice() == entries).then_some((&u.refs, &u.checks))
+        self.reusable_keys(entries.len(), entries.iter())
     }
 
     /// [`reusable`](Self::reusable) for the entries of `found`, without copying their keys.
     pub fn reusable_found(&self, found: &[Found]) -> Option<(&[ChunkRef], &[Check])> {
-        let u = self.by_first.get(&found.first()?.key.path)?;
-        let same =
-            u.entries.len() == found.len() && u.entries.iter().zip(found).all(|(e, f)| *e == f.key);
+        self.reusable_keys(found.len(), found.iter().map(|f| &f.key))
+    }
+
+    /// [`reusable`](Self::reusable) for `n` entries with these keys.
+    fn reusable_keys<'k>(
+        &self,
+        n: usize,
+        mut keys: impl Iterator<Item = &'k EntryKey>,
+    ) -> Option<(&[ChunkRef], &[Check])> {
+        let first = keys.next()?;
+        let u = self.by_first.get(&first.path)?;
+        let same = u.entries.len() == n
+            && u.entries.first() == Some(first)
+            && u.entries[1..].iter().zip(keys).all(|(e, k)| e == k);
         (!u.racy && same).then_some((&u.refs, &u.checks))
     }
 
@@ -351,11 +361,10 @@ pub(crate) fn padding(size: u64) -> usize {
 /// (`cap_std` resolves it beneath the root; the last component is never followed and a FIFO
 /// swapped in meanwhile does not block).
 fn open_in(root: &Dir, key: &EntryKey) -> Result<cap_std::fs::File> {
-    use std::os::unix::ffi::OsStrExt;
     let mut opts = OpenOptions::new();
     opts.read(true)
         .custom_flags((OFlags::NOFOLLOW | OFlags::NONBLOCK).bits() as i32);
-    root.open_with(std::ffi::OsStr::from_bytes(&key.path), &opts)
+    root.open_with(key_path(key), &opts)
         .map_err(|e| Error::io(shown(key), e))
 }
 
