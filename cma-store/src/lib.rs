@@ -33,7 +33,7 @@ pub mod snapshot;
 pub mod state;
 
 pub use snapshot::{
-    GcConfig, GcReport, RetentionPolicy, RetentionReport, SnapshotConfig, SnapshotInfo,
+    ChunkNames, GcConfig, GcReport, RetentionPolicy, RetentionReport, SnapshotConfig, SnapshotInfo,
     SnapshotManifest, SnapshotStore, WakingSandbox, Woken,
 };
 

@@ -2,12 +2,13 @@
 //! index) still restore, verify, wake, serve as the parent of a new save and are garbage
 //! collected correctly. The old layout is made here from a new snapshot by moving each chunk
 //! out of its pack into its own object and rewriting the manifest as format 2 (the formats are
-//! documented in the crate; this test builds the bytes itself).
+//! documented in the crate; this test builds the bytes itself). The snapshot is saved with
+//! SHA-256 chunk names, the stored form format 2 used.
 
 mod common;
 
 use bytes::Bytes;
-use cma_store::snapshot::SnapshotStore;
+use cma_store::snapshot::{ChunkNames, SnapshotStore};
 use cma_store::{RetentionPolicy, SnapshotId};
 use common::*;
 use futures::TryStreamExt;
@@ -89,7 +90,10 @@ async fn to_format_2(store: &SnapshotStore) -> SnapshotId {
 async fn format_2_snapshots_restore_wake_and_serve_as_parents() {
     let tmp = tempfile::tempdir().unwrap();
     let iso = Isolate::new(&tmp.path().join("sandboxes"));
-    let store = local_store(&tmp.path().join("store"));
+    // Format 2 named chunks by SHA-256, as a store set to SHA-256 names still does.
+    let mut c = config();
+    c.chunk_names = ChunkNames::Sha256;
+    let store = SnapshotStore::local(tmp.path().join("store"), c).unwrap();
     let src = iso.sandbox().await;
     fill_random(&src.host, 77, 120);
     tokio::time::sleep(std::time::Duration::from_millis(2200)).await;

@@ -2,16 +2,21 @@
 //!
 //! Stored form of a chunk (inside a pack, or for manifest format 2 the whole object
 //! `chunks/<first two hex digits>/<sha256 hex>`): a tag byte,
-//! then either the bytes as they are (data zstd cannot shrink) or a zstd frame followed by the
-//! SHA-256 of that frame. The trailer covers every stored byte of a frame (a flipped bit that
+//! then either the bytes as they are (data zstd cannot shrink) or a zstd frame followed by a
+//! hash of that frame. The trailer covers every stored byte of a frame (a flipped bit that
 //! zstd would decode to the same data is still caught); the key covers the content.
+//!
+//! The tag also says which hash names the chunk and makes the trailer: tags 2 (raw) and 3
+//! (zstd), the ones this version writes, BLAKE3; tags 0 and 1, written by manifest formats 2
+//! and 3, SHA-256. A chunk is checked with the hash its own tag names, so a snapshot can share
+//! chunks of both kinds; a store cannot pass one kind off as the other without finding
+//! content whose hash of one kind equals a given hash of the other (a preimage).
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{FastCDC, Normalization};
-use sha2::{Digest, Sha256};
 
 use super::error::{Error, Result};
-use super::manifest::{ChunkHash, ChunkerParams};
+use super::manifest::{ChunkHash, ChunkNames, ChunkerParams};
 
 const TRAILER: usize = 32;
 
@@ -234,25 +239,51 @@ fn cut_ends_parallel(params: &ChunkerParams, level: Normalization, data: &[u8]) 
     })
 }
 
-/// Stored form tags: the first byte of every stored chunk.
-const RAW: u8 = 0;
-const ZSTD: u8 = 1;
+/// Stored form tags: the first byte of every stored chunk. Formats 2 and 3 (SHA-256 names and
+/// trailers): the bytes as they are, or a zstd frame.
+const RAW_SHA256: u8 = 0;
+const ZSTD_SHA256: u8 = 1;
+/// Format 4 (BLAKE3 names and trailers): the bytes as they are, or a zstd frame.
+const RAW: u8 = 2;
+const ZSTD: u8 = 3;
 
-/// Compress a chunk into its stored form: `ZSTD`, the frame, and the SHA-256 of the frame; or,
-/// when zstd saves less than 1/32, `RAW` and the bytes as they are (then the content hash
-/// covers every stored byte).
-pub(crate) fn encode(data: &[u8], level: i32) -> Result<Vec<u8>> {
+/// How a save stores chunks: the zstd level, and which hash names them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Coding {
+    pub level: i32,
+    pub names: ChunkNames,
+}
+
+impl Coding {
+    /// The name of a chunk of `data`.
+    pub fn name(self, data: &[u8]) -> ChunkHash {
+        self.names.name(data)
+    }
+
+    /// The tags of a raw and of a compressed stored form.
+    fn tags(self) -> (u8, u8) {
+        match self.names {
+            ChunkNames::Sha256 => (RAW_SHA256, ZSTD_SHA256),
+            ChunkNames::Blake3 => (RAW, ZSTD),
+        }
+    }
+}
+
+/// Compress a chunk into its stored form: the zstd tag, the frame, and the hash of the frame;
+/// or, when zstd saves less than 1/32, the raw tag and the bytes as they are (then the content
+/// hash covers every stored byte).
+pub(crate) fn encode(data: &[u8], coding: Coding) -> Result<Vec<u8>> {
     let mut out = Vec::new();
-    if !encode_into(data, level, &mut out)? {
-        append_raw(data, &mut out);
+    if !encode_into(data, coding, &mut out)? {
+        append_raw(coding, data, &mut out);
     }
     Ok(out)
 }
 
 /// Append the raw stored form of `data` to `out`.
-pub(crate) fn append_raw(data: &[u8], out: &mut Vec<u8>) {
+pub(crate) fn append_raw(coding: Coding, data: &[u8], out: &mut Vec<u8>) {
     out.reserve(1 + data.len());
-    out.push(RAW);
+    out.push(coding.tags().0);
     out.extend_from_slice(data);
 }
 
@@ -265,7 +296,7 @@ pub(crate) fn raw_len(len: usize) -> usize {
 /// not shrink it enough (see [`encode`]), leave `out` as it was and return `false`: the chunk
 /// is to be stored raw ([`append_raw`]). No allocation when `out` has room: zstd writes
 /// straight into it.
-pub(crate) fn encode_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> Result<bool> {
+pub(crate) fn encode_into(data: &[u8], coding: Coding, out: &mut Vec<u8>) -> Result<bool> {
     thread_local! {
         /// One compression context per thread and level, reused: setting one up costs about as
         /// much as compressing a small chunk.
@@ -275,7 +306,8 @@ pub(crate) fn encode_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> Result<
     let start = out.len();
     let bound = zstd::zstd_safe::compress_bound(data.len()).max(data.len());
     out.reserve(1 + bound + TRAILER);
-    out.push(ZSTD);
+    out.push(coding.tags().1);
+    let level = coding.level;
     let frame_len = CONTEXT.with(|slot| {
         let mut slot = slot.borrow_mut();
         if slot.as_ref().is_none_or(|(l, _)| *l != level) {
@@ -300,8 +332,8 @@ pub(crate) fn encode_into(data: &[u8], level: i32, out: &mut Vec<u8>) -> Result<
         return Ok(false);
     }
     out.truncate(start + 1 + frame_len);
-    let trailer: [u8; TRAILER] = Sha256::digest(&out[start + 1..]).into();
-    out.extend_from_slice(&trailer);
+    let trailer = coding.name(&out[start + 1..]);
+    out.extend_from_slice(&trailer.0);
     Ok(true)
 }
 
@@ -322,15 +354,23 @@ pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes
             format!("{} stored bytes, more than any chunk", stored.len()),
         ));
     }
-    let data = match stored.first() {
-        Some(&RAW) => stored.slice(1..),
-        Some(&ZSTD) => {
+    let (named, compressed) = match stored.first() {
+        Some(&RAW) => (ChunkNames::Blake3, false),
+        Some(&ZSTD) => (ChunkNames::Blake3, true),
+        Some(&RAW_SHA256) => (ChunkNames::Sha256, false),
+        Some(&ZSTD_SHA256) => (ChunkNames::Sha256, true),
+        Some(_) => return Err(Error::corrupt(what(), "unknown stored form")),
+        None => return Err(Error::corrupt(what(), "empty")),
+    };
+    let data = match compressed {
+        false => stored.slice(1..),
+        true => {
             let rest = &stored[1..];
             if rest.len() < TRAILER {
                 return Err(Error::corrupt(what(), "truncated"));
             }
             let (frame, trailer) = rest.split_at(rest.len() - TRAILER);
-            if Sha256::digest(frame).as_slice() != trailer {
+            if named.name(frame).0 != trailer {
                 return Err(Error::corrupt(what(), "stored bytes fail their checksum"));
             }
             // A frame that records its content size must record the claimed one (every frame
@@ -351,8 +391,6 @@ pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes
                     .map_err(|e| Error::corrupt(what(), format!("does not decompress: {e}")))?,
             )
         }
-        Some(_) => return Err(Error::corrupt(what(), "unknown stored form")),
-        None => return Err(Error::corrupt(what(), "empty")),
     };
     if data.len() != size as usize {
         return Err(Error::corrupt(
@@ -360,7 +398,7 @@ pub(crate) fn decode(stored: Bytes, hash: &ChunkHash, size: u32) -> Result<Bytes
             format!("{} bytes, expected {size}", data.len()),
         ));
     }
-    if ChunkHash::of(&data) != *hash {
+    if named.name(&data) != *hash {
         return Err(Error::corrupt(what(), "content does not match its hash"));
     }
     Ok(data)
@@ -580,7 +618,7 @@ mod tests {
         let noise = noise(0x9e37_79b9_7f4a_7c15, 3000);
         for (data, tag) in [(text, ZSTD), (noise, RAW)] {
             let hash = ChunkHash::of(&data);
-            let stored = encode(&data, 1).unwrap();
+            let stored = encode(&data, B3).unwrap();
             assert_eq!(stored[0], tag);
             let n = data.len() as u32;
             let back = decode(Bytes::from(stored.clone()), &hash, n).unwrap();
@@ -593,6 +631,62 @@ mod tests {
             let half = Bytes::copy_from_slice(&stored[..stored.len() / 2]);
             assert!(decode(half, &hash, n).is_err());
             assert!(decode(Bytes::new(), &hash, n).is_err());
+        }
+    }
+
+    const B3: Coding = Coding {
+        level: 1,
+        names: ChunkNames::Blake3,
+    };
+
+    /// The stored forms of formats 2 and 3, built here as those formats define them: SHA-256
+    /// names and trailers.
+    fn legacy(data: &[u8], compressed: bool) -> Vec<u8> {
+        use sha2::{Digest, Sha256};
+        if !compressed {
+            return [&[RAW_SHA256][..], data].concat();
+        }
+        let frame = zstd::bulk::compress(data, 1).unwrap();
+        let trailer = Sha256::digest(&frame);
+        [&[ZSTD_SHA256][..], &frame, &trailer].concat()
+    }
+
+    #[test]
+    fn chunks_named_by_sha256_still_decode_and_neither_kind_passes_for_the_other() {
+        let text = b"older format older format ".repeat(200);
+        let n = text.len() as u32;
+        for compressed in [false, true] {
+            let stored = legacy(&text, compressed);
+            let sha = ChunkHash::sha256_of(&text);
+            let back = decode(Bytes::from(stored.clone()), &sha, n).unwrap();
+            assert_eq!(back, text);
+            for i in 0..stored.len() {
+                let mut bad = stored.clone();
+                bad[i] ^= 0x10;
+                assert!(decode(Bytes::from(bad), &sha, n).is_err(), "byte {i}");
+            }
+            // The same bytes under the other kind's tag, or the other kind's name: refused.
+            let b3 = ChunkHash::of(&text);
+            assert_ne!(b3, sha);
+            assert!(decode(Bytes::from(stored.clone()), &b3, n).is_err());
+            let mut retagged = stored.clone();
+            retagged[0] = if compressed { ZSTD } else { RAW };
+            assert!(decode(Bytes::from(retagged), &sha, n).is_err());
+            let new = encode(&text, B3).unwrap();
+            assert!(decode(Bytes::from(new), &sha, n).is_err());
+            // What a save set to SHA-256 names writes is the older formats' stored form.
+            let coding = Coding {
+                level: 1,
+                names: ChunkNames::Sha256,
+            };
+            let ours = if compressed {
+                encode(&text, coding).unwrap()
+            } else {
+                let mut out = Vec::new();
+                append_raw(coding, &text, &mut out);
+                out
+            };
+            assert_eq!(ours, stored);
         }
     }
 }

@@ -9,7 +9,7 @@
 //! says, so a wrong entry can cost a failed read, never wrong data.
 //!
 //! Index object: `cmaidx01`, `u32` pack count, the packs' ids (32 bytes each), `u32` record
-//! count, then per record the chunk's SHA-256, `u32` size, `u32` pack number, `u32` offset,
+//! count, then per record the chunk's name (its hash, see `ChunkHash`), `u32` size, `u32` pack number, `u32` offset,
 //! `u32` stored length (little-endian). Its name covers every byte.
 
 use std::collections::{BTreeMap, HashMap};
@@ -77,7 +77,7 @@ pub(crate) fn encode(records: &[IndexRecord]) -> (String, Bytes) {
         out.extend_from_slice(&r.at.offset.to_le_bytes());
         out.extend_from_slice(&r.at.len.to_le_bytes());
     }
-    let name = ChunkHash::of(&out).to_hex();
+    let name = ChunkHash::sha256_of(&out).to_hex();
     (name, Bytes::from(out))
 }
 
@@ -88,7 +88,7 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 /// Parse and verify an index object against its name.
 pub(crate) fn decode(name: &str, data: &[u8]) -> Result<Vec<IndexRecord>> {
     let what = || format!("index {name}");
-    if ChunkHash::of(data).to_hex() != name {
+    if ChunkHash::sha256_of(data).to_hex() != name {
         return Err(Error::corrupt(what(), "does not hash to its name"));
     }
     let bad = || Error::corrupt(what(), "malformed");

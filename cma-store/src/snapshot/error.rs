@@ -56,7 +56,7 @@ pub enum Error {
     MissingChunk {
         /// The snapshot being read.
         snapshot: String,
-        /// The chunk's SHA-256 (hex).
+        /// The chunk's name, its content hash (hex).
         chunk: String,
     },
     /// Stored data failed verification.

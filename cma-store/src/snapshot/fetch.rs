@@ -2,7 +2,7 @@
 //! for snapshots saved before packs, under its own key `chunks/<2 hex>/<sha256>`), nearby
 //! chunks of a pack are read with one ranged request, requests run with bounded concurrency
 //! shared by every caller of one [`Fetcher`], and every chunk is verified (its stored form and
-//! its SHA-256) before anyone sees it.
+//! its content hash) before anyone sees it.
 //!
 //! A pack can disappear under a reader when a garbage collection rewrites it; the fetcher then
 //! reloads the index once and reads the chunk's new place. A chunk found nowhere is

@@ -2,14 +2,14 @@
 //! hashed again.
 //!
 //! A file that changes between saves (a database, a log, an image being edited) is read whole
-//! again. Cutting and SHA-256-hashing every byte of it costs far more than the few chunks that
+//! again. Cutting and naming every byte of it costs far more than the few chunks that
 //! changed. So the file table keeps, for each chunk of a big file's unit, a *check*: the
 //! BLAKE3 hash of the chunk (of chunk 0 without the unit's tar header, whose times change with
-//! every write), about four times cheaper to compute here than the SHA-256 that names the
-//! chunk, and as collision resistant. The next save of the changed file compares each parent
-//! chunk's check with the same bytes of the new file, and:
+//! every write). It is kept apart from the chunk's name because chunk 0's differs, and because
+//! chunks of snapshots older than manifest format 4 are named by SHA-256. The next save of the
+//! changed file compares each parent chunk's check with the same bytes of the new file, and:
 //!
-//! - a chunk whose bytes are the parent's is named by the parent's SHA-256 and not stored again;
+//! - a chunk whose bytes are the parent's keeps the parent's name for it and is not stored again;
 //! - where FastCDC would cut after such a chunk is the parent's cut, when nothing it reads to
 //!   decide differs: its decision depends only on where the chunk starts, the bytes from
 //!   `min_size` through the byte at the cut, and how many bytes remain up to `max_size`

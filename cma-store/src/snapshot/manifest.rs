@@ -16,8 +16,9 @@ use sha2::{Digest, Sha256};
 use super::error::{Error, Result};
 use crate::SnapshotId;
 
-/// The manifest format this crate writes: chunks in packs, found through the index.
-pub const FORMAT_VERSION: u32 = 3;
+/// The manifest format this crate writes: chunks in packs, found through the index, new chunks
+/// named by BLAKE3 (format 3 named every chunk by SHA-256; format 4 may name both kinds).
+pub const FORMAT_VERSION: u32 = 4;
 /// The oldest manifest format this crate reads: 2, chunks stored one object each under
 /// `chunks/` (they stay there and restore as before; new saves never write there).
 pub const OLDEST_FORMAT_VERSION: u32 = 2;
@@ -27,13 +28,21 @@ pub const OLDEST_FORMAT_VERSION: u32 = 2;
 pub const MAX_MANIFEST_BYTES: usize = 64 * 1024 * 1024;
 const MAGIC: &str = "cma-snapshot-manifest";
 
-/// The SHA-256 of a chunk's uncompressed bytes: its name in the store.
+/// A chunk's name in the store: a hash of its uncompressed bytes. Chunks stored by this
+/// version are named by their BLAKE3 hash; chunks of manifest formats 2 and 3 by their
+/// SHA-256. A chunk's stored form says which (see the `chunk` module), so a snapshot of format
+/// 4 can name chunks of both kinds (those it shares with an older parent keep their names).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ChunkHash(pub [u8; 32]);
 
 impl ChunkHash {
-    /// Hash `data`.
+    /// The name this version gives a chunk of `data`: its BLAKE3 hash.
     pub fn of(data: &[u8]) -> Self {
+        Self(*blake3::hash(data).as_bytes())
+    }
+
+    /// The name manifest formats 2 and 3 gave a chunk of `data`: its SHA-256.
+    pub fn sha256_of(data: &[u8]) -> Self {
         Self(Sha256::digest(data).into())
     }
 
@@ -52,6 +61,40 @@ impl ChunkHash {
             out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
         }
         Some(Self(out))
+    }
+}
+
+/// Which hash names the chunks a save stores ([`SnapshotConfig::chunk_names`](super::SnapshotConfig::chunk_names)).
+/// Restores read both kinds whatever this says.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ChunkNames {
+    /// BLAKE3, in manifest format 4: several times cheaper to compute than SHA-256, for saves
+    /// and restores alike. Such a save reuses a parent's chunks of either kind.
+    #[default]
+    Blake3,
+    /// SHA-256, in manifest format 3, which versions before format 4 read: for a store that
+    /// older readers must still read. Such a save does not build on a parent of format 4 (whose
+    /// chunks older readers cannot read): it reads and stores every file as without a parent,
+    /// and records the parent all the same.
+    Sha256,
+}
+
+impl ChunkNames {
+    /// The name of a chunk of `data`.
+    pub fn name(self, data: &[u8]) -> ChunkHash {
+        match self {
+            ChunkNames::Blake3 => ChunkHash::of(data),
+            ChunkNames::Sha256 => ChunkHash::sha256_of(data),
+        }
+    }
+
+    /// The manifest format a save with these names writes.
+    pub fn format_version(self) -> u32 {
+        match self {
+            ChunkNames::Blake3 => FORMAT_VERSION,
+            ChunkNames::Sha256 => 3,
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Workspace snapshots: [`SnapshotStore`] saves a sandbox's workspace archive as content-defined,
-//! SHA-256-named, zstd-compressed chunks packed into pack objects, plus a manifest, in any
-//! `object_store` backend, and restores it verified.
+//! BLAKE3-named, zstd-compressed chunks packed into pack objects, plus a manifest, in any
+//! `object_store` backend, and restores it verified. (Snapshots of manifest formats 2 and 3
+//! named their chunks by SHA-256; they still restore and serve as parents, see [`ChunkHash`].)
 //!
 //! # Saving
 //! A sandbox whose workspace is a directory on this host ([`Sandbox::local_workspace`], the
@@ -26,7 +27,8 @@
 //! - `ids/<snapshot id>`: the key of the manifest, so a snapshot can be found by id alone.
 //! - `inflight/<save>/<n>`: the chunks a running save is about to use (see *Garbage collection*).
 //! - `gc/<run>`: present while a garbage collection runs.
-//! - `chunks/<2 hex>/<sha256>`: one chunk per object, as manifest format 2 stored them. Such
+//! - `chunks/<2 hex>/<sha256>`: one chunk per object, as manifest format 2 stored them (named
+//!   by the SHA-256 of their content). Such
 //!   snapshots still restore (a chunk the index does not list is looked for there), their chunks
 //!   stay until no manifest uses them, and new saves never write there.
 //!
@@ -52,7 +54,7 @@
 //!
 //! # Restore
 //! Chunks are read from their packs in ranges, several at once, each checked (stored form, size,
-//! SHA-256). Into a sandbox whose workspace is on this host, a snapshot with a file table is
+//! content hash). Into a sandbox whose workspace is on this host, a snapshot with a file table is
 //! written directly, many files at once, into a hidden directory moved into place at the end
 //! (see the `unpack` module). Otherwise the chunks are written at their place in a spool file
 //! (zero runs become holes), the whole archive is checked entry by entry (no `..`, absolute
@@ -101,7 +103,8 @@ use tokio::sync::mpsc;
 pub use error::{Error, ErrorKind, Result};
 pub use gate::WakingSandbox;
 pub use manifest::{
-    ChunkHash, ChunkRef, ChunkerParams, FORMAT_VERSION, OLDEST_FORMAT_VERSION, SnapshotManifest,
+    ChunkHash, ChunkNames, ChunkRef, ChunkerParams, FORMAT_VERSION, OLDEST_FORMAT_VERSION,
+    SnapshotManifest,
 };
 pub use marker::{RESTORE_MARKER, restore_unfinished};
 pub use wake::Woken;
@@ -173,6 +176,9 @@ pub struct SnapshotConfig {
     pub chunker: ChunkerParams,
     /// zstd level for chunks.
     pub zstd_level: i32,
+    /// Which hash names new chunks, and so which manifest format a save writes (see
+    /// [`ChunkNames`]; restores read every format whatever this says).
+    pub chunk_names: ChunkNames,
     /// Target size of a pack (stored bytes of chunks); a pack is sealed once it reaches this.
     pub pack_bytes: usize,
     /// Pack uploads in flight at once.
@@ -198,6 +204,7 @@ impl Default for SnapshotConfig {
         Self {
             chunker: ChunkerParams::default(),
             zstd_level: 1,
+            chunk_names: ChunkNames::default(),
             pack_bytes: 16 << 20,
             upload_concurrency: 4,
             download_concurrency: 8,

@@ -3,7 +3,7 @@
 //!
 //! A pack (`packs/<first two hex digits>/<64 hex digits>`) is the stored forms of its chunks
 //! (see the `chunk` module) one after another from offset 0, then a trailer that lists them:
-//! per chunk its SHA-256, size and stored size (`u32` little-endian each), then the chunk count
+//! per chunk its name (its content hash), size and stored size (`u32` little-endian each), then the chunk count
 //! (`u32`), the SHA-256 of the listing, and the magic `cmapack1`. Readers find a chunk through
 //! the index (see `chunk_index`) and read just its range; the trailer lets a pack be checked
 //! (or an index rebuilt) on its own. Every byte is covered by a checksum: each chunk's stored
@@ -130,9 +130,15 @@ impl PackBuilder {
 
     /// Append the raw stored form of a chunk's content (see `chunk::append_raw`); returns its
     /// length.
-    pub fn push_raw(&mut self, hash: ChunkHash, size: u32, data: &[u8]) -> Result<u32> {
+    pub fn push_raw(
+        &mut self,
+        coding: super::chunk::Coding,
+        hash: ChunkHash,
+        size: u32,
+        data: &[u8],
+    ) -> Result<u32> {
         let len = self.entry(hash, size, super::chunk::raw_len(data.len()))?;
-        super::chunk::append_raw(data, &mut self.buf);
+        super::chunk::append_raw(coding, data, &mut self.buf);
         Ok(len)
     }
 
@@ -238,13 +244,18 @@ pub(crate) fn verify(id: &PackId, pack: &Bytes) -> Result<()> {
 mod tests {
     use super::*;
 
+    const B3: super::super::chunk::Coding = super::super::chunk::Coding {
+        level: 1,
+        names: super::super::ChunkNames::Blake3,
+    };
+
     #[test]
     fn packs_list_their_chunks_and_any_flipped_byte_is_caught() {
         let mut b = PackBuilder::default();
         let contents: [&[u8]; 3] = [b"first", b"", &[7u8; 5000]];
         let mut blobs = Vec::new();
         for data in contents {
-            let blob = super::super::chunk::encode(data, 1).unwrap();
+            let blob = super::super::chunk::encode(data, B3).unwrap();
             b.push(ChunkHash::of(data), data.len() as u32, &blob)
                 .unwrap();
             blobs.push(blob);
@@ -267,7 +278,7 @@ mod tests {
         // its whole buffer comes back for reuse once the pack is dropped.
         let mut b = PackBuilder::with_capacity(1 << 20);
         for data in contents {
-            let blob = super::super::chunk::encode(data, 1).unwrap();
+            let blob = super::super::chunk::encode(data, B3).unwrap();
             b.push(ChunkHash::of(data), data.len() as u32, &blob)
                 .unwrap();
         }

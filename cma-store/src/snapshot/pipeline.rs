@@ -16,7 +16,7 @@ use bytes::Bytes;
 use tokio::task::JoinSet;
 
 use super::buffers::BufferPool;
-use super::chunk::{self, cut_all};
+use super::chunk::{self, Coding, cut_all};
 use super::chunk_index::{ChunkIndex, IndexRecord, Location};
 use super::hinted::{self, Check};
 use super::pack::{PackBuilder, pack_key};
@@ -83,19 +83,22 @@ pub(super) enum Job {
 
 /// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
 /// handful of sizes) are hashed once per size.
-pub(super) fn hash_chunk(data: &[u8]) -> ChunkHash {
-    static ZERO_HASHES: std::sync::Mutex<Vec<(usize, ChunkHash)>> =
+pub(super) fn hash_chunk(names: ChunkNames, data: &[u8]) -> ChunkHash {
+    static ZERO_HASHES: std::sync::Mutex<Vec<(ChunkNames, usize, ChunkHash)>> =
         std::sync::Mutex::new(Vec::new());
     if !is_zeros(data) {
-        return ChunkHash::of(data);
+        return names.name(data);
     }
     let mut memo = ZERO_HASHES.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some((_, h)) = memo.iter().find(|(n, _)| *n == data.len()) {
+    if let Some((_, _, h)) = memo
+        .iter()
+        .find(|(k, n, _)| *k == names && *n == data.len())
+    {
         return *h;
     }
-    let h = ChunkHash::of(data);
+    let h = names.name(data);
     if memo.len() < 16 {
-        memo.push((data.len(), h));
+        memo.push((names, data.len(), h));
     }
     h
 }
@@ -115,17 +118,17 @@ pub(super) fn hash_job(
     job: Job,
     hint: &Hint,
     params: &ChunkerParams,
-    level: i32,
+    coding: Coding,
     pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
     // Capacity of the pooled buffer the chunks are slices of, if they are.
     let mut pooled_input = 0usize;
     let mut hashed = match job {
-        Job::Cut(c) => hash_split(c, hint, level, pool)?,
+        Job::Cut(c) => hash_split(c, hint, coding, pool)?,
         Job::Whole(b) => {
             let mut out = Vec::new();
             cut_all(params, b, &mut out);
-            hash_split(out, hint, level, pool)?
+            hash_split(out, hint, coding, pool)?
         }
         Job::Files(root, pack, checks) => {
             let len = pack
@@ -142,7 +145,7 @@ pub(super) fn hash_job(
             let head = pack.first().map_or(0, |f| f.header.len());
             match checks {
                 Checks::Hinted(h) if data.len() > params.max_size as usize => {
-                    hash_hinted(params, data, head, &h, hint, level, pool)?
+                    hash_hinted(params, data, head, &h, hint, coding, pool)?
                 }
                 checks => {
                     let mut out = Vec::new();
@@ -154,7 +157,7 @@ pub(super) fn hash_job(
                             Some(hinted::checks_of(&slices, 0, head))
                         }
                     };
-                    let mut hashed = hash_split(out, hint, level, pool)?;
+                    let mut hashed = hash_split(out, hint, coding, pool)?;
                     if let Some(sums) = sums {
                         for (h, c) in hashed.iter_mut().zip(sums) {
                             h.check = Some(c);
@@ -194,7 +197,7 @@ fn hash_hinted(
     head: usize,
     hints: &hinted::Hints,
     hint: &Hint,
-    level: i32,
+    coding: Coding,
     pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
     let cuts = hinted::cuts(params, &data, head, hints);
@@ -215,7 +218,7 @@ fn hash_hinted(
         .map(|(&i, c)| hinted::check_of(i, c, head))
         .collect();
     drop(slices);
-    let mut fresh = hash_split(fresh, hint, level, pool)?
+    let mut fresh = hash_split(fresh, hint, coding, pool)?
         .into_iter()
         .zip(sums)
         .map(|(mut h, c)| {
@@ -253,12 +256,12 @@ const SPLIT_JOB_BYTES: usize = 4 << 20;
 fn hash_split(
     chunks: Vec<Bytes>,
     hint: &Hint,
-    level: i32,
+    coding: Coding,
     pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
     let total: usize = chunks.iter().map(Bytes::len).sum();
     if total < SPLIT_JOB_BYTES || chunks.len() < 2 {
-        return hash_chunks(&chunks, hint, level, pool);
+        return hash_chunks(&chunks, hint, coding, pool);
     }
     let mut first = 0usize;
     let split = chunks
@@ -273,9 +276,9 @@ fn hash_split(
         // The second half goes to a thread of its own if the system gives one, else it is
         // hashed here after the first.
         let other = std::thread::Builder::new()
-            .spawn_scoped(s, || hash_chunks(second, hint, level, pool))
+            .spawn_scoped(s, || hash_chunks(second, hint, coding, pool))
             .ok();
-        let a = hash_chunks(first, hint, level, pool);
+        let a = hash_chunks(first, hint, coding, pool);
         let b = match other {
             Some(t) => t.join().unwrap_or_else(|_| {
                 Err(Error::io(
@@ -283,7 +286,7 @@ fn hash_split(
                     std::io::Error::other("hashing thread panicked"),
                 ))
             }),
-            None => hash_chunks(second, hint, level, pool),
+            None => hash_chunks(second, hint, coding, pool),
         };
         (a, b)
     });
@@ -296,7 +299,7 @@ fn hash_split(
 fn hash_chunks(
     chunks: &[Bytes],
     hint: &Hint,
-    level: i32,
+    coding: Coding,
     pool: &BufferPool,
 ) -> Result<Vec<Hashed>> {
     // Room for every new chunk's stored form, so zstd writes straight into one buffer.
@@ -308,13 +311,13 @@ fn hash_chunks(
     let mut hashed = Vec::with_capacity(chunks.len());
     let mut spans = Vec::new();
     for data in chunks.iter().cloned() {
-        let hash = hash_chunk(&data);
+        let hash = hash_chunk(coding.names, &data);
         let size = chunk_len(data.len())?;
         let payload = if hint.known(&hash) {
             Payload::Known(data)
         } else {
             let at = stored.len();
-            if chunk::encode_into(&data, level, &mut stored)? {
+            if chunk::encode_into(&data, coding, &mut stored)? {
                 spans.push((hashed.len(), at..stored.len()));
                 // Filled in below, once the buffer is frozen.
                 Payload::Parent
@@ -496,7 +499,7 @@ impl SnapshotStore {
                     Held::Appended(n)
                 }
                 Payload::Raw(data) => {
-                    let n = st.pack.push_raw(p.hash, p.size, &data)?;
+                    let n = st.pack.push_raw(self.coding(), p.hash, p.size, &data)?;
                     st.appended.insert(p.hash, n);
                     Held::Appended(n)
                 }
@@ -655,7 +658,7 @@ impl SnapshotStore {
             (None, Held::Known(data)) => {
                 let n = st
                     .pack
-                    .push(hash, size, &chunk::encode(&data, self.config.zstd_level)?)?;
+                    .push(hash, size, &chunk::encode(&data, self.coding())?)?;
                 st.appended.insert(hash, n);
                 n
             }
@@ -665,14 +668,14 @@ impl SnapshotStore {
                 n
             }
             (None, Held::Ready(Payload::Raw(data))) => {
-                let n = st.pack.push_raw(hash, size, &data)?;
+                let n = st.pack.push_raw(self.coding(), hash, size, &data)?;
                 st.appended.insert(hash, n);
                 n
             }
             (None, Held::Ready(Payload::Known(data))) => {
                 let n = st
                     .pack
-                    .push(hash, size, &chunk::encode(&data, self.config.zstd_level)?)?;
+                    .push(hash, size, &chunk::encode(&data, self.coding())?)?;
                 st.appended.insert(hash, n);
                 n
             }
@@ -686,6 +689,14 @@ impl SnapshotStore {
     /// stored) and, in most packs, the trailer a pack may run over it by.
     fn pack_capacity(&self) -> usize {
         self.config.pack_bytes.saturating_add(1 << 20)
+    }
+
+    /// How this store's saves store chunks.
+    pub(super) fn coding(&self) -> Coding {
+        Coding {
+            level: self.config.zstd_level,
+            names: self.config.chunk_names,
+        }
     }
 
     /// Seal the pack being filled and start its upload (waiting if enough are uploading).
@@ -786,11 +797,17 @@ mod tests {
     fn zero_chunks_hash_like_any_other() {
         for n in [0usize, 1, 4096, 65536, 65537, 300_000, 4096] {
             let zeros = vec![0u8; n];
-            assert_eq!(hash_chunk(&zeros), ChunkHash::of(&zeros), "{n}");
+            for names in [ChunkNames::Blake3, ChunkNames::Sha256] {
+                assert_eq!(hash_chunk(names, &zeros), names.name(&zeros), "{n}");
+            }
             let mut one = zeros.clone();
             if let Some(last) = one.last_mut() {
                 *last = 1;
-                assert_eq!(hash_chunk(&one), ChunkHash::of(&one), "{n}");
+                assert_eq!(
+                    hash_chunk(ChunkNames::Blake3, &one),
+                    ChunkHash::of(&one),
+                    "{n}"
+                );
             }
         }
     }

@@ -213,7 +213,10 @@ impl SnapshotStore {
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
         let created_at = Utc::now();
-        let parent_m = self.load_parent(parent).await?;
+        let parent_m = self
+            .load_parent(parent)
+            .await?
+            .filter(|(m, _)| self.builds_on(m));
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let producer = tokio::spawn(produce(stream, self.config.chunker, tx));
         self.run_save(
@@ -273,17 +276,31 @@ impl SnapshotStore {
     }
 
     /// The parent's manifest, where it is, and its units for reuse: kept in memory if it is
-    /// the snapshot this store saved last (see the `recent` module), else read.
+    /// the snapshot this store saved last (see the `recent` module), else read. A parent this
+    /// store's saves cannot build on (see [`builds_on`](Self::builds_on)) is only checked to
+    /// exist: the save goes on as without one, and records it.
     async fn parent_with_units(
         &self,
         parent: Option<&SnapshotId>,
     ) -> Result<(Option<(SnapshotManifest, Path)>, Option<ParentUnits>)> {
-        if let Some(r) = parent.and_then(|id| self.recent.take(id)) {
+        if let Some(r) = parent.and_then(|id| self.recent.take(id))
+            && self.builds_on(&r.manifest)
+        {
             return Ok((Some((r.manifest, r.key)), r.units));
         }
         let parent_m = self.load_parent(parent).await?;
+        if parent_m.as_ref().is_some_and(|(m, _)| !self.builds_on(m)) {
+            return Ok((None, None));
+        }
         let units = self.parent_units(parent_m.as_ref().map(|(m, _)| m)).await;
         Ok((parent_m, units))
+    }
+
+    /// Whether this store's saves may use `parent`'s chunks: not those of a manifest format
+    /// newer than the one they write, which its readers could not read (a store set to
+    /// [`ChunkNames::Sha256`] does not build on a parent of format 4).
+    fn builds_on(&self, parent: &SnapshotManifest) -> bool {
+        parent.format_version <= self.config.chunk_names.format_version()
     }
 
     /// The parent's units for reuse; `None` (read everything) without a usable file table.
@@ -495,10 +512,10 @@ impl SnapshotStore {
                 return Started::Ready(Item::UnitEnd { racy, entries });
             }
         };
-        let (hint, params, level) = (hint.clone(), self.config.chunker, self.config.zstd_level);
+        let (hint, params, coding) = (hint.clone(), self.config.chunker, self.coding());
         let pool = pool.clone();
         let handle =
-            tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, level, &pool));
+            tokio::task::spawn_blocking(move || hash_job(job, &hint, &params, coding, &pool));
         Started::Running(Box::pin(async move {
             Ok(Item::Pieces(handle.await.map_err(joined)??, held))
         }))
@@ -514,7 +531,7 @@ impl SnapshotStore {
         hint: Arc<Hint>,
         encode: fn(&T) -> Vec<u8>,
     ) -> TableJob<T> {
-        let level = self.config.zstd_level;
+        let coding = self.coding();
         tokio::task::spawn_blocking(move || {
             let bytes = Bytes::from(encode(&of));
             let pool = BufferPool::shared();
@@ -522,7 +539,7 @@ impl SnapshotStore {
                 Job::Whole(bytes),
                 &hint,
                 &tables::TABLE_CHUNKER,
-                level,
+                coding,
                 &pool,
             );
             (of, hashed)
@@ -591,7 +608,7 @@ impl SnapshotStore {
         }
         let mut m = SnapshotManifest {
             id: SnapshotId::from_hex(&"0".repeat(64)).ok_or_else(|| Error::corrupt("id", "?"))?,
-            format_version: FORMAT_VERSION,
+            format_version: self.config.chunk_names.format_version(),
             session_id: session_id.to_owned(),
             created_at,
             parent: parent.cloned(),

@@ -1,7 +1,7 @@
 //! The two tables a manifest points to, stored as ordinary chunks so that a snapshot that
 //! differs little from its parent stores little besides its new data:
 //!
-//! - the *chunk table*: the archive's chunks in order, 40 bytes each (SHA-256, size, stored
+//! - the *chunk table*: the archive's chunks in order, 40 bytes each (name, size, stored
 //!   size, the two sizes little-endian `u32`);
 //! - the *file table*: how the archive was cut into units (see `walk`), with the metadata of
 //!   every entry in each unit, so the next save can reuse a unit whose entries are unchanged
