@@ -241,6 +241,101 @@ async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
     assert!(store.gc().await.unwrap().chunks_deleted > 0);
 }
 
+/// The `inflight/` records in the store.
+async fn records(store: &SnapshotStore) -> usize {
+    use futures::TryStreamExt;
+    let found: Vec<_> = store
+        .object_store()
+        .list(Some(&Path::from("inflight")))
+        .try_collect()
+        .await
+        .unwrap();
+    found.len()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_cancelled_after_naming_its_chunks_removes_its_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let gate = Gate::new();
+    let store = gated_store(&gate);
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 5, 60);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let parent = store
+        .save("sesn_cancel", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    std::fs::write(src.host.join("new.txt"), "new ".repeat(5000)).unwrap();
+
+    // The save has named its parent's chunks and waits for collections...
+    gate.arm(Op::List, "gc");
+    let saving = {
+        let (store, sandbox) = (store.clone(), src.sandbox.clone());
+        tokio::spawn(async move {
+            store
+                .save("sesn_cancel", sandbox.as_ref(), Some(&parent.id))
+                .await
+        })
+    };
+    gate.reached().await;
+    assert!(records(&store).await > 0);
+    // ...when it is cancelled: its records go (in a task of their own) and do not wait until
+    // a collection finds them stale.
+    saving.abort();
+    assert!(saving.await.unwrap_err().is_cancelled());
+    gate.release();
+    let mut left = records(&store).await;
+    for _ in 0..100 {
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        left = records(&store).await;
+    }
+    assert_eq!(left, 0, "records of the cancelled save are left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_deleted_and_collected_while_a_save_names_its_chunks_costs_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let gate = Gate::new();
+    let store = gated_store(&gate);
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 6, 60);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let parent = store
+        .save("sesn_parent", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    std::fs::write(src.host.join("new.txt"), "new ".repeat(5000)).unwrap();
+
+    // The save has named its parent's chunks (from the store's memory of its last save)...
+    gate.arm(Op::List, "gc");
+    let saving = {
+        let (store, sandbox, id) = (store.clone(), src.sandbox.clone(), parent.id.clone());
+        tokio::spawn(async move { store.save("sesn_parent", sandbox.as_ref(), Some(&id)).await })
+    };
+    gate.reached().await;
+    // ...when its parent is deleted and a whole collection runs: the records keep every chunk.
+    store.delete(&parent.id).await.unwrap();
+    let report = store.gc().await.unwrap();
+    assert_eq!(report.chunks_deleted, 0, "{report:?}");
+    gate.release();
+    // The save no longer trusts the parent (it is gone) but finds its chunks stored.
+    let m = saving.await.unwrap().unwrap();
+    let dst = iso.sandbox().await;
+    store.restore(&m.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
+    assert!(
+        m.uploaded_bytes < parent.stored_bytes / 2,
+        "{} of {}",
+        m.uploaded_bytes,
+        parent.stored_bytes
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_that_starts_during_a_gc_waits_and_uploads_again_what_it_deleted() {
     let tmp = tempfile::tempdir().unwrap();

@@ -385,15 +385,27 @@ pub(super) struct SaveState {
     appended: HashMap<ChunkHash, u32>,
     batch: Vec<Batched>,
     batch_bytes: usize,
+    /// The store, to remove the save's records when the state goes (see `Drop`).
+    store: SnapshotStore,
 }
 
 impl Drop for SaveState {
     /// The buffer of the pack being filled goes back to the pool (after a save, the empty pack
     /// that would have followed the last one holds a whole pack's buffer: dropped, each save
     /// would fault a new one in).
+    ///
+    /// The save's `inflight/` records are removed in a task of their own, whether the save
+    /// ended or was cancelled (nothing waits for it; a record left behind, as when no runtime
+    /// is there any more, is removed by a collection once stale).
     fn drop(&mut self) {
         let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(Vec::new()));
         self.pool.give(pack.into_buffer());
+        if self.seq > 0
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, save_id, records) = (self.store.clone(), self.save_id, self.seq);
+            rt.spawn(async move { store.drop_records(save_id, records).await });
+        }
     }
 }
 
@@ -444,9 +456,8 @@ impl SnapshotStore {
             save_id: uuid::Uuid::new_v4(),
             seq: 0,
             first_record: None,
-            confirmed: HashMap::with_capacity(
-                parent.as_ref().map_or(0, |p: &ParentInfo| p.chunks.len()),
-            ),
+            // (The parent's chunks move in whole once named, see `name_parent`.)
+            confirmed: HashMap::new(),
             parent,
             index,
             pack: PackBuilder::with_buffer(pool.take(self.pack_capacity())),
@@ -457,6 +468,7 @@ impl SnapshotStore {
             appended: HashMap::new(),
             batch: Vec::new(),
             batch_bytes: 0,
+            store: self.clone(),
         })
     }
 
@@ -580,9 +592,15 @@ impl SnapshotStore {
             _ => return Ok(()),
         };
         if self.name(st, &hashes).await?
-            && let Some(p) = &st.parent
+            && let Some(p) = &mut st.parent
         {
-            st.confirmed.extend(p.chunks.iter().map(|(h, s)| (*h, *s)));
+            // Moved, not copied: nothing asks the parent's map after this.
+            let chunks = std::mem::take(&mut p.chunks);
+            if st.confirmed.is_empty() {
+                st.confirmed = chunks;
+            } else {
+                st.confirmed.extend(chunks);
+            }
         }
         Ok(())
     }

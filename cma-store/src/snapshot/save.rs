@@ -480,10 +480,7 @@ impl SnapshotStore {
             }
             (Err(e), _) | (Ok(_), Err(e)) => Err(e),
         };
-        // Best effort, and nothing waits for it: a record left behind is removed by a
-        // collection once stale.
-        let (store, save_id, records) = (self.clone(), st.save_id, st.seq);
-        tokio::spawn(async move { store.drop_records(save_id, records).await });
+        // (Dropping `st` removes the save's records, see `SaveState`'s `Drop`.)
         result
     }
 
