@@ -20,10 +20,13 @@
 //! The result is exactly the chunks a full cut gives (a test compares them over many kinds of
 //! edit), so hints change the time a save takes, never what it stores.
 //!
-//! Checks are computed for a big file's unit when a save with a parent file table reads it
-//! (the file is new or changed since the parent; files that change once tend to change again),
-//! not in a first save, where nearly every file is read and the checks would cost a few percent
-//! of the save. A file's first change after such a save is read, cut and hashed in full.
+//! A chunk named by BLAKE3 (manifest format 4) has its name as its check, but for chunk 0:
+//! only chunk 0's is computed, and every save records checks for the big files it reads,
+//! a first save too. With SHA-256 names (a store set to format 3) checks cost a hash of
+//! their own, so they are computed only when a save with a parent file table reads a big file
+//! (it is new or changed since the parent; files that change once tend to change again), not
+//! in a first save, where nearly every file is read and they would cost a few percent of the
+//! save; a file's first change after such a save is read, cut and hashed in full.
 
 use super::chunk::next_cut;
 use super::manifest::{ChunkRef, ChunkerParams};

@@ -81,6 +81,13 @@ pub(super) enum Job {
     Files(Arc<cap_std::fs::Dir>, Vec<super::walk::Found>, Checks),
 }
 
+/// Whether chunk names are the checks (see the `hinted` module) of every chunk of a unit but
+/// its first: BLAKE3 names are the BLAKE3 of the chunk, as a check is (chunk 0's check leaves
+/// out the unit's tar header).
+pub(super) fn names_are_checks(coding: Coding) -> bool {
+    coding.names == ChunkNames::Blake3
+}
+
 /// Hash a chunk; all-zero chunks (sparse files, zeroed images: cut at the maximum size, so a
 /// handful of sizes) are hashed once per size.
 pub(super) fn hash_chunk(names: ChunkNames, data: &[u8]) -> ChunkHash {
@@ -150,17 +157,23 @@ pub(super) fn hash_job(
                 checks => {
                     let mut out = Vec::new();
                     cut_all(params, data, &mut out);
+                    // The checks the names do not give (see `names_are_checks`).
                     let sums = match checks {
                         Checks::None => None,
                         Checks::Compute | Checks::Hinted(_) => {
-                            let slices: Vec<&[u8]> = out.iter().map(|c| &c[..]).collect();
+                            let n = if names_are_checks(coding) {
+                                out.len().min(1)
+                            } else {
+                                out.len()
+                            };
+                            let slices: Vec<&[u8]> = out[..n].iter().map(|c| &c[..]).collect();
                             Some(hinted::checks_of(&slices, 0, head))
                         }
                     };
                     let mut hashed = hash_split(out, hint, coding, pool)?;
                     if let Some(sums) = sums {
-                        for (h, c) in hashed.iter_mut().zip(sums) {
-                            h.check = Some(c);
+                        for (i, h) in hashed.iter_mut().enumerate() {
+                            h.check = Some(sums.get(i).copied().unwrap_or(h.hash.0));
                         }
                     }
                     hashed
@@ -211,18 +224,17 @@ fn hash_hinted(
         }
         start = c.end;
     }
-    let slices: Vec<&[u8]> = fresh.iter().map(|c| &c[..]).collect();
-    let sums: Vec<Check> = fresh_at
+    // Checks the names do not give (see `names_are_checks`): chunk 0's, or all.
+    let sums: Vec<Option<Check>> = fresh_at
         .iter()
-        .zip(&slices)
-        .map(|(&i, c)| hinted::check_of(i, c, head))
+        .zip(&fresh)
+        .map(|(&i, c)| (i == 0 || !names_are_checks(coding)).then(|| hinted::check_of(i, c, head)))
         .collect();
-    drop(slices);
     let mut fresh = hash_split(fresh, hint, coding, pool)?
         .into_iter()
         .zip(sums)
         .map(|(mut h, c)| {
-            h.check = Some(c);
+            h.check = Some(c.unwrap_or(h.hash.0));
             h
         });
     let mut out = Vec::with_capacity(cuts.len());
@@ -810,6 +822,69 @@ fn gone(hash: &ChunkHash) -> Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A big file's unit as a save reads it with `checks`: its chunks and the archive bytes.
+    fn hashed_file(coding: Coding, data: &[u8], checks: Checks) -> (Vec<Hashed>, Vec<u8>) {
+        use super::super::tables::{EntryKey, Kind};
+        use super::super::walk::{Found, read_unit};
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join("big.bin"), data).unwrap();
+        let root =
+            cap_std::fs::Dir::open_ambient_dir(tmp.path(), cap_std::ambient_authority()).unwrap();
+        let key = EntryKey {
+            path: b"big.bin".to_vec(),
+            kind: Kind::File,
+            mode: 0o100644,
+            size: data.len() as u64,
+            mtime_ns: 1_700_000_000_000_000_000,
+            ctime_ns: 0,
+            ino: 1,
+        };
+        let mut builder = tar::Builder::new(Vec::new());
+        let mut found = Found::lazy(&mut builder, key, None).unwrap();
+        found.build(&mut builder).unwrap();
+        let mut unit = Vec::new();
+        read_unit(&root, std::slice::from_ref(&found), &mut unit).unwrap();
+        let hint = Hint {
+            parent: HashSet::new(),
+            index: Arc::new(ChunkIndex::default()),
+        };
+        let job = Job::Files(Arc::new(root), vec![found], checks);
+        let pool = BufferPool::shared();
+        let params = ChunkerParams::default();
+        (hash_job(job, &hint, &params, coding, &pool).unwrap(), unit)
+    }
+
+    #[test]
+    fn checks_taken_from_names_are_the_checks() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let data: Vec<u8> = (0..3_000_000)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if (i / 100_000) % 3 == 0 {
+                    b'a'
+                } else {
+                    x as u8
+                }
+            })
+            .collect();
+        for names in [ChunkNames::Blake3, ChunkNames::Sha256] {
+            let coding = Coding { level: 1, names };
+            let (hashed, unit) = hashed_file(coding, &data, Checks::Compute);
+            let mut chunks = Vec::new();
+            cut_all(&ChunkerParams::default(), Bytes::from(unit), &mut chunks);
+            assert!(chunks.len() > 10);
+            assert_eq!(hashed.len(), chunks.len());
+            for (i, (h, c)) in hashed.iter().zip(&chunks).enumerate() {
+                assert_eq!(h.hash, names.name(c), "{names:?} {i}");
+                assert_eq!(h.check, Some(hinted::check_of(i, c, 512)), "{names:?} {i}");
+            }
+            let (none, _) = hashed_file(coding, &data, Checks::None);
+            assert!(none.iter().all(|h| h.check.is_none()));
+        }
+    }
 
     #[test]
     fn zero_chunks_hash_like_any_other() {

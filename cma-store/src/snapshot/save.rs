@@ -245,9 +245,18 @@ impl SnapshotStore {
         let (parent_m, units) = self.parent_with_units(parent).await?;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let (params, max_bytes) = (self.config.chunker, self.config.max_archive_bytes);
+        let free_checks = super::pipeline::names_are_checks(self.coding());
         let walker = tokio::task::spawn_blocking(move || {
             let root = cap_std::fs::Dir::from_std_file(dir);
-            walk::walk(root, params, units.as_ref(), started, &tx, max_bytes)
+            walk::walk(
+                root,
+                params,
+                units.as_ref(),
+                started,
+                &tx,
+                max_bytes,
+                free_checks,
+            )
         });
         self.run_save(
             session_id,

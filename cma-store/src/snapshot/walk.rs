@@ -283,6 +283,9 @@ struct Walker<'a> {
     lister: &'a Lister,
     /// Most file bytes a save takes (`SnapshotConfig::max_archive_bytes`).
     max_bytes: u64,
+    /// Whether big files get checks in a save without a parent (see
+    /// `pipeline::names_are_checks`).
+    free_checks: bool,
     /// The workspace, for whoever reads files of the walk.
     root: Arc<Dir>,
     pack: Vec<Found>,
@@ -424,6 +427,7 @@ pub(crate) fn walk(
     started: SystemTime,
     tx: &mpsc::Sender<Result<Vec<Work>>>,
     max_bytes: u64,
+    free_checks: bool,
 ) -> Result<Counts> {
     let shared = root
         .try_clone()
@@ -437,6 +441,7 @@ pub(crate) fn walk(
             tx,
             lister,
             max_bytes,
+            free_checks,
             out: Vec::new(),
             pack: Vec::new(),
             pack_bytes: 0,
@@ -606,6 +611,9 @@ impl Walker<'_> {
                 Some(p) => p
                     .hints(&f.key)
                     .map_or(Checks::Compute, |h| Checks::Hinted(Box::new(h))),
+                // Without a parent too when the chunk names give the checks (all but chunk
+                // 0's): the file's first change after this save is then hinted as well.
+                None if self.free_checks => Checks::Compute,
                 None => Checks::None,
             };
             self.send(Work::Files {
