@@ -43,7 +43,9 @@
 //! A save names each batch of chunks in an `inflight/` record *before* it looks at the store,
 //! then waits until no garbage collection that started earlier is still running, and only then
 //! reloads the index (or, for chunks of the parent snapshot, checks that the parent manifest
-//! still exists) and packs what the store lacks. A collection lists packs, then live
+//! still exists) and packs what the store lacks. The parent's chunks are named this way once,
+//! when the save starts (while the walk runs); if the parent is still there then, they are all
+//! confirmed, and the batches name only new chunks. A collection lists packs, then live
 //! `inflight/` records, then manifests, then reads the index, and drops only chunks named by
 //! none of them. A collection that started after the save's record was written sees the record
 //! and keeps those chunks; one that started before is still running when the save looks (and

@@ -1,12 +1,16 @@
 //! The store side of a save, as a pipeline that keeps both cores busy: chunks are hashed (and
 //! new ones compressed) on the blocking pool, several jobs at once, while the walk reads ahead
 //! and finished packs upload; the results are taken back in archive order, named in
-//! `inflight/` records batch by batch (see the module docs of `snapshot` for why). New chunks
+//! `inflight/` records batch by batch (see the module docs of `snapshot` for why), after the
+//! parent's chunks, which are named at the start, beside the walk (see `name_parent`). A
+//! save's records are removed when its state is dropped, whether it ended or was cancelled.
+//! New chunks
 //! are copied into the pack being filled as soon as they are taken back (so the buffers of
 //! their job return to the save's pool at once, see the `buffers` module), and a pack is sealed
 //! and uploaded once it reaches [`SnapshotConfig::pack_bytes`], always after the record that
 //! names every chunk in it. Memory stays bounded: the walk's queue, [`MAX_JOBS`] jobs of at
-//! most a few MiB, one batch's chunk list, the pack being filled and the packs uploading.
+//! most a few MiB, one batch's chunk list (records hold at most a batch's worth of names, the
+//! parent's split likewise), the pack being filled and the packs uploading.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
