@@ -1,8 +1,9 @@
 //! Chunk names: saves name new chunks by BLAKE3 (manifest format 4) unless a store is set to
 //! SHA-256 (format 3, what older versions write). One store can hold both kinds: a format-4
 //! save builds on a format-3 parent and shares its chunks, a SHA-256 store does not build on a
-//! format-4 parent, and restores, verification and garbage collection (which moves chunks of
-//! both kinds into the same packs) read each chunk by the hash its stored form names.
+//! format-4 parent, and restores, verification and garbage collection (which repacks each kind
+//! into packs of its own, so an older version still reads every pack it could read before)
+//! check each chunk by the hash its stored form names.
 
 mod common;
 
@@ -140,13 +141,19 @@ async fn both_kinds_of_chunk_names_live_in_one_store() {
 
     // Without the first two snapshots, packs of both kinds hold dead chunks (the first a.txt
     // and b.txt in the SHA-256 pack, the second b.txt in the BLAKE3 one, and the tables of
-    // both); collection rewrites them, and the pack it writes holds live chunks of both kinds.
+    // both); collection rewrites them, each kind into packs of its own.
     new_store.delete(&old.id).await.unwrap();
     new_store.delete(&new.id).await.unwrap();
+    let before = pack_tags(&new_store).await.len();
     let report = new_store.gc().await.unwrap();
     assert!(report.packs_repacked >= 2, "{report:?}");
+    assert!(report.packs_written >= 2, "{report:?}");
     let tags = pack_tags(&new_store).await;
-    assert!(tags.iter().any(mixed), "{tags:?}");
+    assert!(!tags.iter().any(mixed), "{tags:?}");
+    assert_eq!(
+        tags.len(),
+        before - report.packs_repacked + report.packs_written
+    );
     for m in [&newer, &back] {
         new_store.verify(&m.id).await.unwrap();
         let dst = iso.sandbox().await;

@@ -25,6 +25,9 @@ use tokio::sync::{Notify, Semaphore};
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Op {
     List,
+    /// A put paused before it reaches the store; it lands once released even if its caller
+    /// is gone by then (as a request already sent does).
+    Put,
 }
 
 /// Pauses the first call matching `(op, prefix)` until released.
@@ -127,6 +130,14 @@ impl ObjectStore for Gate {
         opts: PutOptions,
     ) -> object_store::Result<PutResult> {
         self.write_allowed()?;
+        if self.matches(Op::Put, location.as_ref()) {
+            let (ctl, inner, location) = (self.ctl.clone(), self.inner.clone(), location.clone());
+            let sent = tokio::spawn(async move {
+                ctl.release.acquire().await.unwrap().forget();
+                inner.put_opts(&location, payload, opts).await
+            });
+            return sent.await.unwrap();
+        }
         self.inner.put_opts(location, payload, opts).await
     }
 
@@ -294,6 +305,48 @@ async fn a_save_cancelled_after_naming_its_chunks_removes_its_records() {
         left = records(&store).await;
     }
     assert_eq!(left, 0, "records of the cancelled save are left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_cancelled_while_its_manifest_is_written_keeps_its_records() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let gate = Gate::new();
+    let store = gated_store(&gate);
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 7, 40);
+
+    // The manifest is on its way to the store when the save is cancelled...
+    gate.arm(Op::Put, "manifests/");
+    let saving = {
+        let (store, sandbox) = (store.clone(), src.sandbox.clone());
+        tokio::spawn(async move { store.save("sesn_doubt", sandbox.as_ref(), None).await })
+    };
+    gate.reached().await;
+    saving.abort();
+    assert!(saving.await.unwrap_err().is_cancelled());
+    // ...its records stay (it may have been written), so a collection that does not see the
+    // manifest yet keeps the chunks...
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(records(&store).await > 0);
+    let report = store.gc().await.unwrap();
+    assert_eq!(report.chunks_deleted, 0, "{report:?}");
+    // ...and when it lands, the snapshot restores.
+    gate.release();
+    let mut listed = Vec::new();
+    for _ in 0..100 {
+        listed = store.list("sesn_doubt").await.unwrap();
+        if !listed.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let [info] = &listed[..] else {
+        panic!("one snapshot: {listed:?}")
+    };
+    let dst = iso.sandbox().await;
+    store.restore(&info.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

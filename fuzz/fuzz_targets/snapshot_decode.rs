@@ -5,9 +5,9 @@
 //! sizes that lie. Then `manifest`, `list`/`latest`, `verify` and `restore` into a scratch isolate
 //! sandbox.
 //!
-//! The harness writes the current stored format (format 2: zstd manifest with a header line,
-//! 40-byte chunk-table records, tagged chunks); it follows that format, not the crate's private
-//! code. Checked: no panic, bounded memory (libFuzzer's malloc limit), nothing written outside
+//! The harness writes the stored format (formats 2 to 4: zstd manifest with a header line,
+//! 40-byte chunk-table records, tagged chunks named by SHA-256 (tags 0 and 1) or BLAKE3 (tags 2
+//! and 3)); it follows that format, not the crate's private code. Checked: no panic, bounded memory (libFuzzer's malloc limit), nothing written outside
 //! the workspace.
 #![no_main]
 
@@ -85,6 +85,11 @@ enum Form {
     Frame(Vec<u8>),
     /// Exactly these stored bytes.
     Stored(Vec<u8>),
+    /// Named by BLAKE3: tag 2, the bytes as they are.
+    RawBlake3,
+    /// Named by BLAKE3: tag 3, a zstd frame (these bytes, or the data compressed) and its
+    /// BLAKE3.
+    FrameBlake3(Option<Vec<u8>>),
 }
 
 #[derive(Debug, Arbitrary)]
@@ -108,6 +113,25 @@ impl Chunk {
                 out
             }
             Form::Stored(b) => b.clone(),
+            Form::RawBlake3 => [&[2u8][..], data].concat(),
+            Form::FrameBlake3(f) => {
+                let frame = match f {
+                    Some(f) => f.clone(),
+                    None => zstd::bulk::compress(data, 1).expect("zstd"),
+                };
+                let mut out = vec![3u8];
+                out.extend_from_slice(&frame);
+                out.extend_from_slice(blake3::hash(&frame).as_bytes());
+                out
+            }
+        }
+    }
+
+    /// The chunk's name: the hash its stored form says names it.
+    fn name(&self, data: &[u8]) -> [u8; 32] {
+        match &self.form {
+            Form::RawBlake3 | Form::FrameBlake3(_) => *blake3::hash(data).as_bytes(),
+            _ => sha(data),
         }
     }
 }
@@ -224,7 +248,7 @@ async fn run(input: Input) {
     for c in input.chunks.iter().take(16) {
         let data = c.data.bytes();
         let bytes = c.stored(&data);
-        let hash = sha(&data);
+        let hash = c.name(&data);
         let h = hex(&hash);
         put(os, format!("chunks/{}/{h}", &h[..2]), bytes.clone()).await;
         stored.push(Stored {

@@ -9,8 +9,11 @@
 //! The tag also says which hash names the chunk and makes the trailer: tags 2 (raw) and 3
 //! (zstd), the ones this version writes, BLAKE3; tags 0 and 1, written by manifest formats 2
 //! and 3, SHA-256. A chunk is checked with the hash its own tag names, so a snapshot can share
-//! chunks of both kinds; a store cannot pass one kind off as the other without finding
-//! content whose hash of one kind equals a given hash of the other (a preimage).
+//! chunks of both kinds. A hostile store cannot pass one kind off as the other without
+//! content whose hash of one kind equals a given name of the other (a preimage); one that also
+//! chooses what is saved needs a pair of contents whose SHA-256 and BLAKE3 are equal (a
+//! collision, about 2^128 work, the bound names of one kind have anyway). Garbage collection
+//! keeps the kinds in packs of their own, so an older version reads every pack it could.
 
 use bytes::{Bytes, BytesMut};
 use fastcdc::v2020::{FastCDC, Normalization};
@@ -246,6 +249,12 @@ const ZSTD_SHA256: u8 = 1;
 /// Format 4 (BLAKE3 names and trailers): the bytes as they are, or a zstd frame.
 const RAW: u8 = 2;
 const ZSTD: u8 = 3;
+
+/// Whether `stored` is a stored form of manifest formats 2 and 3 (a chunk named by SHA-256),
+/// the only kind a version before format 4 reads.
+pub(crate) fn is_sha256_form(stored: &[u8]) -> bool {
+    matches!(stored.first(), Some(&(RAW_SHA256 | ZSTD_SHA256)))
+}
 
 /// How a save stores chunks: the zstd level, and which hash names them.
 #[derive(Debug, Clone, Copy)]

@@ -195,7 +195,11 @@ impl SnapshotStore {
         // 6. Repack, until the deadline.
         let mut written: Vec<IndexRecord> = Vec::new();
         let mut done: Vec<(PackId, Fate)> = Vec::new();
-        let mut builder = PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20));
+        // Chunks of each kind of name go into packs of their own (see `chunk::is_sha256_form`),
+        // so every pack a version before format 4 wrote or could have written stays readable
+        // whole by it (its `verify` decodes every chunk of a pack).
+        let new_builder = || PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20));
+        let mut builders = [new_builder(), new_builder()];
         for (id, fate) in fates {
             if fate == Fate::Delete {
                 done.push((id, fate));
@@ -212,12 +216,10 @@ impl SnapshotStore {
             match self.copy_live(&id, &keep).await {
                 Ok(blobs) => {
                     for (r, blob) in keep.iter().zip(blobs) {
+                        let builder = &mut builders[usize::from(chunk::is_sha256_form(&blob))];
                         builder.push(r.hash, r.size, &blob)?;
                         if builder.len() >= self.config.pack_bytes {
-                            let b = std::mem::replace(
-                                &mut builder,
-                                PackBuilder::with_capacity(self.config.pack_bytes + (1 << 20)),
-                            );
+                            let b = std::mem::replace(builder, new_builder());
                             written.extend(self.upload_pack(b, &mut report).await?);
                         }
                     }
@@ -234,8 +236,10 @@ impl SnapshotStore {
                 Err(e) => return Err(e),
             }
         }
-        if !builder.is_empty() {
-            written.extend(self.upload_pack(builder, &mut report).await?);
+        for builder in builders {
+            if !builder.is_empty() {
+                written.extend(self.upload_pack(builder, &mut report).await?);
+            }
         }
 
         // 7. The new index: every kept place in the packs that stay, and the new packs.

@@ -21,8 +21,9 @@
 //! edit), so hints change the time a save takes, never what it stores.
 //!
 //! A chunk named by BLAKE3 (manifest format 4) has its name as its check, but for chunk 0:
-//! only chunk 0's is computed, and every save records checks for the big files it reads,
-//! a first save too. With SHA-256 names (a store set to format 3) checks cost a hash of
+//! only chunk 0's is computed, and a save of a workspace directory records checks for every
+//! big file it reads whole (up to `walk::READ_ELSEWHERE`), a first save too (saves from a
+//! listing or an export stream, and bigger files, record none). With SHA-256 names (a store set to format 3) checks cost a hash of
 //! their own, so they are computed only when a save with a parent file table reads a big file
 //! (it is new or changed since the parent; files that change once tend to change again), not
 //! in a first save, where nearly every file is read and they would cost a few percent of the

@@ -5,7 +5,8 @@
 //! SHA-256 of the stored (compressed) bytes, so every stored byte is covered; the inner digest
 //! is the manifest's own checksum. The archive's chunk list and the file table are not in the
 //! object itself but in chunks it names (see the `index` module), so a snapshot close to its
-//! parent shares them too; their SHA-256 names chain the id's coverage to every byte. Reading
+//! parent shares them too; their names, hashes of their content, chain the id's coverage to
+//! every byte. Reading
 //! one verifies the object, the format version, every table chunk, and that the chunk list adds
 //! up to the sizes the manifest claims.
 
@@ -75,8 +76,8 @@ pub enum ChunkNames {
     Blake3,
     /// SHA-256, in manifest format 3, which versions before format 4 read: for a store that
     /// older readers must still read. Such a save does not build on a parent of format 4 (whose
-    /// chunks older readers cannot read): it reads and stores every file as without a parent,
-    /// and records the parent all the same.
+    /// chunks older readers cannot read): it reads every file as without a parent (what the
+    /// store holds under SHA-256 names is still not stored again), and records the parent.
     Sha256,
 }
 
@@ -129,7 +130,7 @@ pub(crate) fn push_hex(s: &mut String, bytes: &[u8]) {
 /// One chunk of the workspace archive, in archive order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ChunkRef {
-    /// SHA-256 of the uncompressed bytes.
+    /// Its name: the hash of the uncompressed bytes (see [`ChunkHash`]).
     pub hash: ChunkHash,
     /// Uncompressed size.
     pub size: u32,

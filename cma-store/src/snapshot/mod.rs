@@ -15,8 +15,8 @@
 //! uploading overlap (see the `pipeline` module), so both cores stay busy.
 //!
 //! # Layout in the store
-//! - `packs/<2 hex>/<sha256>`: many chunks in one object (see the `pack` module), named by the
-//!   hash of the whole object. A snapshot is a few packs, not one object per chunk.
+//! - `packs/<2 hex>/<64 hex>`: many chunks in one object (see the `pack` module), under a
+//!   random name. A snapshot is a few packs, not one object per chunk.
 //! - `index/<sha256>`: which pack holds each chunk, where (see the `chunk_index` module). Each
 //!   save adds one; garbage collection merges them.
 //! - `manifests/<session>/<created µs, 20 digits>-<snapshot id>`: a manifest (see

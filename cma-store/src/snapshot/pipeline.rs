@@ -403,6 +403,10 @@ pub(super) struct SaveState {
     batch_bytes: usize,
     /// The store, to remove the save's records when the state goes (see `Drop`).
     store: SnapshotStore,
+    /// Set while the manifest is being written: a save that fails or is cancelled then may
+    /// have written it all the same, so its records stay (until a collection finds them
+    /// stale) to keep its chunks.
+    pub commit_in_doubt: bool,
 }
 
 impl Drop for SaveState {
@@ -411,12 +415,14 @@ impl Drop for SaveState {
     /// would fault a new one in).
     ///
     /// The save's `inflight/` records are removed in a task of their own, whether the save
-    /// ended or was cancelled (nothing waits for it; a record left behind, as when no runtime
-    /// is there any more, is removed by a collection once stale).
+    /// ended or was cancelled, unless whether its manifest was written is not known (see
+    /// `commit_in_doubt`). Nothing waits for that task; a record left behind, as when no
+    /// runtime is there any more, is removed by a collection once stale.
     fn drop(&mut self) {
         let pack = std::mem::replace(&mut self.pack, PackBuilder::with_buffer(Vec::new()));
         self.pool.give(pack.into_buffer());
         if self.seq > 0
+            && !self.commit_in_doubt
             && let Ok(rt) = tokio::runtime::Handle::try_current()
         {
             let (store, save_id, records) = (self.store.clone(), self.save_id, self.seq);
@@ -485,6 +491,7 @@ impl SnapshotStore {
             batch: Vec::new(),
             batch_bytes: 0,
             store: self.clone(),
+            commit_in_doubt: false,
         })
     }
 

@@ -631,6 +631,9 @@ impl SnapshotStore {
         };
         let stored = Bytes::from(m.encode()?);
         let key = manifest_key(session_id, created_at, &m.id);
+        // From here until both are written, a failure or a cancellation may leave the manifest
+        // written: the records then stay (see `SaveState`'s `Drop`).
+        st.commit_in_doubt = true;
         for (k, body) in [
             (id_key(&m.id), Bytes::from(key.to_string())),
             (key.clone(), stored),
@@ -643,6 +646,7 @@ impl SnapshotStore {
                 r => r?,
             }
         }
+        st.commit_in_doubt = false;
         // The next save of the session most likely names this one as parent.
         if !units.is_empty() && recent::worth_keeping(&units, m.chunks.len()) {
             let (cache, ticket) = (self.recent.clone(), self.recent.ticket());
