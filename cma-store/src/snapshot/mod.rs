@@ -64,6 +64,15 @@
 //! symlink targets are link text, kept whatever they say), and only
 //! then streamed into [`Sandbox::import_workspace`]. Either way a snapshot that fails any check
 //! leaves the sandbox as it was.
+//!
+//! # Formats and upgrades
+//! This version writes manifest format 4 ([`FORMAT_VERSION`]): new chunks are named by BLAKE3.
+//! It reads formats 2 and 3 (chunks named by SHA-256) as before, builds new snapshots on them
+//! (sharing their chunks), and collects them. A version before format 4 refuses a format-4
+//! manifest: it cannot restore such a snapshot, and its garbage collection stops (deleting
+//! nothing) while one exists. Where older versions still read or collect the same store, set
+//! [`SnapshotConfig::chunk_names`] to [`ChunkNames::Sha256`] until all are upgraded: saves
+//! then write format 3, and collection keeps the two kinds of chunk in packs of their own.
 
 mod buffers;
 mod chunk;
