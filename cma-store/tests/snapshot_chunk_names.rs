@@ -144,6 +144,7 @@ async fn both_kinds_of_chunk_names_live_in_one_store() {
     // both); collection rewrites them, each kind into packs of its own.
     new_store.delete(&old.id).await.unwrap();
     new_store.delete(&new.id).await.unwrap();
+    settled(&new_store).await;
     let before = pack_tags(&new_store).await.len();
     let report = new_store.gc().await.unwrap();
     assert!(report.packs_repacked >= 2, "{report:?}");
@@ -170,6 +171,7 @@ async fn both_kinds_of_chunk_names_live_in_one_store() {
         })
         .await
         .unwrap();
+    settled(&new_store).await;
     new_store.gc().await.unwrap();
     assert_eq!(objects(&new_store, "packs").await, (0, 0));
 }

@@ -143,11 +143,13 @@ async fn format_2_snapshots_restore_wake_and_serve_as_parents() {
         })
         .await
         .unwrap();
+    settled(&store).await;
     store.gc().await.unwrap();
     let dst = iso.sandbox().await;
     store.restore(&next.id, dst.sandbox.as_ref()).await.unwrap();
     assert_eq!(listing(&dst.host), want_next);
     store.delete(&next.id).await.unwrap();
+    settled(&store).await;
     store.gc().await.unwrap();
     assert_eq!(objects(&store, "chunks").await, (0, 0));
     assert_eq!(objects(&store, "packs").await, (0, 0));

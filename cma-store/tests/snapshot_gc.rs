@@ -200,13 +200,16 @@ fn gated_store(gate: &Arc<Gate>) -> SnapshotStore {
     SnapshotStore::new(gate.clone(), config()).unwrap()
 }
 
-/// Save a workspace, then delete the snapshot: its chunks are in the store, unreferenced.
+/// Save a workspace, then delete the snapshot: its chunks are in the store, unreferenced, and
+/// named by no save record (a save's records are removed in a task of their own after it
+/// returns: waited for here).
 async fn orphaned_chunks(store: &SnapshotStore, src: &TestSandbox) -> SnapshotManifest {
     let m = store
         .save("sesn_old", src.sandbox.as_ref(), None)
         .await
         .unwrap();
     store.delete(&m.id).await.unwrap();
+    settled(store).await;
     m
 }
 
@@ -249,6 +252,7 @@ async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
     assert_eq!(listing(&dst.host), listing(&src.host));
     // With the save done and its snapshot gone, the same chunks are collected.
     store.delete(&m.id).await.unwrap();
+    settled(&store).await;
     assert!(store.gc().await.unwrap().chunks_deleted > 0);
 }
 

@@ -195,6 +195,25 @@ pub async fn objects(store: &SnapshotStore, prefix: &str) -> (u64, u64) {
     (metas.len() as u64, metas.iter().map(|m| m.size).sum())
 }
 
+/// Wait until no save's `inflight/` record is left: a save removes its records in a task of
+/// its own after it returns, and a collection keeps the chunks a record names.
+pub async fn settled(store: &SnapshotStore) {
+    use futures::TryStreamExt;
+    for _ in 0..500 {
+        let left: Vec<_> = store
+            .object_store()
+            .list(Some(&object_store::path::Path::from("inflight")))
+            .try_collect()
+            .await
+            .unwrap();
+        if left.is_empty() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    panic!("save records are still there after 5 s");
+}
+
 pub fn config() -> SnapshotConfig {
     let mut c = SnapshotConfig::default();
     c.gc.chunk_grace = std::time::Duration::ZERO;
