@@ -256,18 +256,6 @@ async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
     assert!(store.gc().await.unwrap().chunks_deleted > 0);
 }
 
-/// The `inflight/` records in the store.
-async fn records(store: &SnapshotStore) -> usize {
-    use futures::TryStreamExt;
-    let found: Vec<_> = store
-        .object_store()
-        .list(Some(&Path::from("inflight")))
-        .try_collect()
-        .await
-        .unwrap();
-    found.len()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_save_cancelled_after_naming_its_chunks_removes_its_records() {
     let tmp = tempfile::tempdir().unwrap();

@@ -213,10 +213,7 @@ impl SnapshotStore {
     ) -> Result<SnapshotManifest> {
         check_session_id(session_id)?;
         let created_at = Utc::now();
-        let parent_m = self
-            .load_parent(parent)
-            .await?
-            .filter(|(m, _)| self.builds_on(m));
+        let parent_m = self.load_parent(parent).await?;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let producer = tokio::spawn(produce(stream, self.config.chunker, tx));
         self.run_save(
@@ -269,7 +266,8 @@ impl SnapshotStore {
         .await
     }
 
-    /// The parent's manifest and where it is.
+    /// The parent's manifest and where it is; `None` for a parent this store's saves cannot
+    /// build on (see [`builds_on`](Self::builds_on)), which is only checked to exist.
     async fn load_parent(
         &self,
         parent: Option<&SnapshotId>,
@@ -278,7 +276,7 @@ impl SnapshotStore {
             Some(id) => {
                 let key = self.manifest_key_of(id).await?;
                 let m = self.read_manifest_at(&key, id).await?;
-                Ok(Some((m, key)))
+                Ok(self.builds_on(&m).then_some((m, key)))
             }
             None => Ok(None),
         }
@@ -298,9 +296,6 @@ impl SnapshotStore {
             return Ok((Some((r.manifest, r.key)), r.units));
         }
         let parent_m = self.load_parent(parent).await?;
-        if parent_m.as_ref().is_some_and(|(m, _)| !self.builds_on(m)) {
-            return Ok((None, None));
-        }
         let units = self.parent_units(parent_m.as_ref().map(|(m, _)| m)).await;
         Ok((parent_m, units))
     }

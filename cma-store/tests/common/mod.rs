@@ -195,18 +195,23 @@ pub async fn objects(store: &SnapshotStore, prefix: &str) -> (u64, u64) {
     (metas.len() as u64, metas.iter().map(|m| m.size).sum())
 }
 
+/// The save records (`inflight/`) in the store.
+pub async fn records(store: &SnapshotStore) -> usize {
+    use futures::TryStreamExt;
+    let found: Vec<_> = store
+        .object_store()
+        .list(Some(&object_store::path::Path::from("inflight")))
+        .try_collect()
+        .await
+        .unwrap();
+    found.len()
+}
+
 /// Wait until no save's `inflight/` record is left: a save removes its records in a task of
 /// its own after it returns, and a collection keeps the chunks a record names.
 pub async fn settled(store: &SnapshotStore) {
-    use futures::TryStreamExt;
     for _ in 0..500 {
-        let left: Vec<_> = store
-            .object_store()
-            .list(Some(&object_store::path::Path::from("inflight")))
-            .try_collect()
-            .await
-            .unwrap();
-        if left.is_empty() {
+        if records(store).await == 0 {
             return;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
