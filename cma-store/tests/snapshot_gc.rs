@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use cma_store::snapshot::{RetentionPolicy, SnapshotManifest, SnapshotStore};
+use cma_store::snapshot::{ErrorKind, RetentionPolicy, SnapshotManifest, SnapshotStore};
 use common::*;
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -379,6 +379,87 @@ async fn a_parent_deleted_and_collected_while_a_save_names_its_chunks_costs_noth
         m.uploaded_bytes,
         parent.stored_bytes
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_save_names_its_new_chunks_before_their_pack_is_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let gate = Gate::new();
+    let store = gated_store(&gate);
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 8, 40);
+
+    // Every chunk is new (the store is empty), so the save waits for no collection and looks
+    // at nothing in the store; its first record is the one for its pack. While that record
+    // is on its way...
+    gate.arm(Op::Put, "inflight/");
+    let saving = {
+        let (store, sandbox) = (store.clone(), src.sandbox.clone());
+        tokio::spawn(async move { store.save("sesn_fresh", sandbox.as_ref(), None).await })
+    };
+    gate.reached().await;
+    // ...no pack is written: a collection that lists a pack must find its chunks named.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        objects(&store, "packs").await.0,
+        0,
+        "a pack was written before the record naming its chunks"
+    );
+    gate.release();
+    let m = saving.await.unwrap().unwrap();
+    assert!(objects(&store, "packs").await.0 > 0);
+    let dst = iso.sandbox().await;
+    store.restore(&m.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parent_deleted_and_collected_before_a_save_looks_is_not_found_not_corrupt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(tmp.path());
+    let gate = Gate::new();
+    let store = gated_store(&gate);
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 9, 60);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let parent = store
+        .save("sesn_lost", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    settled(&store).await;
+    std::fs::write(src.host.join("new.txt"), "new ".repeat(5000)).unwrap();
+
+    // A collection has listed the save records and is about to list manifests...
+    gate.arm(Op::List, "manifests");
+    let collecting = {
+        let store = store.clone();
+        tokio::spawn(async move { store.gc().await })
+    };
+    gate.reached().await;
+    // ...when a save on the parent starts: it finds the parent there, names its chunks, and
+    // waits for the collection, which did not see the record...
+    let saving = {
+        let (store, sandbox, id) = (store.clone(), src.sandbox.clone(), parent.id.clone());
+        tokio::spawn(async move { store.save("sesn_lost", sandbox.as_ref(), Some(&id)).await })
+    };
+    for _ in 0..500 {
+        if records(&store).await > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(records(&store).await > 0);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    // ...and the parent is deleted meanwhile, so the collection drops its chunks.
+    store.delete(&parent.id).await.unwrap();
+    gate.release();
+    let report = collecting.await.unwrap().unwrap();
+    assert!(report.chunks_deleted > 0, "{report:?}");
+    // The save cannot take the parent's chunks: its parent is gone, and it says so.
+    let err = saving.await.unwrap().unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::NotFound, "{err}");
+    assert!(err.to_string().contains(parent.id.as_str()), "{err}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

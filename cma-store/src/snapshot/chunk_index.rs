@@ -261,7 +261,7 @@ impl SnapshotStore {
         self.load_index().await
     }
 
-    fn cached_index(&self) -> Arc<ChunkIndex> {
+    pub(super) fn cached_index(&self) -> Arc<ChunkIndex> {
         self.index
             .current
             .lock()

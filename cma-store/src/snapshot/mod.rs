@@ -40,17 +40,21 @@
 //! removes once they are older than [`GcConfig::inflight_ttl`].
 //!
 //! # Garbage collection while saves run
-//! A save names each batch of chunks in an `inflight/` record *before* it looks at the store,
-//! then waits until no garbage collection that started earlier is still running, and only then
+//! A save names every chunk it uses in an `inflight/` record. Chunks it would take as stored
+//! (the parent's, or ones the index lists) are named *before* it looks at the store: it then
+//! waits until no garbage collection that started earlier is still running, and only then
 //! reloads the index (or, for chunks of the parent snapshot, checks that the parent manifest
 //! still exists) and packs what the store lacks. The parent's chunks are named this way once,
-//! when the save starts (while the walk runs); if the parent is still there then, they are all
-//! confirmed, and the batches name only new chunks. A collection lists packs, then live
-//! `inflight/` records, then manifests, then reads the index, and drops only chunks named by
-//! none of them. A collection that started after the save's record was written sees the record
-//! and keeps those chunks; one that started before is still running when the save looks (and
-//! the save waits for it) or has finished (and the save sees what it dropped, and stores again
-//! what it needs). A manifest, once written, keeps its chunks alive. Both sides bound their own
+//! when the save starts (while the walk runs and work is hashed); if the parent is still there
+//! then, they are all confirmed. A collection lists packs, then live `inflight/` records, then
+//! manifests, then reads the index, and drops only chunks named by none of them. A collection
+//! that started after the save's record was written sees the record and keeps those chunks;
+//! one that started before is still running when the save looks (and the save waits for it)
+//! or has finished (and the save sees what it dropped, and stores again what it needs).
+//! Chunks the save stores itself (new ones, which the index it holds does not list) rely on
+//! nothing in the store: they are named in a record written before their pack, and nothing
+//! waits. A collection that lists the pack lists the record after it and keeps them; one that
+//! does not list the pack never deletes it. A manifest, once written, keeps its chunks alive. Both sides bound their own
 //! duration ([`GcConfig`]) so a crashed process's marker or records expire. How packs are
 //! rewritten without losing anything to a kill is in the `gc` module.
 //!

@@ -371,6 +371,18 @@ impl Payload {
     }
 }
 
+/// What naming the parent's chunks found (see [`SnapshotStore::name_parent`]).
+pub(super) enum ParentNamed {
+    /// The parent's manifest was not in the store when the save started.
+    Missing,
+    Named {
+        /// The index, read after the records.
+        index: Arc<ChunkIndex>,
+        /// Whether the parent's manifest was still there then.
+        still_there: bool,
+    },
+}
+
 /// A pack uploaded: its size, its index records, its buffer if it can be reused.
 type Uploaded = (u64, Vec<IndexRecord>, Option<Vec<u8>>);
 
@@ -399,6 +411,13 @@ pub(super) struct SaveState {
     /// New chunks already in the pack being filled (or an earlier one), with their stored
     /// sizes: a chunk met twice is packed once.
     appended: HashMap<ChunkHash, u32>,
+    /// Chunks in the pack being filled that no record names yet: this save stores them itself
+    /// and relies on nothing in the store for them, so they are named only in a record written
+    /// before their pack (see [`SnapshotStore::seal`]).
+    unrecorded: Vec<ChunkHash>,
+    /// The parent, if it was deleted while its chunks were named: a chunk of it that is gone
+    /// from the store then means the parent is gone, not that the store is damaged.
+    parent_gone: Option<String>,
     batch: Vec<Batched>,
     batch_bytes: usize,
     /// The store, to remove the save's records when the state goes (see `Drop`).
@@ -488,6 +507,8 @@ impl SnapshotStore {
             records: Vec::new(),
             uploaded_bytes: 0,
             appended: HashMap::new(),
+            unrecorded: Vec::new(),
+            parent_gone: None,
             batch: Vec::new(),
             batch_bytes: 0,
             store: self.clone(),
@@ -563,20 +584,8 @@ impl SnapshotStore {
     /// predate it, then read the index and whether the parent still exists. Returns whether
     /// the parent's chunks may be taken unread (some are named and its manifest is there).
     async fn name(&self, st: &mut SaveState, named: &[ChunkHash]) -> Result<bool> {
-        if st.first_record.is_none() {
-            st.first_record = Some(Instant::now());
-        }
-        // At most a batch's worth of names per record, however many there are.
-        for part in named.chunks(MAX_BATCH_PIECES) {
-            let mut body = String::with_capacity(part.len() * 65);
-            for h in part {
-                super::manifest::push_hex(&mut body, &h.0);
-                body.push('\n');
-            }
-            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
-            st.seq += 1;
-            self.put(&key, Bytes::from(body), PutMode::Overwrite)
-                .await?;
+        for (key, body) in records_of(st, named) {
+            self.put(&key, body, PutMode::Overwrite).await?;
         }
         // First: no collection that predates the record may still run (one that starts
         // later sees the record). Only then the index and whether the parent (whose chunks
@@ -608,15 +617,73 @@ impl SnapshotStore {
 
     /// Name every chunk of the parent when a save starts, beside the walk rather than after
     /// it: if the parent is still there they are all confirmed, and the batches then name only
-    /// the chunks that are new.
-    pub(super) async fn name_parent(&self, st: &mut SaveState) -> Result<()> {
-        let hashes: Vec<ChunkHash> = match &st.parent {
-            Some(p) if !p.chunks.is_empty() => p.chunks.keys().copied().collect(),
-            _ => return Ok(()),
+    /// the chunks that are new. The returned future checks that the parent's manifest (at
+    /// `parent_key`) is there (it may come from memory, see `recent`, and a snapshot deleted
+    /// since is no parent) while it writes the records, waits for any collection that may
+    /// predate them, then reads the index and whether the parent is still there. It does not
+    /// hold the state, so the save takes work and starts hashing meanwhile. Its outcome goes
+    /// to [`parent_named`](Self::parent_named).
+    pub(super) fn name_parent<'a>(
+        &'a self,
+        st: &mut SaveState,
+        parent_key: Path,
+    ) -> impl Future<Output = Result<ParentNamed>> + Send + use<'a> {
+        let hashes: Vec<ChunkHash> = st
+            .parent
+            .as_ref()
+            .map(|p| p.chunks.keys().copied().collect())
+            .unwrap_or_default();
+        let records = records_of(st, &hashes);
+        async move {
+            let there = |key: &Path| {
+                let key = key.clone();
+                async move { self.head(&key).await.map(|h| h.is_some()) }
+            };
+            let write = async {
+                for (key, body) in records {
+                    self.put(&key, body, PutMode::Overwrite).await?;
+                }
+                Ok::<_, Error>(())
+            };
+            let (was_there, written) = tokio::join!(there(&parent_key), write);
+            if !was_there? {
+                return Ok(ParentNamed::Missing);
+            }
+            written?;
+            // As in `name`: the index and the parent read only once no collection that
+            // predates the records runs.
+            if !hashes.is_empty() {
+                self.wait_for_gc().await?;
+            }
+            let (index, still) = tokio::join!(self.load_index(), there(&parent_key));
+            Ok(ParentNamed::Named {
+                index: index?,
+                still_there: still?,
+            })
+        }
+    }
+
+    /// Take what [`name_parent`](Self::name_parent) found: the index, and the parent's chunks
+    /// confirmed. A parent missing when the save started is [`Error::NotFound`]; one deleted
+    /// while its chunks were named is not trusted (its chunks are looked for in the index).
+    pub(super) fn parent_named(
+        &self,
+        st: &mut SaveState,
+        named: ParentNamed,
+        parent: Option<&SnapshotId>,
+    ) -> Result<()> {
+        let parent_id = || parent.map(|p| p.as_str().to_owned()).unwrap_or_default();
+        let (index, still_there) = match named {
+            ParentNamed::Missing => return Err(Error::NotFound { what: parent_id() }),
+            ParentNamed::Named { index, still_there } => (index, still_there),
         };
-        if self.name(st, &hashes).await?
-            && let Some(p) = &mut st.parent
-        {
+        st.index = index;
+        if !still_there {
+            st.parent = None;
+            st.parent_gone = Some(parent_id());
+            return Ok(());
+        }
+        if let Some(p) = &mut st.parent {
             // Moved, not copied: nothing asks the parent's map after this.
             let chunks = std::mem::take(&mut p.chunks);
             if st.confirmed.is_empty() {
@@ -628,9 +695,10 @@ impl SnapshotStore {
         Ok(())
     }
 
-    /// Store the current batch: name its chunks in an `inflight/` record, wait for any
-    /// collection that may predate the record, look at the store again, then pack what it
-    /// lacks. Appends the batch's refs, in order.
+    /// Store the current batch: if it takes any chunk as stored, name its chunks in an
+    /// `inflight/` record, wait for any collection that may predate the record and look at the
+    /// store again; then pack what the store lacks (chunks named by no record yet are named
+    /// before their pack, see [`seal`](Self::seal)). Appends the batch's refs, in order.
     pub(super) async fn flush(&self, st: &mut SaveState, refs: &mut Vec<ChunkRef>) -> Result<()> {
         let batch = std::mem::take(&mut st.batch);
         st.batch_bytes = 0;
@@ -643,7 +711,21 @@ impl SnapshotStore {
             .map(|p| p.hash)
             .filter(|h| !st.confirmed.contains_key(h) && seen.insert(*h))
             .collect();
-        let trusted = !named.is_empty() && self.name(st, &named).await?;
+        // Chunks the save would take as stored need the whole protocol: named, collections
+        // that predate the record waited for, the store looked at again. When there are none,
+        // every chunk named here goes into this save's own pack, and needs only a record
+        // written before that pack (see `seal`): nothing in the store is relied on.
+        let relies = batch
+            .iter()
+            .any(|p| !st.confirmed.contains_key(&p.hash) && relies_on_store(st, p));
+        let trusted = if named.is_empty() {
+            false
+        } else if relies {
+            self.name(st, &named).await?
+        } else {
+            st.unrecorded.extend_from_slice(&named);
+            false
+        };
         for p in batch {
             let stored = match st.confirmed.get(&p.hash) {
                 Some(s) => *s,
@@ -656,7 +738,7 @@ impl SnapshotStore {
                             st.confirmed.insert(p.hash, s);
                             s
                         }
-                        None => return Err(gone(&p.hash)),
+                        None => return Err(gone(&p.hash, st.parent_gone.as_deref())),
                     },
                 },
             };
@@ -740,7 +822,8 @@ impl SnapshotStore {
         }
     }
 
-    /// Seal the pack being filled and start its upload (waiting if enough are uploading).
+    /// Seal the pack being filled and start its upload (waiting if enough are uploading): the
+    /// record naming the chunks in it that none names yet first, then the pack.
     pub(super) async fn seal(&self, st: &mut SaveState) -> Result<()> {
         if st.pack.is_empty() {
             return Ok(());
@@ -755,8 +838,15 @@ impl SnapshotStore {
         }
         let next = PackBuilder::with_buffer(st.pool.take(self.pack_capacity()));
         let pack = std::mem::replace(&mut st.pack, next);
+        // The record naming the pack's chunks that none names yet is written before the pack:
+        // a collection that lists the pack then lists the record too (it lists packs first).
+        let unrecorded = std::mem::take(&mut st.unrecorded);
+        let records = records_of(st, &unrecorded);
         let store = self.clone();
         st.uploads.spawn(async move {
+            for (key, body) in records {
+                store.put(&key, body, PutMode::Overwrite).await?;
+            }
             let sealed = tokio::task::spawn_blocking(move || pack.seal())
                 .await
                 .map_err(joined)?;
@@ -823,7 +913,57 @@ impl SnapshotStore {
     }
 }
 
-fn gone(hash: &ChunkHash) -> Error {
+/// The `inflight/` records naming `names` (at most [`MAX_BATCH_PIECES`] each), numbered as
+/// the save's next ones (taken now, so `SaveState`'s `Drop` removes them even if they are
+/// still to be written).
+fn records_of(st: &mut SaveState, names: &[ChunkHash]) -> Vec<(Path, Bytes)> {
+    if names.is_empty() {
+        return Vec::new();
+    }
+    if st.first_record.is_none() {
+        st.first_record = Some(Instant::now());
+    }
+    names
+        .chunks(MAX_BATCH_PIECES)
+        .map(|part| {
+            let mut body = String::with_capacity(part.len() * 65);
+            for h in part {
+                super::manifest::push_hex(&mut body, &h.0);
+                body.push('\n');
+            }
+            let key = Path::from(format!("inflight/{}/{:08}", st.save_id, st.seq));
+            st.seq += 1;
+            (key, Bytes::from(body))
+        })
+        .collect()
+}
+
+/// Whether an unconfirmed chunk would be taken as stored rather than packed by this save:
+/// the index or the parent says the store has it, or the save has no data for it.
+fn relies_on_store(st: &SaveState, p: &Batched) -> bool {
+    if st.appended.contains_key(&p.hash) {
+        // In a pack of this save (named by the record written before that pack).
+        return false;
+    }
+    matches!(p.held, Held::Parent | Held::Ready(Payload::Parent))
+        || st.index.stored_len(&p.hash).is_some()
+        || st
+            .parent
+            .as_ref()
+            .is_some_and(|x| x.chunks.contains_key(&p.hash))
+}
+
+/// A chunk taken from the parent that the store lacks: the parent deleted during the save
+/// (`parent_gone`), or a damaged store.
+fn gone(hash: &ChunkHash, parent_gone: Option<&str>) -> Error {
+    if let Some(parent) = parent_gone {
+        return Error::NotFound {
+            what: format!(
+                "{parent} (the parent, deleted during the save: its chunk {} is gone)",
+                hash.to_hex()
+            ),
+        };
+    }
     Error::corrupt(
         format!("chunk {}", hash.to_hex()),
         "the parent snapshot's chunk is gone from the store",

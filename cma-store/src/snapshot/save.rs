@@ -343,21 +343,13 @@ impl SnapshotStore {
         let parent_m = parent_at.map(|(m, _)| m);
         let pool = BufferPool::shared();
         let _running = pool.save_started();
-        // The parent may come from memory (see `recent`): it must still be in the store, as
-        // when it is read from there (a snapshot deleted since is no parent).
-        let parent_there = async {
-            match parent_at {
-                Some((_, key)) => self.head(key).await.map(|h| h.is_some()),
-                None => Ok(true),
-            }
+        // With a parent, the index is read (and the parent checked to be still there: it may
+        // come from memory, see `recent`) when its chunks are named, beside the walk; the
+        // jobs meanwhile take the index this store read last as their hint.
+        let index = match parent_at {
+            Some(_) => self.cached_index(),
+            None => self.load_index().await?,
         };
-        let (index, there) = tokio::join!(self.load_index(), parent_there);
-        let index = index?;
-        if !there? {
-            return Err(Error::NotFound {
-                what: parent.map(|p| p.as_str().to_owned()).unwrap_or_default(),
-            });
-        }
         let mut st = self
             .save_state(parent_at, index.clone(), pool.clone())
             .await?;
@@ -367,11 +359,19 @@ impl SnapshotStore {
                 .unwrap_or_default(),
             index,
         });
+        let naming = parent_at.map(|(_, key)| self.name_parent(&mut st, key.clone()));
         // Owns the receiver: when storing fails, the producer's next send fails and it stops.
         // (Boxed, as is the producer: both are large state machines.)
         let stored = Box::pin(async {
-            // While the walk runs: the parent's chunks named and confirmed at once.
-            self.name_parent(&mut st).await?;
+            // While the walk runs (and work is taken and hashed): the parent's chunks named
+            // and confirmed at once. Nothing is stored until then.
+            let mut naming = std::pin::pin!(async {
+                match naming {
+                    Some(n) => n.await.map(Some),
+                    None => Ok(None),
+                }
+            });
+            let mut named = parent_at.is_none();
             let mut rx = rx;
             let mut refs = Vec::with_capacity(parent_m.map_or(0, |m| m.chunks.len()));
             let mut units = Vec::new();
@@ -396,6 +396,12 @@ impl SnapshotStore {
                     && done.len() < MAX_WAITING
                     && held < MAX_HELD_BYTES;
                 tokio::select! {
+                    n = &mut naming, if !named => {
+                        if let Some(n) = n? {
+                            self.parent_named(&mut st, n, parent)?;
+                        }
+                        named = true;
+                    },
                     work = rx.recv(), if open && room => match work {
                         Some(batch) => {
                             for work in batch? {
@@ -421,6 +427,9 @@ impl SnapshotStore {
                         }
                     },
                     else => break,
+                }
+                if !named {
+                    continue;
                 }
                 while let Some((item, was_job)) = done.remove(&take_seq) {
                     take_seq += 1;
