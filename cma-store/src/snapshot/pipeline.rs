@@ -844,12 +844,21 @@ impl SnapshotStore {
         let records = records_of(st, &unrecorded);
         let store = self.clone();
         st.uploads.spawn(async move {
-            for (key, body) in records {
-                store.put(&key, body, PutMode::Overwrite).await?;
-            }
-            let sealed = tokio::task::spawn_blocking(move || pack.seal())
-                .await
-                .map_err(joined)?;
+            // (The pack is sealed meanwhile: only its upload waits for the record.)
+            let write = async {
+                for (key, body) in records {
+                    store.put(&key, body, PutMode::Overwrite).await?;
+                }
+                Ok::<_, Error>(())
+            };
+            let seal = async {
+                tokio::task::spawn_blocking(move || pack.seal())
+                    .await
+                    .map_err(joined)
+            };
+            let (written, sealed) = tokio::join!(write, seal);
+            written?;
+            let sealed = sealed?;
             let n = sealed.bytes.len() as u64;
             store
                 .put(&pack_key(&sealed.id), sealed.bytes, PutMode::Overwrite)

@@ -600,13 +600,14 @@ impl SnapshotStore {
         let table = stored.next().unwrap_or_default();
         let files = stored.next().unwrap_or_default();
         self.finish_uploads(st).await?;
-        if !st.records.is_empty() {
+        // The index object (what the packs hold) is written beside `ids/<id>`, once the
+        // manifest is known; the manifest only after both.
+        let index_object = (!st.records.is_empty()).then(|| {
             let records = std::mem::take(&mut st.records);
             let (name, bytes) = chunk_index::encode(&records);
             st.uploaded_bytes += bytes.len() as u64;
-            self.put(&chunk_index::index_key(&name), bytes, PutMode::Overwrite)
-                .await?;
-        }
+            (chunk_index::index_key(&name), bytes)
+        });
         let limit = self.config.gc.inflight_ttl / 2;
         if let Some(first) = st.first_record
             && first.elapsed() > limit
@@ -635,21 +636,31 @@ impl SnapshotStore {
         };
         let stored = Bytes::from(m.encode()?);
         let key = manifest_key(session_id, created_at, &m.id);
-        // From here until both are written, a failure or a cancellation may leave the manifest
-        // written: the records then stay (see `SaveState`'s `Drop`).
-        st.commit_in_doubt = true;
-        for (k, body) in [
-            (id_key(&m.id), Bytes::from(key.to_string())),
-            (key.clone(), stored),
-        ] {
+        let create = |k: Path, body: Bytes| async move {
             match self.put(&k, body, PutMode::Create).await {
                 Err(Error::Store {
                     source: object_store::Error::AlreadyExists { .. },
                     ..
-                }) => {} // same id, same content: an identical snapshot is already there
-                r => r?,
+                }) => Ok(()), // same id, same content: an identical snapshot is already there
+                r => r,
             }
-        }
+        };
+        let index_put = async {
+            match index_object {
+                Some((k, body)) => self.put(&k, body, PutMode::Overwrite).await,
+                None => Ok(()),
+            }
+        };
+        let (indexed, id_written) = tokio::join!(
+            index_put,
+            create(id_key(&m.id), Bytes::from(key.to_string()))
+        );
+        indexed?;
+        id_written?;
+        // From here until it is written, a failure or a cancellation may leave the manifest
+        // written: the records then stay (see `SaveState`'s `Drop`).
+        st.commit_in_doubt = true;
+        create(key.clone(), stored).await?;
         st.commit_in_doubt = false;
         // The next save of the session most likely names this one as parent.
         if !units.is_empty() && recent::worth_keeping(&units, m.chunks.len()) {
