@@ -140,6 +140,95 @@ async fn an_incremental_save_skips_unchanged_files_and_sees_every_change() {
     );
 }
 
+/// Set the modification time of `dir` back to `to`.
+fn put_back(dir: &std::path::Path, to: std::time::SystemTime) {
+    std::fs::File::open(dir).unwrap().set_modified(to).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_added_removed_or_renamed_are_seen_even_with_the_directory_time_put_back() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 13, 200);
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let first = store
+        .save("sesn_names", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    // Unchanged directories: the same snapshot content.
+    let same = store
+        .save("sesn_names", src.sandbox.as_ref(), Some(&first.id))
+        .await
+        .unwrap();
+    assert_eq!(same.chunks, first.chunks);
+
+    // In three directories a name is added, removed and renamed, and each directory's
+    // modification time is put back: only its change time says it changed.
+    let files_in = |d: &std::path::Path| -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(d)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.is_file())
+            .collect();
+        v.sort();
+        v
+    };
+    let (added, removed, renamed) = (
+        src.host.join("d1/e0"),
+        src.host.join("d2/e1"),
+        src.host.join("d3/e2"),
+    );
+    for d in [&added, &removed, &renamed] {
+        let was = std::fs::metadata(d).unwrap().modified().unwrap();
+        if d == &added {
+            std::fs::write(d.join("added.txt"), b"added").unwrap();
+        } else if d == &removed {
+            std::fs::remove_file(&files_in(d)[0]).unwrap();
+        } else {
+            let f = &files_in(d)[0];
+            std::fs::rename(f, d.join("zz-renamed")).unwrap();
+        }
+        put_back(d, was);
+        assert_eq!(std::fs::metadata(d).unwrap().modified().unwrap(), was);
+    }
+    let next = store
+        .save("sesn_names", src.sandbox.as_ref(), Some(&same.id))
+        .await
+        .unwrap();
+    let dst = iso.sandbox().await;
+    store.restore(&next.id, dst.sandbox.as_ref()).await.unwrap();
+    assert_eq!(listing(&dst.host), listing(&src.host));
+    assert!(dst.host.join("d1/e0/added.txt").exists());
+    assert!(dst.host.join("d3/e2/zz-renamed").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_special_file_left_out_is_counted_by_every_save() {
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 14, 50);
+    std::fs::create_dir_all(src.host.join("d1/e0")).unwrap();
+    let status = std::process::Command::new("mkfifo")
+        .arg(src.host.join("d1/e0/pipe"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut parent = None;
+    for _ in 0..3 {
+        let m = store
+            .save("sesn_fifo", src.sandbox.as_ref(), parent.as_ref())
+            .await
+            .unwrap();
+        assert_eq!(m.skipped_entries, 1);
+        parent = Some(m.id);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_big_file_edited_between_saves_is_stored_as_a_full_save_stores_it() {
     let tmp = tempfile::tempdir().unwrap();

@@ -13,6 +13,8 @@
 //! roughly in the walk's depth-first order); at most [`READY_AHEAD`] listings wait for the walk,
 //! and past that only the walk lists (what it needs next), so memory and open directory handles
 //! stay bounded (each queued directory holds its parent's handle).
+//! A directory that did not change since the parent snapshot is not read (`getdents`): its
+//! names are the parent's (see the `parent_dirs` module).
 //! Directories are opened by name beneath their parent's descriptor without following symlinks
 //! (see `list`), entries are `fstatat`-ed with `AT_SYMLINK_NOFOLLOW`: nothing outside the
 //! workspace is ever looked at.
@@ -30,6 +32,7 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use rustix::io::Errno;
 
 use super::error::{Error, Result};
+use super::parent_dirs::{DirStat, ParentDirs};
 use super::tables::Kind;
 use super::walk::{MAX_DEPTH, TOO_DEEP};
 
@@ -45,8 +48,9 @@ pub(crate) struct Listed {
     pub kind: Kind,
     pub mode: u32,
     pub size: u64,
-    pub mtime: (i64, u64),
-    pub ctime: (i64, u64),
+    /// Nanoseconds since the epoch (saturating), as the file table keeps them.
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
     pub ino: u64,
     /// A symlink's target.
     pub target: Option<PathBuf>,
@@ -121,6 +125,8 @@ struct Queued {
     rel: PathBuf,
     depth: usize,
     at: Place,
+    /// Its metadata as its parent's listing found it (the workspace itself: `None`).
+    stat: Option<DirStat>,
 }
 
 enum Place {
@@ -188,21 +194,30 @@ impl Shared {
 }
 
 /// The walk's side: takes listings in any order it likes.
-pub(crate) struct Lister {
+pub(crate) struct Lister<'a> {
     shared: Arc<Shared>,
+    /// The parent's names of directories that did not change (see the `parent_dirs` module).
+    dirs: Option<&'a ParentDirs>,
 }
 
 /// Run `walk` with a [`Lister`] over the workspace `root`, its workers beside it; they stop
-/// when `walk` returns.
-pub(crate) fn with_lister<T>(root: Dir, walk: impl FnOnce(&Lister) -> T) -> T {
+/// when `walk` returns. `dirs`: the parent's directories, whose names are taken when they did
+/// not change.
+pub(crate) fn with_lister<T>(
+    root: Dir,
+    dirs: Option<&ParentDirs>,
+    walk: impl FnOnce(&Lister) -> T,
+) -> T {
     let shared = Arc::new(Shared::default());
     shared.lock().queue.push_back(Queued {
         rel: PathBuf::new(),
         depth: 0,
         at: Place::Root(root.into()),
+        stat: None,
     });
     let lister = Lister {
         shared: shared.clone(),
+        dirs,
     };
     std::thread::scope(|s| {
         // Stops the workers however this ends (`walk` returning or unwinding, or a worker that
@@ -215,7 +230,7 @@ pub(crate) fn with_lister<T>(root: Dir, walk: impl FnOnce(&Lister) -> T) -> T {
             // the other workers.
             std::thread::Builder::new()
                 .name("cma-snap-list".into())
-                .spawn_scoped(s, move || work(&shared))
+                .spawn_scoped(s, move || work(&shared, dirs))
                 .expect("a thread to list directories");
         }
         walk(&lister)
@@ -231,7 +246,7 @@ impl Drop for StopOnDrop<'_> {
     }
 }
 
-impl Lister {
+impl Lister<'_> {
     /// The listing of the directory `rel` (the workspace is the empty path), once listed;
     /// `None` if it vanished first. Each directory is taken once, after its parent.
     ///
@@ -250,7 +265,7 @@ impl Lister {
             if let Some(i) = st.queue.iter().position(|q| q.rel == rel) {
                 let item = st.queue.remove(i).expect("a queued directory");
                 drop(st);
-                let (_, outcome, subdirs) = list_caught(item);
+                let (_, outcome, subdirs) = list_caught(item, self.dirs);
                 let mut st = shared.lock();
                 st.queue_first(subdirs);
                 shared.wake_worker(&st);
@@ -270,7 +285,7 @@ impl Lister {
             {
                 st.busy.push(item.rel.clone());
                 drop(st);
-                st = finish(shared, item);
+                st = finish(shared, item, self.dirs);
                 continue;
             }
             st.wanted = Some(rel.to_owned());
@@ -282,15 +297,23 @@ impl Lister {
 
 /// List `item`, catching a panic as its error (the walk would wait for it forever otherwise);
 /// its path, its outcome, and its subdirectories to list next.
-fn list_caught(item: Queued) -> (PathBuf, Outcome, Vec<Queued>) {
-    let Queued { rel, depth, at } = item;
-    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| list(&rel, depth, at)))
-        .unwrap_or_else(|_| {
-            Err(Error::io(
-                format!("reading /workspace/{}", rel.display()),
-                io::Error::other("listing the directory panicked"),
-            ))
-        });
+fn list_caught(item: Queued, dirs: Option<&ParentDirs>) -> (PathBuf, Outcome, Vec<Queued>) {
+    let Queued {
+        rel,
+        depth,
+        at,
+        stat,
+    } = item;
+    let parent = dirs.zip(stat);
+    let listed = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        list(&rel, depth, at, parent)
+    }))
+    .unwrap_or_else(|_| {
+        Err(Error::io(
+            format!("reading /workspace/{}", rel.display()),
+            io::Error::other("listing the directory panicked"),
+        ))
+    });
     match listed {
         Ok(Some((listing, subdirs))) => (rel, Ok(Some(listing)), subdirs),
         Ok(None) => (rel, Ok(None), Vec::new()),
@@ -298,9 +321,20 @@ fn list_caught(item: Queued) -> (PathBuf, Outcome, Vec<Queued>) {
     }
 }
 
+/// Seconds and nanoseconds as nanoseconds since the epoch, saturating (as the file table
+/// keeps times).
+pub(crate) fn ns(secs: i64, nsec: u64) -> i64 {
+    secs.saturating_mul(1_000_000_000)
+        .saturating_add(i64::try_from(nsec).unwrap_or(0))
+}
+
 /// List `item` (marked busy) for the walk to take later; the state after.
-fn finish(shared: &Shared, item: Queued) -> MutexGuard<'_, State> {
-    let (rel, outcome, subdirs) = list_caught(item);
+fn finish<'s>(
+    shared: &'s Shared,
+    item: Queued,
+    dirs: Option<&ParentDirs>,
+) -> MutexGuard<'s, State> {
+    let (rel, outcome, subdirs) = list_caught(item, dirs);
     let mut st = shared.lock();
     st.queue_first(subdirs);
     st.busy.retain(|b| *b != rel);
@@ -312,7 +346,7 @@ fn finish(shared: &Shared, item: Queued) -> MutexGuard<'_, State> {
     st
 }
 
-fn work(shared: &Shared) {
+fn work(shared: &Shared, dirs: Option<&ParentDirs>) {
     let mut st = shared.lock();
     loop {
         if st.stop {
@@ -327,7 +361,7 @@ fn work(shared: &Shared) {
             Some(item) => {
                 st.busy.push(item.rel.clone());
                 drop(st);
-                st = finish(shared, item);
+                st = finish(shared, item, dirs);
             }
             None => {
                 st.idle += 1;
@@ -400,13 +434,20 @@ fn io_err(rel: &std::path::Path) -> impl Fn(io::Error) -> Error + '_ {
     move |e| Error::io(format!("reading /workspace/{}", rel.display()), e)
 }
 
-/// Open and list one directory; its subdirectories, to list next.
+/// Open and list one directory; its subdirectories, to list next. With `parent` (the
+/// parent's directories, and this one's metadata now), the names of a directory that did not
+/// change are the parent's (see the `parent_dirs` module); others are read.
 ///
 /// A subdirectory is opened by its name (one component, as `getdents` gave it; `.` and `..`
 /// are skipped) relative to its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`: a symlink
 /// swapped in is refused, never followed, so the walk cannot leave the workspace. Two system
 /// calls fewer per directory than `cap_std`'s `open_dir` then `entries` (which reopens `.`).
-fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listing, Vec<Queued>)>> {
+fn list(
+    rel: &std::path::Path,
+    depth: usize,
+    at: Place,
+    parent: Option<(&ParentDirs, DirStat)>,
+) -> Result<Option<(Listing, Vec<Queued>)>> {
     if depth > MAX_DEPTH {
         return Err(Error::InvalidInput {
             message: TOO_DEEP.to_owned(),
@@ -426,8 +467,19 @@ fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listin
             }
         }
     };
-    let mut names = read_names(&fd).map_err(|e| io_err(rel)(e.into()))?;
-    names.sort();
+    let known = parent.and_then(|(dirs, now)| dirs.names(rel.as_os_str().as_bytes(), &now));
+    let names = match known {
+        // (In name order and once each already.)
+        Some((buf, spans)) => Names {
+            buf: buf.to_vec(),
+            spans: spans.to_vec(),
+        },
+        None => {
+            let mut names = read_names(&fd).map_err(|e| io_err(rel)(e.into()))?;
+            names.sort();
+            names
+        }
+    };
     let fd = Arc::new(fd);
     let mut listing = Listing {
         entries: Vec::with_capacity(names.spans.len()),
@@ -462,11 +514,21 @@ fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listin
             }
             _ => None,
         };
+        let (mtime, ctime) = (
+            ns(st.st_mtime as i64, st.st_mtime_nsec as u64),
+            ns(st.st_ctime as i64, st.st_ctime_nsec as u64),
+        );
         if kind == Kind::Dir {
             subdirs.push(Queued {
                 rel: rel.join(name),
                 depth: depth + 1,
                 at: Place::Child(fd.clone(), name.to_owned()),
+                stat: Some(DirStat {
+                    mode: st.st_mode as u32,
+                    mtime_ns: mtime,
+                    ctime_ns: ctime,
+                    ino: st.st_ino as u64,
+                }),
             });
         }
         listing.entries.push(Listed {
@@ -478,8 +540,8 @@ fn list(rel: &std::path::Path, depth: usize, at: Place) -> Result<Option<(Listin
             } else {
                 0
             },
-            mtime: (st.st_mtime as i64, st.st_mtime_nsec as u64),
-            ctime: (st.st_ctime as i64, st.st_ctime_nsec as u64),
+            mtime_ns: mtime,
+            ctime_ns: ctime,
             ino: st.st_ino as u64,
             target,
         });
@@ -548,7 +610,7 @@ mod tests {
         std::fs::create_dir_all(&deep).unwrap();
         std::os::unix::fs::symlink("/etc/passwd", root.join("link")).unwrap();
         let mut got = Vec::new();
-        with_lister(open(root), |l| walk(l, Path::new(""), &mut got)).unwrap();
+        with_lister(open(root), None, |l| walk(l, Path::new(""), &mut got)).unwrap();
         let mut want = Vec::new();
         expected(root, Path::new(""), &mut want);
         assert_eq!(got, want);
@@ -559,7 +621,7 @@ mod tests {
     fn symlinks_are_read_not_followed() {
         let tmp = tempfile::tempdir().unwrap();
         std::os::unix::fs::symlink("/", tmp.path().join("up")).unwrap();
-        let listing = with_lister(open(tmp.path()), |l| l.take(Path::new("")))
+        let listing = with_lister(open(tmp.path()), None, |l| l.take(Path::new("")))
             .unwrap()
             .unwrap();
         assert_eq!(listing.entries.len(), 1);
@@ -574,12 +636,12 @@ mod tests {
             std::fs::create_dir_all(tmp.path().join(format!("a{i}/b"))).unwrap();
         }
         // Takes only the root listing; the workers still have work queued.
-        let n = with_lister(open(tmp.path()), |l| {
+        let n = with_lister(open(tmp.path()), None, |l| {
             l.take(Path::new("")).unwrap().unwrap().entries.len()
         });
         assert_eq!(n, 100);
         let caught = std::panic::catch_unwind(|| {
-            with_lister(open(tmp.path()), |_| panic!("the walk failed"))
+            with_lister(open(tmp.path()), None, |_| panic!("the walk failed"))
         });
         assert!(caught.is_err());
     }
@@ -599,7 +661,7 @@ mod tests {
     fn a_directory_taken_twice_is_an_error_not_a_hang() {
         let tmp = tempfile::tempdir().unwrap();
         std::fs::create_dir(tmp.path().join("a")).unwrap();
-        let (first, second, unknown) = with_lister(open(tmp.path()), |l| {
+        let (first, second, unknown) = with_lister(open(tmp.path()), None, |l| {
             l.take(Path::new("")).unwrap();
             let first = l.take(Path::new("a")).map(|o| o.is_some());
             let second = l.take(Path::new("a")).map(|o| o.is_some());
@@ -611,6 +673,57 @@ mod tests {
         assert!(unknown.is_err());
     }
 
+    /// The file table's key of `path` beneath `root`, as a walk records it.
+    fn key_of(root: &Path, path: &str) -> crate::snapshot::tables::EntryKey {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::symlink_metadata(root.join(path)).unwrap();
+        crate::snapshot::tables::EntryKey {
+            path: path.as_bytes().to_vec(),
+            kind: if m.is_dir() { Kind::Dir } else { Kind::File },
+            mode: m.mode(),
+            size: if m.is_dir() { 0 } else { m.size() },
+            mtime_ns: ns(m.mtime(), m.mtime_nsec() as u64),
+            ctime_ns: ns(m.ctime(), m.ctime_nsec() as u64),
+            ino: m.ino(),
+        }
+    }
+
+    #[test]
+    fn an_unchanged_directory_is_listed_with_the_parents_names_a_changed_one_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::create_dir(root.join("a")).unwrap();
+        for f in ["x", "y"] {
+            std::fs::write(root.join("a").join(f), f).unwrap();
+        }
+        // A parent that saw only `x` in `a` (as if `y` came without `a` changing): the
+        // listing is the parent's, so `y` is not there.
+        let unit = crate::snapshot::tables::Unit {
+            chunk_count: 1,
+            racy: false,
+            entries: vec![key_of(root, "a"), key_of(root, "a/x")],
+            checks: Vec::new(),
+        };
+        let dirs = ParentDirs::new(std::slice::from_ref(&unit), true);
+        let names = |dirs: &ParentDirs| {
+            let mut got = Vec::new();
+            with_lister(open(root), Some(dirs), |l| walk(l, Path::new(""), &mut got)).unwrap();
+            got
+        };
+        assert_eq!(names(&dirs), ["a", "a/x"]);
+        // Once `a` changes (a name added: its times move), it is read again.
+        std::fs::write(root.join("a/z"), "z").unwrap();
+        assert_eq!(names(&dirs), ["a", "a/x", "a/y", "a/z"]);
+        // A parent whose save left something out is not used.
+        let unit = crate::snapshot::tables::Unit {
+            entries: vec![key_of(root, "a"), key_of(root, "a/x")],
+            ..unit
+        };
+        let incomplete = ParentDirs::new(std::slice::from_ref(&unit), false);
+        assert_eq!(names(&incomplete), ["a", "a/x", "a/y", "a/z"]);
+        assert_eq!(names(&ParentDirs::new(&[unit], true)), ["a", "a/x"]);
+    }
+
     #[test]
     fn too_deep_trees_are_refused() {
         let tmp = tempfile::tempdir().unwrap();
@@ -620,7 +733,8 @@ mod tests {
         }
         std::fs::create_dir_all(&deep).unwrap();
         let mut got = Vec::new();
-        let err = with_lister(open(tmp.path()), |l| walk(l, Path::new(""), &mut got)).unwrap_err();
+        let err =
+            with_lister(open(tmp.path()), None, |l| walk(l, Path::new(""), &mut got)).unwrap_err();
         assert!(err.to_string().contains(TOO_DEEP), "{err}");
     }
 }

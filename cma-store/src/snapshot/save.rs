@@ -7,7 +7,8 @@ use std::pin::Pin;
 use futures::stream::FuturesUnordered;
 
 use super::buffers::BufferPool;
-use super::pipeline::{Hashed, Hint, Job, MAX_JOBS, Payload, SaveState, hash_job};
+use super::hashing::{Hashed, Hint, Job, Payload, hash_job};
+use super::pipeline::{MAX_JOBS, SaveState};
 use super::tables::EntryKey;
 use super::*;
 
@@ -242,7 +243,7 @@ impl SnapshotStore {
         let (parent_m, units) = self.parent_with_units(parent).await?;
         let (tx, rx) = mpsc::channel(WORK_QUEUE);
         let (params, max_bytes) = (self.config.chunker, self.config.max_archive_bytes);
-        let free_checks = super::pipeline::names_are_checks(self.coding());
+        let free_checks = super::hashing::names_are_checks(self.coding());
         let walker = tokio::task::spawn_blocking(move || {
             let root = cap_std::fs::Dir::from_std_file(dir);
             walk::walk(
@@ -326,7 +327,9 @@ impl SnapshotStore {
         let fetcher = fetch::Fetcher::new(self).await?;
         let bytes = self.load_table(&fetcher, &m.id, &m.files).await?;
         let same_cuts = m.chunker == self.config.chunker;
-        Ok(tables::decode_units(&bytes).and_then(|u| ParentUnits::new(u, &m.chunks, same_cuts)))
+        let complete = m.skipped_entries == 0;
+        Ok(tables::decode_units(&bytes)
+            .and_then(|u| ParentUnits::new(u, &m.chunks, same_cuts, complete)))
     }
 
     /// Drive a save: hash what the producer sends (several jobs at once), store it in order,
@@ -669,7 +672,8 @@ impl SnapshotStore {
             let same_cuts = manifest.chunker == self.config.chunker;
             // (Dropped unrun if the runtime is shutting down: then nothing is kept.)
             drop(tokio::task::spawn_blocking(move || {
-                let units = ParentUnits::new(units, &manifest.chunks, same_cuts);
+                let complete = manifest.skipped_entries == 0;
+                let units = ParentUnits::new(units, &manifest.chunks, same_cuts, complete);
                 cache.keep(
                     ticket,
                     recent::Recent {

@@ -18,7 +18,9 @@
 //! The tree is listed through `cap_std` and `statat` with `AT_SYMLINK_NOFOLLOW` on one name at a
 //! time (by worker threads, ahead of the walk: see the `lister` module), so nothing outside the
 //! workspace is ever read, and files that change during the walk still give a well-formed
-//! archive (a file is read as exactly the size it was stat'ed with).
+//! archive (a file is read as exactly the size it was stat'ed with). A directory whose own
+//! metadata is what the parent recorded is not read again: its names are the parent's, each
+//! still `statat`-ed (see the `parent_dirs` module).
 
 use std::collections::HashMap;
 use std::io::{self, Read};
@@ -36,6 +38,7 @@ use super::error::{Error, Result};
 use super::hinted::{Check, Hints};
 use super::lister::{Lister, with_lister};
 use super::manifest::{ChunkRef, ChunkerParams};
+use super::parent_dirs::ParentDirs;
 use super::tables::{EntryKey, Kind, Unit};
 
 /// Files at least this big are units by themselves.
@@ -104,6 +107,8 @@ pub(crate) struct ParentUnits {
     /// Whether the parent was cut with this save's chunker setting (else its chunks are no
     /// hints for cutting).
     same_cuts: bool,
+    /// Its directories' names, for those that did not change.
+    pub dirs: ParentDirs,
 }
 
 struct ParentUnit {
@@ -115,8 +120,15 @@ struct ParentUnit {
 
 impl ParentUnits {
     /// Pair the parent's units with its chunk list; `None` if they do not add up. `same_cuts`:
-    /// whether the parent was cut with this save's chunker setting.
-    pub fn new(units: Vec<Unit>, chunks: &[ChunkRef], same_cuts: bool) -> Option<Self> {
+    /// whether the parent was cut with this save's chunker setting; `complete`: whether its
+    /// save left nothing out (see `ParentDirs::new`).
+    pub fn new(
+        units: Vec<Unit>,
+        chunks: &[ChunkRef],
+        same_cuts: bool,
+        complete: bool,
+    ) -> Option<Self> {
+        let dirs = ParentDirs::new(&units, complete);
         let mut by_first = HashMap::with_capacity(units.len());
         let mut at = 0usize;
         for u in units {
@@ -145,6 +157,7 @@ impl ParentUnits {
         (at == chunks.len()).then_some(Self {
             by_first,
             same_cuts,
+            dirs,
         })
     }
 
@@ -280,11 +293,11 @@ struct Walker<'a> {
     /// Work not sent yet: sent in batches, not one message per unit.
     out: Vec<Work>,
     /// Directory listings, read ahead.
-    lister: &'a Lister,
+    lister: &'a Lister<'a>,
     /// Most file bytes a save takes (`SnapshotConfig::max_archive_bytes`).
     max_bytes: u64,
     /// Whether big files get checks in a save without a parent (see
-    /// `pipeline::names_are_checks`).
+    /// `hashing::names_are_checks`).
     free_checks: bool,
     /// The workspace, for whoever reads files of the walk.
     root: Arc<Dir>,
@@ -413,11 +426,6 @@ pub(crate) fn read_unit(root: &Dir, pack: &[Found], out: &mut Vec<u8>) -> Result
     Ok(())
 }
 
-fn ns(secs: i64, nsec: u64) -> i64 {
-    secs.saturating_mul(1_000_000_000)
-        .saturating_add(i64::try_from(nsec).unwrap_or(0))
-}
-
 /// Walk `root`, sending the archive as [`Work`] in order; returns the counts. Runs on a
 /// blocking thread. Stops quietly when the receiver is gone.
 pub(crate) fn walk(
@@ -432,7 +440,7 @@ pub(crate) fn walk(
     let shared = root
         .try_clone()
         .map_err(|e| Error::io("reading /workspace", e))?;
-    with_lister(root, |lister| {
+    with_lister(root, parent.map(|p| &p.dirs), |lister| {
         let mut w = Walker {
             root: Arc::new(shared),
             params,
@@ -508,8 +516,8 @@ impl Walker<'_> {
                 kind: e.kind,
                 mode: e.mode,
                 size: e.size,
-                mtime_ns: ns(e.mtime.0, e.mtime.1),
-                ctime_ns: ns(e.ctime.0, e.ctime.1),
+                mtime_ns: e.mtime_ns,
+                ctime_ns: e.ctime_ns,
                 ino: e.ino,
             };
             let found = Found::lazy(&mut self.builder, key, e.target.as_deref())
