@@ -246,7 +246,7 @@ impl SnapshotStore {
         let free_checks = super::hashing::names_are_checks(self.coding());
         let walker = tokio::task::spawn_blocking(move || {
             let root = cap_std::fs::Dir::from_std_file(dir);
-            walk::walk(
+            let counts = walk::walk(
                 root,
                 params,
                 units.as_ref(),
@@ -254,15 +254,27 @@ impl SnapshotStore {
                 &tx,
                 max_bytes,
                 free_checks,
-            )
+            );
+            // The queue closes as soon as the walk is done (the save's end waits for that);
+            // the parent's units go back with the counts.
+            drop(tx);
+            (counts, units)
         });
+        let producer = async move {
+            let (counts, units) = walker.await.map_err(joined)?;
+            // Freeing the parent's units (thousands of allocations) is no part of the save.
+            if units.is_some() {
+                drop(tokio::task::spawn_blocking(move || drop(units)));
+            }
+            counts
+        };
         self.run_save(
             session_id,
             created_at,
             parent,
             parent_m.as_ref().map(|(m, k)| (m, k)),
             rx,
-            async move { walker.await.map_err(joined)? },
+            producer,
         )
         .await
     }
