@@ -136,8 +136,9 @@ impl SnapshotStore {
                 ))
             })
             .collect();
-        // Packs written since the listing (by saves that named their chunks before this run
-        // looked at the records) are left alone, and their index records carried over.
+        // Packs written since the listing (by saves whose records this run may not have seen:
+        // a pack's record is written just before it) are left alone, and their index records
+        // carried over.
         let since: HashSet<PackId> = self
             .list_all("packs")
             .await?

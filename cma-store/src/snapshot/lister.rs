@@ -328,6 +328,18 @@ pub(crate) fn ns(secs: i64, nsec: u64) -> i64 {
         .saturating_add(i64::try_from(nsec).unwrap_or(0))
 }
 
+/// A directory's metadata as the file table keeps it (see the `parent_dirs` module).
+// (The casts are no-ops on some targets only: `stat`'s field types vary.)
+#[allow(clippy::unnecessary_cast)]
+fn dir_stat(st: &rustix::fs::Stat) -> DirStat {
+    DirStat {
+        mode: st.st_mode as u32,
+        mtime_ns: ns(st.st_mtime as i64, st.st_mtime_nsec as u64),
+        ctime_ns: ns(st.st_ctime as i64, st.st_ctime_nsec as u64),
+        ino: st.st_ino as u64,
+    }
+}
+
 /// List `item` (marked busy) for the walk to take later; the state after.
 fn finish<'s>(
     shared: &'s Shared,
@@ -467,7 +479,14 @@ fn list(
             }
         }
     };
-    let known = parent.and_then(|(dirs, now)| dirs.names(rel.as_os_str().as_bytes(), &now));
+    // The parent's names if the directory did not change: by the metadata its parent's
+    // listing found, and again by the directory actually opened (one swapped in since is read).
+    let known = parent
+        .and_then(|(dirs, seen)| dirs.names(rel.as_os_str().as_bytes(), &seen))
+        .filter(|_| {
+            rustix::fs::fstat(&fd)
+                .is_ok_and(|st| parent.is_some_and(|(_, seen)| seen == dir_stat(&st)))
+        });
     let names = match known {
         // (In name order and once each already.)
         Some((buf, spans)) => Names {
@@ -523,12 +542,7 @@ fn list(
                 rel: rel.join(name),
                 depth: depth + 1,
                 at: Place::Child(fd.clone(), name.to_owned()),
-                stat: Some(DirStat {
-                    mode: st.st_mode as u32,
-                    mtime_ns: mtime,
-                    ctime_ns: ctime,
-                    ino: st.st_ino as u64,
-                }),
+                stat: Some(dir_stat(&st)),
             });
         }
         listing.entries.push(Listed {

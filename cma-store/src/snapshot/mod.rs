@@ -34,7 +34,7 @@
 //!
 //! # Crash safety
 //! A save uploads its packs first, then its index object and `ids/<id>` (side by side), and
-//! then the manifest (the last two with `PutMode::Create`). A manifest therefore exists only once every
+//! then the manifest (`ids/<id>` and the manifest with `PutMode::Create`). A manifest therefore exists only once every
 //! chunk it lists is stored and indexed; a crash at any point leaves at most packs no index
 //! lists, a dangling `ids/` entry or stale `inflight/` records, which garbage collection
 //! removes once they are older than [`GcConfig::inflight_ttl`].

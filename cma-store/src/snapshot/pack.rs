@@ -117,6 +117,11 @@ impl PackBuilder {
         self.buf.len() - self.start
     }
 
+    /// The names of the chunks in it so far, in order.
+    pub fn hashes(&self) -> impl Iterator<Item = ChunkHash> + '_ {
+        self.entries.iter().map(|e| e.hash)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

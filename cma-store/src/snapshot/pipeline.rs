@@ -72,10 +72,6 @@ pub(super) struct SaveState {
     /// New chunks already in the pack being filled (or an earlier one), with their stored
     /// sizes: a chunk met twice is packed once.
     appended: HashMap<ChunkHash, u32>,
-    /// Chunks in the pack being filled that no record names yet: this save stores them itself
-    /// and relies on nothing in the store for them, so they are named only in a record written
-    /// before their pack (see [`SnapshotStore::seal`]).
-    unrecorded: Vec<ChunkHash>,
     /// The parent, if it was deleted while its chunks were named: a chunk of it that is gone
     /// from the store then means the parent is gone, not that the store is damaged.
     parent_gone: Option<String>,
@@ -168,7 +164,6 @@ impl SnapshotStore {
             records: Vec::new(),
             uploaded_bytes: 0,
             appended: HashMap::new(),
-            unrecorded: Vec::new(),
             parent_gone: None,
             batch: Vec::new(),
             batch_bytes: 0,
@@ -374,8 +369,8 @@ impl SnapshotStore {
             .collect();
         // Chunks the save would take as stored need the whole protocol: named, collections
         // that predate the record waited for, the store looked at again. When there are none,
-        // every chunk named here goes into this save's own pack, and needs only a record
-        // written before that pack (see `seal`): nothing in the store is relied on.
+        // every chunk named here goes into one of this save's own packs, and the record written
+        // before each pack (see `seal`) is all it needs: nothing in the store is relied on.
         let relies = batch
             .iter()
             .any(|p| !st.confirmed.contains_key(&p.hash) && relies_on_store(st, p));
@@ -384,7 +379,6 @@ impl SnapshotStore {
         } else if relies {
             self.name(st, &named).await?
         } else {
-            st.unrecorded.extend_from_slice(&named);
             false
         };
         for p in batch {
@@ -499,10 +493,12 @@ impl SnapshotStore {
         }
         let next = PackBuilder::with_buffer(st.pool.take(self.pack_capacity()));
         let pack = std::mem::replace(&mut st.pack, next);
-        // The record naming the pack's chunks that none names yet is written before the pack:
-        // a collection that lists the pack then lists the record too (it lists packs first).
-        let unrecorded = std::mem::take(&mut st.unrecorded);
-        let records = records_of(st, &unrecorded);
+        // A record naming every chunk in the pack is written before the pack, by the pack's own
+        // upload task (whatever the other uploads do): a collection that lists the pack then
+        // lists the record too, since it lists packs first. Chunks a batch named already are
+        // named again: a record per pack, never a wait.
+        let hashes: Vec<ChunkHash> = pack.hashes().collect();
+        let records = records_of(st, &hashes);
         let store = self.clone();
         st.uploads.spawn(async move {
             // (The pack is sealed meanwhile: only its upload waits for the record.)
