@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
+use cma_store::SnapshotId;
 use cma_store::snapshot::{ErrorKind, RetentionPolicy, SnapshotManifest, SnapshotStore};
 use common::*;
 use futures::StreamExt;
@@ -196,6 +197,17 @@ impl ObjectStore for Gate {
     }
 }
 
+/// `store.save(session, src, parent)` in a task of its own.
+fn spawn_save(
+    store: &SnapshotStore,
+    src: &TestSandbox,
+    session: &'static str,
+    parent: Option<&SnapshotId>,
+) -> tokio::task::JoinHandle<cma_store::snapshot::Result<SnapshotManifest>> {
+    let (store, sandbox, parent) = (store.clone(), src.sandbox.clone(), parent.cloned());
+    tokio::spawn(async move { store.save(session, sandbox.as_ref(), parent.as_ref()).await })
+}
+
 fn gated_store(gate: &Arc<Gate>) -> SnapshotStore {
     SnapshotStore::new(gate.clone(), config()).unwrap()
 }
@@ -225,10 +237,7 @@ async fn a_gc_that_starts_during_a_save_keeps_the_chunks_the_save_reuses() {
 
     // The save has named its data chunks and is about to look for them in the store...
     gate.arm(Op::List, "gc");
-    let saving = {
-        let (store, sandbox) = (store.clone(), src.sandbox.clone());
-        tokio::spawn(async move { store.save("sesn_new", sandbox.as_ref(), None).await })
-    };
+    let saving = spawn_save(&store, &src, "sesn_new", None);
     gate.reached().await;
     // ...when a collection runs: it must keep them, although no manifest references them. It
     // may delete the old snapshot's table chunks, which the save has not named yet.
@@ -310,10 +319,7 @@ async fn a_save_cancelled_while_its_manifest_is_written_keeps_its_records() {
 
     // The manifest is on its way to the store when the save is cancelled...
     gate.arm(Op::Put, "manifests/");
-    let saving = {
-        let (store, sandbox) = (store.clone(), src.sandbox.clone());
-        tokio::spawn(async move { store.save("sesn_doubt", sandbox.as_ref(), None).await })
-    };
+    let saving = spawn_save(&store, &src, "sesn_doubt", None);
     gate.reached().await;
     saving.abort();
     assert!(saving.await.unwrap_err().is_cancelled());
@@ -358,10 +364,7 @@ async fn a_parent_deleted_and_collected_while_a_save_names_its_chunks_costs_noth
 
     // The save has named its parent's chunks (from the store's memory of its last save)...
     gate.arm(Op::List, "gc");
-    let saving = {
-        let (store, sandbox, id) = (store.clone(), src.sandbox.clone(), parent.id.clone());
-        tokio::spawn(async move { store.save("sesn_parent", sandbox.as_ref(), Some(&id)).await })
-    };
+    let saving = spawn_save(&store, &src, "sesn_parent", Some(&parent.id));
     gate.reached().await;
     // ...when its parent is deleted and a whole collection runs: the records keep every chunk.
     store.delete(&parent.id).await.unwrap();
@@ -394,10 +397,7 @@ async fn a_save_names_its_new_chunks_before_their_pack_is_written() {
     // at nothing in the store; its first record is the one for its pack. While that record
     // is on its way...
     gate.arm(Op::Put, "inflight/");
-    let saving = {
-        let (store, sandbox) = (store.clone(), src.sandbox.clone());
-        tokio::spawn(async move { store.save("sesn_fresh", sandbox.as_ref(), None).await })
-    };
+    let saving = spawn_save(&store, &src, "sesn_fresh", None);
     gate.reached().await;
     // ...no pack is written: a collection that lists a pack must find its chunks named.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -439,10 +439,7 @@ async fn a_parent_deleted_and_collected_before_a_save_looks_is_not_found_not_cor
     gate.reached().await;
     // ...when a save on the parent starts: it finds the parent there, names its chunks, and
     // waits for the collection, which did not see the record...
-    let saving = {
-        let (store, sandbox, id) = (store.clone(), src.sandbox.clone(), parent.id.clone());
-        tokio::spawn(async move { store.save("sesn_lost", sandbox.as_ref(), Some(&id)).await })
-    };
+    let saving = spawn_save(&store, &src, "sesn_lost", Some(&parent.id));
     for _ in 0..500 {
         if records(&store).await > 0 {
             break;
@@ -480,10 +477,7 @@ async fn a_save_that_starts_during_a_gc_waits_and_uploads_again_what_it_deleted(
     };
     gate.reached().await;
     // ...when a save of the same content starts: the collection will not see its record.
-    let saving = {
-        let (store, sandbox) = (store.clone(), src.sandbox.clone());
-        tokio::spawn(async move { store.save("sesn_new", sandbox.as_ref(), None).await })
-    };
+    let saving = spawn_save(&store, &src, "sesn_new", None);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         !saving.is_finished(),

@@ -481,12 +481,11 @@ fn list(
     };
     // The parent's names if the directory did not change: by the metadata its parent's
     // listing found, and again by the directory actually opened (one swapped in since is read).
-    let known = parent
-        .and_then(|(dirs, seen)| dirs.names(rel.as_os_str().as_bytes(), &seen))
-        .filter(|_| {
-            rustix::fs::fstat(&fd)
-                .is_ok_and(|st| parent.is_some_and(|(_, seen)| seen == dir_stat(&st)))
-        });
+    let known = parent.and_then(|(dirs, seen)| {
+        let names = dirs.names(rel.as_os_str().as_bytes(), &seen)?;
+        let opened = rustix::fs::fstat(&fd).ok()?;
+        (dir_stat(&opened) == seen).then_some(names)
+    });
     let names = match known {
         // (In name order and once each already.)
         Some((buf, spans)) => Names {

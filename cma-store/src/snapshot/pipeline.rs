@@ -353,8 +353,8 @@ impl SnapshotStore {
 
     /// Store the current batch: if it takes any chunk as stored, name its chunks in an
     /// `inflight/` record, wait for any collection that may predate the record and look at the
-    /// store again; then pack what the store lacks (chunks named by no record yet are named
-    /// before their pack, see [`seal`](Self::seal)). Appends the batch's refs, in order.
+    /// store again; then pack what the store lacks (every pack is named again by a record of
+    /// its own, see [`seal`](Self::seal)). Appends the batch's refs, in order.
     pub(super) async fn flush(&self, st: &mut SaveState, refs: &mut Vec<ChunkRef>) -> Result<()> {
         let batch = std::mem::take(&mut st.batch);
         st.batch_bytes = 0;
@@ -374,13 +374,7 @@ impl SnapshotStore {
         let relies = batch
             .iter()
             .any(|p| !st.confirmed.contains_key(&p.hash) && relies_on_store(st, p));
-        let trusted = if named.is_empty() {
-            false
-        } else if relies {
-            self.name(st, &named).await?
-        } else {
-            false
-        };
+        let trusted = relies && self.name(st, &named).await?;
         for p in batch {
             let stored = match st.confirmed.get(&p.hash) {
                 Some(s) => *s,
@@ -477,8 +471,8 @@ impl SnapshotStore {
         }
     }
 
-    /// Seal the pack being filled and start its upload (waiting if enough are uploading): the
-    /// record naming the chunks in it that none names yet first, then the pack.
+    /// Seal the pack being filled and start its upload (waiting if enough are uploading): a
+    /// record naming every chunk in it first, then the pack.
     pub(super) async fn seal(&self, st: &mut SaveState) -> Result<()> {
         if st.pack.is_empty() {
             return Ok(());
