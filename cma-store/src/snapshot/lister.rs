@@ -62,8 +62,24 @@ pub(crate) struct Listing {
     pub entries: Vec<Listed>,
     pub skipped: u64,
     /// The entries' names, one after another, each followed by a NUL (one allocation per
-    /// directory, not one per name).
-    pub names: Vec<u8>,
+    /// directory, not one per name; none for a directory whose names are the parent's).
+    names: NameBuf,
+}
+
+/// Names as `getdents` gave them, or the parent's (see the `parent_dirs` module), shared.
+enum NameBuf {
+    Read(Vec<u8>),
+    Parent(Arc<[u8]>),
+}
+
+impl std::ops::Deref for NameBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        match self {
+            NameBuf::Read(v) => v,
+            NameBuf::Parent(a) => a,
+        }
+    }
 }
 
 impl Listing {
@@ -99,16 +115,6 @@ impl Names {
         &self.buf[span.clone()]
     }
 
-    fn os_str(&self, span: &std::ops::Range<usize>) -> &OsStr {
-        OsStr::from_bytes(self.bytes(span))
-    }
-
-    /// A name, NUL-terminated for a system call (no copy). (A name cannot hold a NUL; if one
-    /// did, the empty name would fail the call.)
-    fn c_str(&self, span: &std::ops::Range<usize>) -> &CStr {
-        CStr::from_bytes_with_nul(&self.buf[span.start..=span.end]).unwrap_or_default()
-    }
-
     /// In name order, once each (a directory renamed while it is read can come back twice
     /// from `getdents`).
     fn sort(&mut self) {
@@ -131,7 +137,8 @@ struct Queued {
 
 enum Place {
     Root(OwnedFd),
-    Child(Arc<OwnedFd>, OsString),
+    /// Its parent's handle, and where its name starts in its path.
+    Child(Arc<OwnedFd>, usize),
 }
 
 /// `None`: the directory vanished before it could be opened.
@@ -471,8 +478,9 @@ fn list(
         Place::Root(fd) => {
             rustix::fs::openat(&fd, ".", flags, Mode::empty()).map_err(|e| io_err(rel)(e.into()))?
         }
-        Place::Child(parent, name) => {
-            match rustix::fs::openat(&*parent, name.as_os_str(), flags, Mode::empty()) {
+        Place::Child(parent, at) => {
+            let name = OsStr::from_bytes(&rel.as_os_str().as_bytes()[at..]);
+            match rustix::fs::openat(&*parent, name, flags, Mode::empty()) {
                 Ok(fd) => fd,
                 Err(Errno::NOENT) => return Ok(None),
                 Err(e) => return Err(io_err(rel)(e.into())),
@@ -486,28 +494,27 @@ fn list(
         let opened = rustix::fs::fstat(&fd).ok()?;
         (dir_stat(&opened) == seen).then_some(names)
     });
-    let names = match known {
+    let read;
+    let (buf, spans) = match known {
         // (In name order and once each already.)
-        Some((buf, spans)) => Names {
-            buf: buf.to_vec(),
-            spans: spans.to_vec(),
-        },
+        Some((buf, spans)) => (NameBuf::Parent(buf.clone()), spans),
         None => {
             let mut names = read_names(&fd).map_err(|e| io_err(rel)(e.into()))?;
             names.sort();
-            names
+            read = names.spans;
+            (NameBuf::Read(names.buf), &read[..])
         }
     };
     let fd = Arc::new(fd);
-    let mut listing = Listing {
-        entries: Vec::with_capacity(names.spans.len()),
-        skipped: 0,
-        names: Vec::new(),
-    };
+    let mut entries = Vec::with_capacity(spans.len());
+    let mut skipped = 0;
     let mut subdirs = Vec::new();
-    for span in &names.spans {
-        let name = names.os_str(span);
-        let st = match rustix::fs::statat(&*fd, names.c_str(span), AtFlags::SYMLINK_NOFOLLOW) {
+    for span in spans {
+        let name = OsStr::from_bytes(&buf[span.clone()]);
+        // NUL-terminated for the system call, without a copy. (A name cannot hold a NUL; if
+        // one did, the empty name would fail the call.)
+        let c_name = CStr::from_bytes_with_nul(&buf[span.start..=span.end]).unwrap_or_default();
+        let st = match rustix::fs::statat(&*fd, c_name, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(io_err(&rel.join(name))(e.into())),
@@ -520,13 +527,13 @@ fn list(
             // could make them mean the same): left out, and counted in the manifest.
             _ => {
                 tracing::debug!(path = %rel.join(name).display(), "snapshot save skips a special file");
-                listing.skipped += 1;
+                skipped += 1;
                 continue;
             }
         };
         let target = match kind {
             Kind::Symlink => {
-                let t = rustix::fs::readlinkat(&*fd, names.c_str(span), Vec::new())
+                let t = rustix::fs::readlinkat(&*fd, c_name, Vec::new())
                     .map_err(|e| io_err(&rel.join(name))(e.into()))?;
                 Some(PathBuf::from(OsString::from_vec(t.into_bytes())))
             }
@@ -537,14 +544,16 @@ fn list(
             ns(st.st_ctime as i64, st.st_ctime_nsec as u64),
         );
         if kind == Kind::Dir {
+            let rel = rel.join(name);
+            let at = rel.as_os_str().len() - name.len();
             subdirs.push(Queued {
-                rel: rel.join(name),
+                rel,
                 depth: depth + 1,
-                at: Place::Child(fd.clone(), name.to_owned()),
+                at: Place::Child(fd.clone(), at),
                 stat: Some(dir_stat(&st)),
             });
         }
-        listing.entries.push(Listed {
+        entries.push(Listed {
             name: span.clone(),
             kind,
             mode: st.st_mode as u32,
@@ -559,7 +568,11 @@ fn list(
             target,
         });
     }
-    listing.names = names.buf;
+    let listing = Listing {
+        entries,
+        skipped,
+        names: buf,
+    };
     Ok(Some((listing, subdirs)))
 }
 

@@ -19,6 +19,7 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::Arc;
 
 use super::tables::{EntryKey, Kind, Unit};
 
@@ -45,8 +46,8 @@ impl DirStat {
 /// One directory of the parent: its metadata then, and its names in order.
 struct Dir {
     stat: DirStat,
-    /// The names, each followed by a NUL.
-    names: Vec<u8>,
+    /// The names, each followed by a NUL (shared with each listing that takes them).
+    names: Arc<[u8]>,
     /// Where each name is in `names` (without its NUL).
     spans: Vec<Range<usize>>,
 }
@@ -125,7 +126,7 @@ impl ParentDirs {
                     path.to_vec(),
                     Dir {
                         stat,
-                        names: names.buf,
+                        names: names.buf.into(),
                         spans: names.spans,
                     },
                 );
@@ -136,9 +137,9 @@ impl ParentDirs {
 
     /// The names in the directory `path` (relative to the workspace), in name order, each
     /// followed by a NUL, and where each is: if the parent had it with metadata `now`.
-    pub fn names(&self, path: &[u8], now: &DirStat) -> Option<(&[u8], &[Range<usize>])> {
+    pub fn names(&self, path: &[u8], now: &DirStat) -> Option<(&Arc<[u8]>, &[Range<usize>])> {
         let d = self.dirs.get(path)?;
-        (d.stat == *now).then_some((&d.names[..], &d.spans[..]))
+        (d.stat == *now).then_some((&d.names, &d.spans[..]))
     }
 
     /// How many directories it knows.

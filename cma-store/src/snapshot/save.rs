@@ -16,8 +16,8 @@ use super::*;
 struct Saved {
     refs: Vec<ChunkRef>,
     counts: Counts,
-    /// The file table, being encoded and hashed (see [`SnapshotStore::hash_table`]); it gives
-    /// back the units.
+    /// The file table, being hashed (see [`SnapshotStore::hash_table`]); it gives back the
+    /// units.
     files: TableJob<Vec<Unit>>,
     /// What tables are hashed against (see [`SnapshotStore::hash_table`]).
     table_hint: Arc<Hint>,
@@ -58,6 +58,10 @@ const MAX_WAITING: usize = 8192;
 /// buffers of at least 256 KiB, whatever its size, so their number is bounded too, not only
 /// their archive bytes.
 const MAX_JOBS_OUT: usize = 4 * MAX_JOBS;
+/// A table up to this size is hashed on the save's own task (a fraction of a millisecond)
+/// rather than handed to the blocking pool, whose thread can take longer than that to start
+/// at the end of a save (both cores busy with what the save left running).
+const INLINE_TABLE_BYTES: usize = 1 << 20;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -260,23 +264,28 @@ impl SnapshotStore {
             drop(tx);
             (counts, units)
         });
-        let producer = async move {
+        // The parent's units, back from the walk: freed (thousands of allocations) once the
+        // save has returned, not while its end still runs.
+        let spent = std::sync::Mutex::new(None);
+        let producer = async {
             let (counts, units) = walker.await.map_err(joined)?;
-            // Freeing the parent's units (thousands of allocations) is no part of the save.
-            if units.is_some() {
-                drop(tokio::task::spawn_blocking(move || drop(units)));
-            }
+            *spent.lock().unwrap_or_else(|e| e.into_inner()) = units;
             counts
         };
-        self.run_save(
-            session_id,
-            created_at,
-            parent,
-            parent_m.as_ref().map(|(m, k)| (m, k)),
-            rx,
-            producer,
-        )
-        .await
+        let saved = self
+            .run_save(
+                session_id,
+                created_at,
+                parent,
+                parent_m.as_ref().map(|(m, k)| (m, k)),
+                rx,
+                producer,
+            )
+            .await;
+        if let Some(units) = spent.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            drop(tokio::task::spawn_blocking(move || drop(units)));
+        }
+        saved
     }
 
     /// The parent's manifest and where it is; `None` for a parent this store's saves cannot
@@ -390,6 +399,8 @@ impl SnapshotStore {
             let mut rx = rx;
             let mut refs = Vec::with_capacity(parent_m.map_or(0, |m| m.chunks.len()));
             let mut units = Vec::new();
+            // The file table, encoded unit by unit as each ends (not all at once at the end).
+            let mut files_table = Vec::new();
             let mut unit_start = 0usize;
             // The checks of the unit's chunks so far, while every chunk has one.
             let mut unit_checks = Some(Vec::new());
@@ -467,12 +478,14 @@ impl SnapshotStore {
                                 .replace(Vec::new())
                                 .filter(|c| c.len() == chunk_count)
                                 .unwrap_or_default();
-                            units.push(Unit {
+                            let unit = Unit {
                                 chunk_count: u32::try_from(chunk_count).unwrap_or(u32::MAX),
                                 racy,
                                 entries,
                                 checks,
-                            });
+                            };
+                            tables::encode_unit(&unit, &mut files_table);
+                            units.push(unit);
                             unit_start = total;
                         }
                     }
@@ -489,7 +502,7 @@ impl SnapshotStore {
                     .unwrap_or_default(),
                 index: st.index.clone(),
             });
-            let files = self.hash_table(units, table_hint.clone(), |u| tables::encode_units(u));
+            let files = self.hash_table(units, files_table, table_hint.clone());
             self.flush(&mut st, &mut refs).await?;
             Ok::<_, Error>((refs, files, table_hint))
         });
@@ -546,29 +559,11 @@ impl SnapshotStore {
         }))
     }
 
-    /// Encode a table from `of` with `encode` and hash it (on the blocking pool); `of` comes
-    /// back with the chunks. `hint`: the parent's table chunks (most of a new table's chunks
-    /// are among them: tables are cut by content, and those are hashed but not compressed
-    /// again) and the index.
-    fn hash_table<T: Send + 'static>(
-        &self,
-        of: T,
-        hint: Arc<Hint>,
-        encode: fn(&T) -> Vec<u8>,
-    ) -> TableJob<T> {
+    /// Hash the table `bytes` (encoded from `of`) on the blocking pool (see
+    /// [`hash_table_bytes`]); `of` comes back with the chunks.
+    fn hash_table<T: Send + 'static>(&self, of: T, bytes: Vec<u8>, hint: Arc<Hint>) -> TableJob<T> {
         let coding = self.coding();
-        tokio::task::spawn_blocking(move || {
-            let bytes = Bytes::from(encode(&of));
-            let pool = BufferPool::shared();
-            let hashed = hash_job(
-                Job::Whole(bytes),
-                &hint,
-                &tables::TABLE_CHUNKER,
-                coding,
-                &pool,
-            );
-            (of, hashed)
-        })
+        tokio::task::spawn_blocking(move || (of, hash_table_bytes(bytes, &hint, coding)))
     }
 
     /// Store tables (hashed, in order) as chunks named in one record; returns the refs of each,
@@ -602,10 +597,16 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
         saved: Saved,
     ) -> Result<SnapshotManifest> {
-        let (refs, chunk_table) = self
-            .hash_table(saved.refs, saved.table_hint, |r| tables::encode_chunks(r))
-            .await
-            .map_err(joined)?;
+        let refs = saved.refs;
+        let chunk_bytes = tables::encode_chunks(&refs);
+        let chunk_table = if chunk_bytes.len() <= INLINE_TABLE_BYTES {
+            hash_table_bytes(chunk_bytes, &saved.table_hint, self.coding())
+        } else {
+            self.hash_table((), chunk_bytes, saved.table_hint)
+                .await
+                .map_err(joined)?
+                .1
+        };
         let (units, file_table) = saved.files.await.map_err(joined)?;
         let mut hashed = vec![chunk_table];
         if !units.is_empty() {
@@ -727,4 +728,21 @@ impl SnapshotStore {
             delay = (delay * 2).min(Duration::from_secs(1));
         }
     }
+}
+
+/// Cut and hash an encoded table. `hint`: the parent's table chunks (most of a new table's
+/// chunks are among them: tables are cut by content, and those are hashed but not compressed
+/// again) and the index.
+fn hash_table_bytes(
+    bytes: Vec<u8>,
+    hint: &Hint,
+    coding: super::chunk::Coding,
+) -> Result<Vec<Hashed>> {
+    hash_job(
+        Job::Whole(Bytes::from(bytes)),
+        hint,
+        &tables::TABLE_CHUNKER,
+        coding,
+        &BufferPool::shared(),
+    )
 }

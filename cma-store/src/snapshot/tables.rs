@@ -98,34 +98,41 @@ const RACY: u8 = 1;
 const CHECKED: u8 = 2;
 
 /// Serialize units.
+#[cfg(test)]
 pub(crate) fn encode_units(units: &[Unit]) -> Vec<u8> {
     let mut out = Vec::new();
     for u in units {
-        // Checks that do not match the chunks one to one are left out (a save that cannot use
-        // them reads the file whole).
-        let checked = !u.checks.is_empty() && u.checks.len() == u.chunk_count as usize;
-        out.extend_from_slice(&u.chunk_count.to_le_bytes());
-        out.push(if u.racy { RACY } else { 0 } | if checked { CHECKED } else { 0 });
-        out.extend_from_slice(&(u.entries.len() as u32).to_le_bytes());
-        for e in &u.entries {
-            // Paths longer than u16::MAX cannot exist on Linux (PATH_MAX is 4096).
-            let len = u16::try_from(e.path.len()).unwrap_or(u16::MAX);
-            out.extend_from_slice(&len.to_le_bytes());
-            out.extend_from_slice(&e.path[..usize::from(len)]);
-            out.push(e.kind as u8);
-            out.extend_from_slice(&e.mode.to_le_bytes());
-            out.extend_from_slice(&e.size.to_le_bytes());
-            out.extend_from_slice(&e.mtime_ns.to_le_bytes());
-            out.extend_from_slice(&e.ctime_ns.to_le_bytes());
-            out.extend_from_slice(&e.ino.to_le_bytes());
-        }
-        if checked {
-            for c in &u.checks {
-                out.extend_from_slice(c);
-            }
-        }
+        encode_unit(u, &mut out);
     }
     out
+}
+
+/// Serialize one unit, appended to `out`: a file table is its units' encodings one after
+/// another, so a save encodes each unit as it ends (see `save`).
+pub(crate) fn encode_unit(u: &Unit, out: &mut Vec<u8>) {
+    // Checks that do not match the chunks one to one are left out (a save that cannot use
+    // them reads the file whole).
+    let checked = !u.checks.is_empty() && u.checks.len() == u.chunk_count as usize;
+    out.extend_from_slice(&u.chunk_count.to_le_bytes());
+    out.push(if u.racy { RACY } else { 0 } | if checked { CHECKED } else { 0 });
+    out.extend_from_slice(&(u.entries.len() as u32).to_le_bytes());
+    for e in &u.entries {
+        // Paths longer than u16::MAX cannot exist on Linux (PATH_MAX is 4096).
+        let len = u16::try_from(e.path.len()).unwrap_or(u16::MAX);
+        out.extend_from_slice(&len.to_le_bytes());
+        out.extend_from_slice(&e.path[..usize::from(len)]);
+        out.push(e.kind as u8);
+        out.extend_from_slice(&e.mode.to_le_bytes());
+        out.extend_from_slice(&e.size.to_le_bytes());
+        out.extend_from_slice(&e.mtime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ctime_ns.to_le_bytes());
+        out.extend_from_slice(&e.ino.to_le_bytes());
+    }
+    if checked {
+        for c in &u.checks {
+            out.extend_from_slice(c);
+        }
+    }
 }
 
 struct Reader<'a> {

@@ -456,7 +456,7 @@ pub(crate) fn walk(
             counts: Counts::default(),
             builder: tar::Builder::new(Vec::new()),
         };
-        w.walk_dir(PathBuf::new(), 0)?;
+        w.walk_dir(&mut PathBuf::new(), 0)?;
         w.flush_pack()?;
         // End of archive: two zero blocks, a unit of its own with no entries.
         w.send(Work::Chunks(vec![Bytes::from_static(&[0u8; 1024])]))?;
@@ -490,21 +490,24 @@ impl Walker<'_> {
         })
     }
 
-    fn walk_dir(&mut self, rel: PathBuf, depth: usize) -> Result<()> {
+    /// Walk the directory `rel` (one path, its subdirectories' names pushed on it and taken
+    /// off again as they are walked).
+    fn walk_dir(&mut self, rel: &mut PathBuf, depth: usize) -> Result<()> {
         if depth > MAX_DEPTH {
             return Err(Error::InvalidInput {
                 message: TOO_DEEP.to_owned(),
             });
         }
         // `None`: the directory vanished since its parent was listed.
-        let Some(listing) = self.lister.take(&rel)? else {
+        let Some(listing) = self.lister.take(rel)? else {
             return Ok(());
         };
         self.counts.skipped += listing.skipped;
-        let rel_bytes = rel.as_os_str().as_encoded_bytes();
+        let rel_len = rel.as_os_str().len();
         for e in &listing.entries {
             let name = listing.name(e);
             let name_bytes = name.as_encoded_bytes();
+            let rel_bytes = &rel.as_os_str().as_encoded_bytes()[..rel_len];
             let mut path = Vec::with_capacity(rel_bytes.len() + 1 + name_bytes.len());
             if !rel_bytes.is_empty() {
                 path.extend_from_slice(rel_bytes);
@@ -528,9 +531,13 @@ impl Walker<'_> {
                     self.big_file(found)?;
                 }
                 Kind::Dir => {
-                    let path = rel.join(name);
                     self.add_to_pack(found)?;
-                    self.walk_dir(path, depth + 1)?;
+                    rel.push(name);
+                    let walked = self.walk_dir(rel, depth + 1);
+                    // (A name is one component, never `.` or `..`: popping it restores `rel`.)
+                    rel.pop();
+                    debug_assert_eq!(rel.as_os_str().len(), rel_len);
+                    walked?;
                 }
                 _ => self.add_to_pack(found)?,
             }
@@ -574,7 +581,7 @@ impl Walker<'_> {
         if self.pack.is_empty() {
             return Ok(());
         }
-        let mut pack = std::mem::replace(&mut self.pack, Vec::with_capacity(16));
+        let mut pack = std::mem::take(&mut self.pack);
         self.pack_bytes = 0;
         let racy = pack.iter().any(|f| self.racy(&f.key));
         for f in &pack {
@@ -585,7 +592,10 @@ impl Walker<'_> {
             .flatten();
         let entries = if let Some((refs, checks)) = reused {
             self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
-            pack.into_iter().map(|f| f.key).collect()
+            let entries = pack.drain(..).map(|f| f.key).collect();
+            // (Its room serves the next pack.)
+            self.pack = pack;
+            entries
         } else {
             let entries = pack.iter().map(|f| f.key.clone()).collect();
             for f in &mut pack {
