@@ -140,6 +140,74 @@ async fn an_incremental_save_skips_unchanged_files_and_sees_every_change() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_incremental_save_writes_the_tables_a_full_save_writes() {
+    // Paths longer than a tar header's name field, symlinks and small files, many to a unit:
+    // the walk keeps most paths apart from the keys and takes the parent's keys for a unit it
+    // reuses, so the file table must still come out exactly as a save without a parent
+    // writes it, after each kind of change.
+    let tmp = tempfile::tempdir().unwrap();
+    let iso = Isolate::new(&tmp.path().join("sandboxes"));
+    let store = local_store(&tmp.path().join("store"));
+    let src = iso.sandbox().await;
+    fill_random(&src.host, 13, 200);
+    let deep = src
+        .host
+        .join(format!("{}/{}", "d".repeat(60), "e".repeat(60)));
+    std::fs::create_dir_all(&deep).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            deep.join(format!("{}-{i:02}", "f".repeat(40))),
+            vec![b'x'; i * 50],
+        )
+        .unwrap();
+        if i % 4 == 0 {
+            std::os::unix::fs::symlink(format!("../t{i}"), deep.join(format!("link-{i:02}")))
+                .unwrap();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let mut parent = store
+        .save("sesn_tables", src.sandbox.as_ref(), None)
+        .await
+        .unwrap();
+    let changes: [&dyn Fn(); 3] = [
+        // Nothing.
+        &|| {},
+        // A small file among the long paths, and a symlink's target.
+        &|| {
+            std::fs::write(
+                deep.join(format!("{}-{:02}", "f".repeat(40), 7)),
+                b"changed",
+            )
+            .unwrap();
+            std::fs::remove_file(deep.join("link-08")).unwrap();
+            std::os::unix::fs::symlink("../elsewhere", deep.join("link-08")).unwrap();
+        },
+        // A file added to the long directory.
+        &|| std::fs::write(deep.join("added"), b"new").unwrap(),
+    ];
+    for (round, change) in changes.iter().enumerate() {
+        change();
+        // Old enough again, so the full save's units are not racy either.
+        tokio::time::sleep(Duration::from_millis(2200)).await;
+        let next = store
+            .save("sesn_tables", src.sandbox.as_ref(), Some(&parent.id))
+            .await
+            .unwrap();
+        let full = store
+            .save(&format!("sesn_full{round}"), src.sandbox.as_ref(), None)
+            .await
+            .unwrap();
+        assert_eq!(next.files, full.files, "round {round}: the file table");
+        assert_eq!(next.chunks, full.chunks, "round {round}: the chunks");
+        let dst = iso.sandbox().await;
+        store.restore(&next.id, dst.sandbox.as_ref()).await.unwrap();
+        assert_eq!(listing(&dst.host), listing(&src.host), "round {round}");
+        parent = next;
+    }
+}
+
 /// Set the modification time of `dir` back to `to`.
 fn put_back(dir: &std::path::Path, to: std::time::SystemTime) {
     std::fs::File::open(dir).unwrap().set_modified(to).unwrap();

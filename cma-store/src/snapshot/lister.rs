@@ -154,7 +154,9 @@ type Outcome = Result<Option<Listing>>;
 #[derive(Default)]
 struct State {
     queue: VecDeque<Queued>,
-    ready: HashMap<PathBuf, Outcome>,
+    /// By path, compared as bytes: every path here is built by joining single components, so
+    /// equal bytes are equal paths (a `Path`'s own comparison and hash walk its components).
+    ready: HashMap<OsString, Outcome>,
     /// Entries in `ready`'s listings.
     ready_entries: usize,
     /// Directories being listed now.
@@ -287,13 +289,17 @@ impl Lister<'_> {
         let shared = &*self.shared;
         let mut st = shared.lock();
         loop {
-            if let Some(out) = st.ready.remove(rel) {
+            if let Some(out) = st.ready.remove(rel.as_os_str()) {
                 st.ready_entries -= entries_of(&out);
                 // A slot freed up: a worker may run ahead again.
                 shared.wake_worker(&st);
                 return out;
             }
-            if let Some(i) = st.queue.iter().position(|q| q.rel == rel) {
+            if let Some(i) = st
+                .queue
+                .iter()
+                .position(|q| q.rel.as_os_str() == rel.as_os_str())
+            {
                 let item = st.queue.remove(i).expect("a queued directory");
                 drop(st);
                 let (_, outcome, subdirs) = list_caught(item, self.dirs);
@@ -304,7 +310,7 @@ impl Lister<'_> {
             }
             // Neither listed, nor being listed, nor queued: it never will be (taken twice, or
             // not a directory its parent's listing named). An error, never a wait forever.
-            if !st.busy.iter().any(|b| b == rel) {
+            if !st.busy.iter().any(|b| b.as_os_str() == rel.as_os_str()) {
                 return Err(Error::io(
                     format!("reading /workspace/{}", rel.display()),
                     io::Error::other("directory not listed (changed during the walk)"),
@@ -380,12 +386,16 @@ fn finish<'s>(
     let (rel, outcome, subdirs) = list_caught(item, dirs);
     let mut st = shared.lock();
     st.queue_first(subdirs);
-    st.busy.retain(|b| *b != rel);
-    if st.wanted.as_ref() == Some(&rel) {
+    st.busy.retain(|b| b.as_os_str() != rel.as_os_str());
+    if st
+        .wanted
+        .as_ref()
+        .is_some_and(|w| w.as_os_str() == rel.as_os_str())
+    {
         shared.listed.notify_one();
     }
     st.ready_entries += entries_of(&outcome);
-    st.ready.insert(rel, outcome);
+    st.ready.insert(rel.into_os_string(), outcome);
     shared.wake_worker(&st);
     st
 }
@@ -808,17 +818,17 @@ mod tests {
         // Few listings, but many entries in them: stop.
         st.ready_entries = entries_of(&listing(READY_ENTRIES));
         st.ready
-            .insert(PathBuf::from("big"), listing(READY_ENTRIES));
+            .insert(OsString::from("big"), listing(READY_ENTRIES));
         assert!(!st.has_work());
         st.ready.clear();
         st.ready_entries = 0;
         // Many small listings: stop too.
         for i in 0..READY_AHEAD {
-            st.ready.insert(PathBuf::from(i.to_string()), listing(1));
+            st.ready.insert(OsString::from(i.to_string()), listing(1));
             st.ready_entries += 1;
         }
         assert!(!st.has_work());
-        st.ready.remove(Path::new("0"));
+        st.ready.remove(OsStr::new("0"));
         st.ready_entries -= 1;
         assert!(st.has_work());
     }

@@ -92,6 +92,7 @@ mod manifest;
 mod marker;
 mod pack;
 mod parent_dirs;
+mod parent_units;
 mod pipeline;
 mod recent;
 mod remote;
@@ -127,9 +128,10 @@ pub use marker::{RESTORE_MARKER, restore_unfinished};
 pub use wake::Woken;
 
 use self::chunk::Chunker;
+use self::parent_units::ParentUnits;
 use self::tables::Unit;
 use self::tar_scan::TarScan;
-use self::walk::{Counts, ParentUnits, Work};
+use self::walk::{Counts, Work};
 use crate::SnapshotId;
 
 /// Chunks per message from an export stream's reader.

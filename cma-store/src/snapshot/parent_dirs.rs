@@ -43,6 +43,9 @@ impl DirStat {
     }
 }
 
+/// A directory's names (each followed by a NUL), and where each is (without its NUL).
+pub(crate) type DirNames<'a> = (&'a Arc<[u8]>, &'a [Range<usize>]);
+
 /// One directory of the parent: its metadata then, and its names in order.
 struct Dir {
     stat: DirStat,
@@ -137,7 +140,7 @@ impl ParentDirs {
 
     /// The names in the directory `path` (relative to the workspace), in name order, each
     /// followed by a NUL, and where each is: if the parent had it with metadata `now`.
-    pub fn names(&self, path: &[u8], now: &DirStat) -> Option<(&Arc<[u8]>, &[Range<usize>])> {
+    pub fn names(&self, path: &[u8], now: &DirStat) -> Option<DirNames<'_>> {
         let d = self.dirs.get(path)?;
         (d.stat == *now).then_some((&d.names, &d.spans[..]))
     }

@@ -10,7 +10,7 @@
 //! of the store when the save starts (a deleted snapshot is no parent, as when it is read
 //! from the store) and again when its chunks are named.
 //!
-//! The units are paired with their chunks (see `walk::ParentUnits`) on the blocking pool after
+//! The units are paired with their chunks (see `parent_units::ParentUnits`) on the blocking pool after
 //! the save returns, not while it runs: a save that comes sooner reads its parent as any.
 
 use std::sync::Mutex;
@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use object_store::path::Path;
 
 use super::manifest::SnapshotManifest;
+use super::parent_units::ParentUnits;
 use super::tables::Unit;
-use super::walk::ParentUnits;
 use crate::SnapshotId;
 
 /// Largest file table kept, in entries (about 100 bytes of memory each).

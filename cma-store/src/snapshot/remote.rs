@@ -24,9 +24,10 @@ use super::chunk::Chunker;
 use super::error::{Error, Result};
 use super::hinted::Check;
 use super::manifest::{ChunkRef, ChunkerParams};
+use super::parent_units::ParentUnits;
 use super::tables::{EntryKey, Kind};
 use super::walk::{
-    BIG_FILE, Counts, Found, ParentUnits, Work, ends_pack, is_racy, padding, racy_after, tar_header,
+    BIG_FILE, Counts, Found, Work, ends_pack, is_racy, padding, racy_after, tar_header,
 };
 
 /// A name that cannot be passed to the sandbox's file calls (not UTF-8): the save reads the

@@ -249,11 +249,12 @@ impl SnapshotStore {
         let (params, max_bytes) = (self.config.chunker, self.config.max_archive_bytes);
         let free_checks = super::hashing::names_are_checks(self.coding());
         let walker = tokio::task::spawn_blocking(move || {
+            let mut units = units;
             let root = cap_std::fs::Dir::from_std_file(dir);
             let counts = walk::walk(
                 root,
                 params,
-                units.as_ref(),
+                units.as_mut(),
                 started,
                 &tx,
                 max_bytes,

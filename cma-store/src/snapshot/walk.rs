@@ -22,8 +22,8 @@
 //! metadata is what the parent recorded is not read again: its names are the parent's, each
 //! still `statat`-ed (see the `parent_dirs` module).
 
-use std::collections::HashMap;
 use std::io::{self, Read};
+use std::ops::Range;
 use std::path::{Path as FsPath, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -38,8 +38,8 @@ use super::error::{Error, Result};
 use super::hinted::{Check, Hints};
 use super::lister::{Lister, with_lister};
 use super::manifest::{ChunkRef, ChunkerParams};
-use super::parent_dirs::ParentDirs;
-use super::tables::{EntryKey, Kind, Unit};
+use super::parent_units::{ParentUnits, Reuse, same_entry};
+use super::tables::{EntryKey, Kind};
 
 /// Files at least this big are units by themselves.
 pub(crate) const BIG_FILE: u64 = 256 * 1024;
@@ -98,105 +98,6 @@ pub(crate) struct Counts {
     pub bytes: u64,
     /// Sockets, FIFOs and device nodes left out.
     pub skipped: u64,
-}
-
-/// The parent snapshot's units, for reuse.
-pub(crate) struct ParentUnits {
-    /// First path of each unit → the unit.
-    by_first: HashMap<Vec<u8>, ParentUnit>,
-    /// Whether the parent was cut with this save's chunker setting (else its chunks are no
-    /// hints for cutting).
-    same_cuts: bool,
-    /// Its directories' names, for those that did not change.
-    pub dirs: ParentDirs,
-}
-
-struct ParentUnit {
-    entries: Vec<EntryKey>,
-    refs: Vec<ChunkRef>,
-    checks: Vec<Check>,
-    racy: bool,
-}
-
-impl ParentUnits {
-    /// Pair the parent's units with its chunk list; `None` if they do not add up. `same_cuts`:
-    /// whether the parent was cut with this save's chunker setting; `complete`: whether its
-    /// save left nothing out (see `ParentDirs::new`).
-    pub fn new(
-        units: Vec<Unit>,
-        chunks: &[ChunkRef],
-        same_cuts: bool,
-        complete: bool,
-    ) -> Option<Self> {
-        let dirs = ParentDirs::new(&units, complete);
-        let mut by_first = HashMap::with_capacity(units.len());
-        let mut at = 0usize;
-        for u in units {
-            let end = at.checked_add(u.chunk_count as usize)?;
-            let refs = chunks.get(at..end)?.to_vec();
-            at = end;
-            if let Some(first) = u.entries.first() {
-                // Checks of chunks cut with another setting are no hints for this one; nor are
-                // they passed on by a unit reused as it is.
-                let checks = if same_cuts && u.checks.len() == refs.len() {
-                    u.checks
-                } else {
-                    Vec::new()
-                };
-                by_first.insert(
-                    first.path.clone(),
-                    ParentUnit {
-                        entries: u.entries,
-                        refs,
-                        checks,
-                        racy: u.racy,
-                    },
-                );
-            }
-        }
-        (at == chunks.len()).then_some(Self {
-            by_first,
-            same_cuts,
-            dirs,
-        })
-    }
-
-    /// The parent's chunks (and their checks) for a unit of exactly these entries, if it had
-    /// one whose times can be trusted.
-    pub fn reusable(&self, entries: &[EntryKey]) -> Option<(&[ChunkRef], &[Check])> {
-        self.reusable_keys(entries.len(), entries.iter())
-    }
-
-    /// [`reusable`](Self::reusable) for the entries of `found`, without copying their keys.
-    pub fn reusable_found(&self, found: &[Found]) -> Option<(&[ChunkRef], &[Check])> {
-        self.reusable_keys(found.len(), found.iter().map(|f| &f.key))
-    }
-
-    /// [`reusable`](Self::reusable) for `n` entries with these keys.
-    fn reusable_keys<'k>(
-        &self,
-        n: usize,
-        mut keys: impl Iterator<Item = &'k EntryKey>,
-    ) -> Option<(&[ChunkRef], &[Check])> {
-        let first = keys.next()?;
-        let u = self.by_first.get(&first.path)?;
-        let same = u.entries.len() == n
-            && u.entries.first() == Some(first)
-            && u.entries[1..].iter().zip(keys).all(|(e, k)| e == k);
-        (!u.racy && same).then_some((&u.refs, &u.checks))
-    }
-
-    /// The parent's chunks and checks of the big file `key` names, as hints to cut and hash
-    /// its new content (see the `hinted` module): its times do not matter, every byte is
-    /// checked.
-    pub fn hints(&self, key: &EntryKey) -> Option<Hints> {
-        let u = self.by_first.get(&key.path)?;
-        let file = matches!(u.entries.as_slice(), [e] if e.kind == Kind::File);
-        (self.same_cuts && file && !u.checks.is_empty()).then(|| Hints {
-            refs: u.refs.clone(),
-            checks: u.checks.clone(),
-        })
-    }
 }
 
 /// One entry found by the walk.
@@ -287,7 +188,7 @@ fn io_err(what: &FsPath) -> impl Fn(io::Error) -> Error + '_ {
 
 struct Walker<'a> {
     params: ChunkerParams,
-    parent: Option<&'a ParentUnits>,
+    parent: Option<&'a mut Reuse>,
     racy_after: i128,
     tx: &'a mpsc::Sender<Result<Vec<Work>>>,
     /// Work not sent yet: sent in batches, not one message per unit.
@@ -301,7 +202,12 @@ struct Walker<'a> {
     free_checks: bool,
     /// The workspace, for whoever reads files of the walk.
     root: Arc<Dir>,
+    /// The small entries of the unit being gathered. Their keys' paths are left empty (most
+    /// units are the parent's, whose keys are taken instead) but for those whose header is
+    /// built at once (see [`Found::lazy`]): every path is in `pack_paths`, at `pack_spans`.
     pack: Vec<Found>,
+    pack_paths: Vec<u8>,
+    pack_spans: Vec<Range<usize>>,
     pack_bytes: u64,
     counts: Counts,
     builder: tar::Builder<Vec<u8>>,
@@ -431,7 +337,7 @@ pub(crate) fn read_unit(root: &Dir, pack: &[Found], out: &mut Vec<u8>) -> Result
 pub(crate) fn walk(
     root: Dir,
     params: ChunkerParams,
-    parent: Option<&ParentUnits>,
+    parent: Option<&mut ParentUnits>,
     started: SystemTime,
     tx: &mpsc::Sender<Result<Vec<Work>>>,
     max_bytes: u64,
@@ -440,11 +346,18 @@ pub(crate) fn walk(
     let shared = root
         .try_clone()
         .map_err(|e| Error::io("reading /workspace", e))?;
-    with_lister(root, parent.map(|p| &p.dirs), |lister| {
+    let (reuse, dirs) = match parent {
+        Some(p) => {
+            let (reuse, dirs) = p.split();
+            (Some(reuse), Some(dirs))
+        }
+        None => (None, None),
+    };
+    with_lister(root, dirs, |lister| {
         let mut w = Walker {
             root: Arc::new(shared),
             params,
-            parent,
+            parent: reuse,
             racy_after: racy_after(started),
             tx,
             lister,
@@ -452,6 +365,8 @@ pub(crate) fn walk(
             free_checks,
             out: Vec::new(),
             pack: Vec::new(),
+            pack_paths: Vec::new(),
+            pack_spans: Vec::new(),
             pack_bytes: 0,
             counts: Counts::default(),
             builder: tar::Builder::new(Vec::new()),
@@ -508,12 +423,23 @@ impl Walker<'_> {
             let name = listing.name(e);
             let name_bytes = name.as_encoded_bytes();
             let rel_bytes = &rel.as_os_str().as_encoded_bytes()[..rel_len];
-            let mut path = Vec::with_capacity(rel_bytes.len() + 1 + name_bytes.len());
+            let big = e.kind == Kind::File && e.size >= BIG_FILE;
+            // A small entry's path goes with the pack's, and into a key of its own only if its
+            // header is built now (a symlink, a long path) or its unit turns out not to be the
+            // parent's. A big file's goes into its key at once.
+            let start = self.pack_paths.len();
+            let mut path = Vec::new();
+            let to = if big { &mut path } else { &mut self.pack_paths };
+            to.reserve(rel_bytes.len() + 1 + name_bytes.len());
             if !rel_bytes.is_empty() {
-                path.extend_from_slice(rel_bytes);
-                path.push(b'/');
+                to.extend_from_slice(rel_bytes);
+                to.push(b'/');
             }
-            path.extend_from_slice(name_bytes);
+            to.extend_from_slice(name_bytes);
+            let span = start..self.pack_paths.len();
+            if !big && (e.kind == Kind::Symlink || span.len() > 100) {
+                path = self.pack_paths[span.clone()].to_vec();
+            }
             let key = EntryKey {
                 path,
                 kind: e.kind,
@@ -526,12 +452,12 @@ impl Walker<'_> {
             let found = Found::lazy(&mut self.builder, key, e.target.as_deref())
                 .map_err(|err| io_err(&rel.join(name))(err))?;
             match e.kind {
-                Kind::File if found.key.size >= BIG_FILE => {
+                _ if big => {
                     self.flush_pack()?;
                     self.big_file(found)?;
                 }
                 Kind::Dir => {
-                    self.add_to_pack(found)?;
+                    self.add_to_pack(found, span)?;
                     rel.push(name);
                     let walked = self.walk_dir(rel, depth + 1);
                     // (A name is one component, never `.` or `..`: popping it restores `rel`.)
@@ -539,7 +465,7 @@ impl Walker<'_> {
                     debug_assert_eq!(rel.as_os_str().len(), rel_len);
                     walked?;
                 }
-                _ => self.add_to_pack(found)?,
+                _ => self.add_to_pack(found, span)?,
             }
         }
         Ok(())
@@ -566,10 +492,16 @@ impl Walker<'_> {
         Ok(())
     }
 
-    fn add_to_pack(&mut self, f: Found) -> Result<()> {
+    /// Add a small entry, its path at `span` in `pack_paths`, to the pack.
+    fn add_to_pack(&mut self, f: Found, span: Range<usize>) -> Result<()> {
         self.pack_bytes += f.archive_len();
-        let cut = ends_pack(&self.params, self.pack_bytes, &f.key.path);
+        let cut = ends_pack(
+            &self.params,
+            self.pack_bytes,
+            &self.pack_paths[span.clone()],
+        );
         self.pack.push(f);
+        self.pack_spans.push(span);
         if cut { self.flush_pack() } else { Ok(()) }
     }
 
@@ -582,21 +514,37 @@ impl Walker<'_> {
             return Ok(());
         }
         let mut pack = std::mem::take(&mut self.pack);
+        let mut spans = std::mem::take(&mut self.pack_spans);
+        let mut paths = std::mem::take(&mut self.pack_paths);
         self.pack_bytes = 0;
         let racy = pack.iter().any(|f| self.racy(&f.key));
         for f in &pack {
             self.count(f)?;
         }
-        let reused = (!racy)
-            .then(|| self.parent.and_then(|p| p.reusable_found(&pack)))
-            .flatten();
-        let entries = if let Some((refs, checks)) = reused {
-            self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
-            let entries = pack.drain(..).map(|f| f.key).collect();
-            // (Its room serves the next pack.)
-            self.pack = pack;
-            entries
+        let reused = match (&mut self.parent, racy) {
+            (Some(p), false) => p.take_if(&paths[spans[0].clone()], pack.len(), |i, e| {
+                same_entry(e, &pack[i].key, &paths[spans[i].clone()])
+            }),
+            _ => None,
+        };
+        let entries = if let Some(unit) = reused {
+            self.send(Work::Reused(unit.refs, unit.checks))?;
+            // (Their room serves the next pack.)
+            pack.clear();
+            spans.clear();
+            paths.clear();
+            (self.pack, self.pack_spans, self.pack_paths) = (pack, spans, paths);
+            // The parent's keys: the same as these, but for the paths these lack.
+            unit.entries
         } else {
+            for (f, span) in pack.iter_mut().zip(&spans) {
+                if f.key.path.is_empty() {
+                    f.key.path = paths[span.clone()].to_vec();
+                }
+            }
+            spans.clear();
+            paths.clear();
+            (self.pack_spans, self.pack_paths) = (spans, paths);
             let entries = pack.iter().map(|f| f.key.clone()).collect();
             for f in &mut pack {
                 f.build(&mut self.builder)
@@ -615,17 +563,24 @@ impl Walker<'_> {
     fn big_file(&mut self, mut f: Found) -> Result<()> {
         self.count(&f)?;
         let racy = self.racy(&f.key);
-        let entries = vec![f.key.clone()];
-        if !racy && let Some((refs, checks)) = self.parent.and_then(|p| p.reusable(&entries)) {
-            self.send(Work::Reused(refs.to_vec(), checks.to_vec()))?;
-            return self.send(Work::UnitEnd { racy, entries });
+        let reused = match (&mut self.parent, racy) {
+            (Some(p), false) => p.take_if(&f.key.path, 1, |_, e| *e == f.key),
+            _ => None,
+        };
+        if let Some(unit) = reused {
+            self.send(Work::Reused(unit.refs, unit.checks))?;
+            return self.send(Work::UnitEnd {
+                racy,
+                entries: unit.entries,
+            });
         }
+        let entries = vec![f.key.clone()];
         f.build(&mut self.builder)
             .map_err(|e| Error::io(shown(&f.key), e))?;
         if f.key.size <= READ_ELSEWHERE {
             // Read, cut and hashed whole by a job on another core; with checks in a save with
             // a parent (see the `hinted` module).
-            let checks = match self.parent {
+            let checks = match &self.parent {
                 Some(p) => p
                     .hints(&f.key)
                     .map_or(Checks::Compute, |h| Checks::Hinted(Box::new(h))),
