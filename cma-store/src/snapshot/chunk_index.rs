@@ -261,6 +261,23 @@ impl SnapshotStore {
         self.load_index().await
     }
 
+    /// Add the index object `name` this store just wrote to the cached index, so the next
+    /// save's [`load_index`](Self::load_index) finds it listed and known, rather than reading
+    /// it back. (The cache is a hint for what the store holds: `load_index` always squares it
+    /// with the listing, so an object added here that a collection removes meanwhile is dropped
+    /// again there.)
+    pub(super) async fn remember_index(&self, name: String, records: Vec<IndexRecord>) {
+        let _guard = self.index.refresh.lock().await;
+        let mut current = self.index.current.lock().unwrap_or_else(|e| e.into_inner());
+        if current.objects.contains_key(&name) || current.bad.contains_key(&name) {
+            return;
+        }
+        let mut next = (**current).clone();
+        next.add(&records);
+        next.objects.insert(name, Arc::new(records));
+        *current = Arc::new(next);
+    }
+
     pub(super) fn cached_index(&self) -> Arc<ChunkIndex> {
         self.index
             .current
@@ -396,5 +413,39 @@ mod tests {
         assert_eq!(idx.locate(&a.hash), vec![a.at, b.at]);
         assert_eq!(idx.stored_len(&a.hash), Some(2));
         assert!(idx.locate(&ChunkHash::of(b"none")).is_empty());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_saves_own_index_object_is_known_without_reading_it_back() {
+        use crate::{SnapshotConfig, SnapshotStore};
+        let dir = tempfile::tempdir().unwrap();
+        let ws = dir.path().join("ws");
+        std::fs::create_dir(&ws).unwrap();
+        std::fs::write(ws.join("f"), vec![5u8; 300_000]).unwrap();
+        let store =
+            SnapshotStore::local(dir.path().join("store"), SnapshotConfig::default()).unwrap();
+        let mut saved = Vec::new();
+        for round in 0..2u8 {
+            std::fs::write(ws.join("g"), vec![round; 100_000]).unwrap();
+            let m = store
+                .save_dir("sesn_1", std::fs::File::open(&ws).unwrap(), None)
+                .await
+                .unwrap();
+            saved.push(m);
+            let listed: std::collections::BTreeSet<String> =
+                std::fs::read_dir(dir.path().join("store/index"))
+                    .unwrap()
+                    .map(|e| e.unwrap().file_name().into_string().unwrap())
+                    .collect();
+            let cached = store.cached_index();
+            let known: std::collections::BTreeSet<String> =
+                cached.object_names().cloned().collect();
+            assert_eq!(known, listed, "round {round}");
+            for m in &saved {
+                for c in m.chunks.iter().chain(&m.table).chain(&m.files) {
+                    assert!(cached.stored_len(&c.hash).is_some(), "round {round}");
+                }
+            }
+        }
     }
 }

@@ -623,7 +623,7 @@ impl SnapshotStore {
             let records = std::mem::take(&mut st.records);
             let (name, bytes) = chunk_index::encode(&records);
             st.uploaded_bytes += bytes.len() as u64;
-            (chunk_index::index_key(&name), bytes)
+            (name, records, bytes)
         });
         let limit = self.config.gc.inflight_ttl / 2;
         if let Some(first) = st.first_record
@@ -664,7 +664,13 @@ impl SnapshotStore {
         };
         let index_put = async {
             match index_object {
-                Some((k, body)) => self.put(&k, body, PutMode::Overwrite).await,
+                Some((name, records, body)) => {
+                    self.put(&chunk_index::index_key(&name), body, PutMode::Overwrite)
+                        .await?;
+                    // Known now: the next save does not read it back.
+                    self.remember_index(name, records).await;
+                    Ok(())
+                }
                 None => Ok(()),
             }
         };
