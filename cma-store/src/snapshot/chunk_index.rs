@@ -263,19 +263,26 @@ impl SnapshotStore {
 
     /// Add the index object `name` this store just wrote to the cached index, so the next
     /// save's [`load_index`](Self::load_index) finds it listed and known, rather than reading
-    /// it back. (The cache is a hint for what the store holds: `load_index` always squares it
-    /// with the listing, so an object added here that a collection removes meanwhile is dropped
-    /// again there.)
-    pub(super) async fn remember_index(&self, name: String, records: Vec<IndexRecord>) {
-        let _guard = self.index.refresh.lock().await;
-        let mut current = self.index.current.lock().unwrap_or_else(|e| e.into_inner());
-        if current.objects.contains_key(&name) || current.bad.contains_key(&name) {
+    /// it back. Blocking (it copies the index): run on the blocking pool. Skipped while the
+    /// index is being loaded or changed meanwhile (the next load reads the object instead).
+    /// (The cache is a hint for what the store holds: `load_index` always squares it with the
+    /// listing, so an object added here that a collection removes meanwhile is dropped again
+    /// there.)
+    pub(super) fn remember_index(&self, name: String, records: Vec<IndexRecord>) {
+        let Ok(_loading) = self.index.refresh.try_lock() else {
+            return;
+        };
+        let cur = self.cached_index();
+        if cur.objects.contains_key(&name) || cur.bad.contains_key(&name) {
             return;
         }
-        let mut next = (**current).clone();
+        let mut next = (*cur).clone();
         next.add(&records);
         next.objects.insert(name, Arc::new(records));
-        *current = Arc::new(next);
+        let mut current = self.index.current.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::ptr_eq(&current, &cur) {
+            *current = Arc::new(next);
+        }
     }
 
     pub(super) fn cached_index(&self) -> Arc<ChunkIndex> {
@@ -437,7 +444,15 @@ mod tests {
                     .unwrap()
                     .map(|e| e.unwrap().file_name().into_string().unwrap())
                     .collect();
-            let cached = store.cached_index();
+            // (Added in the background once the save has returned: waited for, a while.)
+            let mut cached = store.cached_index();
+            for _ in 0..500 {
+                if cached.object_names().count() == listed.len() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                cached = store.cached_index();
+            }
             let known: std::collections::BTreeSet<String> =
                 cached.object_names().cloned().collect();
             assert_eq!(known, listed, "round {round}");

@@ -10,9 +10,11 @@
 //! wake-up is a context switch; waiting for each directory cost a sixth of a save's CPU time).
 //!
 //! Order and bounds: a listed directory's subdirectories are queued first (so listings come
-//! roughly in the walk's depth-first order); at most [`READY_AHEAD`] listings wait for the walk,
-//! and past that only the walk lists (what it needs next), so memory and open directory handles
-//! stay bounded (each queued directory holds its parent's handle).
+//! roughly in the walk's depth-first order); at most [`READY_AHEAD`] listings, of at most
+//! [`READY_BYTES`] together, wait for the walk, and past that only the walk lists (what it needs
+//! next), so memory and open directory handles stay bounded (each queued directory holds its
+//! parent's handle: the handles held are those of the directories along the walk's frontier,
+//! at most about [`MAX_DEPTH`] plus the listings read ahead).
 //! A directory that did not change since the parent snapshot is not read (`getdents`): its
 //! names are the parent's (see the `parent_dirs` module).
 //! Directories are opened by name beneath their parent's descriptor without following symlinks
@@ -41,12 +43,13 @@ pub(crate) const WORKERS: usize = 2;
 /// Listings waiting for the walk before the workers stop running ahead. Workers that stop
 /// sleep until the walk has taken half of them: the further ahead they may run, the fewer
 /// times they sleep and are woken (32 cost about 60 more context switches per save of 1,000
-/// directories than this). Each queued directory holds its parent's handle, so this (with
-/// [`MAX_DEPTH`]) bounds the handles a walk holds open.
+/// directories than this).
 pub(crate) const READY_AHEAD: usize = 128;
-/// Entries in listings waiting for the walk before the workers stop running ahead (about 100
-/// bytes each): the memory read ahead stays bounded however large the directories.
-const READY_ENTRIES: usize = 1 << 16;
+/// Bytes of listings (entries, names, symlink targets) waiting for the walk before the
+/// workers stop running ahead: the memory read ahead stays bounded however large the
+/// directories (a listing the walk lists itself is as large as its directory, read ahead or
+/// not).
+const READY_BYTES: usize = 32 << 20;
 
 /// One entry of a directory, as `fstatat` found it.
 pub(crate) struct Listed {
@@ -75,7 +78,9 @@ pub(crate) struct Listing {
 
 /// Names as `getdents` gave them, or the parent's (see the `parent_dirs` module), shared.
 enum NameBuf {
+    /// Read from the directory.
     Read(Vec<u8>),
+    /// The parent's, shared with every listing of the directory that takes them.
     Parent(Arc<[u8]>),
 }
 
@@ -157,8 +162,8 @@ struct State {
     /// By path, compared as bytes: every path here is built by joining single components, so
     /// equal bytes are equal paths (a `Path`'s own comparison and hash walk its components).
     ready: HashMap<OsString, Outcome>,
-    /// Entries in `ready`'s listings.
-    ready_entries: usize,
+    /// Bytes of `ready`'s listings (see [`bytes_of`]).
+    ready_bytes: usize,
     /// Directories being listed now.
     busy: Vec<PathBuf>,
     /// The directory the walk waits for (being listed by a worker).
@@ -172,9 +177,7 @@ impl State {
     /// Whether a worker has something to do: list ahead of the walk. (What the walk waits
     /// for is being listed already: it lists a queued directory it wants itself.)
     fn has_work(&self) -> bool {
-        !self.queue.is_empty()
-            && self.ready.len() < READY_AHEAD
-            && self.ready_entries < READY_ENTRIES
+        !self.queue.is_empty() && self.ready.len() < READY_AHEAD && self.ready_bytes < READY_BYTES
     }
 
     /// Queue a listed directory's subdirectories first, so listings come in about the walk's
@@ -186,10 +189,18 @@ impl State {
     }
 }
 
-/// Entries in a listing made.
-fn entries_of(out: &Outcome) -> usize {
+/// The memory a listing made holds, about.
+fn bytes_of(out: &Outcome) -> usize {
     match out {
-        Ok(Some(listing)) => listing.entries.len(),
+        Ok(Some(listing)) => {
+            let targets: usize = listing
+                .entries
+                .iter()
+                .filter_map(|e| e.target.as_ref())
+                .map(|t| t.as_os_str().len())
+                .sum();
+            listing.entries.len() * std::mem::size_of::<Listed>() + listing.names.len() + targets
+        }
         _ => 0,
     }
 }
@@ -218,7 +229,7 @@ impl Shared {
         if st.idle > 0
             && !st.queue.is_empty()
             && st.ready.len() <= READY_AHEAD / 2
-            && st.ready_entries <= READY_ENTRIES / 2
+            && st.ready_bytes <= READY_BYTES / 2
         {
             self.work.notify_one();
         }
@@ -290,7 +301,7 @@ impl Lister<'_> {
         let mut st = shared.lock();
         loop {
             if let Some(out) = st.ready.remove(rel.as_os_str()) {
-                st.ready_entries -= entries_of(&out);
+                st.ready_bytes -= bytes_of(&out);
                 // A slot freed up: a worker may run ahead again.
                 shared.wake_worker(&st);
                 return out;
@@ -394,7 +405,7 @@ fn finish<'s>(
     {
         shared.listed.notify_one();
     }
-    st.ready_entries += entries_of(&outcome);
+    st.ready_bytes += bytes_of(&outcome);
     st.ready.insert(rel.into_os_string(), outcome);
     shared.wake_worker(&st);
     st
@@ -815,22 +826,29 @@ mod tests {
         assert!(!st.has_work(), "nothing queued");
         st.queue.push_back(queued());
         assert!(st.has_work());
-        // Few listings, but many entries in them: stop.
-        st.ready_entries = entries_of(&listing(READY_ENTRIES));
-        st.ready
-            .insert(OsString::from("big"), listing(READY_ENTRIES));
+        // Few listings, but large ones: stop.
+        let big = listing(READY_BYTES.div_ceil(std::mem::size_of::<Listed>()));
+        assert!(bytes_of(&big) >= READY_BYTES);
+        st.ready_bytes = bytes_of(&big);
+        st.ready.insert(OsString::from("big"), big);
         assert!(!st.has_work());
         st.ready.clear();
-        st.ready_entries = 0;
+        st.ready_bytes = 0;
         // Many small listings: stop too.
         for i in 0..READY_AHEAD {
+            st.ready_bytes += bytes_of(&listing(1));
             st.ready.insert(OsString::from(i.to_string()), listing(1));
-            st.ready_entries += 1;
         }
         assert!(!st.has_work());
         st.ready.remove(OsStr::new("0"));
-        st.ready_entries -= 1;
+        st.ready_bytes -= bytes_of(&listing(1));
         assert!(st.has_work());
+        // Symlink targets count.
+        let mut linked = listing(1);
+        if let Ok(Some(l)) = &mut linked {
+            l.entries[0].target = Some(PathBuf::from("t".repeat(4000)));
+        }
+        assert!(bytes_of(&linked) >= bytes_of(&listing(1)) + 4000);
     }
 
     #[test]

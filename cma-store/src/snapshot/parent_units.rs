@@ -27,9 +27,13 @@ pub(crate) struct Reuse {
 
 /// One unit of the parent.
 pub(crate) struct ParentUnit {
+    /// Its entries' keys, in archive order.
     pub entries: Vec<EntryKey>,
+    /// Its chunks, in order.
     pub refs: Vec<ChunkRef>,
+    /// Their checks (see the `hinted` module), or none.
     pub checks: Vec<Check>,
+    /// Changed too recently then to be trusted now (see `walk::RACY_WINDOW`).
     racy: bool,
 }
 
@@ -130,11 +134,21 @@ impl Reuse {
 /// Whether the parent's entry `parent` is the walk's entry `key` at `path` (the walk keeps
 /// the paths of the entries it may not need apart, see `walk`).
 pub(crate) fn same_entry(parent: &EntryKey, key: &EntryKey, path: &[u8]) -> bool {
-    parent.path == path
-        && parent.kind == key.kind
-        && parent.mode == key.mode
-        && parent.size == key.size
-        && parent.mtime_ns == key.mtime_ns
-        && parent.ctime_ns == key.ctime_ns
-        && parent.ino == key.ino
+    // Every field by name (no `..`): a field added to the key must be compared here too.
+    let EntryKey {
+        path: parent_path,
+        kind,
+        mode,
+        size,
+        mtime_ns,
+        ctime_ns,
+        ino,
+    } = parent;
+    parent_path == path
+        && *kind == key.kind
+        && *mode == key.mode
+        && *size == key.size
+        && *mtime_ns == key.mtime_ns
+        && *ctime_ns == key.ctime_ns
+        && *ino == key.ino
 }

@@ -10,8 +10,9 @@
 //! of the store when the save starts (a deleted snapshot is no parent, as when it is read
 //! from the store) and again when its chunks are named.
 //!
-//! The units are paired with their chunks (see `parent_units::ParentUnits`) on the blocking pool after
-//! the save returns, not while it runs: a save that comes sooner reads its parent as any.
+//! The units are paired with their chunks (see `parent_units::ParentUnits`) on the blocking
+//! pool after the save returns, not while it runs: a save that comes sooner reads its parent
+//! as any.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};

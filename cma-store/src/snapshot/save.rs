@@ -58,10 +58,15 @@ const MAX_WAITING: usize = 8192;
 /// buffers of at least 256 KiB, whatever its size, so their number is bounded too, not only
 /// their archive bytes.
 const MAX_JOBS_OUT: usize = 4 * MAX_JOBS;
-/// A table up to this size is hashed on the save's own task (a fraction of a millisecond)
-/// rather than handed to the blocking pool, whose thread can take longer than that to start
-/// at the end of a save (both cores busy with what the save left running).
-const INLINE_TABLE_BYTES: usize = 1 << 20;
+/// A chunk table up to this size, compressed (where it must be) at a zstd level up to
+/// [`INLINE_TABLE_LEVEL`], is cut and hashed on the save's own task: well under a millisecond
+/// (an incremental save compresses one or two of its chunks, a first save all, a few hundred
+/// microseconds at level 1). A blocking-pool thread can take longer than that to start at the
+/// end of a save, with both cores busy with what the save left running. Larger tables, or
+/// slower levels, go to the blocking pool.
+const INLINE_TABLE_BYTES: usize = 256 << 10;
+/// See [`INLINE_TABLE_BYTES`].
+const INLINE_TABLE_LEVEL: i32 = 3;
 
 /// Read the export, count files, cut chunks, send them on. Returns the counts.
 async fn produce(
@@ -503,7 +508,11 @@ impl SnapshotStore {
                     .unwrap_or_default(),
                 index: st.index.clone(),
             });
-            let files = self.hash_table(units, files_table, table_hint.clone());
+            let files = self.hash_table(
+                units,
+                move |_| Job::Whole(files_table.into()),
+                table_hint.clone(),
+            );
             self.flush(&mut st, &mut refs).await?;
             Ok::<_, Error>((refs, files, table_hint))
         });
@@ -560,11 +569,19 @@ impl SnapshotStore {
         }))
     }
 
-    /// Hash the table `bytes` (encoded from `of`) on the blocking pool (see
-    /// [`hash_table_bytes`]); `of` comes back with the chunks.
-    fn hash_table<T: Send + 'static>(&self, of: T, bytes: Vec<u8>, hint: Arc<Hint>) -> TableJob<T> {
+    /// Hash the table `job` makes of `of` on the blocking pool (see [`hash_table_job`]); `of`
+    /// comes back with the chunks.
+    fn hash_table<T: Send + 'static>(
+        &self,
+        of: T,
+        job: impl FnOnce(&T) -> Job + Send + 'static,
+        hint: Arc<Hint>,
+    ) -> TableJob<T> {
         let coding = self.coding();
-        tokio::task::spawn_blocking(move || (of, hash_table_bytes(bytes, &hint, coding)))
+        tokio::task::spawn_blocking(move || {
+            let job = job(&of);
+            (of, hash_table_job(job, &hint, coding))
+        })
     }
 
     /// Store tables (hashed, in order) as chunks named in one record; returns the refs of each,
@@ -598,15 +615,20 @@ impl SnapshotStore {
         parent: Option<&SnapshotId>,
         saved: Saved,
     ) -> Result<SnapshotManifest> {
-        let refs = saved.refs;
-        let chunk_bytes = tables::encode_chunks(&refs);
-        let chunk_table = if chunk_bytes.len() <= INLINE_TABLE_BYTES {
-            hash_table_bytes(chunk_bytes, &saved.table_hint, self.coding())
+        let chunk_job = |refs: &Vec<ChunkRef>| Job::Whole(tables::encode_chunks(refs).into());
+        let (refs, chunk_table) = if saved.refs.len().saturating_mul(tables::REF_BYTES)
+            <= INLINE_TABLE_BYTES
+            && self.config.zstd_level <= INLINE_TABLE_LEVEL
+        {
+            let job = chunk_job(&saved.refs);
+            (
+                saved.refs,
+                hash_table_job(job, &saved.table_hint, self.coding()),
+            )
         } else {
-            self.hash_table((), chunk_bytes, saved.table_hint)
+            self.hash_table(saved.refs, chunk_job, saved.table_hint)
                 .await
                 .map_err(joined)?
-                .1
         };
         let (units, file_table) = saved.files.await.map_err(joined)?;
         let mut hashed = vec![chunk_table];
@@ -667,24 +689,29 @@ impl SnapshotStore {
                 Some((name, records, body)) => {
                     self.put(&chunk_index::index_key(&name), body, PutMode::Overwrite)
                         .await?;
-                    // Known now: the next save does not read it back.
-                    self.remember_index(name, records).await;
-                    Ok(())
+                    Ok(Some((name, records)))
                 }
-                None => Ok(()),
+                None => Ok(None),
             }
         };
         let (indexed, id_written) = tokio::join!(
             index_put,
             create(id_key(&m.id), Bytes::from(key.to_string()))
         );
-        indexed?;
+        let indexed = indexed?;
         id_written?;
         // From here until it is written, a failure or a cancellation may leave the manifest
         // written: the records then stay (see `SaveState`'s `Drop`).
         st.commit_in_doubt = true;
         create(key.clone(), stored).await?;
         st.commit_in_doubt = false;
+        // The index object is known now: the next save does not read it back.
+        if let Some((name, records)) = indexed {
+            let store = self.clone();
+            drop(tokio::task::spawn_blocking(move || {
+                store.remember_index(name, records)
+            }));
+        }
         // The next save of the session most likely names this one as parent.
         if !units.is_empty() && recent::worth_keeping(&units, m.chunks.len()) {
             let (cache, ticket) = (self.recent.clone(), self.recent.ticket());
@@ -737,16 +764,12 @@ impl SnapshotStore {
     }
 }
 
-/// Cut and hash an encoded table. `hint`: the parent's table chunks (most of a new table's
-/// chunks are among them: tables are cut by content, and those are hashed but not compressed
-/// again) and the index.
-fn hash_table_bytes(
-    bytes: Vec<u8>,
-    hint: &Hint,
-    coding: super::chunk::Coding,
-) -> Result<Vec<Hashed>> {
+/// Cut (if `job` is a whole table) and hash a table. `hint`: the parent's table chunks (most
+/// of a new table's chunks are among them: tables are cut by content, and those are hashed
+/// but not compressed again) and the index.
+fn hash_table_job(job: Job, hint: &Hint, coding: super::chunk::Coding) -> Result<Vec<Hashed>> {
     hash_job(
-        Job::Whole(Bytes::from(bytes)),
+        job,
         hint,
         &tables::TABLE_CHUNKER,
         coding,

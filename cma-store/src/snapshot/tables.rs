@@ -18,7 +18,7 @@ use super::hinted::Check;
 use super::manifest::{ChunkHash, ChunkRef, ChunkerParams};
 
 /// Bytes per chunk-table record.
-const REF_BYTES: usize = 40;
+pub(crate) const REF_BYTES: usize = 40;
 
 /// How the tables are cut into chunks: small, so a change rewrites little.
 pub(crate) const TABLE_CHUNKER: ChunkerParams = ChunkerParams {
