@@ -165,6 +165,12 @@ pub(crate) struct ChunkIndex {
 }
 
 impl ChunkIndex {
+    /// Take in the good index object `name`.
+    fn insert_object(&mut self, name: String, records: Vec<IndexRecord>) {
+        self.add(&records);
+        self.objects.insert(name, Arc::new(records));
+    }
+
     fn add(&mut self, records: &[IndexRecord]) {
         for r in records {
             let next = self.packs.len() as u32;
@@ -277,8 +283,7 @@ impl SnapshotStore {
             return;
         }
         let mut next = (*cur).clone();
-        next.add(&records);
-        next.objects.insert(name, Arc::new(records));
+        next.insert_object(name, records);
         let mut current = self.index.current.lock().unwrap_or_else(|e| e.into_inner());
         if Arc::ptr_eq(&current, &cur) {
             *current = Arc::new(next);
@@ -352,10 +357,7 @@ impl SnapshotStore {
             .await?;
         for (name, parsed) in loaded {
             match parsed {
-                Some(Ok(records)) => {
-                    next.add(&records);
-                    next.objects.insert(name, Arc::new(records));
-                }
+                Some(Ok(records)) => next.insert_object(name, records),
                 Some(Err(e)) => {
                     tracing::warn!(index = %name, error = %e, "an index object fails verification");
                     next.bad.insert(name, e.to_string());

@@ -529,11 +529,9 @@ impl Walker<'_> {
         };
         let entries = if let Some(unit) = reused {
             self.send(Work::Reused(unit.refs, unit.checks))?;
-            // (Their room serves the next pack.)
+            // (Its room serves the next pack.)
             pack.clear();
-            spans.clear();
-            paths.clear();
-            (self.pack, self.pack_spans, self.pack_paths) = (pack, spans, paths);
+            self.pack = pack;
             // The parent's keys: the same as these, but for the paths these lack.
             unit.entries
         } else {
@@ -542,9 +540,6 @@ impl Walker<'_> {
                     f.key.path = paths[span.clone()].to_vec();
                 }
             }
-            spans.clear();
-            paths.clear();
-            (self.pack_spans, self.pack_paths) = (spans, paths);
             let entries = pack.iter().map(|f| f.key.clone()).collect();
             for f in &mut pack {
                 f.build(&mut self.builder)
@@ -557,6 +552,10 @@ impl Walker<'_> {
             })?;
             entries
         };
+        // (Their room serves the next pack.)
+        spans.clear();
+        paths.clear();
+        (self.pack_spans, self.pack_paths) = (spans, paths);
         self.send(Work::UnitEnd { racy, entries })
     }
 
